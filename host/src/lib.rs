@@ -1,0 +1,4 @@
+//! # tweedie-host
+//!
+//! Orchestration only: parse arguments, load weights, plan memory, call kernels, write files.
+#![warn(missing_docs)]
