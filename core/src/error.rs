@@ -10,7 +10,12 @@ pub enum Error {
     /// A step count of zero (or too small for the requested schedule).
     ZeroSteps,
     /// A step index k outside 0..K.
-    StepOutOfRange { k: usize, steps: usize },
+    StepOutOfRange {
+        /// The step index asked for.
+        k: usize,
+        /// K.
+        steps: usize,
+    },
     /// A parameter that must be finite and > 0 (a noise level, σ_y, a step constant…) is not.
     NotPositive(&'static str),
     /// A parameter that must be finite is NaN or infinite.
@@ -18,7 +23,10 @@ pub enum Error {
     /// A parameter outside its documented range (e.g. a temperature < 0, p outside [0, 1]).
     OutOfRange(&'static str),
     /// A noise level outside the VP table's range [σ_0, σ_999] (beyond the 1e-6 relative slack).
-    SigmaOutsideVpTable { sigma: f64 },
+    SigmaOutsideVpTable {
+        /// The offending noise level.
+        sigma: f64,
+    },
     /// A buffer whose length does not match what the operation needs.
     LengthMismatch {
         what: &'static str,
@@ -28,7 +36,10 @@ pub enum Error {
     /// Inconsistent shapes (e.g. an image size not divisible by the SR factor).
     Shape(&'static str),
     /// A non-finite value appeared in the sampling state at step k.
-    NonFiniteState { step: usize },
+    NonFiniteState {
+        /// The step index k.
+        step: usize,
+    },
     /// The caller's denoiser failed; the message is the denoiser's own.
     Denoiser(&'static str),
 }
