@@ -29,8 +29,11 @@ pub enum Error {
     },
     /// A buffer whose length does not match what the operation needs.
     LengthMismatch {
+        /// Which buffer.
         what: &'static str,
+        /// The length needed.
         expected: usize,
+        /// The length given.
         got: usize,
     },
     /// Inconsistent shapes (e.g. an image size not divisible by the SR factor).
