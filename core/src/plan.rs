@@ -1,7 +1,17 @@
 //! A sampling plan: for every step k the noise level σ_k, the network's noise input, the step
 //! size γ_k and the temperature T_k (the free choices of the sampling template, eq. 10/11).
 //!
-//! Plans are computed in f64 (formats §1) and turned into f32 update coefficients once per step.
+//! Plans are computed in f64 (formats §1), on the fly from a handful of parameters (no
+//! buffers, so K = 150,000 costs nothing), and turned into f32 update coefficients once per
+//! step by [`crate::sampler::UpdateCoefficients`].
+//!
+//! Anything that yields [`PlanStep`]s implements [`StepPlan`]: the paper's [`Plan`] and the
+//! classic samplers of [`crate::classic`] alike, so one sampling loop runs them all.
+
+use crate::error::{check_finite, check_positive};
+use crate::schedule::Schedule;
+use crate::timemap::TimeMap;
+use crate::{vp, Error};
 
 /// One step of a sampling plan: everything the update and the network need at step k.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -20,4 +30,595 @@ pub struct PlanStep {
     pub gamma: f64,
     /// T_k, the temperature. 0 on a noise-free step (e.g. the official code's last step).
     pub temperature: f64,
+}
+
+/// A source of plan steps: K and step(k) for k = 0..K−1, plus the law of x₀.
+///
+/// Implemented by [`Plan`] and by the classic samplers; the sampler only sees this trait.
+pub trait StepPlan {
+    /// K, the number of steps (= denoiser evaluations).
+    fn len(&self) -> usize;
+    /// Step k of K, or [`Error::StepOutOfRange`].
+    fn step(&self, k: usize) -> Result<PlanStep, Error>;
+    /// Standard deviation s of the initial state x₀ ~ N(0, s² I).
+    fn init_std(&self) -> Result<f64, Error>;
+    /// True when K = 0 (never for a validated plan).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How γ_k follows from σ_k (formats §8, `--step-rule`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepRule {
+    /// γ = c σ² (spec §5.2).
+    Paper {
+        /// The step constant c (yaml `scaling_constant_of_step_size`).
+        c: f64,
+    },
+    /// γ = min(c σ², σ_y²): the official code's conditional clip (spec §10.2).
+    Code {
+        /// The step constant c.
+        c: f64,
+        /// Measurement noise std σ_y.
+        sigma_y: f64,
+    },
+    /// γ = min(c σ², σ_y²/‖A‖²): the likelihood gradient's 1/L bound (spec §10.2, §16.2).
+    Lipschitz {
+        /// The step constant c.
+        c: f64,
+        /// Measurement noise std σ_y.
+        sigma_y: f64,
+        /// ‖A‖₂² of the forward operator.
+        norm_sq: f64,
+    },
+}
+
+impl StepRule {
+    /// Checks that every parameter is finite and > 0.
+    pub fn validate(&self) -> Result<(), Error> {
+        match *self {
+            StepRule::Paper { c } => check_positive(c, "step constant c").map(|_| ()),
+            StepRule::Code { c, sigma_y } => {
+                check_positive(c, "step constant c")?;
+                check_positive(sigma_y, "sigma_y").map(|_| ())
+            }
+            StepRule::Lipschitz {
+                c,
+                sigma_y,
+                norm_sq,
+            } => {
+                check_positive(c, "step constant c")?;
+                check_positive(sigma_y, "sigma_y")?;
+                check_positive(norm_sq, "operator norm squared").map(|_| ())
+            }
+        }
+    }
+
+    /// γ for noise level σ.
+    pub fn gamma(&self, sigma: f64) -> f64 {
+        match *self {
+            StepRule::Paper { c } => c * sigma * sigma,
+            StepRule::Code { c, sigma_y } => libm::fmin(c * sigma * sigma, sigma_y * sigma_y),
+            StepRule::Lipschitz {
+                c,
+                sigma_y,
+                norm_sq,
+            } => libm::fmin(c * sigma * sigma, sigma_y * sigma_y / norm_sq),
+        }
+    }
+}
+
+/// Temperature T_k linear in k: T_k = T₀ + (T_end − T₀)·k/(K−1) (spec §5.2, numpy
+/// `linspace(T0, T_end, K)`; T_k = T₀ when K = 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Temperature {
+    /// T₀ (yaml `temperature`).
+    pub start: f64,
+    /// T_{K−1} (1 in every official config).
+    pub end: f64,
+}
+
+impl Temperature {
+    /// Constant temperature T.
+    pub const fn constant(t: f64) -> Self {
+        Temperature { start: t, end: t }
+    }
+
+    /// Checks that both ends are finite and ≥ 0.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_finite(self.start, "temperature start")?;
+        check_finite(self.end, "temperature end")?;
+        if self.start < 0.0 || self.end < 0.0 {
+            return Err(Error::OutOfRange("temperature (must be >= 0)"));
+        }
+        Ok(())
+    }
+
+    /// T_k of step k of K.
+    pub fn at(&self, k: usize, steps: usize) -> f64 {
+        self.start + (self.end - self.start) * fraction(k, steps)
+    }
+}
+
+/// k/(K−1), or 0 when K = 1 (numpy `linspace` with one point).
+#[inline]
+fn fraction(k: usize, steps: usize) -> f64 {
+    if steps <= 1 {
+        0.0
+    } else {
+        k as f64 / (steps - 1) as f64
+    }
+}
+
+/// The law of the initial state x₀ (formats §8, `--x0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// x₀ ~ N(0, I): the official code (spec §5.2).
+    Unit,
+    /// x₀ ~ N(0, σ₀² I): what the derivation implies (spec §16.3).
+    Sigma0,
+}
+
+/// What the network is told about the noise level (spec §6, §7).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NoiseInput {
+    /// A VP ε-network: σ_k is mapped to a VP time t by the [`TimeMap`] (which may snap σ_k
+    /// to the grid value). The [`Schedule::VpPretrained`] schedule never snaps: its times are
+    /// t = 999·(K−1−k)/(K−1) exactly (spec §6.3).
+    Vp(TimeMap),
+    /// A VE network evaluated at σ_net = σ_k.
+    Ve,
+    /// The official VE code's continuous label (spec §7): σ_net = σ_min (σ_max/σ_min)^{t_k},
+    /// t_k = linspace(1, t_end, K)[k], while γ_k uses the discrete level σ_k.
+    VeContinuous {
+        /// σ_min of the VE SDE (0.01).
+        sigma_min: f64,
+        /// σ_max of the VE SDE (348).
+        sigma_max: f64,
+        /// Last time of the grid (score_sde's sampling eps, 1e-5).
+        t_end: f64,
+    },
+}
+
+/// The time of step k of the pretrained VP schedule: t = j·(999/(K−1)) with j = K−1−k, the
+/// way `numpy.linspace(0, 999, K)[j]` computes it (spec §6.3, §9.1), so K = 1000 gives the
+/// integers 999, 998, …, 0 exactly. For K = 1 the single step is at t = 999.
+pub fn vp_pretrained_time(k: usize, steps: usize) -> f64 {
+    let t_max = (vp::STEPS - 1) as f64;
+    if steps <= 1 {
+        return t_max;
+    }
+    (steps - 1 - k.min(steps - 1)) as f64 * (t_max / (steps - 1) as f64)
+}
+
+/// A complete sampling plan of the paper's simplified form (spec §5.2): schedule σ_k,
+/// γ_k from a [`StepRule`], linear temperature, optional noise-free last step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plan {
+    /// K, the number of steps (network evaluations).
+    pub steps: usize,
+    /// The noise schedule σ_k (largest first).
+    pub schedule: Schedule,
+    /// How the network's noise input follows from σ_k.
+    pub noise_input: NoiseInput,
+    /// γ_k as a function of σ_k.
+    pub step_rule: StepRule,
+    /// T_k.
+    pub temperature: Temperature,
+    /// Drop the noise on the last step (T_{K−1} = 0), as the official code does.
+    pub last_step_noise_free: bool,
+    /// The law of x₀.
+    pub init: Init,
+}
+
+impl Plan {
+    /// A plan with the official code's defaults: noise-free last step and x₀ ~ N(0, I).
+    pub fn new(
+        steps: usize,
+        schedule: Schedule,
+        noise_input: NoiseInput,
+        step_rule: StepRule,
+        temperature: Temperature,
+    ) -> Self {
+        Plan {
+            steps,
+            schedule,
+            noise_input,
+            step_rule,
+            temperature,
+            last_step_noise_free: true,
+            init: Init::Unit,
+        }
+    }
+
+    /// Checks the parameters and both ends of the schedule (each step is checked again when
+    /// computed, so a validated plan can still fail mid-way only on a pathological schedule).
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.steps == 0 {
+            return Err(Error::ZeroSteps);
+        }
+        self.step_rule.validate()?;
+        self.temperature.validate()?;
+        if let NoiseInput::VeContinuous {
+            sigma_min,
+            sigma_max,
+            t_end,
+        } = self.noise_input
+        {
+            check_positive(sigma_min, "continuous label sigma_min")?;
+            check_positive(sigma_max, "continuous label sigma_max")?;
+            check_finite(t_end, "continuous label t_end")?;
+        }
+        self.step(0)?;
+        self.step(self.steps - 1).map(|_| ())
+    }
+
+    /// The σ_k of the schedule, before any VP time mapping.
+    fn target_sigma(&self, k: usize) -> Result<f64, Error> {
+        if let Schedule::VpPretrained = self.schedule {
+            let t = vp_pretrained_time(k, self.steps);
+            return vp::sigma_at(t).ok_or(Error::OutOfRange("VP time"));
+        }
+        self.schedule.sigma(k, self.steps)
+    }
+
+    /// (σ_k, σ_net, t) of step k: applies the noise-input mapping to the schedule's σ.
+    fn noise_levels(&self, k: usize) -> Result<(f64, f64, f64), Error> {
+        let target = check_positive(self.target_sigma(k)?, "schedule sigma")?;
+        match self.noise_input {
+            NoiseInput::Vp(_) if self.schedule == Schedule::VpPretrained => {
+                Ok((target, target, vp_pretrained_time(k, self.steps)))
+            }
+            NoiseInput::Vp(map) => {
+                let p = map.map(target)?;
+                Ok((p.sigma, p.sigma, p.t))
+            }
+            NoiseInput::Ve => Ok((target, target, f64::NAN)),
+            NoiseInput::VeContinuous {
+                sigma_min,
+                sigma_max,
+                t_end,
+            } => {
+                let t = 1.0 + (t_end - 1.0) * fraction(k, self.steps);
+                let label = sigma_min * libm::pow(sigma_max / sigma_min, t);
+                Ok((target, label, f64::NAN))
+            }
+        }
+    }
+
+    /// σ_y of the step rule, if it has one.
+    pub fn sigma_y(&self) -> Option<f64> {
+        match self.step_rule {
+            StepRule::Paper { .. } => None,
+            StepRule::Code { sigma_y, .. } | StepRule::Lipschitz { sigma_y, .. } => Some(sigma_y),
+        }
+    }
+}
+
+impl StepPlan for Plan {
+    fn len(&self) -> usize {
+        self.steps
+    }
+
+    fn step(&self, k: usize) -> Result<PlanStep, Error> {
+        if k >= self.steps {
+            return Err(Error::StepOutOfRange {
+                k,
+                steps: self.steps,
+            });
+        }
+        let (sigma, sigma_net, t) = self.noise_levels(k)?;
+        let last = k + 1 == self.steps;
+        let temperature = if last && self.last_step_noise_free {
+            0.0
+        } else {
+            self.temperature.at(k, self.steps)
+        };
+        Ok(PlanStep {
+            k,
+            sigma,
+            sigma_net,
+            t,
+            gamma: self.step_rule.gamma(sigma),
+            temperature,
+        })
+    }
+
+    fn init_std(&self) -> Result<f64, Error> {
+        match self.init {
+            Init::Unit => Ok(1.0),
+            Init::Sigma0 => Ok(self.step(0)?.sigma),
+        }
+    }
+}
+
+/// The seven released configurations of the official code (spec §12.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// VP, pretrained schedule, K 1000, c 0.4, T₀ 0.4.
+    VpUncondPretrained,
+    /// VP, sigmoid schedule, K 100, c 0.7, T₀ 0.1.
+    VpUncondSigmoid,
+    /// VE, geometric 348 → 0.01, K 1000, c 0.16, T₀ 0.4.
+    VeUncondPretrained,
+    /// VP, sigmoid, K 750, c 0.77683, T₀ 0, σ_y 0.2, 92% random inpainting.
+    VpInpainting,
+    /// VP, sigmoid, K 750, c 0.15651, T₀ 0, σ_y 0.2, 4× SR.
+    VpSuperResolution,
+    /// VE, geometric, K 1000, c 0.29487, T₀ 0, σ_y 0.2, 92% random inpainting.
+    VeInpainting,
+    /// VE, geometric, K 1000, c 0.15651, T₀ 0, σ_y 0.2, 4× SR.
+    VeSuperResolution,
+}
+
+/// σ_y of every conditional official config (in the model's data range, formats §1).
+pub const PRESET_SIGMA_Y: f64 = 0.2;
+
+impl Preset {
+    /// All presets, in the order of spec §12.1.
+    pub const ALL: [Preset; 7] = [
+        Preset::VpUncondPretrained,
+        Preset::VpUncondSigmoid,
+        Preset::VeUncondPretrained,
+        Preset::VpInpainting,
+        Preset::VpSuperResolution,
+        Preset::VeInpainting,
+        Preset::VeSuperResolution,
+    ];
+
+    /// The official yaml's file stem.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Preset::VpUncondPretrained => "vp_uncond_pretrainedSchedule",
+            Preset::VpUncondSigmoid => "vp_uncond_sigmoidSchedule",
+            Preset::VeUncondPretrained => "ve_uncond_pretrainedSchedule",
+            Preset::VpInpainting => "vp_inpainting",
+            Preset::VpSuperResolution => "vp_super_resolution",
+            Preset::VeInpainting => "ve_inpainting",
+            Preset::VeSuperResolution => "ve_super_resolution",
+        }
+    }
+
+    /// The preset of a yaml file stem.
+    pub fn from_name(name: &str) -> Option<Preset> {
+        Preset::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// True for the inpainting and super-resolution configs.
+    pub const fn is_conditional(self) -> bool {
+        !matches!(
+            self,
+            Preset::VpUncondPretrained | Preset::VpUncondSigmoid | Preset::VeUncondPretrained
+        )
+    }
+
+    /// The code-faithful plan: N(0, I) init, noise-free last step, VP sigmoid snapped to the
+    /// 10⁶-point grid, VE network label continuous, conditional step rule `Code` (σ_y = 0.2).
+    pub fn plan(self) -> Plan {
+        let (steps, c, t0) = match self {
+            Preset::VpUncondPretrained => (1000, 0.4, 0.4),
+            Preset::VpUncondSigmoid => (100, 0.7, 0.1),
+            Preset::VeUncondPretrained => (1000, 0.16, 0.4),
+            Preset::VpInpainting => (750, 0.77683, 0.0),
+            Preset::VpSuperResolution => (750, 0.15651, 0.0),
+            Preset::VeInpainting => (1000, 0.29487, 0.0),
+            Preset::VeSuperResolution => (1000, 0.15651, 0.0),
+        };
+        let (schedule, noise_input) = match self {
+            Preset::VpUncondPretrained => (Schedule::VpPretrained, NoiseInput::Vp(TimeMap::Grid)),
+            Preset::VpUncondSigmoid | Preset::VpInpainting | Preset::VpSuperResolution => {
+                (vp_sigmoid(), NoiseInput::Vp(TimeMap::Grid))
+            }
+            _ => (
+                Schedule::Geometric {
+                    sigma_max: VE_SIGMA_MAX,
+                    sigma_min: VE_SIGMA_MIN,
+                },
+                NoiseInput::VeContinuous {
+                    sigma_min: VE_SIGMA_MIN,
+                    sigma_max: VE_SIGMA_MAX,
+                    t_end: VE_T_END,
+                },
+            ),
+        };
+        let step_rule = if self.is_conditional() {
+            StepRule::Code {
+                c,
+                sigma_y: PRESET_SIGMA_Y,
+            }
+        } else {
+            StepRule::Paper { c }
+        };
+        let temperature = Temperature {
+            start: t0,
+            end: 1.0,
+        };
+        Plan::new(steps, schedule, noise_input, step_rule, temperature)
+    }
+}
+
+/// σ_min of the pretrained VE network (score_sde FFHQ-256).
+pub const VE_SIGMA_MIN: f64 = 0.01;
+/// σ_max of the pretrained VE network.
+pub const VE_SIGMA_MAX: f64 = 348.0;
+/// score_sde's sampling eps: the last time of the continuous VE grid.
+pub const VE_T_END: f64 = 1e-5;
+
+/// The paper's sigmoid schedule on the VP range (spec §9.3: start 0, end 3, τ 0.3).
+fn vp_sigmoid() -> Schedule {
+    Schedule::Sigmoid {
+        start: 0.0,
+        end: 3.0,
+        tau: 0.3,
+        clip_min: 1e-9,
+        sigma_min: vp::SIGMA_MIN,
+        sigma_max: vp::SIGMA_MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paper(c: f64) -> StepRule {
+        StepRule::Paper { c }
+    }
+
+    #[test]
+    fn step_rules_follow_formats_8() {
+        let s = 2.0;
+        assert_eq!(paper(0.5).gamma(s), 2.0);
+        let code = StepRule::Code {
+            c: 0.5,
+            sigma_y: 0.2,
+        };
+        assert_eq!(code.gamma(s), 0.2 * 0.2);
+        assert_eq!(code.gamma(0.1), 0.5 * 0.1 * 0.1);
+        let lip = StepRule::Lipschitz {
+            c: 0.5,
+            sigma_y: 0.2,
+            norm_sq: 1.0 / 16.0,
+        };
+        assert!((lip.gamma(s) - 16.0 * 0.04).abs() < 1e-15);
+        assert_eq!(
+            paper(-1.0).validate(),
+            Err(Error::NotPositive("step constant c"))
+        );
+        assert_eq!(
+            StepRule::Code {
+                c: 1.0,
+                sigma_y: f64::NAN
+            }
+            .validate(),
+            Err(Error::NotPositive("sigma_y"))
+        );
+    }
+
+    #[test]
+    fn clipped_iterations_match_spec_10_2() {
+        // σ* = sqrt(σ_y²/c); spec §10.2: VE inpainting c 0.29487 → 0.368311, clip on the
+        // first 655 of 1000 geometric levels. Count with the geometric formula directly.
+        let c = 0.29487;
+        let rule = StepRule::Code { c, sigma_y: 0.2 };
+        let clipped = (0..1000)
+            .filter(|&k| {
+                let s = 348.0 * libm::pow(0.01 / 348.0, k as f64 / 999.0);
+                rule.gamma(s) < c * s * s
+            })
+            .count();
+        assert_eq!(clipped, 655);
+        assert!((libm::sqrt(0.04 / c) - 0.368311).abs() < 1e-6);
+    }
+
+    #[test]
+    fn temperature_is_numpy_linspace() {
+        let t = Temperature {
+            start: 0.4,
+            end: 1.0,
+        };
+        assert_eq!(t.at(0, 1000), 0.4);
+        assert_eq!(t.at(999, 1000), 1.0);
+        assert!((t.at(333, 1000) - (0.4 + 0.6 * 333.0 / 999.0)).abs() < 1e-15);
+        assert_eq!(t.at(0, 1), 0.4);
+        assert_eq!(
+            Temperature {
+                start: -0.1,
+                end: 1.0
+            }
+            .validate(),
+            Err(Error::OutOfRange("temperature (must be >= 0)"))
+        );
+    }
+
+    #[test]
+    fn pretrained_vp_plan_walks_the_table_backwards() {
+        let plan = Preset::VpUncondPretrained.plan();
+        plan.validate().unwrap();
+        for k in [0usize, 1, 500, 998, 999] {
+            let s = plan.step(k).unwrap();
+            assert_eq!(s.t, (999 - k) as f64);
+            assert_eq!(s.sigma, vp::SIGMA[999 - k]);
+            assert_eq!(s.sigma_net, s.sigma);
+            assert_eq!(s.gamma, 0.4 * s.sigma * s.sigma);
+        }
+        assert_eq!(
+            plan.step(998).unwrap().temperature,
+            0.4 + 0.6 * 998.0 / 999.0
+        );
+        assert_eq!(plan.step(999).unwrap().temperature, 0.0);
+        assert_eq!(
+            plan.step(1000),
+            Err(Error::StepOutOfRange {
+                k: 1000,
+                steps: 1000
+            })
+        );
+        assert_eq!(plan.init_std(), Ok(1.0));
+        let p0 = Plan {
+            init: Init::Sigma0,
+            last_step_noise_free: false,
+            ..plan
+        };
+        assert_eq!(p0.init_std(), Ok(vp::SIGMA_MAX));
+        assert_eq!(p0.step(999).unwrap().temperature, 1.0);
+    }
+
+    #[test]
+    fn long_pretrained_plans_interpolate() {
+        // K = 150,001: t_k = 999 (K−1−k)/(K−1); the middle step is at t = 499.5.
+        let plan = Plan::new(
+            150_001,
+            Schedule::VpPretrained,
+            NoiseInput::Vp(TimeMap::Exact),
+            paper(0.1),
+            Temperature::constant(1.0),
+        );
+        plan.validate().unwrap();
+        let s = plan.step(75_000).unwrap();
+        assert!((s.t - 499.5).abs() < 1e-9);
+        assert!((s.sigma - 0.5 * (vp::SIGMA[499] + vp::SIGMA[500])).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_plans_are_typed_errors() {
+        let mut plan = Preset::VpUncondPretrained.plan();
+        plan.steps = 0;
+        assert_eq!(plan.validate(), Err(Error::ZeroSteps));
+        let mut plan = Preset::VpUncondPretrained.plan();
+        plan.step_rule = paper(f64::NAN);
+        assert!(plan.validate().is_err());
+        let mut plan = Preset::VpUncondPretrained.plan();
+        plan.temperature.end = f64::INFINITY;
+        assert_eq!(plan.validate(), Err(Error::NotFinite("temperature end")));
+    }
+
+    #[test]
+    fn presets_match_spec_12_1() {
+        assert_eq!(
+            Preset::from_name("vp_inpainting"),
+            Some(Preset::VpInpainting)
+        );
+        assert_eq!(Preset::from_name("ve_uncond"), None);
+        let p = Preset::VeSuperResolution.plan();
+        assert_eq!(p.steps, 1000);
+        assert_eq!(
+            p.step_rule,
+            StepRule::Code {
+                c: 0.15651,
+                sigma_y: 0.2
+            }
+        );
+        assert_eq!(
+            p.temperature,
+            Temperature {
+                start: 0.0,
+                end: 1.0
+            }
+        );
+        assert!(p.last_step_noise_free);
+        assert_eq!(p.init, Init::Unit);
+        assert_eq!(Preset::VpUncondSigmoid.plan().steps, 100);
+        assert_eq!(Preset::ALL.iter().filter(|p| p.is_conditional()).count(), 4);
+    }
 }
