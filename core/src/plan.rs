@@ -183,10 +183,12 @@ pub enum NoiseInput {
 
 /// The time of step k of the pretrained VP schedule: t = j·(999/(K−1)) with j = K−1−k, the
 /// way `numpy.linspace(0, 999, K)[j]` computes it (spec §6.3, §9.1), so K = 1000 gives the
-/// integers 999, 998, …, 0 exactly. For K = 1 the single step is at t = 999.
+/// integers 999, 998, …, 0 exactly, and k = 0 is t = 999 exactly for every K (as in numpy).
+/// For K = 1 the single step is at t = 999.
 pub fn vp_pretrained_time(k: usize, steps: usize) -> f64 {
     let t_max = (vp::STEPS - 1) as f64;
-    if steps <= 1 {
+    // linspace sets its last point to `stop` exactly (j·step may overshoot 999 by an ulp).
+    if steps <= 1 || k == 0 {
         return t_max;
     }
     (steps - 1 - k.min(steps - 1)) as f64 * (t_max / (steps - 1) as f64)
@@ -578,6 +580,11 @@ mod tests {
         let s = plan.step(75_000).unwrap();
         assert!((s.t - 499.5).abs() < 1e-9);
         assert!((s.sigma - 0.5 * (vp::SIGMA[499] + vp::SIGMA[500])).abs() < 1e-12);
+        // The first step is exactly t = 999 for every K (no ulp overshoot past the table).
+        for steps in [2usize, 3, 300, 750, 150_001] {
+            assert_eq!(vp_pretrained_time(0, steps), 999.0);
+            assert_eq!(vp_pretrained_time(steps - 1, steps), 0.0);
+        }
     }
 
     #[test]
