@@ -513,6 +513,10 @@ mod tests {
         std: 0.5,
     };
 
+    fn oracle() -> GaussianOracle {
+        ORACLE
+    }
+
     /// formats §7: max |a − b| ≤ tol · max(1, max |b|).
     fn assert_close(a: &[f32], b: &[f64], tol: f64) {
         let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
@@ -636,16 +640,7 @@ mod tests {
         let (batch, n) = (3, 16);
         let mut x = vec![0.0f32; batch * n];
         let mut scratch = vec![0.0f32; sample_scratch_len(x.len())];
-        sample(
-            &mut ORACLE.clone(),
-            &plan,
-            &mut x,
-            batch,
-            0,
-            11,
-            &mut scratch,
-        )
-        .unwrap();
+        sample(&mut oracle(), &plan, &mut x, batch, 0, 11, &mut scratch).unwrap();
         assert_close(&x, &reference_loop(&plan, batch, n, 11), 1e-5);
     }
 
@@ -655,11 +650,11 @@ mod tests {
         let n = 10;
         let mut both = vec![0.0f32; 2 * n];
         let mut scratch = vec![0.0f32; 2 * n];
-        sample(&mut ORACLE.clone(), &plan, &mut both, 2, 4, 9, &mut scratch).unwrap();
+        sample(&mut oracle(), &plan, &mut both, 2, 4, 9, &mut scratch).unwrap();
         for i in 0..2 {
             let mut one = vec![0.0f32; n];
             sample(
-                &mut ORACLE.clone(),
+                &mut oracle(),
                 &plan,
                 &mut one,
                 1,
@@ -715,15 +710,7 @@ mod tests {
         };
         let mut x = vec![0.0f32; 16];
         let mut scratch = vec![0.0f32; conditional_scratch_len(&op, 16)];
-        sample_conditional(
-            &mut ORACLE.clone(),
-            &plan,
-            &lik,
-            &mut x,
-            chains,
-            &mut scratch,
-        )
-        .unwrap();
+        sample_conditional(&mut oracle(), &plan, &lik, &mut x, chains, &mut scratch).unwrap();
 
         let mut r: Vec<f64> = (0..16)
             .map(|i| noise::gaussian(5, i / 8, noise::COUNTER_INIT, i % 8) as f64)
@@ -775,7 +762,7 @@ mod tests {
                 y,
                 sigma_y: 0.2,
             };
-            sample_conditional(&mut ORACLE.clone(), &plan, &lik, x, chains, &mut scratch).unwrap();
+            sample_conditional(&mut oracle(), &plan, &lik, x, chains, &mut scratch).unwrap();
         }
         assert_eq!(a, b);
         let lik = Likelihood {
@@ -784,14 +771,7 @@ mod tests {
             sigma_y: 0.2,
         };
         assert!(matches!(
-            sample_conditional(
-                &mut ORACLE.clone(),
-                &plan,
-                &lik,
-                &mut a,
-                chains,
-                &mut scratch
-            ),
+            sample_conditional(&mut oracle(), &plan, &lik, &mut a, chains, &mut scratch),
             Err(Error::LengthMismatch { .. })
         ));
     }
@@ -828,7 +808,7 @@ mod tests {
     #[test]
     fn bad_buffers_are_typed_errors() {
         let plan = vp_plan(10, StepRule::Paper { c: 0.5 });
-        let mut o = ORACLE.clone();
+        let mut o = oracle();
         let mut x = vec![0.0f32; 8];
         let mut s = vec![0.0f32; 8];
         assert!(matches!(
@@ -917,7 +897,7 @@ mod tests {
             seed: 0,
         };
         run(
-            &mut ORACLE.clone(),
+            &mut oracle(),
             &plan,
             &mut x,
             chains,
@@ -927,7 +907,7 @@ mod tests {
         .unwrap();
         assert_eq!(seen, (0..25).collect::<Vec<_>>());
         let mut out = vec![0.0f32; 4];
-        final_denoise(&mut ORACLE.clone(), &plan, &x, 1, &mut out).unwrap();
+        final_denoise(&mut oracle(), &plan, &x, 1, &mut out).unwrap();
         let sigma = plan.step(24).unwrap().sigma;
         assert_eq!(out[0], ORACLE.denoised(x[0] as f64, sigma) as f32);
     }
