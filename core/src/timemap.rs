@@ -88,7 +88,7 @@ pub fn grid_time(m: usize) -> f64 {
     linspace_at(0.0, (vp::STEPS - 1) as f64, GRID_POINTS, m)
 }
 
-/// Grid noise level sgrid[m] = `numpy.interp(u_m, 0..999, σ)` (spec §6.3 step 1).
+/// Grid noise level sgrid\[m\] = `numpy.interp(u_m, 0..999, σ)` (spec §6.3 step 1).
 #[inline]
 pub fn grid_sigma(m: usize) -> f64 {
     // u_m ∈ [0, 999] for every m < M, so `sigma_at` always answers.
