@@ -448,6 +448,29 @@ mod tests {
     }
 
     #[test]
+    fn one_step_is_sigma_max() {
+        let karras = Schedule::Karras {
+            sigma_max: 80.0,
+            sigma_min: 0.002,
+            rho: 7.0,
+        };
+        let linear = Schedule::Linear {
+            sigma_max: 9.0,
+            sigma_min: 1.0,
+        };
+        for (s, max) in [
+            (Schedule::VpPretrained, vp::SIGMA_MAX),
+            (Schedule::sigmoid_paper(), vp::SIGMA_MAX),
+            (linear, 9.0),
+            (Schedule::ve_pretrained(), 348.0),
+            (karras, 80.0),
+        ] {
+            assert!(rel(s.sigma(0, 1).unwrap(), max) < 1e-14, "{s:?}");
+            assert_eq!(s.sigma(1, 1), Err(Error::StepOutOfRange { k: 1, steps: 1 }));
+        }
+    }
+
+    #[test]
     fn fill_handles_long_schedules() {
         let mut buf = vec![0.0; 150_000];
         Schedule::sigmoid_paper().fill(&mut buf).unwrap();
