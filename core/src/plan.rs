@@ -9,9 +9,9 @@
 //! classic samplers of [`crate::classic`] alike, so one sampling loop runs them all.
 
 use crate::error::{check_finite, check_positive};
-use crate::schedule::Schedule;
+use crate::schedule::{linspace_at, pretrained_time, Schedule};
 use crate::timemap::TimeMap;
-use crate::{vp, Error};
+use crate::Error;
 
 /// One step of a sampling plan: everything the update and the network need at step k.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -135,19 +135,9 @@ impl Temperature {
         Ok(())
     }
 
-    /// T_k of step k of K.
+    /// T_k of step k of K: `numpy.linspace(start, end, K)[k]` bit for bit.
     pub fn at(&self, k: usize, steps: usize) -> f64 {
-        self.start + (self.end - self.start) * fraction(k, steps)
-    }
-}
-
-/// k/(K−1), or 0 when K = 1 (numpy `linspace` with one point).
-#[inline]
-fn fraction(k: usize, steps: usize) -> f64 {
-    if steps <= 1 {
-        0.0
-    } else {
-        k as f64 / (steps - 1) as f64
+        linspace_at(self.start, self.end, steps, k)
     }
 }
 
@@ -165,7 +155,7 @@ pub enum Init {
 pub enum NoiseInput {
     /// A VP ε-network: σ_k is mapped to a VP time t by the [`TimeMap`] (which may snap σ_k
     /// to the grid value). The [`Schedule::VpPretrained`] schedule never snaps: its times are
-    /// t = 999·(K−1−k)/(K−1) exactly (spec §6.3).
+    /// [`pretrained_time`] = linspace(0, 999, K)[K−1−k] exactly (spec §6.3).
     Vp(TimeMap),
     /// A VE network evaluated at σ_net = σ_k.
     Ve,
@@ -179,19 +169,6 @@ pub enum NoiseInput {
         /// Last time of the grid (score_sde's sampling eps, 1e-5).
         t_end: f64,
     },
-}
-
-/// The time of step k of the pretrained VP schedule: t = j·(999/(K−1)) with j = K−1−k, the
-/// way `numpy.linspace(0, 999, K)[j]` computes it (spec §6.3, §9.1), so K = 1000 gives the
-/// integers 999, 998, …, 0 exactly, and k = 0 is t = 999 exactly for every K (as in numpy).
-/// For K = 1 the single step is at t = 999.
-pub fn vp_pretrained_time(k: usize, steps: usize) -> f64 {
-    let t_max = (vp::STEPS - 1) as f64;
-    // linspace sets its last point to `stop` exactly (j·step may overshoot 999 by an ulp).
-    if steps <= 1 || k == 0 {
-        return t_max;
-    }
-    (steps - 1 - k.min(steps - 1)) as f64 * (t_max / (steps - 1) as f64)
 }
 
 /// A complete sampling plan of the paper's simplified form (spec §5.2): schedule σ_k,
@@ -240,6 +217,7 @@ impl Plan {
         if self.steps == 0 {
             return Err(Error::ZeroSteps);
         }
+        self.schedule.validate(self.steps)?;
         self.step_rule.validate()?;
         self.temperature.validate()?;
         if let NoiseInput::VeContinuous {
@@ -256,21 +234,12 @@ impl Plan {
         self.step(self.steps - 1).map(|_| ())
     }
 
-    /// The σ_k of the schedule, before any VP time mapping.
-    fn target_sigma(&self, k: usize) -> Result<f64, Error> {
-        if let Schedule::VpPretrained = self.schedule {
-            let t = vp_pretrained_time(k, self.steps);
-            return vp::sigma_at(t).ok_or(Error::OutOfRange("VP time"));
-        }
-        self.schedule.sigma(k, self.steps)
-    }
-
     /// (σ_k, σ_net, t) of step k: applies the noise-input mapping to the schedule's σ.
     fn noise_levels(&self, k: usize) -> Result<(f64, f64, f64), Error> {
-        let target = check_positive(self.target_sigma(k)?, "schedule sigma")?;
+        let target = check_positive(self.schedule.sigma(k, self.steps)?, "schedule sigma")?;
         match self.noise_input {
             NoiseInput::Vp(_) if self.schedule == Schedule::VpPretrained => {
-                Ok((target, target, vp_pretrained_time(k, self.steps)))
+                Ok((target, target, pretrained_time(k, self.steps)?))
             }
             NoiseInput::Vp(map) => {
                 let p = map.map(target)?;
@@ -282,7 +251,7 @@ impl Plan {
                 sigma_max,
                 t_end,
             } => {
-                let t = 1.0 + (t_end - 1.0) * fraction(k, self.steps);
+                let t = linspace_at(1.0, t_end, self.steps, k);
                 let label = sigma_min * libm::pow(sigma_max / sigma_min, t);
                 Ok((target, label, f64::NAN))
             }
@@ -410,13 +379,10 @@ impl Preset {
         let (schedule, noise_input) = match self {
             Preset::VpUncondPretrained => (Schedule::VpPretrained, NoiseInput::Vp(TimeMap::Grid)),
             Preset::VpUncondSigmoid | Preset::VpInpainting | Preset::VpSuperResolution => {
-                (vp_sigmoid(), NoiseInput::Vp(TimeMap::Grid))
+                (Schedule::sigmoid_paper(), NoiseInput::Vp(TimeMap::Grid))
             }
             _ => (
-                Schedule::Geometric {
-                    sigma_max: VE_SIGMA_MAX,
-                    sigma_min: VE_SIGMA_MIN,
-                },
+                Schedule::ve_pretrained(),
                 NoiseInput::VeContinuous {
                     sigma_min: VE_SIGMA_MIN,
                     sigma_max: VE_SIGMA_MAX,
@@ -447,21 +413,10 @@ pub const VE_SIGMA_MAX: f64 = 348.0;
 /// score_sde's sampling eps: the last time of the continuous VE grid.
 pub const VE_T_END: f64 = 1e-5;
 
-/// The paper's sigmoid schedule on the VP range (spec §9.3: start 0, end 3, τ 0.3).
-fn vp_sigmoid() -> Schedule {
-    Schedule::Sigmoid {
-        start: 0.0,
-        end: 3.0,
-        tau: 0.3,
-        clip_min: 1e-9,
-        sigma_min: vp::SIGMA_MIN,
-        sigma_max: vp::SIGMA_MAX,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vp;
 
     fn paper(c: f64) -> StepRule {
         StepRule::Paper { c }
@@ -582,8 +537,9 @@ mod tests {
         assert!((s.sigma - 0.5 * (vp::SIGMA[499] + vp::SIGMA[500])).abs() < 1e-12);
         // The first step is exactly t = 999 for every K (no ulp overshoot past the table).
         for steps in [2usize, 3, 300, 750, 150_001] {
-            assert_eq!(vp_pretrained_time(0, steps), 999.0);
-            assert_eq!(vp_pretrained_time(steps - 1, steps), 0.0);
+            let p = Plan { steps, ..plan };
+            assert_eq!(p.step(0).unwrap().t, 999.0);
+            assert_eq!(p.step(steps - 1).unwrap().t, 0.0);
         }
     }
 
@@ -627,5 +583,98 @@ mod tests {
         assert_eq!(p.init, Init::Unit);
         assert_eq!(Preset::VpUncondSigmoid.plan().steps, 100);
         assert_eq!(Preset::ALL.iter().filter(|p| p.is_conditional()).count(), 4);
+    }
+
+    fn rel(a: f64, b: f64) -> f64 {
+        (a - b).abs() / b.abs()
+    }
+
+    #[test]
+    fn sigmoid_preset_snaps_to_the_spec_9_3_grid_values() {
+        let plan = Preset::VpUncondSigmoid.plan();
+        plan.validate().unwrap();
+        // (k, grid σ, t) for K = 100 from spec §9.3.
+        for (k, sigma, t) in [
+            (0, 157.4072808, 999.0),
+            (1, 149.4646117, 993.8631369),
+            (2, 141.5614153, 988.4445554),
+            (50, 1.999661768, 395.9180819),
+            (97, 0.01319987156, 0.6623376623),
+            (98, 0.01152056343, 0.3146853147),
+            (99, 0.01000050004, 0.0),
+        ] {
+            let s = plan.step(k).unwrap();
+            assert!(rel(s.sigma, sigma) < 1e-8, "k = {k}: {}", s.sigma);
+            assert!((s.t - t).abs() < 1e-7, "k = {k}: {}", s.t);
+            assert_eq!(s.gamma, 0.7 * s.sigma * s.sigma);
+            assert_eq!(s.sigma_net, s.sigma);
+        }
+        let p750 = Preset::VpInpainting.plan();
+        let s = p750.step(375).unwrap();
+        assert!(rel(s.sigma, 2.088850765) < 1e-8 && (s.t - 404.5934066).abs() < 1e-7);
+    }
+
+    #[test]
+    fn conditional_presets_clip_as_in_spec_10_2() {
+        for (preset, clipped) in [
+            (Preset::VpInpainting, 541),
+            (Preset::VpSuperResolution, 482),
+            (Preset::VeInpainting, 655),
+            (Preset::VeSuperResolution, 625),
+        ] {
+            let plan = preset.plan();
+            plan.validate().unwrap();
+            let c = match plan.step_rule {
+                StepRule::Code { c, .. } => c,
+                _ => unreachable!(),
+            };
+            let n = (0..plan.steps)
+                .filter(|&k| {
+                    let s = plan.step(k).unwrap();
+                    s.gamma < c * s.sigma * s.sigma
+                })
+                .count();
+            assert_eq!(n, clipped, "{}", preset.name());
+        }
+    }
+
+    #[test]
+    fn ve_preset_uses_the_continuous_label() {
+        let plan = Preset::VeUncondPretrained.plan();
+        plan.validate().unwrap();
+        let first = plan.step(0).unwrap();
+        assert_eq!((first.sigma, first.sigma_net), (348.0, 348.0));
+        assert!(first.t.is_nan());
+        let last = plan.step(999).unwrap();
+        assert_eq!(last.sigma, 0.01);
+        assert!(rel(last.sigma_net, 0.01 * libm::pow(34800.0, 1e-5)) < 1e-12);
+        // spec §7: the label exceeds the level by at most 1.000105.
+        for k in [1usize, 500, 998] {
+            let s = plan.step(k).unwrap();
+            let ratio = s.sigma_net / s.sigma;
+            assert!((1.0..=1.000105).contains(&ratio), "k = {k}: {ratio}");
+            assert!(rel(s.sigma, 348.0 * libm::pow(0.01 / 348.0, k as f64 / 999.0)) < 1e-12);
+        }
+        let plain = Plan {
+            noise_input: NoiseInput::Ve,
+            ..plan
+        };
+        assert_eq!(
+            plain.step(500).unwrap().sigma_net,
+            plain.step(500).unwrap().sigma
+        );
+    }
+
+    #[test]
+    fn huge_sigmoid_plans_need_no_buffers() {
+        let plan = Plan {
+            steps: 150_000,
+            ..Preset::VpUncondSigmoid.plan()
+        };
+        plan.validate().unwrap();
+        let a = plan.step(74_999).unwrap();
+        let b = plan.step(75_000).unwrap();
+        assert!(a.sigma >= b.sigma && a.t >= b.t);
+        assert_eq!(plan.step(149_999).unwrap().temperature, 0.0);
     }
 }
