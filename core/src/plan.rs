@@ -155,12 +155,12 @@ pub enum Init {
 pub enum NoiseInput {
     /// A VP ε-network: σ_k is mapped to a VP time t by the [`TimeMap`] (which may snap σ_k
     /// to the grid value). The [`Schedule::VpPretrained`] schedule never snaps: its times are
-    /// [`pretrained_time`] = linspace(0, 999, K)[K−1−k] exactly (spec §6.3).
+    /// [`pretrained_time`] = `linspace(0, 999, K)[K−1−k]` exactly (spec §6.3).
     Vp(TimeMap),
     /// A VE network evaluated at σ_net = σ_k.
     Ve,
     /// The official VE code's continuous label (spec §7): σ_net = σ_min (σ_max/σ_min)^{t_k},
-    /// t_k = linspace(1, t_end, K)[k], while γ_k uses the discrete level σ_k.
+    /// t_k = `linspace(1, t_end, K)[k]`, while γ_k uses the discrete level σ_k.
     VeContinuous {
         /// σ_min of the VE SDE (0.01).
         sigma_min: f64,
