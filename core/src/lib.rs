@@ -29,4 +29,7 @@ pub mod vp;
 
 pub use denoiser::Denoiser;
 pub use error::Error;
-pub use plan::PlanStep;
+pub use operator::ForwardOperator;
+pub use plan::{Plan, PlanStep, Preset, StepPlan};
+pub use schedule::Schedule;
+pub use timemap::TimeMap;
