@@ -27,6 +27,11 @@ pub mod training;
 pub mod tweedie;
 pub mod vp;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use denoiser::Denoiser;
 pub use error::Error;
 pub use operator::ForwardOperator;
