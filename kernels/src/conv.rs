@@ -20,6 +20,10 @@ pub const MR: usize = 6;
 pub const NR: usize = 16;
 /// Depth of a packed panel (rows of K): the NR-wide B micro-panel (KC·NR·4 = 16 KiB) stays in L1.
 const KC: usize = 256;
+/// Output pixels packed at once (multiple of NR): each im2col row is copied as one stretch of
+/// NC input pixels, which the hardware prefetcher can follow; the B block (KC·NC·4 = 128 KiB)
+/// stays in L2.
+const NC: usize = 128;
 /// Most output channels packed at once (multiple of MR): the A block (≤ 192 KiB) stays in L2.
 const MC_MAX: usize = 192;
 
@@ -110,12 +114,12 @@ impl Conv2d {
         self.c_in * self.kernel * self.kernel
     }
 
-    /// Scratch floats one call (one thread) needs: packed A block, packed B micro-panel and one
+    /// Scratch floats one call (one thread) needs: packed A block, packed B block and one
     /// C tile for ragged edges. Independent of the input size.
     pub fn scratch_len(&self, _h: usize, _w: usize) -> usize {
         let kc = self.k_total().clamp(1, KC);
         let mc = round_up(self.c_out.max(1), MR).min(MC_MAX);
-        mc * kc + kc * NR + MR * NR
+        mc * kc + kc * NC + MR * NR
     }
 
     /// out = conv(inp) + bias for the output channels `co` (`out.len() == co.len()·oh·ow`),
@@ -238,7 +242,7 @@ fn gemm<W: Weight>(
     let blocks = m.div_ceil(MC_MAX);
     let mc_step = round_up(m.div_ceil(blocks), MR);
     let (a_buf, rest) = scratch.split_at_mut(mc_step * kc_cap);
-    let (b_buf, rest) = rest.split_at_mut(kc_cap * NR);
+    let (b_buf, rest) = rest.split_at_mut(kc_cap * NC);
     let tmp = &mut rest[..MR * NR];
 
     for k0 in (0..k_total).step_by(KC) {
@@ -247,30 +251,65 @@ fn gemm<W: Weight>(
             let mc = mc_step.min(m - m0);
             let a_blk = &mut a_buf[..round_up(mc, MR) * kc];
             pack_a(weight, k_total, co.start + m0, mc, k0, kc, a_blk);
-            let b_pan = &mut b_buf[..kc * NR];
-            for n0 in (0..n).step_by(NR) {
-                let nr = NR.min(n - n0);
-                pack_b(geo, inp, k0, kc, n0, nr, b_pan);
-                for (t, a_pan) in a_blk.chunks_exact(kc * MR).enumerate() {
-                    let i0 = m0 + t * MR;
-                    let mr = MR.min(m - i0);
-                    let c_at = i0 * n + n0;
-                    if mr == MR && nr == NR {
-                        microkernel(isa, kc, a_pan, b_pan, &mut out[c_at..], n);
-                    } else {
-                        // Ragged edge: run the same microkernel on a copy of the valid part.
-                        for i in 0..mr {
-                            tmp[i * NR..i * NR + nr].copy_from_slice(&out[c_at + i * n..][..nr]);
-                        }
-                        microkernel(isa, kc, a_pan, b_pan, tmp, NR);
-                        for i in 0..mr {
-                            out[c_at + i * n..][..nr].copy_from_slice(&tmp[i * NR..i * NR + nr]);
+            for n0 in (0..n).step_by(NC) {
+                let nc = NC.min(n - n0);
+                let b_blk = &mut b_buf[..round_up(nc, NR) * kc];
+                pack_b(geo, inp, k0, kc, n0, nc, b_blk);
+                for (nt, b_pan) in b_blk.chunks_exact(kc * NR).enumerate() {
+                    let nj = n0 + nt * NR;
+                    let nr = NR.min(n - nj);
+                    for (t, a_pan) in a_blk.chunks_exact(kc * MR).enumerate() {
+                        let i0 = m0 + t * MR;
+                        let mr = MR.min(m - i0);
+                        let c_at = i0 * n + nj;
+                        // The C tile's rows are n floats apart (cache-unfriendly); fetch the
+                        // next tile's while this one computes.
+                        prefetch_tile(out, c_at + MR * n, n);
+                        if mr == MR && nr == NR {
+                            microkernel(isa, kc, a_pan, b_pan, &mut out[c_at..], n);
+                        } else {
+                            // Ragged edge: the same microkernel on a copy of the valid part.
+                            for i in 0..mr {
+                                tmp[i * NR..i * NR + nr]
+                                    .copy_from_slice(&out[c_at + i * n..][..nr]);
+                            }
+                            microkernel(isa, kc, a_pan, b_pan, tmp, NR);
+                            for i in 0..mr {
+                                out[c_at + i * n..][..nr]
+                                    .copy_from_slice(&tmp[i * NR..i * NR + nr]);
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// Hints the cache to fetch the MR × NR tile of `c` at `at` (row stride `ldc`), if inside `c`.
+#[inline(always)]
+fn prefetch_tile(c: &[f32], at: usize, ldc: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for i in 0..MR {
+        if let Some(row) = c.get(at + i * ldc..at + i * ldc + NR) {
+            prefetch(row.as_ptr());
+            prefetch(row[NR - 1..].as_ptr());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (c, at, ldc);
+}
+
+/// A cache hint (never faults, changes no value).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // SAFETY: prefetch is a hint; it does not access memory architecturally.
+    #[allow(unused_unsafe)]
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    };
 }
 
 /// Packs W[row0 .. row0+mc, k0 .. k0+kc] as MR-row micro-panels, k-major inside a panel:
@@ -301,8 +340,8 @@ fn pack_a<W: Weight>(
     }
 }
 
-/// A run of output pixels of one output row inside a column tile: tile columns j0 .. j0+len
-/// are pixels (oy, ox .. ox+len).
+/// A run of output pixels of one output row inside one column tile: block columns
+/// j0 .. j0+len are pixels (oy, ox .. ox+len).
 #[derive(Clone, Copy, Default)]
 struct Run {
     j0: usize,
@@ -311,28 +350,34 @@ struct Run {
     len: usize,
 }
 
-/// Packs im2col rows k0 .. k0+kc for output pixels n0 .. n0+nr into b[kk·NR + j] (zero columns
-/// past nr): b = x[ci, oy·s + ky − pad, ox·s + kx − pad], or 0 in the padding.
-fn pack_b(geo: &Geometry, inp: &[f32], k0: usize, kc: usize, n0: usize, nr: usize, b: &mut [f32]) {
-    // Cut the tile into runs along output rows (one run unless the tile wraps a row).
-    let mut runs = [Run::default(); NR];
+/// Packs im2col rows k0 .. k0+kc for output pixels n0 .. n0+nc as NR-wide micro-panels:
+/// b[(j/NR)·kc·NR + kk·NR + j%NR] = x[ci, oy·s + ky − pad, ox·s + kx − pad] (0 in the padding
+/// and in the columns past nc of the last panel). Row by row (k outer), so each row of the
+/// input is read as one forward stretch.
+fn pack_b(geo: &Geometry, inp: &[f32], k0: usize, kc: usize, n0: usize, nc: usize, b: &mut [f32]) {
+    // Cut the block into runs along output rows and tile boundaries.
+    let mut runs = [Run::default(); NC];
     let mut n_runs = 0;
     let mut j = 0;
-    while j < nr {
+    while j < nc {
         let (oy, ox) = ((n0 + j) / geo.ow, (n0 + j) % geo.ow);
-        let len = (geo.ow - ox).min(nr - j);
+        let len = (geo.ow - ox).min(nc - j).min(NR - j % NR);
         runs[n_runs] = Run { j0: j, oy, ox, len };
         n_runs += 1;
         j += len;
     }
+    let runs = &runs[..n_runs];
+    let tail = (NR - nc % NR) % NR;
+    // (ci, ky, kx) of row k, advanced in k order (no divisions in the loop).
     let kk2 = geo.kernel * geo.kernel;
-    for (kk, brow) in b.chunks_exact_mut(NR).take(kc).enumerate() {
-        let k = k0 + kk;
-        let (ci, r) = (k / kk2, k % kk2);
-        let (ky, kx) = (r / geo.kernel, r % geo.kernel);
-        let plane = &inp[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
-        for run in &runs[..n_runs] {
-            let dst = &mut brow[run.j0..run.j0 + run.len];
+    let (mut ci, r) = (k0 / kk2, k0 % kk2);
+    let (mut ky, mut kx) = (r / geo.kernel, r % geo.kernel);
+    let plane_len = geo.h * geo.w;
+    for kk in 0..kc {
+        let plane = &inp[ci * plane_len..(ci + 1) * plane_len];
+        for run in runs {
+            let at = (run.j0 / NR) * kc * NR + kk * NR + run.j0 % NR;
+            let dst = &mut b[at..at + run.len];
             let iy = (run.oy * geo.stride + ky) as isize - geo.pad as isize;
             if iy < 0 || iy >= geo.h as isize {
                 dst.fill(0.0);
@@ -341,7 +386,19 @@ fn pack_b(geo: &Geometry, inp: &[f32], k0: usize, kc: usize, n0: usize, nr: usiz
             let src = &plane[iy as usize * geo.w..(iy as usize + 1) * geo.w];
             copy_row(src, dst, run.ox * geo.stride + kx, geo.pad, geo.stride);
         }
-        brow[nr..].fill(0.0);
+        if tail > 0 {
+            let at = (nc / NR) * kc * NR + kk * NR + nc % NR;
+            b[at..at + tail].fill(0.0);
+        }
+        kx += 1;
+        if kx == geo.kernel {
+            kx = 0;
+            ky += 1;
+            if ky == geo.kernel {
+                ky = 0;
+                ci += 1;
+            }
+        }
     }
 }
 
@@ -349,7 +406,18 @@ fn pack_b(geo: &Geometry, inp: &[f32], k0: usize, kc: usize, n0: usize, nr: usiz
 fn copy_row(src: &[f32], dst: &mut [f32], x0: usize, pad: usize, stride: usize) {
     let w = src.len() as isize;
     let first = x0 as isize - pad as isize;
-    if stride == 1 {
+    if stride == 1 && first >= 0 && first + dst.len() as isize <= w {
+        // Interior run (the common case): a plain copy, fixed-size for a full tile so it
+        // compiles to a few vector moves instead of a memcpy call.
+        let s = &src[first as usize..first as usize + dst.len()];
+        match (
+            <&mut [f32; NR]>::try_from(&mut *dst),
+            <&[f32; NR]>::try_from(s),
+        ) {
+            (Ok(d), Ok(s)) => *d = *s,
+            _ => dst.copy_from_slice(s),
+        }
+    } else if stride == 1 {
         // Valid q: 0 ≤ first + q < w.
         let lo = (-first).clamp(0, dst.len() as isize) as usize;
         let hi = (w - first).clamp(lo as isize, dst.len() as isize) as usize;
@@ -833,5 +901,69 @@ mod tests {
         assert!(bad
             .forward(&x, h, w, WeightsRef::F32(&wt), &b, 0..3, &mut out, &mut s)
             .is_err());
+    }
+}
+
+/// Single-threaded throughput of the ADM's dominant layer (128→128 3×3 at 256×256):
+/// `cargo test -p tweedie-kernels --release conv_throughput -- --ignored --nocapture`.
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn conv_throughput() {
+        let conv = Conv2d {
+            c_in: 128,
+            c_out: 128,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let size: usize = std::env::var("CONV_SIZE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(256);
+        let (h, w) = (size, size);
+        let x: Vec<f32> = (0..128 * h * w)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let wt: Vec<f32> = (0..128 * 128 * 9)
+            .map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let b = vec![0.1f32; 128];
+        let mut out = vec![0f32; 128 * h * w];
+        let mut scratch = vec![0f32; conv.scratch_len(h, w)];
+        let flops = 2.0 * 128.0 * 128.0 * 9.0 * (h * w) as f64;
+        let mut isas = vec![Isa::PORTABLE];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: just detected.
+            unsafe { enable_avx2_fma() };
+            isas.push(Isa::detected());
+        }
+        for isa in isas {
+            for rep in 0..3 {
+                let t0 = std::time::Instant::now();
+                conv.forward_with(
+                    isa,
+                    &x,
+                    h,
+                    w,
+                    WeightsRef::F32(&wt),
+                    &b,
+                    0..128,
+                    &mut out,
+                    &mut scratch,
+                )
+                .unwrap();
+                let dt = t0.elapsed().as_secs_f64();
+                println!(
+                    "{isa:?} {size}x{size} rep {rep}: {:.3} s, {:.1} GFLOP/s",
+                    dt,
+                    flops / dt / 1e9
+                );
+            }
+        }
     }
 }
