@@ -904,63 +904,76 @@ mod tests {
     }
 }
 
-/// Single-threaded throughput of the ADM's dominant layer (128→128 3×3 at 256×256):
-/// `cargo test -p tweedie-kernels --release conv_throughput -- --ignored --nocapture`.
+/// Throughput of one convolution layer, by default the ADM's dominant 128→128 3×3 at 256×256:
+/// `cargo test -p tweedie-kernels --release conv_throughput -- --ignored --nocapture`, with
+/// CONV_SHAPE="c_in,c_out,kernel,size", CONV_THREADS=n (output channels split evenly, as the
+/// host does) and CONV_SIMD_ONLY=1 (skip the slow portable path).
 #[cfg(test)]
 mod timing {
     use super::*;
 
+    fn env(name: &str, default: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| default.into())
+    }
+
     #[test]
     #[ignore]
     fn conv_throughput() {
+        let shape: Vec<usize> = env("CONV_SHAPE", "128,128,3,256")
+            .split(',')
+            .map(|v| v.trim().parse().unwrap())
+            .collect();
+        let (ci, co, k, size) = (shape[0], shape[1], shape[2], shape[3]);
+        let threads: usize = env("CONV_THREADS", "1").parse().unwrap();
         let conv = Conv2d {
-            c_in: 128,
-            c_out: 128,
-            kernel: 3,
+            c_in: ci,
+            c_out: co,
+            kernel: k,
             stride: 1,
-            pad: 1,
+            pad: k / 2,
         };
-        let size: usize = std::env::var("CONV_SIZE")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(256);
         let (h, w) = (size, size);
-        let x: Vec<f32> = (0..128 * h * w)
+        let x: Vec<f32> = (0..ci * h * w)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
             .collect();
-        let wt: Vec<f32> = (0..128 * 128 * 9)
+        let wt: Vec<f32> = (0..co * ci * k * k)
             .map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5)
             .collect();
-        let b = vec![0.1f32; 128];
-        let mut out = vec![0f32; 128 * h * w];
-        let mut scratch = vec![0f32; conv.scratch_len(h, w)];
-        let flops = 2.0 * 128.0 * 128.0 * 9.0 * (h * w) as f64;
-        let mut isas = vec![Isa::PORTABLE];
+        let b = vec![0.1f32; co];
+        let mut out = vec![0f32; co * h * w];
+        let slen = conv.scratch_len(h, w);
+        let mut scratch = vec![0f32; slen * threads];
+        let flops = 2.0 * (co * ci * k * k * h * w) as f64;
+        let mut isas = vec![];
+        if std::env::var("CONV_SIMD_ONLY").is_err() {
+            isas.push(Isa::PORTABLE);
+        }
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: just detected.
             unsafe { enable_avx2_fma() };
             isas.push(Isa::detected());
         }
+        let per = co.div_ceil(threads);
         for isa in isas {
-            for rep in 0..3 {
+            for rep in 0..5 {
                 let t0 = std::time::Instant::now();
-                conv.forward_with(
-                    isa,
-                    &x,
-                    h,
-                    w,
-                    WeightsRef::F32(&wt),
-                    &b,
-                    0..128,
-                    &mut out,
-                    &mut scratch,
-                )
-                .unwrap();
+                std::thread::scope(|sc| {
+                    let mut rest = &mut out[..];
+                    for (t, s) in scratch.chunks_mut(slen).enumerate() {
+                        let r = (t * per).min(co)..((t + 1) * per).min(co);
+                        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * h * w);
+                        rest = tail;
+                        let (x, wt, b) = (&x, &wt, &b);
+                        sc.spawn(move || {
+                            conv.forward_with(isa, x, h, w, WeightsRef::F32(wt), b, r, mine, s)
+                                .unwrap()
+                        });
+                    }
+                });
                 let dt = t0.elapsed().as_secs_f64();
                 println!(
-                    "{isa:?} {size}x{size} rep {rep}: {:.3} s, {:.1} GFLOP/s",
-                    dt,
+                    "{isa:?} {ci}->{co} k{k} {size}x{size} {threads} thread(s) rep {rep}: {dt:.4} s, {:.1} GFLOP/s",
                     flops / dt / 1e9
                 );
             }
