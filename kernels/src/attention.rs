@@ -30,7 +30,7 @@ fn head_rows(order: QkvOrder, channels: usize, ch: usize, h: usize) -> (usize, u
 
 /// Multi-head attention over T positions for the heads `h`: with ch = channels/heads and
 /// s = ch^(−1/4) applied to q and k before their product (as the original, for f16 stability),
-/// w[t, ·] = softmax_s(Σ_c (q[c,t]·s)(k[c,s]·s)) in f32 and a[c, t] = Σ_s w[t,s]·v[c,s];
+/// `w[t, ·] = softmax_s(Σ_c (q[c,t]·s)(k[c,s]·s))` in f32 and `a[c, t] = Σ_s w[t,s]·v[c,s]`;
 /// `out` = [h.len()·ch, T], head-major (output channel = head·ch + c, relative to h.start).
 #[allow(clippy::too_many_arguments)]
 pub fn qkv_attention(

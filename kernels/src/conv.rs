@@ -123,7 +123,7 @@ impl Conv2d {
     }
 
     /// out = conv(inp) + bias for the output channels `co` (`out.len() == co.len()·oh·ow`),
-    /// with PyTorch semantics (cross-correlation, weight [c_out, c_in, k, k], bias [c_out]), using
+    /// with PyTorch semantics (cross-correlation, weight [c_out, c_in, k, k], bias `[c_out]`), using
     /// the microkernel chosen by [`Isa::detected`].
     #[allow(clippy::too_many_arguments)]
     pub fn forward(

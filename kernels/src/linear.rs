@@ -26,7 +26,7 @@ fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
     s
 }
 
-/// y[o] = W[o,:]·x + b[o] for o in `o_range`; W is [out, in] row-major (PyTorch layout),
+/// `y[o] = W[o,:]·x + b[o]` for o in `o_range`; W is [out, in] row-major (PyTorch layout),
 /// `out.len() == o_range.len()`. The number of outputs is `bias.len()`.
 pub fn linear(
     x: &[f32],

@@ -39,10 +39,11 @@ fn tree(a: &[f64; LANES]) -> f64 {
 
 /// GroupNorm over `x` = [channels, hw] for the groups `g` (channels g.start·cpg .. g.end·cpg,
 /// cpg = channels/groups; `out` is exactly that slice of the output):
-/// y = (x − μ_g)/sqrt(σ²_g + eps)·gamma[c] + beta[c] with the biased variance (statistics in
+/// `y = (x − μ_g)/sqrt(σ²_g + eps)·gamma[c] + beta[c]` with the biased variance (statistics in
 /// f64, one pass; the centring x − μ uses μ split into two f32 parts so it stays accurate when
-/// |μ| ≫ σ, then y = (x − μ)·s_c + beta[c] with s_c = rstd·gamma[c] in f32); then, if `film = Some((scale, shift))`, y ← y·(1 + scale[c]) + shift[c]
-/// (ResBlock's scale-shift norm, after the affine); then, if `silu`, y ← SiLU(y).
+/// |μ| ≫ σ, then `y = (x − μ)·s_c + beta[c]` with `s_c = rstd·gamma[c]` in f32); then, if
+/// `film = Some((scale, shift))`, `y ← y·(1 + scale[c]) + shift[c]`
+/// (ResBlock's scale-shift norm, after the affine); then, if `silu_after`, y ← SiLU(y).
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm(
     x: &[f32],
