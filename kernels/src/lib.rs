@@ -5,5 +5,153 @@
 //! Each kernel is a per-element or per-tile body plus a CPU driver that processes a caller-given
 //! range, so the host can split work across threads (also within one image) and the same bodies
 //! compile to PTX. `no_std`, no allocation: scratch buffers are the caller's.
+//!
+//! Conventions shared by every layer:
+//! - tensors are `f32`, one sample at a time, NCHW without N: `[C, H, W]` row-major;
+//! - a driver takes an output range (channels, groups or heads) and the `out` slice for exactly
+//!   that range; every output element is computed in the same order whatever the range, so any
+//!   split across threads gives bit-identical results;
+//! - bad shapes or lengths are reported as [`KernelError`], never by a panic.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
+
+pub mod attention;
+pub mod conv;
+pub mod elementwise;
+pub mod embedding;
+pub mod linear;
+pub mod norm;
+pub mod resample;
+
+pub use attention::{attention_scratch_len, qkv_attention, QkvOrder};
+#[cfg(target_arch = "x86_64")]
+pub use conv::enable_avx2_fma;
+pub use conv::{Conv2d, Isa};
+pub use elementwise::{add_inplace, silu, silu_inplace};
+pub use embedding::timestep_embedding;
+pub use linear::linear;
+pub use norm::group_norm;
+pub use resample::{avg_pool2x2, upsample_nearest2x};
+
+use core::fmt;
+
+/// What a kernel rejected. Kernels check every shape and length up front and return this instead
+/// of panicking, so the host can name the layer at fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelError {
+    /// Inconsistent dimensions or an output range outside the layer (the text says which).
+    Shape(&'static str),
+    /// A buffer whose length does not match what the layer needs.
+    Length {
+        /// Which buffer.
+        what: &'static str,
+        /// The length needed (the minimum, for scratch buffers).
+        expected: usize,
+        /// The length given.
+        got: usize,
+    },
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            KernelError::Shape(what) => write!(f, "inconsistent shape: {what}"),
+            KernelError::Length {
+                what,
+                expected,
+                got,
+            } => write!(f, "{what} has length {got}, expected {expected}"),
+        }
+    }
+}
+
+/// Checks `got == expected` for the buffer `what`.
+pub(crate) fn check_len(
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(KernelError::Length {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+/// Checks that a scratch (or other "at least") buffer has `got >= expected` elements.
+pub(crate) fn check_min_len(
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
+    if got >= expected {
+        Ok(())
+    } else {
+        Err(KernelError::Length {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+/// Checks that `r` is a valid (non-reversed) sub-range of `0..n`.
+pub(crate) fn check_range(
+    what: &'static str,
+    r: &core::ops::Range<usize>,
+    n: usize,
+) -> Result<(), KernelError> {
+    if r.start <= r.end && r.end <= n {
+        Ok(())
+    } else {
+        Err(KernelError::Shape(what))
+    }
+}
+
+/// Weights as stored: f32, or f16 converted to f32 on the fly (when a panel is packed or a row
+/// is read), so a half-precision checkpoint needs no f32 copy in memory.
+#[derive(Clone, Copy, Debug)]
+pub enum WeightsRef<'a> {
+    /// Single precision.
+    F32(&'a [f32]),
+    /// Half precision (IEEE binary16).
+    F16(&'a [half::f16]),
+}
+
+impl WeightsRef<'_> {
+    /// Number of weights.
+    pub fn len(&self) -> usize {
+        match self {
+            WeightsRef::F32(w) => w.len(),
+            WeightsRef::F16(w) => w.len(),
+        }
+    }
+
+    /// Whether there are no weights.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A stored weight element that widens to f32 (exactly: every f16 is an f32).
+pub(crate) trait Weight: Copy {
+    fn to_f32(self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
