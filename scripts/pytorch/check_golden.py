@@ -60,6 +60,13 @@ def check_folder(folder):
     print(f"  {sum(k.startswith('act.') for k in io)} activations, worst max|diff| = "
           f"{worst[0]:.3e} at {worst[1]} (tol {TOL_ACT:g})")
     ok &= worst[0] <= TOL_ACT
+    # bench.py's channels_last layout must compute the same network.
+    model = model.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out_cl = model(io["x"].contiguous(memory_format=torch.channels_last), io["t"])
+    err_cl = (out_cl - io["out"]).abs().max().item()
+    print(f"  channels_last out max|diff| = {err_cl:.3e}")
+    ok &= err_cl <= TOL_OUT
     return ok
 
 
