@@ -1,0 +1,118 @@
+"""Check adm.py against the golden data from the original guided-diffusion code.
+
+For each golden ADM folder: build from its config.json, load weights.safetensors strictly,
+run io.safetensors `x`, `t` and compare with `out` (and the stored per-block activations).
+Also checks the parameter count of adm-ffhq256 (adm_unet.md §7) and the MAC counts of §8
+(hook count vs torch.utils.flop_counter.FlopCounterMode).
+
+Usage: python scripts/pytorch/check_golden.py [--shared DIR]   (exit status 1 on failure)
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import adm  # noqa: E402
+
+TOL_OUT = 1e-5  # golden READMEs: 1e-5 should pass for a careful float32 implementation
+TOL_ACT = 1e-4
+
+
+def default_shared():
+    env = os.environ.get("TWEEDIE_SHARED")
+    if env:
+        return env
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    return os.path.normpath(os.path.join(root, "..", "shared"))
+
+
+def check_folder(folder):
+    model = adm.build(os.path.join(folder, "config.json")).eval()
+    weights = {k: v.float() for k, v in load_file(os.path.join(folder, "weights.safetensors")).items()}
+    model.load_state_dict(weights, strict=True)
+    io = load_file(os.path.join(folder, "io.safetensors"))
+    acts = {}
+
+    def keep(name):
+        return lambda mod, inp, out: acts.__setitem__(name, out)
+
+    for i, blk in enumerate(model.input_blocks):
+        blk.register_forward_hook(keep(f"act.input_blocks.{i}"))
+    for i, blk in enumerate(model.output_blocks):
+        blk.register_forward_hook(keep(f"act.output_blocks.{i}"))
+    model.middle_block.register_forward_hook(keep("act.middle_block"))
+    model.time_embed.register_forward_hook(keep("act.emb"))
+    with torch.inference_mode():
+        out = model(io["x"], io["t"])
+        acts["act.emb_sinusoidal"] = adm.timestep_embedding(io["t"], model.model_channels)
+    ok = True
+    err = (out - io["out"]).abs().max().item()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{os.path.basename(folder)}: {len(weights)} tensors, {n_params} params, "
+          f"out max|diff| = {err:.3e} (tol {TOL_OUT:g})")
+    ok &= err <= TOL_OUT
+    worst = max(((io[k] - acts[k]).abs().max().item(), k) for k in io if k.startswith("act."))
+    print(f"  {sum(k.startswith('act.') for k in io)} activations, worst max|diff| = "
+          f"{worst[0]:.3e} at {worst[1]} (tol {TOL_ACT:g})")
+    ok &= worst[0] <= TOL_ACT
+    # bench.py's channels_last layout must compute the same network.
+    model = model.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out_cl = model(io["x"].contiguous(memory_format=torch.channels_last), io["t"])
+    err_cl = (out_cl - io["out"]).abs().max().item()
+    print(f"  channels_last out max|diff| = {err_cl:.3e}")
+    ok &= err_cl <= TOL_OUT
+    return ok
+
+
+def check_ffhq():
+    with torch.device("meta"):
+        model = adm.build("adm-ffhq256")
+    sd = model.state_dict()
+    n = sum(v.numel() for v in sd.values())
+    print(f"adm-ffhq256: {len(sd)} tensors, {n} params (expect 362, 93563910)")
+    ok = (len(sd), n) == (362, 93563910)
+    for size, expect in ((256, 193.97e9), (64, 12.12e9)):
+        macs = adm.macs_for("adm-ffhq256", size)
+        flops = flop_counter_flops("adm-ffhq256", size)
+        print(f"  {size}x{size}: {macs} MAC = {macs / 1e9:.2f} G by hooks, FlopCounterMode "
+              f"{flops / 2e9:.2f} G MAC (expect {expect / 1e9:.2f})")
+        ok &= abs(macs - expect) < 0.005e9 and flops == 2 * macs
+    return ok
+
+
+def flop_counter_flops(spec, size, batch=1):
+    """FLOPs by PyTorch's own counter (meta device, no compute)."""
+    logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)  # "triton not found"
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kw = adm.unet_kwargs(adm.load_config(spec))
+    with torch.device("meta"):
+        model = adm.UNetModel(**kw)
+        x = torch.empty(batch, kw["in_channels"], size, size)
+        t = torch.empty(batch)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return counter.get_total_flops()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=default_shared())
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    ok = True
+    for name in ("adm_small", "adm_variant"):
+        ok &= check_folder(os.path.join(args.shared, "golden", name))
+    ok &= check_ffhq()
+    print("PASS" if ok else "FAIL")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
