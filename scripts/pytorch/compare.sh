@@ -14,7 +14,7 @@
 #           --iters 3, --threads 2, --rounds 3, --python $TWEEDIE_TORCH_VENV/bin/python
 #           (TWEEDIE_TORCH_VENV defaults to /tmp/tweedie-torch-venv, see setup-venv.sh).
 # The host is called as:
-#   HOST bench --config C --size S --batch B --iters N --threads T --f16-weights no HOST_ARGS
+#   HOST bench --config C --size S --batch B --iters N --threads T HOST_ARGS (f32 weights unless HOST_ARGS has --f16)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -78,7 +78,7 @@ bench_py() {
 bench_host() {
     # shellcheck disable=SC2086  # HOST_ARGS is deliberately word-split
     "$HOST" bench --config "$CONFIG" --size "$SIZE" --batch "$BATCH" --iters "$ITERS" \
-        --threads "$THREADS" --f16-weights no $HOST_ARGS
+        --threads "$THREADS" $HOST_ARGS
 }
 
 SIDES=(pytorch_nchw pytorch_channels_last)
