@@ -114,6 +114,12 @@ pub fn run(args: &ParityArgs) -> Result<ExitCode> {
     let file = SafetensorsFile::open(&args.weights)?;
     let meta = WeightsMeta::parse(&file.metadata()?)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.label()))?;
+    for key in &meta.unknown {
+        eprintln!(
+            "warning: {}: unknown metadata key {key} ignored",
+            file.label()
+        );
+    }
     let ModelConfig::Adm(config) = resolve_config(args.config.as_deref(), &meta, file.label())?;
     let arch = AdmArch::new(&config)?;
     let weights = Weights::load(&file, &arch.state_dict(), precision(args.f16))?;
