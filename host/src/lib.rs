@@ -1,4 +1,19 @@
 //! # tweedie-host
 //!
 //! Orchestration only: parse arguments, load weights, plan memory, call kernels, write files.
+//!
+//! - [`model`]: network configurations, architectures, expected state_dicts, forward passes.
+//! - [`weights`]: strict safetensors loading into f32 or f16 storage, `tweedie.*` metadata.
+//! - [`tensors`]: reading safetensors files (inputs, references) with one-line errors.
+//! - [`parity`]: the formats.md §7 comparison criterion.
+//! - [`cli`]: the `host` subcommands.
 #![warn(missing_docs)]
+
+pub mod cli;
+pub mod model;
+pub mod parity;
+pub mod tensors;
+pub mod weights;
+
+#[cfg(test)]
+mod testdata;

@@ -1,11 +1,15 @@
-//! The `host` binary.
+//! The `host` binary: parse the command line, run it, print any error as one line.
+use std::process::ExitCode;
+
 use clap::Parser;
+use tweedie_host::cli::{run, Cli, EXIT_ERROR};
 
-/// tweedie: score-based diffusion with random walks driven by Tweedie's formula.
-#[derive(Parser)]
-#[command(name = "host", version, about)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
 }

@@ -1,0 +1,166 @@
+//! `host parity`: load a network strictly, run it on reference inputs, compare with the
+//! reference outputs under the formats.md §7 criterion.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::common::{grouped, precision, resolve_config, threads};
+use super::EXIT_CHECK_FAILED;
+use crate::model::adm::forward::{forward, Input};
+use crate::model::adm::AdmArch;
+use crate::model::config::ModelConfig;
+use crate::parity::{compare, TOL_ADM, TOL_F16};
+use crate::tensors::{SafetensorsFile, TensorF32};
+use crate::weights::{Weights, WeightsMeta};
+
+const EXAMPLE: &str = "\
+Example:
+  host parity --weights golden/adm_small/weights.safetensors \\
+              --config golden/adm_small/config.json --io golden/adm_small/io.safetensors
+
+Exit code: 0 every sample within tolerance, 1 some sample outside it, 2 error.";
+
+/// Arguments of `host parity`.
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLE)]
+pub struct ParityArgs {
+    /// Weights (safetensors, PyTorch state_dict names; f32, f16 or f64 tensors).
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: PathBuf,
+    /// Model config: a JSON file or a built-in name (adm-ffhq256). Default: the weights'
+    /// `tweedie.config` metadata.
+    #[arg(long, value_name = "C.json|NAME")]
+    pub config: Option<String>,
+    /// Reference tensors: `x` [N, C, H, W] inputs, `t` [N] timesteps, `out` [N, C', H, W] outputs.
+    #[arg(long, value_name = "IO.safetensors")]
+    pub io: PathBuf,
+    /// Per-sample pass: max|ours − ref| ≤ tol · max(1, max|ref|). Default 1e-4, 2e-3 with --f16.
+    #[arg(long, value_name = "TOL")]
+    pub tol: Option<f64>,
+    /// Store conv and linear weights as f16 (half the memory).
+    #[arg(long)]
+    pub f16: bool,
+    /// Worker threads (default: all available cores).
+    #[arg(long, value_name = "J", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+}
+
+/// The reference tensors of an io file, shape-checked against the model.
+struct Reference {
+    x: TensorF32,
+    t: TensorF32,
+    out: TensorF32,
+    batch: usize,
+    height: usize,
+    width: usize,
+}
+
+fn read_reference(path: &std::path::Path, arch: &AdmArch) -> Result<Reference> {
+    let file = SafetensorsFile::open(path)?;
+    let (x, t, out) = (
+        file.tensor_f32("x")?,
+        file.tensor_f32("t")?,
+        file.tensor_f32("out")?,
+    );
+    let label = file.label();
+    let c = &arch.config;
+    let [n, ci, h, w] = x.shape[..] else {
+        bail!(
+            "{label}: x has shape {:?}, expected [N, {}, H, W]",
+            x.shape,
+            c.in_channels
+        );
+    };
+    if ci != c.in_channels {
+        bail!(
+            "{label}: x has {ci} channels but the model takes {} (shape {:?})",
+            c.in_channels,
+            x.shape
+        );
+    }
+    if t.shape != [n] {
+        bail!(
+            "{label}: t has shape {:?}, expected [{n}] (one timestep per sample)",
+            t.shape
+        );
+    }
+    if out.shape != [n, c.out_channels, h, w] {
+        bail!(
+            "{label}: out has shape {:?}, expected [{n}, {}, {h}, {w}]",
+            out.shape,
+            c.out_channels
+        );
+    }
+    arch.check_input_size(h, w)
+        .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    Ok(Reference {
+        x,
+        t,
+        out,
+        batch: n,
+        height: h,
+        width: w,
+    })
+}
+
+/// Runs `host parity`.
+pub fn run(args: &ParityArgs) -> Result<ExitCode> {
+    if let Some(tol) = args.tol.filter(|t| !(*t >= 0.0 && t.is_finite())) {
+        bail!("--tol: must be a non-negative number, got {tol}");
+    }
+    let file = SafetensorsFile::open(&args.weights)?;
+    let meta = WeightsMeta::parse(&file.metadata()?)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.label()))?;
+    for key in &meta.unknown {
+        eprintln!(
+            "warning: {}: unknown metadata key {key} ignored",
+            file.label()
+        );
+    }
+    let ModelConfig::Adm(config) = resolve_config(args.config.as_deref(), &meta, file.label())?;
+    let arch = AdmArch::new(&config)?;
+    let weights = Weights::load(&file, &arch.state_dict(), precision(args.f16))?;
+    drop(file);
+    let reference = read_reference(&args.io, &arch)?;
+    println!(
+        "model: adm, {} parameters ({:.1} MB as stored); {} samples of {}x{}x{}",
+        grouped(weights.parameter_count() as u64),
+        weights.size_bytes() as f64 / 1e6,
+        reference.batch,
+        config.in_channels,
+        reference.height,
+        reference.width
+    );
+    let input = Input {
+        x: &reference.x.data,
+        t: &reference.t.data,
+        batch: reference.batch,
+        height: reference.height,
+        width: reference.width,
+    };
+    let mut ours = vec![0.0f32; reference.out.data.len()];
+    let jobs = threads(args.threads.map(|j| j as usize));
+    forward(&arch, &weights, &input, jobs, &mut ours)?;
+    let tol = args.tol.unwrap_or(if args.f16 { TOL_F16 } else { TOL_ADM });
+    let results = compare(&ours, &reference.out.data, reference.batch, tol)?;
+    for (i, s) in results.iter().enumerate() {
+        let verdict = if s.pass { "ok" } else { "FAIL" };
+        println!(
+            "sample {i} (t = {}): max abs err {:.3e}, max |ref| {:.3e}, rel err {:.3e} (tol {tol:e}) {verdict}",
+            reference.t.data[i], s.max_abs, s.max_ref, s.rel
+        );
+    }
+    let failed = results.iter().filter(|s| !s.pass).count();
+    if failed > 0 {
+        println!(
+            "parity FAILED: {failed} of {} samples outside tolerance",
+            results.len()
+        );
+        return Ok(ExitCode::from(EXIT_CHECK_FAILED));
+    }
+    println!("parity ok: {} samples within tolerance", results.len());
+    Ok(ExitCode::SUCCESS)
+}
