@@ -19,6 +19,8 @@ pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod embedding;
+#[cfg(test)]
+mod gradcheck;
 pub mod linear;
 pub mod norm;
 pub mod resample;
