@@ -1697,4 +1697,69 @@ mod timing {
             }
         }
     }
+
+    /// Forward, backward_input and backward_params of one 3×3 layer (default 128→128 at
+    /// 32×32, a training-size map), one thread:
+    /// `cargo test -p tweedie-kernels --release conv_backward_throughput -- --ignored --nocapture`,
+    /// CONV_SHAPE="c_in,c_out,kernel,size" as above.
+    #[test]
+    #[ignore]
+    fn conv_backward_throughput() {
+        let shape: Vec<usize> = env("CONV_SHAPE", "128,128,3,32")
+            .split(',')
+            .map(|v| v.trim().parse().unwrap())
+            .collect();
+        let (ci, co, k, size) = (shape[0], shape[1], shape[2], shape[3]);
+        let conv = Conv2d {
+            c_in: ci,
+            c_out: co,
+            kernel: k,
+            stride: 1,
+            pad: k / 2,
+        };
+        let (h, w) = (size, size);
+        let x: Vec<f32> = (0..ci * h * w)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let wt: Vec<f32> = (0..co * ci * k * k)
+            .map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let b = vec![0.1f32; co];
+        let mut out = vec![0f32; co * h * w];
+        let mut dx = vec![0f32; ci * h * w];
+        let (mut dw, mut db) = (vec![0f32; wt.len()], vec![0f32; co]);
+        let mut s = vec![0f32; conv.scratch_len(h, w).max(conv.backward_scratch_len(h, w))];
+        let flops = 2.0 * (co * ci * k * k * h * w) as f64;
+        let mut isas = vec![Isa::PORTABLE];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: just detected.
+            unsafe { enable_avx2_fma() };
+            isas.push(Isa::detected());
+        }
+        let wr = WeightsRef::F32(&wt);
+        for isa in isas {
+            for rep in 0..3 {
+                let t0 = std::time::Instant::now();
+                conv.forward_with(isa, &x, h, w, wr, &b, 0..co, &mut out, &mut s)
+                    .unwrap();
+                let t1 = std::time::Instant::now();
+                conv.backward_input(isa, &mut dx, &out, wr, h, w, 0..ci, &mut s)
+                    .unwrap();
+                let t2 = std::time::Instant::now();
+                conv.backward_params(isa, &mut dw, &mut db, &out, &x, h, w, 0..co, &mut s)
+                    .unwrap();
+                let t3 = std::time::Instant::now();
+                let g = |a: std::time::Instant, b: std::time::Instant| {
+                    flops / (b - a).as_secs_f64() / 1e9
+                };
+                println!(
+                    "{isa:?} {ci}->{co} k{k} {size}x{size} rep {rep}: forward {:.1}, backward_input {:.1}, backward_params {:.1} GFLOP/s",
+                    g(t0, t1),
+                    g(t1, t2),
+                    g(t2, t3)
+                );
+            }
+        }
+    }
 }
