@@ -1,14 +1,19 @@
 //! Test helpers for the backward kernels: random data, central finite differences of an f64
 //! forward, and a gradient comparison scaled by the largest reference component.
 
-/// Deterministic pseudo-random values in [−1, 1).
+/// Deterministic pseudo-random values in [−1, 1) (murmur3's finaliser of (seed, i), so
+/// different seeds give unrelated sequences).
 pub fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
         .map(|i| {
-            let v = (i as u32)
-                .wrapping_add(seed.wrapping_mul(0x9E37_79B9))
-                .wrapping_mul(2654435761);
-            ((v ^ (v >> 15)) >> 8) as f32 / 8388608.0 - 1.0
+            let mut v = (i as u32) ^ seed.wrapping_mul(0x9E37_79B9).rotate_left(16);
+            v = v.wrapping_add(seed.wrapping_mul(0x85EB_CA6B));
+            v ^= v >> 16;
+            v = v.wrapping_mul(0x85EB_CA6B);
+            v ^= v >> 13;
+            v = v.wrapping_mul(0xC2B2_AE35);
+            v ^= v >> 16;
+            (v >> 8) as f32 / 8388608.0 - 1.0
         })
         .collect()
 }
