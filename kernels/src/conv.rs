@@ -314,7 +314,7 @@ impl Conv2d {
     /// rows co of W, `co.len()·c_in·k·k`; `dbias.len() == co.len()`), given the whole `inp`
     /// [c_in, h, w] and `dout` [c_out, oh, ow]:
     /// dW[o, k] += Σ_n dout[o, n]·im2col(inp)[k, n], terms in pixel order n = 0, 1, … onto the
-    /// value in `dweight`; db[o] += Σ_n dout[o, n], summed in f64 (8 interleaved lanes) and
+    /// value in `dweight`; `db[o] += Σ_n dout[o, n]`, summed in f64 (8 interleaved lanes) and
     /// added once.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_params(

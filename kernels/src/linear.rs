@@ -67,7 +67,7 @@ fn linear_rows<W: Weight>(
 }
 
 /// dx += Wᵀ·dout for the input features `i_range` (`dx.len() == i_range.len()`), given the
-/// whole `dout` = ∂L/∂y [out_features]: dx[i] += Σ_o W[o, i]·dout[o], terms in o order
+/// whole `dout` = ∂L/∂y `[out_features]`: `dx[i] += Σ_o W[o, i]·dout[o]`, terms in o order
 /// onto the value in `dx` (so any split of the features gives the same bits).
 pub fn linear_backward_input(
     dx: &mut [f32],
@@ -106,9 +106,9 @@ fn columns_times<W: Weight>(
     }
 }
 
-/// dweight[o, :] += dout[o]·x and dbias[o] += dout[o] for the outputs `o_range` (`dweight`
+/// `dweight[o, :] += dout[o]·x` and `dbias[o] += dout[o]` for the outputs `o_range` (`dweight`
 /// holds rows o_range of W, `o_range.len()·in_features`; `dbias.len() == o_range.len()`),
-/// given the whole `dout` [out_features] and the layer's input `x` [in_features]. Called once
+/// given the whole `dout` `[out_features]` and the layer's input `x` `[in_features]`. Called once
 /// per sample, the batch sums in call order.
 pub fn linear_backward_params(
     dweight: &mut [f32],
