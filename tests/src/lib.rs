@@ -91,7 +91,7 @@ impl Denoiser for DiagonalGaussian {
         step: &PlanStep,
         out: &mut [f32],
     ) -> Result<(), Error> {
-        if x.len() != out.len() || x.len() % self.len() != 0 {
+        if x.len() != out.len() || !x.len().is_multiple_of(self.len()) {
             return Err(Error::Shape("diagonal oracle: buffer is not whole chains"));
         }
         let n = self.len();
@@ -309,6 +309,10 @@ pub struct GaussianMixture {
 }
 
 impl GaussianMixture {
+    /// The most components [`GaussianMixture::denoised`] handles (stack buffer, no allocation
+    /// in the sampling loop).
+    pub const MAX_COMPONENTS: usize = 8;
+
     /// Number of components.
     pub fn components(&self) -> usize {
         self.weights.len()
@@ -336,10 +340,12 @@ impl GaussianMixture {
         r.iter_mut().for_each(|v| *v = (*v - top).exp() / total);
     }
 
-    /// D(x, σ) for one chain x (length d), written to `out`.
+    /// D(x, σ) for one chain x (length d), written to `out`. At most
+    /// [`GaussianMixture::MAX_COMPONENTS`] components.
     pub fn denoised(&self, x: &[f64], sigma: f64, out: &mut [f64]) {
-        let mut r = vec![0.0; self.components()];
-        self.responsibilities(x, sigma, &mut r);
+        let mut buf = [0.0; Self::MAX_COMPONENTS];
+        let r = &mut buf[..self.components()];
+        self.responsibilities(x, sigma, r);
         out.iter_mut().for_each(|o| *o = 0.0);
         for (j, &rj) in r.iter().enumerate() {
             let shrink = self.vars[j] / (self.vars[j] + sigma * sigma);
@@ -358,7 +364,7 @@ impl Denoiser for GaussianMixture {
         step: &PlanStep,
         out: &mut [f32],
     ) -> Result<(), Error> {
-        if x.len() != out.len() || x.len() % self.dim != 0 {
+        if x.len() != out.len() || !x.len().is_multiple_of(self.dim) {
             return Err(Error::Shape("mixture oracle: buffer is not whole chains"));
         }
         let mut xc = vec![0.0f64; self.dim];
