@@ -378,6 +378,93 @@ impl Denoiser for GaussianMixture {
     }
 }
 
+/// An estimate with its standard error.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    /// The estimate.
+    pub value: f64,
+    /// Its (large-sample) standard error.
+    pub se: f64,
+}
+
+impl Estimate {
+    /// (value − truth)/se.
+    pub fn z(&self, truth: f64) -> f64 {
+        (self.value - truth) / self.se
+    }
+}
+
+/// Per-component weight, mean and variance of 1-D samples, estimated with the mixture's own
+/// responsibilities r_j(x) = P(component j | x) at noise level σ.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ComponentFit {
+    /// ŵ_j = mean of r_j(x).
+    pub weight: Estimate,
+    /// m̂_j = Σ r_j x / Σ r_j.
+    pub mean: Estimate,
+    /// v̂_j = Σ r_j (x − m_j)² / Σ r_j (about the TRUE mean m_j).
+    pub var: Estimate,
+}
+
+impl GaussianMixture {
+    /// Fits every component of a 1-D mixture to `x` (one coordinate per chain).
+    ///
+    /// For samples of X_σ (this mixture smoothed by σ) the identities E[r_j] = w_j,
+    /// E[r_j X] = w_j m_j and E[r_j (X − m_j)²] = w_j (v_j + σ²) hold exactly, however much
+    /// the components overlap, so these estimators are consistent; standard errors by the
+    /// delta method on the per-sample terms.
+    pub fn fit_1d(&self, x: &[f32], sigma: f64) -> Vec<ComponentFit> {
+        assert_eq!(self.dim, 1, "fit_1d needs a 1-D mixture");
+        let n = x.len() as f64;
+        let mut r = vec![0.0; self.components()];
+        let rows: Vec<Vec<f64>> = x
+            .iter()
+            .map(|&v| {
+                self.responsibilities(&[v as f64], sigma, &mut r);
+                r.clone()
+            })
+            .collect();
+        (0..self.components())
+            .map(|j| {
+                let m_true = self.means[j];
+                let mean_of = |f: &dyn Fn(f64, f64) -> f64| -> f64 {
+                    rows.iter()
+                        .zip(x)
+                        .map(|(r, &v)| f(r[j], v as f64))
+                        .sum::<f64>()
+                        / n
+                };
+                let sd_of = |f: &dyn Fn(f64, f64) -> f64| -> f64 {
+                    let m = mean_of(f);
+                    let ss: f64 = rows
+                        .iter()
+                        .zip(x)
+                        .map(|(r, &v)| (f(r[j], v as f64) - m).powi(2))
+                        .sum();
+                    (ss / (n - 1.0)).sqrt()
+                };
+                let w = mean_of(&|r, _| r);
+                let m = mean_of(&|r, v| r * v) / w;
+                let var = mean_of(&|r, v| r * (v - m_true).powi(2)) / w;
+                ComponentFit {
+                    weight: Estimate {
+                        value: w,
+                        se: sd_of(&|r, _| r) / n.sqrt(),
+                    },
+                    mean: Estimate {
+                        value: m,
+                        se: sd_of(&|r, v| r * (v - m)) / (w * n.sqrt()),
+                    },
+                    var: Estimate {
+                        value: var,
+                        se: sd_of(&|r, v| r * ((v - m_true).powi(2) - var)) / (w * n.sqrt()),
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
