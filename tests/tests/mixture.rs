@@ -63,7 +63,11 @@ fn run(temperature: f64) -> Vec<ComponentFit> {
 #[test]
 fn small_steps_recover_the_mixture_and_low_temperature_concentrates_it() {
     let mix = mixture();
-    let unit = run(1.0);
+    // The two runs are independent: one thread each.
+    let (unit, cold) = std::thread::scope(|s| {
+        let cold = s.spawn(|| run(0.5));
+        (run(1.0), cold.join().unwrap())
+    });
     for (j, f) in unit.iter().enumerate() {
         let z = [
             f.weight.z(mix.weights[j]),
@@ -74,7 +78,6 @@ fn small_steps_recover_the_mixture_and_low_temperature_concentrates_it() {
         assert!(z.iter().all(|v| v.abs() <= 4.0), "component {j}: {z:?}");
     }
 
-    let cold = run(0.5);
     for (j, (c, u)) in cold.iter().zip(&unit).enumerate() {
         // Within-component variance ≈ T v: about half (a third to two thirds allowed: the chain
         // freezes at a small but non-zero σ, and the components' tails overlap).
