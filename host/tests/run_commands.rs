@@ -667,6 +667,26 @@ fn bad_input_is_one_clear_error_and_leaves_no_output() {
             "--sigma-y -1",
         ),
         (
+            with(
+                &[
+                    "sample",
+                    "--weights",
+                    "gaussian:0,0.5",
+                    "--kind",
+                    "ve",
+                    "--c",
+                    "50",
+                    "--steps",
+                    "60",
+                    "--n",
+                    "3",
+                    "--out",
+                ],
+                &[&o],
+            ),
+            "NaN/Inf at step 21 in chain 0",
+        ),
+        (
             with(&["schedule", "--kind", "ve", "--steps", "0"], &[]),
             "--steps 0",
         ),
