@@ -680,6 +680,7 @@ fn bad_input_is_one_clear_error_and_leaves_no_output() {
                     "60",
                     "--n",
                     "3",
+                    "--quiet",
                     "--out",
                 ],
                 &[&o],
