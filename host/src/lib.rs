@@ -10,8 +10,11 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod denoiser;
+pub mod image_io;
 pub mod model;
 pub mod parity;
+pub mod run;
 pub mod tensors;
 pub mod weights;
 
