@@ -13,6 +13,7 @@ pub mod cli;
 pub mod model;
 pub mod parity;
 pub mod tensors;
+pub mod train;
 pub mod weights;
 
 #[cfg(test)]
