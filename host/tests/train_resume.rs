@@ -7,7 +7,7 @@
 //! weight decay, EMA, the loss log and the stop flag.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tweedie_core::training::{draw_noise, perturb_with, NoiseDistribution};
 use tweedie_host::train::checkpoint::TrainState;
@@ -109,7 +109,7 @@ fn run(
     ds: &Dataset,
     until: u64,
     stop: &StopFlag,
-    ckpt: &PathBuf,
+    ckpt: &Path,
     log: &mut LossCsv,
 ) {
     while state.step < until {
