@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use tweedie_core::training::{draw_noise, perturb_with, NoiseDistribution};
 use tweedie_host::train::checkpoint::TrainState;
 use tweedie_host::train::clip::clip_grad_norm;
-use tweedie_host::train::data::{DataOrder, DataRange, Dataset, Preprocess};
-use tweedie_host::train::ema::Ema;
+use tweedie_host::train::data::{DataRange, Dataset, Preprocess};
 use tweedie_host::train::log::{read_column, LossCsv};
-use tweedie_host::train::optim::{AdamW, AdamWConfig};
+use tweedie_host::train::optim::AdamWConfig;
 use tweedie_host::train::params::ParamLayout;
 use tweedie_host::train::schedule::{LrSchedule, Warmup};
 use tweedie_host::train::signal::StopFlag;
@@ -54,14 +53,7 @@ fn fresh_state(layout: &ParamLayout, n: usize) -> TrainState {
         "tweedie.train".to_string(),
         r#"{"preset":"toy"}"#.to_string(),
     );
-    TrainState {
-        step: 0,
-        ema: Ema::new(0.9, &params).unwrap(),
-        optimizer: AdamW::new(config, layout.total()).unwrap(),
-        data: DataOrder::new(n, SEED).unwrap(),
-        params,
-        metadata,
-    }
+    TrainState::new(params, config, 0.9, n, SEED, metadata).unwrap()
 }
 
 /// One training step of the toy model; returns the batch loss.

@@ -84,6 +84,26 @@ pub struct TrainState {
 }
 
 impl TrainState {
+    /// The state before the first step: EMA started at `params`, zero AdamW moments, the
+    /// data order at (epoch 0, position 0) of `data_len` examples.
+    pub fn new(
+        params: Vec<f32>,
+        adam: AdamWConfig,
+        ema_decay: f64,
+        data_len: usize,
+        data_seed: u64,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<TrainState> {
+        Ok(TrainState {
+            step: 0,
+            ema: Ema::new(ema_decay, &params)?,
+            optimizer: AdamW::new(adam, params.len())?,
+            data: DataOrder::new(data_len, data_seed)?,
+            params,
+            metadata,
+        })
+    }
+
     /// Errors unless every buffer matches the layout.
     pub fn check(&self, layout: &ParamLayout) -> Result<()> {
         layout.check_buffer(self.params.len())?;
