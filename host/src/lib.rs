@@ -16,6 +16,7 @@ pub mod model;
 pub mod parity;
 pub mod run;
 pub mod tensors;
+pub mod train;
 pub mod weights;
 
 #[cfg(test)]
