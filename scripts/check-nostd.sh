@@ -29,9 +29,11 @@ ptx_toolchain_check
 echo "== toolchain: rustc $PTX_RUST_RELEASE ($NVPTX_RUSTC)"
 
 ptx_clean_env
-export RUSTC=$NVPTX_RUSTC RUSTC_BOOTSTRAP=1
+export RUSTC=$NVPTX_RUSTC RUSTC_BOOTSTRAP=1 CARGO_PROFILE_RELEASE_DEBUG=false
 # `cargo check` of the libs only (tests use std by design: cfg_attr(not(test), no_std)); a
 # missing `std`/`alloc` crate is a check-time error, so codegen would prove nothing more.
-cargo check -p tweedie-core -p tweedie-kernels --lib \
-    --target x86_64-unknown-none -Zbuild-std=core --target-dir target/nostd-build
+# Same target folder and profile settings as build-ptx.sh, so the host-side build scripts and
+# proc-macros (syn, zerocopy-derive) compiled there are reused rather than rebuilt.
+cargo check -p tweedie-core -p tweedie-kernels --lib --release \
+    --target x86_64-unknown-none -Zbuild-std=core --target-dir target/ptx-build
 echo "== tweedie-core and tweedie-kernels compile against core only; done in $((SECONDS - start)) s"

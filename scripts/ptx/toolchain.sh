@@ -77,8 +77,8 @@ ptx_toolchain_install() {
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
     local ver llvm_pkg
-    if apt-cache madison rustc-web | grep -qF " $PTX_PIN_RUST " &&
-        apt-cache madison rust-web-src | grep -qF " $PTX_PIN_RUST "; then
+    if apt-cache madison rustc-web | grep -F " $PTX_PIN_RUST " >/dev/null &&
+        apt-cache madison rust-web-src | grep -F " $PTX_PIN_RUST " >/dev/null; then
         ver=$PTX_PIN_RUST
     else
         ver=$(apt-cache policy rustc-web | awk '/Candidate:/ { print $2 }')
@@ -88,7 +88,7 @@ ptx_toolchain_install() {
     if [ "$ver" = "$PTX_PIN_RUST" ]; then
         # One apt call for all three (the verified combination); keep a newer llvm-22 if offered.
         llvm_pkg=llvm-$PTX_PIN_LLVM_MAJOR
-        apt-cache madison "$llvm_pkg" | grep -qF " $PTX_PIN_LLVM " && llvm_pkg="$llvm_pkg=$PTX_PIN_LLVM"
+        apt-cache madison "$llvm_pkg" | grep -F " $PTX_PIN_LLVM " >/dev/null && llvm_pkg="$llvm_pkg=$PTX_PIN_LLVM"
         $sudo apt-get install -y -qq --no-install-recommends --allow-downgrades \
             "rustc-web=$ver" "rust-web-src=$ver" "$llvm_pkg" >/dev/null
     else
