@@ -40,6 +40,7 @@
 //!   emb-Linear's dout.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
+#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx))]
 
 pub mod attention;
 pub mod conv;
@@ -50,6 +51,8 @@ mod gradcheck;
 pub mod linear;
 pub mod norm;
 pub mod resample;
+#[cfg(target_arch = "nvptx64")]
+pub mod ptx;
 
 pub use attention::{
     attention_backward_scratch_len, attention_scratch_len, qkv_attention, qkv_attention_backward,
