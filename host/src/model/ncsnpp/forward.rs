@@ -1216,7 +1216,10 @@ mod tests {
             }
             assert!(s.pass, "{name} sample {sample}: rel err {:.3e}", s.rel);
             if name == "out" {
-                eprintln!("out[{sample}]: max abs err {:.3e}, rel {:.3e}", s.max_abs, s.rel);
+                eprintln!(
+                    "out[{sample}]: max abs err {:.3e}, rel {:.3e}",
+                    s.max_abs, s.rel
+                );
             }
         };
         let per = out.len() / 2;

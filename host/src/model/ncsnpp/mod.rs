@@ -7,8 +7,11 @@
 pub mod arch;
 pub mod config;
 pub mod cost;
+pub mod denoiser;
 pub mod forward;
 pub mod state_dict;
 
 pub use arch::{Module, NcsnppArch, Op, ResBlock, Updown};
 pub use config::{NcsnppConfig, NCSNPP_FFHQ256};
+pub use denoiser::NcsnppDenoiser;
+pub use forward::{forward, Input, NcsnppModel, Output};
