@@ -1328,6 +1328,33 @@ mod tests {
         }
     }
 
+    /// The full FFHQ-256 topology runs end to end (random weights; ~266 GMAC, seconds).
+    /// `cargo test -p tweedie-host --lib ffhq256_runs -- --ignored --nocapture`
+    #[test]
+    #[ignore = "FFHQ-256 forward: ~266 GMAC"]
+    fn ffhq256_runs_on_random_weights() {
+        let arch = NcsnppArch::new(&NcsnppConfig::ffhq256()).unwrap();
+        let weights = Weights::random(&arch.state_dict(), Precision::F32, 1);
+        let mut model = NcsnppModel::new(&arch, &weights, 2).unwrap();
+        let n = 3 * 256 * 256;
+        let x: Vec<f32> = (0..n).map(|i| (i % 255) as f32 / 255.0).collect();
+        let mut out = vec![0f32; n];
+        let start = std::time::Instant::now();
+        let input = Input {
+            x: &x,
+            sigma: &[50.0],
+            batch: 1,
+        };
+        model.forward(&input, Output::Score, &mut out).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert!(out.iter().all(|v| v.is_finite()));
+        eprintln!(
+            "ffhq256: {secs:.2} s, {:.1} GFLOP/s, arena {:.0} MB",
+            2.0 * arch.macs() as f64 / secs / 1e9,
+            model.arena_bytes() as f64 / 1e6
+        );
+    }
+
     #[test]
     fn bad_inputs_are_errors() {
         let arch = golden_arch();
