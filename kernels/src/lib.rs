@@ -46,13 +46,17 @@ pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod embedding;
+pub mod fir;
+pub mod fourier;
 #[cfg(test)]
 mod gradcheck;
 pub mod linear;
+pub mod nin;
 pub mod norm;
 pub mod resample;
 #[cfg(target_arch = "nvptx64")]
 pub mod ptx;
+pub mod rescale;
 
 pub use attention::{
     attention_backward_scratch_len, attention_scratch_len, qkv_attention, qkv_attention_backward,
@@ -63,11 +67,15 @@ pub use conv::enable_avx2_fma;
 pub use conv::{Conv2d, Isa};
 pub use elementwise::{add_inplace, silu, silu_backward, silu_grad, silu_inplace};
 pub use embedding::timestep_embedding;
+pub use fir::{fir_downsample2x, fir_upsample2x};
+pub use fourier::gaussian_fourier_projection;
 pub use linear::{linear, linear_backward_input, linear_backward_params};
+pub use nin::nin;
 pub use norm::{group_norm, group_norm_backward};
 pub use resample::{
     avg_pool2x2, avg_pool2x2_backward, upsample_nearest2x, upsample_nearest2x_backward,
 };
+pub use rescale::add_skip_rescale;
 
 use core::fmt;
 

@@ -233,7 +233,7 @@ impl ModelArgs {
         for key in &meta.unknown {
             eprintln!("warning: {label}: unknown metadata key {key} ignored");
         }
-        let ModelConfig::Adm(config) = resolve_config(self.config.as_deref(), &meta, &label)?;
+        let config = resolve_config(self.config.as_deref(), &meta, &label)?.adm()?.clone();
         let kind = pick("kind", self.kind_flag()?, meta.kind, "tweedie.kind", &label)
             .with_context(|| format!("{label} has no tweedie.kind metadata; pass --kind vp|ve"))?;
         let out_flag = self
