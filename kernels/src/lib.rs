@@ -53,9 +53,9 @@ mod gradcheck;
 pub mod linear;
 pub mod nin;
 pub mod norm;
-pub mod resample;
 #[cfg(target_arch = "nvptx64")]
 pub mod ptx;
+pub mod resample;
 pub mod rescale;
 
 pub use attention::{

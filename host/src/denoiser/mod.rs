@@ -20,7 +20,6 @@ use tweedie_core::{vp, Denoiser};
 
 use crate::cli::common::{precision, resolve_config};
 use crate::model::adm::AdmArch;
-use crate::model::config::ModelConfig;
 use crate::tensors::SafetensorsFile;
 use crate::weights::meta::{DataRange, Kind, NetOutput};
 use crate::weights::{Weights, WeightsMeta};
@@ -233,7 +232,9 @@ impl ModelArgs {
         for key in &meta.unknown {
             eprintln!("warning: {label}: unknown metadata key {key} ignored");
         }
-        let config = resolve_config(self.config.as_deref(), &meta, &label)?.adm()?.clone();
+        let config = resolve_config(self.config.as_deref(), &meta, &label)?
+            .adm()?
+            .clone();
         let kind = pick("kind", self.kind_flag()?, meta.kind, "tweedie.kind", &label)
             .with_context(|| format!("{label} has no tweedie.kind metadata; pass --kind vp|ve"))?;
         let out_flag = self
