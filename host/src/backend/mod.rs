@@ -6,6 +6,7 @@
 //! thread count.
 
 pub mod pool;
+pub mod profile;
 
 pub use pool::{part, Pool};
 

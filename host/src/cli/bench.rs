@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::common::{grouped, precision, threads};
+use crate::backend::profile;
 use crate::model::adm::forward::{AdmModel, Input};
 use crate::model::adm::AdmArch;
 use crate::model::config::ModelConfig;
@@ -74,6 +75,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         model.arena_bytes() as f64 / 1e6
     );
     model.forward(&input, &mut out)?;
+    profile::reset();
     let mut seconds = Vec::new();
     for _ in 0..args.iters {
         let start = Instant::now();
@@ -90,6 +92,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         "{} iters, {jobs} threads: median {median:.3} s, best {best:.3} s, {gflops:.1} GFLOP/s at the median",
         args.iters
     );
+    if profile::enabled() {
+        print!("{}", profile::report());
+    }
     if let Some(kib) = peak_rss_kib() {
         println!("peak_rss_mib={:.1}", kib as f64 / 1024.0);
     }

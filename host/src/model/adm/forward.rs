@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Result};
 use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
 
 use super::arch::{AdmArch, Block, Layer, QkvOrder, Updown, GROUPNORM_GROUPS};
+use crate::backend::profile::{self, Kind};
 use crate::backend::Pool;
 use crate::weights::{TensorData, Weights};
 
@@ -631,6 +632,7 @@ impl<'w> AdmModel<'w> {
         for (b, &at) in self.input_blocks.iter().zip(&a.skip_at) {
             run.block(b)?;
             let len = b.c_out * (height / b.ds_out) * (width / b.ds_out);
+            let _p = profile::scope(Kind::Copy, 0);
             let state = &run.work[run.cur][..len];
             a.skips[at..at + len].copy_from_slice(state);
             observe(&b.name, state);
@@ -641,9 +643,11 @@ impl<'w> AdmModel<'w> {
             let hw = (height / b.ds_in) * (width / b.ds_in);
             let (state, skip) = (b.c_state * hw, b.skip_channels * hw);
             let [dst, _] = others(run.cur);
+            let p = profile::scope(Kind::Copy, 0);
             let (src, cat) = pair(run.work, run.cur, dst);
             cat[..state].copy_from_slice(&src[..state]);
             cat[state..state + skip].copy_from_slice(&a.skips[at..at + skip]);
+            drop(p);
             run.cur = dst;
             run.block(b)?;
             observe(&b.name, run.state(b));
@@ -736,16 +740,7 @@ impl Runner<'_> {
                 let [a, _] = others(self.cur);
                 match conv {
                     Some(c) => self.conv(c, self.cur, a, h, w)?,
-                    None => {
-                        let len = channels * (h / 2) * (w / 2);
-                        let (src, dst) = pair(self.work, self.cur, a);
-                        let x = &src[..channels * h * w];
-                        self.pool
-                            .split(&mut dst[..len], *channels, 1, |_, cr, piece| {
-                                k::avg_pool2x2(x, h, w, cr, piece);
-                                Ok(())
-                            })?;
-                    }
+                    None => self.resample(Updown::Down, *channels, self.cur, a, h, w)?,
                 }
                 self.cur = a;
             }
@@ -795,6 +790,7 @@ impl Runner<'_> {
         w: usize,
     ) -> Result<(), KernelError> {
         let (ho, wo) = resampled(r, h, w);
+        let _p = profile::scope(Kind::Resample, 0);
         let (x, out) = pair(self.work, src, dst);
         let x = &x[..channels * h * w];
         self.pool.split(
@@ -820,6 +816,7 @@ impl Runner<'_> {
         channels: usize,
         hw: usize,
     ) -> Result<(), KernelError> {
+        let _p = profile::scope(Kind::Add, 0);
         let (x, out) = pair(self.work, src, dst);
         let x = &x[..channels * hw];
         self.pool
@@ -864,6 +861,7 @@ impl Runner<'_> {
         let film = &self.film[..emb_out];
         if !r.scale_shift {
             // h + emb_out[:, :, None, None] before the whole out_layers.
+            let _p = profile::scope(Kind::Add, 0);
             let (_, hbuf) = pair(self.work, fb, hb);
             self.pool
                 .split(&mut hbuf[..n], r.c_out, 1, |_, cr, piece| {
@@ -929,6 +927,7 @@ impl Runner<'_> {
             let qkv = &qkv[..3 * c * t];
             let scratch = self.scratch;
             let (heads, order) = (at.heads, at.order);
+            let _p = profile::scope(Kind::Attention, (2 * c * t * t) as u64);
             self.pool
                 .split(&mut dst[..c * t], heads, 1, |i, hr, piece| {
                     let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
@@ -945,6 +944,7 @@ impl Runner<'_> {
 /// `out = linear(x)` split over output features.
 fn linear(pool: &Pool, x: &[f32], p: &LinearP, out: &mut [f32]) -> Result<(), KernelError> {
     let n = out.len();
+    let _p = profile::scope(Kind::Linear, (n * p.in_features) as u64);
     pool.split(out, n, 16, |_, o, piece| {
         k::linear(x, p.weight, p.bias, p.in_features, o, piece)
     })
@@ -962,6 +962,7 @@ fn group_norm(
     silu: bool,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    let _p = profile::scope(Kind::GroupNorm, 0);
     pool.split(out, GROUPNORM_GROUPS, 1, |_, g, piece| {
         k::group_norm(
             x,
@@ -989,6 +990,13 @@ fn conv(
     p: &ConvP,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    let kind = if p.conv.kernel == 1 {
+        Kind::Conv1x1
+    } else {
+        Kind::Conv3x3
+    };
+    let k_total = p.conv.c_in * p.conv.kernel * p.conv.kernel;
+    let _p = profile::scope(kind, (out.len() * k_total) as u64);
     pool.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
         let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
         p.conv.forward(x, h, w, p.weight, p.bias, co, piece, &mut s)
