@@ -1,8 +1,8 @@
 //! A persistent pool of `threads − 1` workers plus the calling thread.
 //!
-//! [`Pool::broadcast`] runs one closure on every thread (index 0 is the caller) and returns when
-//! all have finished; [`Pool::split`] partitions an output buffer by [`part`] and hands each
-//! thread its own disjoint piece. Workers spin briefly before sleeping on a condition variable,
+//! [`Pool::run`] runs the chunks of a job on whichever threads claim them (the caller
+//! included) and returns when all have finished; [`Pool::split`] partitions an output buffer
+//! by [`part`] into one chunk per thread, each a disjoint piece. Workers spin briefly before sleeping on a condition variable,
 //! because a U-Net forward issues hundreds of short layers back to back and a futex wake-up per
 //! layer would cost more than a small layer itself.
 
@@ -28,25 +28,53 @@ pub fn part(units: usize, parts: usize, granule: usize, i: usize) -> Range<usize
     cut(i)..cut(i + 1)
 }
 
-/// The job being broadcast, its lifetime erased (see [`Pool::broadcast`] for why it is sound).
+/// The job being run, its lifetime erased (see [`Pool::run`] for why it is sound).
 #[derive(Clone, Copy)]
-struct JobPtr(*const (dyn Fn(usize) + Sync + 'static));
+struct JobPtr(*const (dyn Fn(usize, usize) + Sync + 'static));
 
-// SAFETY: the pointee is `Sync`, and it is only dereferenced while `broadcast` keeps it alive.
+// SAFETY: the pointee is `Sync`, and it is only dereferenced by threads registered in
+// `State::active`, which `Pool::run` waits for before returning.
 unsafe impl Send for JobPtr {}
 
+/// What workers see, changed only under `Shared::state`.
+struct State {
+    /// The current job and its chunk count; `None` once the caller has closed it.
+    job: Option<(JobPtr, usize)>,
+    generation: u64,
+    /// Workers running chunks of the current job.
+    active: usize,
+    shutdown: bool,
+}
+
 struct Shared {
-    job: Mutex<Option<JobPtr>>,
-    /// Bumped (under `lock`) for every broadcast.
+    state: Mutex<State>,
+    /// Mirrors `State::generation` so idle workers can spin without the lock.
     generation: AtomicU64,
-    /// Workers still running the current job.
-    pending: AtomicUsize,
-    /// A worker's job panicked.
+    /// Mirrors `State::active` so the caller can spin without the lock.
+    active: AtomicUsize,
+    /// Next unclaimed chunk of the current job.
+    next: AtomicUsize,
+    /// A chunk panicked on a worker.
     panicked: AtomicBool,
-    shutdown: AtomicBool,
-    lock: Mutex<()>,
     work: Condvar,
     done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims and runs chunks until none is left.
+    fn drain(&self, f: &(dyn Fn(usize, usize) + Sync), chunks: usize, thread: usize) {
+        loop {
+            let j = self.next.fetch_add(1, Ordering::SeqCst);
+            if j >= chunks {
+                return;
+            }
+            f(thread, j);
+        }
+    }
 }
 
 /// `threads` threads (the caller and `threads − 1` workers) that run layers together.
@@ -54,7 +82,7 @@ pub struct Pool {
     threads: usize,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    /// Held during a broadcast: one job at a time.
+    /// Held during a run: one job at a time.
     busy: Mutex<()>,
 }
 
@@ -71,12 +99,16 @@ impl Pool {
     pub fn new(threads: usize) -> Pool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            job: Mutex::new(None),
+            state: Mutex::new(State {
+                job: None,
+                generation: 0,
+                active: 0,
+                shutdown: false,
+            }),
             generation: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
-            lock: Mutex::new(()),
             work: Condvar::new(),
             done: Condvar::new(),
         });
@@ -102,34 +134,39 @@ impl Pool {
         self.threads
     }
 
-    /// Calls `f(i)` once for every thread index `i` in `0..threads` (0 on the calling thread)
-    /// and returns when every call has returned. Do not call `broadcast` from inside `f`.
-    pub fn broadcast(&self, f: &(dyn Fn(usize) + Sync)) {
-        if self.threads == 1 {
-            f(0);
+    /// Calls `f(thread, chunk)` exactly once for every chunk in `0..chunks` and returns when
+    /// all calls have returned. Chunks are claimed dynamically (the caller, thread 0, claims
+    /// too), so a worker the OS has not scheduled yet does not hold up the layer; `thread` is
+    /// the index (0..threads) of the thread running the call, for per-thread scratch. Do not
+    /// call `run` from inside `f`.
+    pub fn run(&self, chunks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        if self.threads == 1 || chunks <= 1 {
+            (0..chunks).for_each(|j| f(0, j));
             return;
         }
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
-        // SAFETY: only the lifetime is erased. Workers dereference the pointer between the
-        // generation bump below and their decrement of `pending`, and this function does not
-        // return (nor unwind past the wait: `f(0)` runs under catch_unwind) before `pending`
-        // is 0, so `f` outlives every use.
+        // SAFETY: only the lifetime is erased. A worker dereferences the pointer only after
+        // registering in `active` while the job is published, and this function withdraws the
+        // job and waits for `active == 0` before returning (the caller's own chunks run under
+        // catch_unwind, so it cannot unwind past the wait either): `f` outlives every use.
         let job = JobPtr(unsafe {
-            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(
-                f,
-            )
+            std::mem::transmute::<
+                *const (dyn Fn(usize, usize) + Sync + '_),
+                *const (dyn Fn(usize, usize) + Sync),
+            >(f)
         });
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
-        s.pending.store(self.threads - 1, Ordering::SeqCst);
         {
-            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-            s.generation.fetch_add(1, Ordering::SeqCst);
+            let mut st = s.lock();
+            s.next.store(0, Ordering::SeqCst);
+            st.job = Some((job, chunks));
+            st.generation += 1;
+            s.generation.store(st.generation, Ordering::SeqCst);
             s.work.notify_all();
         }
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
-        wait_until(s, &s.done, || s.pending.load(Ordering::SeqCst) == 0);
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.drain(f, chunks, 0)));
+        s.lock().job = None;
+        wait_until(s, &s.done, || s.active.load(Ordering::SeqCst) == 0);
         if let Err(payload) = mine {
             std::panic::resume_unwind(payload);
         }
@@ -138,9 +175,9 @@ impl Pool {
         }
     }
 
-    /// Splits `out` — `units` equal rows (channels, groups, heads) — by [`part`] into one
-    /// contiguous piece per thread and calls `f(thread, rows, piece)` for every non-empty piece.
-    /// Returns the first error any call returned.
+    /// Splits `out` — `units` equal rows (channels, groups, heads) — into one contiguous
+    /// piece per thread by [`part`] and calls `f(thread, rows, piece)` for every non-empty
+    /// piece. Returns the first error any call returned.
     pub fn split<F>(
         &self,
         out: &mut [f32],
@@ -157,22 +194,23 @@ impl Pool {
             ));
         }
         let row = out.len() / units;
-        if self.threads == 1 {
+        let chunks = self.threads.min(units.div_ceil(granule.max(1)));
+        if chunks <= 1 {
             return f(0, 0..units, out);
         }
         let base = SendPtr(out.as_mut_ptr());
         let error = Mutex::new(None);
-        self.broadcast(&|i| {
-            let r = part(units, self.threads, granule, i);
+        self.run(chunks, &|thread, j| {
+            let r = part(units, chunks, granule, j);
             if r.is_empty() {
                 return;
             }
-            // SAFETY: the parts of a partition are disjoint ranges inside 0..units, so these
-            // slices are disjoint pieces of `out`, which stays mutably borrowed (and unused
-            // elsewhere) until `broadcast` has returned.
+            // SAFETY: the parts of a partition are disjoint ranges inside 0..units and each
+            // chunk runs once, so these slices are disjoint pieces of `out`, which stays
+            // mutably borrowed (and unused elsewhere) until `run` has returned.
             let piece =
                 unsafe { std::slice::from_raw_parts_mut(base.at(r.start * row), r.len() * row) };
-            if let Err(e) = f(i, r, piece) {
+            if let Err(e) = f(thread, r, piece) {
                 error
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -190,8 +228,10 @@ impl Drop for Pool {
     fn drop(&mut self) {
         let s = &*self.shared;
         {
-            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-            s.shutdown.store(true, Ordering::SeqCst);
+            let mut st = s.lock();
+            st.shutdown = true;
+            st.generation += 1;
+            s.generation.store(st.generation, Ordering::SeqCst);
             s.work.notify_all();
         }
         for w in self.workers.drain(..) {
@@ -213,15 +253,15 @@ impl SendPtr {
     }
 }
 
-/// Spins for up to [`SPIN`], then sleeps on `cv` until `ready()` (checked under `s.lock`, which
-/// every notifier takes, so no wake-up is lost).
+/// Spins for up to [`SPIN`], then sleeps on `cv` until `ready()` (checked under the state
+/// lock, which every notifier holds while changing what `ready` reads: no lost wake-ups).
 fn wait_until(s: &Shared, cv: &Condvar, ready: impl Fn() -> bool) {
     let start = Instant::now();
     let mut n = 0u32;
     while !ready() {
         n = n.wrapping_add(1);
         if n.is_multiple_of(64) && start.elapsed() > SPIN {
-            let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = s.lock();
             while !ready() {
                 g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
             }
@@ -234,23 +274,34 @@ fn wait_until(s: &Shared, cv: &Condvar, ready: impl Fn() -> bool) {
 fn worker(s: &Shared, index: usize) {
     let mut seen = 0u64;
     loop {
-        wait_until(s, &s.work, || {
-            s.generation.load(Ordering::SeqCst) != seen || s.shutdown.load(Ordering::SeqCst)
-        });
-        if s.shutdown.load(Ordering::SeqCst) {
-            return;
-        }
-        seen = s.generation.load(Ordering::SeqCst);
-        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(JobPtr(f)) = job {
-            // SAFETY: see `Pool::broadcast`: the job is alive until `pending` reaches 0.
-            let f = unsafe { &*f };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index))).is_err() {
-                s.panicked.store(true, Ordering::SeqCst);
+        wait_until(s, &s.work, || s.generation.load(Ordering::SeqCst) != seen);
+        let (job, chunks) = {
+            let mut st = s.lock();
+            seen = st.generation;
+            if st.shutdown {
+                return;
             }
+            match st.job {
+                Some(job) => {
+                    st.active += 1;
+                    s.active.store(st.active, Ordering::SeqCst);
+                    job
+                }
+                // Already withdrawn: the caller ran every chunk itself.
+                None => continue,
+            }
+        };
+        // SAFETY: registered in `active` while the job was published (see `Pool::run`).
+        let f = unsafe { &*job.0 };
+        let ran =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.drain(f, chunks, index)));
+        if ran.is_err() {
+            s.panicked.store(true, Ordering::SeqCst);
         }
-        if s.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = s.lock();
+        st.active -= 1;
+        s.active.store(st.active, Ordering::SeqCst);
+        if st.active == 0 {
             s.done.notify_all();
         }
     }
@@ -297,11 +348,26 @@ mod tests {
     }
 
     #[test]
+    fn every_chunk_runs_exactly_once_over_many_jobs() {
+        for threads in [2, 4] {
+            let pool = Pool::new(threads);
+            let counts: Vec<AtomicUsize> = (0..9).map(|_| AtomicUsize::new(0)).collect();
+            for _ in 0..3000 {
+                pool.run(9, &|thread, j| {
+                    assert!(thread < threads);
+                    counts[j].fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            assert!(counts.iter().all(|c| c.load(Ordering::SeqCst) == 3000));
+        }
+    }
+
+    #[test]
     fn errors_and_panics_reach_the_caller() {
         let pool = Pool::new(2);
         let mut out = vec![0.0f32; 8];
-        let e = pool.split(&mut out, 8, 1, |i, _, _| {
-            if i == 1 {
+        let e = pool.split(&mut out, 8, 1, |_, rows, _| {
+            if rows.start > 0 {
                 Err(KernelError::Shape("x"))
             } else {
                 Ok(())
@@ -309,14 +375,14 @@ mod tests {
         });
         assert_eq!(e, Err(KernelError::Shape("x")));
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.broadcast(&|i| assert!(i != 1, "boom"))
+            pool.run(2, &|_, j| assert!(j != 1, "boom"))
         }));
         assert!(r.is_err());
         // The pool still works afterwards.
         let n = AtomicUsize::new(0);
-        pool.broadcast(&|_| {
+        pool.run(7, &|_, _| {
             n.fetch_add(1, Ordering::SeqCst);
         });
-        assert_eq!(n.load(Ordering::SeqCst), 2);
+        assert_eq!(n.load(Ordering::SeqCst), 7);
     }
 }
