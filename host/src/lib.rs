@@ -9,6 +9,7 @@
 //! - [`cli`]: the `host` subcommands.
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod cli;
 pub mod denoiser;
 pub mod image_io;

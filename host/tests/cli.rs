@@ -178,8 +178,7 @@ fn config_errors() {
     );
 }
 
-/// The golden configurations load, validate and reach the forward pass.
-/// When the forward pass lands, this test becomes a real parity check (exit code 0).
+/// The golden configurations load, validate and pass parity (exit code 0); bench runs.
 #[test]
 fn golden_parity_reaches_the_forward_pass() {
     for folder in ["adm_small", "adm_variant"] {
@@ -192,11 +191,13 @@ fn golden_parity_reaches_the_forward_pass() {
             "--io",
             &golden(folder, "io.safetensors"),
         ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("model: adm, "), "{folder}: {stdout}");
         assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with("model: adm, "),
-            "{folder}"
+            out.status.success() && stdout.contains("parity ok"),
+            "{folder}: {stdout}{}",
+            stderr(&out)
         );
-        assert_error(&out, "forward pass is not implemented yet");
     }
     let out = host(&[
         "bench",
@@ -207,5 +208,20 @@ fn golden_parity_reaches_the_forward_pass() {
         "--iters",
         "1",
     ]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("12.12 G MAC per forward"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("12.12 G MAC per forward"), "{stdout}");
+    let last = stdout.lines().last().unwrap_or("");
+    let fields: Vec<&str> = last.split(' ').collect();
+    assert!(
+        out.status.success()
+            && fields.len() == 3
+            && fields[0]
+                .strip_prefix("median_s=")
+                .is_some_and(|v| v.parse::<f64>().is_ok())
+            && fields[1]
+                .strip_prefix("gflops=")
+                .is_some_and(|v| v.parse::<f64>().is_ok())
+            && fields[2] == "iters=1",
+        "last line: {last}"
+    );
 }

@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::common::{grouped, precision, threads};
-use crate::model::adm::forward::{forward, Input};
+use crate::backend::profile;
+use crate::model::adm::forward::{AdmModel, Input};
 use crate::model::adm::AdmArch;
 use crate::model::config::ModelConfig;
 use crate::weights::Weights;
@@ -68,22 +69,56 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     };
     let mut out = vec![0.0f32; batch * config.out_channels * size * size];
     let jobs = threads(args.threads.map(|j| j as usize));
-    forward(&arch, &weights, &input, jobs, &mut out)?;
+    let mut model = AdmModel::new(&arch, &weights, size, size, jobs)?;
+    println!(
+        "arena: {:.1} MB of activations and scratch",
+        model.arena_bytes() as f64 / 1e6
+    );
+    model.forward(&input, &mut out)?;
+    profile::reset();
     let mut seconds = Vec::new();
     for _ in 0..args.iters {
         let start = Instant::now();
-        forward(&arch, &weights, &input, jobs, &mut out)?;
+        model.forward(&input, &mut out)?;
         seconds.push(start.elapsed().as_secs_f64());
     }
     if out.iter().any(|v| !v.is_finite()) {
         bail!("the forward pass produced non-finite values on random weights");
     }
     seconds.sort_by(f64::total_cmp);
-    let (best, median) = (seconds[0], seconds[seconds.len() / 2]);
+    let (best, median) = (seconds[0], median(&seconds));
+    let gflops = 2.0 * macs as f64 / median / 1e9;
     println!(
-        "{} iters, {jobs} threads: median {median:.3} s, best {best:.3} s, {:.1} GFLOP/s at the median",
-        args.iters,
-        2.0 * macs as f64 / median / 1e9
+        "{} iters, {jobs} threads: median {median:.3} s, best {best:.3} s, {gflops:.1} GFLOP/s at the median",
+        args.iters
+    );
+    if profile::enabled() {
+        print!("{}", profile::report());
+    }
+    if let Some(kib) = peak_rss_kib() {
+        println!("peak_rss_mib={:.1}", kib as f64 / 1024.0);
+    }
+    // The machine-readable summary scripts/pytorch/compare.sh parses: always the last line.
+    println!(
+        "median_s={median:.6} gflops={gflops:.3} iters={}",
+        args.iters
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Median of sorted values (mean of the middle two for an even count).
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if !n.is_multiple_of(2) {
+        sorted[n / 2]
+    } else {
+        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+    }
+}
+
+/// The process's peak resident set (Linux `VmHWM`), if known.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -1,11 +1,13 @@
 //! guided-diffusion's ADM U-Net (`UNetModel`), as used by DPS for FFHQ-256 (adm_unet.md).
 //!
 //! `config` reads the JSON, `arch` derives the layer list, `state_dict` the expected tensors,
-//! `cost` the multiply-add count, `forward` runs the network.
+//! `cost` the multiply-add count, `forward` runs the network, `denoiser` wraps it for the
+//! sampler.
 
 pub mod arch;
 pub mod config;
 pub mod cost;
+pub mod denoiser;
 pub mod forward;
 pub mod state_dict;
 
@@ -13,4 +15,5 @@ pub use arch::{
     AdmArch, Attention, Block, Conv3x3, Layer, OutHead, QkvOrder, ResBlock, Resample, Updown,
 };
 pub use config::{AdmConfig, ADM_FFHQ256};
-pub use forward::forward;
+pub use denoiser::AdmDenoiser;
+pub use forward::{forward, AdmModel, Input};

@@ -1,0 +1,96 @@
+//! The ADM forward pass on the CPU (random weights of the right shapes):
+//! - `adm_small`: the golden small config, 32×32, batch 2 (PyTorch ≈ 20 ms);
+//! - `ffhq256`: the DPS FFHQ-256 network, 256×256, batch 1, f32 and f16 weight storage.
+//!
+//! Throughput is reported in FLOP (2 × MACs of the config) per second. The FFHQ group uses
+//! 10 flat samples of one forward each (criterion warns that they exceed the 20 s target;
+//! a larger target would make it run several forwards per sample), so the whole bench takes
+//! ~2 minutes:
+//! `cargo bench -p tweedie-benches --bench adm_forward`.
+
+use std::time::Duration;
+
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use tweedie_host::model::adm::{AdmArch, AdmConfig, AdmModel, Input};
+use tweedie_host::model::config::ModelConfig;
+use tweedie_host::weights::{Precision, Weights};
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn small_config() -> AdmConfig {
+    let shared = match std::env::var_os("TWEEDIE_SHARED") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
+    };
+    let path = shared.join("golden/adm_small/config.json");
+    let config = ModelConfig::load(path.to_str().expect("a UTF-8 path")).expect("adm_small config");
+    config.adm().expect("an ADM config").clone()
+}
+
+/// Times `AdmModel::forward` on a fixed input.
+fn run(
+    c: &mut Criterion,
+    group: &str,
+    id: &str,
+    config: &AdmConfig,
+    size: usize,
+    batch: usize,
+    precision: Precision,
+) {
+    let arch = AdmArch::new(config).expect("a valid architecture");
+    let weights = Weights::random(&arch.state_dict(), precision, 0);
+    let mut model = AdmModel::new(&arch, &weights, size, size, threads()).expect("a model");
+    let x: Vec<f32> = (0..batch * config.in_channels * size * size)
+        .map(|i| tweedie_core::noise::gaussian(1, 0, tweedie_core::noise::COUNTER_INIT, i as u64))
+        .collect();
+    let t: Vec<f32> = (0..batch).map(|i| (500 + i) as f32).collect();
+    let input = Input {
+        x: &x,
+        t: &t,
+        batch,
+        height: size,
+        width: size,
+    };
+    let mut out = vec![0.0f32; batch * config.out_channels * size * size];
+    let flops = 2 * arch.macs(size, size) * batch as u64;
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(flops));
+    if size >= 128 {
+        g.sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(20));
+    } else {
+        g.measurement_time(Duration::from_secs(5));
+    }
+    g.bench_function(
+        BenchmarkId::new(id, format!("{size}x{size}x{batch}")),
+        |b| b.iter(|| model.forward(&input, &mut out).expect("forward")),
+    );
+    g.finish();
+}
+
+fn adm_small(c: &mut Criterion) {
+    run(
+        c,
+        "adm_small",
+        "f32",
+        &small_config(),
+        32,
+        2,
+        Precision::F32,
+    );
+}
+
+fn ffhq256(c: &mut Criterion) {
+    let config = AdmConfig::ffhq256();
+    run(c, "ffhq256", "f32", &config, 256, 1, Precision::F32);
+    run(c, "ffhq256", "f16", &config, 256, 1, Precision::F16);
+}
+
+criterion_group!(benches, adm_small, ffhq256);
+criterion_main!(benches);

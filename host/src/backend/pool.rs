@@ -1,0 +1,388 @@
+//! A persistent pool of `threads − 1` workers plus the calling thread.
+//!
+//! [`Pool::run`] runs the chunks of a job on whichever threads claim them (the caller
+//! included) and returns when all have finished; [`Pool::split`] partitions an output buffer
+//! by [`part`] into one chunk per thread, each a disjoint piece. Workers spin briefly before sleeping on a condition variable,
+//! because a U-Net forward issues hundreds of short layers back to back and a futex wake-up per
+//! layer would cost more than a small layer itself.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tweedie_kernels::KernelError;
+
+/// How long an idle thread spins before it sleeps (covers the gap between two layers).
+const SPIN: Duration = Duration::from_micros(200);
+
+/// The `i`-th of `parts` contiguous ranges of `0..units`, cut at multiples of `granule`: the
+/// fixed split rule of every layer (granule = the kernel's natural block, e.g. the conv
+/// microkernel's MR rows). Consecutive parts tile `0..units` exactly.
+pub fn part(units: usize, parts: usize, granule: usize, i: usize) -> Range<usize> {
+    let granule = granule.max(1);
+    let blocks = units.div_ceil(granule);
+    let parts = parts.max(1);
+    let cut = |j: usize| (blocks * j / parts * granule).min(units);
+    cut(i)..cut(i + 1)
+}
+
+/// The job being run, its lifetime erased (see [`Pool::run`] for why it is sound).
+#[derive(Clone, Copy)]
+struct JobPtr(*const (dyn Fn(usize, usize) + Sync + 'static));
+
+// SAFETY: the pointee is `Sync`, and it is only dereferenced by threads registered in
+// `State::active`, which `Pool::run` waits for before returning.
+unsafe impl Send for JobPtr {}
+
+/// What workers see, changed only under `Shared::state`.
+struct State {
+    /// The current job and its chunk count; `None` once the caller has closed it.
+    job: Option<(JobPtr, usize)>,
+    generation: u64,
+    /// Workers running chunks of the current job.
+    active: usize,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Mirrors `State::generation` so idle workers can spin without the lock.
+    generation: AtomicU64,
+    /// Mirrors `State::active` so the caller can spin without the lock.
+    active: AtomicUsize,
+    /// Next unclaimed chunk of the current job.
+    next: AtomicUsize,
+    /// A chunk panicked on a worker.
+    panicked: AtomicBool,
+    work: Condvar,
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims and runs chunks until none is left.
+    fn drain(&self, f: &(dyn Fn(usize, usize) + Sync), chunks: usize, thread: usize) {
+        loop {
+            let j = self.next.fetch_add(1, Ordering::SeqCst);
+            if j >= chunks {
+                return;
+            }
+            f(thread, j);
+        }
+    }
+}
+
+/// `threads` threads (the caller and `threads − 1` workers) that run layers together.
+pub struct Pool {
+    threads: usize,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Held during a run: one job at a time.
+    busy: Mutex<()>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Starts `threads − 1` workers (`threads` is at least 1).
+    pub fn new(threads: usize) -> Pool {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                job: None,
+                generation: 0,
+                active: 0,
+                shutdown: false,
+            }),
+            generation: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let workers = (1..threads)
+            .map(|index| {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("tweedie-worker-{index}"))
+                    .spawn(move || worker(&shared, index))
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        Pool {
+            threads,
+            shared,
+            workers,
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// Number of threads, the caller included.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Calls `f(thread, chunk)` exactly once for every chunk in `0..chunks` and returns when
+    /// all calls have returned. Chunks are claimed dynamically (the caller, thread 0, claims
+    /// too), so a worker the OS has not scheduled yet does not hold up the layer; `thread` is
+    /// the index (0..threads) of the thread running the call, for per-thread scratch. Do not
+    /// call `run` from inside `f`.
+    pub fn run(&self, chunks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        if self.threads == 1 || chunks <= 1 {
+            (0..chunks).for_each(|j| f(0, j));
+            return;
+        }
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &*self.shared;
+        // SAFETY: only the lifetime is erased. A worker dereferences the pointer only after
+        // registering in `active` while the job is published, and this function withdraws the
+        // job and waits for `active == 0` before returning (the caller's own chunks run under
+        // catch_unwind, so it cannot unwind past the wait either): `f` outlives every use.
+        let job = JobPtr(unsafe {
+            std::mem::transmute::<
+                *const (dyn Fn(usize, usize) + Sync + '_),
+                *const (dyn Fn(usize, usize) + Sync),
+            >(f)
+        });
+        {
+            let mut st = s.lock();
+            s.next.store(0, Ordering::SeqCst);
+            st.job = Some((job, chunks));
+            st.generation += 1;
+            s.generation.store(st.generation, Ordering::SeqCst);
+            s.work.notify_all();
+        }
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.drain(f, chunks, 0)));
+        s.lock().job = None;
+        wait_until(s, &s.done, || s.active.load(Ordering::SeqCst) == 0);
+        if let Err(payload) = mine {
+            std::panic::resume_unwind(payload);
+        }
+        if s.panicked.swap(false, Ordering::SeqCst) {
+            panic!("a worker thread panicked");
+        }
+    }
+
+    /// Splits `out` — `units` equal rows (channels, groups, heads) — into one contiguous
+    /// piece per thread by [`part`] and calls `f(thread, rows, piece)` for every non-empty
+    /// piece. Returns the first error any call returned.
+    pub fn split<F>(
+        &self,
+        out: &mut [f32],
+        units: usize,
+        granule: usize,
+        f: F,
+    ) -> Result<(), KernelError>
+    where
+        F: Fn(usize, Range<usize>, &mut [f32]) -> Result<(), KernelError> + Sync,
+    {
+        if units == 0 || !out.len().is_multiple_of(units) {
+            return Err(KernelError::Shape(
+                "split: output is not a whole number of rows",
+            ));
+        }
+        let row = out.len() / units;
+        let chunks = self.threads.min(units.div_ceil(granule.max(1)));
+        if chunks <= 1 {
+            return f(0, 0..units, out);
+        }
+        let base = SendPtr(out.as_mut_ptr());
+        let error = Mutex::new(None);
+        self.run(chunks, &|thread, j| {
+            let r = part(units, chunks, granule, j);
+            if r.is_empty() {
+                return;
+            }
+            // SAFETY: the parts of a partition are disjoint ranges inside 0..units and each
+            // chunk runs once, so these slices are disjoint pieces of `out`, which stays
+            // mutably borrowed (and unused elsewhere) until `run` has returned.
+            let piece =
+                unsafe { std::slice::from_raw_parts_mut(base.at(r.start * row), r.len() * row) };
+            if let Err(e) = f(thread, r, piece) {
+                error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+            }
+        });
+        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let s = &*self.shared;
+        {
+            let mut st = s.lock();
+            st.shutdown = true;
+            st.generation += 1;
+            s.generation.store(st.generation, Ordering::SeqCst);
+            s.work.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A raw base pointer that may cross threads (the pieces derived from it are disjoint).
+struct SendPtr(*mut f32);
+
+// SAFETY: used only by `Pool::split`, which derives disjoint pieces from it.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The element pointer at `offset` (a method, so closures capture the whole wrapper).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// Spins for up to [`SPIN`], then sleeps on `cv` until `ready()` (checked under the state
+/// lock, which every notifier holds while changing what `ready` reads: no lost wake-ups).
+fn wait_until(s: &Shared, cv: &Condvar, ready: impl Fn() -> bool) {
+    let start = Instant::now();
+    let mut n = 0u32;
+    while !ready() {
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(64) && start.elapsed() > SPIN {
+            let mut g = s.lock();
+            while !ready() {
+                g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn worker(s: &Shared, index: usize) {
+    let mut seen = 0u64;
+    loop {
+        wait_until(s, &s.work, || s.generation.load(Ordering::SeqCst) != seen);
+        let (job, chunks) = {
+            let mut st = s.lock();
+            seen = st.generation;
+            if st.shutdown {
+                return;
+            }
+            match st.job {
+                Some(job) => {
+                    st.active += 1;
+                    s.active.store(st.active, Ordering::SeqCst);
+                    job
+                }
+                // Already withdrawn: the caller ran every chunk itself.
+                None => continue,
+            }
+        };
+        // SAFETY: registered in `active` while the job was published (see `Pool::run`).
+        let f = unsafe { &*job.0 };
+        let ran =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.drain(f, chunks, index)));
+        if ran.is_err() {
+            s.panicked.store(true, Ordering::SeqCst);
+        }
+        let mut st = s.lock();
+        st.active -= 1;
+        s.active.store(st.active, Ordering::SeqCst);
+        if st.active == 0 {
+            s.done.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_tile_the_range_at_granule_boundaries() {
+        for (units, parts, granule) in [(128, 2, 6), (6, 2, 6), (7, 3, 1), (32, 5, 1), (0, 2, 6)] {
+            let mut next = 0;
+            for i in 0..parts {
+                let r = part(units, parts, granule, i);
+                assert_eq!(r.start, next);
+                assert!(r.start == units || r.start.is_multiple_of(granule));
+                next = r.end;
+            }
+            assert_eq!(next, units);
+        }
+        assert_eq!(part(128, 2, 6, 0), 0..66);
+    }
+
+    #[test]
+    fn split_hands_every_row_to_exactly_one_thread() {
+        for threads in [1, 2, 3, 5] {
+            let pool = Pool::new(threads);
+            let mut out = vec![0.0f32; 37 * 3];
+            for _ in 0..50 {
+                pool.split(&mut out, 37, 4, |_, rows, piece| {
+                    assert_eq!(piece.len(), rows.len() * 3);
+                    for (j, v) in piece.iter_mut().enumerate() {
+                        *v += (rows.start * 3 + j) as f32;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            }
+            for (j, v) in out.iter().enumerate() {
+                assert_eq!(*v, 50.0 * j as f32, "threads {threads}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_chunk_runs_exactly_once_over_many_jobs() {
+        for threads in [2, 4] {
+            let pool = Pool::new(threads);
+            let counts: Vec<AtomicUsize> = (0..9).map(|_| AtomicUsize::new(0)).collect();
+            for _ in 0..3000 {
+                pool.run(9, &|thread, j| {
+                    assert!(thread < threads);
+                    counts[j].fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            assert!(counts.iter().all(|c| c.load(Ordering::SeqCst) == 3000));
+        }
+    }
+
+    #[test]
+    fn errors_and_panics_reach_the_caller() {
+        let pool = Pool::new(2);
+        let mut out = vec![0.0f32; 8];
+        let e = pool.split(&mut out, 8, 1, |_, rows, _| {
+            if rows.start > 0 {
+                Err(KernelError::Shape("x"))
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(e, Err(KernelError::Shape("x")));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(2, &|_, j| assert!(j != 1, "boom"))
+        }));
+        assert!(r.is_err());
+        // The pool still works afterwards.
+        let n = AtomicUsize::new(0);
+        pool.run(7, &|_, _| {
+            n.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(n.load(Ordering::SeqCst), 7);
+    }
+}
