@@ -273,6 +273,9 @@ impl StepPlan for Plan {
     }
 
     fn step(&self, k: usize) -> Result<PlanStep, Error> {
+        // Checked every step: fmin would silently drop a NaN σ_y, and `sample` need not be
+        // handed a validated plan.
+        self.step_rule.validate()?;
         if k >= self.steps {
             return Err(Error::StepOutOfRange {
                 k,

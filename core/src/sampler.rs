@@ -288,6 +288,10 @@ pub fn sample(
         first_chain,
         seed,
     };
+    // K = 0 must say so before x₀'s law (which may read step 0) is asked for.
+    if plan.is_empty() {
+        return Err(Error::ZeroSteps);
+    }
     init_state(x, chains, plan.init_std()?)?;
     run(denoiser, plan, x, chains, scratch, &mut ())
 }
@@ -301,6 +305,9 @@ pub fn sample_conditional<O: ForwardOperator>(
     chains: Chains,
     scratch: &mut [f32],
 ) -> Result<(), Error> {
+    if plan.is_empty() {
+        return Err(Error::ZeroSteps);
+    }
     init_state(x, chains, plan.init_std()?)?;
     run_conditional(denoiser, plan, likelihood, x, chains, scratch, &mut ())
 }

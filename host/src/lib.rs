@@ -11,9 +11,13 @@
 
 pub mod backend;
 pub mod cli;
+pub mod denoiser;
+pub mod image_io;
 pub mod model;
 pub mod parity;
+pub mod run;
 pub mod tensors;
+pub mod train;
 pub mod weights;
 
 #[cfg(test)]

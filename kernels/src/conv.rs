@@ -117,9 +117,7 @@ impl Conv2d {
     /// Scratch floats one call (one thread) needs: packed A block, packed B block and one
     /// C tile for ragged edges. Independent of the input size.
     pub fn scratch_len(&self, _h: usize, _w: usize) -> usize {
-        let kc = self.k_total().clamp(1, KC);
-        let mc = round_up(self.c_out.max(1), MR).min(MC_MAX);
-        mc * kc + kc * NC + MR * NR
+        gemm_scratch_len(self.c_out, self.k_total())
     }
 
     /// out = conv(inp) + bias for the output channels `co` (`out.len() == co.len()·oh·ow`),
@@ -185,12 +183,288 @@ impl Conv2d {
             w,
             ow,
             n: oh * ow,
+            dil: 1,
+            real_h: h,
+            real_w: w,
         };
         match weight {
             WeightsRef::F32(wt) => gemm(isa, &geo, inp, wt, bias, co, out, scratch),
             WeightsRef::F16(wt) => gemm(isa, &geo, inp, wt, bias, co, out, scratch),
         }
         Ok(())
+    }
+}
+
+/// Backward (training). Both products reuse the forward's packed GEMM and microkernel:
+/// dinput is the transposed convolution of dout (a stride-1 convolution with the kernel flipped
+/// and c_in/c_out swapped, over dout dilated by the stride), dweight = dout · im2col(inp)ᵀ.
+/// Every gradient is accumulated (`+=`) onto what the caller's buffer holds, one rounding per
+/// term, in a documented order, so the result is bit-identical for any channel split and
+/// batches sum in the order the caller calls.
+impl Conv2d {
+    /// Scratch floats one call of [`Conv2d::backward_input`] or [`Conv2d::backward_params`]
+    /// (one thread) needs for an h × w input.
+    pub fn backward_scratch_len(&self, h: usize, w: usize) -> usize {
+        let (oh, ow) = self.out_size(h, w);
+        let k2 = self.kernel * self.kernel;
+        gemm_scratch_len(self.c_in, self.c_out * k2).max(gemm_scratch_len(self.c_out, oh * ow))
+    }
+
+    /// Checks the layer and the input size; returns the output size.
+    fn check_backward(
+        &self,
+        h: usize,
+        w: usize,
+        dout: &[f32],
+    ) -> Result<(usize, usize), KernelError> {
+        if self.kernel == 0 || self.stride == 0 || self.c_in == 0 || self.c_out == 0 {
+            return Err(KernelError::Shape(
+                "conv2d backward: kernel, stride, c_in and c_out must be ≥ 1",
+            ));
+        }
+        let (oh, ow) = self.out_size(h, w);
+        if oh == 0 || ow == 0 {
+            return Err(KernelError::Shape(
+                "conv2d backward: kernel larger than the padded input",
+            ));
+        }
+        check_len("conv2d backward dout", self.c_out * oh * ow, dout.len())?;
+        Ok((oh, ow))
+    }
+
+    /// dinp += ∂L/∂inp for the input channels `ci` (`dinp.len() == ci.len()·h·w`), given the
+    /// whole `dout` = ∂L/∂out [c_out, oh, ow]:
+    /// dinp[c, y, x] += Σ_{o, ky, kx} W[o, c, ky, kx]·dout[o, (y + pad − ky)/stride, (x + pad − kx)/stride]
+    /// over the terms whose quotients are exact and inside dout. Term order per element:
+    /// o outer, then ky, kx descending (the flipped kernel's order), onto the value in `dinp`.
+    /// Needs pad < kernel. A stride s > 1 computes over the dilated dout, s² times the
+    /// useful work (the ADM U-Net has no strided convolution: it downsamples by pooling).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_input(
+        &self,
+        isa: Isa,
+        dinp: &mut [f32],
+        dout: &[f32],
+        weight: WeightsRef,
+        h: usize,
+        w: usize,
+        ci: core::ops::Range<usize>,
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (oh, ow) = self.check_backward(h, w, dout)?;
+        if self.pad >= self.kernel {
+            return Err(KernelError::Shape("conv2d backward: pad must be < kernel"));
+        }
+        let k2 = self.kernel * self.kernel;
+        check_len("conv2d weight", self.c_out * self.c_in * k2, weight.len())?;
+        check_range(
+            "conv2d backward: input channel range outside 0..c_in",
+            &ci,
+            self.c_in,
+        )?;
+        check_len("conv2d backward dinp", ci.len() * h * w, dinp.len())?;
+        check_min_len(
+            "conv2d backward scratch",
+            self.backward_scratch_len(h, w),
+            scratch.len(),
+        )?;
+        // The transposed convolution: dout dilated by the stride to (h + 2·pad − k + 1) rows,
+        // padded by k − 1 − pad, convolved at stride 1 with the flipped kernel gives h rows.
+        let geo = Geometry {
+            c_in: self.c_out,
+            kernel: self.kernel,
+            stride: 1,
+            pad: self.kernel - 1 - self.pad,
+            h: h + 2 * self.pad + 1 - self.kernel,
+            w: w + 2 * self.pad + 1 - self.kernel,
+            ow: w,
+            n: h * w,
+            dil: self.stride,
+            real_h: oh,
+            real_w: ow,
+        };
+        let (c_in, k, depth, row0) = (self.c_in, self.kernel, self.c_out * k2, ci.start);
+        let pb = |k0, kc, n0, nc, b: &mut [f32]| pack_b(&geo, dout, k0, kc, n0, nc, b);
+        match weight {
+            WeightsRef::F32(wt) => gemm_acc(
+                isa,
+                ci.len(),
+                h * w,
+                depth,
+                |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
+                pb,
+                dinp,
+                scratch,
+            ),
+            WeightsRef::F16(wt) => gemm_acc(
+                isa,
+                ci.len(),
+                h * w,
+                depth,
+                |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
+                pb,
+                dinp,
+                scratch,
+            ),
+        }
+        Ok(())
+    }
+
+    /// dweight += ∂L/∂W and dbias += ∂L/∂b for the output channels `co` (`dweight` holds
+    /// rows co of W, `co.len()·c_in·k·k`; `dbias.len() == co.len()`), given the whole `inp`
+    /// [c_in, h, w] and `dout` [c_out, oh, ow]:
+    /// dW[o, k] += Σ_n dout[o, n]·im2col(inp)[k, n], terms in pixel order n = 0, 1, … onto the
+    /// value in `dweight`; `db[o] += Σ_n dout[o, n]`, summed in f64 (8 interleaved lanes) and
+    /// added once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_params(
+        &self,
+        isa: Isa,
+        dweight: &mut [f32],
+        dbias: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        h: usize,
+        w: usize,
+        co: core::ops::Range<usize>,
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (oh, ow) = self.check_backward(h, w, dout)?;
+        let k_total = self.k_total();
+        check_len("conv2d input", self.c_in * h * w, inp.len())?;
+        check_range(
+            "conv2d backward: output channel range outside 0..c_out",
+            &co,
+            self.c_out,
+        )?;
+        check_len("conv2d backward dweight", co.len() * k_total, dweight.len())?;
+        check_len("conv2d backward dbias", co.len(), dbias.len())?;
+        check_min_len(
+            "conv2d backward scratch",
+            self.backward_scratch_len(h, w),
+            scratch.len(),
+        )?;
+        let n = oh * ow;
+        let rows = &dout[co.start * n..co.end * n];
+        for (db, row) in dbias.iter_mut().zip(rows.chunks_exact(n)) {
+            *db += sum_f64(row) as f32;
+        }
+        let geo = Geometry {
+            c_in: self.c_in,
+            kernel: self.kernel,
+            stride: self.stride,
+            pad: self.pad,
+            h,
+            w,
+            ow,
+            n,
+            dil: 1,
+            real_h: h,
+            real_w: w,
+        };
+        gemm_acc(
+            isa,
+            co.len(),
+            k_total,
+            n,
+            |m0, mc, k0, kc, a| pack_a(rows, n, m0, mc, k0, kc, a),
+            |k0, kc, n0, nc, b| pack_b_t(&geo, inp, k0, kc, n0, nc, b),
+            dweight,
+            scratch,
+        );
+        Ok(())
+    }
+}
+
+/// Σ x in f64 with 8 interleaved lanes (a fixed order), combined as a balanced tree.
+fn sum_f64(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v as f64;
+        }
+    }
+    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for &v in tail {
+        s += v as f64;
+    }
+    s
+}
+
+/// [`pack_a`] of the transposed, flipped weight of the input gradient:
+/// A[c, (o·k + ky')·k + kx'] = W[o, c, k−1−ky', k−1−kx'] for the rows c = row0 .. row0+mc.
+#[allow(clippy::too_many_arguments)]
+fn pack_a_flipped<W: Weight>(
+    weight: &[W],
+    c_in: usize,
+    k: usize,
+    row0: usize,
+    mc: usize,
+    k0: usize,
+    kc: usize,
+    a: &mut [f32],
+) {
+    let k2 = k * k;
+    for (t, panel) in a.chunks_exact_mut(kc * MR).enumerate() {
+        for i in 0..MR {
+            let r = t * MR + i;
+            for kk in 0..kc {
+                panel[kk * MR + i] = if r < mc {
+                    let (o, rem) = ((k0 + kk) / k2, (k0 + kk) % k2);
+                    let flipped = k2 - 1 - rem; // (k−1−ky')·k + (k−1−kx')
+                    weight[(o * c_in + row0 + r) * k2 + flipped].to_f32()
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// [`pack_b`] of im2col(inp)ᵀ for the weight gradient: depth = output pixels p0 .. p0+pc,
+/// columns = im2col rows r0 .. r0+rc:
+/// b[(j/NR)·pc·NR + kk·NR + j%NR] = x[ci, oy·s + ky − pad, ox·s + kx − pad] for pixel
+/// p0 + kk = (oy, ox) and row r0 + j = (ci, ky, kx) (0 in the padding and past rc).
+fn pack_b_t(
+    geo: &Geometry,
+    inp: &[f32],
+    p0: usize,
+    pc: usize,
+    r0: usize,
+    rc: usize,
+    b: &mut [f32],
+) {
+    let k = geo.kernel;
+    let plane_len = geo.h * geo.w;
+    for j in 0..round_up(rc, NR) {
+        let base = (j / NR) * pc * NR + j % NR;
+        if j >= rc {
+            for kk in 0..pc {
+                b[base + kk * NR] = 0.0;
+            }
+            continue;
+        }
+        let r = r0 + j;
+        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let plane = &inp[ci * plane_len..(ci + 1) * plane_len];
+        let (mut oy, mut ox) = (p0 / geo.ow, p0 % geo.ow);
+        for kk in 0..pc {
+            let iy = (oy * geo.stride + ky) as isize - geo.pad as isize;
+            let ix = (ox * geo.stride + kx) as isize - geo.pad as isize;
+            let inside = iy >= 0 && ix >= 0 && iy < geo.h as isize && ix < geo.w as isize;
+            b[base + kk * NR] = if inside {
+                plane[iy as usize * geo.w + ix as usize]
+            } else {
+                0.0
+            };
+            ox += 1;
+            if ox == geo.ow {
+                ox = 0;
+                oy += 1;
+            }
+        }
     }
 }
 
@@ -204,11 +478,18 @@ struct Geometry {
     kernel: usize,
     stride: usize,
     pad: usize,
+    /// Input size as the convolution sees it (after dilation).
     h: usize,
     w: usize,
     ow: usize,
     /// Output pixels oh·ow (the GEMM's N).
     n: usize,
+    /// Input dilation: the convolution sees the stored input with `dil − 1` zeros between
+    /// neighbours (only the backward of a strided convolution uses dil > 1).
+    dil: usize,
+    /// Size of the stored input planes.
+    real_h: usize,
+    real_w: usize,
 }
 
 impl Geometry {
@@ -217,7 +498,7 @@ impl Geometry {
     }
 }
 
-/// The blocked GEMM driver; shapes were checked by the caller.
+/// The forward's GEMM: out = bias + W[co, :]·im2col(inp); shapes were checked by the caller.
 #[allow(clippy::too_many_arguments)]
 fn gemm<W: Weight>(
     isa: Isa,
@@ -229,32 +510,68 @@ fn gemm<W: Weight>(
     out: &mut [f32],
     scratch: &mut [f32],
 ) {
-    let (n, k_total, m) = (geo.n, geo.k_total(), co.len());
+    let (n, k_total) = (geo.n, geo.k_total());
     // The running sums start at the bias (first term of every element's chain).
     for (row, &b) in out.chunks_exact_mut(n).zip(&bias[co.clone()]) {
         row.fill(b);
     }
-    if m == 0 {
+    let row0 = co.start;
+    gemm_acc(
+        isa,
+        co.len(),
+        n,
+        k_total,
+        |m0, mc, k0, kc, a| pack_a(weight, k_total, row0 + m0, mc, k0, kc, a),
+        |k0, kc, n0, nc, b| pack_b(geo, inp, k0, kc, n0, nc, b),
+        out,
+        scratch,
+    );
+}
+
+/// Scratch floats [`gemm_acc`] needs for an m × n product of depth `depth`.
+fn gemm_scratch_len(m: usize, depth: usize) -> usize {
+    let kc = depth.clamp(1, KC);
+    let mc = round_up(m.max(1), MR).min(MC_MAX);
+    mc * kc + kc * NC + MR * NR
+}
+
+/// The blocked GEMM driver, shared by the forward and both backward products:
+/// out[i, j] += Σ_k A[i, k]·B[k, j] for an m × n `out` (row stride n), terms added in k order
+/// onto the value already in `out`. `pack_a(m0, mc, k0, kc, a)` packs rows m0 .. m0+mc,
+/// depth k0 .. k0+kc of A as [`pack_a`] does; `pack_b(k0, kc, n0, nc, b)` packs depth
+/// k0 .. k0+kc, columns n0 .. n0+nc of B as [`pack_b`] does.
+#[allow(clippy::too_many_arguments)]
+fn gemm_acc(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    depth: usize,
+    mut pack_a: impl FnMut(usize, usize, usize, usize, &mut [f32]),
+    mut pack_b: impl FnMut(usize, usize, usize, usize, &mut [f32]),
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    if m == 0 || n == 0 {
         return;
     }
-    let kc_cap = k_total.min(KC);
-    // Split the channel range into equal blocks of at most MC_MAX rows (multiples of MR).
+    let kc_cap = depth.min(KC);
+    // Split the row range into equal blocks of at most MC_MAX rows (multiples of MR).
     let blocks = m.div_ceil(MC_MAX);
     let mc_step = round_up(m.div_ceil(blocks), MR);
     let (a_buf, rest) = scratch.split_at_mut(mc_step * kc_cap);
     let (b_buf, rest) = rest.split_at_mut(kc_cap * NC);
     let tmp = &mut rest[..MR * NR];
 
-    for k0 in (0..k_total).step_by(KC) {
-        let kc = KC.min(k_total - k0);
+    for k0 in (0..depth).step_by(KC) {
+        let kc = KC.min(depth - k0);
         for m0 in (0..m).step_by(mc_step) {
             let mc = mc_step.min(m - m0);
             let a_blk = &mut a_buf[..round_up(mc, MR) * kc];
-            pack_a(weight, k_total, co.start + m0, mc, k0, kc, a_blk);
+            pack_a(m0, mc, k0, kc, a_blk);
             for n0 in (0..n).step_by(NC) {
                 let nc = NC.min(n - n0);
                 let b_blk = &mut b_buf[..round_up(nc, NR) * kc];
-                pack_b(geo, inp, k0, kc, n0, nc, b_blk);
+                pack_b(k0, kc, n0, nc, b_blk);
                 for (nt, b_pan) in b_blk.chunks_exact(kc * NR).enumerate() {
                     let nj = n0 + nt * NR;
                     let nr = NR.min(n - nj);
@@ -372,7 +689,7 @@ fn pack_b(geo: &Geometry, inp: &[f32], k0: usize, kc: usize, n0: usize, nc: usiz
     let kk2 = geo.kernel * geo.kernel;
     let (mut ci, r) = (k0 / kk2, k0 % kk2);
     let (mut ky, mut kx) = (r / geo.kernel, r % geo.kernel);
-    let plane_len = geo.h * geo.w;
+    let plane_len = geo.real_h * geo.real_w;
     for kk in 0..kc {
         let plane = &inp[ci * plane_len..(ci + 1) * plane_len];
         for run in runs {
@@ -383,8 +700,13 @@ fn pack_b(geo: &Geometry, inp: &[f32], k0: usize, kc: usize, n0: usize, nc: usiz
                 dst.fill(0.0);
                 continue;
             }
-            let src = &plane[iy as usize * geo.w..(iy as usize + 1) * geo.w];
-            copy_row(src, dst, run.ox * geo.stride + kx, geo.pad, geo.stride);
+            let x0 = run.ox * geo.stride + kx;
+            if geo.dil == 1 {
+                let src = &plane[iy as usize * geo.w..(iy as usize + 1) * geo.w];
+                copy_row(src, dst, x0, geo.pad, geo.stride);
+            } else {
+                copy_row_dilated(geo, plane, iy as usize, dst, x0);
+            }
         }
         if tail > 0 {
             let at = (nc / NR) * kc * NR + kk * NR + nc % NR;
@@ -399,6 +721,25 @@ fn pack_b(geo: &Geometry, inp: &[f32], k0: usize, kc: usize, n0: usize, nc: usiz
                 ci += 1;
             }
         }
+    }
+}
+
+/// [`copy_row`] from the dilated view of `plane` (row `iy` of the dilated input): element
+/// (iy, ix) is stored at (iy/dil, ix/dil) when both divide, and is 0 otherwise.
+fn copy_row_dilated(geo: &Geometry, plane: &[f32], iy: usize, dst: &mut [f32], x0: usize) {
+    if !iy.is_multiple_of(geo.dil) || iy / geo.dil >= geo.real_h {
+        dst.fill(0.0);
+        return;
+    }
+    let src = &plane[(iy / geo.dil) * geo.real_w..][..geo.real_w];
+    for (q, d) in dst.iter_mut().enumerate() {
+        let ix = (x0 + q * geo.stride) as isize - geo.pad as isize;
+        let (ix, ok) = (ix as usize, ix >= 0 && ix < geo.w as isize);
+        *d = if ok && ix.is_multiple_of(geo.dil) && ix / geo.dil < geo.real_w {
+            src[ix / geo.dil]
+        } else {
+            0.0
+        };
     }
 }
 
@@ -904,6 +1245,383 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod backward_tests {
+    use super::*;
+    use crate::gradcheck::{assert_grad, data, dot64, fd_grad, wide};
+    use half::f16;
+
+    fn simd() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: just detected.
+            unsafe { enable_avx2_fma() };
+            return Some(Isa::detected());
+        }
+        None
+    }
+
+    fn isas() -> Vec<Isa> {
+        [Some(Isa::PORTABLE), simd()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// x[c, iy, ix] with zero padding (signed indices).
+    fn at<T: Copy + Default>(x: &[T], c: usize, h: usize, w: usize, iy: isize, ix: isize) -> T {
+        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+            x[(c * h + iy as usize) * w + ix as usize]
+        } else {
+            T::default()
+        }
+    }
+
+    /// The forward from the definition, in f64.
+    fn conv64(c: &Conv2d, x: &[f64], h: usize, w: usize, wt: &[f64], b: &[f64]) -> Vec<f64> {
+        let (oh, ow, k) = (c.out_size(h, w).0, c.out_size(h, w).1, c.kernel);
+        let mut out = vec![0f64; c.c_out * oh * ow];
+        for o in 0..c.c_out {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = b[o];
+                    for ci in 0..c.c_in {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * c.stride + ky) as isize - c.pad as isize;
+                                let ix = (ox * c.stride + kx) as isize - c.pad as isize;
+                                acc += wt[((o * c.c_in + ci) * k + ky) * k + kx]
+                                    * at(x, ci, h, w, iy, ix);
+                            }
+                        }
+                    }
+                    out[(o * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    /// (c_in, c_out, kernel, stride, pad, h, w): 3×3 and 1×1, pad 1/0, stride 1/2, odd sizes,
+    /// a depth > KC in both products (c_out·9 > 256 and oh·ow > 256), c_in > MC_MAX.
+    const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+        (3, 5, 3, 1, 1, 7, 9),
+        (4, 7, 3, 2, 1, 9, 7),
+        (4, 3, 3, 2, 1, 8, 8),
+        (2, 6, 3, 1, 0, 6, 5),
+        (3, 4, 3, 2, 0, 8, 7),
+        (2, 3, 1, 1, 0, 5, 6),
+        (3, 4, 1, 2, 0, 7, 7),
+        (5, 30, 3, 1, 1, 3, 17),
+        (3, 2, 3, 1, 1, 17, 19),
+        (200, 2, 1, 1, 0, 3, 4),
+        (1, 1, 3, 1, 1, 1, 1),
+    ];
+
+    fn conv_of(
+        &(ci, co, k, s, p, _, _): &(usize, usize, usize, usize, usize, usize, usize),
+    ) -> Conv2d {
+        Conv2d {
+            c_in: ci,
+            c_out: co,
+            kernel: k,
+            stride: s,
+            pad: p,
+        }
+    }
+
+    struct Grads {
+        dx: Vec<f32>,
+        dw: Vec<f32>,
+        db: Vec<f32>,
+    }
+
+    /// Backward over the whole layer, starting from `init` in every gradient buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        isa: Isa,
+        c: &Conv2d,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        wt: &[f32],
+        dout: &[f32],
+        init: f32,
+    ) -> Grads {
+        let mut g = Grads {
+            dx: vec![init; x.len()],
+            dw: vec![init; wt.len()],
+            db: vec![init; c.c_out],
+        };
+        let mut s = vec![f32::NAN; c.backward_scratch_len(h, w)];
+        let wr = WeightsRef::F32(wt);
+        c.backward_input(isa, &mut g.dx, dout, wr, h, w, 0..c.c_in, &mut s)
+            .unwrap();
+        c.backward_params(isa, &mut g.dw, &mut g.db, dout, x, h, w, 0..c.c_out, &mut s)
+            .unwrap();
+        g
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_of_f64_forward() {
+        for shape in SHAPES {
+            let c = conv_of(shape);
+            let (h, w) = (shape.5, shape.6);
+            let (oh, ow) = c.out_size(h, w);
+            let k2 = c.kernel * c.kernel;
+            let x = data(c.c_in * h * w, 1);
+            let wt = data(c.c_out * c.c_in * k2, 2);
+            let b = data(c.c_out, 3);
+            let r = data(c.c_out * oh * ow, 4);
+            let (x64, w64, b64) = (wide(&x), wide(&wt), wide(&b));
+            let want_dx = fd_grad(&x64, 1e-3, |v| dot64(&r, &conv64(&c, v, h, w, &w64, &b64)));
+            let want_dw = fd_grad(&w64, 1e-3, |v| dot64(&r, &conv64(&c, &x64, h, w, v, &b64)));
+            let want_db = fd_grad(&b64, 1e-3, |v| dot64(&r, &conv64(&c, &x64, h, w, &w64, v)));
+            for isa in isas() {
+                let g = backward(isa, &c, &x, h, w, &wt, &r, 0.0);
+                let what = format!("{isa:?} {shape:?}");
+                assert_grad(&g.dx, &want_dx, 1e-5, &format!("dx {what}"));
+                assert_grad(&g.dw, &want_dw, 1e-5, &format!("dw {what}"));
+                assert_grad(&g.db, &want_db, 1e-6, &format!("db {what}"));
+            }
+        }
+    }
+
+    /// The documented term orders, with `step(acc, a, b)` = acc + a·b (portable) or
+    /// fma(a, b, acc) (SIMD).
+    #[allow(clippy::too_many_arguments)]
+    fn reference_orders(
+        c: &Conv2d,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        wt: &[f32],
+        dout: &[f32],
+        init: f32,
+        step: impl Fn(f32, f32, f32) -> f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (oh, ow) = c.out_size(h, w);
+        let k = c.kernel;
+        let (s, p) = (c.stride as isize, c.pad as isize);
+        let mut dx = vec![init; x.len()];
+        for ci in 0..c.c_in {
+            for y in 0..h {
+                for xx in 0..w {
+                    let mut acc = init;
+                    for o in 0..c.c_out {
+                        for ky in (0..k).rev() {
+                            for kx in (0..k).rev() {
+                                let (ny, nx) =
+                                    (y as isize + p - ky as isize, xx as isize + p - kx as isize);
+                                let d = if ny % s == 0 && nx % s == 0 {
+                                    at(dout, o, oh, ow, ny / s, nx / s)
+                                } else {
+                                    0.0
+                                };
+                                acc = step(acc, wt[((o * c.c_in + ci) * k + ky) * k + kx], d);
+                            }
+                        }
+                    }
+                    dx[(ci * h + y) * w + xx] = acc;
+                }
+            }
+        }
+        let mut dw = vec![init; wt.len()];
+        for o in 0..c.c_out {
+            for ci in 0..c.c_in {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let mut acc = init;
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let iy = (oy * c.stride + ky) as isize - p;
+                                let ix = (ox * c.stride + kx) as isize - p;
+                                acc = step(
+                                    acc,
+                                    dout[(o * oh + oy) * ow + ox],
+                                    at(x, ci, h, w, iy, ix),
+                                );
+                            }
+                        }
+                        dw[((o * c.c_in + ci) * k + ky) * k + kx] = acc;
+                    }
+                }
+            }
+        }
+        (dx, dw)
+    }
+
+    #[test]
+    fn bit_exact_to_documented_term_order_and_accumulate() {
+        for shape in SHAPES {
+            let c = conv_of(shape);
+            let (h, w) = (shape.5, shape.6);
+            let (oh, ow) = c.out_size(h, w);
+            let x = data(c.c_in * h * w, 5);
+            let wt = data(c.c_out * c.c_in * c.kernel * c.kernel, 6);
+            let dout = data(c.c_out * oh * ow, 7);
+            for isa in isas() {
+                let step = move |acc: f32, a: f32, b: f32| {
+                    if isa.is_simd() {
+                        a.mul_add(b, acc)
+                    } else {
+                        acc + a * b
+                    }
+                };
+                // Starting from 0.5 checks that gradients accumulate onto the buffer.
+                let (dx, dw) = reference_orders(&c, &x, h, w, &wt, &dout, 0.5, step);
+                let g = backward(isa, &c, &x, h, w, &wt, &dout, 0.5);
+                assert_eq!(g.dx, dx, "dx {isa:?} {shape:?}");
+                assert_eq!(g.dw, dw, "dw {isa:?} {shape:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_split_gives_the_same_bits() {
+        for shape in SHAPES {
+            let c = conv_of(shape);
+            let (h, w) = (shape.5, shape.6);
+            let (oh, ow) = c.out_size(h, w);
+            let kk = c.c_in * c.kernel * c.kernel;
+            let x = data(c.c_in * h * w, 8);
+            let wt = data(c.c_out * kk, 9);
+            let dout = data(c.c_out * oh * ow, 10);
+            let mut s = vec![0f32; c.backward_scratch_len(h, w)];
+            for isa in isas() {
+                let whole = backward(isa, &c, &x, h, w, &wt, &dout, 0.25);
+                for cuts in [&[1usize][..], &[2, 3], &[1, 7, 100, 193]] {
+                    let bounds = |n: usize| {
+                        let mut b: Vec<usize> = cuts.iter().copied().filter(|&v| v < n).collect();
+                        b.insert(0, 0);
+                        b.push(n);
+                        b
+                    };
+                    let mut dx = vec![0.25f32; x.len()];
+                    for r in bounds(c.c_in).windows(2) {
+                        let part = &mut dx[r[0] * h * w..r[1] * h * w];
+                        c.backward_input(
+                            isa,
+                            part,
+                            &dout,
+                            WeightsRef::F32(&wt),
+                            h,
+                            w,
+                            r[0]..r[1],
+                            &mut s,
+                        )
+                        .unwrap();
+                    }
+                    assert_eq!(dx, whole.dx, "dx {isa:?} {shape:?} {cuts:?}");
+                    let (mut dw, mut db) = (vec![0.25f32; wt.len()], vec![0.25f32; c.c_out]);
+                    for r in bounds(c.c_out).windows(2) {
+                        c.backward_params(
+                            isa,
+                            &mut dw[r[0] * kk..r[1] * kk],
+                            &mut db[r[0]..r[1]],
+                            &dout,
+                            &x,
+                            h,
+                            w,
+                            r[0]..r[1],
+                            &mut s,
+                        )
+                        .unwrap();
+                    }
+                    assert_eq!(dw, whole.dw, "dw {isa:?} {shape:?} {cuts:?}");
+                    assert_eq!(db, whole.db, "db {isa:?} {shape:?} {cuts:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_weights_and_errors() {
+        let c = conv_of(&SHAPES[0]);
+        let (h, w) = (7, 9);
+        let x = data(c.c_in * h * w, 11);
+        let w16: Vec<f16> = data(c.c_out * c.c_in * 9, 12)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        let dout = data(c.c_out * h * w, 13);
+        let mut s = vec![0f32; c.backward_scratch_len(h, w)];
+        let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        c.backward_input(
+            Isa::PORTABLE,
+            &mut a,
+            &dout,
+            WeightsRef::F16(&w16),
+            h,
+            w,
+            0..3,
+            &mut s,
+        )
+        .unwrap();
+        c.backward_input(
+            Isa::PORTABLE,
+            &mut b,
+            &dout,
+            WeightsRef::F32(&w32),
+            h,
+            w,
+            0..3,
+            &mut s,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        let wr = WeightsRef::F32(&w32);
+        let p = Isa::PORTABLE;
+        assert!(c
+            .backward_input(p, &mut a, &dout[1..], wr, h, w, 0..3, &mut s)
+            .is_err());
+        assert!(c
+            .backward_input(p, &mut a, &dout, wr, h, w, 0..4, &mut s)
+            .is_err());
+        assert!(c
+            .backward_input(p, &mut a[1..], &dout, wr, h, w, 0..3, &mut s)
+            .is_err());
+        assert!(c
+            .backward_input(
+                p,
+                &mut a,
+                &dout,
+                WeightsRef::F32(&w32[1..]),
+                h,
+                w,
+                0..3,
+                &mut s
+            )
+            .is_err());
+        assert!(c
+            .backward_input(p, &mut a, &dout, wr, h, w, 0..3, &mut s[1..])
+            .is_err());
+        let big_pad = Conv2d { pad: 3, ..c };
+        let (oh, ow) = big_pad.out_size(h, w);
+        let d2 = vec![0f32; c.c_out * oh * ow];
+        assert!(big_pad
+            .backward_input(p, &mut a, &d2, wr, h, w, 0..3, &mut s)
+            .is_err());
+        let (mut dw, mut db) = (vec![0f32; w32.len()], vec![0f32; c.c_out]);
+        assert!(c
+            .backward_params(p, &mut dw, &mut db, &dout, &x, h, w, 0..5, &mut s)
+            .is_ok());
+        assert!(c
+            .backward_params(p, &mut dw, &mut db[1..], &dout, &x, h, w, 0..5, &mut s)
+            .is_err());
+        assert!(c
+            .backward_params(p, &mut dw[1..], &mut db, &dout, &x, h, w, 0..5, &mut s)
+            .is_err());
+        assert!(c
+            .backward_params(p, &mut dw, &mut db, &dout, &x[1..], h, w, 0..5, &mut s)
+            .is_err());
+        assert!(c
+            .backward_params(p, &mut dw, &mut db, &dout, &x, h, w, 0..6, &mut s)
+            .is_err());
+    }
+}
+
 /// Throughput of one convolution layer, by default the ADM's dominant 128→128 3×3 at 256×256:
 /// `cargo test -p tweedie-kernels --release conv_throughput -- --ignored --nocapture`, with
 /// CONV_SHAPE="c_in,c_out,kernel,size", CONV_THREADS=n (output channels split evenly, as the
@@ -975,6 +1693,71 @@ mod timing {
                 println!(
                     "{isa:?} {ci}->{co} k{k} {size}x{size} {threads} thread(s) rep {rep}: {dt:.4} s, {:.1} GFLOP/s",
                     flops / dt / 1e9
+                );
+            }
+        }
+    }
+
+    /// Forward, backward_input and backward_params of one 3×3 layer (default 128→128 at
+    /// 32×32, a training-size map), one thread:
+    /// `cargo test -p tweedie-kernels --release conv_backward_throughput -- --ignored --nocapture`,
+    /// CONV_SHAPE="c_in,c_out,kernel,size" as above.
+    #[test]
+    #[ignore]
+    fn conv_backward_throughput() {
+        let shape: Vec<usize> = env("CONV_SHAPE", "128,128,3,32")
+            .split(',')
+            .map(|v| v.trim().parse().unwrap())
+            .collect();
+        let (ci, co, k, size) = (shape[0], shape[1], shape[2], shape[3]);
+        let conv = Conv2d {
+            c_in: ci,
+            c_out: co,
+            kernel: k,
+            stride: 1,
+            pad: k / 2,
+        };
+        let (h, w) = (size, size);
+        let x: Vec<f32> = (0..ci * h * w)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let wt: Vec<f32> = (0..co * ci * k * k)
+            .map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let b = vec![0.1f32; co];
+        let mut out = vec![0f32; co * h * w];
+        let mut dx = vec![0f32; ci * h * w];
+        let (mut dw, mut db) = (vec![0f32; wt.len()], vec![0f32; co]);
+        let mut s = vec![0f32; conv.scratch_len(h, w).max(conv.backward_scratch_len(h, w))];
+        let flops = 2.0 * (co * ci * k * k * h * w) as f64;
+        let mut isas = vec![Isa::PORTABLE];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: just detected.
+            unsafe { enable_avx2_fma() };
+            isas.push(Isa::detected());
+        }
+        let wr = WeightsRef::F32(&wt);
+        for isa in isas {
+            for rep in 0..3 {
+                let t0 = std::time::Instant::now();
+                conv.forward_with(isa, &x, h, w, wr, &b, 0..co, &mut out, &mut s)
+                    .unwrap();
+                let t1 = std::time::Instant::now();
+                conv.backward_input(isa, &mut dx, &out, wr, h, w, 0..ci, &mut s)
+                    .unwrap();
+                let t2 = std::time::Instant::now();
+                conv.backward_params(isa, &mut dw, &mut db, &out, &x, h, w, 0..co, &mut s)
+                    .unwrap();
+                let t3 = std::time::Instant::now();
+                let g = |a: std::time::Instant, b: std::time::Instant| {
+                    flops / (b - a).as_secs_f64() / 1e9
+                };
+                println!(
+                    "{isa:?} {ci}->{co} k{k} {size}x{size} rep {rep}: forward {:.1}, backward_input {:.1}, backward_params {:.1} GFLOP/s",
+                    g(t0, t1),
+                    g(t1, t2),
+                    g(t2, t3)
                 );
             }
         }

@@ -1,4 +1,9 @@
 //! Element-wise layers: SiLU (`torch.nn.SiLU`) and the residual addition.
+//!
+//! Backward of the residual addition `y = a + b`: da += dy and db += dy, i.e. two
+//! [`add_inplace`] calls (or one, when a gradient buffer can simply start as a copy of dy).
+
+use crate::{check_len, KernelError};
 
 /// SiLU(v) = v·sigmoid(v), written v / (1 + e^(−v)) as PyTorch's CPU kernel does.
 #[inline(always)]
@@ -35,6 +40,23 @@ pub fn exp(x: f32) -> f32 {
     let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     e * scale
+}
+
+/// SiLU′(v) = σ(v)·(1 + v·(1 − σ(v))), σ(v) = 1/(1 + e^(−v)): the derivative of [`silu`].
+#[inline(always)]
+pub fn silu_grad(v: f32) -> f32 {
+    let sig = 1.0 / (1.0 + exp(-v));
+    sig * (1.0 + v * (1.0 - sig))
+}
+
+/// dinp += dout·SiLU′(inp), element-wise (`inp` is the SiLU's input, saved by the forward).
+pub fn silu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) -> Result<(), KernelError> {
+    check_len("silu backward dout", dinp.len(), dout.len())?;
+    check_len("silu backward input", dinp.len(), inp.len())?;
+    for ((d, &g), &v) in dinp.iter_mut().zip(dout).zip(inp) {
+        *d += g * silu_grad(v);
+    }
+    Ok(())
 }
 
 /// x ← SiLU(x), element-wise.
@@ -101,5 +123,25 @@ mod tests {
         let mut d = [1.0f32, 2.0, 3.0];
         add_inplace(&mut d, &[0.5, -2.0, 1.0]);
         assert_eq!(d, [1.5, 0.0, 4.0]);
+    }
+
+    #[test]
+    fn silu_backward_matches_f64_derivative() {
+        let silu64 = |v: f64| v / (1.0 + (-v).exp());
+        let x: Vec<f32> = (-120..=120).map(|i| i as f32 * 0.1).collect();
+        let dout: Vec<f32> = x.iter().map(|v| 1.0 + v * 0.01).collect();
+        let mut dinp = vec![0.5f32; x.len()];
+        silu_backward(&mut dinp, &dout, &x).unwrap();
+        for ((&d, &v), &g) in dinp.iter().zip(&x).zip(&dout) {
+            let h = 1e-4;
+            let fd = (silu64(v as f64 + h) - silu64(v as f64 - h)) / (2.0 * h);
+            let want = 0.5 + g as f64 * fd;
+            assert!((d as f64 - want).abs() < 1e-6, "{v}: {d} vs {want}");
+        }
+        // SiLU′(0) = 1/2 exactly; saturation gives 0 and 1 without NaN.
+        assert_eq!(silu_grad(0.0), 0.5);
+        assert!(silu_grad(-200.0).abs() < 1e-30 && silu_grad(200.0) == 1.0);
+        assert!(silu_backward(&mut dinp, &dout[1..], &x).is_err());
+        assert!(silu_backward(&mut dinp, &dout, &x[1..]).is_err());
     }
 }

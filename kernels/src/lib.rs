@@ -12,26 +12,70 @@
 //!   that range; every output element is computed in the same order whatever the range, so any
 //!   split across threads gives bit-identical results;
 //! - bad shapes or lengths are reported as [`KernelError`], never by a panic.
+//!
+//! # Backward (training)
+//!
+//! Each layer's backward sits next to its forward, llm.c style, gradients first:
+//! `layer_backward(dinp, dweight, dbias, dout, inp, weight, dims…, range)`.
+//! - Every gradient is **accumulated** (`+=`) onto the caller's buffer, inputs' and
+//!   parameters' alike: the model zeroes its gradient buffers once per step, a tensor read by
+//!   two layers (a residual input, a skip) simply receives both contributions, and a batch is
+//!   summed by calling the backward once per sample in a fixed order.
+//! - Tensors a backward reads (`dout`, the saved input, weights) are passed whole; the
+//!   gradients it writes are the slices for its range (input channels for dinput, output
+//!   channels for dweight/dbias, groups for GroupNorm), so threads own disjoint slices.
+//! - Within a call each gradient element is one chain of roundings in a documented order
+//!   (pixel order for conv dweight, output-channel-then-tap order for conv dinput, f64 sums for
+//!   biases and normalisation statistics), independent of the range: any split across threads
+//!   gives the same bits, and the same calls in the same order give the same bits for any
+//!   thread count. The conv's AVX2 path rounds differently from the portable one (fused
+//!   multiply-adds); all threads of a step must use the same [`Isa`].
+//! - Nothing needs saving beyond each layer's input: GroupNorm recomputes its statistics and
+//!   attention its softmax weights exactly as the forward computes them.
+//! - Layers without a kernel: the residual `y = a + b` sends dy to both (`add_inplace` twice);
+//!   the channel concatenation `[h, skip]` of the decoder splits its gradient into the first and
+//!   last channel blocks (slices, no copy); the timestep embedding has no parameters and its
+//!   input t is not differentiated; ResBlock's FiLM gradient comes out of
+//!   [`norm::group_norm_backward`] as dscale/dshift, to be written into the two halves of the
+//!   emb-Linear's dout.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
+#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx))]
 
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod embedding;
+pub mod fir;
+pub mod fourier;
+#[cfg(test)]
+mod gradcheck;
 pub mod linear;
+pub mod nin;
 pub mod norm;
+#[cfg(target_arch = "nvptx64")]
+pub mod ptx;
 pub mod resample;
+pub mod rescale;
 
-pub use attention::{attention_scratch_len, qkv_attention, QkvOrder};
+pub use attention::{
+    attention_backward_scratch_len, attention_scratch_len, qkv_attention, qkv_attention_backward,
+    QkvOrder,
+};
 #[cfg(target_arch = "x86_64")]
 pub use conv::enable_avx2_fma;
 pub use conv::{Conv2d, Isa};
-pub use elementwise::{add_inplace, silu, silu_inplace};
+pub use elementwise::{add_inplace, silu, silu_backward, silu_grad, silu_inplace};
 pub use embedding::timestep_embedding;
-pub use linear::linear;
-pub use norm::group_norm;
-pub use resample::{avg_pool2x2, upsample_nearest2x};
+pub use fir::{fir_downsample2x, fir_upsample2x};
+pub use fourier::gaussian_fourier_projection;
+pub use linear::{linear, linear_backward_input, linear_backward_params};
+pub use nin::nin;
+pub use norm::{group_norm, group_norm_backward};
+pub use resample::{
+    avg_pool2x2, avg_pool2x2_backward, upsample_nearest2x, upsample_nearest2x_backward,
+};
+pub use rescale::add_skip_rescale;
 
 use core::fmt;
 

@@ -66,6 +66,76 @@ fn linear_rows<W: Weight>(
     }
 }
 
+/// dx += Wᵀ·dout for the input features `i_range` (`dx.len() == i_range.len()`), given the
+/// whole `dout` = ∂L/∂y `[out_features]`: `dx[i] += Σ_o W[o, i]·dout[o]`, terms in o order
+/// onto the value in `dx` (so any split of the features gives the same bits).
+pub fn linear_backward_input(
+    dx: &mut [f32],
+    dout: &[f32],
+    weight: WeightsRef,
+    in_features: usize,
+    i_range: core::ops::Range<usize>,
+) -> Result<(), KernelError> {
+    check_len("linear weight", dout.len() * in_features, weight.len())?;
+    check_range(
+        "linear input range outside 0..in_features",
+        &i_range,
+        in_features,
+    )?;
+    check_len("linear dx", i_range.len(), dx.len())?;
+    match weight {
+        WeightsRef::F32(w) => columns_times(dx, dout, w, in_features, i_range),
+        WeightsRef::F16(w) => columns_times(dx, dout, w, in_features, i_range),
+    }
+    Ok(())
+}
+
+fn columns_times<W: Weight>(
+    dx: &mut [f32],
+    dout: &[f32],
+    w: &[W],
+    in_features: usize,
+    i_range: core::ops::Range<usize>,
+) {
+    // Row by row of W: each row's slice is contiguous, and dx[i] still sums o in order.
+    for (o, &g) in dout.iter().enumerate() {
+        let row = &w[o * in_features + i_range.start..o * in_features + i_range.end];
+        for (d, wv) in dx.iter_mut().zip(row) {
+            *d += wv.to_f32() * g;
+        }
+    }
+}
+
+/// `dweight[o, :] += dout[o]·x` and `dbias[o] += dout[o]` for the outputs `o_range` (`dweight`
+/// holds rows o_range of W, `o_range.len()·in_features`; `dbias.len() == o_range.len()`),
+/// given the whole `dout` `[out_features]` and the layer's input `x` `[in_features]`. Called once
+/// per sample, the batch sums in call order.
+pub fn linear_backward_params(
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    in_features: usize,
+    o_range: core::ops::Range<usize>,
+) -> Result<(), KernelError> {
+    check_len("linear input", in_features, x.len())?;
+    check_range(
+        "linear output range outside 0..out_features",
+        &o_range,
+        dout.len(),
+    )?;
+    check_len("linear dweight", o_range.len() * in_features, dweight.len())?;
+    check_len("linear dbias", o_range.len(), dbias.len())?;
+    let rows = dweight.chunks_exact_mut(in_features.max(1));
+    for ((row, db), &g) in rows.zip(dbias.iter_mut()).zip(&dout[o_range]) {
+        *db += g;
+        for (d, &v) in row.iter_mut().zip(x) {
+            *d += g * v;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +205,56 @@ mod tests {
         assert!(linear(&[0.0; 3], WeightsRef::F32(&w), &[0.0; 3], 3, 0..2, &mut y).is_err());
         assert!(linear(&[0.0; 3], WeightsRef::F32(&w), &[0.0; 2], 3, 1..3, &mut y).is_err());
         assert!(linear(&[0.0; 3], WeightsRef::F32(&w), &[0.0; 2], 3, 0..1, &mut y).is_err());
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_and_splits() {
+        use crate::gradcheck::{assert_grad, data, dot64, fd_grad, wide};
+        let (inf, outf) = (13, 7);
+        let (x, w, b, r) = (
+            data(inf, 1),
+            data(inf * outf, 2),
+            data(outf, 3),
+            data(outf, 4),
+        );
+        let f = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+            let y: Vec<f64> = (0..outf)
+                .map(|o| b[o] + (0..inf).map(|i| w[o * inf + i] * x[i]).sum::<f64>())
+                .collect();
+            dot64(&r, &y)
+        };
+        let (x64, w64, b64) = (wide(&x), wide(&w), wide(&b));
+        let mut dx = vec![0f32; inf];
+        linear_backward_input(&mut dx, &r, WeightsRef::F32(&w), inf, 0..inf).unwrap();
+        assert_grad(&dx, &fd_grad(&x64, 1e-3, |v| f(v, &w64, &b64)), 1e-6, "dx");
+        let (mut dw, mut db) = (vec![0f32; w.len()], vec![0f32; outf]);
+        linear_backward_params(&mut dw, &mut db, &r, &x, inf, 0..outf).unwrap();
+        assert_grad(&dw, &fd_grad(&w64, 1e-3, |v| f(&x64, v, &b64)), 1e-6, "dw");
+        assert_grad(&db, &fd_grad(&b64, 1e-3, |v| f(&x64, &w64, v)), 1e-6, "db");
+        // Splits (onto a nonzero start, checking accumulation) give the same bits.
+        let (mut dx2, mut dw2, mut db2) = (vec![0f32; inf], vec![0f32; w.len()], vec![0f32; outf]);
+        for r_ in [0..4, 4..5, 5..13] {
+            linear_backward_input(&mut dx2[r_.clone()], &r, WeightsRef::F32(&w), inf, r_).unwrap();
+        }
+        for r_ in [0..2, 2..7] {
+            let (a, z) = (r_.start, r_.end);
+            linear_backward_params(&mut dw2[a * inf..z * inf], &mut db2[a..z], &r, &x, inf, r_)
+                .unwrap();
+        }
+        assert_eq!((dx2, dw2, db2), (dx.clone(), dw.clone(), db.clone()));
+        let mut twice = dx.clone();
+        linear_backward_input(&mut twice, &r, WeightsRef::F32(&w), inf, 0..inf).unwrap();
+        for (t, d) in twice.iter().zip(&dx) {
+            assert!((t - 2.0 * d).abs() <= 1e-6);
+        }
+        // Errors.
+        let wr = WeightsRef::F32(&w);
+        assert!(linear_backward_input(&mut dx, &r[1..], wr, inf, 0..inf).is_err());
+        assert!(linear_backward_input(&mut dx, &r, wr, inf, 0..inf + 1).is_err());
+        assert!(linear_backward_input(&mut dx[1..], &r, wr, inf, 0..inf).is_err());
+        assert!(linear_backward_params(&mut dw, &mut db, &r, &x[1..], inf, 0..outf).is_err());
+        assert!(linear_backward_params(&mut dw, &mut db, &r, &x, inf, 0..outf + 1).is_err());
+        assert!(linear_backward_params(&mut dw[1..], &mut db, &r, &x, inf, 0..outf).is_err());
+        assert!(linear_backward_params(&mut dw, &mut db[1..], &r, &x, inf, 0..outf).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! `GroupNorm32` (guided-diffusion `normalization(ch)`), fused with the FiLM modulation of
 //! ResBlock's `use_scale_shift_norm` and the SiLU that follows every norm in the ADM U-Net.
 
-use crate::elementwise::silu_inplace;
+use crate::elementwise::{silu_grad, silu_inplace};
 use crate::{check_len, check_range, KernelError};
 
 /// Lanes of the f64 partial sums: a fixed interleaving, so the statistics of a group never
@@ -104,6 +104,172 @@ pub fn group_norm(
         }
     }
     Ok(())
+}
+
+/// Backward of [`group_norm`] (same arguments after the gradients) for the groups `g`,
+/// recomputing the group statistics and the pre-activation exactly as the forward does, so
+/// the forward need save nothing but its input `x`. Reads the whole `dout` = ∂L/∂y
+/// [channels, hw]; accumulates (`+=`) into the slices for the groups' channels only:
+/// `dx` [g.len()·cpg·hw], `dgamma`, `dbeta` [g.len()·cpg] and, iff `film` is given,
+/// `dfilm = Some((dscale, dshift))` [g.len()·cpg]. With x̂ = (x − μ)·rstd, y₁ = x̂·γ + β,
+/// z = y₁·(1 + scale) + shift, y = SiLU(z) and n = cpg·hw:
+/// gz = dy·SiLU′(z), dy₁ = gz·(1 + scale), dscale += Σ gz·y₁, dshift += Σ gz,
+/// dγ += Σ dy₁·x̂, dβ += Σ dy₁ (sums over the channel's pixels),
+/// dx += rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) with dx̂ = dy₁·γ (means over the group).
+/// All sums are in f64 in pixel order, then added to the f32 buffers once per call.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward(
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    mut dfilm: Option<(&mut [f32], &mut [f32])>,
+    dout: &[f32],
+    x: &[f32],
+    channels: usize,
+    hw: usize,
+    groups: usize,
+    eps: f32,
+    gamma: &[f32],
+    beta: &[f32],
+    film: Option<(&[f32], &[f32])>,
+    silu_after: bool,
+    g: core::ops::Range<usize>,
+) -> Result<(), KernelError> {
+    if groups == 0 || !channels.is_multiple_of(groups) || hw == 0 {
+        return Err(KernelError::Shape(
+            "group norm: channels must be a nonzero multiple of groups, hw > 0",
+        ));
+    }
+    let cpg = channels / groups;
+    check_len("group norm input", channels * hw, x.len())?;
+    check_len("group norm dout", channels * hw, dout.len())?;
+    check_len("group norm gamma", channels, gamma.len())?;
+    check_len("group norm beta", channels, beta.len())?;
+    check_range("group norm: group range outside 0..groups", &g, groups)?;
+    let nc = g.len() * cpg;
+    check_len("group norm dx", nc * hw, dx.len())?;
+    check_len("group norm dgamma", nc, dgamma.len())?;
+    check_len("group norm dbeta", nc, dbeta.len())?;
+    match (&film, &dfilm) {
+        (Some((scale, shift)), Some((dscale, dshift))) => {
+            check_len("group norm FiLM scale", channels, scale.len())?;
+            check_len("group norm FiLM shift", channels, shift.len())?;
+            check_len("group norm dscale", nc, dscale.len())?;
+            check_len("group norm dshift", nc, dshift.len())?;
+        }
+        (None, None) => {}
+        _ => {
+            return Err(KernelError::Shape(
+                "group norm backward: dfilm must be given exactly when film is",
+            ))
+        }
+    }
+
+    let group_len = cpg * hw;
+    for (gl, gi) in g.enumerate() {
+        let at = gi * group_len;
+        let xg = &x[at..at + group_len];
+        let (mean, var) = mean_var(xg);
+        let rstd = 1.0 / libm::sqrt(var + eps as f64);
+        let pre = Pre {
+            mean_hi: mean as f32,
+            mean_lo: (mean - (mean as f32) as f64) as f32,
+            rstd: rstd as f32,
+            silu: silu_after,
+        };
+        // Pass 1: per-channel parameter gradients and the two group means of dx̂.
+        let (mut s1, mut s2) = (0f64, 0f64);
+        for j in 0..cpg {
+            let c = gi * cpg + j;
+            let ch = pre.channel(c, rstd, gamma, beta, film);
+            let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
+            let mut sums = [0f64; 4]; // Σ gz·y₁, Σ gz, Σ dy₁·x̂, Σ dy₁
+            for (&v, &dy) in xc.iter().zip(dyc) {
+                let (xhat, y1, gz, dy1) = ch.element(&pre, v, dy);
+                sums[0] += gz as f64 * y1 as f64;
+                sums[1] += gz as f64;
+                sums[2] += dy1 as f64 * xhat as f64;
+                sums[3] += dy1 as f64;
+            }
+            let l = gl * cpg + j;
+            if let Some((dscale, dshift)) = dfilm.as_mut() {
+                dscale[l] += sums[0] as f32;
+                dshift[l] += sums[1] as f32;
+            }
+            dgamma[l] += sums[2] as f32;
+            dbeta[l] += sums[3] as f32;
+            s1 += gamma[c] as f64 * sums[3];
+            s2 += gamma[c] as f64 * sums[2];
+        }
+        let (m1, m2) = (
+            (s1 / group_len as f64) as f32,
+            (s2 / group_len as f64) as f32,
+        );
+        // Pass 2: dx, recomputing dy₁ (cheaper than a scratch buffer of the group's size).
+        for j in 0..cpg {
+            let c = gi * cpg + j;
+            let ch = pre.channel(c, rstd, gamma, beta, film);
+            let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
+            let dxc = &mut dx[(gl * cpg + j) * hw..][..hw];
+            let gc = gamma[c];
+            for ((d, &v), &dy) in dxc.iter_mut().zip(xc).zip(dyc) {
+                let (xhat, _, _, dy1) = ch.element(&pre, v, dy);
+                *d += pre.rstd * ((dy1 * gc - m1) - xhat * m2);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-group constants of the backward's recomputation of the forward.
+struct Pre {
+    mean_hi: f32,
+    mean_lo: f32,
+    rstd: f32,
+    silu: bool,
+}
+
+/// Per-channel constants: the forward's s = rstd·γ, β and the FiLM factor and shift.
+struct Chan {
+    s: f32,
+    b: f32,
+    fs: f32,
+    fb: f32,
+}
+
+impl Pre {
+    fn channel(
+        &self,
+        c: usize,
+        rstd: f64,
+        gamma: &[f32],
+        beta: &[f32],
+        film: Option<(&[f32], &[f32])>,
+    ) -> Chan {
+        let (fs, fb) = film.map_or((1.0, 0.0), |(scale, shift)| (1.0 + scale[c], shift[c]));
+        Chan {
+            s: (rstd * gamma[c] as f64) as f32,
+            b: beta[c],
+            fs,
+            fb,
+        }
+    }
+}
+
+impl Chan {
+    /// (x̂, y₁, gz, dy₁) of one element with input v and upstream gradient dy; y₁ and z are
+    /// the forward's values bit for bit (a FiLM factor 1 and shift 0 change nothing).
+    #[inline(always)]
+    fn element(&self, pre: &Pre, v: f32, dy: f32) -> (f32, f32, f32, f32) {
+        let cen = (v - pre.mean_hi) - pre.mean_lo;
+        let y1 = cen * self.s + self.b;
+        let gz = if pre.silu {
+            dy * silu_grad(y1 * self.fs + self.fb)
+        } else {
+            dy
+        };
+        (cen * pre.rstd, y1, gz, gz * self.fs)
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +457,245 @@ mod tests {
         )
         .is_err());
         assert!(group_norm(&x, 4, 3, 2, 1e-5, &p, &p, None, false, 0..1, &mut y).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod backward_tests {
+    use super::*;
+    use crate::gradcheck::{assert_grad, data, dot64, fd_grad, wide};
+
+    /// The forward from the definition in f64; p = [x | gamma | beta | scale | shift].
+    fn forward64(p: &[f64], c: usize, hw: usize, groups: usize, film: bool, act: bool) -> Vec<f64> {
+        let (x, rest) = p.split_at(c * hw);
+        let (gamma, rest) = rest.split_at(c);
+        let (beta, rest) = rest.split_at(c);
+        let (scale, shift) = rest.split_at(c);
+        let cpg = c / groups;
+        let n = (cpg * hw) as f64;
+        let mut y = vec![0f64; c * hw];
+        for g in 0..groups {
+            let xs = &x[g * cpg * hw..(g + 1) * cpg * hw];
+            let mean = xs.iter().sum::<f64>() / n;
+            let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+            for ch in g * cpg..(g + 1) * cpg {
+                for q in 0..hw {
+                    let mut v =
+                        (x[ch * hw + q] - mean) / (var + 1e-5).sqrt() * gamma[ch] + beta[ch];
+                    if film {
+                        v = v * (1.0 + scale[ch]) + shift[ch];
+                    }
+                    if act {
+                        v /= 1.0 + (-v).exp();
+                    }
+                    y[ch * hw + q] = v;
+                }
+            }
+        }
+        y
+    }
+
+    struct Case {
+        c: usize,
+        hw: usize,
+        groups: usize,
+        x: Vec<f32>,
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    }
+
+    fn case(cpg: usize) -> Case {
+        let (groups, hw) = (3, 5);
+        let c = cpg * groups;
+        // An offset group (|mean| ≫ std) checks the centring.
+        let x = data(c * hw, cpg as u32)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + if i < cpg * hw { 20.0 } else { 0.0 })
+            .collect();
+        Case {
+            c,
+            hw,
+            groups,
+            x,
+            gamma: data(c, 11).iter().map(|v| v + 1.0).collect(),
+            beta: data(c, 12),
+            scale: data(c, 13),
+            shift: data(c, 14),
+        }
+    }
+
+    /// [dx | dgamma | dbeta | dscale | dshift] over the groups `g`, from `init`.
+    fn backward(
+        k: &Case,
+        dout: &[f32],
+        film: bool,
+        act: bool,
+        g: core::ops::Range<usize>,
+        init: f32,
+    ) -> Vec<f32> {
+        let cpg = k.c / k.groups;
+        let nc = g.len() * cpg;
+        let mut dx = vec![init; nc * k.hw];
+        let mut dp = vec![init; 4 * nc];
+        let (dgamma, rest) = dp.split_at_mut(nc);
+        let (dbeta, rest) = rest.split_at_mut(nc);
+        let (dscale, dshift) = rest.split_at_mut(nc);
+        let filmv = film.then_some((&k.scale[..], &k.shift[..]));
+        group_norm_backward(
+            &mut dx,
+            dgamma,
+            dbeta,
+            film.then_some((dscale, dshift)),
+            dout,
+            &k.x,
+            k.c,
+            k.hw,
+            k.groups,
+            1e-5,
+            &k.gamma,
+            &k.beta,
+            filmv,
+            act,
+            g,
+        )
+        .unwrap();
+        dx.extend(dp);
+        dx
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_for_group_sizes_1_to_4() {
+        for cpg in 1..=4 {
+            let k = case(cpg);
+            let r = data(k.c * k.hw, 20 + cpg as u32);
+            let p: Vec<f64> = [&k.x, &k.gamma, &k.beta, &k.scale, &k.shift]
+                .iter()
+                .flat_map(|v| wide(v))
+                .collect();
+            for (film, act) in [(false, false), (false, true), (true, false), (true, true)] {
+                let want = fd_grad(&p, 1e-4, |v| {
+                    dot64(&r, &forward64(v, k.c, k.hw, k.groups, film, act))
+                });
+                let got = backward(&k, &r, film, act, 0..k.groups, 0.0);
+                let what = format!("cpg {cpg} film {film} silu {act}");
+                let n = k.c * k.hw;
+                assert_grad(&got[..n], &want[..n], 2e-5, &format!("dx {what}"));
+                let parts = [&want[n..], if film { &want[n + 2 * k.c..] } else { &[] }];
+                assert_grad(
+                    &got[n..n + 2 * k.c],
+                    &parts[0][..2 * k.c],
+                    2e-5,
+                    &format!("dgamma/dbeta {what}"),
+                );
+                if film {
+                    assert_grad(
+                        &got[n + 2 * k.c..],
+                        parts[1],
+                        2e-5,
+                        &format!("dscale/dshift {what}"),
+                    );
+                } else {
+                    assert!(got[n + 2 * k.c..].iter().all(|&v| v == 0.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_split_gives_the_same_bits_and_accumulates() {
+        for cpg in 1..=4 {
+            let k = case(cpg);
+            let r = data(k.c * k.hw, 30);
+            let (n, nc) = (k.c * k.hw, k.c);
+            for (film, act) in [(false, true), (true, true)] {
+                let zero = backward(&k, &r, film, act, 0..k.groups, 0.0);
+                let whole = backward(&k, &r, film, act, 0..k.groups, 0.5);
+                for (a, b) in whole.iter().zip(&zero) {
+                    assert!((a - (b + 0.5)).abs() <= 1e-6 * (1.0 + b.abs()));
+                }
+                // One group at a time, reassembled into the [dx | dγ | dβ | ds | dsh] layout.
+                let mut split = vec![0f32; whole.len()];
+                for gi in 0..k.groups {
+                    let part = backward(&k, &r, film, act, gi..gi + 1, 0.5);
+                    let (pn, pc) = (cpg * k.hw, cpg);
+                    split[gi * pn..(gi + 1) * pn].copy_from_slice(&part[..pn]);
+                    for q in 0..4 {
+                        let dst = n + q * nc + gi * pc;
+                        split[dst..dst + pc].copy_from_slice(&part[pn + q * pc..pn + (q + 1) * pc]);
+                    }
+                }
+                assert_eq!(split, whole, "cpg {cpg} film {film}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let k = case(2);
+        let (c, hw, nc) = (k.c, k.hw, k.c);
+        let r = vec![0f32; c * hw];
+        let (mut dx, mut a, mut b, mut s, mut t) = (
+            vec![0f32; c * hw],
+            vec![0f32; nc],
+            vec![0f32; nc],
+            vec![0f32; nc],
+            vec![0f32; nc],
+        );
+        let f = Some((&k.scale[..], &k.shift[..]));
+        let run = |dx: &mut [f32],
+                   a: &mut [f32],
+                   b: &mut [f32],
+                   df: Option<(&mut [f32], &mut [f32])>,
+                   f,
+                   dout: &[f32]| {
+            group_norm_backward(
+                dx,
+                a,
+                b,
+                df,
+                dout,
+                &k.x,
+                c,
+                hw,
+                k.groups,
+                1e-5,
+                &k.gamma,
+                &k.beta,
+                f,
+                true,
+                0..k.groups,
+            )
+        };
+        assert!(run(&mut dx, &mut a, &mut b, Some((&mut s, &mut t)), f, &r).is_ok());
+        assert!(run(&mut dx, &mut a, &mut b, None, None, &r).is_ok());
+        assert!(run(&mut dx, &mut a, &mut b, None, f, &r).is_err());
+        assert!(run(&mut dx, &mut a, &mut b, Some((&mut s, &mut t)), None, &r).is_err());
+        assert!(run(&mut dx, &mut a, &mut b, Some((&mut s[1..], &mut t)), f, &r).is_err());
+        assert!(run(&mut dx[1..], &mut a, &mut b, None, None, &r).is_err());
+        assert!(run(&mut dx, &mut a[1..], &mut b, None, None, &r).is_err());
+        assert!(run(&mut dx, &mut a, &mut b, None, None, &r[1..]).is_err());
+        let mut small = vec![0f32; 2 * hw];
+        assert!(group_norm_backward(
+            &mut small,
+            &mut a[..2],
+            &mut b[..2],
+            None,
+            &r,
+            &k.x,
+            c,
+            hw,
+            k.groups,
+            1e-5,
+            &k.gamma,
+            &k.beta,
+            None,
+            false,
+            3..4
+        )
+        .is_err());
     }
 }
 

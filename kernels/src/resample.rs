@@ -1,9 +1,12 @@
 //! The parameter-free resamplers of guided-diffusion's Upsample/Downsample (use_conv=False),
 //! used inside the up/down ResBlocks: nearest 2× upsampling and 2×2 average pooling.
 //!
-//! These take no `Result` (the host's call sites are infallible by construction): `x` is the
-//! whole input [C, h, w] and `out` holds the channels `c`; with inconsistent lengths only the
-//! channels that fit are written (and debug builds assert).
+//! The forwards take no `Result` (the host's call sites are infallible by construction): `x` is
+//! the whole input [C, h, w] and `out` holds the channels `c`; with inconsistent lengths only
+//! the channels that fit are written (and debug builds assert). The backwards check their
+//! lengths and return a `Result`, like every other backward.
+
+use crate::{check_len, check_range, KernelError};
 
 /// out[c, 2y+dy, 2x+dx] = x[c, y, x] for the channels `c` (`F.interpolate(scale_factor=2,
 /// mode="nearest")`); out is [c.len(), 2h, 2w].
@@ -53,6 +56,83 @@ pub fn avg_pool2x2(x: &[f32], h: usize, w: usize, c: core::ops::Range<usize>, ou
             }
         }
     }
+}
+
+/// Checks a backward call: `dout` holds whole [C, oh, ow] maps and `c` lies inside C; returns
+/// the plane size of dout.
+fn check_resample(
+    dout: &[f32],
+    oh: usize,
+    ow: usize,
+    c: &core::ops::Range<usize>,
+) -> Result<usize, KernelError> {
+    let plane = oh * ow;
+    if plane == 0 || !dout.len().is_multiple_of(plane) {
+        return Err(KernelError::Shape(
+            "resample backward: dout is not whole maps",
+        ));
+    }
+    check_range(
+        "resample backward: channel range outside dout",
+        c,
+        dout.len() / plane,
+    )?;
+    Ok(plane)
+}
+
+/// Backward of [`upsample_nearest2x`] for the channels `c`: dx[c, y, x] += the sum of the
+/// 2×2 block dout[c, 2y..2y+2, 2x..2x+2], summed ((top left + top right) + (bottom left +
+/// bottom right)). `dout` is the whole [C, 2h, 2w] gradient, `dx` is [c.len(), h, w].
+pub fn upsample_nearest2x_backward(
+    dx: &mut [f32],
+    dout: &[f32],
+    h: usize,
+    w: usize,
+    c: core::ops::Range<usize>,
+) -> Result<(), KernelError> {
+    let oplane = check_resample(dout, 2 * h, 2 * w, &c)?;
+    check_len("upsample backward dx", c.len() * h * w, dx.len())?;
+    let src = &dout[c.start * oplane..c.end * oplane];
+    for (dc, gc) in dx.chunks_exact_mut(h * w).zip(src.chunks_exact(oplane)) {
+        for (drow, rows) in dc.chunks_exact_mut(w).zip(gc.chunks_exact(4 * w)) {
+            let (r0, r1) = rows.split_at(2 * w);
+            for (i, d) in drow.iter_mut().enumerate() {
+                *d += (r0[2 * i] + r0[2 * i + 1]) + (r1[2 * i] + r1[2 * i + 1]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Backward of [`avg_pool2x2`] for the channels `c`: every pixel of a 2×2 block gets a quarter
+/// of the block's gradient, dx[c, y, x] += dout[c, y/2, x/2]/4. `dout` is the whole
+/// [C, h/2, w/2] gradient, `dx` is [c.len(), h, w] (h, w even).
+pub fn avg_pool2x2_backward(
+    dx: &mut [f32],
+    dout: &[f32],
+    h: usize,
+    w: usize,
+    c: core::ops::Range<usize>,
+) -> Result<(), KernelError> {
+    if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
+        return Err(KernelError::Shape(
+            "avg pool backward: h and w must be even",
+        ));
+    }
+    let (oh, ow) = (h / 2, w / 2);
+    let oplane = check_resample(dout, oh, ow, &c)?;
+    check_len("avg pool backward dx", c.len() * h * w, dx.len())?;
+    let src = &dout[c.start * oplane..c.end * oplane];
+    for (dc, gc) in dx.chunks_exact_mut(h * w).zip(src.chunks_exact(oplane)) {
+        for (drows, grow) in dc.chunks_exact_mut(2 * w).zip(gc.chunks_exact(ow)) {
+            for drow in drows.chunks_exact_mut(w) {
+                for (d, &g) in drow.iter_mut().zip(grow.iter().flat_map(|g| [g, g])) {
+                    *d += g * 0.25;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -119,5 +199,71 @@ mod tests {
         let mut pooled = vec![0f32; base.len()];
         avg_pool2x2(&x, h, w, 0..c, &mut pooled);
         assert_eq!(pooled, base);
+    }
+
+    /// Both backwards against finite differences of the forwards (linear maps, so the f64
+    /// gradient of Σ r·out is exact), split by channel, accumulating onto a nonzero start.
+    #[test]
+    fn backwards_match_finite_differences_and_split() {
+        use crate::gradcheck::{assert_grad, data, dot64, fd_grad, wide};
+        let (c, h, w) = (3, 4, 6);
+        let x = data(c * h * w, 1);
+        // Forwards in f64 from the index formulas.
+        let up = |v: &[f64]| -> Vec<f64> {
+            let mut o = vec![0f64; c * 4 * h * w];
+            for ch in 0..c {
+                for y in 0..2 * h {
+                    for xx in 0..2 * w {
+                        o[(ch * 2 * h + y) * 2 * w + xx] = v[(ch * h + y / 2) * w + xx / 2];
+                    }
+                }
+            }
+            o
+        };
+        let pool = |v: &[f64]| -> Vec<f64> {
+            let mut o = vec![0f64; c * h * w / 4];
+            for ch in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        o[(ch * h / 2 + y / 2) * w / 2 + xx / 2] += v[(ch * h + y) * w + xx] / 4.0;
+                    }
+                }
+            }
+            o
+        };
+        let r_up = data(c * 4 * h * w, 2);
+        let r_pool = data(c * h * w / 4, 3);
+        let x64 = wide(&x);
+        let want_up: Vec<f64> = fd_grad(&x64, 1e-3, |v| dot64(&r_up, &up(v)));
+        let want_pool: Vec<f64> = fd_grad(&x64, 1e-3, |v| dot64(&r_pool, &pool(v)));
+        let mut d = vec![0f32; x.len()];
+        upsample_nearest2x_backward(&mut d, &r_up, h, w, 0..c).unwrap();
+        assert_grad(&d, &want_up, 1e-6, "upsample");
+        let mut d2 = vec![0f32; x.len()];
+        avg_pool2x2_backward(&mut d2, &r_pool, h, w, 0..c).unwrap();
+        assert_grad(&d2, &want_pool, 1e-6, "avg pool");
+        type Backward = fn(
+            &mut [f32],
+            &[f32],
+            usize,
+            usize,
+            core::ops::Range<usize>,
+        ) -> Result<(), KernelError>;
+        let cases: [(Backward, &Vec<f32>, &Vec<f32>); 2] = [
+            (upsample_nearest2x_backward, &d, &r_up),
+            (avg_pool2x2_backward, &d2, &r_pool),
+        ];
+        for (f, whole, r) in cases {
+            let mut split = vec![1f32; x.len()];
+            f(&mut split[..h * w], r, h, w, 0..1).unwrap();
+            f(&mut split[h * w..], r, h, w, 1..3).unwrap();
+            for (s, v) in split.iter().zip(whole.iter()) {
+                assert_eq!(*s, 1.0 + v);
+            }
+            assert!(f(&mut split[1..], r, h, w, 0..3).is_err());
+            assert!(f(&mut split, &r[1..], h, w, 0..3).is_err());
+            assert!(f(&mut split, r, h, w, 0..4).is_err());
+        }
+        assert!(avg_pool2x2_backward(&mut d2, &r_pool, h + 1, w, 0..c).is_err());
     }
 }

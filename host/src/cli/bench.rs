@@ -43,7 +43,7 @@ pub struct BenchArgs {
 
 /// Runs `host bench`.
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    let ModelConfig::Adm(config) = ModelConfig::load(&args.config)?;
+    let config = ModelConfig::load(&args.config)?.adm()?.clone();
     let arch = AdmArch::new(&config)?;
     let (size, batch) = (args.size as usize, args.batch as usize);
     arch.check_input_size(size, size)?;

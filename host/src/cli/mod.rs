@@ -5,7 +5,12 @@
 
 pub mod bench;
 pub mod common;
+pub mod denoise;
+pub mod measure;
 pub mod parity;
+pub mod restore;
+pub mod sample;
+pub mod schedule;
 
 use std::process::ExitCode;
 
@@ -16,6 +21,11 @@ const EXAMPLES: &str = "\
 Examples:
   host parity --weights W.safetensors --config C.json --io IO.safetensors
   host bench --config adm-ffhq256 --size 64
+  host sample --weights W.safetensors --preset vp-uncond-sigmoid --n 16 --out run1
+  host restore --weights W.safetensors --task sr4 --input gt.png --n 16 --out sr
+  host measure --task inpaint --input gt.png --sigma-y 0.2 --out y.safetensors
+  host denoise --weights W.safetensors --sigma 0.3 in.png out.png
+  host schedule --kind vp --preset vp-uncond-sigmoid --plot s.png
 
 Exit code: 0 success, 1 a check failed, 2 error. `host help <COMMAND>` explains each command.";
 
@@ -35,6 +45,16 @@ pub enum Command {
     Parity(parity::ParityArgs),
     /// Time the network forward pass on random weights.
     Bench(bench::BenchArgs),
+    /// Unconditional sampling (random walks with Tweedie).
+    Sample(sample::SampleArgs),
+    /// Conditional sampling for an inverse problem, with metrics.
+    Restore(restore::RestoreArgs),
+    /// Make a measurement y = A x + noise from a ground-truth image.
+    Measure(measure::MeasureArgs),
+    /// Denoise one image with the network (Tweedie's MMSE estimate).
+    Denoise(denoise::DenoiseArgs),
+    /// Print (and plot) a sampling plan: sigma, t, gamma, T per step.
+    Schedule(schedule::ScheduleArgs),
 }
 
 /// Exit code for a check that ran and failed.
@@ -47,5 +67,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Parity(args) => parity::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Sample(args) => sample::run(&args),
+        Command::Restore(args) => restore::run(&args),
+        Command::Measure(args) => measure::run(&args),
+        Command::Denoise(args) => denoise::run(&args),
+        Command::Schedule(args) => schedule::run(&args),
     }
 }

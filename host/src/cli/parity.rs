@@ -11,7 +11,6 @@ use super::common::{grouped, precision, resolve_config, threads};
 use super::EXIT_CHECK_FAILED;
 use crate::model::adm::forward::{forward, Input};
 use crate::model::adm::AdmArch;
-use crate::model::config::ModelConfig;
 use crate::parity::{compare, TOL_ADM, TOL_F16};
 use crate::tensors::{SafetensorsFile, TensorF32};
 use crate::weights::{Weights, WeightsMeta};
@@ -120,7 +119,9 @@ pub fn run(args: &ParityArgs) -> Result<ExitCode> {
             file.label()
         );
     }
-    let ModelConfig::Adm(config) = resolve_config(args.config.as_deref(), &meta, file.label())?;
+    let config = resolve_config(args.config.as_deref(), &meta, file.label())?
+        .adm()?
+        .clone();
     let arch = AdmArch::new(&config)?;
     let weights = Weights::load(&file, &arch.state_dict(), precision(args.f16))?;
     drop(file);

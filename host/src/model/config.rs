@@ -7,22 +7,28 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::adm::{AdmConfig, ADM_FFHQ256};
+use super::ncsnpp::{NcsnppConfig, NCSNPP_FFHQ256};
 
 /// A parsed model configuration, one variant per supported architecture.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     /// guided-diffusion's `UNetModel` (`arch: "adm"`).
     Adm(AdmConfig),
+    /// score_sde's `NCSNpp` (`arch: "ncsnpp"`).
+    Ncsnpp(NcsnppConfig),
 }
 
 /// Built-in configuration names accepted wherever a config file is.
-pub const BUILTIN_NAMES: &[&str] = &[ADM_FFHQ256];
+pub const BUILTIN_NAMES: &[&str] = &[ADM_FFHQ256, NCSNPP_FFHQ256];
 
 impl ModelConfig {
-    /// `spec` is a built-in name (`adm-ffhq256`) or the path of a JSON file.
+    /// `spec` is a built-in name (`adm-ffhq256`, `ncsnpp-ffhq256`) or the path of a JSON file.
     pub fn load(spec: &str) -> Result<ModelConfig> {
         if spec == ADM_FFHQ256 {
             return Ok(ModelConfig::Adm(AdmConfig::ffhq256()));
+        }
+        if spec == NCSNPP_FFHQ256 {
+            return Ok(ModelConfig::Ncsnpp(NcsnppConfig::ffhq256()));
         }
         let path = Path::new(spec);
         let text = std::fs::read_to_string(path).with_context(|| {
@@ -40,7 +46,8 @@ impl ModelConfig {
         Self::from_json(&value)
     }
 
-    /// Dispatches on the architecture: `create_model_kwargs` or `arch: "adm"` → ADM.
+    /// Dispatches on the architecture: `create_model_kwargs` or `arch: "adm"` → ADM; a
+    /// top-level `config` (score_sde's nested form) or `arch: "ncsnpp"` → NCSN++.
     pub fn from_json(value: &Value) -> Result<ModelConfig> {
         let obj = value
             .as_object()
@@ -52,12 +59,15 @@ impl ModelConfig {
             }
             return Ok(ModelConfig::Adm(AdmConfig::from_json(value)?));
         }
-        if obj.contains_key("config") && arch.is_none() {
-            bail!("arch: NCSN++ (score_sde) configs are not supported yet");
+        if obj.contains_key("config") {
+            if let Some(a) = arch.filter(|a| a.as_str() != Some("ncsnpp")) {
+                bail!("arch: {a} contradicts the nested score_sde `config` (an NCSN++ config)");
+            }
+            return Ok(ModelConfig::Ncsnpp(NcsnppConfig::from_json(value)?));
         }
         match arch.map(|a| a.as_str()) {
             Some(Some("adm")) => Ok(ModelConfig::Adm(AdmConfig::from_json(value)?)),
-            Some(Some("ncsnpp")) => bail!("arch: \"ncsnpp\" is not supported yet"),
+            Some(Some("ncsnpp")) => Ok(ModelConfig::Ncsnpp(NcsnppConfig::from_json(value)?)),
             Some(_) => bail!(
                 "arch: unknown architecture {} (expected \"adm\" or \"ncsnpp\")",
                 arch.unwrap_or(&Value::Null)
@@ -70,6 +80,25 @@ impl ModelConfig {
     pub fn adm(&self) -> Result<&AdmConfig> {
         match self {
             ModelConfig::Adm(c) => Ok(c),
+            ModelConfig::Ncsnpp(_) => {
+                bail!("this command runs ADM models only; the config is NCSN++")
+            }
+        }
+    }
+
+    /// The NCSN++ configuration, or an error naming the architecture that is not NCSN++.
+    pub fn ncsnpp(&self) -> Result<&NcsnppConfig> {
+        match self {
+            ModelConfig::Ncsnpp(c) => Ok(c),
+            ModelConfig::Adm(_) => bail!("expected an NCSN++ config; the config is ADM"),
+        }
+    }
+
+    /// The flat JSON of formats.md §2 (what `tweedie.config` stores).
+    pub fn to_json(&self) -> Value {
+        match self {
+            ModelConfig::Adm(c) => c.to_json(),
+            ModelConfig::Ncsnpp(c) => c.to_json(),
         }
     }
 }
@@ -90,7 +119,18 @@ mod tests {
             ModelConfig::Adm(c) if c == AdmConfig::ffhq256()
         ));
         assert!(err(json!({"arch": "dit"})).contains("arch: unknown architecture \"dit\""));
-        assert!(err(json!({"arch": "ncsnpp"})).contains("not supported yet"));
+        assert!(matches!(
+            ModelConfig::load(NCSNPP_FFHQ256).unwrap(),
+            ModelConfig::Ncsnpp(c) if c == NcsnppConfig::ffhq256()
+        ));
+        let flat = ModelConfig::Ncsnpp(NcsnppConfig::ffhq256()).to_json();
+        assert!(ModelConfig::from_json(&flat).unwrap().ncsnpp().is_ok());
+        assert!(err(json!({"arch": "ncsnpp"})).contains("image_size: required"));
+        assert!(err(json!({"arch": "adm", "config": {}})).contains("contradicts"));
+        let golden = crate::testdata::golden("ncsnpp_small").join("config.json");
+        let c = ModelConfig::load(golden.to_str().unwrap()).unwrap();
+        assert_eq!(c.ncsnpp().unwrap().nf, 16);
+        assert!(c.adm().is_err());
         assert!(err(json!({"image_size": 32})).contains("arch: missing"));
         assert!(err(json!({"arch": "ncsnpp", "create_model_kwargs": {}})).contains("contradicts"));
         let e = format!(

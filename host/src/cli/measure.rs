@@ -1,0 +1,99 @@
+//! `host measure`: y = A x + σ_y n from a ground-truth image (formats.md §4), in the model's
+//! data range (`--range=-1,1` for VP, `--range 0,1` for VE). With --sigma-y 0, exactly A x.
+//! Writes the safetensors file and a PNG preview of y next to it (same name, `.png`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::image_io::{png_from_planes, read_image_native, to_planes};
+use crate::run::measurement::{parse_box, MeasureOptions, Measurement, Task};
+use crate::run::output::Outputs;
+use crate::weights::meta::DataRange;
+
+const EXAMPLE: &str = "\
+Examples:
+  host measure --task sr4 --input gt.png --sigma-y 0.2 --seed 1 --out y.safetensors
+  host measure --task inpaint --input gt.png --range 0,1 --sigma-y 0.2 --out y.safetensors";
+
+/// Arguments of `host measure`.
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLE)]
+pub struct MeasureArgs {
+    /// The inverse problem.
+    #[arg(long, value_enum)]
+    pub task: Task,
+    /// Ground-truth image (PNG or JPEG, gray or RGB).
+    #[arg(long, value_name = "GT.png")]
+    pub input: PathBuf,
+    /// Measurement noise σ_y in data-range units (0: exactly A x).
+    #[arg(allow_hyphen_values = true, long, default_value_t = 0.2)]
+    pub sigma_y: f64,
+    /// Seed of the noise and of the random mask.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Data range: `-1,1` (VP models) or `0,1` (VE models).
+    #[arg(long, default_value = "-1,1", allow_hyphen_values = true)]
+    pub range: String,
+    /// Missing fraction for --task inpaint.
+    #[arg(long, default_value_t = 0.92)]
+    pub p: f64,
+    /// Box x,y,w,h for --task inpaint-box (default: the centered half-size box).
+    #[arg(long, value_name = "x,y,w,h")]
+    pub r#box: Option<String>,
+    /// Center-crop and area-resize the input to SIZE×SIZE first.
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<usize>,
+    /// Output measurement file.
+    #[arg(long, value_name = "y.safetensors")]
+    pub out: PathBuf,
+}
+
+/// Runs `host measure`.
+pub fn run(args: &MeasureArgs) -> Result<ExitCode> {
+    let range = match args.range.as_str() {
+        "01" => DataRange::ZeroOne,
+        "-11" => DataRange::MinusOneOne,
+        r => r
+            .parse::<DataRange>()
+            .with_context(|| format!("--range {r}"))?,
+    };
+    Outputs::check_file(&args.out, "--out")?;
+    let preview = args.out.with_extension("png");
+    let img = read_image_native(&args.input, range, args.size)?;
+    let im = &img.image;
+    let opts = MeasureOptions {
+        task: args.task,
+        sigma_y: args.sigma_y,
+        seed: args.seed,
+        p: args.p,
+        rect: args.r#box.as_deref().map(parse_box).transpose()?,
+    };
+    let m = Measurement::make(
+        &im.data,
+        (im.c, im.h, im.w),
+        &opts,
+        range,
+        Some(img.sha256.clone()),
+    )
+    .with_context(|| format!("measuring {}", args.input.display()))?;
+    let shape = m.y_shape();
+    let mut out = Outputs::files();
+    out.write(&args.out, &m.to_bytes()?)?;
+    out.write(
+        &preview,
+        &png_from_planes(&to_planes(&m.y, range), shape[1], shape[2], shape[3])?,
+    )?;
+    out.commit();
+    println!(
+        "wrote {} (y {:?}, task {}, sigma_y {}) and {}",
+        args.out.display(),
+        shape,
+        args.task.name(),
+        args.sigma_y,
+        preview.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,208 @@
+//! `host sample`: unconditional sampling. Writes sample_0000.png …, samples.safetensors
+//! ([N, C, H, W] final float state), grid.png, snapshots/step_KKKKK.png with
+//! --snapshot-every, and run.json (formats.md §5).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+
+use super::common::threads;
+use crate::denoiser::{Model, ModelArgs};
+use crate::image_io::{grid_planes, grid_png, png_from_planes, to_planes};
+use crate::run::output::{build_info, json_bytes, safetensors_bytes, Outputs};
+use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
+use crate::run::progress::{human_seconds, Progress};
+use crate::run::runner::{run_chains, Job, RunOutput};
+
+const EXAMPLE: &str = "\
+Examples:
+  host sample --weights W.safetensors --preset vp-uncond-sigmoid --n 16 --batch 4 --out run1
+  host sample --weights gaussian:0,0.5 --kind ve --size 8 --schedule geometric --steps 50 \\
+              --c 0.2 --t0 0.5 --n 100 --seed 3 --out g1";
+
+/// Flags shared by the sampling commands.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct RunArgs {
+    /// Number of chains (samples).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Chains per denoiser call (default min(N, 4)); never changes the samples.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Seed of every random draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads (default: all cores); never changes the samples.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+    /// Output folder (created if its parent exists).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Keep a grid of all chains every k steps (snapshots/step_KKKKK.png).
+    #[arg(long, value_name = "k", value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: Option<u64>,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Arguments of `host sample`.
+#[derive(Debug, Args, Serialize)]
+#[command(after_help = EXAMPLE)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub plan: PlanArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub run: RunArgs,
+}
+
+impl RunArgs {
+    /// The batch size.
+    pub fn batch(&self) -> usize {
+        self.batch.unwrap_or(self.n.min(4)).max(1)
+    }
+
+    /// Checks N and the batch.
+    pub fn validate(&self) -> Result<()> {
+        if self.n == 0 {
+            anyhow::bail!("--n 0: need at least one chain");
+        }
+        if self.batch == Some(0) {
+            anyhow::bail!("--batch 0: need at least one chain per batch");
+        }
+        Ok(())
+    }
+}
+
+/// Writes the per-sample PNGs, samples.safetensors, grid.png and snapshots.
+/// `prefix` is a sub-folder of the outputs ("" for the root).
+pub fn write_samples(
+    out: &mut Outputs,
+    prefix: &std::path::Path,
+    model: &Model,
+    result: &RunOutput,
+    n: usize,
+) -> Result<()> {
+    let (c, s) = (model.channels, model.size);
+    let len = model.chain_len();
+    for (i, chain) in result.samples.chunks_exact(len).enumerate() {
+        let png = png_from_planes(&to_planes(chain, model.data_range), c, s, s)?;
+        out.write(prefix.join(format!("sample_{i:04}.png")), &png)?;
+    }
+    let bytes = safetensors_bytes(
+        &[("samples", vec![n, c, s, s], &result.samples)],
+        [(
+            "tweedie.data_range".to_string(),
+            model.data_range.as_str().to_string(),
+        )]
+        .into(),
+    )?;
+    out.write(prefix.join("samples.safetensors"), &bytes)?;
+    out.write(
+        prefix.join("grid.png"),
+        &grid_png(&result.samples, n, c, s, s, model.data_range)?,
+    )?;
+    for snap in &result.snapshots {
+        let (planes, gh, gw) = grid_planes(&snap.pixels, n, c, s, s);
+        out.write(
+            prefix.join(format!("snapshots/step_{:05}.png", snap.steps_done)),
+            &png_from_planes(&planes, c, gh, gw)?,
+        )?;
+    }
+    Ok(())
+}
+
+/// The run.json common part.
+pub fn run_json(
+    command: &str,
+    args: &impl Serialize,
+    model: &Model,
+    plan_args: &PlanArgs,
+    plan: &AnyPlan,
+    result: &RunOutput,
+    total_seconds: f64,
+) -> serde_json::Value {
+    let evals =
+        result.evaluations_per_chain as f64 * (result.samples.len() / model.chain_len()) as f64;
+    json!({
+        "command": command,
+        "arguments": args,
+        "model": model.description,
+        "plan": plan_args.describe(plan),
+        "build": build_info(),
+        "timings": {
+            "total_s": total_seconds,
+            "sampling_s": result.seconds,
+            "denoiser_evaluations": evals,
+            "seconds_per_chain_step": result.seconds / evals.max(1.0),
+        },
+    })
+}
+
+/// Runs `host sample`.
+pub fn run(args: &SampleArgs) -> Result<ExitCode> {
+    let start = std::time::Instant::now();
+    args.run.validate()?;
+    let mut out = Outputs::in_folder(&args.run.out)?;
+    let model = args.model.load()?;
+    let plan = args.plan.build(&model, Purpose::Unconditional)?;
+    let n = args.run.n;
+    let job = Job {
+        plan: &plan,
+        n,
+        batch: args.run.batch(),
+        seed: args.run.seed,
+        final_denoise: args.plan.final_denoise,
+        snapshot_every: args.run.snapshot_every.map(|k| k as usize),
+        likelihood: None,
+        truth: None,
+        moments: false,
+        threads: threads(args.run.threads.map(|j| j as usize)),
+    };
+    let progress = Progress::new((n * plan_len(&plan)) as u64, args.run.quiet);
+    progress.println(&format!(
+        "sampling {n} chains of {}x{}x{} with {} steps",
+        model.channels,
+        model.size,
+        model.size,
+        plan_len(&plan)
+    ));
+    let result = run_chains(&job, &model, &progress);
+    progress.finish();
+    let result = result?;
+    write_samples(&mut out, std::path::Path::new(""), &model, &result, n)?;
+    let info = run_json(
+        "sample",
+        args,
+        &model,
+        &args.plan,
+        &plan,
+        &result,
+        start.elapsed().as_secs_f64(),
+    );
+    out.write("run.json", &json_bytes(&info)?)?;
+    out.commit();
+    if !args.run.quiet {
+        eprintln!(
+            "wrote {n} samples to {} in {}",
+            args.run.out.display(),
+            human_seconds(start.elapsed().as_secs_f64())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Steps the observer sees per chain.
+pub fn plan_len(plan: &AnyPlan) -> usize {
+    use tweedie_core::plan::StepPlan;
+    plan.len()
+}

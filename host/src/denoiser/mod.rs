@@ -1,0 +1,406 @@
+//! Where denoisers come from: `--weights W.safetensors` (a network, with its `tweedie.*`
+//! metadata and the override flags of formats.md §3) or `--weights gaussian:MEAN,STD` (the
+//! closed-form Gaussian prior, for tests and demos).
+//!
+//! [`Model`] is resolved once; [`Model::make`] hands each worker thread its own
+//! `tweedie_core::Denoiser` (the network's weights are shared, read-only).
+
+pub mod gaussian;
+pub mod network;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+use tweedie_core::tweedie::{NetKind, Parameterization};
+use tweedie_core::{vp, Denoiser};
+
+use crate::cli::common::{precision, resolve_config};
+use crate::model::adm::AdmArch;
+use crate::tensors::SafetensorsFile;
+use crate::weights::meta::{DataRange, Kind, NetOutput};
+use crate::weights::{Weights, WeightsMeta};
+use gaussian::{parse_gaussian, GaussianPrior};
+use network::{AdmDenoiser, NoiseInputKind};
+
+/// The model flags shared by `sample`, `restore`, `denoise` (and `schedule`, without weights).
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ModelArgs {
+    /// Weights: a safetensors file, or `gaussian:MEAN,STD` for the closed-form Gaussian prior
+    /// (shape from --size/--channels, scale from --kind).
+    #[arg(long, value_name = "W.safetensors|gaussian:MEAN,STD")]
+    pub weights: Option<String>,
+    /// Model config: a JSON file or a built-in name (adm-ffhq256, ncsnpp-ffhq256). Overrides
+    /// the weights' `tweedie.config`.
+    #[arg(long, value_name = "C.json|NAME")]
+    pub config: Option<String>,
+    /// Network scale: vp or ve (overrides `tweedie.kind`; gaussian default ve).
+    #[arg(long, value_name = "vp|ve")]
+    pub kind: Option<String>,
+    /// Network output: eps, score or denoised (overrides `tweedie.output`).
+    #[arg(long, value_name = "eps|score|denoised")]
+    pub net_output: Option<String>,
+    /// Network noise input: t, sigma or log_sigma (overrides `tweedie.noise_input`).
+    #[arg(long, value_name = "t|sigma|log_sigma")]
+    pub noise_input: Option<String>,
+    /// Data range `-1,1` or `0,1` (overrides `tweedie.data_range`; default by kind: VP -1,1,
+    /// VE 0,1). Write `--data-range=-1,1`.
+    #[arg(long, value_name = "-1,1|0,1", allow_hyphen_values = true)]
+    pub data_range: Option<String>,
+    /// Smallest trained noise level (overrides `tweedie.sigma_min`; VE schedules use it).
+    #[arg(allow_hyphen_values = true, long, value_name = "S")]
+    pub sigma_min: Option<f64>,
+    /// Largest trained noise level (overrides `tweedie.sigma_max`).
+    #[arg(allow_hyphen_values = true, long, value_name = "S")]
+    pub sigma_max: Option<f64>,
+    /// Weights set recorded in the metadata: ema, model or raw (informational).
+    #[arg(long, value_name = "ema|model|raw")]
+    pub weights_set: Option<String>,
+    /// Image side for `gaussian:` weights.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub size: u64,
+    /// Image channels (1 or 3) for `gaussian:` weights.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3))]
+    pub channels: u64,
+    /// Store conv and linear weights as f16.
+    #[arg(long)]
+    pub f16: bool,
+}
+
+/// Where D comes from.
+pub enum Source {
+    /// The closed-form Gaussian prior.
+    Gaussian(GaussianPrior),
+    /// guided-diffusion's ADM U-Net.
+    Adm {
+        /// Architecture.
+        arch: Box<AdmArch>,
+        /// Weights.
+        weights: Box<Weights>,
+        /// Output → D.
+        param: Parameterization,
+        /// Noise input.
+        noise_input: NoiseInputKind,
+    },
+}
+
+/// A resolved model: its scale, data range, trained noise range, image shape and source.
+pub struct Model {
+    /// VP or VE.
+    pub kind: Kind,
+    /// The data range images are mapped to.
+    pub data_range: DataRange,
+    /// (σ_min, σ_max) the network was trained on, if known (VP: the VP table).
+    pub sigma_range: Option<(f64, f64)>,
+    /// Channels.
+    pub channels: usize,
+    /// Image side.
+    pub size: usize,
+    /// The source of D.
+    pub source: Source,
+    /// What `--weights` said.
+    pub label: String,
+    /// A JSON description for run.json.
+    pub description: serde_json::Value,
+    error: Mutex<Option<String>>,
+}
+
+/// Built-in config names known to exist but not implemented.
+const NOT_IMPLEMENTED: &[&str] = &["ncsnpp-ffhq256"];
+
+fn parse_flag<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T> {
+    parse(value).with_context(|| format!("--{flag} {value}: not an accepted value"))
+}
+
+/// The flag if given (warning when it differs from the metadata), else the metadata value.
+fn pick<T: PartialEq + Copy + std::fmt::Debug>(
+    flag_name: &str,
+    flag: Option<T>,
+    meta: Option<T>,
+    key: &str,
+    label: &str,
+) -> Option<T> {
+    if let (Some(f), Some(m)) = (flag, meta) {
+        if f != m {
+            eprintln!("warning: --{flag_name} {f:?} differs from {key} {m:?} in {label}; using --{flag_name}");
+        }
+    }
+    flag.or(meta)
+}
+
+impl ModelArgs {
+    /// The kind flag, parsed.
+    pub fn kind_flag(&self) -> Result<Option<Kind>> {
+        self.kind
+            .as_deref()
+            .map(|k| k.parse::<Kind>().with_context(|| format!("--kind {k}")))
+            .transpose()
+    }
+
+    fn data_range_flag(&self) -> Result<Option<DataRange>> {
+        self.data_range
+            .as_deref()
+            .map(|k| {
+                k.parse::<DataRange>()
+                    .with_context(|| format!("--data-range {k}"))
+            })
+            .transpose()
+    }
+
+    fn sigma_flags(&self) -> Result<()> {
+        for (name, v) in [("sigma-min", self.sigma_min), ("sigma-max", self.sigma_max)] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                bail!("--{name} {v}: must be a number > 0");
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.sigma_min, self.sigma_max) {
+            if lo >= hi {
+                bail!("--sigma-min {lo} is not below --sigma-max {hi}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the model `--weights` names; `--weights` is required.
+    pub fn load(&self) -> Result<Model> {
+        let Some(spec) = self.weights.as_deref() else {
+            bail!("--weights is required (a .safetensors file or gaussian:MEAN,STD)");
+        };
+        self.sigma_flags()?;
+        if let Some(cfg) = self
+            .config
+            .as_deref()
+            .filter(|c| NOT_IMPLEMENTED.contains(c))
+        {
+            bail!("--config {cfg}: NCSN++ is not implemented yet (only ADM networks run)");
+        }
+        match spec.strip_prefix("gaussian:") {
+            Some(rest) => self.gaussian(spec, rest),
+            None => self.network(spec),
+        }
+    }
+
+    /// A model without weights (for `host schedule`): kind and σ range from the flags.
+    pub fn schedule_only(&self) -> Result<Model> {
+        if self.weights.is_some() {
+            return self.load();
+        }
+        self.sigma_flags()?;
+        self.gaussian("gaussian:0,1", "0,1")
+    }
+
+    fn gaussian(&self, spec: &str, rest: &str) -> Result<Model> {
+        let oracle = parse_gaussian(rest)?;
+        let kind = self.kind_flag()?.unwrap_or(Kind::Ve);
+        let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
+        let sigma_range = match kind {
+            Kind::Vp => (vp::SIGMA_MIN, vp::SIGMA_MAX),
+            Kind::Ve => (
+                self.sigma_min.unwrap_or(tweedie_core::plan::VE_SIGMA_MIN),
+                self.sigma_max.unwrap_or(tweedie_core::plan::VE_SIGMA_MAX),
+            ),
+        };
+        let (channels, size) = (self.channels as usize, self.size as usize);
+        if channels == 2 {
+            bail!("--channels 2: images have 1 or 3 channels");
+        }
+        Ok(Model {
+            kind,
+            data_range,
+            sigma_range: Some(sigma_range),
+            channels,
+            size,
+            source: Source::Gaussian(GaussianPrior { oracle, kind }),
+            label: spec.to_string(),
+            description: json!({
+                "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
+                "gaussian_mean": oracle.mean, "gaussian_std": oracle.std,
+                "channels": channels, "size": size,
+            }),
+            error: Mutex::new(None),
+        })
+    }
+
+    fn network(&self, spec: &str) -> Result<Model> {
+        let file = SafetensorsFile::open(Path::new(spec))?;
+        let label = file.label().to_string();
+        let meta =
+            WeightsMeta::parse(&file.metadata()?).map_err(|e| anyhow::anyhow!("{label}: {e:#}"))?;
+        for key in &meta.unknown {
+            eprintln!("warning: {label}: unknown metadata key {key} ignored");
+        }
+        let config = resolve_config(self.config.as_deref(), &meta, &label)?
+            .adm()?
+            .clone();
+        let kind = pick("kind", self.kind_flag()?, meta.kind, "tweedie.kind", &label)
+            .with_context(|| format!("{label} has no tweedie.kind metadata; pass --kind vp|ve"))?;
+        let out_flag = self
+            .net_output
+            .as_deref()
+            .map(|v| parse_flag("net-output", v, |s| s.parse::<NetOutput>().ok()))
+            .transpose()?;
+        let output = pick(
+            "net-output",
+            out_flag,
+            meta.output,
+            "tweedie.output",
+            &label,
+        )
+        .with_context(|| {
+            format!("{label} has no tweedie.output metadata; pass --net-output eps|score|denoised")
+        })?;
+        let noise_name = match (&self.noise_input, &meta.noise_input) {
+            (Some(f), Some(m)) if f != m => {
+                eprintln!("warning: --noise-input {f} differs from tweedie.noise_input {m} in {label}; using --noise-input");
+                f.clone()
+            }
+            (Some(f), _) => f.clone(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => bail!(
+                "{label} has no tweedie.noise_input metadata; pass --noise-input t|sigma|log_sigma"
+            ),
+        };
+        let noise_input = NoiseInputKind::parse(&noise_name).with_context(|| {
+            format!("noise input `{noise_name}` is not supported (t, sigma, log_sigma)")
+        })?;
+        let data_range = pick(
+            "data-range",
+            self.data_range_flag()?,
+            meta.data_range,
+            "tweedie.data_range",
+            &label,
+        )
+        .unwrap_or(default_range(kind));
+        let sigma_min = pick(
+            "sigma-min",
+            self.sigma_min,
+            meta.sigma_min,
+            "tweedie.sigma_min",
+            &label,
+        );
+        let sigma_max = pick(
+            "sigma-max",
+            self.sigma_max,
+            meta.sigma_max,
+            "tweedie.sigma_max",
+            &label,
+        );
+        let sigma_range = match (kind, sigma_min, sigma_max) {
+            (_, Some(lo), Some(hi)) if lo < hi => Some((lo, hi)),
+            (_, Some(lo), Some(hi)) => bail!("sigma_min {lo} is not below sigma_max {hi}"),
+            (Kind::Vp, _, _) => Some((vp::SIGMA_MIN, vp::SIGMA_MAX)),
+            (Kind::Ve, _, _) => None,
+        };
+        let arch = AdmArch::new(&config)?;
+        let weights = Weights::load(&file, &arch.state_dict(), precision(self.f16))?;
+        let net_kind = match kind {
+            Kind::Vp => NetKind::Vp,
+            Kind::Ve => NetKind::Ve,
+        };
+        let core_output = tweedie_core::tweedie::NetOutput::from_name(output.as_str())
+            .context("network output")?;
+        let param = Parameterization::new(net_kind, core_output);
+        let description = json!({
+            "weights": spec, "arch": "adm", "config": config.to_json(), "kind": kind.as_str(),
+            "output": output.as_str(), "noise_input": noise_name, "data_range": data_range.as_str(),
+            "sigma_range": sigma_range, "parameters": weights.parameter_count(),
+            "f16": self.f16, "weights_set": self.weights_set.clone()
+                .or(meta.weights_set.map(|w| w.as_str().to_string())),
+            "source": meta.source,
+        });
+        Ok(Model {
+            kind,
+            data_range,
+            sigma_range,
+            channels: config.in_channels,
+            size: config.image_size,
+            source: Source::Adm {
+                arch: Box::new(arch),
+                weights: Box::new(weights),
+                param,
+                noise_input,
+            },
+            label,
+            description,
+            error: Mutex::new(None),
+        })
+    }
+}
+
+/// formats.md §1: VP models work on [-1, 1], VE models on [0, 1].
+pub fn default_range(kind: Kind) -> DataRange {
+    match kind {
+        Kind::Vp => DataRange::MinusOneOne,
+        Kind::Ve => DataRange::ZeroOne,
+    }
+}
+
+impl Model {
+    /// Elements per chain (C·H·W).
+    pub fn chain_len(&self) -> usize {
+        self.channels * self.size * self.size
+    }
+
+    /// How to use `threads`: (parallel workers, threads inside each denoiser). The Gaussian
+    /// prior parallelises over batches; a network parallelises inside its forward pass (one
+    /// copy of the activations).
+    pub fn split_threads(&self, threads: usize, batches: usize) -> (usize, usize) {
+        match self.source {
+            Source::Gaussian(_) => (threads.min(batches).max(1), 1),
+            Source::Adm { .. } => (1, threads.max(1)),
+        }
+    }
+
+    /// A denoiser for one worker thread.
+    pub fn make(&self, threads: usize) -> Box<dyn Denoiser + Send + '_> {
+        match &self.source {
+            Source::Gaussian(g) => Box::new(*g),
+            Source::Adm {
+                arch,
+                weights,
+                param,
+                noise_input,
+            } => Box::new(AdmDenoiser::new(
+                arch,
+                weights,
+                *param,
+                *noise_input,
+                threads,
+                &self.error,
+            )),
+        }
+    }
+
+    /// The network's own message for the last failed step, if any.
+    pub fn take_error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// The σ range or an error naming the flags (VE schedules need it).
+    pub fn require_sigma_range(&self) -> Result<(f64, f64)> {
+        self.sigma_range.with_context(|| {
+            format!(
+                "{} has no tweedie.sigma_min/tweedie.sigma_max metadata; pass --sigma-min and --sigma-max",
+                self.label
+            )
+        })
+    }
+}
+
+/// Adapts a boxed denoiser to core's generic drivers (`&mut impl Denoiser` needs a sized type).
+pub struct Boxed<'a>(pub Box<dyn Denoiser + Send + 'a>);
+
+impl Denoiser for Boxed<'_> {
+    fn denoise(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        step: &tweedie_core::PlanStep,
+        out: &mut [f32],
+    ) -> Result<(), tweedie_core::Error> {
+        self.0.denoise(x, batch, step, out)
+    }
+}

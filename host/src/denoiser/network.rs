@@ -1,0 +1,147 @@
+//! A loaded network as a `tweedie_core::Denoiser` (formats.md §3, "Semantics of
+//! `tweedie.output`"): the VE-scale iterate x is scaled by the kind's input factor (VP:
+//! 1/√(1+σ²)), the noise input is formed from σ_net (`t`: the VP time, `sigma`, `log_sigma`),
+//! the network runs, its first C output channels are the output (ε, score or D), and core's
+//! `Parameterization` turns them into D on the VE scale.
+//!
+//! Core's error type carries only static text, so the network's own error is kept in a
+//! shared slot that the runner reads when a step fails.
+
+use std::sync::Mutex;
+
+use tweedie_core::plan::PlanStep;
+use tweedie_core::tweedie::Parameterization;
+use tweedie_core::{Denoiser, Error, TimeMap};
+
+use crate::model::adm::forward::{forward, Input};
+use crate::model::adm::AdmArch;
+use crate::weights::Weights;
+
+/// What the network's noise input is (`tweedie.noise_input`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoiseInputKind {
+    /// VP time t(σ) ∈ [0, 999] (guided-diffusion).
+    Time,
+    /// σ itself.
+    Sigma,
+    /// ln σ.
+    LogSigma,
+}
+
+impl NoiseInputKind {
+    /// Parses the metadata / flag value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "t" => Some(NoiseInputKind::Time),
+            "sigma" => Some(NoiseInputKind::Sigma),
+            "log_sigma" => Some(NoiseInputKind::LogSigma),
+            _ => None,
+        }
+    }
+
+    /// The network's noise input for a step.
+    pub fn value(self, step: &PlanStep) -> Result<f32, Error> {
+        let sigma = step.sigma_net;
+        Ok(match self {
+            NoiseInputKind::Time if step.t.is_finite() => step.t as f32,
+            NoiseInputKind::Time => TimeMap::Exact.map(sigma)?.t as f32,
+            NoiseInputKind::Sigma => sigma as f32,
+            NoiseInputKind::LogSigma => sigma.ln() as f32,
+        })
+    }
+}
+
+/// The ADM U-Net as a denoiser; buffers grow to the largest batch seen.
+pub struct AdmDenoiser<'a> {
+    /// Architecture.
+    pub arch: &'a AdmArch,
+    /// Weights.
+    pub weights: &'a Weights,
+    /// How the output becomes D.
+    pub param: Parameterization,
+    /// What the noise input is.
+    pub noise_input: NoiseInputKind,
+    /// Threads for the forward pass.
+    pub threads: usize,
+    /// Where a failing forward leaves its message.
+    pub error: &'a Mutex<Option<String>>,
+    input: Vec<f32>,
+    output: Vec<f32>,
+}
+
+impl<'a> AdmDenoiser<'a> {
+    /// A denoiser over a loaded network.
+    pub fn new(
+        arch: &'a AdmArch,
+        weights: &'a Weights,
+        param: Parameterization,
+        noise_input: NoiseInputKind,
+        threads: usize,
+        error: &'a Mutex<Option<String>>,
+    ) -> Self {
+        AdmDenoiser {
+            arch,
+            weights,
+            param,
+            noise_input,
+            threads,
+            error,
+            input: Vec::new(),
+            output: Vec::new(),
+        }
+    }
+
+    fn fail(&self, message: String) -> Error {
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(message);
+        }
+        Error::Denoiser("the network forward pass failed")
+    }
+}
+
+impl Denoiser for AdmDenoiser<'_> {
+    fn denoise(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        step: &PlanStep,
+        out: &mut [f32],
+    ) -> Result<(), Error> {
+        let c = &self.arch.config;
+        let (ci, co, size) = (c.in_channels, c.out_channels, c.image_size);
+        let plane = size * size;
+        if batch == 0 || x.len() != batch * ci * plane || out.len() != x.len() {
+            return Err(Error::Shape("network input is not batch x C x H x W"));
+        }
+        let sigma = step.sigma_net;
+        let scale = self.param.input_scale(sigma) as f32;
+        self.input.clear();
+        self.input.extend(x.iter().map(|&v| scale * v));
+        let t = vec![self.noise_input.value(step)?; batch];
+        self.output.resize(batch * co * plane, 0.0);
+        let input = Input {
+            x: &self.input,
+            t: &t,
+            batch,
+            height: size,
+            width: size,
+        };
+        if let Err(e) = forward(
+            self.arch,
+            self.weights,
+            &input,
+            self.threads,
+            &mut self.output,
+        ) {
+            return Err(self.fail(format!("{e:#}")));
+        }
+        // Channels 0..C of each sample are ε / score / D (learn_sigma adds C more).
+        for (o, n) in out
+            .chunks_exact_mut(ci * plane)
+            .zip(self.output.chunks_exact(co * plane))
+        {
+            o.copy_from_slice(&n[..ci * plane]);
+        }
+        self.param.denoised_from_output_in_place(x, out, sigma)
+    }
+}

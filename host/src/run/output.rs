@@ -1,0 +1,197 @@
+//! Output files (formats.md §5): each written to a temporary name in its folder and renamed
+//! when complete. An [`Outputs`] set that is dropped without [`Outputs::commit`] (an error
+//! anywhere) removes every file it wrote and the folders it created, so a failed run leaves no
+//! partial output behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+/// The files of one command, all-or-nothing.
+#[derive(Debug)]
+pub struct Outputs {
+    root: PathBuf,
+    created_dirs: Vec<PathBuf>,
+    written: Vec<PathBuf>,
+    committed: bool,
+}
+
+/// Checks that `path`'s parent folder exists (the folder itself may not).
+fn check_parent(path: &Path, what: &str) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "{what} {}: folder {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+impl Outputs {
+    /// Outputs under folder `dir`: it must exist, or its parent must (then it is created at
+    /// the first write, and removed again on failure). Checked now, before any work.
+    pub fn in_folder(dir: &Path) -> Result<Outputs> {
+        if dir.exists() && !dir.is_dir() {
+            bail!("--out {}: exists and is not a folder", dir.display());
+        }
+        if !dir.exists() {
+            check_parent(dir, "--out")?;
+        }
+        Ok(Outputs {
+            root: dir.to_path_buf(),
+            created_dirs: Vec::new(),
+            written: Vec::new(),
+            committed: false,
+        })
+    }
+
+    /// Outputs that are single files anywhere (their folders must exist).
+    pub fn files() -> Outputs {
+        Outputs {
+            root: PathBuf::new(),
+            created_dirs: Vec::new(),
+            written: Vec::new(),
+            committed: false,
+        }
+    }
+
+    /// Checks that a single output file can be created later (its folder exists).
+    pub fn check_file(path: &Path, what: &str) -> Result<()> {
+        if path.is_dir() {
+            bail!("{what} {}: is a folder", path.display());
+        }
+        check_parent(path, what)
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn ensure_dir(&mut self, dir: &Path) -> Result<()> {
+        if dir.as_os_str().is_empty() || dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            self.ensure_dir(parent)?;
+        }
+        std::fs::create_dir(dir)
+            .with_context(|| format!("cannot create folder {}", dir.display()))?;
+        self.created_dirs.push(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Writes `bytes` to `rel` (relative to the root; an absolute or single-file path as is)
+    /// through a temporary name in the same folder.
+    pub fn write(&mut self, rel: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+        let path = self.root.join(rel.as_ref());
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.ensure_dir(&dir)?;
+        let name = path
+            .file_name()
+            .with_context(|| format!("output path {} has no file name", path.display()))?;
+        let tmp = dir.join(format!(".{}.partial", name.to_string_lossy()));
+        self.written.push(tmp.clone());
+        std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot rename to {}", path.display()))?;
+        self.written.push(path);
+        Ok(())
+    }
+
+    /// Keeps everything written.
+    pub fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for f in &self.written {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in self.created_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A safetensors file of f32 tensors (name, shape, values) with string metadata.
+pub fn safetensors_bytes(
+    tensors: &[(&str, Vec<usize>, &[f32])],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            Ok((
+                name.to_string(),
+                TensorView::new(Dtype::F32, shape.clone(), b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let meta = (!metadata.is_empty()).then_some(metadata);
+    Ok(safetensors::serialize(views, meta)?)
+}
+
+/// JSON text with a trailing newline.
+pub fn json_bytes(value: &serde_json::Value) -> Result<Vec<u8>> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    Ok(text.into_bytes())
+}
+
+/// Versions and build facts for run.json.
+pub fn build_info() -> serde_json::Value {
+    serde_json::json!({
+        "tweedie_host": env!("CARGO_PKG_VERSION"),
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "target_arch": std::env::consts::ARCH,
+        "target_os": std::env::consts::OS,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_outputs_leave_nothing_and_committed_ones_stay() {
+        let base = std::env::temp_dir().join(format!("tweedie-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let dir = base.join("run");
+        {
+            let mut o = Outputs::in_folder(&dir).unwrap();
+            o.write("a.txt", b"1").unwrap();
+            o.write("sub/b.txt", b"2").unwrap();
+            assert!(dir.join("sub/b.txt").exists());
+        }
+        assert!(!dir.exists(), "a failed run leaves no folder");
+        let mut o = Outputs::in_folder(&dir).unwrap();
+        o.write("a.txt", b"1").unwrap();
+        o.commit();
+        assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"1");
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary files remain");
+        let e = Outputs::in_folder(&base.join("missing/run")).unwrap_err();
+        assert!(format!("{e:#}").contains("does not exist"));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -1,0 +1,524 @@
+//! The schedule / sampler flags shared by `sample`, `restore` and `schedule`, and the plan
+//! they build: a preset of spec §12.1, optionally modified, or an explicit schedule; the
+//! template sampler or one of core's classic samplers.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use serde_json::json;
+use tweedie_core::classic::{Ddpm, DdpmVariance, Levels, Ncsn, VeReverseDiffusion};
+use tweedie_core::plan::{
+    Init, NoiseInput, Plan, PlanStep, Preset, StepPlan, StepRule, Temperature,
+};
+use tweedie_core::{vp, Error, Schedule, TimeMap};
+
+use crate::denoiser::Model;
+use crate::weights::meta::Kind;
+
+/// Noise schedules by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleName {
+    /// VP: the DDPM table interpolated (spec §9.1); VE: geometric over the model's range.
+    Pretrained,
+    /// Chen's sigmoid (start 0, end 3, τ 0.3) over the model's range (spec §9.3).
+    Sigmoid,
+    /// σ linear in k (spec §9.4).
+    Linear,
+    /// σ geometric in k (spec §9.2).
+    Geometric,
+    /// Karras et al. ρ-schedule (--rho).
+    Karras,
+}
+
+/// Samplers by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerName {
+    /// The paper's template (eq. 11 / 24).
+    Template,
+    /// DDPM ancestral sampling (Ho et al. Alg. 2, K = 1000) as a template instance.
+    Ddpm,
+    /// NCSN annealed Langevin (Song & Ermon Alg. 1): --ncsn-levels × --steps-per-level steps.
+    Ncsn,
+    /// score_sde's VE predictor–corrector sampler (--snr), K = --steps levels.
+    VePc,
+}
+
+/// Step-size rules (formats §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepRuleName {
+    /// γ = c σ².
+    Paper,
+    /// γ = min(c σ², σ_y²) (official code, conditional).
+    Code,
+    /// γ = min(c σ², σ_y²/‖A‖²).
+    Lipschitz,
+}
+
+/// Law of x₀ (formats §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum X0Name {
+    /// N(0, I) (official code).
+    Unit,
+    /// N(0, σ₀² I).
+    Sigma0,
+}
+
+/// VP time maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TmapName {
+    /// Exact inversion of σ(t).
+    Exact,
+    /// The official 10⁶-point grid snapping.
+    Grid,
+}
+
+/// DDPM reverse variances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DdpmVarianceName {
+    /// σ'² = β.
+    Beta,
+    /// σ'² = β̃.
+    BetaTilde,
+}
+
+/// Schedule and sampler flags.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct PlanArgs {
+    /// A released configuration (spec §12.1): vp-uncond-pretrained, vp-uncond-sigmoid,
+    /// ve-uncond, vp-inpaint, vp-sr4, ve-inpaint, ve-sr4. Other flags modify it.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// Noise schedule (replaces the preset's).
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleName>,
+    /// K, the number of steps.
+    #[arg(long, value_name = "K")]
+    pub steps: Option<usize>,
+    /// Step constant c (γ = c σ²).
+    #[arg(allow_hyphen_values = true, long, value_name = "C")]
+    pub c: Option<f64>,
+    /// Starting temperature T₀ (T_k linear from T₀ to --t-end).
+    #[arg(allow_hyphen_values = true, long, value_name = "T0")]
+    pub t0: Option<f64>,
+    /// Final temperature (default 1).
+    #[arg(allow_hyphen_values = true, long, value_name = "T")]
+    pub t_end: Option<f64>,
+    /// Sampler.
+    #[arg(long, value_enum, default_value_t = SamplerName::Template)]
+    pub sampler: SamplerName,
+    /// Step-size rule (sample: paper; restore: code).
+    #[arg(long, value_enum)]
+    pub step_rule: Option<StepRuleName>,
+    /// Law of x₀.
+    #[arg(long, value_enum)]
+    pub x0: Option<X0Name>,
+    /// VP time map (default grid, as the official code).
+    #[arg(long, value_enum)]
+    pub tmap: Option<TmapName>,
+    /// Output D(x_K, σ_{K−1}) instead of x_K (one extra network evaluation).
+    #[arg(long)]
+    pub final_denoise: bool,
+    /// ρ of the Karras schedule.
+    #[arg(long, default_value_t = 7.0)]
+    pub rho: f64,
+    /// DDPM reverse variance.
+    #[arg(long, value_enum, default_value_t = DdpmVarianceName::Beta)]
+    pub ddpm_variance: DdpmVarianceName,
+    /// NCSN: number of geometric levels over the model's σ range.
+    #[arg(long, default_value_t = 10)]
+    pub ncsn_levels: usize,
+    /// NCSN: Langevin steps per level.
+    #[arg(long, default_value_t = 100)]
+    pub steps_per_level: usize,
+    /// NCSN: ε (γ = ε σ²/(2 σ_L²)).
+    #[arg(long, default_value_t = 2e-5)]
+    pub ncsn_eps: f64,
+    /// VE PC sampler: corrector signal-to-noise ratio.
+    #[arg(long, default_value_t = 0.075)]
+    pub snr: f64,
+}
+
+/// Any plan the CLI can run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AnyPlan {
+    /// The paper's template.
+    Template(Plan),
+    /// DDPM.
+    Ddpm(Ddpm),
+    /// NCSN.
+    Ncsn(Ncsn<'static>),
+    /// VE predictor–corrector.
+    VePc {
+        /// The predictor levels.
+        predictor: VeReverseDiffusion<'static>,
+        /// Corrector snr.
+        snr: f64,
+    },
+}
+
+impl StepPlan for AnyPlan {
+    fn len(&self) -> usize {
+        match self {
+            AnyPlan::Template(p) => p.len(),
+            AnyPlan::Ddpm(p) => p.len(),
+            AnyPlan::Ncsn(p) => p.len(),
+            AnyPlan::VePc { predictor, .. } => predictor.len(),
+        }
+    }
+    fn step(&self, k: usize) -> Result<PlanStep, Error> {
+        match self {
+            AnyPlan::Template(p) => p.step(k),
+            AnyPlan::Ddpm(p) => p.step(k),
+            AnyPlan::Ncsn(p) => p.step(k),
+            AnyPlan::VePc { predictor, .. } => predictor.step(k),
+        }
+    }
+    fn init_std(&self) -> Result<f64, Error> {
+        match self {
+            AnyPlan::Template(p) => p.init_std(),
+            AnyPlan::Ddpm(p) => p.init_std(),
+            AnyPlan::Ncsn(p) => p.init_std(),
+            AnyPlan::VePc { predictor, .. } => predictor.init_std(),
+        }
+    }
+}
+
+/// What the plan is for: unconditional, or conditional with σ_y and ‖A‖².
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Purpose {
+    /// `host sample`.
+    Unconditional,
+    /// `host restore` (σ_y, ‖A‖², and whether the task is super-resolution).
+    Conditional {
+        /// σ_y.
+        sigma_y: f64,
+        /// ‖A‖².
+        norm_sq: f64,
+        /// Default preset family: SR (true) or inpainting/denoising (false).
+        sr: bool,
+    },
+}
+
+/// Preset names on the command line → core presets.
+pub const PRESETS: &[(&str, Preset)] = &[
+    ("vp-uncond-pretrained", Preset::VpUncondPretrained),
+    ("vp-uncond-sigmoid", Preset::VpUncondSigmoid),
+    ("ve-uncond", Preset::VeUncondPretrained),
+    ("vp-inpaint", Preset::VpInpainting),
+    ("vp-sr4", Preset::VpSuperResolution),
+    ("ve-inpaint", Preset::VeInpainting),
+    ("ve-sr4", Preset::VeSuperResolution),
+];
+
+fn preset_kind(p: Preset) -> Kind {
+    match p {
+        Preset::VpUncondPretrained
+        | Preset::VpUncondSigmoid
+        | Preset::VpInpainting
+        | Preset::VpSuperResolution => Kind::Vp,
+        _ => Kind::Ve,
+    }
+}
+
+fn core(e: Error, what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {e}")
+}
+
+impl PlanArgs {
+    fn preset(&self, kind: Kind, purpose: Purpose) -> Result<(String, Preset)> {
+        let name = match (&self.preset, kind, purpose) {
+            (Some(p), ..) => p.clone(),
+            (None, Kind::Vp, Purpose::Unconditional) => "vp-uncond-sigmoid".into(),
+            (None, Kind::Ve, Purpose::Unconditional) => "ve-uncond".into(),
+            (None, k, Purpose::Conditional { sr, .. }) => {
+                format!("{}-{}", k.as_str(), if sr { "sr4" } else { "inpaint" })
+            }
+        };
+        let preset = PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+            .with_context(|| {
+                let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                format!("--preset {name}: unknown (one of {})", names.join(", "))
+            })?;
+        if preset_kind(preset) != kind {
+            bail!(
+                "--preset {name} is for {} models but the model is {} (pass --kind or another preset)",
+                preset_kind(preset).as_str(),
+                kind.as_str()
+            );
+        }
+        match (preset.is_conditional(), purpose) {
+            (true, Purpose::Unconditional) => {
+                bail!("--preset {name} is a conditional preset; use it with host restore")
+            }
+            (false, Purpose::Conditional { .. }) if self.preset.is_some() => {
+                bail!("--preset {name} is unconditional; use it with host sample")
+            }
+            _ => {}
+        }
+        Ok((name, preset))
+    }
+
+    /// The model's σ range for schedules (VP: the table; VE: the weights' metadata).
+    fn range(model: &Model) -> Result<(f64, f64)> {
+        match model.kind {
+            Kind::Vp => Ok((vp::SIGMA_MIN, vp::SIGMA_MAX)),
+            Kind::Ve => model.require_sigma_range(),
+        }
+    }
+
+    /// Builds the plan for `model` and `purpose`; every bad value is one error naming its flag.
+    pub fn build(&self, model: &Model, purpose: Purpose) -> Result<AnyPlan> {
+        if self.steps == Some(0) {
+            bail!("--steps 0: the number of steps K must be at least 1");
+        }
+        let plan = match self.sampler {
+            SamplerName::Template => AnyPlan::Template(self.template(model, purpose)?),
+            SamplerName::Ddpm => AnyPlan::Ddpm(Ddpm {
+                variance: match self.ddpm_variance {
+                    DdpmVarianceName::Beta => DdpmVariance::Beta,
+                    DdpmVarianceName::BetaTilde => DdpmVariance::BetaTilde,
+                },
+            }),
+            SamplerName::Ncsn => {
+                let (lo, hi) = Self::range(model)?;
+                if self.ncsn_levels == 0 || self.steps_per_level == 0 {
+                    bail!("--ncsn-levels and --steps-per-level must be at least 1");
+                }
+                AnyPlan::Ncsn(Ncsn {
+                    levels: Levels::Schedule {
+                        schedule: Schedule::Geometric {
+                            sigma_max: hi,
+                            sigma_min: lo,
+                        },
+                        count: self.ncsn_levels,
+                    },
+                    steps_per_level: self.steps_per_level,
+                    eps: self.ncsn_eps,
+                })
+            }
+            SamplerName::VePc => {
+                if !matches!(purpose, Purpose::Unconditional) {
+                    bail!("--sampler ve-pc is unconditional only (use template with host restore)");
+                }
+                let (lo, hi) = Self::range(model)?;
+                AnyPlan::VePc {
+                    predictor: VeReverseDiffusion {
+                        levels: Levels::Schedule {
+                            schedule: Schedule::Geometric {
+                                sigma_max: hi,
+                                sigma_min: lo,
+                            },
+                            count: self.steps.unwrap_or(1000),
+                        },
+                        noise_removal: true,
+                    },
+                    snr: self.snr,
+                }
+            }
+        };
+        if self.sampler != SamplerName::Template {
+            for (flag, set) in [
+                ("--preset", self.preset.is_some()),
+                ("--schedule", self.schedule.is_some()),
+                ("--c", self.c.is_some()),
+                ("--t0", self.t0.is_some()),
+                ("--x0", self.x0.is_some()),
+            ] {
+                if set {
+                    bail!("{flag} applies to --sampler template only");
+                }
+            }
+        }
+        if plan.is_empty() {
+            bail!("the number of steps K must be at least 1");
+        }
+        // Every step is computed once up front: a bad schedule fails here, not mid-run.
+        for k in [0, plan.len() - 1] {
+            plan.step(k).map_err(|e| core(e, "plan"))?;
+        }
+        Ok(plan)
+    }
+
+    fn template(&self, model: &Model, purpose: Purpose) -> Result<Plan> {
+        let (_, preset) = self.preset(model.kind, purpose)?;
+        let mut plan = preset.plan();
+        let (lo, hi) = Self::range(model)?;
+        if model.kind == Kind::Ve {
+            // VE presets take σ_min/σ_max from the weights (spec §7 uses 0.01 / 348).
+            plan.schedule = Schedule::Geometric {
+                sigma_max: hi,
+                sigma_min: lo,
+            };
+            if let NoiseInput::VeContinuous { t_end, .. } = plan.noise_input {
+                plan.noise_input = NoiseInput::VeContinuous {
+                    sigma_min: lo,
+                    sigma_max: hi,
+                    t_end,
+                };
+            }
+        }
+        if let Some(k) = self.steps {
+            plan.steps = k;
+        }
+        if let Some(name) = self.schedule {
+            plan.schedule = match (name, model.kind) {
+                (ScheduleName::Pretrained, Kind::Vp) => Schedule::VpPretrained,
+                (ScheduleName::Pretrained | ScheduleName::Geometric, _) => Schedule::Geometric {
+                    sigma_max: hi,
+                    sigma_min: lo,
+                },
+                (ScheduleName::Sigmoid, _) => match Schedule::sigmoid_paper() {
+                    Schedule::Sigmoid {
+                        start,
+                        end,
+                        tau,
+                        clip_min,
+                        ..
+                    } => Schedule::Sigmoid {
+                        start,
+                        end,
+                        tau,
+                        clip_min,
+                        sigma_min: lo,
+                        sigma_max: hi,
+                    },
+                    other => other,
+                },
+                (ScheduleName::Linear, _) => Schedule::Linear {
+                    sigma_max: hi,
+                    sigma_min: lo,
+                },
+                (ScheduleName::Karras, _) => Schedule::Karras {
+                    sigma_max: hi,
+                    sigma_min: lo,
+                    rho: self.rho,
+                },
+            };
+            if model.kind == Kind::Ve {
+                plan.noise_input = NoiseInput::Ve;
+            }
+        }
+        if let Some(tmap) = self.tmap {
+            if model.kind == Kind::Ve {
+                bail!("--tmap applies to VP models only");
+            }
+            plan.noise_input = NoiseInput::Vp(match tmap {
+                TmapName::Exact => TimeMap::Exact,
+                TmapName::Grid => TimeMap::Grid,
+            });
+        }
+        let c = match plan.step_rule {
+            StepRule::Paper { c } | StepRule::Code { c, .. } | StepRule::Lipschitz { c, .. } => c,
+        };
+        let c = self.c.unwrap_or(c);
+        plan.step_rule = match (self.step_rule, purpose) {
+            (None | Some(StepRuleName::Paper), Purpose::Unconditional) => StepRule::Paper { c },
+            (Some(_), Purpose::Unconditional) => {
+                bail!("--step-rule code|lipschitz needs a measurement (use host restore)")
+            }
+            (Some(StepRuleName::Paper), Purpose::Conditional { .. }) => StepRule::Paper { c },
+            (None | Some(StepRuleName::Code), Purpose::Conditional { sigma_y, .. }) => {
+                StepRule::Code { c, sigma_y }
+            }
+            (
+                Some(StepRuleName::Lipschitz),
+                Purpose::Conditional {
+                    sigma_y, norm_sq, ..
+                },
+            ) => StepRule::Lipschitz {
+                c,
+                sigma_y,
+                norm_sq,
+            },
+        };
+        plan.temperature = Temperature {
+            start: self.t0.unwrap_or(plan.temperature.start),
+            end: self.t_end.unwrap_or(plan.temperature.end),
+        };
+        if let Some(x0) = self.x0 {
+            plan.init = match x0 {
+                X0Name::Unit => Init::Unit,
+                X0Name::Sigma0 => Init::Sigma0,
+            };
+        }
+        plan.validate().map_err(|e| {
+            anyhow::anyhow!("plan: {e} (check --steps, --c, --t0, --t-end, --schedule)")
+        })?;
+        Ok(plan)
+    }
+
+    /// A JSON summary of the plan for run.json.
+    pub fn describe(&self, plan: &AnyPlan) -> serde_json::Value {
+        let first = plan.step(0).ok();
+        let last = plan.step(plan.len().saturating_sub(1)).ok();
+        let preset = self.preset.clone();
+        json!({
+            "flags": self,
+            "plan": format!("{plan:?}"),
+            "steps": plan.len(),
+            "sigma_first": first.map(|s| s.sigma),
+            "sigma_last": last.map(|s| s.sigma),
+            "preset": preset,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::denoiser::ModelArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        plan: PlanArgs,
+    }
+
+    fn build(args: &[&str], purpose: Purpose) -> Result<AnyPlan> {
+        let cli = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap();
+        let model = cli.model.schedule_only()?;
+        cli.plan.build(&model, purpose)
+    }
+
+    #[test]
+    fn presets_are_the_released_configs() {
+        let p = build(
+            &["--kind", "vp", "--preset", "vp-uncond-sigmoid"],
+            Purpose::Unconditional,
+        )
+        .unwrap();
+        assert_eq!(p, AnyPlan::Template(Preset::VpUncondSigmoid.plan()));
+        let p = build(&["--kind", "ve"], Purpose::Unconditional).unwrap();
+        assert_eq!(p, AnyPlan::Template(Preset::VeUncondPretrained.plan()));
+        let cond = Purpose::Conditional {
+            sigma_y: 0.2,
+            norm_sq: 1.0,
+            sr: false,
+        };
+        let p = build(&["--kind", "vp"], cond).unwrap();
+        assert_eq!(p, AnyPlan::Template(Preset::VpInpainting.plan()));
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let e = |args: &[&str]| format!("{:#}", build(args, Purpose::Unconditional).unwrap_err());
+        assert!(e(&["--kind", "vp", "--steps", "0"]).contains("--steps 0"));
+        assert!(e(&["--kind", "ve", "--preset", "vp-uncond-sigmoid"]).contains("is for vp models"));
+        assert!(e(&["--kind", "vp", "--preset", "vp-sr4"]).contains("conditional preset"));
+        assert!(e(&["--kind", "vp", "--c", "-1"]).contains("step constant c"));
+        assert!(e(&["--kind", "vp", "--preset", "nope"]).contains("--preset nope: unknown"));
+        assert!(e(&["--kind", "vp", "--step-rule", "code"]).contains("needs a measurement"));
+    }
+}

@@ -1,0 +1,326 @@
+//! Runs N chains through a plan: chains carry global indices 0..N−1 whatever the batch size
+//! or thread count (noise is a function of (seed, chain, step, element)), batches are handed
+//! to worker threads, results land at their global positions, so `--batch` and `--threads`
+//! never change a sample.
+//!
+//! Each batch: x₀ from the plan's init law, K steps of core's template loop (conditional when
+//! a likelihood is given) or core's VE PC sampler, optionally a final denoise. A non-finite
+//! state stops everything with an error naming the step and the chain.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Result};
+use tweedie_core::classic::pc_sample;
+use tweedie_core::metrics::{psnr, RunningMoments};
+use tweedie_core::plan::{PlanStep, StepPlan};
+use tweedie_core::sampler::{
+    conditional_scratch_len, final_denoise, init_state, run, run_conditional, Chains, Likelihood,
+    Observer,
+};
+use tweedie_core::Error;
+
+use super::measurement::AnyOperator;
+use super::plan::AnyPlan;
+use super::progress::Progress;
+use crate::denoiser::{Boxed, Model};
+use crate::image_io::{range_width, to_planes};
+
+/// What to run.
+pub struct Job<'a> {
+    /// The plan.
+    pub plan: &'a AnyPlan,
+    /// N, the number of chains.
+    pub n: usize,
+    /// Chains per denoiser call.
+    pub batch: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Output D(x_K, σ_{K−1}).
+    pub final_denoise: bool,
+    /// Keep a PNG-mapped copy of every chain every k steps.
+    pub snapshot_every: Option<usize>,
+    /// Conditional sampling: operator, y and σ_y.
+    pub likelihood: Option<(&'a AnyOperator<'a>, &'a [f32], f64)>,
+    /// Ground truth for the live PSNR.
+    pub truth: Option<&'a [f32]>,
+    /// Accumulate per-pixel moments (restore).
+    pub moments: bool,
+    /// Total threads.
+    pub threads: usize,
+}
+
+/// Snapshots of every chain after step k (1-based count of steps done).
+pub struct Snapshot {
+    /// Steps done.
+    pub steps_done: usize,
+    /// PNG-mapped u8 planes of all N chains, in chain order.
+    pub pixels: Vec<u8>,
+}
+
+/// What a run produced.
+pub struct RunOutput {
+    /// The final states, N × chain_len, in chain order.
+    pub samples: Vec<f32>,
+    /// Snapshots in step order.
+    pub snapshots: Vec<Snapshot>,
+    /// Per-pixel mean and m2 over the N samples (when asked), merged batch by batch in order.
+    pub moments: Option<(Vec<f64>, Vec<f64>)>,
+    /// Wall time of the sampling, seconds.
+    pub seconds: f64,
+    /// Denoiser evaluations per chain.
+    pub evaluations_per_chain: usize,
+}
+
+struct BatchOutput {
+    x: Vec<f32>,
+    snapshots: Vec<(usize, Vec<u8>)>,
+    moments: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+/// Reports progress, keeps snapshots, stops on abort.
+struct Watch<'a> {
+    progress: &'a Progress,
+    batch: usize,
+    every: Option<usize>,
+    steps: usize,
+    snapshots: Vec<(usize, Vec<u8>)>,
+    truth: Option<&'a [f32]>,
+    width: f64,
+    range: crate::weights::meta::DataRange,
+    abort: &'a AtomicBool,
+}
+
+impl Observer for Watch<'_> {
+    fn observe(&mut self, step: &PlanStep, x: &[f32]) -> Result<(), Error> {
+        if self.abort.load(Ordering::Relaxed) {
+            return Err(Error::Denoiser("stopped: another batch failed"));
+        }
+        self.progress.advance(self.batch as u64);
+        let done = step.k + 1;
+        if let Some(every) = self.every {
+            if done.is_multiple_of(every) && done < self.steps {
+                self.snapshots.push((done, to_planes(x, self.range)));
+            }
+        }
+        if let Some(truth) = self.truth {
+            if let Ok(p) = psnr(truth, &x[..truth.len()], self.width) {
+                self.progress
+                    .set_message(format!("PSNR {p:.2} dB (chain 0 of batch)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the job on `model`.
+pub fn run_chains(job: &Job<'_>, model: &Model, progress: &Progress) -> Result<RunOutput> {
+    if job.n == 0 || job.batch == 0 {
+        bail!("--n and --batch must be at least 1");
+    }
+    let len = model.chain_len();
+    let batches = job.n.div_ceil(job.batch);
+    let (workers, inner) = model.split_threads(job.threads, batches);
+    let next = AtomicUsize::new(0);
+    let abort = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<BatchOutput>>> = Mutex::new((0..batches).map(|_| None).collect());
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let start = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let mut denoiser = Boxed(model.make(inner));
+                loop {
+                    let b = next.fetch_add(1, Ordering::Relaxed);
+                    if b >= batches || abort.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match run_batch(job, model, &mut denoiser, b, len, progress, &abort) {
+                        Ok(out) => {
+                            if let Ok(mut r) = results.lock() {
+                                r[b] = Some(out);
+                            }
+                        }
+                        Err(e) => {
+                            abort.store(true, Ordering::Relaxed);
+                            if let Ok(mut slot) = first_error.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    assemble(job, len, results.into_inner().unwrap_or_default(), seconds)
+}
+
+fn assemble(
+    job: &Job<'_>,
+    len: usize,
+    results: Vec<Option<BatchOutput>>,
+    seconds: f64,
+) -> Result<RunOutput> {
+    let mut samples = Vec::with_capacity(job.n * len);
+    let mut snapshots: Vec<Snapshot> = Vec::new();
+    let (mut mean, mut m2) = (vec![0.0f64; len], vec![0.0f64; len]);
+    let mut total = RunningMoments::new(&mut mean, &mut m2).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (b, out) in results.into_iter().enumerate() {
+        let Some(mut out) = out else {
+            bail!("internal error: a batch produced no result");
+        };
+        samples.append(&mut out.x);
+        for (i, (done, pixels)) in out.snapshots.into_iter().enumerate() {
+            if snapshots.len() <= i {
+                snapshots.push(Snapshot {
+                    steps_done: done,
+                    pixels: Vec::new(),
+                });
+            }
+            snapshots[i].pixels.extend(pixels);
+        }
+        if let Some((mut bm, mut bq)) = out.moments {
+            let chains = job.batch.min(job.n - b * job.batch);
+            let part = RunningMoments::from_parts(&mut bm, &mut bq, chains as u64)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            total.merge(&part).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    let moments = job.moments.then(|| (mean.clone(), m2.clone()));
+    let evaluations_per_chain = job.plan.len()
+        * if matches!(job.plan, AnyPlan::VePc { .. }) {
+            2
+        } else {
+            1
+        }
+        + usize::from(job.final_denoise);
+    Ok(RunOutput {
+        samples,
+        snapshots,
+        moments,
+        seconds,
+        evaluations_per_chain,
+    })
+}
+
+fn core_error(e: Error, model: &Model, x: &[f32], first: usize, len: usize) -> anyhow::Error {
+    match e {
+        Error::NonFiniteState { step } => {
+            let bad = x
+                .chunks_exact(len)
+                .position(|c| c.iter().any(|v| !v.is_finite()))
+                .unwrap_or(0);
+            anyhow::anyhow!(
+                "the sampling state became NaN/Inf at step {step} in chain {}; try a smaller --c or another schedule",
+                first + bad
+            )
+        }
+        Error::Denoiser(msg) => match model.take_error() {
+            Some(net) => anyhow::anyhow!("denoiser failed: {net}"),
+            None => anyhow::anyhow!("denoiser failed: {msg}"),
+        },
+        other => anyhow::anyhow!("sampling failed: {other}"),
+    }
+}
+
+fn run_batch(
+    job: &Job<'_>,
+    model: &Model,
+    denoiser: &mut Boxed<'_>,
+    b: usize,
+    len: usize,
+    progress: &Progress,
+    abort: &AtomicBool,
+) -> Result<BatchOutput> {
+    let first = b * job.batch;
+    let count = job.batch.min(job.n - first);
+    let chains = Chains {
+        batch: count,
+        first_chain: first as u64,
+        seed: job.seed,
+    };
+    let mut x = vec![0.0f32; count * len];
+    let plan = job.plan;
+    let scratch_len = match job.likelihood {
+        Some((op, ..)) => conditional_scratch_len(op, x.len()),
+        None => x.len(),
+    };
+    let mut scratch = vec![0.0f32; scratch_len];
+    let mut watch = Watch {
+        progress,
+        batch: count,
+        every: job.snapshot_every,
+        steps: plan.len(),
+        snapshots: Vec::new(),
+        truth: job.truth,
+        width: range_width(model.data_range),
+        range: model.data_range,
+        abort,
+    };
+    let result = init_state(&mut x, chains, plan.init_std().unwrap_or(1.0)).and_then(|()| {
+        match (plan, job.likelihood) {
+            (AnyPlan::VePc { predictor, snr }, None) => pc_sample(
+                denoiser,
+                predictor,
+                *snr,
+                &mut x,
+                chains,
+                &mut scratch,
+                &mut watch,
+            ),
+            (_, None) => run(denoiser, plan, &mut x, chains, &mut scratch, &mut watch),
+            (_, Some((operator, y, sigma_y))) => {
+                let likelihood = Likelihood {
+                    operator,
+                    y,
+                    sigma_y,
+                };
+                run_conditional(
+                    denoiser,
+                    plan,
+                    &likelihood,
+                    &mut x,
+                    chains,
+                    &mut scratch,
+                    &mut watch,
+                )
+            }
+        }
+    });
+    result.map_err(|e| core_error(e, model, &x, first, len))?;
+    if job.final_denoise {
+        let out = &mut scratch[..x.len()];
+        final_denoise(denoiser, plan, &x, count, out)
+            .map_err(|e| core_error(e, model, &x, first, len))?;
+        x.copy_from_slice(out);
+        if let Some(bad) = x
+            .chunks_exact(len)
+            .position(|c| c.iter().any(|v| !v.is_finite()))
+        {
+            bail!(
+                "the final denoise produced NaN/Inf in chain {}",
+                first + bad
+            );
+        }
+    }
+    let moments = if job.moments {
+        let (mut mean, mut m2) = (vec![0.0f64; len], vec![0.0f64; len]);
+        let mut m = RunningMoments::new(&mut mean, &mut m2).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for chain in x.chunks_exact(len) {
+            m.push(chain).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Some((mean, m2))
+    } else {
+        None
+    };
+    Ok(BatchOutput {
+        x,
+        snapshots: watch.snapshots,
+        moments,
+    })
+}
