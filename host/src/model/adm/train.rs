@@ -1558,4 +1558,147 @@ mod tests {
             worst.0, worst.1
         );
     }
+
+    /// Tiny configurations covering both ResBlock variants (FiLM / additive emb), both
+    /// resampling styles (up/down ResBlocks / standalone conv resamplers) and both qkv orders.
+    fn tiny(variant: u32) -> AdmArch {
+        let json = if variant == 0 {
+            serde_json::json!({"arch": "adm", "image_size": 8, "num_channels": 32,
+                "num_res_blocks": 1, "channel_mult": "1,2", "attention_resolutions": "4",
+                "num_head_channels": 16, "use_scale_shift_norm": true, "resblock_updown": true,
+                "learn_sigma": true, "in_channels": 1})
+        } else {
+            serde_json::json!({"arch": "adm", "image_size": 8, "num_channels": 32,
+                "num_res_blocks": 1, "channel_mult": "1,2", "attention_resolutions": "4",
+                "num_heads": 2, "use_new_attention_order": true, "in_channels": 1})
+        };
+        let config = ModelConfig::from_json(&json).unwrap();
+        AdmArch::new(config.adm().unwrap()).unwrap()
+    }
+
+    /// The PyTorch init plus a small perturbation, so that no tensor (zero modules included)
+    /// is zero and every path carries gradient.
+    fn perturbed(tr: &AdmTrainer, seed: u64) -> Vec<f32> {
+        let mut p = tr.init_params(seed);
+        for (i, v) in p.iter_mut().enumerate() {
+            let u = tweedie_core::noise::uniform(seed + 1, 0, 0, i as u64);
+            *v += (0.1 * (2.0 * u - 1.0)) as f32;
+        }
+        p
+    }
+
+    fn batch(n: usize, len: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = (0..n * len)
+            .map(|i| tweedie_core::noise::gaussian(seed, 0, 1, i as u64))
+            .collect();
+        let eps = (0..n * len)
+            .map(|i| tweedie_core::noise::gaussian(seed, 0, 2, i as u64))
+            .collect();
+        let t = (0..n).map(|b| [3.0, 250.0, 600.0, 999.0][b % 4]).collect();
+        (x, t, eps)
+    }
+
+    /// Central differences of the f32 network's loss (accumulated in f64) at the element of
+    /// largest gradient of every third tensor: agreement to 2 % (the f32 forward's rounding
+    /// over a step h limits it; a wrong backward is off by O(1)).
+    #[test]
+    fn gradients_match_finite_differences() {
+        for variant in 0..2 {
+            let arch = tiny(variant);
+            let mut tr = AdmTrainer::new(&arch, 8, 8, 2).unwrap();
+            let mut params = perturbed(&tr, 7);
+            let (x, t, eps) = batch(2, 64, 11);
+            let mut grads = tr.layout().zeros();
+            tr.eps_loss_grad(&params, &x, &t, &eps, &mut grads).unwrap();
+            let mut scratch = tr.layout().zeros();
+            let views = tr.layout().views().to_vec();
+            let mut checked = 0;
+            for v in views.iter().step_by(3) {
+                let (i, g) = grads[v.range()]
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, 0f32),
+                        |m, (i, &g)| if g.abs() > m.1.abs() { (i, g) } else { m },
+                    );
+                if g.abs() < 1e-4 {
+                    continue; // (structurally) zero gradient: nothing to compare
+                }
+                let at = v.offset + i;
+                let p0 = params[at];
+                let h = 1e-2f32;
+                params[at] = p0 + h;
+                let up = tr
+                    .eps_loss_grad(&params, &x, &t, &eps, &mut scratch)
+                    .unwrap();
+                params[at] = p0 - h;
+                let down = tr
+                    .eps_loss_grad(&params, &x, &t, &eps, &mut scratch)
+                    .unwrap();
+                params[at] = p0;
+                let fd = (up - down) / (2.0 * h as f64);
+                let err = (fd - g as f64).abs();
+                assert!(
+                    err <= 2e-2 * (g.abs() as f64) + 1e-5,
+                    "variant {variant} {}[{i}]: backward {g:e}, finite difference {fd:e}",
+                    v.name
+                );
+                checked += 1;
+            }
+            assert!(checked >= 10, "only {checked} tensors checked");
+        }
+    }
+
+    /// Gradients are bit-identical for 1, 2 and 3 threads.
+    #[test]
+    fn gradients_do_not_depend_on_threads() {
+        for variant in 0..2 {
+            let arch = tiny(variant);
+            let mut reference: Option<Vec<f32>> = None;
+            for threads in 1..=3 {
+                let mut tr = AdmTrainer::new(&arch, 8, 8, threads).unwrap();
+                let params = perturbed(&tr, 3);
+                let (x, t, eps) = batch(3, 64, 5);
+                let mut grads = tr.layout().zeros();
+                tr.eps_loss_grad(&params, &x, &t, &eps, &mut grads).unwrap();
+                match &reference {
+                    None => reference = Some(grads),
+                    Some(r) => assert!(
+                        r.iter()
+                            .zip(&grads)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "variant {variant}: {threads} threads differ from 1"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Initialisation: PyTorch bounds, GroupNorm (1, 0), zero modules exactly zero,
+    /// deterministic in the seed.
+    #[test]
+    fn init_follows_guided_diffusion() {
+        let tr = AdmTrainer::new(&tiny(0), 8, 8, 1).unwrap();
+        let p = tr.init_params(5);
+        assert_eq!(p, tr.init_params(5));
+        assert_ne!(p, tr.init_params(6));
+        let l = tr.layout();
+        let s = |n: &str| l.slice(&p, n).unwrap();
+        assert!(s("out.2.weight").iter().all(|&v| v == 0.0));
+        assert!(s("input_blocks.1.0.out_layers.3.bias")
+            .iter()
+            .all(|&v| v == 0.0));
+        assert!(s("middle_block.1.proj_out.weight")
+            .iter()
+            .all(|&v| v == 0.0));
+        assert!(s("out.0.weight").iter().all(|&v| v == 1.0));
+        assert!(s("out.0.bias").iter().all(|&v| v == 0.0));
+        // input_blocks.1.0.in_layers.2: fan_in 32·9 = 288.
+        let w = s("input_blocks.1.0.in_layers.2.weight");
+        let bound = 1.0 / 288f32.sqrt();
+        assert!(w.iter().all(|v| v.abs() <= bound));
+        assert!(w.iter().fold(0f32, |m, v| m.max(v.abs())) > 0.9 * bound);
+        let b = s("time_embed.0.bias");
+        assert!(b.iter().all(|v| v.abs() <= 1.0 / 32f32.sqrt()) && b.iter().any(|&v| v != 0.0));
+    }
 }
