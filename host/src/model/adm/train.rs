@@ -1599,7 +1599,7 @@ mod tests {
     }
 
     /// Central differences of the f32 network's loss (accumulated in f64) at the element of
-    /// largest gradient of every third tensor: agreement to 2 % (the f32 forward's rounding
+    /// largest gradient of every third tensor: agreement to 1 % (measured ≤ 0.22 %; the f32 forward's rounding
     /// over a step h limits it; a wrong backward is off by O(1)).
     #[test]
     fn gradients_match_finite_differences() {
@@ -1612,7 +1612,7 @@ mod tests {
             tr.eps_loss_grad(&params, &x, &t, &eps, &mut grads).unwrap();
             let mut scratch = tr.layout().zeros();
             let views = tr.layout().views().to_vec();
-            let mut checked = 0;
+            let (mut checked, mut worst) = (0, 0f64);
             for v in views.iter().step_by(3) {
                 let (i, g) = grads[v.range()]
                     .iter()
@@ -1639,13 +1639,15 @@ mod tests {
                 let fd = (up - down) / (2.0 * h as f64);
                 let err = (fd - g as f64).abs();
                 assert!(
-                    err <= 2e-2 * (g.abs() as f64) + 1e-5,
+                    err <= 1e-2 * (g.abs() as f64) + 1e-5,
                     "variant {variant} {}[{i}]: backward {g:e}, finite difference {fd:e}",
                     v.name
                 );
                 checked += 1;
+                worst = worst.max(err / g.abs() as f64);
             }
             assert!(checked >= 10, "only {checked} tensors checked");
+            eprintln!("variant {variant}: {checked} tensors, worst relative error {worst:e}");
         }
     }
 
