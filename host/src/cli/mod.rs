@@ -11,6 +11,7 @@ pub mod parity;
 pub mod restore;
 pub mod sample;
 pub mod schedule;
+pub mod train;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,7 @@ Examples:
   host measure --task inpaint --input gt.png --sigma-y 0.2 --out y.safetensors
   host denoise --weights W.safetensors --sigma 0.3 in.png out.png
   host schedule --kind vp --preset vp-uncond-sigmoid --plot s.png
+  host train --data data/mnist --preset vp --config models/mnist-vp.json --steps 20000 --out m.safetensors
 
 Exit code: 0 success, 1 a check failed, 2 error. `host help <COMMAND>` explains each command.";
 
@@ -55,6 +57,8 @@ pub enum Command {
     Denoise(denoise::DenoiseArgs),
     /// Print (and plot) a sampling plan: sigma, t, gamma, T per step.
     Schedule(schedule::ScheduleArgs),
+    /// Train an ADM U-Net (VP or VE preset) with checkpoints and bit-exact resume.
+    Train(train::TrainArgs),
 }
 
 /// Exit code for a check that ran and failed.
@@ -72,5 +76,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Measure(args) => measure::run(&args),
         Command::Denoise(args) => denoise::run(&args),
         Command::Schedule(args) => schedule::run(&args),
+        Command::Train(args) => train::run(&args),
     }
 }

@@ -43,8 +43,9 @@ pub struct ModelArgs {
     /// Network output: eps, score or denoised (overrides `tweedie.output`).
     #[arg(long, value_name = "eps|score|denoised")]
     pub net_output: Option<String>,
-    /// Network noise input: t, sigma or log_sigma (overrides `tweedie.noise_input`).
-    #[arg(long, value_name = "t|sigma|log_sigma")]
+    /// Network noise input: t, sigma, log_sigma or log_sigma_x250 (overrides
+    /// `tweedie.noise_input`).
+    #[arg(long, value_name = "t|sigma|log_sigma|log_sigma_x250")]
     pub noise_input: Option<String>,
     /// Data range `-1,1` or `0,1` (overrides `tweedie.data_range`; default by kind: VP -1,1,
     /// VE 0,1). Write `--data-range=-1,1`.
@@ -264,7 +265,9 @@ impl ModelArgs {
             ),
         };
         let noise_input = NoiseInputKind::parse(&noise_name).with_context(|| {
-            format!("noise input `{noise_name}` is not supported (t, sigma, log_sigma)")
+            format!(
+                "noise input `{noise_name}` is not supported (t, sigma, log_sigma, log_sigma_x250)"
+            )
         })?;
         let data_range = pick(
             "data-range",

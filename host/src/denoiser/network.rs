@@ -26,6 +26,9 @@ pub enum NoiseInputKind {
     Sigma,
     /// ln σ.
     LogSigma,
+    /// 250·ln σ with the input scaled by 1/√(1 + σ²) whatever the kind (`host train`'s VE
+    /// preset: EDM's c_noise = ¼ ln σ in the timestep embedding's 0..1000 range).
+    LogSigmaX250,
 }
 
 impl NoiseInputKind {
@@ -35,6 +38,7 @@ impl NoiseInputKind {
             "t" => Some(NoiseInputKind::Time),
             "sigma" => Some(NoiseInputKind::Sigma),
             "log_sigma" => Some(NoiseInputKind::LogSigma),
+            "log_sigma_x250" => Some(NoiseInputKind::LogSigmaX250),
             _ => None,
         }
     }
@@ -47,7 +51,18 @@ impl NoiseInputKind {
             NoiseInputKind::Time => TimeMap::Exact.map(sigma)?.t as f32,
             NoiseInputKind::Sigma => sigma as f32,
             NoiseInputKind::LogSigma => sigma.ln() as f32,
+            NoiseInputKind::LogSigmaX250 => (250.0 * sigma.ln()) as f32,
         })
+    }
+
+    /// The factor applied to the (VE-scale) iterate before the network: the kind's own
+    /// (`param.input_scale`) except for [`NoiseInputKind::LogSigmaX250`], which fixes
+    /// 1/√(1 + σ²).
+    pub fn input_scale(self, param: &Parameterization, sigma: f64) -> f64 {
+        match self {
+            NoiseInputKind::LogSigmaX250 => 1.0 / (1.0 + sigma * sigma).sqrt(),
+            _ => param.input_scale(sigma),
+        }
     }
 }
 
@@ -114,7 +129,7 @@ impl Denoiser for AdmDenoiser<'_> {
             return Err(Error::Shape("network input is not batch x C x H x W"));
         }
         let sigma = step.sigma_net;
-        let scale = self.param.input_scale(sigma) as f32;
+        let scale = self.noise_input.input_scale(&self.param, sigma) as f32;
         self.input.clear();
         self.input.extend(x.iter().map(|&v| scale * v));
         let t = vec![self.noise_input.value(step)?; batch];
@@ -143,5 +158,29 @@ impl Denoiser for AdmDenoiser<'_> {
             o.copy_from_slice(&n[..ci * plane]);
         }
         self.param.denoised_from_output_in_place(x, out, sigma)
+    }
+}
+
+#[cfg(test)]
+mod log_sigma_x250_tests {
+    use super::*;
+    use tweedie_core::tweedie::{NetKind, NetOutput};
+
+    /// `host train`'s VE noise input: 250·ln σ, input scaled by 1/√(1 + σ²) for any kind.
+    #[test]
+    fn log_sigma_x250_scales_input_and_noise() {
+        let k = NoiseInputKind::parse("log_sigma_x250").unwrap();
+        let step = PlanStep {
+            k: 0,
+            sigma: 3.0,
+            sigma_net: 3.0,
+            t: f64::NAN,
+            gamma: 0.0,
+            temperature: 0.0,
+        };
+        assert_eq!(k.value(&step).unwrap(), (250.0 * 3f64.ln()) as f32);
+        let ve = Parameterization::new(NetKind::Ve, NetOutput::Eps);
+        assert_eq!(k.input_scale(&ve, 3.0), 1.0 / 10f64.sqrt());
+        assert_eq!(NoiseInputKind::LogSigma.input_scale(&ve, 3.0), 1.0);
     }
 }

@@ -16,6 +16,7 @@
 //! Everything is single-threaded per element and deterministic: the same inputs give the same
 //! bits whatever the thread count.
 
+pub mod adm_run;
 pub mod checkpoint;
 pub mod clip;
 pub mod data;

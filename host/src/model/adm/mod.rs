@@ -10,6 +10,7 @@ pub mod cost;
 pub mod denoiser;
 pub mod forward;
 pub mod state_dict;
+pub mod train;
 
 pub use arch::{
     AdmArch, Attention, Block, Conv3x3, Layer, OutHead, QkvOrder, ResBlock, Resample, Updown,

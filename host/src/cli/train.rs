@@ -1,0 +1,336 @@
+//! `host train`: train an ADM U-Net from scratch (VP or VE preset), with checkpoints,
+//! bit-exact `--resume`, a loss log and the exported EMA weights (formats §3 metadata).
+//!
+//! Files next to `--out M.safetensors`: `M.ckpt.safetensors` (checkpoint, atomic, also
+//! written on Ctrl-C / SIGTERM), `M.loss.csv` (step, loss, grad_norm, lr) and `M.loss.png`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use half::f16;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use super::common::threads;
+use crate::model::adm::AdmArch;
+use crate::model::config::ModelConfig;
+use crate::model::spec::ParamKind;
+use crate::run::progress::human_seconds;
+use crate::train::adm_run::{AdmRun, Preset, RunConfig};
+use crate::train::checkpoint::{write_atomic, TrainState};
+use crate::train::data::{file_sha256, Dataset, MnistSplit};
+use crate::train::log::{plot_loss_curve, read_column, LossCsv};
+use crate::train::optim::AdamWConfig;
+use crate::train::params::ParamLayout;
+use crate::train::signal::StopFlag;
+
+const EXAMPLE: &str = "\
+Example:
+  host train --data data/mnist --preset vp --config models/mnist-vp.json --steps 20000 \\
+    --batch 64 --lr 2e-4 --warmup 500 --ema-decay 0.999 --seed 1 --out mnist-vp.safetensors \\
+    --checkpoint-every 1000";
+
+/// Arguments of `host train`.
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLE)]
+pub struct TrainArgs {
+    /// Training data: a folder with the MNIST IDX files (train-images-idx3-ubyte, …) or a
+    /// folder of PNG images.
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+    /// vp (DDPM ε-prediction, t uniform, data in [-1,1]) or ve (σ log-uniform, w = 1/σ²,
+    /// data in [0,1]).
+    #[arg(long, value_name = "vp|ve")]
+    pub preset: String,
+    /// Model config (flat ADM JSON, formats §2).
+    #[arg(long, value_name = "C.json")]
+    pub config: String,
+    /// Total optimizer steps (a resumed run continues up to this count).
+    #[arg(long)]
+    pub steps: u64,
+    /// Examples per step.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Linear learning-rate warm-up steps.
+    #[arg(long, default_value_t = 500)]
+    pub warmup: u64,
+    /// EMA decay of the exported weights.
+    #[arg(long, default_value_t = 0.999)]
+    pub ema_decay: f64,
+    /// Global gradient-norm clip (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// VE: smallest σ.
+    #[arg(long, default_value_t = 0.01)]
+    pub sigma_min: f64,
+    /// VE: largest σ.
+    #[arg(long, default_value_t = 50.0)]
+    pub sigma_max: f64,
+    /// Seed of the initial weights, the noise and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output weights (EMA), with formats §3 metadata.
+    #[arg(long, value_name = "M.safetensors")]
+    pub out: PathBuf,
+    /// Continue from a checkpoint (same settings required).
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<PathBuf>,
+    /// Write a checkpoint (and the weights) every M steps (0: only at the end / on a stop).
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: u64,
+    /// Sample grids during training are not implemented yet: run `host sample` on the
+    /// exported weights instead (accepted for compatibility, must be 0).
+    #[arg(long, default_value_t = 0)]
+    pub sample_every: u64,
+    /// Log a line every M steps.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// Worker threads (default: all available cores).
+    #[arg(long, value_name = "J")]
+    pub threads: Option<usize>,
+    /// Store conv and linear weights as f16 in the exported file.
+    #[arg(long)]
+    pub f16: bool,
+}
+
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    out.with_file_name(format!("{stem}.{suffix}"))
+}
+
+/// Loads `--data`: MNIST IDX files if present, else PNGs.
+fn load_data(path: &Path) -> Result<(Dataset, String)> {
+    let [(images, _), _] = MnistSplit::Train.files();
+    if path.join(images).exists() {
+        let ds = Dataset::mnist(path, MnistSplit::Train, false)?;
+        let sha = file_sha256(&path.join(images))?;
+        return Ok((ds, sha));
+    }
+    if path.is_dir() {
+        let ds = crate::train::data::png_folder::read_png_folder(path)?;
+        return Ok((ds, String::new()));
+    }
+    bail!(
+        "--data {}: neither a folder with MNIST's {images} nor a PNG folder",
+        path.display()
+    )
+}
+
+/// Runs `host train`.
+pub fn run(args: &TrainArgs) -> Result<ExitCode> {
+    let preset = match args.preset.as_str() {
+        "vp" => Preset::Vp,
+        "ve" => {
+            if !(args.sigma_min > 0.0 && args.sigma_min < args.sigma_max) {
+                bail!("--sigma-min must be > 0 and below --sigma-max");
+            }
+            Preset::Ve {
+                sigma_min: args.sigma_min,
+                sigma_max: args.sigma_max,
+            }
+        }
+        other => bail!("--preset {other}: expected vp or ve"),
+    };
+    if args.sample_every != 0 {
+        bail!(
+            "--sample-every is not implemented yet; sample the exported weights with `host sample`"
+        );
+    }
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let config = ModelConfig::load(&args.config)?.adm()?.clone();
+    let arch = AdmArch::new(&config)?;
+    let (data, data_sha) = load_data(&args.data)?;
+    let run_config = RunConfig {
+        preset,
+        batch: args.batch,
+        lr: args.lr,
+        warmup: args.warmup,
+        ema_decay: args.ema_decay,
+        grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
+        seed: args.seed,
+        adam: AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..AdamWConfig::default()
+        },
+    };
+    let threads = threads(args.threads);
+    let layout = ParamLayout::from_specs(&arch.state_dict())?;
+    let resume = match &args.resume {
+        Some(p) => Some(TrainState::load(p, &layout)?),
+        None => None,
+    };
+    let mut run = AdmRun::new(&arch, &data, run_config.clone(), threads, resume)?;
+    let stop = StopFlag::install()?;
+    let ckpt = sibling(&args.out, "ckpt.safetensors");
+    let csv_path = sibling(&args.out, "loss.csv");
+    let mut csv = LossCsv::open(&csv_path, &["loss", "grad_norm", "lr"], run.state.step)?;
+    let macs = arch.macs(config.image_size, config.image_size);
+    eprintln!(
+        "train: {} preset, {} parameters, {:.3} GMAC/image forward, {} images, batch {}, {} threads, steps {}..{}",
+        preset.name(),
+        layout.total(),
+        macs as f64 / 1e9,
+        data.len(),
+        args.batch,
+        threads,
+        run.state.step,
+        args.steps
+    );
+    let meta = |step: u64| -> BTreeMap<String, String> {
+        let (lo, hi) = preset.sigma_range();
+        let mut train = run_config.to_json();
+        train["steps"] = step.into();
+        train["data"] = args.data.display().to_string().into();
+        train["data_sha256"] = data_sha.clone().into();
+        train["images"] = data.len().into();
+        BTreeMap::from([
+            ("tweedie.config".into(), config.to_json().to_string()),
+            ("tweedie.kind".into(), preset.name().into()),
+            ("tweedie.output".into(), "eps".into()),
+            ("tweedie.noise_input".into(), preset.noise_input().into()),
+            (
+                "tweedie.data_range".into(),
+                preset.data_range().as_str().into(),
+            ),
+            ("tweedie.sigma_min".into(), lo.to_string()),
+            ("tweedie.sigma_max".into(), hi.to_string()),
+            ("tweedie.weights_set".into(), "ema".into()),
+            (
+                "tweedie.source".into(),
+                format!("host train ({} steps)", step),
+            ),
+            ("tweedie.train".into(), train.to_string()),
+        ])
+    };
+    let save = |run: &AdmRun| -> Result<()> {
+        run.state.save(&ckpt, &layout)?;
+        export(
+            &args.out,
+            &layout,
+            &arch,
+            run.state.ema.weights(),
+            &meta(run.state.step),
+            args.f16,
+        )?;
+        let points = read_column(&csv_path, "loss")?;
+        plot_loss_curve(&sibling(&args.out, "loss.png"), &points, 50, 800, 400)
+    };
+    let start = Instant::now();
+    let first = run.state.step;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(args.steps);
+        bar.set_position(first);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps ETA {eta} {msg}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let mut window = (0.0, 0u64);
+    while run.state.step < args.steps {
+        let (loss, norm, lr) = run.step()?;
+        let step = run.state.step;
+        csv.append(step, &[loss, norm, lr])?;
+        window = (window.0 + loss, window.1 + 1);
+        let elapsed = start.elapsed().as_secs_f64();
+        let ips = ((step - first) as usize * args.batch) as f64 / elapsed.max(1e-9);
+        let eta = (args.steps - step) as f64 * args.batch as f64 / ips.max(1e-9);
+        if let Some(bar) = &bar {
+            bar.set_position(step);
+            bar.set_message(format!("loss {loss:.4} {ips:.1} img/s"));
+        }
+        if step % args.log_every.max(1) == 0 || step == args.steps {
+            let line = format!(
+                "step {step}/{}: loss {:.5} (mean of {}), grad norm {norm:.3}, lr {lr:.2e}, {ips:.1} images/s, ETA {}",
+                args.steps,
+                window.0 / window.1 as f64,
+                window.1,
+                human_seconds(eta)
+            );
+            match &bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+            window = (0.0, 0);
+        }
+        if args.checkpoint_every > 0 && step % args.checkpoint_every == 0 {
+            save(&run)?;
+        }
+        if stop.requested() {
+            eprintln!("train: stop requested; writing a checkpoint at step {step}");
+            save(&run)?;
+            eprintln!("train: resume with --resume {}", ckpt.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    save(&run)?;
+    eprintln!(
+        "train: done, {} steps in {}; weights {} (EMA), checkpoint {}",
+        run.state.step - first,
+        human_seconds(start.elapsed().as_secs_f64()),
+        args.out.display(),
+        ckpt.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the weights with `tweedie.*` metadata; with `f16`, conv and linear weights become
+/// f16 (biases and GroupNorm parameters stay f32, as the loader's f16 policy). Atomic.
+pub fn export(
+    path: &Path,
+    layout: &ParamLayout,
+    arch: &AdmArch,
+    values: &[f32],
+    metadata: &BTreeMap<String, String>,
+    f16_weights: bool,
+) -> Result<()> {
+    layout.check_buffer(values.len())?;
+    let specs = arch.state_dict();
+    let bytes: Vec<Vec<u8>> = layout
+        .views()
+        .iter()
+        .zip(&specs)
+        .map(|(v, s)| {
+            let x = &values[v.range()];
+            if f16_weights && matches!(s.kind, ParamKind::Weight { .. }) {
+                x.iter()
+                    .flat_map(|&a| f16::from_f32(a).to_le_bytes())
+                    .collect()
+            } else {
+                x.iter().flat_map(|a| a.to_le_bytes()).collect()
+            }
+        })
+        .collect();
+    let mut tensors = Vec::with_capacity(bytes.len());
+    for ((v, s), b) in layout.views().iter().zip(&specs).zip(&bytes) {
+        let dtype = if f16_weights && matches!(s.kind, ParamKind::Weight { .. }) {
+            Dtype::F16
+        } else {
+            Dtype::F32
+        };
+        tensors.push((v.name.clone(), TensorView::new(dtype, v.shape.clone(), b)?));
+    }
+    let meta: std::collections::HashMap<String, String> = metadata.clone().into_iter().collect();
+    let out = safetensors::serialize(tensors, Some(meta)).context("cannot serialise weights")?;
+    write_atomic(path, &out)
+}
