@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod convert;
 pub mod denoiser;
 pub mod image_io;
 pub mod model;

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod common;
+pub mod convert;
 pub mod denoise;
 pub mod measure;
 pub mod parity;
@@ -26,6 +27,7 @@ Examples:
   host measure --task inpaint --input gt.png --sigma-y 0.2 --out y.safetensors
   host denoise --weights W.safetensors --sigma 0.3 in.png out.png
   host schedule --kind vp --preset vp-uncond-sigmoid --plot s.png
+  host convert --from ffhq_10m.pt --to adm_ffhq.safetensors --config adm-ffhq256
 
 Exit code: 0 success, 1 a check failed, 2 error. `host help <COMMAND>` explains each command.";
 
@@ -55,6 +57,8 @@ pub enum Command {
     Denoise(denoise::DenoiseArgs),
     /// Print (and plot) a sampling plan: sigma, t, gamma, T per step.
     Schedule(schedule::ScheduleArgs),
+    /// Convert a PyTorch checkpoint (.pt/.pth) to a safetensors weights file with metadata.
+    Convert(convert::ConvertArgs),
 }
 
 /// Exit code for a check that ran and failed.
@@ -72,5 +76,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Measure(args) => measure::run(&args),
         Command::Denoise(args) => denoise::run(&args),
         Command::Schedule(args) => schedule::run(&args),
+        Command::Convert(args) => convert::run(&args),
     }
 }
