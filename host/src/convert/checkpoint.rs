@@ -203,7 +203,8 @@ fn data_pkl_prefix(zip: &ZipIndex) -> Result<String> {
     }
 }
 
-fn interpret(p: &Pickle) -> Result<Contents> {
+/// Recognises the layout of an unpickled checkpoint object and collects its tensors.
+pub fn interpret(p: &Pickle) -> Result<Contents> {
     let root = p.str_dict(p.root(), "the checkpoint")?;
     let get = |key: &str| root.iter().find(|(k, _)| k == key).map(|&(_, v)| v);
     if root.is_empty() {

@@ -426,7 +426,7 @@ impl Machine<'_> {
         let n = rest
             .iter()
             .position(|&b| b == b'\n')
-            .context("missing newline")?;
+            .context("missing newline (truncated data.pkl?)")?;
         let s = std::str::from_utf8(&rest[..n]).context("not UTF-8")?;
         self.pos += n + 1;
         Ok(s.to_string())
