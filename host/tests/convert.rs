@@ -259,6 +259,10 @@ fn config_is_required_or_inferred_and_checked() {
     let out = host(&[&args[..], &["--weights-set", "raw"]].concat());
     assert_error(&out, "--weights-set raw: expected ema or model");
     assert!(!Path::new(&to).exists(), "nothing written on error");
+    let out = host(&[
+        "convert", "--from", &from, "--to", &from, "--config", &config,
+    ]);
+    assert_error(&out, "is the checkpoint itself");
 }
 
 // ---- hand-made checkpoints -------------------------------------------------------------

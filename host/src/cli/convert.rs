@@ -70,6 +70,16 @@ pub fn run(args: &ConvertArgs) -> Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--kind: {e}"))
         })
         .transpose()?;
+    let same = std::fs::canonicalize(&args.to)
+        .ok()
+        .zip(std::fs::canonicalize(&args.from).ok())
+        .is_some_and(|(a, b)| a == b);
+    if same {
+        anyhow::bail!(
+            "--to {} is the checkpoint itself; choose another output path",
+            args.to.display()
+        );
+    }
     let ckpt = Checkpoint::open(&args.from)?;
     let source = args.from.file_name().map_or_else(
         || args.from.display().to_string(),

@@ -119,6 +119,19 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
     }
 }
 
+/// The allowed global `module.name`, or the error naming what was refused.
+fn allowed_global(module: &str, name: &str, opcode: &str) -> Result<Global> {
+    resolve_global(module, name).with_context(|| {
+        format!(
+            "pickle opcode {opcode} {}.{} is not allowed (a tensor checkpoint needs only \
+             collections.OrderedDict, torch._utils._rebuild_tensor_v2 and torch.*Storage; \
+             nothing in the file is executed)",
+            printable(module),
+            printable(name)
+        )
+    })
+}
+
 /// A storage named by a persistent id: `data/<key>` of the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageRef {
@@ -506,19 +519,9 @@ impl Machine<'_> {
     }
 
     fn global(&mut self, module: &str, name: &str, opcode: &str) -> Result<()> {
-        match resolve_global(module, name) {
-            Some(g) => {
-                self.push(Object::Global(g));
-                Ok(())
-            }
-            None => bail!(
-                "pickle opcode {opcode} {}.{} is not allowed (a tensor checkpoint needs only \
-                 collections.OrderedDict, torch._utils._rebuild_tensor_v2 and torch.*Storage; \
-                 nothing in the file is executed)",
-                printable(module),
-                printable(name)
-            ),
-        }
+        let g = allowed_global(module, name, opcode)?;
+        self.push(Object::Global(g));
+        Ok(())
     }
 
     fn append(&mut self, list: Id, items: Vec<Id>) -> Result<()> {
@@ -645,10 +648,11 @@ impl Machine<'_> {
                 let [m, n] = self.pop_n(2)?[..] else {
                     unreachable!("pop_n(2) returns two ids")
                 };
-                match (self.objects[m].clone(), self.objects[n].clone()) {
-                    (Object::Str(m), Object::Str(n)) => self.global(&m, &n, "STACK_GLOBAL")?,
+                let g = match (&self.objects[m], &self.objects[n]) {
+                    (Object::Str(m), Object::Str(n)) => allowed_global(m, n, "STACK_GLOBAL")?,
                     _ => bail!("module and name must be strings"),
-                }
+                };
+                self.push(Object::Global(g));
             }
             b'a' => {
                 let item = self.pop()?;
