@@ -8,8 +8,9 @@ use tweedie_host::model::config::ModelConfig;
 use tweedie_host::tensors::SafetensorsFile;
 use tweedie_host::weights::{Precision, Weights, WeightsMeta};
 
-/// A tiny ADM (one level, 8 channels) for files without `tweedie.config`.
-const SMALL_ADM: &str = r#"{"arch": "adm", "image_size": 8, "num_channels": 8,
+/// A tiny ADM (one level, 32 channels: GroupNorm(32) needs 32) for files without
+/// `tweedie.config`.
+const SMALL_ADM: &str = r#"{"arch": "adm", "image_size": 8, "num_channels": 32,
   "num_res_blocks": 1, "channel_mult": "1", "attention_resolutions": "", "num_heads": 1,
   "learn_sigma": false, "in_channels": 1}"#;
 

@@ -297,15 +297,26 @@ impl Pkl {
     }
     /// `_rebuild_tensor_v2(('storage', FloatStorage, key, 'cpu', numel), 0, size, stride, ...)`.
     fn tensor(&mut self, key: &str, numel: i32, size: &[i32], stride: &[i32]) -> &mut Self {
+        self.typed_tensor("FloatStorage", key, numel, 0, size, stride)
+    }
+    fn typed_tensor(
+        &mut self,
+        class: &str,
+        key: &str,
+        numel: i32,
+        offset: i32,
+        size: &[i32],
+        stride: &[i32],
+    ) -> &mut Self {
         self.global("torch._utils", "_rebuild_tensor_v2")
             .op(b"((")
             .str("storage")
-            .global("torch", "FloatStorage")
+            .global("torch", class)
             .str(key)
             .str("cpu")
             .int(numel)
             .op(b"tQ")
-            .int(0)
+            .int(offset)
             .ints(size)
             .ints(stride)
             .op(b"\x89")
@@ -511,6 +522,136 @@ fn sizes_are_checked_before_anything_is_allocated() {
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
     assert_eq!(values, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+}
+
+#[test]
+fn every_float_storage_type_reads_exactly() {
+    // -1.5, 0.25, 3 are exact in every float type; the view skips the first element.
+    let values = [7.0f64, -1.5, 0.25, 3.0];
+    let storages: [(&str, Vec<u8>, Dtype); 4] = [
+        (
+            "DoubleStorage",
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::F64,
+        ),
+        (
+            "FloatStorage",
+            values
+                .iter()
+                .flat_map(|v| (*v as f32).to_le_bytes())
+                .collect(),
+            Dtype::F32,
+        ),
+        (
+            "HalfStorage",
+            values
+                .iter()
+                .flat_map(|v| f16::from_f64(*v).to_le_bytes())
+                .collect(),
+            Dtype::F16,
+        ),
+        (
+            "BFloat16Storage",
+            values
+                .iter()
+                .flat_map(|v| half::bf16::from_f64(*v).to_le_bytes())
+                .collect(),
+            Dtype::F32,
+        ),
+    ];
+    for (class, bytes, dtype) in storages {
+        let mut p = Pkl::default();
+        p.op(b"\x80\x02}X\x01\x00\x00\x00a")
+            .typed_tensor(class, "0", 4, 1, &[3], &[1])
+            .op(b"s.");
+        let ckpt =
+            tweedie_host::convert::Checkpoint::from_bytes(checkpoint(&p.0, &bytes), "d.pt".into())
+                .unwrap();
+        let (name, meta) = &ckpt.contents().unwrap().model[0];
+        let (got, raw) = ckpt.tensor_bytes(meta, name).unwrap();
+        assert_eq!(got, dtype, "{class}");
+        let mut out = [0f32; 3];
+        tweedie_host::tensors::decode_f32(got, &raw, &mut out).unwrap();
+        assert_eq!(out, [-1.5, 0.25, 3.0], "{class}");
+    }
+    // Integer storages are readable by the pickle reader but never exported as weights.
+    let mut p = Pkl::default();
+    p.op(b"\x80\x02}X\x01\x00\x00\x00a")
+        .typed_tensor("LongStorage", "0", 1, 0, &[1], &[1])
+        .op(b"s.");
+    let ckpt =
+        tweedie_host::convert::Checkpoint::from_bytes(checkpoint(&p.0, &[0; 8]), "i.pt".into())
+            .unwrap();
+    let (name, meta) = &ckpt.contents().unwrap().model[0];
+    let e = format!("{:#}", ckpt.tensor_bytes(meta, name).unwrap_err());
+    assert!(e.contains("dtype int64 is not floating point"), "{e}");
+}
+
+/// A score_sde-shaped checkpoint: `model` = {module.sigmas, module.a [2], module.b [3]},
+/// `ema.shadow_params` = tensors of the given sizes, all over storage `0` of 6 floats.
+fn score_sde_pickle(shadow_sizes: &[i32]) -> Vec<u8> {
+    let mut p = Pkl::default();
+    p.op(b"\x80\x02}(").str("model");
+    p.global("collections", "OrderedDict").op(b")R(");
+    for (name, n) in [("module.sigmas", 1), ("module.a", 2), ("module.b", 3)] {
+        p.str(name).tensor("0", 6, &[n], &[1]);
+    }
+    p.op(b"u").str("ema").op(b"}(").str("decay").op(b"G");
+    p.op(&0.999f64.to_be_bytes()).str("shadow_params").op(b"](");
+    for &n in shadow_sizes {
+        p.tensor("0", 6, &[n], &[1]);
+    }
+    p.op(b"eu").str("step").int(7).op(b"u.");
+    p.0
+}
+
+#[test]
+fn ema_shadows_are_named_by_order_and_checked() {
+    use tweedie_host::convert::{Checkpoint, Layout};
+    use tweedie_host::weights::meta::WeightsSet;
+    let open = |sizes: &[i32]| {
+        let bytes = checkpoint(&score_sde_pickle(sizes), &floats(6));
+        Checkpoint::from_bytes(bytes, "s.pth".into()).unwrap()
+    };
+    let c = open(&[2, 3]).contents().unwrap();
+    assert_eq!(
+        c.layout,
+        Layout::ScoreSde {
+            has_ema: true,
+            step: Some(7)
+        }
+    );
+    assert!(c.stripped_prefix);
+    let ema = c.select(WeightsSet::Ema).unwrap();
+    let names: Vec<&str> = ema.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "b"], "sigmas dropped, shadows named in order");
+    assert_eq!(c.select(WeightsSet::Model).unwrap().len(), 3);
+    let e = format!(
+        "{:#}",
+        open(&[3, 2])
+            .contents()
+            .unwrap()
+            .select(WeightsSet::Ema)
+            .unwrap_err()
+    );
+    assert!(
+        e.contains(
+            "`ema.shadow_params[0]` has shape [3] but the 0-th trainable parameter `a` has [2]"
+        ),
+        "{e}"
+    );
+    let e = format!(
+        "{:#}",
+        open(&[2])
+            .contents()
+            .unwrap()
+            .select(WeightsSet::Ema)
+            .unwrap_err()
+    );
+    assert!(
+        e.contains("has 1 tensors but `model` has 2 trainable parameters"),
+        "{e}"
+    );
 }
 
 #[test]
