@@ -363,6 +363,36 @@ mod tests {
     }
 
     #[test]
+    fn zip64_end_records_are_followed() {
+        let mut bytes = write_stored(&[("a/data.pkl", b"xyz")]);
+        let eocd = bytes.len() - EOCD_LEN;
+        let (count, size, offset) = (
+            u64::from(u16_at(&bytes, eocd + 10).unwrap()),
+            u64::from(u32_at(&bytes, eocd + 12).unwrap()),
+            u64::from(u32_at(&bytes, eocd + 16).unwrap()),
+        );
+        bytes.truncate(eocd);
+        let rec = bytes.len() as u64;
+        bytes.extend_from_slice(&ZIP64_EOCD_SIG.to_le_bytes());
+        bytes.extend_from_slice(&44u64.to_le_bytes()); // size of the rest of the record
+        bytes.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for v in [count, count, size, offset] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        bytes.extend_from_slice(&ZIP64_LOCATOR_SIG.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&rec.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&EOCD_SIG.to_le_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        bytes.extend_from_slice(&[0xFF; 8]);
+        bytes.extend_from_slice(&[0, 0]);
+        let zip = ZipIndex::parse(&bytes).unwrap();
+        let e = zip.get("a/data.pkl").unwrap();
+        assert_eq!(zip.data(&bytes, e).unwrap(), b"xyz");
+    }
+
+    #[test]
     fn damage_is_reported_not_panicked() {
         let bytes = write_stored(&[("a/data.pkl", b"xyz"), ("a/data/0", &[1, 2, 3, 4])]);
         // Every truncation fails cleanly.
