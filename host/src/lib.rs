@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod convert;
 pub mod denoiser;
 pub mod image_io;
 pub mod model;

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod common;
+pub mod convert;
 pub mod denoise;
 pub mod measure;
 pub mod parity;
@@ -28,6 +29,7 @@ Examples:
   host denoise --weights W.safetensors --sigma 0.3 in.png out.png
   host schedule --kind vp --preset vp-uncond-sigmoid --plot s.png
   host train --data data/mnist --preset vp --config models/mnist-vp.json --steps 20000 --out m.safetensors
+  host convert --from ffhq_10m.pt --to adm_ffhq.safetensors --config adm-ffhq256
 
 Exit code: 0 success, 1 a check failed, 2 error. `host help <COMMAND>` explains each command.";
 
@@ -59,6 +61,8 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Train an ADM U-Net (VP or VE preset) with checkpoints and bit-exact resume.
     Train(train::TrainArgs),
+    /// Convert a PyTorch checkpoint (.pt/.pth) to a safetensors weights file with metadata.
+    Convert(convert::ConvertArgs),
 }
 
 /// Exit code for a check that ran and failed.
@@ -77,5 +81,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Denoise(args) => denoise::run(&args),
         Command::Schedule(args) => schedule::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::Convert(args) => convert::run(&args),
     }
 }

@@ -1,0 +1,101 @@
+"""Writes small seed inputs for the fuzz targets into corpus-raw/<target>/ (plain Python 3,
+no torch). Checkpoint seeds mimic torch.save: a stored zip with <stem>/data.pkl (protocol 2,
+GLOBALs collections.OrderedDict, torch._utils._rebuild_tensor_v2, torch.*Storage, BINPERSID
+storage ids, an OrderedDict BUILD with _metadata) and <stem>/data/<key> raw storages."""
+import collections, io, json, os, pickle, struct, sys, types, zipfile, zlib
+
+torch = types.ModuleType("torch"); utils = types.ModuleType("torch._utils")
+sys.modules["torch"] = torch; sys.modules["torch._utils"] = utils; torch._utils = utils
+def _rebuild_tensor_v2(*a): pass
+_rebuild_tensor_v2.__module__ = "torch._utils"; utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+class FloatStorage: pass
+class DoubleStorage: pass
+class HalfStorage: pass
+for c in (FloatStorage, DoubleStorage, HalfStorage):
+    c.__module__ = "torch"; setattr(torch, c.__name__, c)
+SIZES = {FloatStorage: ("f", 4), DoubleStorage: ("d", 8), HalfStorage: ("e", 2)}
+
+class Storage:
+    def __init__(self, key, cls, values): self.key, self.cls, self.values = key, cls, values
+class Tensor:
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, tuple(size), tuple(stride), False, collections.OrderedDict())
+    def __reduce__(self): return (_rebuild_tensor_v2, self.args)
+
+class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, Storage):
+            return ("storage", obj.cls, obj.key, "cpu", len(obj.values))
+        return None
+
+def save(obj, storages, stem):
+    buf = io.BytesIO(); Pickler(buf, protocol=2).dump(obj)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"{stem}/data.pkl", buf.getvalue())
+        z.writestr(f"{stem}/byteorder", "little")
+        for s in storages:
+            fmt, _ = SIZES[s.cls]
+            z.writestr(f"{stem}/data/{s.key}", struct.pack("<%d%s" % (len(s.values), fmt), *s.values))
+        z.writestr(f"{stem}/version", "3\n")
+    return buf.getvalue(), out.getvalue()
+
+def write(target, name, data):
+    os.makedirs(f"corpus-raw/{target}", exist_ok=True)
+    open(f"corpus-raw/{target}/{name}", "wb").write(data)
+
+s0 = Storage("0", FloatStorage, [0.5 * i for i in range(6)])
+s1 = Storage("1", DoubleStorage, [1.0, 2.0, 3.0])
+s2 = Storage("2", HalfStorage, [1.0, -2.0])
+sd = collections.OrderedDict()
+sd["conv.weight"] = Tensor(s0, 0, [2, 3], [3, 1])
+sd["conv.weight_t"] = Tensor(s0, 0, [3, 2], [1, 3])
+sd["sigmas"] = Tensor(s1, 0, [3], [1])
+sd["norm.bias"] = Tensor(s2, 1, [1], [1])
+sd._metadata = collections.OrderedDict([("", {"version": 1})])
+pkl, ckpt = save(sd, [s0, s1, s2], "state")
+write("pickle", "state_dict.pkl", pkl); write("checkpoint", "state_dict.pt", ckpt)
+
+model = collections.OrderedDict()
+model["module.sigmas"] = Tensor(s1, 0, [3], [1])
+model["module.all_modules.0.W"] = Tensor(s2, 0, [2], [1])
+model["module.all_modules.1.weight"] = Tensor(s0, 0, [2, 3], [3, 1])
+ema_s = Storage("3", FloatStorage, [0.25] * 6)
+ema = {"decay": 0.999, "num_updates": 1, "shadow_params": [Tensor(ema_s, 0, [2, 3], [3, 1])]}
+opt = {"state": {1: {"step": Tensor(Storage("4", FloatStorage, [1.0]), 0, [], [])}},
+       "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "eps": 1e-8, "foreach": None,
+                         "amsgrad": False, "params": [0, 1, 2]}]}
+ckpt_obj = {"optimizer": opt, "model": model, "ema": ema, "step": 1}
+pkl, ckpt = save(ckpt_obj, [s0, s1, s2, ema_s, Storage("4", FloatStorage, [1.0])], "archive")
+write("pickle", "score_sde.pkl", pkl); write("checkpoint", "score_sde.pth", ckpt)
+write("pickle", "proto4.pkl", pickle.dumps({"a": [1, 2.5, "x", None, True, (1, 2, 3)], "big": 2**40}, protocol=4))
+
+# Safetensors: 8-byte header length, JSON header, data.
+def safetensors(tensors, meta=None):
+    header, data = {}, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    if meta: header["__metadata__"] = meta
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data
+tiny = {"time_embed.0.weight": ("F32", [2, 2], struct.pack("<4f", 1, 2, 3, 4)),
+        "out.2.bias": ("F16", [1], struct.pack("<e", 0.5)),
+        "sigmas": ("F64", [1], struct.pack("<d", 3.0))}
+write("weights", "tiny.safetensors", safetensors(tiny))
+meta = {"tweedie.kind": "vp", "tweedie.output": "eps", "tweedie.noise_input": "t",
+        "tweedie.data_range": "-1,1", "tweedie.sigma_min": "0.01", "tweedie.sigma_max": "157",
+        "tweedie.config": json.dumps({"arch": "ncsnpp", "image_size": 16, "nf": 8,
+                                      "ch_mult": "1,2", "num_res_blocks": 1, "attn_resolutions": "8"})}
+write("weights", "meta.safetensors", safetensors(tiny, meta))
+
+# PNG by hand (gray, RGB, RGBA, 16-bit gray).
+def png(w, h, color, depth, rows):
+    def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    raw = b"".join(b"\x00" + r for r in rows)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, color, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+write("image", "gray1.png", png(1, 1, 0, 8, [b"\x80"]))
+write("image", "rgb3.png", png(3, 2, 2, 8, [bytes(range(9)), bytes(range(9, 18))]))
+write("image", "rgba2.png", png(2, 2, 6, 8, [bytes(range(8)), bytes(range(8, 16))]))
+write("image", "gray16.png", png(2, 1, 0, 16, [b"\x12\x34\xff\xff"]))
