@@ -13,7 +13,7 @@ use tweedie_core::plan::PlanStep;
 use tweedie_core::tweedie::Parameterization;
 use tweedie_core::{Denoiser, Error, TimeMap};
 
-use crate::model::adm::forward::{forward, Input};
+use crate::model::adm::forward::{AdmModel, Input};
 use crate::model::adm::AdmArch;
 use crate::weights::Weights;
 
@@ -80,6 +80,8 @@ pub struct AdmDenoiser<'a> {
     pub threads: usize,
     /// Where a failing forward leaves its message.
     pub error: &'a Mutex<Option<String>>,
+    /// Built on the first call (arena and worker pool), then reused for every step.
+    model: Option<AdmModel<'a>>,
     input: Vec<f32>,
     output: Vec<f32>,
 }
@@ -101,6 +103,7 @@ impl<'a> AdmDenoiser<'a> {
             noise_input,
             threads,
             error,
+            model: None,
             input: Vec::new(),
             output: Vec::new(),
         }
@@ -141,13 +144,17 @@ impl Denoiser for AdmDenoiser<'_> {
             height: size,
             width: size,
         };
-        if let Err(e) = forward(
-            self.arch,
-            self.weights,
-            &input,
-            self.threads,
-            &mut self.output,
-        ) {
+        if self.model.is_none() {
+            match AdmModel::new(self.arch, self.weights, size, size, self.threads) {
+                Ok(m) => self.model = Some(m),
+                Err(e) => return Err(self.fail(format!("{e:#}"))),
+            }
+        }
+        let result = match self.model.as_mut() {
+            Some(model) => model.forward(&input, &mut self.output),
+            None => return Err(Error::Denoiser("the network could not be built")),
+        };
+        if let Err(e) = result {
             return Err(self.fail(format!("{e:#}")));
         }
         // Channels 0..C of each sample are ε / score / D (learn_sigma adds C more).
