@@ -86,3 +86,38 @@ fn parity_fails_below_round_off() {
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("parity FAILED"), "{stdout}");
 }
+
+/// bench builds random weights for the golden config, runs at image_size and ends with the
+/// machine-readable line; any other size is an error naming image_size.
+#[test]
+fn bench_runs_at_image_size_only() {
+    let c = golden("config.json");
+    let out = host(&[
+        "bench",
+        "--config",
+        &c,
+        "--size",
+        "32",
+        "--batch",
+        "2",
+        "--iters",
+        "1",
+        "--threads",
+        "2",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("model: ncsnpp") && stdout.contains("input 2x3x32x32"),
+        "{stdout}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("median_s=") && last.contains("iters=1"),
+        "{stdout}"
+    );
+    let out = host(&["bench", "--config", &c, "--size", "64", "--iters", "1"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("image_size"), "{stderr}");
+}
