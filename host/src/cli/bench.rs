@@ -9,22 +9,25 @@ use clap::Args;
 use super::common::{grouped, precision, threads};
 use crate::backend::profile;
 use crate::model::adm::forward::{AdmModel, Input};
-use crate::model::adm::AdmArch;
+use crate::model::adm::{AdmArch, AdmConfig};
 use crate::model::config::ModelConfig;
+use crate::model::ncsnpp::{self, NcsnppArch, NcsnppConfig, NcsnppModel};
 use crate::weights::Weights;
 
 const EXAMPLE: &str = "\
 Example:
-  host bench --config adm-ffhq256 --size 64 --batch 2 --iters 3 --threads 2";
+  host bench --config adm-ffhq256 --size 64 --batch 2 --iters 3 --threads 2
+  host bench --config ncsnpp-ffhq256 --size 256 --iters 2   (NCSN++: --size = image_size)";
 
 /// Arguments of `host bench`.
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLE)]
 pub struct BenchArgs {
-    /// Model config: a JSON file or a built-in name (adm-ffhq256).
+    /// Model config: a JSON file or a built-in name (adm-ffhq256, ncsnpp-ffhq256).
     #[arg(long, value_name = "C.json|NAME")]
     pub config: String,
-    /// Input height and width in pixels (a multiple of 2^(levels−1), 32 for FFHQ).
+    /// Input height and width in pixels (ADM: a multiple of 2^(levels−1), 32 for FFHQ;
+    /// NCSN++: exactly the config's image_size).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub size: u64,
     /// Samples per forward pass.
@@ -43,22 +46,50 @@ pub struct BenchArgs {
 
 /// Runs `host bench`.
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    let config = ModelConfig::load(&args.config)?.adm()?.clone();
-    let arch = AdmArch::new(&config)?;
     let (size, batch) = (args.size as usize, args.batch as usize);
+    let jobs = threads(args.threads.map(|j| j as usize));
+    match ModelConfig::load(&args.config)? {
+        ModelConfig::Adm(config) => bench_adm(args, &config, size, batch, jobs),
+        ModelConfig::Ncsnpp(config) => bench_ncsnpp(args, &config, size, batch, jobs),
+    }
+}
+
+/// Standard normal inputs, the same for every model.
+fn random_input(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| tweedie_core::noise::gaussian(1, 0, tweedie_core::noise::COUNTER_INIT, i as u64))
+        .collect()
+}
+
+/// Prints the model line of the report.
+fn describe(name: &str, weights: &Weights, shape: [usize; 4], macs: u64) {
+    let [n, c, h, w] = shape;
+    println!(
+        "model: {name}, {} parameters ({:.1} MB as stored); input {n}x{c}x{h}x{w}; {:.2} G MAC per forward",
+        grouped(weights.parameter_count() as u64),
+        weights.size_bytes() as f64 / 1e6,
+        macs as f64 / 1e9
+    );
+}
+
+fn bench_adm(
+    args: &BenchArgs,
+    config: &AdmConfig,
+    size: usize,
+    batch: usize,
+    jobs: usize,
+) -> Result<ExitCode> {
+    let arch = AdmArch::new(config)?;
     arch.check_input_size(size, size)?;
     let weights = Weights::random(&arch.state_dict(), precision(args.f16), 0);
     let macs = arch.macs(size, size) * batch as u64;
-    println!(
-        "model: adm, {} parameters ({:.1} MB as stored); input {batch}x{}x{size}x{size}; {:.2} G MAC per forward",
-        grouped(weights.parameter_count() as u64),
-        weights.size_bytes() as f64 / 1e6,
-        config.in_channels,
-        macs as f64 / 1e9
+    describe(
+        "adm",
+        &weights,
+        [batch, config.in_channels, size, size],
+        macs,
     );
-    let x: Vec<f32> = (0..batch * config.in_channels * size * size)
-        .map(|i| tweedie_core::noise::gaussian(1, 0, tweedie_core::noise::COUNTER_INIT, i as u64))
-        .collect();
+    let x = random_input(batch * config.in_channels * size * size);
     let t: Vec<f32> = (0..batch).map(|i| (500 + i) as f32).collect();
     let input = Input {
         x: &x,
@@ -68,18 +99,64 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         width: size,
     };
     let mut out = vec![0.0f32; batch * config.out_channels * size * size];
-    let jobs = threads(args.threads.map(|j| j as usize));
     let mut model = AdmModel::new(&arch, &weights, size, size, jobs)?;
+    print_arena(model.arena_bytes());
+    timed(args, jobs, macs, &mut out, &mut |out| {
+        model.forward(&input, out)
+    })
+}
+
+/// NCSN++ runs only at its configured `image_size`, so `--size` must equal it.
+fn bench_ncsnpp(
+    args: &BenchArgs,
+    config: &NcsnppConfig,
+    size: usize,
+    batch: usize,
+    jobs: usize,
+) -> Result<ExitCode> {
+    let arch = NcsnppArch::new(config)?;
+    arch.check_input_size(size, size)
+        .map_err(|e| anyhow::anyhow!("--size {size}: {e}"))?;
+    let weights = Weights::random(&arch.state_dict(), precision(args.f16), 0);
+    let macs = arch.macs() * batch as u64;
+    let channels = arch.channels();
+    describe("ncsnpp", &weights, [batch, channels, size, size], macs);
+    let x = random_input(batch * channels * size * size);
+    let sigma: Vec<f32> = (0..batch).map(|i| 10.0 * (i + 1) as f32).collect();
+    let input = ncsnpp::Input {
+        x: &x,
+        sigma: &sigma,
+        batch,
+    };
+    let mut out = vec![0.0f32; x.len()];
+    let mut model = NcsnppModel::new(&arch, &weights, jobs)?;
+    print_arena(model.arena_bytes());
+    timed(args, jobs, macs, &mut out, &mut |out| {
+        model.forward(&input, ncsnpp::Output::Score, out)
+    })
+}
+
+fn print_arena(bytes: usize) {
     println!(
         "arena: {:.1} MB of activations and scratch",
-        model.arena_bytes() as f64 / 1e6
+        bytes as f64 / 1e6
     );
-    model.forward(&input, &mut out)?;
+}
+
+/// One warm-up pass, then `--iters` timed passes; prints the timing lines.
+fn timed(
+    args: &BenchArgs,
+    jobs: usize,
+    macs: u64,
+    out: &mut [f32],
+    forward: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+) -> Result<ExitCode> {
+    forward(out)?;
     profile::reset();
     let mut seconds = Vec::new();
     for _ in 0..args.iters {
         let start = Instant::now();
-        model.forward(&input, &mut out)?;
+        forward(out)?;
         seconds.push(start.elapsed().as_secs_f64());
     }
     if out.iter().any(|v| !v.is_finite()) {
