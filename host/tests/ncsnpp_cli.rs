@@ -121,3 +121,44 @@ fn bench_runs_at_image_size_only() {
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
     assert!(stderr.contains("image_size"), "{stderr}");
 }
+
+/// sample runs the golden NCSN++ weights (no metadata: the flags say VE / score / σ) for
+/// K = 3 steps and writes its outputs.
+#[test]
+fn sample_with_golden_weights() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ncsnpp_sample");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (w, c, o) = (
+        golden("weights.safetensors"),
+        golden("config.json"),
+        dir.display().to_string(),
+    );
+    let out = host(&[
+        "sample",
+        "--weights",
+        &w,
+        "--config",
+        &c,
+        "--kind",
+        "ve",
+        "--net-output",
+        "score",
+        "--noise-input",
+        "sigma",
+        "--sigma-min",
+        "0.01",
+        "--sigma-max",
+        "348",
+        "--steps",
+        "3",
+        "--n",
+        "1",
+        "--out",
+        &o,
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let files = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    assert!(files > 0, "no outputs in {o}: {stdout}\n{stderr}");
+    assert!(dir.join("sample_0000.png").is_file(), "{stdout}\n{stderr}");
+}

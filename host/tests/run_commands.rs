@@ -517,8 +517,14 @@ fn bad_input_is_one_clear_error_and_leaves_no_output() {
                 &golden("weights.safetensors"),
                 "--config",
                 "ncsnpp-ffhq256",
+                "--kind",
+                "ve",
+                "--net-output",
+                "score",
+                "--noise-input",
+                "sigma",
             ]),
-            "NCSN++ is not implemented yet",
+            "weights do not match the model config",
         ),
         (
             with(

@@ -20,6 +20,8 @@ use tweedie_core::{vp, Denoiser};
 
 use crate::cli::common::{precision, resolve_config};
 use crate::model::adm::AdmArch;
+use crate::model::config::ModelConfig;
+use crate::model::ncsnpp::{NcsnppArch, NcsnppDenoiser, NcsnppModel};
 use crate::tensors::SafetensorsFile;
 use crate::weights::meta::{DataRange, Kind, NetOutput};
 use crate::weights::{Weights, WeightsMeta};
@@ -86,6 +88,13 @@ pub enum Source {
         /// Noise input.
         noise_input: NoiseInputKind,
     },
+    /// score_sde's NCSN++ (VE, score output, σ input, data in [0, 1]).
+    Ncsnpp {
+        /// Architecture.
+        arch: Box<NcsnppArch>,
+        /// Weights.
+        weights: Box<Weights>,
+    },
 }
 
 /// A resolved model: its scale, data range, trained noise range, image shape and source.
@@ -108,9 +117,6 @@ pub struct Model {
     pub description: serde_json::Value,
     error: Mutex<Option<String>>,
 }
-
-/// Built-in config names known to exist but not implemented.
-const NOT_IMPLEMENTED: &[&str] = &["ncsnpp-ffhq256"];
 
 fn parse_flag<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T> {
     parse(value).with_context(|| format!("--{flag} {value}: not an accepted value"))
@@ -171,13 +177,6 @@ impl ModelArgs {
             bail!("--weights is required (a .safetensors file or gaussian:MEAN,STD)");
         };
         self.sigma_flags()?;
-        if let Some(cfg) = self
-            .config
-            .as_deref()
-            .filter(|c| NOT_IMPLEMENTED.contains(c))
-        {
-            bail!("--config {cfg}: NCSN++ is not implemented yet (only ADM networks run)");
-        }
         match spec.strip_prefix("gaussian:") {
             Some(rest) => self.gaussian(spec, rest),
             None => self.network(spec),
@@ -233,9 +232,7 @@ impl ModelArgs {
         for key in &meta.unknown {
             eprintln!("warning: {label}: unknown metadata key {key} ignored");
         }
-        let config = resolve_config(self.config.as_deref(), &meta, &label)?
-            .adm()?
-            .clone();
+        let config = resolve_config(self.config.as_deref(), &meta, &label)?;
         let kind = pick("kind", self.kind_flag()?, meta.kind, "tweedie.kind", &label)
             .with_context(|| format!("{label} has no tweedie.kind metadata; pass --kind vp|ve"))?;
         let out_flag = self
@@ -297,6 +294,38 @@ impl ModelArgs {
             (Kind::Vp, _, _) => Some((vp::SIGMA_MIN, vp::SIGMA_MAX)),
             (Kind::Ve, _, _) => None,
         };
+        if let ModelConfig::Ncsnpp(c) = &config {
+            // The NCSN++ forward itself forms the score of a VE network conditioned on σ.
+            if (kind, output, noise_name.as_str(), data_range)
+                != (Kind::Ve, NetOutput::Score, "sigma", DataRange::ZeroOne)
+            {
+                bail!("{label}: NCSN++ runs as kind ve, output score, noise input sigma, data range 0,1");
+            }
+            let arch = NcsnppArch::new(c)?;
+            let weights = Weights::load(&file, &arch.state_dict(), precision(self.f16))?;
+            NcsnppModel::new(&arch, &weights, 1)?; // resolves every tensor once, up front
+            let description = json!({
+                "weights": spec, "arch": "ncsnpp", "config": config.to_json(), "kind": "ve",
+                "output": "score", "noise_input": "sigma", "data_range": "0,1",
+                "sigma_range": sigma_range, "parameters": weights.parameter_count(),
+                "f16": self.f16, "source": meta.source,
+            });
+            return Ok(Model {
+                kind,
+                data_range,
+                sigma_range,
+                channels: arch.channels(),
+                size: c.image_size,
+                source: Source::Ncsnpp {
+                    arch: Box::new(arch),
+                    weights: Box::new(weights),
+                },
+                label,
+                description,
+                error: Mutex::new(None),
+            });
+        }
+        let config = config.adm()?.clone();
         let arch = AdmArch::new(&config)?;
         let weights = Weights::load(&file, &arch.state_dict(), precision(self.f16))?;
         let net_kind = match kind {
@@ -353,7 +382,7 @@ impl Model {
     pub fn split_threads(&self, threads: usize, batches: usize) -> (usize, usize) {
         match self.source {
             Source::Gaussian(_) => (threads.min(batches).max(1), 1),
-            Source::Adm { .. } => (1, threads.max(1)),
+            Source::Adm { .. } | Source::Ncsnpp { .. } => (1, threads.max(1)),
         }
     }
 
@@ -374,6 +403,17 @@ impl Model {
                 threads,
                 &self.error,
             )),
+            // Checked at load: the model resolves (only threads = 0 could fail, excluded).
+            Source::Ncsnpp { arch, weights } => {
+                match NcsnppModel::new(arch, weights, threads.max(1)) {
+                    Ok(model) => Box::new(NcsnppDenoiser::new(model)),
+                    Err(e) => {
+                        *self.error.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("{e:#}"));
+                        Box::new(Unavailable)
+                    }
+                }
+            }
         }
     }
 
@@ -390,6 +430,23 @@ impl Model {
                 self.label
             )
         })
+    }
+}
+
+/// Stands in for a network that could not be built (its message is in `Model::take_error`).
+struct Unavailable;
+
+impl Denoiser for Unavailable {
+    fn denoise(
+        &mut self,
+        _: &[f32],
+        _: usize,
+        _: &tweedie_core::PlanStep,
+        _: &mut [f32],
+    ) -> Result<(), tweedie_core::Error> {
+        Err(tweedie_core::Error::Denoiser(
+            "the network could not be built",
+        ))
     }
 }
 
