@@ -194,6 +194,31 @@ impl Weights {
         }
     }
 
+    /// The tensor `name` as a kernel weight view, checked to hold exactly `len` values.
+    pub fn kernel_ref(&self, name: &str, len: usize) -> Result<tweedie_kernels::WeightsRef<'_>> {
+        let data = match self.get(name)?.data {
+            TensorData::F32(d) => tweedie_kernels::WeightsRef::F32(d),
+            TensorData::F16(d) => tweedie_kernels::WeightsRef::F16(d),
+        };
+        if data.len() != len {
+            bail!(
+                "weight tensor `{name}` has {} values, the architecture needs {len}",
+                data.len()
+            );
+        }
+        Ok(data)
+    }
+
+    /// The f32 tensor `name` (biases, norms), checked to hold exactly `len` values.
+    pub fn f32_exact(&self, name: &str, len: usize) -> Result<&[f32]> {
+        match self.kernel_ref(name, len)? {
+            tweedie_kernels::WeightsRef::F32(d) => Ok(d),
+            tweedie_kernels::WeightsRef::F16(_) => {
+                bail!("weight tensor `{name}` is stored as f16, expected f32")
+            }
+        }
+    }
+
     /// A tensor by PyTorch name, or an error naming it.
     pub fn get(&self, name: &str) -> Result<TensorRef<'_>> {
         let Some(&i) = self.index.get(name) else {

@@ -22,7 +22,7 @@ use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
 use super::arch::{AdmArch, Block, Layer, QkvOrder, Updown, GROUPNORM_GROUPS};
 use crate::backend::profile::{self, Kind};
 use crate::backend::Pool;
-use crate::weights::{TensorData, Weights};
+use crate::weights::Weights;
 
 /// GroupNorm32's epsilon.
 const GROUPNORM_EPS: f32 = 1e-5;
@@ -208,25 +208,11 @@ struct Resolver<'w> {
 
 impl<'w> Resolver<'w> {
     fn any(&self, name: &str, len: usize) -> Result<WeightsRef<'w>> {
-        let t = self.weights.get(name)?;
-        let data = match t.data {
-            TensorData::F32(d) => WeightsRef::F32(d),
-            TensorData::F16(d) => WeightsRef::F16(d),
-        };
-        if data.len() != len {
-            bail!(
-                "weight tensor `{name}` has {} values, the architecture needs {len}",
-                data.len()
-            );
-        }
-        Ok(data)
+        self.weights.kernel_ref(name, len)
     }
 
     fn f32(&self, name: &str, len: usize) -> Result<&'w [f32]> {
-        match self.any(name, len)? {
-            WeightsRef::F32(d) => Ok(d),
-            WeightsRef::F16(_) => bail!("weight tensor `{name}` is stored as f16, expected f32"),
-        }
+        self.weights.f32_exact(name, len)
     }
 
     fn norm(&self, p: &str, c: usize) -> Result<NormP<'w>> {

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Result};
 use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
 
 use super::arch::{groupnorm_groups, Module, NcsnppArch, Op, ResBlock, Updown, GROUPNORM_EPS};
-use crate::weights::{TensorData, Weights};
+use crate::weights::Weights;
 
 /// A batch of network inputs, NCHW, in the data range the network was trained on
 /// ([0, 1] for score_sde's uncentred configs; the network maps it to 2x − 1 itself).
@@ -226,24 +226,11 @@ struct Resolver<'w> {
 
 impl<'w> Resolver<'w> {
     fn any(&self, name: &str, len: usize) -> Result<WeightsRef<'w>> {
-        let data = match self.weights.get(name)?.data {
-            TensorData::F32(d) => WeightsRef::F32(d),
-            TensorData::F16(d) => WeightsRef::F16(d),
-        };
-        if data.len() != len {
-            bail!(
-                "weight tensor `{name}` has {} values, the architecture needs {len}",
-                data.len()
-            );
-        }
-        Ok(data)
+        self.weights.kernel_ref(name, len)
     }
 
     fn f32(&self, name: &str, len: usize) -> Result<&'w [f32]> {
-        match self.any(name, len)? {
-            WeightsRef::F32(d) => Ok(d),
-            WeightsRef::F16(_) => bail!("weight tensor `{name}` is stored as f16, expected f32"),
-        }
+        self.weights.f32_exact(name, len)
     }
 
     fn norm(&self, p: &str, channels: usize) -> Result<NormP<'w>> {
@@ -1153,6 +1140,7 @@ mod tests {
     use crate::tensors::SafetensorsFile;
     use crate::testdata::golden;
     use crate::weights::Precision;
+    use crate::weights::TensorData;
 
     fn golden_arch() -> NcsnppArch {
         let text = std::fs::read_to_string(golden("ncsnpp_small").join("config.json")).unwrap();
