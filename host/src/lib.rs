@@ -6,10 +6,12 @@
 //! - [`weights`]: strict safetensors loading into f32 or f16 storage, `tweedie.*` metadata.
 //! - [`tensors`]: reading safetensors files (inputs, references) with one-line errors.
 //! - [`parity`]: the formats.md §7 comparison criterion.
+//! - [`bundled`]: the models compiled into the binary (the default `--weights`).
 //! - [`cli`]: the `host` subcommands.
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bundled;
 pub mod cli;
 pub mod convert;
 pub mod denoiser;

@@ -18,6 +18,7 @@ use serde_json::json;
 use tweedie_core::tweedie::{NetKind, Parameterization};
 use tweedie_core::{vp, Denoiser};
 
+use crate::bundled;
 use crate::cli::common::{precision, resolve_config};
 use crate::model::adm::AdmArch;
 use crate::model::config::ModelConfig;
@@ -31,9 +32,10 @@ use network::{AdmDenoiser, NoiseInputKind};
 /// The model flags shared by `sample`, `restore`, `denoise` (and `schedule`, without weights).
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ModelArgs {
-    /// Weights: a safetensors file, or `gaussian:MEAN,STD` for the closed-form Gaussian prior
+    /// Weights: a safetensors file, `bundled:NAME` for a model compiled into the binary
+    /// (default: bundled:mnist-vp), or `gaussian:MEAN,STD` for the closed-form Gaussian prior
     /// (shape from --size/--channels, scale from --kind).
-    #[arg(long, value_name = "W.safetensors|gaussian:MEAN,STD")]
+    #[arg(long, value_name = "W.safetensors|bundled:NAME|gaussian:MEAN,STD")]
     pub weights: Option<String>,
     /// Model config: a JSON file or a built-in name (adm-ffhq256, ncsnpp-ffhq256). Overrides
     /// the weights' `tweedie.config`.
@@ -171,16 +173,27 @@ impl ModelArgs {
         Ok(())
     }
 
-    /// Loads the model `--weights` names; `--weights` is required.
+    /// Loads the model `--weights` names; without `--weights`, the bundled default model.
     pub fn load(&self) -> Result<Model> {
-        let Some(spec) = self.weights.as_deref() else {
-            bail!("--weights is required (a .safetensors file or gaussian:MEAN,STD)");
-        };
+        let default = format!("{}{}", bundled::PREFIX, bundled::DEFAULT);
+        let spec = self.weights.as_deref().unwrap_or(&default);
         self.sigma_flags()?;
-        match spec.strip_prefix("gaussian:") {
-            Some(rest) => self.gaussian(spec, rest),
-            None => self.network(spec),
+        if let Some(rest) = spec.strip_prefix("gaussian:") {
+            return self.gaussian(spec, rest);
         }
+        let file = match spec.strip_prefix(bundled::PREFIX) {
+            Some(name) => {
+                let model = bundled::find(name).with_context(|| {
+                    format!(
+                        "--weights {spec}: no such bundled model (have: {})",
+                        bundled::names()
+                    )
+                })?;
+                SafetensorsFile::from_bytes(model.bytes.to_vec(), spec.to_string())?
+            }
+            None => SafetensorsFile::open(Path::new(spec))?,
+        };
+        self.network(spec, file)
     }
 
     /// A model without weights (for `host schedule`): kind and σ range from the flags.
@@ -224,8 +237,7 @@ impl ModelArgs {
         })
     }
 
-    fn network(&self, spec: &str) -> Result<Model> {
-        let file = SafetensorsFile::open(Path::new(spec))?;
+    fn network(&self, spec: &str, file: SafetensorsFile) -> Result<Model> {
         let label = file.label().to_string();
         let meta =
             WeightsMeta::parse(&file.metadata()?).map_err(|e| anyhow::anyhow!("{label}: {e:#}"))?;

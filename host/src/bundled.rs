@@ -1,0 +1,60 @@
+//! The models shipped inside the `host` binary, so the README's main command needs no
+//! download: `host sample`, `host restore` and `host denoise` use the MNIST VP model when no
+//! `--weights` is given, and `--weights bundled:NAME` names one explicitly.
+//!
+//! The files are the EMA weights written by `host train` (f16, `tweedie.*` metadata); how
+//! they were trained is in models/README.md and in their `tweedie.train` metadata.
+
+/// A model compiled into the binary.
+pub struct BundledModel {
+    /// The name after `bundled:`.
+    pub name: &'static str,
+    /// One line for help texts.
+    pub about: &'static str,
+    /// The safetensors file.
+    pub bytes: &'static [u8],
+}
+
+/// The `--weights` prefix that names a bundled model.
+pub const PREFIX: &str = "bundled:";
+
+/// The model used when `--weights` is absent.
+pub const DEFAULT: &str = "mnist-vp";
+
+/// Every bundled model.
+pub const MODELS: &[BundledModel] = &[BundledModel {
+    name: "mnist-vp",
+    about: "MNIST digits, 1×32×32, VP (DDPM ε-prediction, t input), ADM 1.19 M parameters",
+    bytes: include_bytes!("../../models/mnist-vp.safetensors"),
+}];
+
+/// The bundled model called `name`.
+pub fn find(name: &str) -> Option<&'static BundledModel> {
+    MODELS.iter().find(|m| m.name == name)
+}
+
+/// The names, comma-separated (for error messages).
+pub fn names() -> String {
+    MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensors::SafetensorsFile;
+    use crate::weights::WeightsMeta;
+
+    /// Every bundled file is valid safetensors with the metadata a sampler needs.
+    #[test]
+    fn bundled_files_carry_their_metadata() {
+        for m in MODELS {
+            let file = SafetensorsFile::from_bytes(m.bytes.to_vec(), m.name.into()).unwrap();
+            let meta = WeightsMeta::parse(&file.metadata().unwrap()).unwrap();
+            assert!(meta.kind.is_some(), "{}", m.name);
+            assert!(meta.output.is_some(), "{}", m.name);
+            assert!(meta.noise_input.is_some(), "{}", m.name);
+        }
+        assert!(find(DEFAULT).is_some());
+        assert!(find("nope").is_none());
+    }
+}
