@@ -2,7 +2,8 @@
 //! bit-exact `--resume`, a loss log and the exported EMA weights (formats §3 metadata).
 //!
 //! Files next to `--out M.safetensors`: `M.ckpt.safetensors` (checkpoint, atomic, also
-//! written on Ctrl-C / SIGTERM), `M.loss.csv` (step, loss, grad_norm, lr) and `M.loss.png`.
+//! written on Ctrl-C / SIGTERM), `M.loss.csv` (step, loss, grad_norm, lr), `M.loss.png` and,
+//! with `--sample-every`, sample grids in `M.samples/`.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -89,10 +90,17 @@ pub struct TrainArgs {
     /// Write a checkpoint (and the weights) every M steps (0: only at the end / on a stop).
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: u64,
-    /// Sample grids during training are not implemented yet: run `host sample` on the
-    /// exported weights instead (accepted for compatibility, must be 0).
+    /// Every M steps, export the EMA weights and sample a grid of --sample-n images with them
+    /// (`host sample`, preset vp-uncond-sigmoid or ve-uncond with --sample-steps steps, seed 0,
+    /// so grids of different steps are comparable): `M.samples/step_NNNNNN.png` (0: never).
     #[arg(long, default_value_t = 0)]
     pub sample_every: u64,
+    /// Images per grid of --sample-every.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub sample_n: u64,
+    /// Sampling steps K for the grids of --sample-every.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub sample_steps: u64,
     /// Log a line every M steps.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
@@ -145,11 +153,6 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         }
         other => bail!("--preset {other}: expected vp or ve"),
     };
-    if args.sample_every != 0 {
-        bail!(
-            "--sample-every is not implemented yet; sample the exported weights with `host sample`"
-        );
-    }
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -270,8 +273,18 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             }
             window = (0.0, 0);
         }
-        if args.checkpoint_every > 0 && step % args.checkpoint_every == 0 {
+        let checkpoint = args.checkpoint_every > 0 && step % args.checkpoint_every == 0;
+        let grid = args.sample_every > 0 && step % args.sample_every == 0;
+        if checkpoint || grid {
             save(&run)?;
+        }
+        if grid {
+            let path = sample_grid(args, preset, step, threads)?;
+            let line = format!("step {step}: sample grid {}", path.display());
+            match &bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
         }
         if stop.requested() {
             eprintln!("train: stop requested; writing a checkpoint at step {step}");
@@ -292,6 +305,46 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         ckpt.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--sample-every`: runs `host sample` on the just-exported EMA weights in a scratch folder
+/// and keeps its grid as `M.samples/step_NNNNNN.png`.
+fn sample_grid(args: &TrainArgs, preset: Preset, step: u64, threads: usize) -> Result<PathBuf> {
+    let dir = sibling(&args.out, "samples");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let scratch = dir.join(format!(".run_{step:06}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let preset_name = match preset {
+        Preset::Vp => "vp-uncond-sigmoid",
+        Preset::Ve { .. } => "ve-uncond",
+    };
+    let argv = [
+        "host".to_string(),
+        "sample".into(),
+        "--weights".into(),
+        args.out.display().to_string(),
+        "--preset".into(),
+        preset_name.into(),
+        "--steps".into(),
+        args.sample_steps.to_string(),
+        "--n".into(),
+        args.sample_n.to_string(),
+        "--seed".into(),
+        "0".into(),
+        "--threads".into(),
+        threads.to_string(),
+        "--out".into(),
+        scratch.display().to_string(),
+        "--quiet".into(),
+    ];
+    let cli = <super::Cli as clap::Parser>::try_parse_from(argv)
+        .context("--sample-every: building the sample command")?;
+    super::run(cli).context("--sample-every: sampling the exported weights")?;
+    let grid = dir.join(format!("step_{step:06}.png"));
+    std::fs::rename(scratch.join("grid.png"), &grid)
+        .with_context(|| format!("cannot write {}", grid.display()))?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(grid)
 }
 
 /// Writes the weights with `tweedie.*` metadata; with `f16`, conv and linear weights become
