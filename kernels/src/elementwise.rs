@@ -99,6 +99,36 @@ mod tests {
     }
 
     #[test]
+    fn exp_close_to_libm_and_handles_extremes() {
+        // Against libm's correctly-rounded-ish expf over the softmax range x − max ≤ 0 and the
+        // SiLU range, at non-round arguments.
+        let mut worst = 0f32;
+        for i in 0..200_000 {
+            let x = -87.0 + i as f32 * (87.0 + 88.0) / 200_000.0 + 1.234e-4;
+            let want = libm::expf(x);
+            worst = worst.max(((exp(x) - want) / want).abs());
+        }
+        assert!(
+            worst <= 3.0 * f32::EPSILON,
+            "worst relative error {worst:e}"
+        );
+        // Exact where e^x is exactly representable: x = 0, and e^(n·ln 2) within 1 ulp.
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-0.0), 1.0);
+        // Very negative inputs: positive, tiny, monotone, never subnormal, never NaN.
+        let tiny = [-87.0f32, -100.0, -1e4, -3.4e38, f32::NEG_INFINITY].map(exp);
+        assert!(
+            tiny.iter()
+                .all(|&v| v > 0.0 && v < 1.7e-38 && v.is_normal()),
+            "{tiny:?}"
+        );
+        assert!(exp(-86.0) > exp(-87.0));
+        // Very large inputs saturate at e^88 (finite); NaN propagates.
+        assert!(exp(f32::INFINITY).is_finite() && exp(f32::INFINITY) == exp(88.0));
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
     fn silu_matches_f64_formula() {
         for i in -200..=200 {
             let v = i as f32 * 0.1;
