@@ -8,10 +8,45 @@ use crate::{check_len, check_range, KernelError};
 /// depend on how the caller splits the groups.
 const LANES: usize = 8;
 
+/// Calls `$plain(args…)`, or its twin `$avx2` compiled with AVX2 when [`crate::Isa::detected`]
+/// reports the CPU has it. The bodies are plain IEEE f32/f64 arithmetic without fused
+/// multiply-adds, so both compilations give the same bits: AVX2 only doubles the vector width
+/// (the portable build targets baseline x86-64, 4 f32 lanes).
+macro_rules! dispatch {
+    ($plain:ident $(::<$g:tt>)?, $avx2:ident, $args:expr) => {{
+        let args = $args;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::Isa::detected().is_simd() {
+                // SAFETY: Isa::detected() reports a SIMD path only when the CPU has AVX2 and
+                // FMA (checked by the host before enable_avx2_fma, or compiled in).
+                unsafe { $avx2 $(::<$g>)? (args) }
+            } else {
+                $plain $(::<$g>)? (args)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $plain $(::<$g>)? (args)
+        }
+    }};
+}
+
 /// Mean and biased variance of `x`, in one pass of f64 sums of x and x² (8 interleaved lanes).
 /// In f64 the cancellation in E[x²] − μ² costs ~1e-16·μ²/σ² relative, negligible for any
 /// activation an f32 network produces.
 fn mean_var(x: &[f32]) -> (f64, f64) {
+    dispatch!(mean_var_body, mean_var_avx2, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn mean_var_avx2(x: &[f32]) -> (f64, f64) {
+    mean_var_body(x)
+}
+
+#[inline(always)]
+fn mean_var_body(x: &[f32]) -> (f64, f64) {
     let mut s1 = [0f64; LANES];
     let mut s2 = [0f64; LANES];
     let chunks = x.chunks_exact(LANES);
@@ -35,6 +70,32 @@ fn mean_var(x: &[f32]) -> (f64, f64) {
 
 fn tree(a: &[f64; LANES]) -> f64 {
     ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+/// Argument tuple of [`channel_forward`]: group constants, channel constants, whether FiLM
+/// applies, whether SiLU follows, one channel of x and of y.
+type FwdArgs<'a> = (&'a Pre, &'a Chan, bool, bool, &'a [f32], &'a mut [f32]);
+
+/// One channel of the forward: y = (x − μ)·s + β, then y·fs + fb if FiLM, then SiLU.
+#[inline(always)]
+fn channel_forward((pre, ch, film, silu, xc, yc): FwdArgs) {
+    for (y, &v) in yc.iter_mut().zip(xc) {
+        *y = ((v - pre.mean_hi) - pre.mean_lo) * ch.s + ch.b;
+    }
+    if film {
+        for y in yc.iter_mut() {
+            *y = *y * ch.fs + ch.fb;
+        }
+    }
+    if silu {
+        silu_inplace(yc);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn channel_forward_avx2(args: FwdArgs) {
+    channel_forward(args)
 }
 
 /// GroupNorm over `x` = [channels, hw] for the groups `g` (channels g.start·cpg .. g.end·cpg,
@@ -87,20 +148,19 @@ pub fn group_norm(
             .enumerate()
         {
             let c = gi * cpg + j;
-            let s = (rstd * gamma[c] as f64) as f32;
-            let b = beta[c];
-            for (y, &v) in yc.iter_mut().zip(xc) {
-                *y = ((v - mean_hi) - mean_lo) * s + b;
-            }
-            if let Some((scale, shift)) = film {
-                let (fs, fb) = (1.0 + scale[c], shift[c]);
-                for y in yc.iter_mut() {
-                    *y = *y * fs + fb;
-                }
-            }
-            if silu_after {
-                silu_inplace(yc);
-            }
+            let ch = Chan {
+                s: (rstd * gamma[c] as f64) as f32,
+                b: beta[c],
+                fs: film.map_or(1.0, |(scale, _)| 1.0 + scale[c]),
+                fb: film.map_or(0.0, |(_, shift)| shift[c]),
+            };
+            let pre = Pre {
+                mean_hi,
+                mean_lo,
+                rstd: 0.0, // unused by the forward
+            };
+            let args = (&pre, &ch, film.is_some(), silu_after, xc, yc);
+            dispatch!(channel_forward, channel_forward_avx2, args);
         }
     }
     Ok(())
@@ -186,9 +246,17 @@ pub fn group_norm_backward(
             let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
             // Σ gz·y₁, Σ gz, Σ dy₁·x̂, Σ dy₁
             let sums = if silu_after {
-                channel_sums::<true>(&pre, &ch, xc, dyc)
+                dispatch!(
+                    channel_sums::<true>,
+                    channel_sums_avx2,
+                    (&pre, &ch, xc, dyc)
+                )
             } else {
-                channel_sums::<false>(&pre, &ch, xc, dyc)
+                dispatch!(
+                    channel_sums::<false>,
+                    channel_sums_avx2,
+                    (&pre, &ch, xc, dyc)
+                )
             };
             let l = gl * cpg + j;
             if let Some((dscale, dshift)) = dfilm.as_mut() {
@@ -210,10 +278,11 @@ pub fn group_norm_backward(
             let ch = pre.channel(c, rstd, gamma, beta, film);
             let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
             let dxc = &mut dx[(gl * cpg + j) * hw..][..hw];
+            let args = (&pre, &ch, gamma[c], m, xc, dyc, dxc);
             if silu_after {
-                channel_dx::<true>(&pre, &ch, gamma[c], m, xc, dyc, dxc);
+                dispatch!(channel_dx::<true>, channel_dx_avx2, args);
             } else {
-                channel_dx::<false>(&pre, &ch, gamma[c], m, xc, dyc, dxc);
+                dispatch!(channel_dx::<false>, channel_dx_avx2, args);
             }
         }
     }
@@ -226,10 +295,20 @@ pub fn group_norm_backward(
 /// while the per-element work stays in vectorisable f32.
 const BLOCK: usize = 256;
 
+/// Argument tuple of [`channel_sums`]: group and channel constants, one channel of x and dy.
+type SumArgs<'a> = (&'a Pre, &'a Chan, &'a [f32], &'a [f32]);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn channel_sums_avx2<const SILU: bool>(args: SumArgs) -> [f64; 4] {
+    channel_sums::<SILU>(args)
+}
+
 /// The four sums of pass 1 over one channel: [Σ gz·y₁, Σ gz, Σ dy₁·x̂, Σ dy₁], element i
 /// added to f32 lane i mod [`LANES`] of its [`BLOCK`], the blocks' lanes summed in f64 in
 /// a fixed order (independent of how the caller splits the groups).
-fn channel_sums<const SILU: bool>(pre: &Pre, ch: &Chan, xc: &[f32], dyc: &[f32]) -> [f64; 4] {
+#[inline(always)]
+fn channel_sums<const SILU: bool>((pre, ch, xc, dyc): SumArgs) -> [f64; 4] {
     let mut total = [0f64; 4];
     for (xb, db) in xc.chunks(BLOCK).zip(dyc.chunks(BLOCK)) {
         let mut acc = [[0f32; LANES]; 4];
@@ -258,17 +337,28 @@ fn channel_sums<const SILU: bool>(pre: &Pre, ch: &Chan, xc: &[f32], dyc: &[f32])
     total
 }
 
+/// Argument tuple of [`channel_dx`]: group and channel constants, γ of the channel, the
+/// group means m, one channel of x, dy and dx.
+type DxArgs<'a> = (
+    &'a Pre,
+    &'a Chan,
+    f32,
+    [f32; 2],
+    &'a [f32],
+    &'a [f32],
+    &'a mut [f32],
+);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn channel_dx_avx2<const SILU: bool>(args: DxArgs) {
+    channel_dx::<SILU>(args)
+}
+
 /// Pass 2 over one channel: dx += rstd·((dy₁·γ − m[0]) − x̂·m[1]), m = the group means of
 /// dx̂ and dx̂·x̂.
-fn channel_dx<const SILU: bool>(
-    pre: &Pre,
-    ch: &Chan,
-    gc: f32,
-    m: [f32; 2],
-    xc: &[f32],
-    dyc: &[f32],
-    dxc: &mut [f32],
-) {
+#[inline(always)]
+fn channel_dx<const SILU: bool>((pre, ch, gc, m, xc, dyc, dxc): DxArgs) {
     for ((d, &v), &dy) in dxc.iter_mut().zip(xc).zip(dyc) {
         let (xhat, _, _, dy1) = ch.element::<SILU>(pre, v, dy);
         *d += pre.rstd * ((dy1 * gc - m[0]) - xhat * m[1]);
@@ -693,6 +783,45 @@ mod backward_tests {
         }
     }
 
+    /// The AVX2 twins compute the same bits as the portable bodies (no FMA, same order), so
+    /// the gradients do not depend on the CPU's vector width either.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_twins_give_the_portable_bits() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let hw = 2 * BLOCK + 13;
+        let x: Vec<f32> = data(hw, 5).iter().map(|v| 3.0 * v + 0.7).collect();
+        let dy = data(hw, 6);
+        let (mean, var) = mean_var(&x);
+        let rstd = 1.0 / (var + 1e-5).sqrt();
+        let pre = Pre {
+            mean_hi: mean as f32,
+            mean_lo: (mean - (mean as f32) as f64) as f32,
+            rstd: rstd as f32,
+        };
+        let ch = pre.channel(0, rstd, &[1.3], &[0.2], Some((&[0.4], &[-0.3])));
+        // SAFETY (all four): the CPU has AVX2 (checked above).
+        for silu in [false, true] {
+            let mut y = vec![0f32; hw];
+            let mut y2 = vec![0f32; hw];
+            channel_forward((&pre, &ch, true, silu, &x, &mut y));
+            unsafe { channel_forward_avx2((&pre, &ch, true, silu, &x, &mut y2)) };
+            assert_eq!(y, y2);
+        }
+        assert_eq!(mean_var_body(&x), unsafe { mean_var_avx2(&x) });
+        let sums = channel_sums::<true>((&pre, &ch, &x, &dy));
+        assert_eq!(sums, unsafe {
+            channel_sums_avx2::<true>((&pre, &ch, &x, &dy))
+        });
+        let mut dx = vec![0.5f32; hw];
+        let mut dx2 = dx.clone();
+        channel_dx::<true>((&pre, &ch, 1.3, [0.1, -0.2], &x, &dy, &mut dx));
+        unsafe { channel_dx_avx2::<true>((&pre, &ch, 1.3, [0.1, -0.2], &x, &dy, &mut dx2)) };
+        assert_eq!(dx, dx2);
+    }
+
     #[test]
     fn every_split_gives_the_same_bits_and_accumulates() {
         for cpg in 1..=4 {
@@ -821,6 +950,15 @@ mod timing {
     #[test]
     #[ignore]
     fn group_norm_backward_throughput() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::env::var_os("PORTABLE").is_none()
+        // PORTABLE=1: time the baseline build
+        {
+            // SAFETY: checked just above.
+            unsafe { crate::enable_avx2_fma() };
+        }
         for (c, hw) in [(32, 1024), (64, 256), (64, 1024)] {
             let x: Vec<f32> = (0..c * hw)
                 .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
