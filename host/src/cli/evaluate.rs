@@ -52,7 +52,7 @@ pub enum Mode {
     /// Nearest MNIST training image of each sample: 1-NN labels and memorisation check.
     Nearest(NearestArgs),
     /// Restoration PSNR table on MNIST test digits (back-projection, Gaussian MMSE, diffusion).
-    Restoration(RestorationArgs),
+    Restoration(Box<RestorationArgs>),
 }
 
 /// Arguments of `host evaluate nearest`.
