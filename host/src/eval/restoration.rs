@@ -175,3 +175,50 @@ pub fn back_projection<A: ForwardOperator + ?Sized>(m: &Measurement, op: &A) -> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::measurement::MeasureOptions;
+
+    fn measurement(task: Task) -> Measurement {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 / 32.0) - 1.0).collect();
+        let opts = MeasureOptions {
+            task,
+            sigma_y: 0.1,
+            seed: 3,
+            p: 0.5,
+            rect: None,
+        };
+        Measurement::make(
+            &x,
+            (1, 8, 8),
+            &opts,
+            crate::weights::meta::DataRange::MinusOneOne,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn inpainting_back_projection_is_zero_fill() {
+        let m = measurement(Task::Inpaint);
+        let back = back_projection(&m, &m.operator().unwrap()).unwrap();
+        let mask = m.mask.as_ref().unwrap();
+        assert_eq!(mask.iter().filter(|&&v| v == 0.0).count(), 32);
+        for ((b, y), k) in back.iter().zip(&m.y).zip(mask) {
+            assert_eq!(*b, if *k == 1.0 { *y } else { 0.0 });
+        }
+    }
+
+    #[test]
+    fn sr_back_projection_is_nearest_upsampling() {
+        let m = measurement(Task::Sr4);
+        let back = back_projection(&m, &m.operator().unwrap()).unwrap();
+        for r in 0..8 {
+            for c in 0..8 {
+                assert_eq!(back[r * 8 + c], m.y[(r / 4) * 2 + c / 4]);
+            }
+        }
+    }
+}
