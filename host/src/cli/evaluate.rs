@@ -88,8 +88,15 @@ pub enum EvalTask {
     Sr4,
 }
 
+const RESTORATION_NOTE: &str = "\
+Without --steps, K = 100 here (the conditional presets' own K is 750). The preset defaults to
+{kind}-inpaint or {kind}-sr4 with the official step rule gamma = min(c sigma^2, sigma_y^2).
+Example:
+  host evaluate restoration --weights M.safetensors --task sr4 --count 100 --samples 32 --out sr.json";
+
 /// Arguments of `host evaluate restoration`.
 #[derive(Debug, Args, Serialize)]
+#[command(after_help = RESTORATION_NOTE)]
 pub struct RestorationArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
