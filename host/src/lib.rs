@@ -7,6 +7,7 @@
 //! - [`tensors`]: reading safetensors files (inputs, references) with one-line errors.
 //! - [`parity`]: the formats.md §7 comparison criterion.
 //! - [`bundled`]: the models compiled into the binary (the default `--weights`).
+//! - [`eval`]: model quality on MNIST (nearest neighbours, restoration table).
 //! - [`cli`]: the `host` subcommands.
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod bundled;
 pub mod cli;
 pub mod convert;
 pub mod denoiser;
+pub mod eval;
 pub mod image_io;
 pub mod model;
 pub mod parity;

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod common;
 pub mod convert;
 pub mod denoise;
+pub mod evaluate;
 pub mod measure;
 pub mod parity;
 pub mod restore;
@@ -29,6 +30,7 @@ Examples:
   host denoise --weights W.safetensors --sigma 0.3 in.png out.png
   host schedule --kind vp --preset vp-uncond-sigmoid --plot s.png
   host train --data data/mnist --preset vp --config models/mnist-vp.json --steps 20000 --out m.safetensors
+  host evaluate nearest --samples run1/samples.safetensors --data data/mnist
   host convert --from ffhq_10m.pt --to adm_ffhq.safetensors --config adm-ffhq256
 
 Exit code: 0 success, 1 a check failed, 2 error. `host help <COMMAND>` explains each command.";
@@ -63,6 +65,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Convert a PyTorch checkpoint (.pt/.pth) to a safetensors weights file with metadata.
     Convert(convert::ConvertArgs),
+    /// Model quality on MNIST: nearest training images of samples, restoration PSNR table.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 /// Exit code for a check that ran and failed.
@@ -82,5 +86,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Schedule(args) => schedule::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Evaluate(args) => evaluate::run(&args),
     }
 }

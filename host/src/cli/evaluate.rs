@@ -1,0 +1,469 @@
+//! `host evaluate`: the model quality report of models/README.md, on MNIST.
+//!
+//! - `nearest`: the nearest training image of every sample of a `host sample` run (1-NN label
+//!   histogram, and sample → train distances next to the same statistic for held-out test
+//!   digits, so memorisation would show as samples much closer to the training set).
+//! - `restoration`: PSNR (mean ± standard error over test digits) of the back-projection, the
+//!   Gaussian-prior MMSE estimate, one diffusion sample and the mean of N diffusion samples,
+//!   for random inpainting or 4× super-resolution. Digit i (test index first + i) is measured
+//!   and sampled with seed S + i, exactly as `host restore --seed S+i` would do on it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use serde_json::json;
+use tweedie_core::plan::StepPlan;
+
+use super::common::threads;
+use crate::denoiser::{Model, ModelArgs};
+use crate::eval::gaussian_fit::fit;
+use crate::eval::nearest::{nearest, Neighbour};
+use crate::eval::restoration::{Scores, Setup, METHODS};
+use crate::eval::stats::{mean_se, spread};
+use crate::run::measurement::Task;
+use crate::run::output::{build_info, json_bytes, Outputs};
+use crate::run::plan::PlanArgs;
+use crate::run::progress::human_seconds;
+use crate::tensors::SafetensorsFile;
+use crate::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
+
+const EXAMPLE: &str = "\
+Examples:
+  host evaluate nearest --samples run1/samples.safetensors --data data/mnist --out nn.json
+  host evaluate restoration --weights M.safetensors --data data/mnist --task inpaint \\
+       --sigma-y 0.1 --count 100 --samples 32 --preset vp-inpaint --steps 100 --out ip.json";
+
+/// Arguments of `host evaluate`.
+#[derive(Debug, Args, Serialize)]
+#[command(after_help = EXAMPLE)]
+pub struct EvaluateArgs {
+    /// What to evaluate.
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+/// The evaluations.
+#[derive(Debug, Subcommand, Serialize)]
+pub enum Mode {
+    /// Nearest MNIST training image of each sample: 1-NN labels and memorisation check.
+    Nearest(NearestArgs),
+    /// Restoration PSNR table on MNIST test digits (back-projection, Gaussian MMSE, diffusion).
+    Restoration(Box<RestorationArgs>),
+}
+
+/// Arguments of `host evaluate nearest`.
+#[derive(Debug, Args, Serialize)]
+pub struct NearestArgs {
+    /// The samples: a samples.safetensors of `host sample`, or its folder.
+    #[arg(long, value_name = "DIR/samples.safetensors")]
+    pub samples: PathBuf,
+    /// MNIST folder (IDX files, scripts/fetch-mnist.sh).
+    #[arg(long, value_name = "DIR", default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Number of MNIST test images (the first ones) for the held-out baseline.
+    #[arg(long, default_value_t = 200)]
+    pub baseline: usize,
+    /// Distances below this (L2 in the data range over the whole image) count as copies.
+    #[arg(long, default_value_t = 1.0)]
+    pub copy_threshold: f64,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write the report as JSON.
+    #[arg(long, value_name = "report.json")]
+    pub out: Option<PathBuf>,
+}
+
+/// The tasks of the restoration table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalTask {
+    /// Random inpainting (a fraction --p of the pixels missing).
+    Inpaint,
+    /// 4× super-resolution.
+    Sr4,
+}
+
+const RESTORATION_NOTE: &str = "\
+Without --steps, K = 100 here (the conditional presets' own K is 750). The preset defaults to
+{kind}-inpaint or {kind}-sr4 with the official step rule gamma = min(c sigma^2, sigma_y^2).
+Example:
+  host evaluate restoration --weights M.safetensors --task sr4 --count 100 --samples 32 --out sr.json";
+
+/// Arguments of `host evaluate restoration`.
+#[derive(Debug, Args, Serialize)]
+#[command(after_help = RESTORATION_NOTE)]
+pub struct RestorationArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// Schedule and sampler flags as for host restore; without --steps, K = 100 here.
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub plan: PlanArgs,
+    /// MNIST folder (IDX files): the training split fits the Gaussian prior, test digits are
+    /// restored.
+    #[arg(long, value_name = "DIR", default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Number of test digits.
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+    /// Index of the first test digit.
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
+    /// The inverse problem.
+    #[arg(long, value_enum)]
+    pub task: EvalTask,
+    /// Measurement noise σ_y in data-range units.
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true)]
+    pub sigma_y: f64,
+    /// Missing fraction for --task inpaint.
+    #[arg(long, default_value_t = 0.92)]
+    pub p: f64,
+    /// Diffusion samples (chains) per digit; their mean is the MMSE estimate.
+    #[arg(long, default_value_t = 32)]
+    pub samples: usize,
+    /// Chains per denoiser call (default min(samples, 8)); never changes the results.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Seed S: digit i uses S + i for its measurement and its chains.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Threads (default: all cores); never changes the results.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write the table (and every digit's scores) as JSON.
+    #[arg(long, value_name = "table.json")]
+    pub out: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs `host evaluate`.
+pub fn run(args: &EvaluateArgs) -> Result<ExitCode> {
+    match &args.mode {
+        Mode::Nearest(a) => run_nearest(a),
+        Mode::Restoration(a) => run_restoration(a),
+    }
+}
+
+fn load_mnist(dir: &Path, split: MnistSplit) -> Result<Dataset> {
+    Dataset::mnist(dir, split, false).with_context(|| {
+        format!(
+            "--data {}: MNIST files (scripts/fetch-mnist.sh)",
+            dir.display()
+        )
+    })
+}
+
+/// The preprocessing that maps `ds` onto a C×size×size model in `range`: centred padding.
+fn preprocess(ds: &Dataset, channels: usize, size: usize, range: DataRange) -> Result<Preprocess> {
+    let (h, w) = (ds.height, ds.width);
+    if channels != ds.channels || h != w || size < h || !(size - h).is_multiple_of(2) {
+        bail!(
+            "the data are {}x{h}x{w} images; a {channels}x{size}x{size} model needs the same \
+             channels and a size that pads them evenly",
+            ds.channels
+        );
+    }
+    Ok(Preprocess {
+        range,
+        pad: (size - h) / 2,
+    })
+}
+
+fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
+    if let Some(path) = path {
+        let mut out = Outputs::files();
+        out.write(path, &json_bytes(value)?)?;
+        out.commit();
+    }
+    Ok(())
+}
+
+fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
+    let start = Instant::now();
+    if let Some(out) = &args.out {
+        Outputs::check_file(out, "--out")?;
+    }
+    let path = if args.samples.is_dir() {
+        args.samples.join("samples.safetensors")
+    } else {
+        args.samples.clone()
+    };
+    let file = SafetensorsFile::open(&path)?;
+    let range = match file.metadata()?.get("tweedie.data_range") {
+        Some(r) => r
+            .parse::<DataRange>()
+            .with_context(|| format!("{}: tweedie.data_range", path.display()))?,
+        None => bail!("{}: no tweedie.data_range metadata", path.display()),
+    };
+    let samples = file.tensor_f32("samples")?;
+    let [n, c, h, w] = samples.shape[..] else {
+        bail!(
+            "{}: samples has shape {:?}, expected [N, C, H, W]",
+            path.display(),
+            samples.shape
+        );
+    };
+    if h != w || n == 0 {
+        bail!("{}: samples has shape {:?}", path.display(), samples.shape);
+    }
+    let train = load_mnist(&args.data, MnistSplit::Train)?;
+    let pre = preprocess(&train, c, h, range)?;
+    let threads = threads(args.threads);
+    let found = nearest(&samples.data, &train, pre, threads)?;
+    let search_s = start.elapsed().as_secs_f64();
+    let test = load_mnist(&args.data, MnistSplit::Test)?;
+    let count = args.baseline.min(test.len());
+    let base = if count > 0 {
+        let mut q = vec![0.0f32; count * c * h * w];
+        test.fill_batch(&(0..count).collect::<Vec<_>>(), pre, &mut q)?;
+        nearest(&q, &train, pre, threads)?
+    } else {
+        Vec::new()
+    };
+    let distances = |v: &[Neighbour]| v.iter().map(|n| n.distance).collect::<Vec<f64>>();
+    let (ds, db) = (distances(&found), distances(&base));
+    let mut histogram = [0usize; 10];
+    for nb in &found {
+        if let Some(l) = nb.label.filter(|&l| l < 10) {
+            histogram[l as usize] += 1;
+        }
+    }
+    let copies = ds.iter().filter(|&&d| d < args.copy_threshold).count();
+    let base_min = db.iter().copied().fold(f64::INFINITY, f64::min);
+    let closer = ds.iter().filter(|&&d| d < base_min).count();
+    let (s, b) = (spread(&ds), spread(&db));
+    println!(
+        "nearest MNIST training image (L2 over {c}x{h}x{w} in {}) of {n} samples:",
+        range.as_str()
+    );
+    let hist: Vec<String> = histogram
+        .iter()
+        .enumerate()
+        .map(|(d, k)| format!("{d}: {k}"))
+        .collect();
+    println!("1-NN labels  {}", hist.join("  "));
+    println!(
+        "{:<28} {:>8} {:>8} {:>8} {:>8}",
+        "distance", "min", "median", "mean", "max"
+    );
+    for (name, sp) in [
+        (format!("samples ({n})"), s),
+        (format!("test digits ({count}, baseline)"), b),
+    ] {
+        if let Some(sp) = sp {
+            println!(
+                "{name:<28} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+                sp.min, sp.median, sp.mean, sp.max
+            );
+        }
+    }
+    println!(
+        "samples closer than {} (copies): {copies} of {n}; closer than the closest test digit: {closer}",
+        args.copy_threshold
+    );
+    let per_sample: Vec<_> = found
+        .iter()
+        .enumerate()
+        .map(|(i, nb)| json!({"sample": i, "train_index": nb.index, "label": nb.label, "distance": nb.distance}))
+        .collect();
+    let report = json!({
+        "command": "evaluate nearest",
+        "arguments": args,
+        "samples_file": path.display().to_string(),
+        "data_range": range.as_str(),
+        "distance": "L2 norm of the difference over all C*H*W elements (padded MNIST), model data range",
+        "label_histogram": histogram,
+        "sample_distance": s,
+        "test_baseline_distance": b,
+        "test_baseline_count": count,
+        "copy_threshold": args.copy_threshold,
+        "copies": copies,
+        "closer_than_closest_test_digit": closer,
+        "samples": per_sample,
+        "baseline": base.iter().map(|nb| json!({"train_index": nb.index, "label": nb.label, "distance": nb.distance})).collect::<Vec<_>>(),
+        "timings": {"search_samples_s": search_s, "total_s": start.elapsed().as_secs_f64()},
+        "build": build_info(),
+    });
+    write_json(&args.out, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds of one denoiser call on a batch of `batch` chains (the last of three, warm).
+fn time_call(
+    model: &Model,
+    plan: &crate::run::plan::AnyPlan,
+    batch: usize,
+    inner: usize,
+) -> Result<f64> {
+    let step = plan
+        .step(plan.len() / 2)
+        .map_err(|e| anyhow::anyhow!("plan: {e}"))?;
+    let x = vec![0.0f32; batch * model.chain_len()];
+    let mut out = x.clone();
+    let mut d = model.make(inner);
+    let mut last = 0.0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        d.denoise(&x, batch, &step, &mut out)
+            .map_err(|e| anyhow::anyhow!("denoiser: {e}"))?;
+        last = t.elapsed().as_secs_f64();
+    }
+    Ok(last)
+}
+
+fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
+    let start = Instant::now();
+    if let Some(out) = &args.out {
+        Outputs::check_file(out, "--out")?;
+    }
+    if args.count == 0 || args.samples == 0 {
+        bail!("--count and --samples must be at least 1");
+    }
+    if !(args.sigma_y.is_finite() && args.sigma_y > 0.0) {
+        bail!("--sigma-y {}: must be > 0", args.sigma_y);
+    }
+    let say = |line: &str| {
+        if !args.quiet {
+            eprintln!("{line}");
+        }
+    };
+    let mut plan_args = args.plan.clone();
+    plan_args.steps = plan_args.steps.or(Some(100));
+    let model = args.model.load()?;
+    let train = load_mnist(&args.data, MnistSplit::Train)?;
+    let test = load_mnist(&args.data, MnistSplit::Test)?;
+    let pre = preprocess(&train, model.channels, model.size, model.data_range)?;
+    if args.first + args.count > test.len() {
+        bail!(
+            "--first {} --count {}: the test split has {} images",
+            args.first,
+            args.count,
+            test.len()
+        );
+    }
+    let threads = threads(args.threads);
+    let t = Instant::now();
+    let prior = fit(&train, pre, threads)?;
+    say(&format!(
+        "fitted the Gaussian prior to {} training images ({} dims) in {}",
+        prior.count,
+        prior.dim,
+        human_seconds(t.elapsed().as_secs_f64())
+    ));
+    let task = match args.task {
+        EvalTask::Inpaint => Task::Inpaint,
+        EvalTask::Sr4 => Task::Sr4,
+    };
+    let batch = args.batch.unwrap_or(args.samples.min(8)).max(1);
+    let setup = Setup {
+        model: &model,
+        plan_args: &plan_args,
+        task,
+        sigma_y: args.sigma_y,
+        p: args.p,
+        samples: args.samples,
+        batch,
+        threads,
+    };
+    let len = model.chain_len();
+    let mut truth = vec![0.0f32; len];
+    test.fill_batch(&[args.first], pre, &mut truth)?;
+    let plan = setup.plan(&setup.measure(&truth, args.seed)?)?;
+    let steps = plan.len();
+    let evals = steps + usize::from(plan_args.final_denoise);
+    let batches = args.samples.div_ceil(batch);
+    let (workers, inner) = model.split_threads(threads, batches);
+    let call = time_call(&model, &plan, batch, inner)?;
+    let estimate = args.count as f64 * batches.div_ceil(workers) as f64 * evals as f64 * call;
+    say(&format!(
+        "{} of {} test digits, sigma_y {}, {} chains x K = {steps} steps each: about {} \
+         ({:.3} s per call of {batch} chains)",
+        task.name(),
+        args.count,
+        args.sigma_y,
+        args.samples,
+        human_seconds(estimate),
+        call
+    ));
+    let labels = test.labels();
+    let mut digits = Vec::with_capacity(args.count);
+    let loop_start = Instant::now();
+    for i in 0..args.count {
+        let index = args.first + i;
+        let seed = args.seed.wrapping_add(i as u64);
+        test.fill_batch(&[index], pre, &mut truth)?;
+        let scores = setup.evaluate(&prior, &truth, seed)?;
+        let elapsed = loop_start.elapsed().as_secs_f64();
+        let eta = elapsed / (i + 1) as f64 * (args.count - i - 1) as f64;
+        say(&format!(
+            "digit {}/{} (test #{index}): back-projection {:.2}, gaussian {:.2}, sample {:.2}, mean {:.2} dB; {} elapsed, ETA {}",
+            i + 1,
+            args.count,
+            scores.back_projection,
+            scores.gaussian_mmse,
+            scores.sample,
+            scores.mean,
+            human_seconds(elapsed),
+            human_seconds(eta)
+        ));
+        digits.push((index, labels.map(|l| l[index]), seed, scores));
+    }
+    let table: Vec<_> = METHODS
+        .iter()
+        .map(|&(name, label)| {
+            let v: Vec<f64> = digits.iter().map(|d| d.3.get(name)).collect();
+            (name, label, mean_se(&v))
+        })
+        .collect();
+    println!(
+        "{} on {} MNIST test digits (#{}..#{}), sigma_y {} in {}, {} chains, K = {steps}, model {}:\n",
+        task.name(),
+        args.count,
+        args.first,
+        args.first + args.count - 1,
+        args.sigma_y,
+        model.data_range.as_str(),
+        args.samples,
+        model.label
+    );
+    println!("| method | PSNR (dB), mean ± s.e. |\n|---|---|");
+    for (_, label, m) in &table {
+        println!("| {label} | {:.2} ± {:.2} |", m.mean, m.se);
+    }
+    let report = json!({
+        "command": "evaluate restoration",
+        "arguments": args,
+        "task": task.name(),
+        "sigma_y": args.sigma_y,
+        "p": (task == Task::Inpaint).then_some(args.p),
+        "data_range": model.data_range.as_str(),
+        "psnr": "10 log10(MAX^2/MSE), MAX = data-range width",
+        "seeds": "digit i (test index first + i) uses seed + i for its measurement, mask and chains",
+        "steps": steps,
+        "samples": args.samples,
+        "model": model.description,
+        "plan": plan_args.describe(&plan),
+        "methods": table.iter().map(|(name, label, m)| json!({"name": name, "label": label, "mean": m.mean, "se": m.se, "n": m.n})).collect::<Vec<_>>(),
+        "digits": digits.iter().map(|(index, label, seed, s): &(usize, Option<u8>, u64, Scores)| json!({"test_index": index, "label": label, "seed": seed, "psnr": s})).collect::<Vec<_>>(),
+        "timings": {
+            "total_s": start.elapsed().as_secs_f64(),
+            "per_digit_s": loop_start.elapsed().as_secs_f64() / args.count as f64,
+            "estimated_s": estimate,
+        },
+        "build": build_info(),
+    });
+    write_json(&args.out, &report)?;
+    say(&format!(
+        "done in {}",
+        human_seconds(start.elapsed().as_secs_f64())
+    ));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,314 @@
+//! `host evaluate` end to end, on a small synthetic MNIST folder (IDX files written here, so
+//! these always run) and, when `scripts/fetch-mnist.sh` has installed it, on the real MNIST
+//! (`$TWEEDIE_MNIST`, else `<workspace>/data/mnist`; skipped with a note when absent).
+//!
+//! The closed-form Gaussian prior (`--weights gaussian:MEAN,STD`) stands in for a network.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tweedie_host::run::output::safetensors_bytes;
+use tweedie_host::train::data::idx::{encode, MAGIC_IMAGES, MAGIC_LABELS};
+use tweedie_host::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
+
+fn host(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .output()
+        .expect("the host binary runs")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = host(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("evaluate")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn mnist_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("TWEEDIE_MNIST") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist")),
+    };
+    let present = dir.join("train-images-idx3-ubyte").exists();
+    if !present {
+        eprintln!(
+            "skipping: no MNIST in {} (run scripts/fetch-mnist.sh)",
+            dir.display()
+        );
+    }
+    present.then_some(dir)
+}
+
+/// Sparse pseudo-random 28×28 digits-like bytes.
+fn random_images(n: usize, seed: u64) -> Vec<u8> {
+    let mut st = seed;
+    (0..n * 784)
+        .map(|_| {
+            st = st
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = (st >> 33) as u8;
+            if v < 180 {
+                0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// An MNIST-named folder: `train` images (labels i mod 10) and `test` images.
+fn fake_mnist(dir: &Path, train: &[u8], test: &[u8]) {
+    for (split, pixels) in [(MnistSplit::Train, train), (MnistSplit::Test, test)] {
+        let n = pixels.len() / 784;
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        let [(images, _), (label_file, _)] = split.files();
+        let idx = encode(MAGIC_IMAGES, &[n as u32, 28, 28], pixels);
+        std::fs::write(dir.join(images), idx).unwrap();
+        std::fs::write(
+            dir.join(label_file),
+            encode(MAGIC_LABELS, &[n as u32], &labels),
+        )
+        .unwrap();
+    }
+}
+
+/// Writes images `indices` of `ds`, padded to 32 in [-1, 1], as a host sample output.
+fn samples_file(path: &Path, ds: &Dataset, indices: &[usize]) {
+    let pre = Preprocess::mnist32(DataRange::MinusOneOne);
+    let mut x = vec![0.0f32; indices.len() * 1024];
+    ds.fill_batch(indices, pre, &mut x).unwrap();
+    let meta = HashMap::from([("tweedie.data_range".to_string(), "-1,1".to_string())]);
+    let bytes = safetensors_bytes(&[("samples", vec![indices.len(), 1, 32, 32], &x)], meta);
+    std::fs::write(path, bytes.unwrap()).unwrap();
+}
+
+const GAUSSIAN: [&str; 8] = [
+    "--weights",
+    "gaussian:0,0.5",
+    "--kind",
+    "vp",
+    "--size",
+    "32",
+    "--channels",
+    "1",
+];
+
+fn restoration(data: &Path, task: &str, out: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["evaluate", "restoration"];
+    args.extend(GAUSSIAN);
+    let (d, o) = (s(data), s(out));
+    args.extend([
+        "--data",
+        &d,
+        "--task",
+        task,
+        "--count",
+        "2",
+        "--samples",
+        "2",
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        &o,
+        "--quiet",
+    ]);
+    args.extend(extra);
+    ok(&args);
+    json(out)
+}
+
+/// Checks the table against the per-digit scores: mean and s / √n.
+fn check_table(t: &Value, count: usize) {
+    let digits = t["digits"].as_array().unwrap();
+    assert_eq!(digits.len(), count);
+    let methods = t["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 5);
+    for m in methods {
+        let name = m["name"].as_str().unwrap();
+        let v: Vec<f64> = digits
+            .iter()
+            .map(|d| d["psnr"][name].as_f64().unwrap())
+            .collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+        assert!((m["mean"].as_f64().unwrap() - mean).abs() < 1e-9, "{name}");
+        let se = (var / v.len() as f64).sqrt();
+        assert!((m["se"].as_f64().unwrap() - se).abs() < 1e-9, "{name}");
+        assert!(v.iter().all(|p| p.is_finite() && *p > 0.0), "{name}: {v:?}");
+    }
+}
+
+#[test]
+fn restoration_table_on_a_synthetic_folder() {
+    let dir = scratch("restore_fake");
+    let data = dir.join("mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    // Every training image the same: Σ = 0, so the Gaussian MMSE is that image exactly.
+    let one = random_images(1, 1);
+    let train: Vec<u8> = one.iter().copied().cycle().take(30 * 784).collect();
+    let test = random_images(3, 2);
+    fake_mnist(&data, &train, &test);
+    let test_ds = Dataset::new(test, None, 1, 28, 28).unwrap();
+    let train_ds = Dataset::new(one, None, 1, 28, 28).unwrap();
+    let pre = Preprocess::mnist32(DataRange::MinusOneOne);
+    let (mut x, mut mu) = (vec![0.0f32; 1024], vec![0.0f32; 1024]);
+    train_ds.fill_batch(&[0], pre, &mut mu).unwrap();
+    for task in ["inpaint", "sr4"] {
+        let t = restoration(&data, task, &dir.join(format!("{task}.json")), &[]);
+        check_table(&t, 2);
+        assert_eq!(t["steps"], 3);
+        for (i, d) in t["digits"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(d["test_index"], i);
+            assert_eq!(d["seed"], 5 + i);
+            test_ds.fill_batch(&[i], pre, &mut x).unwrap();
+            let mse = x
+                .iter()
+                .zip(&mu)
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum::<f64>()
+                / 1024.0;
+            let want = 10.0 * (4.0 / mse).log10();
+            let got = d["psnr"]["gaussian_mmse"].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{task} digit {i}: {got} vs {want}"
+            );
+        }
+        // Threads and batching never change a score; --first shifts the digits.
+        let again = restoration(
+            &data,
+            task,
+            &dir.join("again.json"),
+            &["--threads", "1", "--batch", "1"],
+        );
+        assert_eq!(again["digits"], t["digits"]);
+        let shifted = restoration(&data, task, &dir.join("first.json"), &["--first", "1"]);
+        assert_eq!(shifted["digits"][0]["test_index"], 1);
+    }
+}
+
+#[test]
+fn bad_restoration_arguments_are_errors() {
+    let dir = scratch("restore_bad");
+    let data = dir.join("mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    fake_mnist(&data, &random_images(10, 1), &random_images(2, 2));
+    let d = s(&data);
+    let base = |size: &str, data: &str, extra: &[&str]| {
+        let mut a = vec!["evaluate", "restoration"];
+        a.extend(&GAUSSIAN[..4]);
+        a.extend(["--size", size, "--channels", "1"]);
+        a.extend([
+            "--data",
+            data,
+            "--task",
+            "sr4",
+            "--samples",
+            "1",
+            "--steps",
+            "2",
+        ]);
+        a.extend(extra.iter().copied());
+        let out = host(&a);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(base("32", &d, &["--count", "3"]).contains("the test split has 2 images"));
+    assert!(base("32", &d, &["--count", "1", "--sigma-y", "0"]).contains("--sigma-y"));
+    assert!(base("31", &d, &["--count", "1"]).contains("pads them evenly"));
+    assert!(base("32", "/nonexistent", &["--count", "1"]).contains("MNIST"));
+}
+
+#[test]
+fn nearest_of_training_images_is_themselves() {
+    let dir = scratch("nearest_fake");
+    let data = dir.join("mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    let train = random_images(50, 3);
+    fake_mnist(&data, &train, &random_images(4, 4));
+    let ds = Dataset::new(train, None, 1, 28, 28).unwrap();
+    let picks = [0usize, 7, 23, 49];
+    samples_file(&dir.join("samples.safetensors"), &ds, &picks);
+    let out = ok(&[
+        "evaluate",
+        "nearest",
+        "--samples",
+        &s(&dir),
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&dir.join("nn.json")),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("copies): 4 of 4"), "{text}");
+    let r = json(&dir.join("nn.json"));
+    for (row, &i) in r["samples"].as_array().unwrap().iter().zip(&picks) {
+        assert_eq!(row["train_index"], i);
+        assert_eq!(row["label"], i % 10);
+        assert_eq!(row["distance"], 0.0);
+    }
+    let mut hist = [0u64; 10];
+    for i in picks {
+        hist[i % 10] += 1;
+    }
+    assert_eq!(r["label_histogram"], serde_json::json!(hist));
+    assert_eq!(r["test_baseline_count"], 4);
+    assert!(r["test_baseline_distance"]["min"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn real_mnist_nearest_and_restoration() {
+    let Some(data) = mnist_dir() else { return };
+    let dir = scratch("real");
+    let ds = Dataset::mnist(&data, MnistSplit::Train, false).unwrap();
+    let picks = [0usize, 1, 2, 59999];
+    samples_file(&dir.join("samples.safetensors"), &ds, &picks);
+    ok(&[
+        "evaluate",
+        "nearest",
+        "--samples",
+        &s(&dir.join("samples.safetensors")),
+        "--data",
+        &s(&data),
+        "--baseline",
+        "4",
+        "--out",
+        &s(&dir.join("nn.json")),
+    ]);
+    let r = json(&dir.join("nn.json"));
+    let labels = ds.labels().unwrap();
+    for (row, &i) in r["samples"].as_array().unwrap().iter().zip(&picks) {
+        assert_eq!(row["distance"], 0.0);
+        assert_eq!(row["label"], labels[i]);
+    }
+    // Held-out digits are not in the training set.
+    assert!(r["test_baseline_distance"]["min"].as_f64().unwrap() > 1.0);
+    let t = restoration(&data, "inpaint", &dir.join("t.json"), &[]);
+    check_table(&t, 2);
+}
