@@ -37,6 +37,28 @@ fn tree(a: &[f64; LANES]) -> f64 {
     ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
 }
 
+/// From a group's f64 mean and biased variance: μ split into two f32 parts (hi, lo) and
+/// rstd = 1/sqrt(σ² + eps) in f64 (shared with the GPU kernel).
+#[inline(always)]
+pub(crate) fn group_affine(mean: f64, var: f64, eps: f32) -> (f32, f32, f64) {
+    let rstd = 1.0 / libm::sqrt(var + eps as f64);
+    let mean_hi = mean as f32;
+    (mean_hi, (mean - mean_hi as f64) as f32, rstd)
+}
+
+/// The per-element body of [`group_norm`] (shared with the GPU kernel): (v − μ)·s + β with μ
+/// split into two f32 parts (`mean_hi + mean_lo`) so the centring stays accurate when |μ| ≫ σ.
+#[inline(always)]
+pub(crate) fn normalize(v: f32, mean_hi: f32, mean_lo: f32, s: f32, b: f32) -> f32 {
+    ((v - mean_hi) - mean_lo) * s + b
+}
+
+/// ResBlock's scale-shift modulation of one normalised element: y·(1 + scale) + shift.
+#[inline(always)]
+pub(crate) fn film_element(y: f32, scale: f32, shift: f32) -> f32 {
+    y * (1.0 + scale) + shift
+}
+
 /// GroupNorm over `x` = [channels, hw] for the groups `g` (channels g.start·cpg .. g.end·cpg,
 /// cpg = channels/groups; `out` is exactly that slice of the output):
 /// `y = (x − μ_g)/sqrt(σ²_g + eps)·gamma[c] + beta[c]` with the biased variance (statistics in
@@ -78,9 +100,7 @@ pub fn group_norm(
     for (gi, out_g) in g.zip(out.chunks_exact_mut(group_len)) {
         let xg = &x[gi * group_len..(gi + 1) * group_len];
         let (mean, var) = mean_var(xg);
-        let rstd = 1.0 / libm::sqrt(var + eps as f64);
-        let mean_hi = mean as f32;
-        let mean_lo = (mean - mean_hi as f64) as f32;
+        let (mean_hi, mean_lo, rstd) = group_affine(mean, var, eps);
         for (j, (xc, yc)) in xg
             .chunks_exact(hw)
             .zip(out_g.chunks_exact_mut(hw))
@@ -90,12 +110,12 @@ pub fn group_norm(
             let s = (rstd * gamma[c] as f64) as f32;
             let b = beta[c];
             for (y, &v) in yc.iter_mut().zip(xc) {
-                *y = ((v - mean_hi) - mean_lo) * s + b;
+                *y = normalize(v, mean_hi, mean_lo, s, b);
             }
             if let Some((scale, shift)) = film {
-                let (fs, fb) = (1.0 + scale[c], shift[c]);
+                let (fs, fb) = (scale[c], shift[c]);
                 for y in yc.iter_mut() {
-                    *y = *y * fs + fb;
+                    *y = film_element(*y, fs, fb);
                 }
             }
             if silu_after {
