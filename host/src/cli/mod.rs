@@ -12,6 +12,7 @@ pub mod parity;
 pub mod restore;
 pub mod sample;
 pub mod schedule;
+pub mod selftest;
 pub mod train;
 
 use std::process::ExitCode;
@@ -63,6 +64,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Convert a PyTorch checkpoint (.pt/.pth) to a safetensors weights file with metadata.
     Convert(convert::ConvertArgs),
+    /// Check the GPU path against the CPU path (needs a GPU: --device cuda) and time it.
+    Selftest(selftest::SelftestArgs),
 }
 
 /// Exit code for a check that ran and failed.
@@ -82,5 +85,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Schedule(args) => schedule::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Selftest(args) => selftest::run(&args),
     }
 }
