@@ -21,7 +21,12 @@ pub fn attention_scratch_len(t: usize) -> usize {
 }
 
 /// First rows of q, k and v of head `h` inside `qkv` = [3C, T].
-fn head_rows(order: QkvOrder, channels: usize, ch: usize, h: usize) -> (usize, usize, usize) {
+pub(crate) fn head_rows(
+    order: QkvOrder,
+    channels: usize,
+    ch: usize,
+    h: usize,
+) -> (usize, usize, usize) {
     match order {
         QkvOrder::Legacy => (h * 3 * ch, h * 3 * ch + ch, h * 3 * ch + 2 * ch),
         QkvOrder::New => (h * ch, channels + h * ch, 2 * channels + h * ch),
@@ -156,7 +161,7 @@ pub fn qkv_attention_backward(
 }
 
 /// row[s] = Σ_c (q[c,target]·scale)·(k[c,s]·scale), accumulated over c in order.
-fn logits(q: &[f32], k: &[f32], t: usize, target: usize, scale: f32, row: &mut [f32]) {
+pub(crate) fn logits(q: &[f32], k: &[f32], t: usize, target: usize, scale: f32, row: &mut [f32]) {
     row.fill(0.0);
     for (qc, kc) in q.chunks_exact(t).zip(k.chunks_exact(t)) {
         let qs = qc[target] * scale;
@@ -171,7 +176,7 @@ fn logits(q: &[f32], k: &[f32], t: usize, target: usize, scale: f32, row: &mut [
 /// vectorises; arguments below −87 give ~1e-38 instead of 0, nothing against a sum ≥ 1), and
 /// max and sum use [`LANES`] interleaved partials in a fixed order, so every loop vectorises
 /// and the weights do not depend on anything but the row.
-fn softmax_inplace(row: &mut [f32]) {
+pub(crate) fn softmax_inplace(row: &mut [f32]) {
     let max = lanes(row, f32::NEG_INFINITY, f32::max);
     for r in row.iter_mut() {
         *r = elementwise::exp(*r - max);
@@ -207,7 +212,7 @@ fn lanes(row: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
 }
 
 /// Σ a[s]·b[s] with 8 interleaved partial sums (fixed order, vectorisable).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let (at, bt) = (ac.remainder(), bc.remainder());

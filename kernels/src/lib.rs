@@ -40,7 +40,10 @@
 //!   emb-Linear's dout.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
-#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx))]
+#![cfg_attr(
+    target_arch = "nvptx64",
+    feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)
+)]
 
 pub mod attention;
 pub mod conv;

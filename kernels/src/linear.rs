@@ -9,7 +9,7 @@ const LANES: usize = 8;
 /// Σ_k w[k]·x[k] with a fixed order: 8 interleaved partial sums over the full chunks, combined
 /// as a balanced tree, then the tail in sequence.
 #[inline]
-fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
+pub(crate) fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let wc = w.chunks_exact(LANES);
     let xc = x.chunks_exact(LANES);

@@ -80,11 +80,11 @@ type FwdArgs<'a> = (&'a Pre, &'a Chan, bool, bool, &'a [f32], &'a mut [f32]);
 #[inline(always)]
 fn channel_forward((pre, ch, film, silu, xc, yc): FwdArgs) {
     for (y, &v) in yc.iter_mut().zip(xc) {
-        *y = ((v - pre.mean_hi) - pre.mean_lo) * ch.s + ch.b;
+        *y = normalize(v, pre.mean_hi, pre.mean_lo, ch.s, ch.b);
     }
     if film {
         for y in yc.iter_mut() {
-            *y = *y * ch.fs + ch.fb;
+            *y = film_element(*y, ch.fs, ch.fb);
         }
     }
     if silu {
@@ -96,6 +96,29 @@ fn channel_forward((pre, ch, film, silu, xc, yc): FwdArgs) {
 #[target_feature(enable = "avx2")]
 unsafe fn channel_forward_avx2(args: FwdArgs) {
     channel_forward(args)
+}
+
+/// From a group's f64 mean and biased variance: μ split into two f32 parts (hi, lo) and
+/// rstd = 1/sqrt(σ² + eps) in f64 (shared with the GPU kernel).
+#[inline(always)]
+pub(crate) fn group_affine(mean: f64, var: f64, eps: f32) -> (f32, f32, f64) {
+    let rstd = 1.0 / libm::sqrt(var + eps as f64);
+    let mean_hi = mean as f32;
+    (mean_hi, (mean - mean_hi as f64) as f32, rstd)
+}
+
+/// The per-element body of [`group_norm`] (shared with the GPU kernel): (v − μ)·s + β with μ
+/// split into two f32 parts (`mean_hi + mean_lo`) so the centring stays accurate when |μ| ≫ σ.
+#[inline(always)]
+pub(crate) fn normalize(v: f32, mean_hi: f32, mean_lo: f32, s: f32, b: f32) -> f32 {
+    ((v - mean_hi) - mean_lo) * s + b
+}
+
+/// ResBlock's scale-shift modulation of one normalised element, y·(1 + scale) + shift, with
+/// the channel's factor 1 + scale formed once by the caller.
+#[inline(always)]
+pub(crate) fn film_element(y: f32, factor: f32, shift: f32) -> f32 {
+    y * factor + shift
 }
 
 /// GroupNorm over `x` = [channels, hw] for the groups `g` (channels g.start·cpg .. g.end·cpg,
@@ -139,9 +162,7 @@ pub fn group_norm(
     for (gi, out_g) in g.zip(out.chunks_exact_mut(group_len)) {
         let xg = &x[gi * group_len..(gi + 1) * group_len];
         let (mean, var) = mean_var(xg);
-        let rstd = 1.0 / libm::sqrt(var + eps as f64);
-        let mean_hi = mean as f32;
-        let mean_lo = (mean - mean_hi as f64) as f32;
+        let (mean_hi, mean_lo, rstd) = group_affine(mean, var, eps);
         for (j, (xc, yc)) in xg
             .chunks_exact(hw)
             .zip(out_g.chunks_exact_mut(hw))

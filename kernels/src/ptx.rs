@@ -1,8 +1,25 @@
 //! PTX entry points (`nvptx64` only): thin `extern "ptx-kernel"` wrappers around the same
 //! per-element bodies the CPU path calls. Built by `scripts/build-ptx.sh`; the host loads the
-//! module and launches these by name. Kernel ABI: raw pointers plus `u32` sizes and `u64` seeds.
+//! module and launches these by name (host/src/backend/cuda). Kernel ABI: raw pointers plus
+//! `u32` sizes, `f32` scalars and `u64` seeds; a null pointer means "absent" where documented.
+//!
+//! Launch shapes (the host's launch helpers follow them):
+//! - element-wise and sampling kernels: 1-D, one thread per element, any block size;
+//! - [`layers::group_norm_f32`]: one block of exactly [`layers::GN_THREADS`] threads per
+//!   (image, group), grid (groups, batch);
+//! - [`conv::conv2d_f32`]: blocks of [`conv::THREADS`] threads, grid
+//!   (⌈oh·ow/TILE_N⌉, ⌈c_out/TILE_M⌉, batch);
+//! - attention: 1-D, one thread per (image, head, query) row, then per output element.
+//!
+//! Floating point: llc may contract `a*b + c` into a fused multiply-add on the GPU, so results
+//! can differ from the CPU path by rounding (a few ulp per operation); `host selftest` reports
+//! the largest difference per kernel.
 
 use core::arch::nvptx::{_block_dim_x, _block_idx_x, _thread_idx_x, trap};
+
+pub mod conv;
+pub mod layers;
+pub mod sampling;
 
 /// On the GPU a panic (e.g. a failed bounds check) stops the thread with `trap`, which the host
 /// sees as a launch error.

@@ -5,6 +5,7 @@
 //! the split only decides who computes what, never a value: outputs are bit-identical for any
 //! thread count.
 
+pub mod cuda;
 pub mod pool;
 pub mod profile;
 

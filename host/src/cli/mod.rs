@@ -13,6 +13,7 @@ pub mod parity;
 pub mod restore;
 pub mod sample;
 pub mod schedule;
+pub mod selftest;
 pub mod train;
 
 use std::process::ExitCode;
@@ -67,6 +68,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Model quality on MNIST: nearest training images of samples, restoration PSNR table.
     Evaluate(evaluate::EvaluateArgs),
+    /// Check the GPU path against the CPU path (needs a GPU: --device cuda) and time it.
+    Selftest(selftest::SelftestArgs),
 }
 
 /// Exit code for a check that ran and failed.
@@ -87,5 +90,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(args) => train::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Evaluate(args) => evaluate::run(&args),
+        Command::Selftest(args) => selftest::run(&args),
     }
 }

@@ -1,0 +1,90 @@
+//! The sampling template on the device: x₀ and the fused update of eq. 11/24, one kernel per
+//! step, through `tweedie_core::sampler::update_element` and the core's counter-based noise.
+
+use tweedie_core::noise;
+use tweedie_core::sampler::{ChainNoise, UpdateCoefficients};
+
+use super::global_index;
+
+/// x₀ for a buffer of chains: `x[i] = std · gaussian(seed, first_chain + c, COUNTER_INIT, e)`
+/// with c = i / chain_len, e = i % chain_len (as `tweedie_core::sampler::init_state`).
+///
+/// # Safety
+/// `x` must hold `n` writable `f32`; `chain_len > 0`.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn init_state_f32(
+    x: *mut f32,
+    n: u32,
+    chain_len: u32,
+    std: f32,
+    seed: u64,
+    first_chain: u64,
+) {
+    let i = global_index();
+    if i < n as usize && chain_len > 0 {
+        let (c, e) = (i / chain_len as usize, i % chain_len as usize);
+        let z = noise::gaussian(seed, first_chain + c as u64, noise::COUNTER_INIT, e as u64);
+        // SAFETY: i < n.
+        unsafe { x.add(i).write(std * z) };
+    }
+}
+
+/// One template step for every chain of the buffer, in place:
+/// `x[i] = update_element(x[i], d[i], g[i], n, coef)` with n = the chain's draw for element e at
+/// `counter` (0 when `noise == 0`, as `ChainNoise::draw`). `lik_grad` may be null
+/// (unconditional: g = 0). A non-finite result sets `*nonfinite = 1` (never cleared here).
+///
+/// # Safety
+/// `x`, `denoised` (and `lik_grad` unless null) hold `n` `f32`; `nonfinite` one `u32`;
+/// `chain_len > 0`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn template_update_f32(
+    x: *mut f32,
+    denoised: *const f32,
+    lik_grad: *const f32,
+    nonfinite: *mut u32,
+    n: u32,
+    chain_len: u32,
+    drift: f32,
+    likelihood: f32,
+    noise_std: f32,
+    seed: u64,
+    first_chain: u64,
+    counter: u64,
+) {
+    let i = global_index();
+    if i >= n as usize || chain_len == 0 {
+        return;
+    }
+    let coef = UpdateCoefficients {
+        drift,
+        likelihood,
+        noise: noise_std,
+    };
+    let (c, e) = (i / chain_len as usize, i % chain_len as usize);
+    let key = ChainNoise {
+        seed,
+        chain: first_chain + c as u64,
+        counter,
+    };
+    // SAFETY: i < n for every buffer (caller's contract); lik_grad only read when non-null.
+    unsafe {
+        let g = if lik_grad.is_null() {
+            0.0
+        } else {
+            *lik_grad.add(i)
+        };
+        let v = tweedie_core::sampler::update_element(
+            *x.add(i),
+            *denoised.add(i),
+            g,
+            key.draw(&coef, e),
+            &coef,
+        );
+        x.add(i).write(v);
+        if !v.is_finite() {
+            nonfinite.write(1);
+        }
+    }
+}
