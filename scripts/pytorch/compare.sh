@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side CPU benchmark: our `host bench` against PyTorch (bench.py), both layouts.
+# Side-by-side CPU benchmark: our `host bench` against PyTorch, both layouts. The PyTorch side
+# is bench.py for ADM configs and ncsnpp.py for NCSN++ ones (--arch, detected from --config).
 #
 # Runs R rounds; each round runs our binary, PyTorch NCHW and PyTorch channels_last once
 # (the order rotates from round to round so slow phases of a throttling host do not always hit
@@ -9,10 +10,13 @@
 #
 # Usage: scripts/pytorch/compare.sh [--host PATH] [--no-host] [--config C] [--size S]
 #            [--batch B] [--iters N] [--threads T] [--rounds R] [--python PY]
-#            [--host-args "EXTRA ARGS"]
+#            [--host-args "EXTRA ARGS"] [--arch auto|adm|ncsnpp]
 # Defaults: --host target/release/host, --config adm-ffhq256, --size 256, --batch 1,
 #           --iters 3, --threads 2, --rounds 3, --python $TWEEDIE_TORCH_VENV/bin/python
-#           (TWEEDIE_TORCH_VENV defaults to /tmp/tweedie-torch-venv, see setup-venv.sh).
+#           (TWEEDIE_TORCH_VENV defaults to /tmp/tweedie-torch-venv, see setup-venv.sh),
+#           --arch auto: ncsnpp for a built-in name starting with "ncsnpp" or a JSON file with
+#           arch "ncsnpp" or score_sde's nested `config`, adm otherwise.
+# NCSN++ runs only at its image_size: --size must equal it (256 for ncsnpp-ffhq256).
 # The host is called as:
 #   HOST bench --config C --size S --batch B --iters N --threads T HOST_ARGS (f32 weights unless HOST_ARGS has --f16)
 set -euo pipefail
@@ -28,6 +32,7 @@ THREADS=2
 ROUNDS=3
 PY="${TWEEDIE_TORCH_VENV:-/tmp/tweedie-torch-venv}/bin/python"
 HOST_ARGS=""
+ARCH=auto
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,7 +46,8 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift 2 ;;
         --python) PY="$2"; shift 2 ;;
         --host-args) HOST_ARGS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --arch) ARCH="$2"; shift 2 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -52,8 +58,23 @@ if [ "$USE_HOST" = 1 ] && [ ! -x "$HOST" ]; then
     exit 2
 fi
 
+if [ "$ARCH" = auto ]; then
+    case "$CONFIG" in
+        ncsnpp*) ARCH=ncsnpp ;;
+        adm*) ARCH=adm ;;
+        *) ARCH="$("$PY" -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print("ncsnpp" if r.get("arch") == "ncsnpp" or "config" in r else "adm")' "$CONFIG")" ;;
+    esac
+fi
+case "$ARCH" in
+    adm) PY_SCRIPT="$HERE/bench.py" ;;
+    ncsnpp) PY_SCRIPT="$HERE/ncsnpp.py" ;;
+    *) echo "compare.sh: --arch must be auto, adm or ncsnpp (got $ARCH)" >&2; exit 2 ;;
+esac
+
 LOG="$(mktemp -d /tmp/tweedie-compare.XXXXXX)"
-echo "config $CONFIG, ${SIZE}x${SIZE}, batch $BATCH, iters $ITERS, threads $THREADS, rounds $ROUNDS; logs in $LOG"
+echo "arch $ARCH ($(basename "$PY_SCRIPT")), config $CONFIG, ${SIZE}x${SIZE}, batch $BATCH, iters $ITERS, threads $THREADS, rounds $ROUNDS; logs in $LOG"
 
 # run NAME ROUND CMD...: run one benchmark, keep its log, append its median to $LOG/NAME.medians.
 run() {
@@ -72,7 +93,7 @@ run() {
 }
 
 bench_py() {
-    "$PY" "$HERE/bench.py" --config "$CONFIG" --size "$SIZE" --batch "$BATCH" --iters "$ITERS" \
+    "$PY" "$PY_SCRIPT" --config "$CONFIG" --size "$SIZE" --batch "$BATCH" --iters "$ITERS" \
         --threads "$THREADS" --layout "$1"
 }
 bench_host() {

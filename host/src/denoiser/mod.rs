@@ -418,7 +418,7 @@ impl Model {
             // Checked at load: the model resolves (only threads = 0 could fail, excluded).
             Source::Ncsnpp { arch, weights } => {
                 match NcsnppModel::new(arch, weights, threads.max(1)) {
-                    Ok(model) => Box::new(NcsnppDenoiser::new(model)),
+                    Ok(model) => Box::new(NcsnppDenoiser::new(model, &self.error)),
                     Err(e) => {
                         *self.error.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(format!("{e:#}"));

@@ -4,8 +4,9 @@
 //! the network runs, its first C output channels are the output (ε, score or D), and core's
 //! `Parameterization` turns them into D on the VE scale.
 //!
-//! Core's error type carries only static text, so the network's own error is kept in a
-//! shared slot that the runner reads when a step fails.
+//! Core's error type carries only static text, so a network's own error is kept in a shared
+//! slot ([`record_failure`]) that the runner reads (`Model::take_error`) when a step fails; the
+//! ADM and NCSN++ denoisers both report through it.
 
 use std::sync::Mutex;
 
@@ -66,6 +67,19 @@ impl NoiseInputKind {
     }
 }
 
+/// Keeps `message` (a network's full error) in the model's error `slot` unless an earlier one
+/// is there, and returns core's short `Error::Denoiser(summary)`, the error a step returns.
+pub fn record_failure(
+    slot: &Mutex<Option<String>>,
+    message: String,
+    summary: &'static str,
+) -> Error {
+    slot.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert(message);
+    Error::Denoiser(summary)
+}
+
 /// The ADM U-Net as a denoiser; buffers grow to the largest batch seen.
 pub struct AdmDenoiser<'a> {
     /// Architecture.
@@ -110,10 +124,7 @@ impl<'a> AdmDenoiser<'a> {
     }
 
     fn fail(&self, message: String) -> Error {
-        if let Ok(mut slot) = self.error.lock() {
-            slot.get_or_insert(message);
-        }
-        Error::Denoiser("the network forward pass failed")
+        record_failure(self.error, message, "the network forward pass failed")
     }
 }
 
@@ -189,5 +200,24 @@ mod log_sigma_x250_tests {
         let ve = Parameterization::new(NetKind::Ve, NetOutput::Eps);
         assert_eq!(k.input_scale(&ve, 3.0), 1.0 / 10f64.sqrt());
         assert_eq!(NoiseInputKind::LogSigma.input_scale(&ve, 3.0), 1.0);
+    }
+}
+
+#[cfg(test)]
+mod record_failure_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_message_is_kept_and_the_short_error_returned() {
+        let slot = Mutex::new(None);
+        assert_eq!(
+            record_failure(&slot, "all_modules.7: shape".into(), "failed"),
+            Error::Denoiser("failed")
+        );
+        record_failure(&slot, "a later failure".into(), "failed");
+        assert_eq!(
+            slot.lock().unwrap().as_deref(),
+            Some("all_modules.7: shape")
+        );
     }
 }

@@ -2,36 +2,32 @@
 //! `noise_input = sigma`, data range [0, 1]): D(x, σ) = x + σ²·s(x, σ), evaluated at the plan
 //! step's network noise level σ_net (which the score was conditioned on).
 
+use std::sync::Mutex;
+
 use tweedie_core::{Denoiser, Error, PlanStep};
 
 use super::forward::{Input, NcsnppModel, Output};
+use crate::denoiser::network::record_failure;
 
 /// An [`NcsnppModel`] behind [`tweedie_core::Denoiser`]. The chains are run one at a time
-/// (batch-invariant by construction), nothing is allocated per call.
+/// (batch-invariant by construction), nothing is allocated per call. A failing forward leaves
+/// its full message in `error` (the slot the ADM denoiser uses too, read by
+/// `Model::take_error`); core's error only carries a static summary.
 #[derive(Debug)]
 pub struct NcsnppDenoiser<'w> {
     model: NcsnppModel<'w>,
-    last_error: Option<String>,
+    error: &'w Mutex<Option<String>>,
 }
 
 impl<'w> NcsnppDenoiser<'w> {
-    /// Wraps a model.
-    pub fn new(model: NcsnppModel<'w>) -> Self {
-        NcsnppDenoiser {
-            model,
-            last_error: None,
-        }
+    /// Wraps a model; failures are reported into `error`.
+    pub fn new(model: NcsnppModel<'w>, error: &'w Mutex<Option<String>>) -> Self {
+        NcsnppDenoiser { model, error }
     }
 
     /// The wrapped model.
     pub fn model(&self) -> &NcsnppModel<'w> {
         &self.model
-    }
-
-    /// The full message of the last forward failure (the core error only carries a static
-    /// summary).
-    pub fn last_error(&self) -> Option<&str> {
-        self.last_error.as_deref()
     }
 }
 
@@ -71,8 +67,12 @@ impl Denoiser for NcsnppDenoiser<'_> {
                 batch: 1,
             };
             if let Err(e) = self.model.forward(&input, Output::Denoised, oc) {
-                self.last_error = Some(format!("{e:#}"));
-                return Err(Error::Denoiser("the NCSN++ forward pass failed"));
+                let message = format!("NCSN++ forward at sigma {sigma}: {e:#}");
+                return Err(record_failure(
+                    self.error,
+                    message,
+                    "the NCSN++ forward pass failed",
+                ));
             }
         }
         Ok(())
@@ -102,7 +102,8 @@ mod tests {
             io.tensor_f32("out").unwrap(),
         );
         let per = x.data.len() / 2;
-        let mut d = NcsnppDenoiser::new(NcsnppModel::new(&arch, &weights, 2).unwrap());
+        let slot = Mutex::new(None);
+        let mut d = NcsnppDenoiser::new(NcsnppModel::new(&arch, &weights, 2).unwrap(), &slot);
         for i in 0..2 {
             let step = PlanStep {
                 k: 0,
@@ -150,5 +151,7 @@ mod tests {
             d.denoise(&x.data[..per], 2, &step, &mut out),
             Err(Error::LengthMismatch { .. })
         ));
+        // Argument errors are core errors of their own; only a failing forward fills the slot.
+        assert_eq!(*slot.lock().unwrap(), None);
     }
 }

@@ -3,9 +3,10 @@
 //! [`NcsnppModel`] resolves every weight of an [`NcsnppArch`] once and plans the activation
 //! memory (the arena) for the network's one input size; [`NcsnppModel::forward`] then runs any
 //! batch without allocating. Samples run one after the other through the same arena, and
-//! every layer is split between threads by output channels or groups ([`Par::split`]); since
-//! the kernels compute every element in the same order whatever the split, a sample's output
-//! is bit-identical at any batch size and thread count.
+//! every layer is split between the threads of a persistent worker pool by output channels or
+//! groups ([`Pool::split`], the pool the ADM forward uses); since the kernels compute every
+//! element in the same order whatever the split, a sample's output is bit-identical at any
+//! batch size and thread count.
 //!
 //! Memory: four work buffers of the largest activation (a ResBlock input after the skip
 //! concatenation), the skip stack (one slot per push, sized by a dry run of the program), the
@@ -19,6 +20,7 @@ use anyhow::{anyhow, bail, Result};
 use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
 
 use super::arch::{groupnorm_groups, Module, NcsnppArch, Op, ResBlock, Updown, GROUPNORM_EPS};
+use crate::backend::Pool;
 use crate::weights::Weights;
 
 /// A batch of network inputs, NCHW, in the data range the network was trained on
@@ -88,78 +90,12 @@ pub fn forward(
     NcsnppModel::new(arch, weights, threads)?.forward(input, Output::Score, out)
 }
 
-/// Threads for one layer: the output is cut into contiguous unit ranges (channels, groups)
-/// at multiples of a granule, one per thread, with scoped threads.
-#[derive(Debug, Clone, Copy)]
-struct Par {
-    threads: usize,
-}
-
-/// The `i`-th of `parts` contiguous ranges of `0..units`, cut at multiples of `granule`.
-fn part(units: usize, parts: usize, granule: usize, i: usize) -> Range<usize> {
-    let granule = granule.max(1);
-    let blocks = units.div_ceil(granule);
-    let cut = |j: usize| (blocks * j / parts.max(1) * granule).min(units);
-    cut(i)..cut(i + 1)
-}
-
-impl Par {
-    /// Calls `f(thread, units, piece)` for each thread's range of `0..units`, `piece` being
-    /// that range's slice of `out` (`out.len()` a multiple of `units`).
-    fn split<F>(
-        &self,
-        out: &mut [f32],
-        units: usize,
-        granule: usize,
-        f: F,
-    ) -> Result<(), KernelError>
-    where
-        F: Fn(usize, Range<usize>, &mut [f32]) -> Result<(), KernelError> + Sync,
-    {
-        if units == 0 || !out.len().is_multiple_of(units) {
-            return Err(KernelError::Shape("split: output is not whole units"));
-        }
-        let per = out.len() / units;
-        let parts = self.threads.min(units.div_ceil(granule.max(1))).max(1);
-        if parts == 1 {
-            return f(0, 0..units, out);
-        }
-        std::thread::scope(|s| {
-            let mut rest = out;
-            let mut handles = Vec::with_capacity(parts);
-            let mut mine = None;
-            for i in 0..parts {
-                let r = part(units, parts, granule, i);
-                let (piece, tail) = rest.split_at_mut(r.len() * per);
-                rest = tail;
-                if i == 0 {
-                    mine = Some((r, piece));
-                } else {
-                    let f = &f;
-                    handles.push(s.spawn(move || f(i, r, piece)));
-                }
-            }
-            let mut result = match mine {
-                Some((r, piece)) => f(0, r, piece),
-                None => Ok(()),
-            };
-            for h in handles {
-                let r = h
-                    .join()
-                    .unwrap_or(Err(KernelError::Shape("a worker thread panicked")));
-                result = result.and(r);
-            }
-            result
-        })
-    }
-
-    /// `out = f(x)` channel by channel, for per-channel maps (`units` channels).
-    fn map<F>(&self, out: &mut [f32], units: usize, f: F) -> Result<(), KernelError>
-    where
-        F: Fn(Range<usize>, &mut [f32]) -> Result<(), KernelError> + Sync,
-    {
-        self.split(out, units, 1, |_, r, piece| f(r, piece))
-    }
+/// `out = f(x)` channel by channel on the pool, for per-channel maps (`units` channels).
+fn map<F>(pool: &Pool, out: &mut [f32], units: usize, f: F) -> Result<(), KernelError>
+where
+    F: Fn(Range<usize>, &mut [f32]) -> Result<(), KernelError> + Sync,
+{
+    pool.split(out, units, 1, |_, r, piece| f(r, piece))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -364,7 +300,7 @@ pub struct NcsnppModel<'w> {
     arch: NcsnppArch,
     params: Vec<ModP<'w>>,
     arena: Arena,
-    par: Par,
+    pool: Pool,
 }
 
 /// Sizes the arena needs, from a dry run of the program.
@@ -429,7 +365,7 @@ impl<'w> NcsnppModel<'w> {
             arch: arch.clone(),
             params,
             arena,
-            par: Par { threads },
+            pool: Pool::new(threads),
         })
     }
 
@@ -440,7 +376,7 @@ impl<'w> NcsnppModel<'w> {
 
     /// Threads per layer.
     pub fn threads(&self) -> usize {
-        self.par.threads
+        self.pool.threads()
     }
 
     /// Bytes of activation memory (work buffers, skip stack, pyramids, per-thread scratch).
@@ -508,7 +444,7 @@ impl<'w> NcsnppModel<'w> {
         out: &mut [f32],
         observe: &mut dyn FnMut(Act, &[f32]),
     ) -> Result<()> {
-        let par = self.par;
+        let pool = &self.pool;
         let a = &mut self.arena;
         let p = &self.params;
         let ctx = |e: KernelError, i: usize| anyhow!("all_modules.{i}: {e}");
@@ -521,10 +457,10 @@ impl<'w> NcsnppModel<'w> {
         let (ModP::Linear(l1), ModP::Linear(l2)) = (&p[1], &p[2]) else {
             bail!("all_modules.1 and .2 are not the temb Linears");
         };
-        linear(par, &a.fourier, l1, &mut a.hidden).map_err(|e| ctx(e, 1))?;
+        linear(pool, &a.fourier, l1, &mut a.hidden).map_err(|e| ctx(e, 1))?;
         observe(Act::Module(1), &a.hidden);
         k::silu_inplace(&mut a.hidden);
-        linear(par, &a.hidden, l2, &mut a.temb).map_err(|e| ctx(e, 2))?;
+        linear(pool, &a.hidden, l2, &mut a.temb).map_err(|e| ctx(e, 2))?;
         observe(Act::Module(2), &a.temb);
         a.temb_silu.copy_from_slice(&a.temb);
         k::silu_inplace(&mut a.temb_silu);
@@ -541,7 +477,7 @@ impl<'w> NcsnppModel<'w> {
 
         let s = self.arch.config.image_size;
         let mut run = Runner {
-            par,
+            pool,
             params: p,
             arena: a,
             skip_rescale: self.arch.config.skip_rescale,
@@ -687,7 +623,7 @@ fn others(i: usize) -> [usize; 3] {
 
 /// Walks the program for one sample.
 struct Runner<'a, 'w> {
-    par: Par,
+    pool: &'a Pool,
     params: &'a [ModP<'w>],
     arena: &'a mut Arena,
     skip_rescale: bool,
@@ -716,7 +652,7 @@ impl Runner<'_, '_> {
                 let [o, ..] = others(self.cur);
                 let res = self.res;
                 conv(
-                    self.par,
+                    self.pool,
                     &self.arena.scratch,
                     &self.arena.x_scaled,
                     res,
@@ -785,7 +721,7 @@ impl Runner<'_, '_> {
     fn conv(&mut self, c: &ConvP, src: usize, dst: usize, res: usize) -> Result<(), KernelError> {
         let (x, out) = two(&mut self.arena.work, src, dst);
         conv(
-            self.par,
+            self.pool,
             &self.arena.scratch,
             &x[..c.conv.c_in * res * res],
             res,
@@ -805,7 +741,7 @@ impl Runner<'_, '_> {
     ) -> Result<(), KernelError> {
         let n = p.channels * hw;
         let (x, out) = two(&mut self.arena.work, src, dst);
-        group_norm(self.par, &x[..n], hw, p, silu, &mut out[..n])
+        group_norm(self.pool, &x[..n], hw, p, silu, &mut out[..n])
     }
 
     /// `work[dst] = FIR-resample(work[src])` over `channels` maps of width `res`.
@@ -818,7 +754,14 @@ impl Runner<'_, '_> {
         res: usize,
     ) -> Result<(), KernelError> {
         let (x, out) = two(&mut self.arena.work, src, dst);
-        fir(self.par, up, &x[..channels * res * res], channels, res, out)
+        fir(
+            self.pool,
+            up,
+            &x[..channels * res * res],
+            channels,
+            res,
+            out,
+        )
     }
 
     /// `work[dst] ← merge(work[dst], work[src])`: (x + h)/√2 with skip_rescale, else x + h.
@@ -832,7 +775,7 @@ impl Runner<'_, '_> {
         let rescale = self.skip_rescale;
         let (x, out) = two(&mut self.arena.work, skip, dst);
         let x = &x[..n_ch * hw];
-        self.par.map(&mut out[..n_ch * hw], n_ch, |r, piece| {
+        map(self.pool, &mut out[..n_ch * hw], n_ch, |r, piece| {
             let xs = &x[r.start * hw..r.end * hw];
             if rescale {
                 k::add_skip_rescale(piece, xs)
@@ -857,7 +800,7 @@ impl Runner<'_, '_> {
         // Dense_0(SiLU(temb)) (the SiLU was applied once for all blocks).
         {
             let a = &mut *self.arena;
-            linear(self.par, &a.temb_silu, &r.dense, &mut a.dense[..b.c_out])?;
+            linear(self.pool, &a.temb_silu, &r.dense, &mut a.dense[..b.c_out])?;
         }
         // GroupNorm_0 + SiLU, then [FIR resample], then Conv_0 (+ Dense_0 per channel).
         self.norm(&r.norm0, true, x, bb, hw)?;
@@ -870,7 +813,8 @@ impl Runner<'_, '_> {
         self.conv(&r.conv0, src0, db, ro)?;
         {
             let dense = &self.arena.dense[..b.c_out];
-            self.par.map(
+            map(
+                self.pool,
                 &mut self.arena.work[db][..b.c_out * hwo],
                 b.c_out,
                 |cr, piece| {
@@ -915,21 +859,21 @@ impl Runner<'_, '_> {
             let (h, qkv) = two(&mut self.arena.work, bb, cb);
             let h = &h[..c * t];
             for (j, part) in qkv[..3 * c * t].chunks_exact_mut(c * t).enumerate() {
-                nin(self.par, h, c, t, &at.nin[j], part)?;
+                nin(self.pool, h, c, t, &at.nin[j], part)?;
             }
         }
         {
             let (qkv, out) = two(&mut self.arena.work, cb, db);
             let qkv = &qkv[..3 * c * t];
             let scratch = &self.arena.scratch;
-            self.par.split(&mut out[..c * t], 1, 1, |i, hr, piece| {
+            self.pool.split(&mut out[..c * t], 1, 1, |i, hr, piece| {
                 let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
                 k::qkv_attention(qkv, c, t, 1, k::QkvOrder::New, hr, piece, &mut s)
             })?;
         }
         {
             let (o, dst) = two(&mut self.arena.work, db, bb);
-            nin(self.par, &o[..c * t], c, t, &at.nin[3], &mut dst[..c * t])?;
+            nin(self.pool, &o[..c * t], c, t, &at.nin[3], &mut dst[..c * t])?;
         }
         self.merge(x, bb, c, t)?;
         self.cur = bb;
@@ -952,7 +896,14 @@ impl Runner<'_, '_> {
             let [p0, p1] = &mut self.arena.pyr_in;
             let (x, out) = if src == 0 { (&*p0, p1) } else { (&*p1, p0) };
             observe(Act::PyramidDown(self.downs, false), &x[..n_in]);
-            fir(self.par, Updown::Down, &x[..n_in], ch, r, &mut out[..n_out])?;
+            fir(
+                self.pool,
+                Updown::Down,
+                &x[..n_in],
+                ch,
+                r,
+                &mut out[..n_out],
+            )?;
             observe(Act::PyramidDown(self.downs, true), &out[..n_out]);
         }
         self.downs += 1;
@@ -968,7 +919,7 @@ impl Runner<'_, '_> {
             let a = &mut *self.arena;
             let pyr = &a.pyr_in[dst][..n_out];
             conv(
-                self.par,
+                self.pool,
                 &a.scratch,
                 pyr,
                 self.res,
@@ -978,7 +929,7 @@ impl Runner<'_, '_> {
         }
         let (y, h) = two(&mut self.arena.work, o, self.cur);
         let y = &y[..self.c * hw];
-        self.par.map(&mut h[..self.c * hw], self.c, |r, piece| {
+        map(self.pool, &mut h[..self.c * hw], self.c, |r, piece| {
             k::add_inplace(piece, &y[r.start * hw..r.end * hw]);
             Ok(())
         })?;
@@ -999,17 +950,21 @@ impl Runner<'_, '_> {
         self.norm(np, false, self.cur, o, hw)?;
         let n = np.channels * hw;
         observe(Act::Module(norm_i), &self.arena.work[o][..n]);
-        self.par
-            .map(&mut self.arena.work[o][..n], np.channels, |_, piece| {
+        map(
+            self.pool,
+            &mut self.arena.work[o][..n],
+            np.channels,
+            |_, piece| {
                 k::silu_inplace(piece);
                 Ok(())
-            })?;
+            },
+        )?;
         let ch = self.image_channels;
         let m = ch * hw;
         {
             let a = &mut *self.arena;
             conv(
-                self.par,
+                self.pool,
                 &a.scratch,
                 &a.work[o][..n],
                 res,
@@ -1028,7 +983,14 @@ impl Runner<'_, '_> {
         let (x, out) = if src == 0 { (&*p0, p1) } else { (&*p1, p0) };
         let n_in = m / 4;
         observe(Act::PyramidUp(self.ups, false), &x[..n_in]);
-        fir(self.par, Updown::Up, &x[..n_in], ch, res / 2, &mut out[..m])?;
+        fir(
+            self.pool,
+            Updown::Up,
+            &x[..n_in],
+            ch,
+            res / 2,
+            &mut out[..m],
+        )?;
         observe(Act::PyramidUp(self.ups, true), &out[..m]);
         k::add_inplace(&mut out[..m], &a.head[..m]);
         self.ups += 1;
@@ -1046,16 +1008,16 @@ fn conv_p<'w>(params: &[ModP<'w>], i: usize) -> Result<ConvP<'w>> {
 }
 
 /// `out = linear(x)` split over output features.
-fn linear(par: Par, x: &[f32], p: &LinearP, out: &mut [f32]) -> Result<(), KernelError> {
+fn linear(pool: &Pool, x: &[f32], p: &LinearP, out: &mut [f32]) -> Result<(), KernelError> {
     let n = out.len();
-    par.split(out, n, 16, |_, o, piece| {
+    pool.split(out, n, 16, |_, o, piece| {
         k::linear(x, p.weight, p.bias, p.in_features, o, piece)
     })
 }
 
 /// `out = NIN(x)` over `t` positions, split over output channels.
 fn nin(
-    par: Par,
+    pool: &Pool,
     x: &[f32],
     c_in: usize,
     t: usize,
@@ -1063,14 +1025,14 @@ fn nin(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     let c_out = p.bias.len();
-    par.split(out, c_out, 8, |_, o, piece| {
+    pool.split(out, c_out, 8, |_, o, piece| {
         k::nin(x, c_in, t, p.weight, p.bias, o, piece)
     })
 }
 
 /// GroupNorm with min(C/4, 32) groups and eps 1e-6 (+ SiLU), split over groups.
 fn group_norm(
-    par: Par,
+    pool: &Pool,
     x: &[f32],
     hw: usize,
     p: &NormP,
@@ -1078,7 +1040,7 @@ fn group_norm(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     let groups = groupnorm_groups(p.channels);
-    par.split(out, groups, 1, |_, g, piece| {
+    pool.split(out, groups, 1, |_, g, piece| {
         k::group_norm(
             x,
             p.channels,
@@ -1098,14 +1060,14 @@ fn group_norm(
 /// A convolution at width `res`, split over output channels in multiples of the
 /// microkernel's rows.
 fn conv(
-    par: Par,
+    pool: &Pool,
     scratch: &[Mutex<Vec<f32>>],
     x: &[f32],
     res: usize,
     p: &ConvP,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    par.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
+    pool.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
         let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
         p.conv
             .forward(x, res, res, p.weight, p.bias, co, piece, &mut s)
@@ -1114,7 +1076,7 @@ fn conv(
 
 /// FIR up/down-sampling of `channels` maps of width `res`, split over channels.
 fn fir(
-    par: Par,
+    pool: &Pool,
     dir: Updown,
     x: &[f32],
     channels: usize,
@@ -1126,7 +1088,7 @@ fn fir(
         Updown::Down => channels * res * res / 4,
         Updown::None => return Err(KernelError::Shape("fir: no resampling requested")),
     };
-    par.map(&mut out[..n], channels, |cr, piece| match dir {
+    map(pool, &mut out[..n], channels, |cr, piece| match dir {
         Updown::Up => k::fir_upsample2x(x, res, res, cr, piece),
         _ => k::fir_downsample2x(x, res, res, cr, piece),
     })
@@ -1156,19 +1118,6 @@ mod tests {
 
     fn io() -> SafetensorsFile {
         SafetensorsFile::open(&golden("ncsnpp_small").join("io.safetensors")).unwrap()
-    }
-
-    #[test]
-    fn part_tiles_the_range() {
-        for (units, parts, granule) in [(37, 3, 6), (5, 8, 1), (64, 2, 16)] {
-            let mut next = 0;
-            for i in 0..parts {
-                let r = part(units, parts, granule, i);
-                assert_eq!(r.start, next);
-                next = r.end;
-            }
-            assert_eq!(next, units);
-        }
     }
 
     #[test]
@@ -1300,6 +1249,13 @@ mod tests {
             &b[..],
             "batch 2 / 1 thread vs batch 1 / 3 threads"
         );
+        // The pool persists across calls: a second and third forward on 2 threads agree too.
+        let mut model2 = NcsnppModel::new(&arch, &weights, 2).unwrap();
+        for _ in 0..2 {
+            let mut c = vec![0f32; 2 * per];
+            model2.forward(&both, Output::Score, &mut c).unwrap();
+            assert_eq!(a, c, "1 thread vs 2 threads (pool reused)");
+        }
         // Denoised = x + σ²·s up to the one rounding saved.
         let mut d = vec![0f32; 2 * per];
         model3.forward(&both, Output::Denoised, &mut d).unwrap();
