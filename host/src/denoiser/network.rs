@@ -221,3 +221,78 @@ mod record_failure_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::ModelConfig;
+    use crate::tensors::SafetensorsFile;
+    use crate::testdata::golden;
+    use crate::weights::{Precision, Weights};
+    use tweedie_core::tweedie::{NetKind, NetOutput};
+    use tweedie_core::{Preset, StepPlan};
+
+    #[test]
+    fn adm_small_denoises_with_the_vp_eps_formula() {
+        let dir = golden("adm_small");
+        let config = ModelConfig::load(dir.join("config.json").to_str().unwrap()).unwrap();
+        let arch = AdmArch::new(config.adm().unwrap()).unwrap();
+        let file = SafetensorsFile::open(&dir.join("weights.safetensors")).unwrap();
+        let weights = Weights::load(&file, &arch.state_dict(), Precision::F32).unwrap();
+        let (batch, c, hw) = (2, 3, 32 * 32);
+        let param = Parameterization::new(NetKind::Vp, NetOutput::Eps);
+        let error = Mutex::new(None);
+        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, 2, &error);
+        let step = Preset::VpUncondPretrained.plan().step(500).unwrap();
+        let x: Vec<f32> = (0..batch * c * hw)
+            .map(|i| step.sigma * tweedie_core::noise::gaussian(7, 0, 0, i as u64) as f64)
+            .map(|v| v as f32)
+            .collect();
+        let mut d = vec![f32::NAN; x.len()];
+        den.denoise(&x, batch, &step, &mut d).unwrap();
+        assert!(d.iter().all(|v| v.is_finite()));
+
+        // The same numbers by hand: ε from the raw network at √ᾱ·x, then x − σ·ε.
+        let scale = 1.0 / (1.0 + step.sigma * step.sigma).sqrt();
+        let net_in: Vec<f32> = x.iter().map(|&u| (scale * u as f64) as f32).collect();
+        let mut net_out = vec![0.0; batch * 6 * hw];
+        let mut model = AdmModel::new(&arch, &weights, 32, 32, 1).unwrap();
+        let t = [step.t as f32; 2];
+        let input = Input {
+            x: &net_in,
+            t: &t,
+            batch,
+            height: 32,
+            width: 32,
+        };
+        model.forward(&input, &mut net_out).unwrap();
+        for n in 0..batch {
+            for i in 0..c * hw {
+                let (xi, eps) = (x[n * c * hw + i] as f64, net_out[n * 6 * hw + i] as f64);
+                let want = xi - step.sigma * eps;
+                let got = d[n * c * hw + i] as f64;
+                assert!(
+                    // f32 input scaling (an ulp of the input moves ε) and the f32 update.
+                    (got - want).abs() <= 1e-5 * (1.0 + xi.abs() + (step.sigma * eps).abs()),
+                    "sample {n} element {i}: {got} vs {want}"
+                );
+            }
+        }
+        assert!(error.lock().unwrap().is_none());
+        // A step without a VP time gets t(σ) from the exact time map.
+        let untimed = PlanStep {
+            t: f64::NAN,
+            ..step
+        };
+        let mut d2 = vec![f32::NAN; x.len()];
+        den.denoise(&x, batch, &untimed, &mut d2).unwrap();
+        let exact = TimeMap::Exact.map(step.sigma_net).unwrap().t;
+        assert!(
+            (exact - step.t).abs() < 1.0,
+            "t(σ) {exact} vs plan t {}",
+            step.t
+        );
+        assert!(d2.iter().all(|v| v.is_finite()));
+        assert!(den.denoise(&x[1..], batch, &step, &mut d[1..]).is_err());
+    }
+}

@@ -1,13 +1,12 @@
 //! guided-diffusion's ADM U-Net (`UNetModel`), as used by DPS for FFHQ-256 (adm_unet.md).
 //!
 //! `config` reads the JSON, `arch` derives the layer list, `state_dict` the expected tensors,
-//! `cost` the multiply-add count, `forward` runs the network, `denoiser` wraps it for the
-//! sampler.
+//! `cost` the multiply-add count, `forward` runs the network (`crate::denoiser::network`
+//! wraps it for the sampler), `train` its training forward and backward.
 
 pub mod arch;
 pub mod config;
 pub mod cost;
-pub mod denoiser;
 pub mod forward;
 pub mod state_dict;
 pub mod train;
@@ -16,5 +15,4 @@ pub use arch::{
     AdmArch, Attention, Block, Conv3x3, Layer, OutHead, QkvOrder, ResBlock, Resample, Updown,
 };
 pub use config::{AdmConfig, ADM_FFHQ256};
-pub use denoiser::AdmDenoiser;
 pub use forward::{forward, AdmModel, Input};
