@@ -8,7 +8,8 @@ eps loss mean((eps_hat - n)^2), backward, clip_grad_norm_(1.0), torch.optim.Adam
 float32, batch 64 by default, data x0 uniform in [-1, 1] (MNIST padded to 32x32 lies there).
 Weights: PyTorch's default init, then every parameter += 0.02 * N(0, 1) (as bench.py).
 
---warmup untimed steps, then --iters timed ones; prints each step's seconds and as the LAST line
+--warmup untimed steps, then --iters timed ones; prints each step's wall and CPU seconds, the
+median CPU seconds, and as the LAST line
 
     median_s=<seconds> images_per_s=<batch / median_s> iters=<n>
 
@@ -80,16 +81,21 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, layout {args.layout}, "
           f"config {args.config}, {size}x{size}x{c}, batch {args.batch}, {n_params} parameters", flush=True)
-    times = []
+    times, cpu = [], []
     for i in range(args.warmup + args.iters):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss = step()
-        elapsed = time.perf_counter() - start
+        elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
         timed = i >= args.warmup
-        print(f"{'step' if timed else 'warm-up'} {i}: {elapsed:.4f} s, loss {loss:.4f}", flush=True)
+        print(f"{'step' if timed else 'warm-up'} {i}: {elapsed:.4f} s (CPU {elapsed_cpu:.4f} s), "
+              f"loss {loss:.4f}", flush=True)
         if timed:
             times.append(elapsed)
+            cpu.append(elapsed_cpu)
     median = statistics.median(times)
+    # CPU seconds (all threads) per step: with --threads 1 a load-independent cost measure on
+    # a shared machine, where the wall time also counts waiting for a core.
+    print(f"median_cpu_s={statistics.median(cpu):.6f}")
     print(f"median_s={median:.6f} images_per_s={args.batch / median:.3f} iters={args.iters}")
 
 
