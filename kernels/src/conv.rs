@@ -15,9 +15,10 @@
 use crate::{check_len, check_min_len, check_range, KernelError, Weight, WeightsRef};
 
 /// Rows of the microkernel (output channels).
-pub const MR: usize = 6;
-/// Columns of the microkernel (output pixels): two 8-lane vectors.
-pub const NR: usize = 16;
+pub const MR: usize = 12;
+/// Columns of the microkernel (output pixels): two 16-lane vectors (AVX-512), four 8-lane
+/// ones (AVX2, as 2 × 2 sub-tiles of 6 × 16).
+pub const NR: usize = 32;
 /// Depth of a packed panel (rows of K): the NR-wide B micro-panel (KC·NR·4 = 24 KiB) stays in
 /// L1, and the 3×3 layers' K = 9·c_in (c_in a multiple of 128) splits into whole blocks.
 const KC: usize = 384;
@@ -27,7 +28,7 @@ const KC: usize = 384;
 const NC: usize = 128;
 /// Most output channels packed at once (multiple of MR): the A block (≤ 387 KiB) stays in L2,
 /// and up to 256 channels share one packed B block (each B block is packed once per A block).
-const MC_MAX: usize = 258;
+const MC_MAX: usize = 264;
 
 /// Which instruction set the convolution's microkernel uses. Construct with
 /// [`Isa::PORTABLE`] or [`Isa::detected`]; the AVX2 path can only be selected when the build
@@ -970,8 +971,12 @@ mod avx2 {
     use super::{Tile, MR, NR};
     use core::arch::x86_64::*;
 
-    /// The 6 × 16 AVX2 microkernel: 12 accumulators, per k two loads of B, six broadcasts of
-    /// A and twelve fused multiply-adds.
+    /// Rows and columns of the AVX2 sub-tile (12 accumulators of 8 lanes).
+    const SR: usize = 6;
+    const SC: usize = 16;
+
+    /// The MR × NR tile as (MR/6)·(NR/16) sub-tiles of 6 × 16, each over the whole depth:
+    /// per k two loads of B, six broadcasts of A and twelve fused multiply-adds.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; a.len() ≥ kc·MR, b.len() ≥ kc·NR.
@@ -983,14 +988,33 @@ mod avx2 {
         c: &mut Tile,
         init: Option<&[f32; MR]>,
     ) {
-        let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+        for i0 in (0..MR).step_by(SR) {
+            for j0 in (0..NR).step_by(SC) {
+                // SAFETY: same contract; the sub-tile offsets stay inside a row of A and B.
+                unsafe { sub_tile(kc, a.as_ptr().add(i0), b.as_ptr().add(j0), c, i0, j0, init) };
+            }
+        }
+    }
+
+    /// Rows i0 .. i0+6, columns j0 .. j0+16 of the tile; `ap`, `bp` point at that sub-tile's
+    /// first A and B values (k = 0).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sub_tile(
+        kc: usize,
+        mut ap: *const f32,
+        mut bp: *const f32,
+        c: &mut Tile,
+        i0: usize,
+        j0: usize,
+        init: Option<&[f32; MR]>,
+    ) {
         // SAFETY (whole body): every pointer stays inside the slices by the length contract.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let mut acc = [[_mm256_setzero_ps(); 2]; SR];
             for (i, r) in acc.iter_mut().enumerate() {
-                let cp = c[i].as_ptr();
+                let cp = c[i0 + i].as_ptr().add(j0);
                 *r = match init {
-                    Some(v) => [_mm256_set1_ps(v[i]); 2],
+                    Some(v) => [_mm256_set1_ps(v[i0 + i]); 2],
                     None => [_mm256_loadu_ps(cp), _mm256_loadu_ps(cp.add(8))],
                 };
             }
@@ -1005,9 +1029,10 @@ mod avx2 {
                 ap = ap.add(MR);
                 bp = bp.add(NR);
             }
-            for (ci, r) in c.iter_mut().zip(&acc) {
-                _mm256_storeu_ps(ci.as_mut_ptr(), r[0]);
-                _mm256_storeu_ps(ci.as_mut_ptr().add(8), r[1]);
+            for (i, r) in acc.iter().enumerate() {
+                let cp = c[i0 + i].as_mut_ptr().add(j0);
+                _mm256_storeu_ps(cp, r[0]);
+                _mm256_storeu_ps(cp.add(8), r[1]);
             }
         }
     }
@@ -1034,8 +1059,9 @@ mod avx512 {
         _xgetbv(0)
     }
 
-    /// The 6 × 16 AVX-512 microkernel: one 16-lane vector per row of the tile, per k one load
-    /// of B and six broadcast fused multiply-adds (the same roundings as the AVX2 kernel).
+    /// The 12 × 32 AVX-512 microkernel: 24 accumulators (two 16-lane vectors per row), per k
+    /// two loads of B, twelve broadcasts of A and 24 fused multiply-adds (the same roundings
+    /// as the AVX2 kernel).
     ///
     /// # Safety
     /// The CPU must support AVX-512F; a.len() ≥ kc·MR, b.len() ≥ kc·NR.
@@ -1050,23 +1076,28 @@ mod avx512 {
         let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
         // SAFETY (whole body): every pointer stays inside the slices by the length contract.
         unsafe {
-            let mut acc = [_mm512_setzero_ps(); MR];
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             for (i, r) in acc.iter_mut().enumerate() {
+                let cp = c[i].as_ptr();
                 *r = match init {
-                    Some(v) => _mm512_set1_ps(v[i]),
-                    None => _mm512_loadu_ps(c[i].as_ptr()),
+                    Some(v) => [_mm512_set1_ps(v[i]); 2],
+                    None => [_mm512_loadu_ps(cp), _mm512_loadu_ps(cp.add(16))],
                 };
             }
             for _ in 0..kc {
-                let bk = _mm512_loadu_ps(bp);
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
                 for (i, r) in acc.iter_mut().enumerate() {
-                    *r = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(i)), bk, *r);
+                    let ai = _mm512_set1_ps(*ap.add(i));
+                    r[0] = _mm512_fmadd_ps(ai, b0, r[0]);
+                    r[1] = _mm512_fmadd_ps(ai, b1, r[1]);
                 }
                 ap = ap.add(MR);
                 bp = bp.add(NR);
             }
             for (ci, r) in c.iter_mut().zip(&acc) {
-                _mm512_storeu_ps(ci.as_mut_ptr(), *r);
+                _mm512_storeu_ps(ci.as_mut_ptr(), r[0]);
+                _mm512_storeu_ps(ci.as_mut_ptr().add(16), r[1]);
             }
         }
     }
