@@ -3,12 +3,15 @@
 //!
 //! Nothing of im2col is materialised beyond one packed panel: for each block of KC rows of K,
 //! a block of at most MC_MAX output channels of W is packed (converted from f16 if needed), then
-//! for each NR-wide column tile the im2col rows are packed straight from the input, and an
-//! MR × NR register-blocked microkernel accumulates into `out`.
+//! for each NC-wide block of output pixels the im2col rows are packed straight from the input,
+//! and an MR × NR register-blocked microkernel accumulates into `out`. A caller may hand a
+//! thread all channels of a pixel range instead of a channel range
+//! ([`Conv2d::forward_pixels`]), so threads do not each pack the same im2col columns.
 //!
 //! Reduction order (what makes every split bit-identical): every output element is
 //! bias + w_0·x_0 + w_1·x_1 + … in the order k = (ci·k + ky)·k + kx, one rounding per step
-//! (portable: a product and a sum; AVX2: one fused multiply-add). Blocking over K, M or N only
+//! (portable: a product and a sum; AVX2 and AVX-512: one fused multiply-add, so these two agree
+//! bit for bit whatever their register tiles). Blocking over K, M or N only
 //! decides where the running sum lives (register or `out`), never the order of the terms, so the
 //! result is independent of the channel range, the tile an element lands in, and the block sizes.
 
@@ -31,9 +34,10 @@ const NC: usize = 128;
 const MC_MAX: usize = 264;
 
 /// Which instruction set the convolution's microkernel uses. Construct with
-/// [`Isa::PORTABLE`] or [`Isa::detected`]; the AVX2 path can only be selected when the build
-/// targets AVX2+FMA or after the host has called [`enable_avx2_fma`], so safe code can never
-/// run it on a CPU without those instructions.
+/// [`Isa::PORTABLE`], [`Isa::detected`] or [`Isa::available`]; the AVX2 path can only be
+/// selected when the build targets AVX2+FMA or after the host has called [`enable_avx2_fma`],
+/// and the AVX-512 path only after that call found AVX-512F by CPUID (and the OS saving its
+/// registers), so safe code can never run them on a CPU without those instructions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Isa(IsaKind);
 
@@ -49,8 +53,9 @@ enum IsaKind {
 #[cfg(target_arch = "x86_64")]
 static AVX2_FMA: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-/// Lets [`Isa::detected`] (and so [`Conv2d::forward`]) use the AVX2+FMA microkernel. The host
-/// calls this once, before starting worker threads, after
+/// Lets [`Isa::detected`] (and so [`Conv2d::forward`]) use the AVX2+FMA microkernel, or the
+/// AVX-512F one where CPUID and XCR0 show the CPU and the OS support it (checked here). The
+/// host calls this once, before starting worker threads, after
 /// `is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")`.
 ///
 /// # Safety
@@ -69,8 +74,9 @@ impl Isa {
     /// Plain Rust (separate multiply and add): the reference path, on every target.
     pub const PORTABLE: Isa = Isa(IsaKind::Portable);
 
-    /// The fastest path known to be available: AVX2+FMA if compiled with those target features
-    /// or enabled by [`enable_avx2_fma`], else portable.
+    /// The fastest path known to be available: AVX-512F if [`enable_avx2_fma`] found it, else
+    /// AVX2+FMA if compiled with those target features or enabled by [`enable_avx2_fma`], else
+    /// portable.
     pub fn detected() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
@@ -1980,7 +1986,9 @@ mod backward_tests {
 /// Throughput of one convolution layer, by default the ADM's dominant 128→128 3×3 at 256×256:
 /// `cargo test -p tweedie-kernels --release conv_throughput -- --ignored --nocapture`, with
 /// CONV_SHAPE="c_in,c_out,kernel,size", CONV_THREADS=n (output channels split evenly, as the
-/// host does) and CONV_SIMD_ONLY=1 (skip the slow portable path).
+/// host does for maps with fewer pixels than twice the channels), CONV_REPS=n (default 5) and
+/// CONV_SIMD_ONLY=1 (skip the slow portable path). Prints wall and process CPU time per run
+/// (CPU time is the steadier measure on a shared machine).
 #[cfg(test)]
 mod timing {
     use super::*;
