@@ -3,34 +3,41 @@
 //!
 //! Nothing of im2col is materialised beyond one packed panel: for each block of KC rows of K,
 //! a block of at most MC_MAX output channels of W is packed (converted from f16 if needed), then
-//! for each NR-wide column tile the im2col rows are packed straight from the input, and an
-//! MR × NR register-blocked microkernel accumulates into `out`.
+//! for each NC-wide block of output pixels the im2col rows are packed straight from the input,
+//! and an MR × NR register-blocked microkernel accumulates into `out`. A caller may hand a
+//! thread all channels of a pixel range instead of a channel range
+//! ([`Conv2d::forward_pixels`]), so threads do not each pack the same im2col columns.
 //!
 //! Reduction order (what makes every split bit-identical): every output element is
 //! bias + w_0·x_0 + w_1·x_1 + … in the order k = (ci·k + ky)·k + kx, one rounding per step
-//! (portable: a product and a sum; AVX2: one fused multiply-add). Blocking over K, M or N only
+//! (portable: a product and a sum; AVX2 and AVX-512: one fused multiply-add, so these two agree
+//! bit for bit whatever their register tiles). Blocking over K, M or N only
 //! decides where the running sum lives (register or `out`), never the order of the terms, so the
 //! result is independent of the channel range, the tile an element lands in, and the block sizes.
 
 use crate::{check_len, check_min_len, check_range, KernelError, Weight, WeightsRef};
 
 /// Rows of the microkernel (output channels).
-pub const MR: usize = 6;
-/// Columns of the microkernel (output pixels): two 8-lane vectors.
-pub const NR: usize = 16;
-/// Depth of a packed panel (rows of K): the NR-wide B micro-panel (KC·NR·4 = 16 KiB) stays in L1.
-const KC: usize = 256;
+pub const MR: usize = 12;
+/// Columns of the microkernel (output pixels): two 16-lane vectors (AVX-512), four 8-lane
+/// ones (AVX2, as 2 × 2 sub-tiles of 6 × 16).
+pub const NR: usize = 32;
+/// Depth of a packed panel (rows of K): the NR-wide B micro-panel (KC·NR·4 = 24 KiB) stays in
+/// L1, and the 3×3 layers' K = 9·c_in (c_in a multiple of 128) splits into whole blocks.
+const KC: usize = 384;
 /// Output pixels packed at once (multiple of NR): each im2col row is copied as one stretch of
-/// NC input pixels, which the hardware prefetcher can follow; the B block (KC·NC·4 = 128 KiB)
+/// NC input pixels, which the hardware prefetcher can follow; the B block (KC·NC·4 = 192 KiB)
 /// stays in L2.
 const NC: usize = 128;
-/// Most output channels packed at once (multiple of MR): the A block (≤ 192 KiB) stays in L2.
-const MC_MAX: usize = 192;
+/// Most output channels packed at once (multiple of MR): the A block (≤ 387 KiB) stays in L2,
+/// and up to 256 channels share one packed B block (each B block is packed once per A block).
+const MC_MAX: usize = 264;
 
 /// Which instruction set the convolution's microkernel uses. Construct with
-/// [`Isa::PORTABLE`] or [`Isa::detected`]; the AVX2 path can only be selected when the build
-/// targets AVX2+FMA or after the host has called [`enable_avx2_fma`], so safe code can never
-/// run it on a CPU without those instructions.
+/// [`Isa::PORTABLE`], [`Isa::detected`] or [`Isa::available`]; the AVX2 path can only be
+/// selected when the build targets AVX2+FMA or after the host has called [`enable_avx2_fma`],
+/// and the AVX-512 path only after that call found AVX-512F by CPUID (and the OS saving its
+/// registers), so safe code can never run them on a CPU without those instructions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Isa(IsaKind);
 
@@ -39,13 +46,16 @@ enum IsaKind {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 #[cfg(target_arch = "x86_64")]
 static AVX2_FMA: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-/// Lets [`Isa::detected`] (and so [`Conv2d::forward`]) use the AVX2+FMA microkernel. The host
-/// calls this once, before starting worker threads, after
+/// Lets [`Isa::detected`] (and so [`Conv2d::forward`]) use the AVX2+FMA microkernel, or the
+/// AVX-512F one where CPUID and XCR0 show the CPU and the OS support it (checked here). The
+/// host calls this once, before starting worker threads, after
 /// `is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")`.
 ///
 /// # Safety
@@ -53,17 +63,26 @@ static AVX2_FMA: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn enable_avx2_fma() {
     AVX2_FMA.store(true, core::sync::atomic::Ordering::Relaxed);
+    AVX512.store(avx512::supported(), core::sync::atomic::Ordering::Relaxed);
 }
+
+/// Set by [`enable_avx2_fma`] when the CPU and the OS also support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+static AVX512: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 impl Isa {
     /// Plain Rust (separate multiply and add): the reference path, on every target.
     pub const PORTABLE: Isa = Isa(IsaKind::Portable);
 
-    /// The fastest path known to be available: AVX2+FMA if compiled with those target features
-    /// or enabled by [`enable_avx2_fma`], else portable.
+    /// The fastest path known to be available: AVX-512F if [`enable_avx2_fma`] found it, else
+    /// AVX2+FMA if compiled with those target features or enabled by [`enable_avx2_fma`], else
+    /// portable.
     pub fn detected() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
+            if AVX512.load(core::sync::atomic::Ordering::Relaxed) {
+                return Isa(IsaKind::Avx512);
+            }
             if cfg!(all(target_feature = "avx2", target_feature = "fma"))
                 || AVX2_FMA.load(core::sync::atomic::Ordering::Relaxed)
             {
@@ -71,6 +90,25 @@ impl Isa {
             }
         }
         Isa::PORTABLE
+    }
+
+    /// Every path usable here, slowest first: portable, then AVX2+FMA and AVX-512F when
+    /// enabled (for tests and benchmarks that compare them).
+    pub fn available() -> impl Iterator<Item = Isa> {
+        let mut all = [None; 3];
+        all[0] = Some(Isa::PORTABLE);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::sync::atomic::Ordering::Relaxed;
+            if cfg!(all(target_feature = "avx2", target_feature = "fma")) || AVX2_FMA.load(Relaxed)
+            {
+                all[1] = Some(Isa(IsaKind::Avx2Fma));
+            }
+            if AVX512.load(Relaxed) {
+                all[2] = Some(Isa(IsaKind::Avx512));
+            }
+        }
+        all.into_iter().flatten()
     }
 
     /// Whether this is a SIMD path (whose results differ from the portable path by rounding).
@@ -153,6 +191,71 @@ impl Conv2d {
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
+        let geo = self.check_forward(inp, h, w, weight, bias, scratch)?;
+        check_range(
+            "conv2d: output channel range outside 0..c_out",
+            &co,
+            self.c_out,
+        )?;
+        check_len("conv2d output", co.len() * geo.n, out.len())?;
+        let px = 0..geo.n;
+        match weight {
+            WeightsRef::F32(wt) => {
+                conv_gemm(isa, &geo, inp, wt, bias, co, px, Out::Dense(out), scratch)
+            }
+            WeightsRef::F16(wt) => {
+                conv_gemm(isa, &geo, inp, wt, bias, co, px, Out::Dense(out), scratch)
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Conv2d::forward_with`] for every output channel and the output pixels `px` only
+    /// (numbered y·ow + x): `rows[c]` receives out[c, px] (`rows.len() == c_out`, each
+    /// `px.len()` long). Lets threads split a large map by pixels, each packing only its own
+    /// im2col columns; every element is computed in the same order as by
+    /// [`Conv2d::forward_with`], so the bits are the same for any split.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_pixels(
+        &self,
+        isa: Isa,
+        inp: &[f32],
+        h: usize,
+        w: usize,
+        weight: WeightsRef,
+        bias: &[f32],
+        px: core::ops::Range<usize>,
+        rows: &mut [&mut [f32]],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let geo = self.check_forward(inp, h, w, weight, bias, scratch)?;
+        check_range("conv2d: pixel range outside 0..oh·ow", &px, geo.n)?;
+        check_len("conv2d output rows", self.c_out, rows.len())?;
+        for r in rows.iter() {
+            check_len("conv2d output row", px.len(), r.len())?;
+        }
+        let co = 0..self.c_out;
+        match weight {
+            WeightsRef::F32(wt) => {
+                conv_gemm(isa, &geo, inp, wt, bias, co, px, Out::Rows(rows), scratch)
+            }
+            WeightsRef::F16(wt) => {
+                conv_gemm(isa, &geo, inp, wt, bias, co, px, Out::Rows(rows), scratch)
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what both forwards share; returns the im2col geometry.
+    fn check_forward(
+        &self,
+        inp: &[f32],
+        h: usize,
+        w: usize,
+        weight: WeightsRef,
+        bias: &[f32],
+        scratch: &[f32],
+    ) -> Result<Geometry, KernelError> {
         if self.kernel == 0 || self.stride == 0 || self.c_in == 0 {
             return Err(KernelError::Shape(
                 "conv2d: kernel, stride and c_in must be ≥ 1",
@@ -167,14 +270,8 @@ impl Conv2d {
         check_len("conv2d input", self.c_in * h * w, inp.len())?;
         check_len("conv2d weight", self.c_out * self.k_total(), weight.len())?;
         check_len("conv2d bias", self.c_out, bias.len())?;
-        check_range(
-            "conv2d: output channel range outside 0..c_out",
-            &co,
-            self.c_out,
-        )?;
-        check_len("conv2d output", co.len() * oh * ow, out.len())?;
         check_min_len("conv2d scratch", self.scratch_len(h, w), scratch.len())?;
-        let geo = Geometry {
+        Ok(Geometry {
             c_in: self.c_in,
             kernel: self.kernel,
             stride: self.stride,
@@ -186,12 +283,7 @@ impl Conv2d {
             dil: 1,
             real_h: h,
             real_w: w,
-        };
-        match weight {
-            WeightsRef::F32(wt) => gemm(isa, &geo, inp, wt, bias, co, out, scratch),
-            WeightsRef::F16(wt) => gemm(isa, &geo, inp, wt, bias, co, out, scratch),
-        }
-        Ok(())
+        })
     }
 }
 
@@ -286,24 +378,26 @@ impl Conv2d {
         let (c_in, k, depth, row0) = (self.c_in, self.kernel, self.c_out * k2, ci.start);
         let pb = |k0, kc, n0, nc, b: &mut [f32]| pack_b(&geo, dout, k0, kc, n0, nc, b);
         match weight {
-            WeightsRef::F32(wt) => gemm_acc(
+            WeightsRef::F32(wt) => gemm(
                 isa,
+                None,
                 ci.len(),
                 h * w,
                 depth,
                 |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
                 pb,
-                dinp,
+                Out::Dense(dinp),
                 scratch,
             ),
-            WeightsRef::F16(wt) => gemm_acc(
+            WeightsRef::F16(wt) => gemm(
                 isa,
+                None,
                 ci.len(),
                 h * w,
                 depth,
                 |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
                 pb,
-                dinp,
+                Out::Dense(dinp),
                 scratch,
             ),
         }
@@ -362,14 +456,15 @@ impl Conv2d {
             real_h: h,
             real_w: w,
         };
-        gemm_acc(
+        gemm(
             isa,
+            None,
             co.len(),
             k_total,
             n,
             |m0, mc, k0, kc, a| pack_a(rows, n, m0, mc, k0, kc, a),
             |k0, kc, n0, nc, b| pack_b_t(&geo, inp, k0, kc, n0, nc, b),
-            dweight,
+            Out::Dense(dweight),
             scratch,
         );
         Ok(())
@@ -498,37 +593,38 @@ impl Geometry {
     }
 }
 
-/// The forward's GEMM: out = bias + W[co, :]·im2col(inp); shapes were checked by the caller.
+/// The forward's GEMM: out = bias + W[co, :]·im2col(inp)[:, px]; shapes were checked by the
+/// caller.
 #[allow(clippy::too_many_arguments)]
-fn gemm<W: Weight>(
+fn conv_gemm<W: Weight>(
     isa: Isa,
     geo: &Geometry,
     inp: &[f32],
     weight: &[W],
     bias: &[f32],
     co: core::ops::Range<usize>,
-    out: &mut [f32],
+    px: core::ops::Range<usize>,
+    out: Out,
     scratch: &mut [f32],
 ) {
-    let (n, k_total) = (geo.n, geo.k_total());
-    // The running sums start at the bias (first term of every element's chain).
-    for (row, &b) in out.chunks_exact_mut(n).zip(&bias[co.clone()]) {
-        row.fill(b);
-    }
+    let k_total = geo.k_total();
     let row0 = co.start;
-    gemm_acc(
+    // The running sums start at the bias (first term of every element's chain): the first K
+    // block starts its registers there instead of a separate pass filling `out`.
+    gemm(
         isa,
+        Some(&bias[co.clone()]),
         co.len(),
-        n,
+        px.len(),
         k_total,
         |m0, mc, k0, kc, a| pack_a(weight, k_total, row0 + m0, mc, k0, kc, a),
-        |k0, kc, n0, nc, b| pack_b(geo, inp, k0, kc, n0, nc, b),
+        |k0, kc, n0, nc, b| pack_b(geo, inp, k0, kc, px.start + n0, nc, b),
         out,
         scratch,
     );
 }
 
-/// Scratch floats [`gemm_acc`] needs for an m × n product of depth `depth`.
+/// Scratch floats [`gemm`] needs for an m × n product of depth `depth`.
 fn gemm_scratch_len(m: usize, depth: usize) -> usize {
     let kc = depth.clamp(1, KC);
     let mc = round_up(m.max(1), MR).min(MC_MAX);
@@ -536,19 +632,20 @@ fn gemm_scratch_len(m: usize, depth: usize) -> usize {
 }
 
 /// The blocked GEMM driver, shared by the forward and both backward products:
-/// out[i, j] += Σ_k A[i, k]·B[k, j] for an m × n `out` (row stride n), terms added in k order
-/// onto the value already in `out`. `pack_a(m0, mc, k0, kc, a)` packs rows m0 .. m0+mc,
+/// out[i, j] = init[i] + Σ_k A[i, k]·B[k, j] for an m × n `out` (row stride n), terms added in
+/// k order onto `init[i]`, or onto the value already in `out` when `init` is `None`. `pack_a(m0, mc, k0, kc, a)` packs rows m0 .. m0+mc,
 /// depth k0 .. k0+kc of A as [`pack_a`] does; `pack_b(k0, kc, n0, nc, b)` packs depth
 /// k0 .. k0+kc, columns n0 .. n0+nc of B as [`pack_b`] does.
 #[allow(clippy::too_many_arguments)]
-fn gemm_acc(
+fn gemm(
     isa: Isa,
+    init: Option<&[f32]>,
     m: usize,
     n: usize,
     depth: usize,
     mut pack_a: impl FnMut(usize, usize, usize, usize, &mut [f32]),
     mut pack_b: impl FnMut(usize, usize, usize, usize, &mut [f32]),
-    out: &mut [f32],
+    mut out: Out,
     scratch: &mut [f32],
 ) {
     if m == 0 || n == 0 {
@@ -578,22 +675,27 @@ fn gemm_acc(
                     for (t, a_pan) in a_blk.chunks_exact(kc * MR).enumerate() {
                         let i0 = m0 + t * MR;
                         let mr = MR.min(m - i0);
-                        let c_at = i0 * n + nj;
-                        // The C tile's rows are n floats apart (cache-unfriendly); fetch the
-                        // next tile's while this one computes.
-                        prefetch_tile(out, c_at + MR * n, n);
+                        // The first K block starts from `init` (zero rows past mr).
+                        let start = init.filter(|_| k0 == 0).map(|v| {
+                            let mut r = [0f32; MR];
+                            r[..mr].copy_from_slice(&v[i0..i0 + mr]);
+                            r
+                        });
+                        // The C tile's rows are far apart (cache-unfriendly); fetch the next
+                        // tile's while this one computes.
+                        out.prefetch(n, i0 + MR, nj);
                         if mr == MR && nr == NR {
-                            microkernel(isa, kc, a_pan, b_pan, &mut out[c_at..], n);
+                            let mut c = out.tile(n, i0, nj);
+                            microkernel(isa, kc, a_pan, b_pan, &mut c, start.as_ref());
                         } else {
                             // Ragged edge: the same microkernel on a copy of the valid part.
-                            for i in 0..mr {
-                                tmp[i * NR..i * NR + nr]
-                                    .copy_from_slice(&out[c_at + i * n..][..nr]);
+                            for (i, t) in tmp.chunks_exact_mut(NR).take(mr).enumerate() {
+                                t[..nr].copy_from_slice(&out.row(n, i0 + i)[nj..nj + nr]);
                             }
-                            microkernel(isa, kc, a_pan, b_pan, tmp, NR);
-                            for i in 0..mr {
-                                out[c_at + i * n..][..nr]
-                                    .copy_from_slice(&tmp[i * NR..i * NR + nr]);
+                            let mut c = tile_of(tmp, NR, 0);
+                            microkernel(isa, kc, a_pan, b_pan, &mut c, start.as_ref());
+                            for (i, t) in tmp.chunks_exact(NR).take(mr).enumerate() {
+                                out.row(n, i0 + i)[nj..nj + nr].copy_from_slice(&t[..nr]);
                             }
                         }
                     }
@@ -603,18 +705,66 @@ fn gemm_acc(
     }
 }
 
-/// Hints the cache to fetch the MR × NR tile of `c` at `at` (row stride `ldc`), if inside `c`.
+/// Where [`gemm`] writes its m × n result: one dense block (row stride n), or one slice of
+/// n floats per row (the rows of a pixel range of a larger map, see
+/// [`Conv2d::forward_pixels`]).
+enum Out<'o, 'r> {
+    Dense(&'o mut [f32]),
+    Rows(&'o mut [&'r mut [f32]]),
+}
+
+/// The MR rows of NR floats of a tile at (0, j) of `c` (row stride `ld`).
 #[inline(always)]
-fn prefetch_tile(c: &[f32], at: usize, ldc: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for i in 0..MR {
-        if let Some(row) = c.get(at + i * ldc..at + i * ldc + NR) {
-            prefetch(row.as_ptr());
-            prefetch(row[NR - 1..].as_ptr());
+fn tile_of(c: &mut [f32], ld: usize, j: usize) -> [&mut [f32; NR]; MR] {
+    let mut rows = c[j..].chunks_mut(ld);
+    core::array::from_fn(|_| {
+        let row = rows.next().unwrap_or_default();
+        <&mut [f32; NR]>::try_from(&mut row[..NR]).unwrap_or_else(|_| unreachable!())
+    })
+}
+
+impl Out<'_, '_> {
+    /// The full MR × NR tile at row i0, column j (the driver only asks for tiles inside).
+    #[inline(always)]
+    fn tile(&mut self, n: usize, i0: usize, j: usize) -> [&mut [f32; NR]; MR] {
+        match self {
+            Out::Dense(c) => tile_of(&mut c[i0 * n..], n, j),
+            Out::Rows(rows) => {
+                let mut it = rows[i0..i0 + MR].iter_mut();
+                core::array::from_fn(|_| {
+                    let row = it.next().map(|r| &mut r[j..j + NR]).unwrap_or_default();
+                    <&mut [f32; NR]>::try_from(row).unwrap_or_else(|_| unreachable!())
+                })
+            }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (c, at, ldc);
+
+    /// Row i (n floats).
+    #[inline(always)]
+    fn row(&mut self, n: usize, i: usize) -> &mut [f32] {
+        match self {
+            Out::Dense(c) => &mut c[i * n..(i + 1) * n],
+            Out::Rows(rows) => rows[i],
+        }
+    }
+
+    /// Hints the cache to fetch the MR × NR tile at row i0, column j, where inside.
+    #[inline(always)]
+    fn prefetch(&self, n: usize, i0: usize, j: usize) {
+        #[cfg(target_arch = "x86_64")]
+        for i in i0..i0 + MR {
+            let row = match self {
+                Out::Dense(c) => c.get(i * n + j..i * n + j + NR),
+                Out::Rows(rows) => rows.get(i).and_then(|r| r.get(j..j + NR)),
+            };
+            if let Some(row) = row {
+                prefetch(row.as_ptr());
+                prefetch(row[NR - 1..].as_ptr());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (n, i0, j);
+    }
 }
 
 /// A cache hint (never faults, changes no value).
@@ -780,25 +930,35 @@ fn copy_row(src: &[f32], dst: &mut [f32], x0: usize, pad: usize, stride: usize) 
     }
 }
 
-/// c[i·ldc + j] += Σ_kk a[kk·MR + i]·b[kk·NR + j] for an MR × NR tile, terms added in kk order.
+/// The MR rows of one C tile.
+type Tile<'c> = [&'c mut [f32; NR]; MR];
+
+/// c[i][j] = s_i + Σ_kk a[kk·MR + i]·b[kk·NR + j] for an MR × NR tile, terms added in kk
+/// order onto s_i = init[i], or onto the value in c when `init` is `None`.
 #[inline]
-fn microkernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
+fn microkernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: &mut Tile, init: Option<&[f32; MR]>) {
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
     match isa.0 {
-        IsaKind::Portable => microkernel_portable(kc, a, b, c, ldc),
+        IsaKind::Portable => microkernel_portable(kc, a, b, c, init),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an Avx2Fma Isa exists only if the build targets AVX2+FMA or the host vouched
         // for the CPU through `enable_avx2_fma`; the slice lengths were checked above (and are
         // guaranteed by the driver).
-        IsaKind::Avx2Fma => unsafe { avx2::microkernel(kc, a, b, c, ldc) },
+        IsaKind::Avx2Fma => unsafe { avx2::microkernel(kc, a, b, c, init) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an Avx512 Isa exists only after `enable_avx2_fma` found AVX-512F usable.
+        IsaKind::Avx512 => unsafe { avx512::microkernel(kc, a, b, c, init) },
     }
 }
 
 /// The reference microkernel: separate product and sum, as the plain formula.
-fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
+fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut Tile, init: Option<&[f32; MR]>) {
     let mut acc = [[0f32; NR]; MR];
     for (i, row) in acc.iter_mut().enumerate() {
-        row.copy_from_slice(&c[i * ldc..i * ldc + NR]);
+        *row = match init {
+            Some(v) => [v[i]; NR],
+            None => *c[i],
+        };
     }
     for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
         for (row, &ai) in acc.iter_mut().zip(ak) {
@@ -807,32 +967,62 @@ fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usi
             }
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        c[i * ldc..i * ldc + NR].copy_from_slice(row);
+    for (ci, row) in c.iter_mut().zip(&acc) {
+        **ci = *row;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{MR, NR};
+    use super::{Tile, MR, NR};
     use core::arch::x86_64::*;
 
-    /// The 6 × 16 AVX2 microkernel: 12 accumulators, per k two loads of B, six broadcasts of
-    /// A and twelve fused multiply-adds.
+    /// Rows and columns of the AVX2 sub-tile (12 accumulators of 8 lanes).
+    const SR: usize = 6;
+    const SC: usize = 16;
+
+    /// The MR × NR tile as (MR/6)·(NR/16) sub-tiles of 6 × 16, each over the whole depth:
+    /// per k two loads of B, six broadcasts of A and twelve fused multiply-adds.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; a.len() ≥ kc·MR, b.len() ≥ kc·NR,
-    /// c.len() ≥ (MR−1)·ldc + NR.
+    /// The CPU must support AVX2 and FMA; a.len() ≥ kc·MR, b.len() ≥ kc·NR.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
-        let cp = c.as_mut_ptr();
-        let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+    pub unsafe fn microkernel(
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut Tile,
+        init: Option<&[f32; MR]>,
+    ) {
+        for i0 in (0..MR).step_by(SR) {
+            for j0 in (0..NR).step_by(SC) {
+                // SAFETY: same contract; the sub-tile offsets stay inside a row of A and B.
+                unsafe { sub_tile(kc, a.as_ptr().add(i0), b.as_ptr().add(j0), c, i0, j0, init) };
+            }
+        }
+    }
+
+    /// Rows i0 .. i0+6, columns j0 .. j0+16 of the tile; `ap`, `bp` point at that sub-tile's
+    /// first A and B values (k = 0).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sub_tile(
+        kc: usize,
+        mut ap: *const f32,
+        mut bp: *const f32,
+        c: &mut Tile,
+        i0: usize,
+        j0: usize,
+        init: Option<&[f32; MR]>,
+    ) {
         // SAFETY (whole body): every pointer stays inside the slices by the length contract.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let mut acc = [[_mm256_setzero_ps(); 2]; SR];
             for (i, r) in acc.iter_mut().enumerate() {
-                r[0] = _mm256_loadu_ps(cp.add(i * ldc));
-                r[1] = _mm256_loadu_ps(cp.add(i * ldc + 8));
+                let cp = c[i0 + i].as_ptr().add(j0);
+                *r = match init {
+                    Some(v) => [_mm256_set1_ps(v[i0 + i]); 2],
+                    None => [_mm256_loadu_ps(cp), _mm256_loadu_ps(cp.add(8))],
+                };
             }
             for _ in 0..kc {
                 let b0 = _mm256_loadu_ps(bp);
@@ -846,8 +1036,74 @@ mod avx2 {
                 bp = bp.add(NR);
             }
             for (i, r) in acc.iter().enumerate() {
-                _mm256_storeu_ps(cp.add(i * ldc), r[0]);
-                _mm256_storeu_ps(cp.add(i * ldc + 8), r[1]);
+                let cp = c[i0 + i].as_mut_ptr().add(j0);
+                _mm256_storeu_ps(cp, r[0]);
+                _mm256_storeu_ps(cp.add(8), r[1]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, MR, NR};
+    use core::arch::x86_64::*;
+
+    /// Whether the CPU has AVX-512F and the OS saves its registers (CPUID leaf 7 EBX bit 16;
+    /// OSXSAVE, then XCR0 bits 1, 2, 5, 6, 7: SSE, AVX, opmask, ZMM0–15 upper, ZMM16–31).
+    pub fn supported() -> bool {
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID exists on every x86_64 CPU.
+        let (l1, l7) = unsafe { (__cpuid(1), __cpuid_count(7, 0)) };
+        let osxsave = l1.ecx & (1 << 27) != 0;
+        // SAFETY: XGETBV is available when OSXSAVE is set (checked first).
+        osxsave && l7.ebx & (1 << 16) != 0 && unsafe { xcr0() } & 0xE6 == 0xE6
+    }
+
+    #[target_feature(enable = "xsave")]
+    unsafe fn xcr0() -> u64 {
+        _xgetbv(0)
+    }
+
+    /// The 12 × 32 AVX-512 microkernel: 24 accumulators (two 16-lane vectors per row), per k
+    /// two loads of B, twelve broadcasts of A and 24 fused multiply-adds (the same roundings
+    /// as the AVX2 kernel).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; a.len() ≥ kc·MR, b.len() ≥ kc·NR.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn microkernel(
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut Tile,
+        init: Option<&[f32; MR]>,
+    ) {
+        let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+        // SAFETY (whole body): every pointer stays inside the slices by the length contract.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            for (i, r) in acc.iter_mut().enumerate() {
+                let cp = c[i].as_ptr();
+                *r = match init {
+                    Some(v) => [_mm512_set1_ps(v[i]); 2],
+                    None => [_mm512_loadu_ps(cp), _mm512_loadu_ps(cp.add(16))],
+                };
+            }
+            for _ in 0..kc {
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                for (i, r) in acc.iter_mut().enumerate() {
+                    let ai = _mm512_set1_ps(*ap.add(i));
+                    r[0] = _mm512_fmadd_ps(ai, b0, r[0]);
+                    r[1] = _mm512_fmadd_ps(ai, b1, r[1]);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NR);
+            }
+            for (ci, r) in c.iter_mut().zip(&acc) {
+                _mm512_storeu_ps(ci.as_mut_ptr(), r[0]);
+                _mm512_storeu_ps(ci.as_mut_ptr().add(16), r[1]);
             }
         }
     }
@@ -869,15 +1125,15 @@ mod tests {
             .collect()
     }
 
-    /// The SIMD path if this CPU has it (tests enable it; the flag only ever turns on).
-    fn simd() -> Option<Isa> {
+    /// Every path this CPU has: portable, AVX2+FMA, AVX-512F (tests enable the SIMD ones; the
+    /// flags only ever turn on).
+    pub(super) fn isas() -> Vec<Isa> {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: just detected.
             unsafe { enable_avx2_fma() };
-            return Some(Isa::detected());
         }
-        None
+        Isa::available().collect()
     }
 
     /// Direct convolution from the definition, in the documented term order, with the given
@@ -950,10 +1206,11 @@ mod tests {
         (2, 3, 1, 1, 0, 5, 6),
         (3, 4, 1, 2, 0, 7, 7),
         (5, 13, 3, 1, 1, 3, 17),
-        (40, 9, 3, 1, 1, 6, 6),
-        (2, 200, 3, 1, 1, 4, 5),
+        (45, 9, 3, 1, 1, 6, 6),
+        (2, 270, 3, 1, 1, 4, 5),
         (1, 1, 3, 1, 1, 1, 1),
     ];
+    const _: () = assert!(45 * 9 > KC && 270 > MC_MAX);
 
     #[test]
     fn portable_is_bit_exact_to_direct_formula() {
@@ -985,21 +1242,39 @@ mod tests {
 
     #[test]
     fn simd_is_bit_exact_to_fused_formula() {
-        let Some(isa) = simd() else { return };
-        for &(ci, co, k, s, p, h, w) in SHAPES {
-            let conv = Conv2d {
-                c_in: ci,
-                c_out: co,
-                kernel: k,
-                stride: s,
-                pad: p,
-            };
-            let x = data(ci * h * w, 4);
-            let wt = data(co * ci * k * k, 5);
-            let b = data(co, 6);
-            let want = reference(&conv, &x, h, w, &wt, &b, |acc, a, v| a.mul_add(v, acc));
-            let got = run(isa, &conv, &x, h, w, WeightsRef::F32(&wt), &b, 0..co);
-            assert_eq!(got, want, "shape {:?}", (ci, co, k, s, p, h, w));
+        // Every SIMD path (AVX2 and AVX-512 alike) rounds once per fused multiply-add, so all
+        // agree bit for bit with the fused formula and so with each other.
+        for isa in isas().into_iter().filter(|i| i.is_simd()) {
+            for &(ci, co, k, s, p, h, w) in SHAPES {
+                let conv = Conv2d {
+                    c_in: ci,
+                    c_out: co,
+                    kernel: k,
+                    stride: s,
+                    pad: p,
+                };
+                let x = data(ci * h * w, 4);
+                let wt = data(co * ci * k * k, 5);
+                let b = data(co, 6);
+                let want = reference(&conv, &x, h, w, &wt, &b, |acc, a, v| a.mul_add(v, acc));
+                let got = run(isa, &conv, &x, h, w, WeightsRef::F32(&wt), &b, 0..co);
+                assert_eq!(got, want, "{isa:?} shape {:?}", (ci, co, k, s, p, h, w));
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_detection_agrees_with_std() {
+        assert_eq!(avx512::supported(), is_x86_feature_detected!("avx512f"));
+        let n = isas().len();
+        let want = if is_x86_feature_detected!("avx512f") {
+            3
+        } else {
+            2
+        };
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            assert_eq!(n, want);
         }
     }
 
@@ -1020,7 +1295,7 @@ mod tests {
         let exact = reference(&conv, &x, h, w, &wt, &b, |acc, a, v| {
             (acc as f64 + a as f64 * v as f64) as f32
         });
-        for isa in [Some(Isa::PORTABLE), simd()].into_iter().flatten() {
+        for isa in isas() {
             let got = run(isa, &conv, &x, h, w, WeightsRef::F32(&wt), &b, 0..9);
             for (g, e) in got.iter().zip(&exact) {
                 assert!((g - e).abs() < 1e-4, "{g} vs {e}");
@@ -1040,7 +1315,7 @@ mod tests {
         };
         let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
         let want = [12.0, 21.0, 16.0, 27.0, 45.0, 33.0, 24.0, 39.0, 28.0];
-        for isa in [Some(Isa::PORTABLE), simd()].into_iter().flatten() {
+        for isa in isas() {
             assert_eq!(
                 run(
                     isa,
@@ -1099,7 +1374,7 @@ mod tests {
             let x = data(ci * h * w, 10);
             let wt = data(co * ci * k * k, 11);
             let b = data(co, 12);
-            for isa in [Some(Isa::PORTABLE), simd()].into_iter().flatten() {
+            for isa in isas() {
                 let whole = run(isa, &conv, &x, h, w, WeightsRef::F32(&wt), &b, 0..co);
                 // Cuts that put channels in different microkernel rows and M blocks.
                 for cuts in [&[1usize][..], &[co / 2], &[1, 2, 7], &[5, 11, 97, 193]] {
@@ -1132,6 +1407,106 @@ mod tests {
     }
 
     #[test]
+    fn every_pixel_split_gives_the_same_bits() {
+        for &(ci, co, k, s, p, h, w) in SHAPES {
+            let conv = Conv2d {
+                c_in: ci,
+                c_out: co,
+                kernel: k,
+                stride: s,
+                pad: p,
+            };
+            let (oh, ow) = conv.out_size(h, w);
+            let n = oh * ow;
+            let x = data(ci * h * w, 16);
+            let w16: Vec<f16> = data(co * ci * k * k, 17)
+                .iter()
+                .map(|&v| f16::from_f32(v))
+                .collect();
+            let b = data(co, 18);
+            for wt in [
+                WeightsRef::F16(&w16),
+                WeightsRef::F32(&data(co * ci * k * k, 17)),
+            ] {
+                for isa in isas() {
+                    let whole = run(isa, &conv, &x, h, w, wt, &b, 0..co);
+                    // Cuts inside a column tile, at tile edges and inside an output row.
+                    for cuts in [
+                        &[1usize][..],
+                        &[n / 2],
+                        &[3, NR, NR + 5],
+                        &[NC - 1, NC + NR],
+                    ] {
+                        let mut got = vec![f32::NAN; co * n];
+                        let mut bounds: Vec<usize> =
+                            cuts.iter().copied().filter(|&c| c < n).collect();
+                        bounds.insert(0, 0);
+                        bounds.push(n);
+                        for r in bounds.windows(2) {
+                            let mut rows: Vec<&mut [f32]> = got
+                                .chunks_exact_mut(n)
+                                .map(|row| &mut row[r[0]..r[1]])
+                                .collect();
+                            let mut scratch = vec![f32::NAN; conv.scratch_len(h, w)];
+                            conv.forward_pixels(
+                                isa,
+                                &x,
+                                h,
+                                w,
+                                wt,
+                                &b,
+                                r[0]..r[1],
+                                &mut rows,
+                                &mut scratch,
+                            )
+                            .unwrap();
+                        }
+                        assert_eq!(got, whole, "{isa:?} {:?} cuts {cuts:?}", (ci, co, k, s, p));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forward_pixels_rejects_bad_rows() {
+        let c = Conv2d {
+            c_in: 2,
+            c_out: 3,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let (x, wt, b) = (vec![0f32; 2 * 16], vec![0f32; 3 * 2 * 9], [0f32; 3]);
+        let mut s = vec![0f32; c.scratch_len(4, 4)];
+        let mut out = [0f32; 3 * 16];
+        let wr = WeightsRef::F32(&wt);
+        let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(16).map(|r| &mut r[4..12]).collect();
+        assert!(c
+            .forward_pixels(Isa::PORTABLE, &x, 4, 4, wr, &b, 4..12, &mut rows, &mut s)
+            .is_ok());
+        assert!(c
+            .forward_pixels(Isa::PORTABLE, &x, 4, 4, wr, &b, 4..11, &mut rows, &mut s)
+            .is_err());
+        assert!(c
+            .forward_pixels(Isa::PORTABLE, &x, 4, 4, wr, &b, 12..20, &mut rows, &mut s)
+            .is_err());
+        assert!(c
+            .forward_pixels(
+                Isa::PORTABLE,
+                &x,
+                4,
+                4,
+                wr,
+                &b,
+                4..12,
+                &mut rows[1..],
+                &mut s
+            )
+            .is_err());
+    }
+
+    #[test]
     fn f16_weights_equal_their_f32_values() {
         for &(ci, co, k, s, p, h, w) in SHAPES {
             let conv = Conv2d {
@@ -1148,7 +1523,7 @@ mod tests {
                 .collect();
             let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
             let b = data(co, 15);
-            for isa in [Some(Isa::PORTABLE), simd()].into_iter().flatten() {
+            for isa in isas() {
                 let a = run(isa, &conv, &x, h, w, WeightsRef::F16(&w16), &b, 0..co);
                 let c = run(isa, &conv, &x, h, w, WeightsRef::F32(&w32), &b, 0..co);
                 assert_eq!(a, c);
@@ -1251,22 +1626,7 @@ mod backward_tests {
     use crate::gradcheck::{assert_grad, data, dot64, fd_grad, wide};
     use half::f16;
 
-    fn simd() -> Option<Isa> {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: just detected.
-            unsafe { enable_avx2_fma() };
-            return Some(Isa::detected());
-        }
-        None
-    }
-
-    fn isas() -> Vec<Isa> {
-        [Some(Isa::PORTABLE), simd()]
-            .into_iter()
-            .flatten()
-            .collect()
-    }
+    use super::tests::isas;
 
     /// x[c, iy, ix] with zero padding (signed indices).
     fn at<T: Copy + Default>(x: &[T], c: usize, h: usize, w: usize, iy: isize, ix: isize) -> T {
@@ -1303,7 +1663,7 @@ mod backward_tests {
     }
 
     /// (c_in, c_out, kernel, stride, pad, h, w): 3×3 and 1×1, pad 1/0, stride 1/2, odd sizes,
-    /// a depth > KC in both products (c_out·9 > 256 and oh·ow > 256), c_in > MC_MAX.
+    /// a depth > KC in both products (c_out·9 > KC and oh·ow > KC), c_in > MC_MAX.
     const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
         (3, 5, 3, 1, 1, 7, 9),
         (4, 7, 3, 2, 1, 9, 7),
@@ -1312,11 +1672,12 @@ mod backward_tests {
         (3, 4, 3, 2, 0, 8, 7),
         (2, 3, 1, 1, 0, 5, 6),
         (3, 4, 1, 2, 0, 7, 7),
-        (5, 30, 3, 1, 1, 3, 17),
-        (3, 2, 3, 1, 1, 17, 19),
-        (200, 2, 1, 1, 0, 3, 4),
+        (5, 45, 3, 1, 1, 3, 17),
+        (3, 2, 3, 1, 1, 21, 19),
+        (270, 2, 1, 1, 0, 3, 4),
         (1, 1, 3, 1, 1, 1, 1),
     ];
+    const _: () = assert!(45 * 9 > KC && 21 * 19 > KC && 270 > MC_MAX);
 
     fn conv_of(
         &(ci, co, k, s, p, _, _): &(usize, usize, usize, usize, usize, usize, usize),
@@ -1625,10 +1986,32 @@ mod backward_tests {
 /// Throughput of one convolution layer, by default the ADM's dominant 128→128 3×3 at 256×256:
 /// `cargo test -p tweedie-kernels --release conv_throughput -- --ignored --nocapture`, with
 /// CONV_SHAPE="c_in,c_out,kernel,size", CONV_THREADS=n (output channels split evenly, as the
-/// host does) and CONV_SIMD_ONLY=1 (skip the slow portable path).
+/// host does for maps with fewer pixels than twice the channels), CONV_REPS=n (default 5) and
+/// CONV_SIMD_ONLY=1 (skip the slow portable path). Prints wall and process CPU time per run
+/// (CPU time is the steadier measure on a shared machine).
 #[cfg(test)]
 mod timing {
     use super::*;
+
+    /// CPU time of this process so far (ns), from /proc (0 where unavailable): a measure that
+    /// a busy, shared machine disturbs less than wall time.
+    fn cpu_ns() -> u64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15 (1-based), 11 and 12 after the comm field.
+        (ticks(11) + ticks(12)) * 10_000_000
+    }
 
     fn env(name: &str, default: &str) -> String {
         std::env::var(name).unwrap_or_else(|_| default.into())
@@ -1662,20 +2045,21 @@ mod timing {
         let slen = conv.scratch_len(h, w);
         let mut scratch = vec![0f32; slen * threads];
         let flops = 2.0 * (co * ci * k * k * h * w) as f64;
-        let mut isas = vec![];
-        if std::env::var("CONV_SIMD_ONLY").is_err() {
-            isas.push(Isa::PORTABLE);
-        }
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: just detected.
             unsafe { enable_avx2_fma() };
-            isas.push(Isa::detected());
         }
+        let simd_only = std::env::var("CONV_SIMD_ONLY").is_ok();
+        let isas: Vec<Isa> = Isa::available()
+            .filter(|i| i.is_simd() || !simd_only)
+            .collect();
         let per = co.div_ceil(threads);
+        let reps: usize = env("CONV_REPS", "5").parse().unwrap();
         for isa in isas {
-            for rep in 0..5 {
+            for rep in 0..reps {
                 let t0 = std::time::Instant::now();
+                let cpu0 = cpu_ns();
                 std::thread::scope(|sc| {
                     let mut rest = &mut out[..];
                     for (t, s) in scratch.chunks_mut(slen).enumerate() {
@@ -1690,9 +2074,11 @@ mod timing {
                     }
                 });
                 let dt = t0.elapsed().as_secs_f64();
+                let cpu = (cpu_ns() - cpu0) as f64 * 1e-9;
                 println!(
-                    "{isa:?} {ci}->{co} k{k} {size}x{size} {threads} thread(s) rep {rep}: {dt:.4} s, {:.1} GFLOP/s",
-                    flops / dt / 1e9
+                    "{isa:?} {ci}->{co} k{k} {size}x{size} {threads} thread(s) rep {rep}: {dt:.4} s, {:.1} GFLOP/s; {cpu:.4} s of CPU, {:.1} GFLOP/s per CPU second",
+                    flops / dt / 1e9,
+                    flops / cpu / 1e9
                 );
             }
         }

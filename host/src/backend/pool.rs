@@ -224,6 +224,61 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Splits `out` — `rows` equal rows of `cols` columns (channels × pixels) — by columns:
+    /// one range of columns per thread by [`part`], and calls `f(thread, cols, pieces)` for
+    /// every non-empty range with `pieces[r]` = row r's part (the strided counterpart of
+    /// [`Pool::split`]). Returns the first error any call returned.
+    pub fn split_columns<F>(
+        &self,
+        out: &mut [f32],
+        rows: usize,
+        granule: usize,
+        f: F,
+    ) -> Result<(), KernelError>
+    where
+        F: Fn(usize, Range<usize>, &mut [&mut [f32]]) -> Result<(), KernelError> + Sync,
+    {
+        if rows == 0 || !out.len().is_multiple_of(rows) {
+            return Err(KernelError::Shape(
+                "split_columns: output is not a whole number of rows",
+            ));
+        }
+        let cols = out.len() / rows;
+        let chunks = self.threads.min(cols.div_ceil(granule.max(1)));
+        if chunks <= 1 {
+            let mut pieces: Vec<&mut [f32]> = out.chunks_exact_mut(cols).collect();
+            return f(0, 0..cols, &mut pieces);
+        }
+        let base = SendPtr(out.as_mut_ptr());
+        let error = Mutex::new(None);
+        self.run(chunks, &|thread, j| {
+            let c = part(cols, chunks, granule, j);
+            if c.is_empty() {
+                return;
+            }
+            // SAFETY: the column parts of a partition are disjoint ranges inside 0..cols and
+            // each chunk runs once, so every (row, part) slice is a disjoint piece of `out`,
+            // which stays mutably borrowed (and unused elsewhere) until `run` has returned.
+            let mut pieces: Vec<&mut [f32]> = (0..rows)
+                .map(|r| unsafe {
+                    std::slice::from_raw_parts_mut(base.at(r * cols + c.start), c.len())
+                })
+                .collect();
+            if let Err(e) = f(thread, c, &mut pieces) {
+                error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+            }
+        });
+        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         let s = &*self.shared;
@@ -243,7 +298,8 @@ impl Drop for Pool {
 /// A raw base pointer that may cross threads (the pieces derived from it are disjoint).
 struct SendPtr(*mut f32);
 
-// SAFETY: used only by `Pool::split`, which derives disjoint pieces from it.
+// SAFETY: used only by `Pool::split` and `Pool::split_columns`, which derive disjoint pieces
+// from it.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -345,6 +401,35 @@ mod tests {
                 assert_eq!(*v, 50.0 * j as f32, "threads {threads}");
             }
         }
+    }
+
+    #[test]
+    fn split_columns_hands_every_element_to_exactly_one_thread() {
+        for threads in [1, 2, 3, 5] {
+            let pool = Pool::new(threads);
+            let (rows, cols) = (3, 37);
+            let mut out = vec![0.0f32; rows * cols];
+            for _ in 0..50 {
+                pool.split_columns(&mut out, rows, 4, |_, c, pieces| {
+                    assert_eq!(pieces.len(), rows);
+                    for (r, piece) in pieces.iter_mut().enumerate() {
+                        assert_eq!(piece.len(), c.len());
+                        for (j, v) in piece.iter_mut().enumerate() {
+                            *v += (r * cols + c.start + j) as f32;
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            }
+            for (j, v) in out.iter().enumerate() {
+                assert_eq!(*v, 50.0 * j as f32, "threads {threads}");
+            }
+        }
+        let pool = Pool::new(2);
+        assert!(pool
+            .split_columns(&mut [0.0; 7], 2, 1, |_, _, _| Ok(()))
+            .is_err());
     }
 
     #[test]

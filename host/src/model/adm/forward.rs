@@ -966,7 +966,10 @@ fn group_norm(
     })
 }
 
-/// A convolution split over output channels in multiples of the microkernel's rows.
+/// A convolution split between threads: a map with more pixels than output channels by
+/// pixel ranges (each thread then packs only its own im2col columns), others by output
+/// channels in multiples of the microkernel's rows. The kernel computes every element in the
+/// same order either way, so the split never changes a bit.
 fn conv(
     pool: &Pool,
     scratch: &[Mutex<Vec<f32>>],
@@ -983,6 +986,15 @@ fn conv(
     };
     let k_total = p.conv.c_in * p.conv.kernel * p.conv.kernel;
     let _p = profile::scope(kind, (out.len() * k_total) as u64);
+    let (oh, ow) = p.conv.out_size(h, w);
+    if oh * ow >= 2 * p.conv.c_out {
+        let isa = k::Isa::detected();
+        return pool.split_columns(out, p.conv.c_out, k::conv::NR, |i, px, rows| {
+            let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+            p.conv
+                .forward_pixels(isa, x, h, w, p.weight, p.bias, px, rows, &mut s)
+        });
+    }
     pool.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
         let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
         p.conv.forward(x, h, w, p.weight, p.bias, co, piece, &mut s)
