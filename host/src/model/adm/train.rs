@@ -2,10 +2,10 @@
 //!
 //! [`AdmTrainer`] resolves every parameter of an [`AdmArch`] to a span of one flat f32 buffer
 //! laid out by [`ParamLayout`] (state_dict order), so the same offsets index the weights, the
-//! gradients, the EMA and both AdamW moments. A batch is processed one sample at a time:
-//! forward with saving, then backward, accumulating (`+=`) into the gradient buffer. The
-//! per-sample forward/backward keeps the saved activations to one sample (the "tape",
-//! planned once from the arch and the image size), and the batch sum is in sample order.
+//! gradients, the EMA and both AdamW moments. Each sample is processed on its own: forward
+//! with saving, then backward, accumulating (`+=`) into a gradient buffer. The per-sample
+//! forward/backward keeps the saved activations to one sample (the "tape", planned once
+//! from the arch and the image size).
 //!
 //! What is saved (the inputs the backward needs; everything else is recomputed, as the
 //! kernels' backward conventions allow): every layer's input, each ResBlock's `out_layers`
@@ -13,10 +13,12 @@
 //! output, an Upsample-with-conv's upsampled input, the time-MLP activations. GroupNorm+SiLU
 //! outputs and resampled maps are recomputed in the backward from the saved inputs.
 //!
-//! Threads: every convolution is split by output channels (forward, weight gradient) or
-//! input channels (input gradient), GroupNorms by groups, resampling by channels; the kernels
-//! compute every element in an order independent of the split, so the gradients are bit-identical
-//! for any thread count. Linear layers and attention run on the calling thread (tiny).
+//! Threads: a batch is split over samples, not inside layers. Sample b goes to partial
+//! gradient accumulator b·P/batch (P = min([`ACCUMULATORS`], batch), a constant, so chunks are
+//! contiguous and fixed); a thread runs a whole chunk alone, in its own activation memory (a
+//! `Lane`, one per thread, single-threaded layer calls), and the P partials are summed in
+//! accumulator order. The bits therefore do not depend on the thread count or on which
+//! thread ran which chunk.
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -307,6 +309,23 @@ pub struct AdmTrainer {
     time_tape: TimeTape,
     /// Output span of every input block (its skip), on the tape.
     skip_src: Vec<Span>,
+    dskip_at: Vec<Span>,
+    /// One activation arena per thread (a thread holds one while it runs a chunk).
+    lanes: Vec<Mutex<Lane>>,
+    /// The [`ACCUMULATORS`] partial gradients of a batch (allocated on first use).
+    partials: Vec<Mutex<Vec<f32>>>,
+    pool: Pool,
+    isa: Isa,
+}
+
+/// The partial-gradient accumulators of a batch: a constant, so the batch sum is the same
+/// bits for any thread count.
+pub const ACCUMULATORS: usize = 8;
+
+/// One sample's activation memory and a one-thread pool: everything a thread needs to run a
+/// sample's forward and backward on its own.
+#[derive(Debug)]
+struct Lane {
     tape: Vec<f32>,
     /// Recomputation and gradient temporaries, each `work_len` floats.
     work: [Vec<f32>; 5],
@@ -314,7 +333,6 @@ pub struct AdmTrainer {
     grad: [Vec<f32>; 2],
     /// Gradients of the encoder outputs arriving through the skips, one span per input block.
     dskip: Vec<f32>,
-    dskip_at: Vec<Span>,
     /// FiLM gradient (a ResBlock's emb_layers dout).
     dfilm: Vec<f32>,
     /// ∂L/∂SiLU(emb), accumulated over the ResBlocks.
@@ -322,8 +340,8 @@ pub struct AdmTrainer {
     /// Time-MLP gradients: d emb, d hidden_silu, d hidden.
     dtime: [Vec<f32>; 3],
     scratch: Vec<Mutex<Vec<f32>>>,
+    /// A pool of one thread: the layer calls of a lane run on the thread that holds it.
     pool: Pool,
-    isa: Isa,
 }
 
 impl AdmTrainer {
@@ -400,9 +418,17 @@ impl AdmTrainer {
             dskip_len += s.len;
         }
         let work = pl.work;
-        let scratch = (0..threads)
-            .map(|_| Mutex::new(vec![0.0; pl.scratch]))
-            .collect();
+        let lane = || Lane {
+            tape: vec![0.0; pl.tape],
+            work: std::array::from_fn(|_| vec![0.0; work]),
+            grad: std::array::from_fn(|_| vec![0.0; work]),
+            dskip: vec![0.0; dskip_len],
+            dfilm: vec![0.0; pl.film],
+            demb_silu: vec![0.0; ted],
+            dtime: [vec![0.0; ted], vec![0.0; ted], vec![0.0; ted]],
+            scratch: vec![Mutex::new(vec![0.0; pl.scratch])],
+            pool: Pool::new(1),
+        };
         Ok(AdmTrainer {
             arch: arch.clone(),
             layout,
@@ -417,15 +443,9 @@ impl AdmTrainer {
             head_in,
             time_tape,
             skip_src,
-            tape: vec![0.0; pl.tape],
-            work: std::array::from_fn(|_| vec![0.0; work]),
-            grad: std::array::from_fn(|_| vec![0.0; work]),
-            dskip: vec![0.0; dskip_len],
             dskip_at,
-            dfilm: vec![0.0; pl.film],
-            demb_silu: vec![0.0; ted],
-            dtime: [vec![0.0; ted], vec![0.0; ted], vec![0.0; ted]],
-            scratch,
+            lanes: (0..threads).map(|_| Mutex::new(lane())).collect(),
+            partials: Vec::new(),
             pool: Pool::new(threads),
             isa: Isa::detected(),
         })
@@ -441,24 +461,16 @@ impl AdmTrainer {
         &self.layout
     }
 
-    /// Threads per layer.
+    /// Threads (each runs whole samples).
     pub fn threads(&self) -> usize {
         self.pool.threads()
     }
 
-    /// Bytes of the tape, work buffers and scratch (one sample's activation memory).
+    /// Bytes of the tape, work buffers and scratch of one thread (one sample's activation
+    /// memory; every thread has one).
     pub fn memory_bytes(&self) -> usize {
-        let scratch: usize = self
-            .scratch
-            .iter()
-            .map(|s| s.lock().map_or(0, |s| s.len()))
-            .sum();
-        4 * (self.tape.len()
-            + self.work.iter().map(Vec::len).sum::<usize>()
-            + self.grad.iter().map(Vec::len).sum::<usize>()
-            + self.dskip.len()
-            + self.dfilm.len()
-            + scratch)
+        let lane = lock(&self.lanes[0]);
+        lane.bytes()
     }
 
     /// guided-diffusion's initialisation, drawn from `seed` (see [`init_params`]).
@@ -479,6 +491,19 @@ impl AdmTrainer {
         t: f32,
         out: &mut [f32],
     ) -> Result<()> {
+        let mut lane = lock(&self.lanes[0]);
+        self.forward_in(&mut lane, params, x, t, out)
+    }
+
+    /// [`AdmTrainer::forward_sample`] in `lane`.
+    fn forward_in(
+        &self,
+        lane: &mut Lane,
+        params: &[f32],
+        x: &[f32],
+        t: f32,
+        out: &mut [f32],
+    ) -> Result<()> {
         self.check_params(params)?;
         let (h, w) = (self.height, self.width);
         let c = &self.arch.config;
@@ -492,7 +517,7 @@ impl AdmTrainer {
         let tt = self.time_tape;
         {
             let [sin, hid, hid_s, emb, emb_s] = spans_mut(
-                &mut self.tape,
+                &mut lane.tape,
                 [tt.sin, tt.hidden, tt.hidden_silu, tt.emb, tt.emb_silu],
             );
             k::timestep_embedding(t, sin.len(), MAX_PERIOD, sin)
@@ -505,10 +530,10 @@ impl AdmTrainer {
             k::silu_inplace(emb_s);
         }
         let first = self.blocks[0].layers[0].inp;
-        self.tape[first.r()].copy_from_slice(x);
+        lane.tape[first.r()].copy_from_slice(x);
         let mut ctx_run = Ctx {
-            pool: &self.pool,
-            scratch: &self.scratch,
+            pool: &lane.pool,
+            scratch: &lane.scratch,
             isa: self.isa,
             params,
         };
@@ -517,17 +542,17 @@ impl AdmTrainer {
                 let hw = (h / b.ds_in) * (w / b.ds_in);
                 let s = self.skip_src[src];
                 let dst = b.layers[0].inp.at + state * hw;
-                self.tape.copy_within(s.r(), dst);
+                lane.tape.copy_within(s.r(), dst);
             }
             for l in &b.layers {
-                layer_fwd(&mut ctx_run, &mut self.tape, &mut self.work, tt, l, h, w)
+                layer_fwd(&mut ctx_run, &mut lane.tape, &mut lane.work, tt, l, h, w)
                     .map_err(|e| anyhow!("{}: {e}", l.name))?;
             }
         }
-        let [t0, ..] = &mut self.work;
+        let [t0, ..] = &mut lane.work;
         head_fwd(
             &mut ctx_run,
-            &self.tape,
+            &lane.tape,
             t0,
             &self.head_norm,
             &self.head_conv,
@@ -547,6 +572,18 @@ impl AdmTrainer {
         dout: &[f32],
         grads: &mut [f32],
     ) -> Result<()> {
+        let mut lane = lock(&self.lanes[0]);
+        self.backward_in(&mut lane, params, dout, grads)
+    }
+
+    /// [`AdmTrainer::backward_sample`] in `lane` (which ran the forward).
+    fn backward_in(
+        &self,
+        lane: &mut Lane,
+        params: &[f32],
+        dout: &[f32],
+        grads: &mut [f32],
+    ) -> Result<()> {
         self.check_params(params)?;
         self.layout.check_buffer(grads.len())?;
         let (h, w) = (self.height, self.width);
@@ -554,25 +591,25 @@ impl AdmTrainer {
             bail!("train backward: dout has the wrong length for one {h}x{w} sample");
         }
         let ctx = |e: KernelError, what: &str| anyhow!("{what}: {e}");
-        self.dskip.fill(0.0);
-        self.demb_silu.fill(0.0);
+        lane.dskip.fill(0.0);
+        lane.demb_silu.fill(0.0);
         let mut run = Ctx {
-            pool: &self.pool,
-            scratch: &self.scratch,
+            pool: &lane.pool,
+            scratch: &lane.scratch,
             isa: self.isa,
             params,
         };
         let tt = self.time_tape;
         let mut bw = Bwd {
-            tape: &self.tape,
-            work: &mut self.work,
-            dfilm: &mut self.dfilm,
-            demb_silu: &mut self.demb_silu,
-            emb_silu: tt.emb_silu.of(&self.tape),
+            tape: &lane.tape,
+            work: &mut lane.work,
+            dfilm: &mut lane.dfilm,
+            demb_silu: &mut lane.demb_silu,
+            emb_silu: tt.emb_silu.of(&lane.tape),
             grads,
         };
         // Head: out = conv(SiLU(GN(x))).
-        let [ga, gb] = &mut self.grad;
+        let [ga, gb] = &mut lane.grad;
         let (mut g, mut gx) = (ga, gb);
         let n_head = self.head_in.len;
         g[..n_head].fill(0.0);
@@ -593,7 +630,7 @@ impl AdmTrainer {
                 // This block's output is also skip `bi`: add what the decoder sent back.
                 let d = self.dskip_at[bi];
                 debug_assert_eq!(d.len, glen);
-                k::add_inplace(&mut g[..glen], d.of(&self.dskip));
+                k::add_inplace(&mut g[..glen], d.of(&lane.dskip));
             }
             for (li, l) in b.layers.iter().enumerate().rev() {
                 if bi == 0 && li == 0 {
@@ -615,18 +652,23 @@ impl AdmTrainer {
             if let Some((state, src)) = b.skip {
                 let hw = (h / b.ds_in) * (w / b.ds_in);
                 let d = self.dskip_at[src];
-                k::add_inplace(&mut self.dskip[d.r()], &g[state * hw..glen]);
+                k::add_inplace(&mut lane.dskip[d.r()], &g[state * hw..glen]);
                 glen = state * hw;
             }
         }
-        bw.time_mlp(&run, &self.time, tt, &mut self.dtime)
+        bw.time_mlp(&run, &self.time, tt, &mut lane.dtime)
             .map_err(|e| ctx(e, "time_embed"))
     }
 
-    /// The DDPM ε-loss of a batch and its gradient: for each sample b (in order), the
-    /// network runs on `x[b]` with noise input `t[b]`, and with out[:, 0:C] = ε̂,
-    /// loss = mean over all batch·C·H·W elements of (ε̂ − eps)² (formats §7). `grads` is
-    /// overwritten with ∂loss/∂params. Returns the loss.
+    /// The DDPM ε-loss of a batch and its gradient: for each sample b, the network runs on
+    /// `x[b]` with noise input `t[b]`, and with out[:, 0:C] = ε̂, loss = mean over all
+    /// batch·C·H·W elements of (ε̂ − eps)² (formats §7). `grads` is overwritten with
+    /// ∂loss/∂params. Returns the loss.
+    ///
+    /// Parallel over samples, deterministic for any thread count: sample b goes to partial
+    /// accumulator `b·P/batch` (P = min([`ACCUMULATORS`], batch); contiguous chunks, in
+    /// sample order), a thread runs a whole chunk alone in its own lane, and the partial
+    /// gradients and losses are then summed in accumulator order.
     pub fn eps_loss_grad(
         &mut self,
         params: &[f32],
@@ -635,32 +677,86 @@ impl AdmTrainer {
         eps: &[f32],
         grads: &mut [f32],
     ) -> Result<f64> {
-        let c = &self.arch.config;
-        let (ci, co) = (c.in_channels, c.out_channels);
+        let ci = self.arch.config.in_channels;
         let hw = self.height * self.width;
         let batch = t.len();
         if batch == 0 || x.len() != batch * ci * hw || eps.len() != x.len() {
             bail!("eps loss: x, t and eps disagree on the batch ({batch} timesteps)");
         }
+        self.check_params(params)?;
         self.layout.check_buffer(grads.len())?;
-        grads.fill(0.0);
+        let p = ACCUMULATORS.min(batch);
+        let len = grads.len();
+        while self.partials.len() < p {
+            self.partials.push(Mutex::new(vec![0.0; len]));
+        }
+        let n = (batch * ci * hw) as f64;
+        let losses: Vec<Mutex<Result<f64>>> = (0..p).map(|_| Mutex::new(Ok(0.0))).collect();
+        let this = &*self;
+        this.pool.run(p, &|thread, j| {
+            let samples = (j * batch).div_ceil(p)..((j + 1) * batch).div_ceil(p);
+            let mut lane = lock(&this.lanes[thread]);
+            let mut g = lock(&this.partials[j]);
+            let r = this.chunk_loss_grad(&mut lane, params, x, t, eps, samples, n, &mut g);
+            *lock(&losses[j]) = r;
+        });
+        grads.copy_from_slice(&lock(&self.partials[0]));
+        for part in &self.partials[1..p] {
+            k::add_inplace(grads, &lock(part));
+        }
+        let mut total = 0.0f64;
+        for l in losses {
+            total += l.into_inner().unwrap_or_else(|e| e.into_inner())?;
+        }
+        Ok(total / n)
+    }
+
+    /// Runs `samples` of the batch one after the other in `lane`: `g` is overwritten with
+    /// their gradient of the ε-loss (normalised by `n` elements); returns their Σ(ε̂ − eps)².
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_loss_grad(
+        &self,
+        lane: &mut Lane,
+        params: &[f32],
+        x: &[f32],
+        t: &[f32],
+        eps: &[f32],
+        samples: Range<usize>,
+        n: f64,
+        g: &mut [f32],
+    ) -> Result<f64> {
+        let c = &self.arch.config;
+        let (ci, co) = (c.in_channels, c.out_channels);
+        let hw = self.height * self.width;
+        g.fill(0.0);
         let mut out = vec![0.0f32; co * hw];
         let mut dout = vec![0.0f32; co * hw];
-        let n = (batch * ci * hw) as f64;
         let scale = (2.0 / n) as f32;
         let mut total = 0.0f64;
-        for b in 0..batch {
+        for b in samples {
             let xb = &x[b * ci * hw..(b + 1) * ci * hw];
             let eb = &eps[b * ci * hw..(b + 1) * ci * hw];
-            self.forward_sample(params, xb, t[b], &mut out)?;
+            self.forward_in(lane, params, xb, t[b], &mut out)?;
             for ((d, &o), &e) in dout.iter_mut().zip(&out).zip(eb) {
                 let diff = o - e;
                 total += diff as f64 * diff as f64;
                 *d = scale * diff;
             }
-            self.backward_sample(params, &dout, grads)?;
+            self.backward_in(lane, params, &dout, g)?;
         }
-        Ok(total / n)
+        Ok(total)
+    }
+}
+
+impl Lane {
+    fn bytes(&self) -> usize {
+        let scratch: usize = self.scratch.iter().map(|s| lock(s).len()).sum();
+        4 * (self.tape.len()
+            + self.work.iter().map(Vec::len).sum::<usize>()
+            + self.grad.iter().map(Vec::len).sum::<usize>()
+            + self.dskip.len()
+            + self.dfilm.len()
+            + scratch)
     }
 }
 
@@ -1007,7 +1103,7 @@ impl Ctx<'_> {
 
 type KResult = Result<(), KernelError>;
 
-fn lock(m: &Mutex<Vec<f32>>) -> std::sync::MutexGuard<'_, Vec<f32>> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -1656,24 +1752,64 @@ mod tests {
     fn gradients_do_not_depend_on_threads() {
         for variant in 0..2 {
             let arch = tiny(variant);
-            let mut reference: Option<Vec<f32>> = None;
-            for threads in 1..=3 {
-                let mut tr = AdmTrainer::new(&arch, 8, 8, threads).unwrap();
-                let params = perturbed(&tr, 3);
-                let (x, t, eps) = batch(3, 64, 5);
-                let mut grads = tr.layout().zeros();
-                tr.eps_loss_grad(&params, &x, &t, &eps, &mut grads).unwrap();
-                match &reference {
-                    None => reference = Some(grads),
-                    Some(r) => assert!(
-                        r.iter()
-                            .zip(&grads)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "variant {variant}: {threads} threads differ from 1"
-                    ),
+            // 3 samples (< ACCUMULATORS: one per accumulator) and 11 (uneven chunks).
+            for n in [3, 11] {
+                let mut reference: Option<(Vec<f32>, f64)> = None;
+                for threads in 1..=3 {
+                    let mut tr = AdmTrainer::new(&arch, 8, 8, threads).unwrap();
+                    let params = perturbed(&tr, 3);
+                    let (x, t, eps) = batch(n, 64, 5);
+                    let mut grads = tr.layout().zeros();
+                    let loss = tr.eps_loss_grad(&params, &x, &t, &eps, &mut grads).unwrap();
+                    match &reference {
+                        None => reference = Some((grads, loss)),
+                        Some((r, l)) => assert!(
+                            l.to_bits() == loss.to_bits()
+                                && r.iter()
+                                    .zip(&grads)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "variant {variant}, batch {n}: {threads} threads differ from 1"
+                        ),
+                    }
                 }
             }
         }
+    }
+
+    /// The batch gradient is the mean of the one-sample gradients (summed in f64 here): the
+    /// accumulator split changes only the f32 rounding of the sum.
+    #[test]
+    fn batch_gradient_is_the_mean_of_sample_gradients() {
+        let arch = tiny(1);
+        let mut tr = AdmTrainer::new(&arch, 8, 8, 2).unwrap();
+        let params = perturbed(&tr, 3);
+        let (n, len) = (11, 64);
+        let (x, t, eps) = batch(n, len, 7);
+        let mut grads = tr.layout().zeros();
+        let loss = tr.eps_loss_grad(&params, &x, &t, &eps, &mut grads).unwrap();
+        let mut sum = vec![0.0f64; grads.len()];
+        let mut loss_sum = 0.0;
+        let mut g1 = tr.layout().zeros();
+        for b in 0..n {
+            let s = b * len..(b + 1) * len;
+            loss_sum += tr
+                .eps_loss_grad(&params, &x[s.clone()], &t[b..b + 1], &eps[s], &mut g1)
+                .unwrap();
+            for (a, &g) in sum.iter_mut().zip(&g1) {
+                *a += g as f64;
+            }
+        }
+        let scale = sum.iter().fold(0.0f64, |m, a| m.max(a.abs())) / n as f64;
+        let worst = sum
+            .iter()
+            .zip(&grads)
+            .map(|(a, &g)| (a / n as f64 - g as f64).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            scale > 0.0 && worst <= 1e-5 * scale,
+            "worst {worst} scale {scale}"
+        );
+        assert!((loss - loss_sum / n as f64).abs() <= 1e-12 * loss.abs().max(1.0));
     }
 
     /// Initialisation: PyTorch bounds, GroupNorm (1, 0), zero modules exactly zero,
