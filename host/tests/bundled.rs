@@ -2,33 +2,13 @@
 //! (the README's main command), record which model they used, and a wrong bundled name is one
 //! clear error.
 
+mod common;
+use common::{host, ok};
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("the host binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = host(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("bundled")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_in("bundled", name)
 }
 
 fn run_json(dir: &std::path::Path) -> serde_json::Value {

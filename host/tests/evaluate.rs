@@ -4,43 +4,19 @@
 //!
 //! The closed-form Gaussian prior (`--weights gaussian:MEAN,STD`) stands in for a network.
 
+mod common;
+use common::{host, ok, s};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 use tweedie_host::run::output::safetensors_bytes;
 use tweedie_host::train::data::idx::{encode, MAGIC_IMAGES, MAGIC_LABELS};
 use tweedie_host::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
 
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("the host binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = host(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("evaluate")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
+    common::scratch_in("evaluate", name)
 }
 
 fn json(path: &Path) -> Value {

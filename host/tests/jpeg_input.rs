@@ -5,8 +5,10 @@
 //! closed-form Gaussian prior (`--weights gaussian:MEAN,STD`, kind ve, data range [0, 1])
 //! stands in for a network, so the expected output is exact: D = μ + s²/(s² + σ²)(x − μ).
 
+mod common;
+use common::{ok, s};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use image::{DynamicImage, GrayImage, RgbImage};
 
@@ -14,34 +16,8 @@ const SIZE: u32 = 16;
 const MEAN: f64 = 0.5;
 const STD: f64 = 0.2;
 
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("the host binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = host(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("jpeg_input")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
+    common::scratch_in("jpeg_input", name)
 }
 
 /// A smooth test pattern (JPEG keeps it well), gray or RGB, written as JPEG at quality 90.

@@ -2,37 +2,13 @@
 //! (weights with metadata, checkpoint, loss log and curve, `--sample-every` grids), `--resume`
 //! continuing to the same bits as an uninterrupted run, and the exported weights sampling.
 
+mod common;
+use common::{host, ok, s};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("the host binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = host(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("train_cli")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
+    common::scratch_in("train_cli", name)
 }
 
 /// Six 6×6 grayscale PNGs (padded to the config's 8×8) and a tiny ADM config.

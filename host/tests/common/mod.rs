@@ -1,0 +1,40 @@
+//! Helpers shared by the command-line tests (`mod common;`): run `host`, require success, make
+//! a fresh scratch folder.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the `host` binary with `args`.
+pub fn host(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .output()
+        .expect("the host binary runs")
+}
+
+/// Runs `host` and requires exit code 0 (the assertion shows its stderr).
+pub fn ok(args: &[&str]) -> Output {
+    let out = host(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// An empty folder `<target tmp>/<suite>/<name>`, removed first if a previous run left it.
+pub fn scratch_in(suite: &str, name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(suite)
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> String {
+    p.display().to_string()
+}
