@@ -257,9 +257,11 @@ fn apply_coefficient(output: NetOutput, x: &[f32], y: &[f32], c: f64, out: &mut 
     }
 }
 
-/// One element of D for an ε or score output. ε keeps the eq. 15 form x − σ·ε (c = −σ).
+/// One element of D for an ε or score output with coefficient c (from
+/// [`Parameterization::output_coefficient`]); ε keeps the eq. 15 form x − σ·ε (c = −σ). The CPU
+/// loops above and the device kernel both call this.
 #[inline]
-fn output_to_denoised(output: NetOutput, x: f32, y: f32, c: f64) -> f32 {
+pub fn output_to_denoised(output: NetOutput, x: f32, y: f32, c: f64) -> f32 {
     match output {
         NetOutput::Eps => denoised_from_eps_f32(x, y, -c as f32),
         _ => denoised_from_score_f32(x, y, c as f32),

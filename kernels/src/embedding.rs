@@ -18,19 +18,30 @@ pub fn timestep_embedding(
             "timestep embedding: max_period must be > 0",
         ));
     }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = timestep_embedding_element(t, i, dim, max_period);
+    }
+    Ok(())
+}
+
+/// Element `i` of [`timestep_embedding`] (the CPU loop and the device kernel both call this):
+/// cos(t·f_i) for i < half, sin(t·f_{i−half}) below 2·half, 0 for the odd `dim`'s last one.
+#[inline]
+pub fn timestep_embedding_element(t: f32, i: usize, dim: usize, max_period: f32) -> f32 {
     let half = dim / 2;
+    if i >= 2 * half {
+        return 0.0;
+    }
     // PyTorch: -math.log(max_period) (f64) times an f32 arange → the scalar is cast to f32.
     let neg_log = -(libm::log(max_period as f64)) as f32;
-    let (cos_part, rest) = out.split_at_mut(half);
-    let (sin_part, pad) = rest.split_at_mut(half);
-    for (i, (c, s)) in cos_part.iter_mut().zip(sin_part.iter_mut()).enumerate() {
-        let freq = libm::expf(neg_log * i as f32 / half as f32);
-        let arg = t * freq;
-        *c = libm::cosf(arg);
-        *s = libm::sinf(arg);
+    let j = if i < half { i } else { i - half };
+    let freq = libm::expf(neg_log * j as f32 / half as f32);
+    let arg = t * freq;
+    if i < half {
+        libm::cosf(arg)
+    } else {
+        libm::sinf(arg)
     }
-    pad.fill(0.0);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -51,11 +51,17 @@ pub fn avg_pool2x2(x: &[f32], h: usize, w: usize, c: core::ops::Range<usize>, ou
         for (rows, orow) in xc.chunks_exact(2 * w).zip(oc.chunks_exact_mut(ow)) {
             let (r0, r1) = rows.split_at(w);
             for (i, o) in orow.iter_mut().enumerate() {
-                let s = r0[2 * i] + r0[2 * i + 1] + r1[2 * i] + r1[2 * i + 1];
-                *o = s / 4.0;
+                *o = avg4(r0[2 * i], r0[2 * i + 1], r1[2 * i], r1[2 * i + 1]);
             }
         }
     }
+}
+
+/// The mean of one 2×2 block in PyTorch's order: (((a + b) + c) + d) / 4, with a, b the top
+/// row and c, d the bottom row (the CPU loop and the device kernel both call this).
+#[inline]
+pub fn avg4(a: f32, b: f32, c: f32, d: f32) -> f32 {
+    (a + b + c + d) / 4.0
 }
 
 /// Checks a backward call: `dout` holds whole [C, oh, ow] maps and `c` lies inside C; returns

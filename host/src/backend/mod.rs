@@ -6,8 +6,10 @@
 //! thread count.
 
 pub mod cuda;
+pub mod ops;
 pub mod pool;
 pub mod profile;
+pub mod reference;
 
 pub use pool::{part, Pool};
 

@@ -11,7 +11,9 @@ use core::slice;
 use super::global_index;
 use crate::attention::{dot as attn_dot, head_rows, logits, softmax_inplace};
 use crate::elementwise::silu;
+use crate::embedding::timestep_embedding_element;
 use crate::norm::{film_element, group_affine, normalize};
+use crate::resample::avg4;
 use crate::{QkvOrder, Weight};
 
 /// Threads per block of [`group_norm_f32`] (the reduction assumes exactly this many).
@@ -107,21 +109,20 @@ pub unsafe extern "ptx-kernel" fn linear_f16w(
 }
 
 /// GroupNorm (+ optional FiLM, + optional SiLU) as `norm::group_norm`, one block of
-/// [`GN_THREADS`] threads per (group = blockIdx.x, image = blockIdx.y). `scale`/`shift` are
-/// `[batch, channels]` or both null; `out` may equal `x` (each element is read before any
+/// [`GN_THREADS`] threads per (group = blockIdx.x, image = blockIdx.y). `film` is a ResBlock's
+/// `emb_layers` output `[batch, 2·channels]` (scale, then shift) or null; `out` may equal `x` (each element is read before any
 /// thread of the block writes, thanks to the barrier after the statistics).
 ///
 /// # Safety
-/// `x`, `out` hold batch·channels·hw, `gamma`, `beta` channels `f32`; groups divides channels;
-/// the block has exactly GN_THREADS threads.
+/// `x`, `out` hold batch·channels·hw, `gamma`, `beta` channels, `film` (unless null)
+/// batch·2·channels `f32`; groups divides channels; the block has exactly GN_THREADS threads.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn group_norm_f32(
     x: *const f32,
     gamma: *const f32,
     beta: *const f32,
-    scale: *const f32,
-    shift: *const f32,
+    film: *const f32,
     out: *mut f32,
     channels: u32,
     hw: u32,
@@ -183,12 +184,9 @@ pub unsafe extern "ptx-kernel" fn group_norm_f32(
             let c = g * cpg + j / hw;
             let s = (rstd * *gamma.add(c) as f64) as f32;
             let mut y = normalize(*x.add(base + j), mean_hi, mean_lo, s, *beta.add(c));
-            if !scale.is_null() {
-                y = film_element(
-                    y,
-                    1.0 + *scale.add(b * channels + c),
-                    *shift.add(b * channels + c),
-                );
+            if !film.is_null() {
+                let f = film.add(2 * b * channels);
+                y = film_element(y, 1.0 + *f.add(c), *f.add(channels + c));
             }
             if silu_after != 0 {
                 y = silu(y);
@@ -291,5 +289,131 @@ pub unsafe extern "ptx-kernel" fn attention_output_f32(
         let (_, _, v) = qkv_head(qkv, b, channels, t, heads, head, legacy);
         let row = slice::from_raw_parts(weights.add(((b * heads + head) * t + target) * t), t);
         out.add(i).write(attn_dot(row, &v[c * t..(c + 1) * t]));
+    }
+}
+
+/// `out[b, i] = timestep_embedding_element(t[b], i, dim, max_period)`, one thread per element
+/// of `[batch, dim]`.
+///
+/// # Safety
+/// `t` holds `batch`, `out` batch·dim `f32`.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn timestep_embedding_f32(
+    t: *const f32,
+    out: *mut f32,
+    batch: u32,
+    dim: u32,
+    max_period: f32,
+) {
+    let i = global_index();
+    let dim = dim as usize;
+    if i < batch as usize * dim {
+        // SAFETY: i < batch·dim, i / dim < batch.
+        unsafe {
+            let v = timestep_embedding_element(*t.add(i / dim), i % dim, dim, max_period);
+            out.add(i).write(v);
+        }
+    }
+}
+
+/// Nearest 2× upsampling of `planes` maps of h×w: `out[p, y, x] = x[p, y/2, x/2]`, one thread
+/// per output element.
+///
+/// # Safety
+/// `x` holds planes·h·w, `out` planes·4·h·w `f32`.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn upsample_nearest2x_f32(
+    x: *const f32,
+    out: *mut f32,
+    planes: u32,
+    h: u32,
+    w: u32,
+) {
+    let i = global_index();
+    let (h, w) = (h as usize, w as usize);
+    let (oh, ow) = (2 * h, 2 * w);
+    if i < planes as usize * oh * ow {
+        let (p, y, xx) = (i / (oh * ow), i / ow % oh, i % ow);
+        // SAFETY: (p, y/2, xx/2) lies inside plane p of the input.
+        unsafe { out.add(i).write(*x.add((p * h + y / 2) * w + xx / 2)) };
+    }
+}
+
+/// 2×2 average pooling of `planes` maps of h×w (even) with the CPU's [`avg4`], one thread per
+/// output element.
+///
+/// # Safety
+/// `x` holds planes·h·w, `out` planes·(h/2)·(w/2) `f32`.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn avg_pool2x2_f32(
+    x: *const f32,
+    out: *mut f32,
+    planes: u32,
+    h: u32,
+    w: u32,
+) {
+    let i = global_index();
+    let (h, w) = (h as usize, w as usize);
+    let (oh, ow) = (h / 2, w / 2);
+    if i < planes as usize * oh * ow {
+        let (p, y, xx) = (i / (oh * ow), i / ow % oh, i % ow);
+        // SAFETY: rows 2y, 2y+1 and columns 2xx, 2xx+1 lie inside plane p.
+        unsafe {
+            let r0 = x.add((p * h + 2 * y) * w + 2 * xx);
+            let r1 = r0.add(w);
+            out.add(i).write(avg4(*r0, *r0.add(1), *r1, *r1.add(1)));
+        }
+    }
+}
+
+/// The decoder's channel concatenation: `dst[b, first + c, p] = src[b, c, p]` for a
+/// `[batch, src_channels, hw]` source into a `[batch, dst_channels, hw]` destination, one
+/// thread per source element.
+///
+/// # Safety
+/// `src` holds batch·src_channels·hw, `dst` batch·dst_channels·hw `f32`;
+/// first + src_channels ≤ dst_channels.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn copy_channels_f32(
+    dst: *mut f32,
+    src: *const f32,
+    batch: u32,
+    src_channels: u32,
+    dst_channels: u32,
+    first: u32,
+    hw: u32,
+) {
+    let i = global_index();
+    let (sc, dc, hw) = (src_channels as usize, dst_channels as usize, hw as usize);
+    if i < batch as usize * sc * hw {
+        let (b, c, p) = (i / (sc * hw), i / hw % sc, i % hw);
+        // SAFETY: the caller's sizes.
+        unsafe {
+            dst.add((b * dc + first as usize + c) * hw + p)
+                .write(*src.add(i))
+        };
+    }
+}
+
+/// `x[b, c, p] += bias[b·stride + c]`: a ResBlock without scale-shift adds its `emb_layers`
+/// output to every pixel; one thread per element of `[batch, channels, hw]`.
+///
+/// # Safety
+/// `x` holds batch·channels·hw `f32`, `bias` covers (batch−1)·stride + channels.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn add_channel_bias_f32(
+    x: *mut f32,
+    bias: *const f32,
+    stride: u32,
+    batch: u32,
+    channels: u32,
+    hw: u32,
+) {
+    let i = global_index();
+    let (c, hw) = (channels as usize, hw as usize);
+    if i < batch as usize * c * hw {
+        let (b, ch) = (i / (c * hw), i / hw % c);
+        // SAFETY: the caller's sizes.
+        unsafe { *x.add(i) += *bias.add(b * stride as usize + ch) };
     }
 }

@@ -3,6 +3,7 @@
 
 use tweedie_core::noise;
 use tweedie_core::sampler::{ChainNoise, UpdateCoefficients};
+use tweedie_core::tweedie::{output_to_denoised, NetOutput};
 
 use super::global_index;
 
@@ -86,5 +87,54 @@ pub unsafe extern "ptx-kernel" fn template_update_f32(
         if !v.is_finite() {
             nonfinite.write(1);
         }
+    }
+}
+
+/// `dst[i] = factor · src[i]` (a VP network's input √ᾱ·x); `dst` may equal `src`.
+///
+/// # Safety
+/// `dst` and `src` hold `n` `f32`.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn scale_f32(dst: *mut f32, src: *const f32, n: u32, factor: f32) {
+    let i = global_index();
+    if i < n as usize {
+        // SAFETY: i < n.
+        unsafe { dst.add(i).write(factor * *src.add(i)) };
+    }
+}
+
+/// D from the network output, as `Parameterization::denoised_from_output`: for chain c and
+/// element e < chain_len, `d[i] = output_to_denoised(output, x[i], net[c·net_stride + e], coef)`
+/// (`output` 0 = ε, 1 = score), or the network output itself (`output` 2 = denoised). The
+/// network's chain stride exceeds chain_len when it also outputs variances (learn_sigma).
+///
+/// # Safety
+/// `d`, `x` hold `n` `f32`, `net` (n / chain_len)·net_stride; chain_len ≤ net_stride.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn denoised_from_output_f32(
+    d: *mut f32,
+    x: *const f32,
+    net: *const f32,
+    n: u32,
+    chain_len: u32,
+    net_stride: u32,
+    output: u32,
+    coef: f64,
+) {
+    let i = global_index();
+    if i >= n as usize || chain_len == 0 {
+        return;
+    }
+    let (c, e) = (i / chain_len as usize, i % chain_len as usize);
+    // SAFETY: the caller's sizes.
+    unsafe {
+        let y = *net.add(c * net_stride as usize + e);
+        let v = match output {
+            0 => output_to_denoised(NetOutput::Eps, *x.add(i), y, coef),
+            1 => output_to_denoised(NetOutput::Score, *x.add(i), y, coef),
+            _ => y,
+        };
+        d.add(i).write(v);
     }
 }

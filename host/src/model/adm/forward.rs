@@ -68,53 +68,53 @@ pub type Observer<'a> = dyn FnMut(&str, usize, &[f32]) + 'a;
 
 /// A convolution with its weights.
 #[derive(Debug, Clone, Copy)]
-struct ConvP<'w> {
-    conv: Conv2d,
-    weight: WeightsRef<'w>,
-    bias: &'w [f32],
+pub(super) struct ConvP<'w> {
+    pub(super) conv: Conv2d,
+    pub(super) weight: WeightsRef<'w>,
+    pub(super) bias: &'w [f32],
 }
 
 /// GroupNorm32 affine parameters.
 #[derive(Debug, Clone, Copy)]
-struct NormP<'w> {
-    gamma: &'w [f32],
-    beta: &'w [f32],
+pub(super) struct NormP<'w> {
+    pub(super) gamma: &'w [f32],
+    pub(super) beta: &'w [f32],
 }
 
 /// A Linear layer.
 #[derive(Debug, Clone, Copy)]
-struct LinearP<'w> {
-    weight: WeightsRef<'w>,
-    bias: &'w [f32],
-    in_features: usize,
+pub(super) struct LinearP<'w> {
+    pub(super) weight: WeightsRef<'w>,
+    pub(super) bias: &'w [f32],
+    pub(super) in_features: usize,
 }
 
 #[derive(Debug)]
-struct ResP<'w> {
-    c_in: usize,
-    c_out: usize,
-    updown: Updown,
-    scale_shift: bool,
-    in_norm: NormP<'w>,
-    in_conv: ConvP<'w>,
-    emb: LinearP<'w>,
-    out_norm: NormP<'w>,
-    out_conv: ConvP<'w>,
-    skip: Option<ConvP<'w>>,
+pub(super) struct ResP<'w> {
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
+    pub(super) updown: Updown,
+    pub(super) scale_shift: bool,
+    pub(super) in_norm: NormP<'w>,
+    pub(super) in_conv: ConvP<'w>,
+    pub(super) emb: LinearP<'w>,
+    pub(super) out_norm: NormP<'w>,
+    pub(super) out_conv: ConvP<'w>,
+    pub(super) skip: Option<ConvP<'w>>,
 }
 
 #[derive(Debug)]
-struct AttnP<'w> {
-    channels: usize,
-    heads: usize,
-    order: k::QkvOrder,
-    norm: NormP<'w>,
-    qkv: ConvP<'w>,
-    proj: ConvP<'w>,
+pub(super) struct AttnP<'w> {
+    pub(super) channels: usize,
+    pub(super) heads: usize,
+    pub(super) order: k::QkvOrder,
+    pub(super) norm: NormP<'w>,
+    pub(super) qkv: ConvP<'w>,
+    pub(super) proj: ConvP<'w>,
 }
 
 #[derive(Debug)]
-enum Op<'w> {
+pub(super) enum Op<'w> {
     Conv(ConvP<'w>),
     Res(Box<ResP<'w>>),
     Attn(Box<AttnP<'w>>),
@@ -130,22 +130,22 @@ enum Op<'w> {
 
 /// A layer: its PyTorch name, the downsample factor of its input, what it does.
 #[derive(Debug)]
-struct LayerP<'w> {
-    name: String,
-    ds: usize,
-    op: Op<'w>,
+pub(super) struct LayerP<'w> {
+    pub(super) name: String,
+    pub(super) ds: usize,
+    pub(super) op: Op<'w>,
 }
 
 #[derive(Debug)]
-struct BlockP<'w> {
-    name: String,
-    layers: Vec<LayerP<'w>>,
+pub(super) struct BlockP<'w> {
+    pub(super) name: String,
+    pub(super) layers: Vec<LayerP<'w>>,
     /// Channels of the decoder state entering an output block (before the concatenation).
-    c_state: usize,
-    skip_channels: usize,
-    ds_in: usize,
-    c_out: usize,
-    ds_out: usize,
+    pub(super) c_state: usize,
+    pub(super) skip_channels: usize,
+    pub(super) ds_in: usize,
+    pub(super) c_out: usize,
+    pub(super) ds_out: usize,
 }
 
 /// Activation memory for one input size, allocated once.
@@ -347,7 +347,7 @@ impl<'w> Resolver<'w> {
     }
 }
 
-fn conv3x3(c_in: usize, c_out: usize) -> Conv2d {
+pub(super) fn conv3x3(c_in: usize, c_out: usize) -> Conv2d {
     Conv2d {
         c_in,
         c_out,
@@ -359,10 +359,10 @@ fn conv3x3(c_in: usize, c_out: usize) -> Conv2d {
 
 /// Sizes the arena needs, from a walk over the layers at one input size.
 #[derive(Default)]
-struct Needs {
-    work: usize,
-    scratch: usize,
-    film: usize,
+pub(super) struct Needs {
+    pub(super) work: usize,
+    pub(super) scratch: usize,
+    pub(super) film: usize,
 }
 
 impl Needs {
@@ -412,11 +412,79 @@ impl Needs {
     }
 }
 
-fn resampled(updown: Updown, h: usize, w: usize) -> (usize, usize) {
+pub(super) fn resampled(updown: Updown, h: usize, w: usize) -> (usize, usize) {
     match updown {
         Updown::None => (h, w),
         Updown::Up => (2 * h, 2 * w),
         Updown::Down => (h / 2, w / 2),
+    }
+}
+
+/// Every tensor of an [`AdmArch`] resolved by name and size check, in layer order: the CPU
+/// forward runs from it and the device graph (`super::device`) uploads it.
+pub(super) struct Resolved<'w> {
+    pub(super) time: [LinearP<'w>; 2],
+    pub(super) input_blocks: Vec<BlockP<'w>>,
+    pub(super) middle: BlockP<'w>,
+    pub(super) output_blocks: Vec<BlockP<'w>>,
+    pub(super) out_norm: NormP<'w>,
+    pub(super) out_conv: ConvP<'w>,
+}
+
+/// Resolves every weight of `arch` (one clear error naming the first missing or mis-sized
+/// tensor).
+pub(super) fn resolve<'w>(arch: &AdmArch, weights: &'w Weights) -> Result<Resolved<'w>> {
+    let c = &arch.config;
+    let r = Resolver { weights };
+    let ted = arch.time_embed_dim;
+    let blocks = |bs: &[Block]| bs.iter().map(|b| r.block(b)).collect::<Result<Vec<_>>>();
+    Ok(Resolved {
+        time: [
+            r.linear("time_embed.0", c.model_channels, ted)?,
+            r.linear("time_embed.2", ted, ted)?,
+        ],
+        input_blocks: blocks(&arch.input_blocks)?,
+        middle: r.block(&arch.middle_block)?,
+        output_blocks: blocks(&arch.output_blocks)?,
+        out_norm: r.norm("out.0", arch.out.channels)?,
+        out_conv: r.conv("out.2", conv3x3(arch.out.channels, arch.out.out_channels))?,
+    })
+}
+
+/// Activation sizes of one sample at one input size: the work buffers, conv scratch and FiLM
+/// ([`Needs`]), and where each encoder output sits in the skip stack.
+pub(super) struct MemoryPlan {
+    pub(super) needs: Needs,
+    /// Start of every input block's output inside the skip stack.
+    pub(super) skip_at: Vec<usize>,
+    /// Floats of the whole skip stack.
+    pub(super) skip_len: usize,
+}
+
+impl MemoryPlan {
+    pub(super) fn new(r: &Resolved, in_channels: usize, height: usize, width: usize) -> MemoryPlan {
+        let (input_blocks, middle, output_blocks) = (&r.input_blocks, &r.middle, &r.output_blocks);
+        let mut needs = Needs::default();
+        needs.work(in_channels * height * width);
+        for b in input_blocks.iter().chain([middle]).chain(output_blocks) {
+            let hw = height / b.ds_in * (width / b.ds_in);
+            needs.work((b.c_state + b.skip_channels) * hw);
+            for l in &b.layers {
+                needs.layer(l, height, width);
+            }
+        }
+        let mut skip_at = Vec::with_capacity(input_blocks.len());
+        let mut skip_len = 0;
+        for b in input_blocks.iter() {
+            skip_at.push(skip_len);
+            skip_len += b.c_out * (height / b.ds_out) * (width / b.ds_out);
+        }
+        needs.conv(&r.out_conv, height, width);
+        MemoryPlan {
+            needs,
+            skip_at,
+            skip_len,
+        }
     }
 }
 
@@ -436,42 +504,21 @@ impl<'w> AdmModel<'w> {
         arch.check_input_size(height, width)?;
         crate::backend::enable_simd();
         let c = &arch.config;
-        let r = Resolver { weights };
         let ted = arch.time_embed_dim;
-        let time = [
-            r.linear("time_embed.0", c.model_channels, ted)?,
-            r.linear("time_embed.2", ted, ted)?,
-        ];
-        let input_blocks = arch
-            .input_blocks
-            .iter()
-            .map(|b| r.block(b))
-            .collect::<Result<Vec<_>>>()?;
-        let middle = r.block(&arch.middle_block)?;
-        let output_blocks = arch
-            .output_blocks
-            .iter()
-            .map(|b| r.block(b))
-            .collect::<Result<Vec<_>>>()?;
-        let out_norm = r.norm("out.0", arch.out.channels)?;
-        let out_conv = r.conv("out.2", conv3x3(arch.out.channels, arch.out.out_channels))?;
-
-        let mut needs = Needs::default();
-        needs.work(c.in_channels * height * width);
-        let mut skip_at = Vec::with_capacity(input_blocks.len());
-        let mut skip_len = 0;
-        for b in input_blocks.iter().chain([&middle]).chain(&output_blocks) {
-            let hw = height / b.ds_in * (width / b.ds_in);
-            needs.work((b.c_state + b.skip_channels) * hw);
-            for l in &b.layers {
-                needs.layer(l, height, width);
-            }
-        }
-        for b in &input_blocks {
-            skip_at.push(skip_len);
-            skip_len += b.c_out * (height / b.ds_out) * (width / b.ds_out);
-        }
-        needs.conv(&out_conv, height, width);
+        let resolved = resolve(arch, weights)?;
+        let MemoryPlan {
+            needs,
+            skip_at,
+            skip_len,
+        } = MemoryPlan::new(&resolved, c.in_channels, height, width);
+        let Resolved {
+            time,
+            input_blocks,
+            middle,
+            output_blocks,
+            out_norm,
+            out_conv,
+        } = resolved;
         let scratch = (0..threads)
             .map(|_| Mutex::new(vec![0.0; needs.scratch]))
             .collect();
@@ -667,12 +714,12 @@ impl<'w> AdmModel<'w> {
 }
 
 /// The two buffer indices other than `i`.
-fn others(i: usize) -> [usize; 2] {
+pub(super) fn others(i: usize) -> [usize; 2] {
     [(i + 1) % 3, (i + 2) % 3]
 }
 
 /// Buffer `src` shared and buffer `dst` mutable (`src != dst`).
-fn pair(work: &mut [Vec<f32>; 3], src: usize, dst: usize) -> (&[f32], &mut [f32]) {
+pub(super) fn pair<B>(work: &mut [B; 3], src: usize, dst: usize) -> (&B, &mut B) {
     debug_assert_ne!(src, dst);
     let [a, b, c] = work;
     match (src, dst) {

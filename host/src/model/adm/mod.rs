@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod config;
 pub mod cost;
+pub mod device;
 pub mod forward;
 pub mod state_dict;
 pub mod train;

@@ -1,0 +1,396 @@
+//! [`DeviceOps`] on the CPU, one thread, with the kernels crate's CPU functions: the reference
+//! the device graph and the device sampling loop are tested against on machines without a
+//! GPU (the layer arithmetic itself is tested in the kernels crate and, on a GPU, by
+//! `host selftest`). Buffers are plain vectors.
+
+use anyhow::{anyhow, Result};
+use half::f16;
+use tweedie_core::noise;
+use tweedie_core::sampler::{update_element, ChainNoise};
+use tweedie_core::tweedie::{output_to_denoised, NetOutput};
+use tweedie_kernels::{self as k, Conv2d, KernelError, QkvOrder, WeightsRef};
+
+use super::ops::{check_chains, need, DeviceOps, UpdateStep};
+
+/// Weights as stored in the file.
+pub enum OwnedWeights {
+    /// Single precision.
+    F32(Vec<f32>),
+    /// Half precision.
+    F16(Vec<f16>),
+}
+
+impl OwnedWeights {
+    fn as_ref(&self) -> WeightsRef<'_> {
+        match self {
+            OwnedWeights::F32(v) => WeightsRef::F32(v),
+            OwnedWeights::F16(v) => WeightsRef::F16(v),
+        }
+    }
+}
+
+/// The CPU reference device.
+#[derive(Debug, Default)]
+pub struct ReferenceOps;
+
+fn kernel(what: &str) -> impl Fn(KernelError) -> anyhow::Error + '_ {
+    move |e| anyhow!("{what}: {e}")
+}
+
+impl DeviceOps for ReferenceOps {
+    type Buf = Vec<f32>;
+    type Weights = OwnedWeights;
+
+    fn len(&self, b: &Vec<f32>) -> usize {
+        b.len()
+    }
+
+    fn alloc(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+
+    fn upload(&self, v: &[f32]) -> Result<Vec<f32>> {
+        Ok(v.to_vec())
+    }
+
+    fn write(&self, b: &mut Vec<f32>, v: &[f32]) -> Result<()> {
+        need("write", v.len(), b.len())?;
+        b[..v.len()].copy_from_slice(v);
+        Ok(())
+    }
+
+    fn upload_weights(&self, w: WeightsRef<'_>) -> Result<OwnedWeights> {
+        Ok(match w {
+            WeightsRef::F32(v) => OwnedWeights::F32(v.to_vec()),
+            WeightsRef::F16(v) => OwnedWeights::F16(v.to_vec()),
+        })
+    }
+
+    fn read(&self, b: &Vec<f32>, out: &mut [f32]) -> Result<()> {
+        need("read", out.len(), b.len())?;
+        out.copy_from_slice(&b[..out.len()]);
+        Ok(())
+    }
+
+    fn conv2d(
+        &self,
+        conv: &Conv2d,
+        x: &Vec<f32>,
+        h: usize,
+        w: usize,
+        weight: &OwnedWeights,
+        bias: &Vec<f32>,
+        out: &mut Vec<f32>,
+        batch: usize,
+    ) -> Result<()> {
+        let (oh, ow) = conv.out_size(h, w);
+        let (per_in, per_out) = (conv.c_in * h * w, conv.c_out * oh * ow);
+        need("conv2d input", batch * per_in, x.len())?;
+        need("conv2d output", batch * per_out, out.len())?;
+        let mut scratch = vec![0.0; conv.scratch_len(h, w)];
+        for b in 0..batch {
+            conv.forward(
+                &x[b * per_in..][..per_in],
+                h,
+                w,
+                weight.as_ref(),
+                bias,
+                0..conv.c_out,
+                &mut out[b * per_out..][..per_out],
+                &mut scratch,
+            )
+            .map_err(kernel("conv2d"))?;
+        }
+        Ok(())
+    }
+
+    fn group_norm(
+        &self,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        film: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+        batch: usize,
+        channels: usize,
+        hw: usize,
+        groups: usize,
+        eps: f32,
+        silu: bool,
+    ) -> Result<()> {
+        let per = channels * hw;
+        need("group norm input", batch * per, x.len())?;
+        need("group norm output", batch * per, out.len())?;
+        if let Some(f) = film {
+            need("FiLM", batch * 2 * channels, f.len())?;
+        }
+        for b in 0..batch {
+            let film = film.map(|f| f[2 * b * channels..][..2 * channels].split_at(channels));
+            k::group_norm(
+                &x[b * per..][..per],
+                channels,
+                hw,
+                groups,
+                eps,
+                gamma,
+                beta,
+                film,
+                silu,
+                0..groups,
+                &mut out[b * per..][..per],
+            )
+            .map_err(kernel("group norm"))?;
+        }
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        w: &OwnedWeights,
+        bias: &Vec<f32>,
+        y: &mut Vec<f32>,
+        batch: usize,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<()> {
+        need("linear input", batch * in_features, x.len())?;
+        need("linear output", batch * out_features, y.len())?;
+        for b in 0..batch {
+            k::linear(
+                &x[b * in_features..][..in_features],
+                w.as_ref(),
+                bias,
+                in_features,
+                0..out_features,
+                &mut y[b * out_features..][..out_features],
+            )
+            .map_err(kernel("linear"))?;
+        }
+        Ok(())
+    }
+
+    fn silu(&self, x: &mut Vec<f32>, n: usize) -> Result<()> {
+        need("silu", n, x.len())?;
+        k::silu_inplace(&mut x[..n]);
+        Ok(())
+    }
+
+    fn add(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) -> Result<()> {
+        need("add destination", n, dst.len())?;
+        need("add source", n, src.len())?;
+        k::add_inplace(&mut dst[..n], &src[..n]);
+        Ok(())
+    }
+
+    fn scale(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize, factor: f32) -> Result<()> {
+        need("scale destination", n, dst.len())?;
+        need("scale source", n, src.len())?;
+        for (d, &s) in dst[..n].iter_mut().zip(&src[..n]) {
+            *d = factor * s;
+        }
+        Ok(())
+    }
+
+    fn attention_scratch_len(&self, _batch: usize, _heads: usize, t: usize) -> usize {
+        k::attention_scratch_len(t)
+    }
+
+    fn attention(
+        &self,
+        qkv: &Vec<f32>,
+        scratch: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+        batch: usize,
+        channels: usize,
+        t: usize,
+        heads: usize,
+        order: QkvOrder,
+    ) -> Result<()> {
+        let (per_in, per_out) = (3 * channels * t, channels * t);
+        need("attention qkv", batch * per_in, qkv.len())?;
+        need("attention output", batch * per_out, out.len())?;
+        for b in 0..batch {
+            k::qkv_attention(
+                &qkv[b * per_in..][..per_in],
+                channels,
+                t,
+                heads,
+                order,
+                0..heads,
+                &mut out[b * per_out..][..per_out],
+                scratch,
+            )
+            .map_err(kernel("attention"))?;
+        }
+        Ok(())
+    }
+
+    fn upsample2x(
+        &self,
+        x: &Vec<f32>,
+        out: &mut Vec<f32>,
+        planes: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<()> {
+        need("upsample input", planes * h * w, x.len())?;
+        need("upsample output", planes * 4 * h * w, out.len())?;
+        k::upsample_nearest2x(x, h, w, 0..planes, &mut out[..planes * 4 * h * w]);
+        Ok(())
+    }
+
+    fn avg_pool2x2(
+        &self,
+        x: &Vec<f32>,
+        out: &mut Vec<f32>,
+        planes: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<()> {
+        need("avg pool input", planes * h * w, x.len())?;
+        need("avg pool output", planes * (h / 2) * (w / 2), out.len())?;
+        k::avg_pool2x2(x, h, w, 0..planes, &mut out[..planes * (h / 2) * (w / 2)]);
+        Ok(())
+    }
+
+    fn copy_channels(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        batch: usize,
+        src_c: usize,
+        dst_c: usize,
+        first: usize,
+        hw: usize,
+    ) -> Result<()> {
+        if first + src_c > dst_c {
+            return Err(anyhow!(
+                "copy channels: {src_c} channels at {first} exceed {dst_c}"
+            ));
+        }
+        need("copy source", batch * src_c * hw, src.len())?;
+        need("copy destination", batch * dst_c * hw, dst.len())?;
+        for b in 0..batch {
+            let s = &src[b * src_c * hw..][..src_c * hw];
+            dst[(b * dst_c + first) * hw..][..src_c * hw].copy_from_slice(s);
+        }
+        Ok(())
+    }
+
+    fn add_channel_bias(
+        &self,
+        x: &mut Vec<f32>,
+        bias: &Vec<f32>,
+        stride: usize,
+        batch: usize,
+        channels: usize,
+        hw: usize,
+    ) -> Result<()> {
+        need("bias target", batch * channels * hw, x.len())?;
+        if batch > 0 {
+            need("bias", (batch - 1) * stride + channels, bias.len())?;
+        }
+        for b in 0..batch {
+            for c in 0..channels {
+                let e = bias[b * stride + c];
+                x[(b * channels + c) * hw..][..hw]
+                    .iter_mut()
+                    .for_each(|v| *v += e);
+            }
+        }
+        Ok(())
+    }
+
+    fn timestep_embedding(
+        &self,
+        t: &Vec<f32>,
+        out: &mut Vec<f32>,
+        batch: usize,
+        dim: usize,
+        max_period: f32,
+    ) -> Result<()> {
+        need("timestep input", batch, t.len())?;
+        need("timestep embedding", batch * dim, out.len())?;
+        for b in 0..batch {
+            k::timestep_embedding(t[b], dim, max_period, &mut out[b * dim..][..dim])
+                .map_err(kernel("timestep embedding"))?;
+        }
+        Ok(())
+    }
+
+    fn init_state(
+        &self,
+        x: &mut Vec<f32>,
+        n: usize,
+        chain_len: usize,
+        std: f32,
+        seed: u64,
+        first_chain: u64,
+    ) -> Result<()> {
+        check_chains("init state", n, chain_len)?;
+        need("state", n, x.len())?;
+        for (i, v) in x[..n].iter_mut().enumerate() {
+            let (c, e) = (i / chain_len, i % chain_len);
+            let z = noise::gaussian(seed, first_chain + c as u64, noise::COUNTER_INIT, e as u64);
+            *v = std * z;
+        }
+        Ok(())
+    }
+
+    fn denoised_from_output(
+        &self,
+        d: &mut Vec<f32>,
+        x: &Vec<f32>,
+        net: &Vec<f32>,
+        n: usize,
+        chain_len: usize,
+        net_stride: usize,
+        output: NetOutput,
+        coef: f64,
+    ) -> Result<()> {
+        check_chains("denoised", n, chain_len)?;
+        need("denoised", n, d.len())?;
+        need("state", n, x.len())?;
+        need("network output", n / chain_len * net_stride, net.len())?;
+        for (i, v) in d[..n].iter_mut().enumerate() {
+            let y = net[i / chain_len * net_stride + i % chain_len];
+            *v = match output {
+                NetOutput::Denoised => y,
+                _ => output_to_denoised(output, x[i], y, coef),
+            };
+        }
+        Ok(())
+    }
+
+    fn template_update(
+        &self,
+        x: &mut Vec<f32>,
+        denoised: &Vec<f32>,
+        lik_grad: Option<&Vec<f32>>,
+        n: usize,
+        chain_len: usize,
+        step: &UpdateStep,
+        _check: bool,
+    ) -> Result<bool> {
+        check_chains("template update", n, chain_len)?;
+        need("state", n, x.len())?;
+        need("denoised", n, denoised.len())?;
+        if let Some(g) = lik_grad {
+            need("likelihood gradient", n, g.len())?;
+        }
+        let mut nonfinite = false;
+        for (i, v) in x[..n].iter_mut().enumerate() {
+            let key = ChainNoise {
+                seed: step.seed,
+                chain: step.first_chain + (i / chain_len) as u64,
+                counter: step.counter,
+            };
+            let g = lik_grad.map_or(0.0, |g| g[i]);
+            let z = key.draw(&step.coef, i % chain_len);
+            *v = update_element(*v, denoised[i], g, z, &step.coef);
+            nonfinite |= !v.is_finite();
+        }
+        Ok(nonfinite)
+    }
+}
