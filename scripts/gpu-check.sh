@@ -6,9 +6,10 @@
 #       builds host (release, --features cuda) and the PTX (scripts/build-ptx.sh --ptxas), and
 #       copies them, the adm_small golden data, the PyTorch scripts and this script into BUNDLE.
 #   on the GPU machine:    bash BUNDLE/gpu-check.sh [OUT]            (default BUNDLE/out)
-#       nvidia-smi, `host selftest --device cuda` (kernels vs CPU, template drift, timings;
-#       JSON written as it goes), a PyTorch float32 forward of adm-ffhq256 with TF32 off and
-#       default, then a table. Each stage has its own time limit; the whole run stays < 5 min.
+#       nvidia-smi, `host selftest --device cuda` (kernels vs CPU, template drift, the ADM forward
+#       vs the adm_small golden output, a 10-step sampling run vs the CPU, FFHQ-256 forward and
+#       sampling-step timings; JSON written as it goes), a PyTorch float32 forward of adm-ffhq256
+#       with TF32 off and default, then a table with the ratio ours/PyTorch. Each stage has its own time limit; the whole run stays < 5 min.
 # Needs there: the NVIDIA driver (libcuda.so.1), python3 with torch for the PyTorch part
 # (PYTHON=/path/to/python to choose another interpreter).
 # Exit code: the selftest's (0 all passed, 1 a check failed, 2 error, 124 timed out).
@@ -71,19 +72,24 @@ except Exception as e:  # a run cut off before its first result
     rep = {"status": f"no report ({e})"}
 print(f"status: {rep.get('status')}   device: {rep.get('device')}")
 print(f"{'check':34} {'shape':34} {'max_abs_err':>12} {'max_rel_err':>12}")
-for sec in ("kernels", "template"):
+for sec in ("kernels", "template", "parity"):
     for e in rep.get(sec, []):
         name = e.get("kernel") or e.get("check")
         print(f"{name:34} {str(e.get('shape', e.get('check', ''))):34} {e.get('max_abs_err', 0):12.3g} {e.get('max_rel_err', 0):12.3g}")
+ours = {}
 for e in rep.get("timings", []):
-    extra = f"{e['gflops']:.0f} GFLOP/s" if "gflops" in e else f"{e.get('steps_per_s', 0):.0f} /s"
+    extra = f"{e['gflops']:.0f} GFLOP/s" if "gflops" in e else f"{e.get('steps_per_s', 0):.2f} steps/s"
     print(f"{e['what']:60} batch {e['batch']}: {e['seconds'] * 1e3:9.3f} ms  {extra}")
-for k in ("adm_small_parity", "ffhq256_forward"):
-    if k in rep:
-        print(f"{k}: {rep[k]}")
+    if e["what"].startswith("adm forward 256x256 F32"):
+        ours[e["batch"]] = e["seconds"]
+print(f"adm_small_parity: {rep.get('adm_small_parity')}")
 for line in open(sys.argv[2]):
     if line.startswith("torch_gpu"):
         print(line.rstrip())
+        f = dict(kv.split("=") for kv in line.split()[1:])
+        b = int(f["batch"])
+        if b in ours:
+            print(f"  ratio ours/PyTorch (f32 weights, tf32={f['tf32']}), batch {b}: {ours[b] / float(f['median_s']):.2f}")
 print(f"summary: {rep.get('summary')}")
 PY
 exit "$rc"

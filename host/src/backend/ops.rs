@@ -45,6 +45,18 @@ pub trait DeviceOps {
     fn upload_weights(&self, w: WeightsRef<'_>) -> Result<Self::Weights>;
     /// The first `out.len()` floats of `b` (waits for the queued work).
     fn read(&self, b: &Self::Buf, out: &mut [f32]) -> Result<()>;
+    /// Waits until all queued work is done (for timings).
+    fn synchronize(&self) -> Result<()>;
+    /// `out[i] = noise::gaussian(seed, chain, counter, first + i)` for i < n.
+    fn fill_noise(
+        &self,
+        out: &mut Self::Buf,
+        n: usize,
+        seed: u64,
+        chain: u64,
+        counter: u64,
+        first: u64,
+    ) -> Result<()>;
 
     /// `out = conv(x)` for x `[batch, c_in, h, w]`, out `[batch, c_out, oh, ow]`.
     #[allow(clippy::too_many_arguments)]

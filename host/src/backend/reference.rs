@@ -72,6 +72,24 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn fill_noise(
+        &self,
+        out: &mut Vec<f32>,
+        n: usize,
+        seed: u64,
+        chain: u64,
+        counter: u64,
+        first: u64,
+    ) -> Result<()> {
+        need("noise", n, out.len())?;
+        noise::fill_gaussian(&mut out[..n], seed, chain, counter, first);
+        Ok(())
+    }
+
     fn conv2d(
         &self,
         conv: &Conv2d,

@@ -4,9 +4,10 @@
 //! kernel), one template step and a 100-step run (drift), and times the FFHQ-256 shapes. The
 //! JSON report is rewritten after every result, so a run cut off by a time limit still reports.
 //!
-//! Not yet on the device (reported as `"skipped"` with the reason): the full ADM forward, hence
-//! the adm_small golden parity and the FFHQ-256 forward timing; the layer timings at FFHQ-256
-//! shapes stand in for the latter.
+//! It also runs the full ADM forward on the device against the adm_small golden output, a
+//! 10-step ADM sampling run against the CPU, and times the FFHQ-256 forward (batch 1 and 8,
+//! f32 and f16 weights) and sampling steps. The checks themselves (`checks`) are generic over
+//! the device and are unit-tested here with the CPU reference ops on both sides.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,7 +111,20 @@ pub fn run(args: &SelftestArgs) -> Result<ExitCode> {
         Resolved::Cuda(gpu) => {
             let mut report = Report::new(args.json.clone());
             report.set("status", json!("running"))?;
-            gpu_checks::run(&gpu, args, &mut report)?;
+            let plan = checks::Plan {
+                golden: args.golden.as_deref(),
+                timing: (!args.no_timings)
+                    .then(|| (crate::model::adm::AdmConfig::ffhq256(), vec![1, 8])),
+            };
+            println!(
+                "gpu: {} (compute {}), driver API {}, {:.1} GiB",
+                gpu.info.name,
+                gpu.info.compute_capability,
+                gpu.info.driver,
+                gpu.info.total_mem as f64 / (1u64 << 30) as f64
+            );
+            report.set("device", serde_json::to_value(&gpu.info)?)?;
+            checks::run(gpu.as_ref(), &plan, &mut report)?;
             report.set("status", json!("done"))?;
             println!("{} passed, {} failed", report.passed, report.failed);
             Ok(if report.failed == 0 {
@@ -122,8 +136,8 @@ pub fn run(args: &SelftestArgs) -> Result<ExitCode> {
     }
 }
 
-#[cfg(feature = "cuda")]
-mod gpu_checks;
+#[cfg(any(feature = "cuda", test))]
+mod checks;
 
 #[cfg(test)]
 mod tests {

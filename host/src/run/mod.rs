@@ -2,6 +2,7 @@
 //! ([`measurement`]), the multi-batch, multi-thread chain runner ([`runner`]), progress
 //! ([`progress`]) and all-or-nothing output files ([`output`]).
 
+pub mod device;
 pub mod measurement;
 pub mod output;
 pub mod plan;

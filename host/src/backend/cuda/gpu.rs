@@ -4,15 +4,18 @@
 //! copies back. Launch shapes follow the kernels' module docs.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchArgs, LaunchConfig,
+    PushKernelArg,
 };
 use half::f16;
-use tweedie_core::sampler::UpdateCoefficients;
-use tweedie_kernels::{Conv2d, QkvOrder};
+use tweedie_core::tweedie::NetOutput;
+use tweedie_kernels::{Conv2d, QkvOrder, WeightsRef};
+
+use crate::backend::ops::{check_chains, need, DeviceOps, UpdateStep};
 
 use super::{embedded_ptx, PtxSource};
 
@@ -30,6 +33,13 @@ pub const ENTRIES: &[&str] = &[
     "conv2d_f16w",
     "attention_weights_f32",
     "attention_output_f32",
+    "timestep_embedding_f32",
+    "upsample_nearest2x_f32",
+    "avg_pool2x2_f32",
+    "copy_channels_f32",
+    "add_channel_bias_f32",
+    "scale_f32",
+    "denoised_from_output_f32",
 ];
 
 /// Block size of the 1-D kernels.
@@ -68,6 +78,8 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     funcs: HashMap<&'static str, CudaFunction>,
+    /// The template update's non-finite flag (set by the kernel, cleared when read).
+    nonfinite: Mutex<CudaSlice<u32>>,
     /// The device, for logs.
     pub info: DeviceInfo,
 }
@@ -112,11 +124,11 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit a kernel's u32"))
 }
 
-fn check(what: &str, expected: usize, got: usize) -> Result<()> {
-    if expected != got {
-        bail!("{what}: {got} elements on the device, expected {expected}");
+fn weights_len(w: &DevWeights) -> usize {
+    match w {
+        DevWeights::F32(v) => v.len(),
+        DevWeights::F16(v) => v.len(),
     }
-    Ok(())
 }
 
 impl CudaBackend {
@@ -155,8 +167,11 @@ impl CudaBackend {
             compute_capability: format!("{major}.{minor}"),
             total_mem: ctx.total_mem()?,
         };
+        let stream = ctx.default_stream();
+        let nonfinite = Mutex::new(stream.alloc_zeros::<u32>(1)?);
         Ok(CudaBackend {
-            stream: ctx.default_stream(),
+            stream,
+            nonfinite,
             _ctx: ctx,
             _module: module,
             funcs,
@@ -174,7 +189,7 @@ impl CudaBackend {
     }
 
     /// Uploads f32 weights, or converts them to f16 first (half the device memory).
-    pub fn upload_weights(&self, w: &[f32], as_f16: bool) -> Result<DevWeights> {
+    pub fn upload_f32_weights(&self, w: &[f32], as_f16: bool) -> Result<DevWeights> {
         Ok(if as_f16 {
             let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
             DevWeights::F16(self.stream.clone_htod(&h)?)
@@ -192,241 +207,85 @@ impl CudaBackend {
     pub fn download(&self, d: &CudaSlice<f32>) -> Result<Vec<f32>> {
         Ok(self.stream.clone_dtoh(d)?)
     }
+}
 
-    /// Reads a one-element `u32` flag back (e.g. the template update's non-finite flag).
-    pub fn stream_flag(&self, flag: &CudaSlice<u32>) -> Result<u32> {
-        Ok(self.stream.clone_dtoh(flag)?.first().copied().unwrap_or(0))
+impl CudaBackend {
+    fn launch<'a>(
+        &'a self,
+        name: &str,
+        cfg: LaunchConfig,
+        args: impl FnOnce(&mut LaunchArgs<'a>),
+    ) -> Result<()> {
+        let mut lb = self.stream.launch_builder(self.func(name));
+        args(&mut lb);
+        // SAFETY: every caller passes the kernel's documented argument list, with sizes
+        // checked against the buffers (ops::need) before the launch.
+        unsafe { lb.launch(cfg) }.map_err(|e| anyhow!("kernel {name}: {e}"))?;
+        Ok(())
+    }
+}
+
+impl DeviceOps for CudaBackend {
+    type Buf = CudaSlice<f32>;
+    type Weights = DevWeights;
+
+    fn len(&self, b: &CudaSlice<f32>) -> usize {
+        b.len()
     }
 
-    /// Waits until every queued kernel has finished (for timings).
-    pub fn synchronize(&self) -> Result<()> {
+    fn alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
+        self.zeros(n.max(1))
+    }
+
+    fn upload(&self, v: &[f32]) -> Result<CudaSlice<f32>> {
+        Ok(self.stream.clone_htod(v)?)
+    }
+
+    fn write(&self, b: &mut CudaSlice<f32>, v: &[f32]) -> Result<()> {
+        need("write", v.len(), b.len())?;
+        let mut dst = b.slice_mut(0..v.len());
+        Ok(self.stream.memcpy_htod(v, &mut dst)?)
+    }
+
+    fn upload_weights(&self, w: WeightsRef<'_>) -> Result<DevWeights> {
+        Ok(match w {
+            WeightsRef::F32(v) => DevWeights::F32(self.stream.clone_htod(v)?),
+            WeightsRef::F16(v) => DevWeights::F16(self.stream.clone_htod(v)?),
+        })
+    }
+
+    fn read(&self, b: &CudaSlice<f32>, out: &mut [f32]) -> Result<()> {
+        need("read", out.len(), b.len())?;
+        let src = b.slice(0..out.len());
+        Ok(self.stream.memcpy_dtoh(&src, out)?)
+    }
+
+    fn synchronize(&self) -> Result<()> {
         Ok(self.stream.synchronize()?)
     }
 
-    /// `out[i] = noise::gaussian(seed, chain, counter, first_element + i)`.
-    pub fn noise(
+    fn fill_noise(
         &self,
         out: &mut CudaSlice<f32>,
+        n: usize,
         seed: u64,
         chain: u64,
         counter: u64,
         first: u64,
     ) -> Result<()> {
-        let n = u32_of(out.len(), "noise length")?;
-        let cfg = grid_1d(out.len())?;
-        let mut lb = self.stream.launch_builder(self.func("noise_gaussian_f32"));
-        lb.arg(out)
-            .arg(&n)
-            .arg(&seed)
-            .arg(&chain)
-            .arg(&counter)
-            .arg(&first);
-        // SAFETY: argument list and sizes match the kernel's signature and contract.
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
+        need("noise", n, out.len())?;
+        let n32 = u32_of(n, "noise length")?;
+        self.launch("noise_gaussian_f32", grid_1d(n)?, |lb| {
+            lb.arg(out)
+                .arg(&n32)
+                .arg(&seed)
+                .arg(&chain)
+                .arg(&counter)
+                .arg(&first);
+        })
     }
 
-    /// x₀ = std·gaussian(seed, first_chain + c, COUNTER_INIT, e) for chains of `chain_len`.
-    pub fn init_state(
-        &self,
-        x: &mut CudaSlice<f32>,
-        chain_len: usize,
-        std: f32,
-        seed: u64,
-        first_chain: u64,
-    ) -> Result<()> {
-        if chain_len == 0 || !x.len().is_multiple_of(chain_len) {
-            bail!(
-                "init_state: length {} is not a multiple of chain_len {chain_len}",
-                x.len()
-            );
-        }
-        let (n, cl) = (
-            u32_of(x.len(), "state length")?,
-            u32_of(chain_len, "chain_len")?,
-        );
-        let cfg = grid_1d(x.len())?;
-        let mut lb = self.stream.launch_builder(self.func("init_state_f32"));
-        lb.arg(x)
-            .arg(&n)
-            .arg(&cl)
-            .arg(&std)
-            .arg(&seed)
-            .arg(&first_chain);
-        // SAFETY: as above.
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
-    }
-
-    /// One fused template step (eq. 11, or eq. 24 with `lik_grad`) for every chain, in place;
-    /// a non-finite result sets `nonfinite[0] = 1`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn template_update(
-        &self,
-        x: &mut CudaSlice<f32>,
-        denoised: &CudaSlice<f32>,
-        lik_grad: Option<&CudaSlice<f32>>,
-        nonfinite: &mut CudaSlice<u32>,
-        chain_len: usize,
-        coef: &UpdateCoefficients,
-        seed: u64,
-        first_chain: u64,
-        counter: u64,
-    ) -> Result<()> {
-        check("denoised", x.len(), denoised.len())?;
-        if let Some(g) = lik_grad {
-            check("likelihood gradient", x.len(), g.len())?;
-        }
-        if chain_len == 0 || !x.len().is_multiple_of(chain_len) {
-            bail!(
-                "template update: length {} is not a multiple of chain_len {chain_len}",
-                x.len()
-            );
-        }
-        let (n, cl) = (
-            u32_of(x.len(), "state length")?,
-            u32_of(chain_len, "chain_len")?,
-        );
-        let cfg = grid_1d(x.len())?;
-        let null = 0u64;
-        let mut lb = self.stream.launch_builder(self.func("template_update_f32"));
-        lb.arg(x).arg(denoised);
-        match lik_grad {
-            Some(g) => lb.arg(g),
-            None => lb.arg(&null),
-        };
-        lb.arg(nonfinite)
-            .arg(&n)
-            .arg(&cl)
-            .arg(&coef.drift)
-            .arg(&coef.likelihood)
-            .arg(&coef.noise)
-            .arg(&seed)
-            .arg(&first_chain)
-            .arg(&counter);
-        // SAFETY: as above; a null lik_grad is the kernel's documented "absent".
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
-    }
-
-    /// x ← SiLU(x).
-    pub fn silu(&self, x: &mut CudaSlice<f32>) -> Result<()> {
-        let n = u32_of(x.len(), "length")?;
-        let cfg = grid_1d(x.len())?;
-        let mut lb = self.stream.launch_builder(self.func("silu_f32"));
-        lb.arg(x).arg(&n);
-        // SAFETY: as above.
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
-    }
-
-    /// dst += src.
-    pub fn add(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>) -> Result<()> {
-        check("add source", dst.len(), src.len())?;
-        let n = u32_of(dst.len(), "length")?;
-        let cfg = grid_1d(dst.len())?;
-        let mut lb = self.stream.launch_builder(self.func("add_f32"));
-        lb.arg(dst).arg(src).arg(&n);
-        // SAFETY: as above.
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
-    }
-
-    /// y[b] = W·x[b] + bias for a batch; W is [out, in].
-    pub fn linear(
-        &self,
-        x: &CudaSlice<f32>,
-        w: &DevWeights,
-        bias: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
-        batch: usize,
-    ) -> Result<()> {
-        let out_f = bias.len();
-        let in_f = x.len().checked_div(batch).unwrap_or(0);
-        check("linear input", batch * in_f, x.len())?;
-        check("linear output", batch * out_f, y.len())?;
-        let wlen = match w {
-            DevWeights::F32(w) => w.len(),
-            DevWeights::F16(w) => w.len(),
-        };
-        check("linear weight", out_f * in_f, wlen)?;
-        let (b, i, o) = (
-            u32_of(batch, "batch")?,
-            u32_of(in_f, "in")?,
-            u32_of(out_f, "out")?,
-        );
-        let cfg = grid_1d(y.len())?;
-        let mut lb = match w {
-            DevWeights::F32(w) => {
-                let mut lb = self.stream.launch_builder(self.func("linear_f32"));
-                lb.arg(x).arg(w);
-                lb
-            }
-            DevWeights::F16(w) => {
-                let mut lb = self.stream.launch_builder(self.func("linear_f16w"));
-                lb.arg(x).arg(w);
-                lb
-            }
-        };
-        lb.arg(bias).arg(y).arg(&b).arg(&i).arg(&o);
-        // SAFETY: sizes checked above.
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
-    }
-
-    /// GroupNorm (+ FiLM `[batch, channels]` scale/shift, + SiLU) of x [batch, channels, hw].
-    #[allow(clippy::too_many_arguments)]
-    pub fn group_norm(
-        &self,
-        x: &CudaSlice<f32>,
-        gamma: &CudaSlice<f32>,
-        beta: &CudaSlice<f32>,
-        film: Option<(&CudaSlice<f32>, &CudaSlice<f32>)>,
-        out: &mut CudaSlice<f32>,
-        batch: usize,
-        hw: usize,
-        groups: usize,
-        eps: f32,
-        silu_after: bool,
-    ) -> Result<()> {
-        let channels = gamma.len();
-        if groups == 0 || !channels.is_multiple_of(groups) || hw == 0 {
-            bail!("group norm: channels {channels} not a multiple of groups {groups}, or hw = 0");
-        }
-        check("group norm input", batch * channels * hw, x.len())?;
-        check("group norm output", x.len(), out.len())?;
-        check("group norm beta", channels, beta.len())?;
-        if let Some((s, t)) = film {
-            check("FiLM scale", batch * channels, s.len())?;
-            check("FiLM shift", batch * channels, t.len())?;
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (u32_of(groups, "groups")?, u32_of(batch, "batch")?, 1),
-            block_dim: (GN_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (c, h, g) = (
-            u32_of(channels, "channels")?,
-            u32_of(hw, "hw")?,
-            groups as u32,
-        );
-        let silu = u32::from(silu_after);
-        let null = 0u64;
-        let mut lb = self.stream.launch_builder(self.func("group_norm_f32"));
-        lb.arg(x).arg(gamma).arg(beta);
-        match film {
-            Some((s, t)) => lb.arg(s).arg(t),
-            None => lb.arg(&null).arg(&null),
-        };
-        lb.arg(out).arg(&c).arg(&h).arg(&g).arg(&eps).arg(&silu);
-        // SAFETY: sizes checked; block shape as the kernel requires.
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
-    }
-
-    /// Conv2d of x [batch, c_in, h, w] into out [batch, c_out, oh, ow].
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv2d(
+    fn conv2d(
         &self,
         conv: &Conv2d,
         x: &CudaSlice<f32>,
@@ -438,21 +297,14 @@ impl CudaBackend {
         batch: usize,
     ) -> Result<()> {
         let (oh, ow) = conv.out_size(h, w);
-        if oh == 0 || ow == 0 || conv.stride == 0 || conv.kernel == 0 {
-            bail!("conv2d: empty output for {conv:?} on {h}x{w}");
+        if oh == 0 || ow == 0 || conv.stride == 0 || conv.kernel == 0 || batch == 0 {
+            bail!("conv2d: empty output for {conv:?} on {h}x{w}, batch {batch}");
         }
-        check("conv2d input", batch * conv.c_in * h * w, x.len())?;
-        check("conv2d output", batch * conv.c_out * oh * ow, out.len())?;
-        check("conv2d bias", conv.c_out, bias.len())?;
-        let wlen = match weight {
-            DevWeights::F32(v) => v.len(),
-            DevWeights::F16(v) => v.len(),
-        };
-        check(
-            "conv2d weight",
-            conv.c_out * conv.c_in * conv.kernel * conv.kernel,
-            wlen,
-        )?;
+        need("conv2d input", batch * conv.c_in * h * w, x.len())?;
+        need("conv2d output", batch * conv.c_out * oh * ow, out.len())?;
+        need("conv2d bias", conv.c_out, bias.len())?;
+        let kk = conv.c_out * conv.c_in * conv.kernel * conv.kernel;
+        need("conv2d weight", kk, weights_len(weight))?;
         let cfg = LaunchConfig {
             grid_dim: (
                 u32_of(oh * ow, "pixels")?.div_ceil(CONV_TILE_N),
@@ -474,35 +326,139 @@ impl CudaBackend {
             ow,
         ]
         .map(|v| v as u32);
-        let mut lb = match weight {
-            DevWeights::F32(v) => {
-                let mut lb = self.stream.launch_builder(self.func("conv2d_f32"));
-                lb.arg(x).arg(v);
-                lb
-            }
-            DevWeights::F16(v) => {
-                let mut lb = self.stream.launch_builder(self.func("conv2d_f16w"));
-                lb.arg(x).arg(v);
-                lb
-            }
+        let name = match weight {
+            DevWeights::F32(_) => "conv2d_f32",
+            DevWeights::F16(_) => "conv2d_f16w",
         };
-        lb.arg(bias).arg(out);
-        for d in &dims {
-            lb.arg(d);
-        }
-        // SAFETY: sizes checked; block shape as the kernel requires.
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
+        self.launch(name, cfg, |lb| {
+            lb.arg(x);
+            match weight {
+                DevWeights::F32(v) => lb.arg(v),
+                DevWeights::F16(v) => lb.arg(v),
+            };
+            lb.arg(bias).arg(out);
+            for d in &dims {
+                lb.arg(d);
+            }
+        })
     }
 
-    /// Scratch floats [`CudaBackend::attention`] needs: one softmax row per (image, head, query).
-    pub fn attention_scratch_len(batch: usize, heads: usize, t: usize) -> usize {
+    fn group_norm(
+        &self,
+        x: &CudaSlice<f32>,
+        gamma: &CudaSlice<f32>,
+        beta: &CudaSlice<f32>,
+        film: Option<&CudaSlice<f32>>,
+        out: &mut CudaSlice<f32>,
+        batch: usize,
+        channels: usize,
+        hw: usize,
+        groups: usize,
+        eps: f32,
+        silu: bool,
+    ) -> Result<()> {
+        if groups == 0 || !channels.is_multiple_of(groups) || hw == 0 || batch == 0 {
+            bail!("group norm: channels {channels} not a multiple of groups {groups}, or an empty input");
+        }
+        need("group norm input", batch * channels * hw, x.len())?;
+        need("group norm output", batch * channels * hw, out.len())?;
+        need("group norm gamma", channels, gamma.len())?;
+        need("group norm beta", channels, beta.len())?;
+        if let Some(f) = film {
+            need("FiLM", batch * 2 * channels, f.len())?;
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (u32_of(groups, "groups")?, u32_of(batch, "batch")?, 1),
+            block_dim: (GN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (c, h, g) = (
+            u32_of(channels, "channels")?,
+            u32_of(hw, "hw")?,
+            groups as u32,
+        );
+        let silu = u32::from(silu);
+        let null = 0u64;
+        self.launch("group_norm_f32", cfg, |lb| {
+            lb.arg(x).arg(gamma).arg(beta);
+            match film {
+                Some(f) => lb.arg(f),
+                None => lb.arg(&null),
+            };
+            lb.arg(out).arg(&c).arg(&h).arg(&g).arg(&eps).arg(&silu);
+        })
+    }
+
+    fn linear(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &DevWeights,
+        bias: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        batch: usize,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<()> {
+        need("linear input", batch * in_features, x.len())?;
+        need("linear output", batch * out_features, y.len())?;
+        need("linear bias", out_features, bias.len())?;
+        need("linear weight", out_features * in_features, weights_len(w))?;
+        let (b, i, o) = (
+            u32_of(batch, "batch")?,
+            u32_of(in_features, "in")?,
+            u32_of(out_features, "out")?,
+        );
+        let name = match w {
+            DevWeights::F32(_) => "linear_f32",
+            DevWeights::F16(_) => "linear_f16w",
+        };
+        self.launch(name, grid_1d(batch * out_features)?, |lb| {
+            lb.arg(x);
+            match w {
+                DevWeights::F32(v) => lb.arg(v),
+                DevWeights::F16(v) => lb.arg(v),
+            };
+            lb.arg(bias).arg(y).arg(&b).arg(&i).arg(&o);
+        })
+    }
+
+    fn silu(&self, x: &mut CudaSlice<f32>, n: usize) -> Result<()> {
+        need("silu", n, x.len())?;
+        let n32 = u32_of(n, "length")?;
+        self.launch("silu_f32", grid_1d(n)?, |lb| {
+            lb.arg(x).arg(&n32);
+        })
+    }
+
+    fn add(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>, n: usize) -> Result<()> {
+        need("add destination", n, dst.len())?;
+        need("add source", n, src.len())?;
+        let n32 = u32_of(n, "length")?;
+        self.launch("add_f32", grid_1d(n)?, |lb| {
+            lb.arg(dst).arg(src).arg(&n32);
+        })
+    }
+
+    fn scale(
+        &self,
+        dst: &mut CudaSlice<f32>,
+        src: &CudaSlice<f32>,
+        n: usize,
+        factor: f32,
+    ) -> Result<()> {
+        need("scale destination", n, dst.len())?;
+        need("scale source", n, src.len())?;
+        let n32 = u32_of(n, "length")?;
+        self.launch("scale_f32", grid_1d(n)?, |lb| {
+            lb.arg(dst).arg(src).arg(&n32).arg(&factor);
+        })
+    }
+
+    fn attention_scratch_len(&self, batch: usize, heads: usize, t: usize) -> usize {
         batch * heads * t * t
     }
 
-    /// Multi-head attention core: qkv [batch, 3C, T] → out [batch, C, T].
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention(
+    fn attention(
         &self,
         qkv: &CudaSlice<f32>,
         scratch: &mut CudaSlice<f32>,
@@ -516,42 +472,254 @@ impl CudaBackend {
         if heads == 0 || !channels.is_multiple_of(heads) || t == 0 {
             bail!("attention: channels {channels} not a multiple of heads {heads}, or T = 0");
         }
-        check("attention qkv", batch * 3 * channels * t, qkv.len())?;
-        check("attention output", batch * channels * t, out.len())?;
-        check(
-            "attention scratch",
-            Self::attention_scratch_len(batch, heads, t),
-            scratch.len(),
-        )?;
-        let (b, c, tt, hd) = (batch as u32, channels as u32, t as u32, heads as u32);
+        need("attention qkv", batch * 3 * channels * t, qkv.len())?;
+        need("attention output", batch * channels * t, out.len())?;
+        need("attention scratch", batch * heads * t * t, scratch.len())?;
+        let (b, c, tt, hd) = (
+            u32_of(batch, "batch")?,
+            u32_of(channels, "channels")?,
+            u32_of(t, "T")?,
+            u32_of(heads, "heads")?,
+        );
         let legacy = u32::from(order == QkvOrder::Legacy);
-        let cfg = grid_1d(batch * heads * t)?;
-        let mut lb = self
+        self.launch("attention_weights_f32", grid_1d(batch * heads * t)?, |lb| {
+            lb.arg(qkv)
+                .arg(&mut *scratch)
+                .arg(&b)
+                .arg(&c)
+                .arg(&tt)
+                .arg(&hd)
+                .arg(&legacy);
+        })?;
+        self.launch(
+            "attention_output_f32",
+            grid_1d(batch * channels * t)?,
+            |lb| {
+                lb.arg(qkv)
+                    .arg(&*scratch)
+                    .arg(out)
+                    .arg(&b)
+                    .arg(&c)
+                    .arg(&tt)
+                    .arg(&hd)
+                    .arg(&legacy);
+            },
+        )
+    }
+
+    fn upsample2x(
+        &self,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        planes: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<()> {
+        need("upsample input", planes * h * w, x.len())?;
+        need("upsample output", planes * 4 * h * w, out.len())?;
+        let (p, h32, w32) = (u32_of(planes, "planes")?, u32_of(h, "h")?, u32_of(w, "w")?);
+        self.launch(
+            "upsample_nearest2x_f32",
+            grid_1d(planes * 4 * h * w)?,
+            |lb| {
+                lb.arg(x).arg(out).arg(&p).arg(&h32).arg(&w32);
+            },
+        )
+    }
+
+    fn avg_pool2x2(
+        &self,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        planes: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<()> {
+        need("avg pool input", planes * h * w, x.len())?;
+        need("avg pool output", planes * (h / 2) * (w / 2), out.len())?;
+        let (p, h32, w32) = (u32_of(planes, "planes")?, u32_of(h, "h")?, u32_of(w, "w")?);
+        self.launch(
+            "avg_pool2x2_f32",
+            grid_1d(planes * (h / 2) * (w / 2))?,
+            |lb| {
+                lb.arg(x).arg(out).arg(&p).arg(&h32).arg(&w32);
+            },
+        )
+    }
+
+    fn copy_channels(
+        &self,
+        dst: &mut CudaSlice<f32>,
+        src: &CudaSlice<f32>,
+        batch: usize,
+        src_c: usize,
+        dst_c: usize,
+        first: usize,
+        hw: usize,
+    ) -> Result<()> {
+        if first + src_c > dst_c {
+            bail!("copy channels: {src_c} channels at {first} exceed {dst_c}");
+        }
+        need("copy source", batch * src_c * hw, src.len())?;
+        need("copy destination", batch * dst_c * hw, dst.len())?;
+        let a = [batch, src_c, dst_c, first, hw].map(|v| v as u32);
+        u32_of(batch * dst_c * hw, "copy length")?;
+        self.launch("copy_channels_f32", grid_1d(batch * src_c * hw)?, |lb| {
+            lb.arg(dst).arg(src);
+            for v in &a {
+                lb.arg(v);
+            }
+        })
+    }
+
+    fn add_channel_bias(
+        &self,
+        x: &mut CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        stride: usize,
+        batch: usize,
+        channels: usize,
+        hw: usize,
+    ) -> Result<()> {
+        need("bias target", batch * channels * hw, x.len())?;
+        if batch > 0 {
+            need("bias", (batch - 1) * stride + channels, bias.len())?;
+        }
+        u32_of(batch * channels * hw, "bias target length")?;
+        let a = [stride, batch, channels, hw].map(|v| v as u32);
+        self.launch(
+            "add_channel_bias_f32",
+            grid_1d(batch * channels * hw)?,
+            |lb| {
+                lb.arg(x).arg(bias);
+                for v in &a {
+                    lb.arg(v);
+                }
+            },
+        )
+    }
+
+    fn timestep_embedding(
+        &self,
+        t: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        batch: usize,
+        dim: usize,
+        max_period: f32,
+    ) -> Result<()> {
+        need("timestep input", batch, t.len())?;
+        need("timestep embedding", batch * dim, out.len())?;
+        let (b, d) = (u32_of(batch, "batch")?, u32_of(dim, "dim")?);
+        self.launch("timestep_embedding_f32", grid_1d(batch * dim)?, |lb| {
+            lb.arg(t).arg(out).arg(&b).arg(&d).arg(&max_period);
+        })
+    }
+
+    fn init_state(
+        &self,
+        x: &mut CudaSlice<f32>,
+        n: usize,
+        chain_len: usize,
+        std: f32,
+        seed: u64,
+        first_chain: u64,
+    ) -> Result<()> {
+        check_chains("init state", n, chain_len)?;
+        need("state", n, x.len())?;
+        let (n32, cl) = (u32_of(n, "state length")?, u32_of(chain_len, "chain_len")?);
+        self.launch("init_state_f32", grid_1d(n)?, |lb| {
+            lb.arg(x)
+                .arg(&n32)
+                .arg(&cl)
+                .arg(&std)
+                .arg(&seed)
+                .arg(&first_chain);
+        })
+    }
+
+    fn denoised_from_output(
+        &self,
+        d: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        net: &CudaSlice<f32>,
+        n: usize,
+        chain_len: usize,
+        net_stride: usize,
+        output: NetOutput,
+        coef: f64,
+    ) -> Result<()> {
+        check_chains("denoised", n, chain_len)?;
+        need("denoised", n, d.len())?;
+        need("state", n, x.len())?;
+        need("network output", n / chain_len * net_stride, net.len())?;
+        let a = [
+            u32_of(n, "state length")?,
+            u32_of(chain_len, "chain_len")?,
+            u32_of(net_stride, "network stride")?,
+            match output {
+                NetOutput::Eps => 0,
+                NetOutput::Score => 1,
+                NetOutput::Denoised => 2,
+            },
+        ];
+        self.launch("denoised_from_output_f32", grid_1d(n)?, |lb| {
+            lb.arg(d).arg(x).arg(net);
+            for v in &a {
+                lb.arg(v);
+            }
+            lb.arg(&coef);
+        })
+    }
+
+    fn template_update(
+        &self,
+        x: &mut CudaSlice<f32>,
+        denoised: &CudaSlice<f32>,
+        lik_grad: Option<&CudaSlice<f32>>,
+        n: usize,
+        chain_len: usize,
+        step: &UpdateStep,
+        check: bool,
+    ) -> Result<bool> {
+        check_chains("template update", n, chain_len)?;
+        need("state", n, x.len())?;
+        need("denoised", n, denoised.len())?;
+        if let Some(g) = lik_grad {
+            need("likelihood gradient", n, g.len())?;
+        }
+        let (n32, cl) = (u32_of(n, "state length")?, u32_of(chain_len, "chain_len")?);
+        let null = 0u64;
+        let c = &step.coef;
+        let mut flag = self.nonfinite.lock().unwrap_or_else(|p| p.into_inner());
+        self.launch("template_update_f32", grid_1d(n)?, |lb| {
+            lb.arg(x).arg(denoised);
+            match lik_grad {
+                Some(g) => lb.arg(g),
+                None => lb.arg(&null),
+            };
+            lb.arg(&mut *flag)
+                .arg(&n32)
+                .arg(&cl)
+                .arg(&c.drift)
+                .arg(&c.likelihood)
+                .arg(&c.noise)
+                .arg(&step.seed)
+                .arg(&step.first_chain)
+                .arg(&step.counter);
+        })?;
+        if !check {
+            return Ok(false);
+        }
+        let set = self
             .stream
-            .launch_builder(self.func("attention_weights_f32"));
-        lb.arg(qkv)
-            .arg(&mut *scratch)
-            .arg(&b)
-            .arg(&c)
-            .arg(&tt)
-            .arg(&hd)
-            .arg(&legacy);
-        // SAFETY: sizes checked above.
-        unsafe { lb.launch(cfg) }?;
-        let cfg = grid_1d(out.len())?;
-        let mut lb = self
-            .stream
-            .launch_builder(self.func("attention_output_f32"));
-        lb.arg(qkv)
-            .arg(&*scratch)
-            .arg(out)
-            .arg(&b)
-            .arg(&c)
-            .arg(&tt)
-            .arg(&hd)
-            .arg(&legacy);
-        // SAFETY: as above.
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
+            .clone_dtoh(&*flag)?
+            .first()
+            .copied()
+            .unwrap_or(0)
+            != 0;
+        if set {
+            self.stream.memset_zeros(&mut *flag)?;
+        }
+        Ok(set)
     }
 }

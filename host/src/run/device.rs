@@ -1,0 +1,235 @@
+//! Unconditional template sampling with every buffer on a device ([`DeviceOps`]): x₀ drawn
+//! there with core's counter-based noise, then per step the network input √ᾱ·x, the ADM
+//! forward, D from the network output and the fused update (noise drawn in the kernel). Only
+//! the step's scalars go to the device and only the final state comes back, plus a one-word
+//! non-finite flag every [`CHECK_EVERY`] steps.
+//!
+//! Every element follows the CPU path's formulas in the CPU path's order (core's
+//! `update_element`, `output_to_denoised`, the same noise keys: counter COUNTER_INIT for x₀
+//! and k for step k), so on the reference ops a run gives the CPU runner's bits, and on a
+//! GPU it differs only by the kernels' rounding.
+
+use anyhow::{anyhow, bail, Result};
+use tweedie_core::plan::StepPlan;
+use tweedie_core::sampler::UpdateCoefficients;
+use tweedie_core::tweedie::Parameterization;
+
+use crate::backend::ops::{DeviceOps, UpdateStep};
+use crate::denoiser::network::NoiseInputKind;
+use crate::model::adm::device::DeviceAdm;
+use crate::model::adm::AdmArch;
+use crate::weights::Weights;
+
+/// Steps between reads of the non-finite flag (each read waits for the device).
+pub const CHECK_EVERY: usize = 10;
+
+/// An ADM network on a device with the sampling state beside it.
+pub struct DeviceSampler<'o, O: DeviceOps> {
+    ops: &'o O,
+    net: DeviceAdm<'o, O>,
+    param: Parameterization,
+    noise_input: NoiseInputKind,
+    x: O::Buf,
+    net_in: O::Buf,
+    net_out: O::Buf,
+    denoised: O::Buf,
+}
+
+impl<'o, O: DeviceOps> DeviceSampler<'o, O> {
+    /// Uploads the network and allocates the state for up to `max_batch` chains.
+    pub fn new(
+        ops: &'o O,
+        arch: &AdmArch,
+        weights: &Weights,
+        param: Parameterization,
+        noise_input: NoiseInputKind,
+        max_batch: usize,
+    ) -> Result<Self> {
+        let c = &arch.config;
+        let size = c.image_size;
+        let net = DeviceAdm::new(ops, arch, weights, size, size, max_batch)?;
+        let (len, out) = (c.in_channels * size * size, c.out_channels * size * size);
+        Ok(DeviceSampler {
+            ops,
+            net,
+            param,
+            noise_input,
+            x: ops.alloc(max_batch * len)?,
+            net_in: ops.alloc(max_batch * len)?,
+            net_out: ops.alloc(max_batch * out)?,
+            denoised: ops.alloc(max_batch * len)?,
+        })
+    }
+
+    /// Floats of one chain.
+    pub fn chain_len(&self) -> usize {
+        let c = &self.net.arch().config;
+        c.in_channels * c.image_size * c.image_size
+    }
+
+    /// Samples chains first_chain .. first_chain + batch: x₀, then the plan's K steps;
+    /// `out` receives the final states. `after_step(k)` runs after queueing step k.
+    pub fn sample(
+        &mut self,
+        plan: &impl StepPlan,
+        batch: usize,
+        first_chain: u64,
+        seed: u64,
+        out: &mut [f32],
+        after_step: &mut dyn FnMut(usize),
+    ) -> Result<()> {
+        let len = self.chain_len();
+        let n = batch * len;
+        if out.len() != n {
+            bail!(
+                "device sampling: output holds {} floats, expected {batch} chains of {len}",
+                out.len()
+            );
+        }
+        if plan.is_empty() {
+            bail!("device sampling: the plan has no steps");
+        }
+        let std = plan.init_std().unwrap_or(1.0);
+        if !(std.is_finite() && std > 0.0) {
+            bail!("device sampling: initial std {std} is not a positive number");
+        }
+        self.ops
+            .init_state(&mut self.x, n, len, std as f32, seed, first_chain)?;
+        for k in 0..plan.len() {
+            self.step(plan, k, batch, first_chain, seed)?;
+            after_step(k);
+        }
+        self.ops.read(&self.x, out)
+    }
+
+    /// Step k: D(x) on the device, then the fused update with noise counter k.
+    fn step(
+        &mut self,
+        plan: &impl StepPlan,
+        k: usize,
+        batch: usize,
+        first_chain: u64,
+        seed: u64,
+    ) -> Result<()> {
+        let core = |e: tweedie_core::Error| anyhow!("step {k}: {e}");
+        let step = plan.step(k).map_err(core)?;
+        self.denoise(&step, batch)?;
+        let coef = UpdateCoefficients::new(&step).map_err(core)?;
+        let update = UpdateStep {
+            coef,
+            seed,
+            first_chain,
+            counter: k as u64,
+        };
+        let len = self.chain_len();
+        let check = (k + 1).is_multiple_of(CHECK_EVERY) || k + 1 == plan.len();
+        let nonfinite = self.ops.template_update(
+            &mut self.x,
+            &self.denoised,
+            None,
+            batch * len,
+            len,
+            &update,
+            check,
+        )?;
+        if nonfinite {
+            bail!("the sampling state became NaN/Inf by step {k}; try a smaller --c or another schedule");
+        }
+        Ok(())
+    }
+
+    /// `denoised` = D(x, σ_net) of the step, as `denoiser::network::AdmDenoiser` computes it.
+    fn denoise(&mut self, step: &tweedie_core::plan::PlanStep, batch: usize) -> Result<()> {
+        let core = |e: tweedie_core::Error| anyhow!("step {}: {e}", step.k);
+        let c = &self.net.arch().config;
+        let len = self.chain_len();
+        let (n, stride) = (batch * len, c.out_channels * c.image_size * c.image_size);
+        let sigma = step.sigma_net;
+        let scale = self.noise_input.input_scale(&self.param, sigma) as f32;
+        self.ops.scale(&mut self.net_in, &self.x, n, scale)?;
+        let t = vec![self.noise_input.value(step).map_err(core)?; batch];
+        self.net
+            .forward(&self.net_in, &t, &mut self.net_out, batch)?;
+        let coef = self.param.output_coefficient(sigma).map_err(core)?;
+        self.ops.denoised_from_output(
+            &mut self.denoised,
+            &self.x,
+            &self.net_out,
+            n,
+            len,
+            stride,
+            self.param.output,
+            coef.unwrap_or(0.0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::backend::reference::ReferenceOps;
+    use crate::denoiser::network::AdmDenoiser;
+    use crate::model::config::ModelConfig;
+    use crate::tensors::SafetensorsFile;
+    use crate::testdata::golden;
+    use crate::weights::Precision;
+    use tweedie_core::sampler::{init_state, run, Chains};
+    use tweedie_core::tweedie::{NetKind, NetOutput};
+    use tweedie_core::Preset;
+
+    /// The first steps of a plan (a short run through the noisiest levels).
+    struct FirstSteps(tweedie_core::plan::Plan, usize);
+
+    impl StepPlan for FirstSteps {
+        fn len(&self) -> usize {
+            self.1
+        }
+        fn step(&self, k: usize) -> Result<tweedie_core::plan::PlanStep, tweedie_core::Error> {
+            self.0.step(k)
+        }
+        fn init_std(&self) -> Result<f64, tweedie_core::Error> {
+            self.0.init_std()
+        }
+    }
+
+    /// On the reference ops the device loop gives the CPU sampler's bits (adm_small, a few
+    /// steps of the pretrained VP plan, chains 5 and 6).
+    #[test]
+    fn matches_the_cpu_sampler_bit_for_bit() {
+        let dir = golden("adm_small");
+        let config = ModelConfig::load(dir.join("config.json").to_str().unwrap()).unwrap();
+        let arch = AdmArch::new(config.adm().unwrap()).unwrap();
+        let file = SafetensorsFile::open(&dir.join("weights.safetensors")).unwrap();
+        let weights = Weights::load(&file, &arch.state_dict(), Precision::F32).unwrap();
+        let param = Parameterization::new(NetKind::Vp, NetOutput::Eps);
+        let plan = FirstSteps(Preset::VpUncondPretrained.plan(), 4);
+        let (batch, len, seed) = (2, 3 * 32 * 32, 9);
+
+        let error = Mutex::new(None);
+        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, 1, &error);
+        let chains = Chains {
+            batch,
+            first_chain: 5,
+            seed,
+        };
+        let mut want = vec![0.0; batch * len];
+        init_state(&mut want, chains, plan.init_std().unwrap()).unwrap();
+        let mut scratch = vec![0.0; want.len()];
+        run(&mut den, &plan, &mut want, chains, &mut scratch, &mut ()).unwrap();
+
+        let ops = ReferenceOps;
+        let mut dev =
+            DeviceSampler::new(&ops, &arch, &weights, param, NoiseInputKind::Time, 3).unwrap();
+        let mut got = vec![0.0; batch * len];
+        let mut steps = Vec::new();
+        dev.sample(&plan, batch, 5, seed, &mut got, &mut |k| steps.push(k))
+            .unwrap();
+        assert_eq!(steps, [0, 1, 2, 3]);
+        assert_eq!(got, want);
+        assert!(dev
+            .sample(&plan, batch, 5, seed, &mut got[1..], &mut |_| {})
+            .is_err());
+    }
+}
