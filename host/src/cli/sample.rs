@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::common::threads;
+use crate::backend::cuda::{self, Device, DeviceArgs, Resolved};
 use crate::denoiser::{Model, ModelArgs};
 use crate::image_io::{grid_planes, grid_png, png_from_planes, to_planes};
 use crate::run::output::{build_info, json_bytes, safetensors_bytes, Outputs};
@@ -63,6 +64,39 @@ pub struct SampleArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub run: RunArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub device: DeviceArgs,
+}
+
+/// Runs the job on the device `--device` asks for: the GPU when it is usable and the job is
+/// one the device path covers, else the CPU (`auto` says why in one line; `cuda` is an error).
+fn run_on_device(
+    args: &DeviceArgs,
+    job: &Job<'_>,
+    model: &Model,
+    progress: &Progress,
+) -> Result<RunOutput> {
+    if args.device == Device::Cpu {
+        return run_chains(job, model, progress);
+    }
+    if let Some(reason) = crate::run::device::unsupported(job, model) {
+        if args.device == Device::Cuda {
+            anyhow::bail!("--device cuda: {reason} (use --device cpu or auto)");
+        }
+        progress.println(&format!(
+            "note: --device auto: {reason}; running on the CPU"
+        ));
+        return run_chains(job, model, progress);
+    }
+    match cuda::open(args.device, args.ptx.as_deref())? {
+        Resolved::Cpu => run_chains(job, model, progress),
+        #[cfg(feature = "cuda")]
+        Resolved::Cuda(gpu) => {
+            progress.println(&format!("device: {} (CUDA)", gpu.info.name));
+            crate::run::device::run_chains_on(gpu.as_ref(), job, model, progress)
+        }
+    }
 }
 
 impl RunArgs {
@@ -176,7 +210,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         model.size,
         plan_len(&plan)
     ));
-    let result = run_chains(&job, &model, &progress);
+    let result = run_on_device(&args.device, &job, &model, &progress);
     progress.finish();
     let result = result?;
     write_samples(&mut out, std::path::Path::new(""), &model, &result, n)?;

@@ -14,8 +14,12 @@ use tweedie_core::plan::StepPlan;
 use tweedie_core::sampler::UpdateCoefficients;
 use tweedie_core::tweedie::Parameterization;
 
+use super::plan::AnyPlan;
+use super::progress::Progress;
+use super::runner::{Job, RunOutput};
 use crate::backend::ops::{DeviceOps, UpdateStep};
 use crate::denoiser::network::NoiseInputKind;
+use crate::denoiser::{Model, Source};
 use crate::model::adm::device::DeviceAdm;
 use crate::model::adm::AdmArch;
 use crate::weights::Weights;
@@ -164,6 +168,82 @@ impl<'o, O: DeviceOps> DeviceSampler<'o, O> {
     }
 }
 
+/// Why `job` cannot run on a device yet (`None`: it can): the device path covers
+/// unconditional sampling of ADM networks with template-shaped plans (the paper's template,
+/// DDPM, NCSN), without snapshots or a final denoise.
+pub fn unsupported(job: &Job<'_>, model: &Model) -> Option<&'static str> {
+    if !matches!(model.source, Source::Adm { .. }) {
+        return Some("only ADM networks run on the device");
+    }
+    if matches!(job.plan, AnyPlan::VePc { .. }) {
+        return Some("the VE predictor-corrector sampler does not run on the device");
+    }
+    if job.likelihood.is_some() {
+        return Some("conditional sampling does not run on the device yet");
+    }
+    if job.snapshot_every.is_some() || job.final_denoise || job.moments {
+        return Some(
+            "--snapshot-every, --final-denoise and moments are not available on the device",
+        );
+    }
+    None
+}
+
+/// Runs `job` on a device: batches one after another through one [`DeviceSampler`], chains
+/// carrying their global indices as on the CPU. Errors when [`unsupported`] says so.
+pub fn run_chains_on<O: DeviceOps>(
+    ops: &O,
+    job: &Job<'_>,
+    model: &Model,
+    progress: &Progress,
+) -> Result<RunOutput> {
+    if let Some(reason) = unsupported(job, model) {
+        bail!("{reason}");
+    }
+    let Source::Adm {
+        arch,
+        weights,
+        param,
+        noise_input,
+    } = &model.source
+    else {
+        bail!("only ADM networks run on the device");
+    };
+    if job.n == 0 || job.batch == 0 {
+        bail!("--n and --batch must be at least 1");
+    }
+    let batch = job.batch.min(job.n);
+    let start = std::time::Instant::now();
+    let mut sampler = DeviceSampler::new(ops, arch, weights, *param, *noise_input, batch)?;
+    let len = sampler.chain_len();
+    let mut samples = vec![0.0; job.n * len];
+    for (b, out) in samples.chunks_mut(batch * len).enumerate() {
+        let count = out.len() / len;
+        let first = (b * batch) as u64;
+        sampler
+            .sample(job.plan, count, first, job.seed, out, &mut |_| {
+                progress.advance(count as u64)
+            })
+            .map_err(|e| anyhow!("chains {first}..{}: {e:#}", first + count as u64))?;
+        if let Some(bad) = out
+            .chunks_exact(len)
+            .position(|c| c.iter().any(|v| !v.is_finite()))
+        {
+            bail!(
+                "the sampling state became NaN/Inf in chain {}",
+                first + bad as u64
+            );
+        }
+    }
+    Ok(RunOutput {
+        samples,
+        snapshots: Vec::new(),
+        moments: None,
+        seconds: start.elapsed().as_secs_f64(),
+        evaluations_per_chain: job.plan.len(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -231,5 +311,60 @@ mod tests {
         assert!(dev
             .sample(&plan, batch, 5, seed, &mut got[1..], &mut |_| {})
             .is_err());
+    }
+
+    /// The sampling command's job on the reference ops gives the CPU runner's bits, over
+    /// batches of 2 and 1 (global chain indices), and the progress counts every chain step.
+    #[test]
+    fn a_sample_job_on_the_reference_ops_equals_the_cpu_run() {
+        use crate::cli::sample::SampleArgs;
+        use crate::run::plan::Purpose;
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            sample: SampleArgs,
+        }
+        let cmd = Cmd::try_parse_from([
+            "sample",
+            "--preset",
+            "vp-uncond-sigmoid",
+            "--steps",
+            "3",
+            "--out",
+            "unused",
+        ])
+        .unwrap();
+        let model = cmd.sample.model.load().unwrap();
+        let plan = cmd
+            .sample
+            .plan
+            .build(&model, Purpose::Unconditional)
+            .unwrap();
+        let job = Job {
+            plan: &plan,
+            n: 3,
+            batch: 2,
+            seed: 4,
+            final_denoise: false,
+            snapshot_every: None,
+            likelihood: None,
+            truth: None,
+            moments: false,
+            threads: 1,
+        };
+        assert_eq!(unsupported(&job, &model), None);
+        let quiet = Progress::new(9, true);
+        let cpu = crate::run::runner::run_chains(&job, &model, &quiet).unwrap();
+        let dev = run_chains_on(&ReferenceOps, &job, &model, &quiet).unwrap();
+        assert_eq!(dev.samples, cpu.samples);
+        assert_eq!(dev.evaluations_per_chain, 3);
+        let with_snapshots = Job {
+            snapshot_every: Some(1),
+            ..job
+        };
+        assert!(unsupported(&with_snapshots, &model).is_some());
+        assert!(run_chains_on(&ReferenceOps, &with_snapshots, &model, &quiet).is_err());
     }
 }

@@ -14,7 +14,8 @@ use anyhow::{bail, Result};
 pub mod gpu;
 
 /// Where to run, as given on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CPU backend (worker pool).
     Cpu,
@@ -22,6 +23,20 @@ pub enum Device {
     Cuda,
     /// CUDA when usable, else the CPU with one line on stderr saying why.
     Auto,
+}
+
+/// `--device` and `--ptx` of the sampling commands.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct DeviceArgs {
+    /// Where to sample: cpu, cuda (an error without a usable GPU) or auto (CUDA when usable,
+    /// else the CPU with one line saying why). The GPU runs ADM networks, unconditional; its
+    /// samples differ from the CPU's by rounding only.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// PTX module for the CUDA backend (scripts/build-ptx.sh); not needed when host was built
+    /// with --features embed-ptx.
+    #[arg(long, value_name = "PATH")]
+    pub ptx: Option<PathBuf>,
 }
 
 /// Where the PTX module comes from.
