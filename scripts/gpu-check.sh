@@ -80,16 +80,16 @@ ours = {}
 for e in rep.get("timings", []):
     extra = f"{e['gflops']:.0f} GFLOP/s" if "gflops" in e else f"{e.get('steps_per_s', 0):.2f} steps/s"
     print(f"{e['what']:60} batch {e['batch']}: {e['seconds'] * 1e3:9.3f} ms  {extra}")
-    if e["what"].startswith("adm forward 256x256 F32"):
-        ours[e["batch"]] = e["seconds"]
+    if e["what"].startswith("adm forward 256x256"):
+        ours.setdefault(e["batch"], []).append((e["what"], e["seconds"]))
 print(f"adm_small_parity: {rep.get('adm_small_parity')}")
 for line in open(sys.argv[2]):
     if line.startswith("torch_gpu"):
         print(line.rstrip())
         f = dict(kv.split("=") for kv in line.split()[1:])
         b = int(f["batch"])
-        if b in ours:
-            print(f"  ratio ours/PyTorch (f32 weights, tf32={f['tf32']}), batch {b}: {ours[b] / float(f['median_s']):.2f}")
+        for what, sec in ours.get(b, []):
+            print(f"  ratio ours ({what[20:]}) / PyTorch (tf32={f['tf32']}), batch {b}: {sec / float(f['median_s']):.2f}")
 print(f"summary: {rep.get('summary')}")
 PY
 exit "$rc"

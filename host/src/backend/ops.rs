@@ -45,6 +45,9 @@ pub trait DeviceOps {
     fn upload_weights(&self, w: WeightsRef<'_>) -> Result<Self::Weights>;
     /// The first `out.len()` floats of `b` (waits for the queued work).
     fn read(&self, b: &Self::Buf, out: &mut [f32]) -> Result<()>;
+    /// Routes convolutions to tensor-core kernels (operands rounded to f16, f32 accumulation)
+    /// when `on` and the device has them; returns whether they are used from now on.
+    fn use_tensor_cores(&self, on: bool) -> bool;
     /// Waits until all queued work is done (for timings).
     fn synchronize(&self) -> Result<()>;
     /// `out[i] = noise::gaussian(seed, chain, counter, first + i)` for i < n.

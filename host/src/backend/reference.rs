@@ -72,6 +72,10 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
+    fn use_tensor_cores(&self, _on: bool) -> bool {
+        false
+    }
+
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }

@@ -93,7 +93,17 @@ fn run_on_device(
         Resolved::Cpu => run_chains(job, model, progress),
         #[cfg(feature = "cuda")]
         Resolved::Cuda(gpu) => {
-            progress.println(&format!("device: {} (CUDA)", gpu.info.name));
+            use crate::backend::ops::DeviceOps;
+            let tc = gpu.use_tensor_cores(args.tensor_cores);
+            if args.tensor_cores && !tc {
+                progress
+                    .println("note: --tensor-cores: this GPU has none (compute < 8.0); not used");
+            }
+            progress.println(&format!(
+                "device: {} (CUDA{})",
+                gpu.info.name,
+                if tc { ", tensor cores" } else { "" }
+            ));
             crate::run::device::run_chains_on(gpu.as_ref(), job, model, progress)
         }
     }

@@ -4,6 +4,7 @@
 //! copies back. Launch shapes follow the kernels' module docs.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -40,6 +41,8 @@ pub const ENTRIES: &[&str] = &[
     "add_channel_bias_f32",
     "scale_f32",
     "denoised_from_output_f32",
+    "conv2d_tc_f32w",
+    "conv2d_tc_f16w",
 ];
 
 /// Block size of the 1-D kernels.
@@ -80,6 +83,8 @@ pub struct CudaBackend {
     funcs: HashMap<&'static str, CudaFunction>,
     /// The template update's non-finite flag (set by the kernel, cleared when read).
     nonfinite: Mutex<CudaSlice<u32>>,
+    /// Convolutions on the tensor cores (`conv2d_tc_*`).
+    tensor_cores: AtomicBool,
     /// The device, for logs.
     pub info: DeviceInfo,
 }
@@ -172,6 +177,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             stream,
             nonfinite,
+            tensor_cores: AtomicBool::new(false),
             _ctx: ctx,
             _module: module,
             funcs,
@@ -260,6 +266,20 @@ impl DeviceOps for CudaBackend {
         Ok(self.stream.memcpy_dtoh(&src, out)?)
     }
 
+    fn use_tensor_cores(&self, on: bool) -> bool {
+        // mma.sync m16n8k16 with f16 operands needs compute capability 8.0 or newer.
+        let major: u32 = self
+            .info
+            .compute_capability
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        let used = on && major >= 8;
+        self.tensor_cores.store(used, Ordering::Relaxed);
+        used
+    }
+
     fn synchronize(&self) -> Result<()> {
         Ok(self.stream.synchronize()?)
     }
@@ -326,9 +346,12 @@ impl DeviceOps for CudaBackend {
             ow,
         ]
         .map(|v| v as u32);
-        let name = match weight {
-            DevWeights::F32(_) => "conv2d_f32",
-            DevWeights::F16(_) => "conv2d_f16w",
+        let tc = self.tensor_cores.load(Ordering::Relaxed);
+        let name = match (weight, tc) {
+            (DevWeights::F32(_), false) => "conv2d_f32",
+            (DevWeights::F16(_), false) => "conv2d_f16w",
+            (DevWeights::F32(_), true) => "conv2d_tc_f32w",
+            (DevWeights::F16(_), true) => "conv2d_tc_f16w",
         };
         self.launch(name, cfg, |lb| {
             lb.arg(x);

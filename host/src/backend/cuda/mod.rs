@@ -37,6 +37,10 @@ pub struct DeviceArgs {
     /// with --features embed-ptx.
     #[arg(long, value_name = "PATH")]
     pub ptx: Option<PathBuf>,
+    /// Convolutions on the GPU's tensor cores (operands rounded to f16, f32 accumulation):
+    /// faster, less exact; experimental until `host selftest` has checked it on a GPU.
+    #[arg(long)]
+    pub tensor_cores: bool,
 }
 
 /// Where the PTX module comes from.

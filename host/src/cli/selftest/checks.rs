@@ -457,24 +457,49 @@ fn conv<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Result<()>
         )?;
         read(o, &out, n)
     }
-    for (i, (c, h, w)) in cases.into_iter().enumerate() {
-        let x = randn(20 + i as u64, batch * c.c_in * h * w);
-        let wt = randn(30 + i as u64, c.c_out * c.c_in * c.kernel * c.kernel);
-        let wh: Vec<half::f16> = wt.iter().map(|&v| half::f16::from_f32(v)).collect();
-        let bias = randn(40 + i as u64, c.c_out);
-        let shape = format!(
-            "2x{}x{h}x{w} k{} s{} -> {}",
-            c.c_in, c.kernel, c.stride, c.c_out
-        );
-        for (name, wr) in [
-            ("conv2d_f32", WeightsRef::F32(&wt)),
-            ("conv2d_f16w", WeightsRef::F16(&wh)),
-        ] {
-            let d = case(dev, &c, &x, h, w, wr, &bias, batch)?;
-            let cc = case(cpu, &c, &x, h, w, wr, &bias, batch)?;
-            compare(r, name, &shape, &d, &cc, 1e-5)?;
+    // The tensor-core kernels round operands to f16: their tolerance is f16's, not f32's.
+    for tc in [false, true] {
+        if tc && !dev.use_tensor_cores(true) {
+            r.set(
+                "tensor_cores",
+                json!({"status": "skipped", "reason": "not available on this device"}),
+            )?;
+            break;
+        }
+        let (prefix, tol) = if tc {
+            ("conv2d_tc", 1e-2)
+        } else {
+            ("conv2d", 1e-5)
+        };
+        for (i, (c, h, w)) in cases.iter().enumerate() {
+            let (h, w) = (*h, *w);
+            let x = randn(20 + i as u64, batch * c.c_in * h * w);
+            let wt = randn(30 + i as u64, c.c_out * c.c_in * c.kernel * c.kernel);
+            let wh: Vec<half::f16> = wt.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let bias = randn(40 + i as u64, c.c_out);
+            let shape = format!(
+                "2x{}x{h}x{w} k{} s{} -> {}",
+                c.c_in, c.kernel, c.stride, c.c_out
+            );
+            for (weights, wr) in [
+                ("f32", WeightsRef::F32(&wt)),
+                ("f16w", WeightsRef::F16(&wh)),
+            ] {
+                let d = case(dev, c, &x, h, w, wr, &bias, batch)?;
+                let cc = case(cpu, c, &x, h, w, wr, &bias, batch)?;
+                let name = match (tc, weights) {
+                    (false, "f32") => "conv2d_f32".to_string(),
+                    _ if !tc => "conv2d_f16w".to_string(),
+                    _ => format!(
+                        "{prefix}_{weights}{}",
+                        if weights == "f32" { "w" } else { "" }
+                    ),
+                };
+                compare(r, &name, &shape, &d, &cc, tol)?;
+            }
         }
     }
+    dev.use_tensor_cores(false);
     Ok(())
 }
 
@@ -684,8 +709,20 @@ fn timings<O: DeviceOps>(
     let arch = AdmArch::new(config)?;
     let size = config.image_size;
     let macs = arch.macs(size, size) as f64;
-    for precision in [Precision::F32, Precision::F16] {
+    for (precision, tc) in [
+        (Precision::F32, false),
+        (Precision::F16, false),
+        (Precision::F32, true),
+        (Precision::F16, true),
+    ] {
+        if tc && !dev.use_tensor_cores(true) {
+            break;
+        }
         let weights = Weights::random(&arch.state_dict(), precision, 1);
+        let what = format!(
+            "adm forward {size}x{size} {precision:?} weights{}",
+            if tc { " tensor cores" } else { "" }
+        );
         for &batch in batches {
             let mut net = DeviceAdm::new(dev, &arch, &weights, size, size, batch)?;
             let x = dev.upload(&randn(80, batch * config.in_channels * size * size))?;
@@ -693,14 +730,18 @@ fn timings<O: DeviceOps>(
             let t = vec![500.0; batch];
             let s = time(dev, 3, || net.forward(&x, &t, &mut out, batch))?;
             let gflops = 2.0 * macs * batch as f64 / s / 1e9;
-            println!("time: forward {size}x{size} {precision:?} weights, batch {batch}: {:.2} ms ({gflops:.0} GFLOP/s)", s * 1e3);
+            println!(
+                "time: {what}, batch {batch}: {:.2} ms ({gflops:.0} GFLOP/s)",
+                s * 1e3
+            );
             r.check(
                 "timings",
-                json!({"what": format!("adm forward {size}x{size} {precision:?} weights"), "batch": batch, "seconds": s, "gflops": gflops}),
+                json!({"what": what, "batch": batch, "seconds": s, "gflops": gflops}),
                 true,
             )?;
         }
     }
+    dev.use_tensor_cores(false);
     let weights = Weights::random(&arch.state_dict(), Precision::F32, 1);
     let param = Parameterization::new(NetKind::Vp, NetOutput::Eps);
     for &batch in batches {
