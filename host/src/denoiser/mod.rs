@@ -210,7 +210,10 @@ impl ModelArgs {
         let kind = self.kind_flag()?.unwrap_or(Kind::Ve);
         let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
         let sigma_range = match kind {
-            Kind::Vp => (vp::SIGMA_MIN, vp::SIGMA_MAX),
+            Kind::Vp => (
+                self.sigma_min.unwrap_or(vp::SIGMA_MIN),
+                self.sigma_max.unwrap_or(vp::SIGMA_MAX),
+            ),
             Kind::Ve => (
                 self.sigma_min.unwrap_or(tweedie_core::plan::VE_SIGMA_MIN),
                 self.sigma_max.unwrap_or(tweedie_core::plan::VE_SIGMA_MAX),

@@ -267,11 +267,13 @@ impl PlanArgs {
         Ok((name, preset))
     }
 
-    /// The model's σ range for schedules (VP: the table; VE: the weights' metadata).
+    /// The model's σ range for schedules (VP: the table, narrowed by --sigma-min/--sigma-max
+    /// when given; VE: the weights' metadata or those flags).
     fn range(model: &Model) -> Result<(f64, f64)> {
-        match model.kind {
-            Kind::Vp => Ok((vp::SIGMA_MIN, vp::SIGMA_MAX)),
-            Kind::Ve => model.require_sigma_range(),
+        match (model.kind, model.sigma_range) {
+            (Kind::Vp, Some((lo, hi))) => Ok((lo.max(vp::SIGMA_MIN), hi.min(vp::SIGMA_MAX))),
+            (Kind::Vp, None) => Ok((vp::SIGMA_MIN, vp::SIGMA_MAX)),
+            (Kind::Ve, _) => model.require_sigma_range(),
         }
     }
 
@@ -520,5 +522,26 @@ mod tests {
         assert!(e(&["--kind", "vp", "--c", "-1"]).contains("step constant c"));
         assert!(e(&["--kind", "vp", "--preset", "nope"]).contains("--preset nope: unknown"));
         assert!(e(&["--kind", "vp", "--step-rule", "code"]).contains("needs a measurement"));
+    }
+
+    /// A VP model's schedules span the DDPM table unless --sigma-min/--sigma-max narrow it
+    /// (a run that starts at a lower noise level); flags outside the table are clipped to it.
+    #[test]
+    fn vp_schedules_honour_a_narrowed_sigma_range() {
+        let first = |args: &[&str]| match build(args, Purpose::Unconditional).unwrap() {
+            AnyPlan::Template(p) => (p.step(0).unwrap().sigma, p.step(p.len() - 1).unwrap().sigma),
+            _ => unreachable!(),
+        };
+        let base = ["--kind", "vp", "--schedule", "geometric", "--steps", "20"];
+        let (hi, lo) = first(&base);
+        assert!((hi - vp::SIGMA_MAX).abs() < 1e-9 * hi && (lo - vp::SIGMA_MIN).abs() < 1e-9);
+        let narrowed = [&base[..], &["--sigma-max", "1", "--sigma-min", "0.05"]].concat();
+        let (hi, lo) = first(&narrowed);
+        assert!(
+            (hi - 1.0).abs() < 1e-6 && (lo - 0.05).abs() < 1e-6,
+            "{hi} {lo}"
+        );
+        let wide = [&base[..], &["--sigma-max", "1000"]].concat();
+        assert!((first(&wide).0 - vp::SIGMA_MAX).abs() < 1e-9 * vp::SIGMA_MAX);
     }
 }
