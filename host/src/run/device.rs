@@ -252,27 +252,13 @@ mod tests {
     use crate::backend::reference::ReferenceOps;
     use crate::denoiser::network::AdmDenoiser;
     use crate::model::config::ModelConfig;
+    use crate::run::plan::FirstSteps;
     use crate::tensors::SafetensorsFile;
     use crate::testdata::golden;
     use crate::weights::Precision;
     use tweedie_core::sampler::{init_state, run, Chains};
     use tweedie_core::tweedie::{NetKind, NetOutput};
     use tweedie_core::Preset;
-
-    /// The first steps of a plan (a short run through the noisiest levels).
-    struct FirstSteps(tweedie_core::plan::Plan, usize);
-
-    impl StepPlan for FirstSteps {
-        fn len(&self) -> usize {
-            self.1
-        }
-        fn step(&self, k: usize) -> Result<tweedie_core::plan::PlanStep, tweedie_core::Error> {
-            self.0.step(k)
-        }
-        fn init_std(&self) -> Result<f64, tweedie_core::Error> {
-            self.0.init_std()
-        }
-    }
 
     /// On the reference ops the device loop gives the CPU sampler's bits (adm_small, a few
     /// steps of the pretrained VP plan, chains 5 and 6).

@@ -474,6 +474,30 @@ impl PlanArgs {
     }
 }
 
+/// The first `steps` steps of a plan (short device checks and tests: a run through the
+/// noisiest levels only).
+pub struct FirstSteps<P: StepPlan>(pub P, pub usize);
+
+impl<P: StepPlan> StepPlan for FirstSteps<P> {
+    fn len(&self) -> usize {
+        self.1.min(self.0.len())
+    }
+
+    fn step(&self, k: usize) -> Result<PlanStep, Error> {
+        if k >= self.len() {
+            return Err(Error::StepOutOfRange {
+                k,
+                steps: self.len(),
+            });
+        }
+        self.0.step(k)
+    }
+
+    fn init_std(&self) -> Result<f64, Error> {
+        self.0.init_std()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

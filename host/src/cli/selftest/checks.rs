@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use tweedie_core::plan::StepPlan;
 use tweedie_core::sampler::UpdateCoefficients;
 use tweedie_core::tweedie::{NetKind, NetOutput, Parameterization};
 use tweedie_core::{noise, Preset};
@@ -25,6 +24,7 @@ use crate::model::adm::device::DeviceAdm;
 use crate::model::adm::{AdmArch, AdmConfig};
 use crate::model::config::ModelConfig;
 use crate::run::device::DeviceSampler;
+use crate::run::plan::FirstSteps;
 use crate::tensors::SafetensorsFile;
 use crate::weights::{Precision, Weights};
 
@@ -666,21 +666,6 @@ fn sampling_run<O: DeviceOps>(
         json!({"check": "adm_small sampling, 10 steps (network + D + update)", "max_abs_err": abs, "max_rel_err": rel}),
         rel <= 1e-3,
     )
-}
-
-/// The first steps of a plan.
-struct FirstSteps(tweedie_core::plan::Plan, usize);
-
-impl StepPlan for FirstSteps {
-    fn len(&self) -> usize {
-        self.1
-    }
-    fn step(&self, k: usize) -> Result<tweedie_core::plan::PlanStep, tweedie_core::Error> {
-        self.0.step(k)
-    }
-    fn init_std(&self) -> Result<f64, tweedie_core::Error> {
-        self.0.init_std()
-    }
 }
 
 /// Median seconds of `iters` runs of `f` (each synchronised), after one warm-up.
