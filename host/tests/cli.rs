@@ -1,8 +1,12 @@
 //! Runs the `host` binary: help output and every error path must give a clear one-line
 //! error and a non-zero exit code, never a panic.
 
+mod common;
+
+use common::host;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn shared() -> PathBuf {
     match std::env::var_os("TWEEDIE_SHARED") {
@@ -18,13 +22,6 @@ fn golden(folder: &str, file: &str) -> String {
         .join(file)
         .display()
         .to_string()
-}
-
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("the host binary runs")
 }
 
 fn stderr(out: &Output) -> String {

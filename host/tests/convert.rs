@@ -2,8 +2,12 @@
 //! malformed checkpoints: converted tensors are compared bit for bit with the golden
 //! safetensors files, and every damaged input gives one clear error line, never a panic.
 
+mod common;
+
+use common::host;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use half::f16;
 use safetensors::{Dtype, SafeTensors};
@@ -29,13 +33,6 @@ fn tmp(name: &str) -> String {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("convert");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name).display().to_string()
-}
-
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("the host binary runs")
 }
 
 fn ok(args: &[&str]) -> String {

@@ -2,8 +2,12 @@
 //! (golden ncsnpp_small), bench on random weights, sampling, restoration and one-shot
 //! denoising with the golden weights.
 
+mod common;
+
+use common::{host, scratch_in};
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn shared() -> PathBuf {
     match std::env::var_os("TWEEDIE_SHARED") {
@@ -18,13 +22,6 @@ fn golden(file: &str) -> String {
         .join(file)
         .display()
         .to_string()
-}
-
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("the host binary runs")
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -187,12 +184,7 @@ fn golden_model_args() -> Vec<String> {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("ncsnpp_cli")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch_in("ncsnpp_cli", name)
 }
 
 /// A smooth 32×32 RGB image (the golden config's size).

@@ -6,8 +6,12 @@
 //! golden ADM network runs too once its forward pass exists (until then those checks say so
 //! and return).
 
+mod common;
+
+use common::{host, ok, s, scratch_in};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn shared() -> PathBuf {
     match std::env::var_os("TWEEDIE_SHARED") {
@@ -24,35 +28,9 @@ fn golden(file: &str) -> String {
         .to_string()
 }
 
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("the host binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = host(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// A fresh scratch folder for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("run_commands")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
+    scratch_in("run_commands", name)
 }
 
 /// A deterministic RGB test image of `size`×`size`.
