@@ -189,33 +189,7 @@ impl CudaBackend {
         &self.funcs[name]
     }
 
-    /// Copies host data to a new device buffer.
-    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
-        Ok(self.stream.clone_htod(v)?)
-    }
-
-    /// Uploads f32 weights, or converts them to f16 first (half the device memory).
-    pub fn upload_f32_weights(&self, w: &[f32], as_f16: bool) -> Result<DevWeights> {
-        Ok(if as_f16 {
-            let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-            DevWeights::F16(self.stream.clone_htod(&h)?)
-        } else {
-            DevWeights::F32(self.stream.clone_htod(w)?)
-        })
-    }
-
-    /// A zeroed device buffer.
-    pub fn zeros(&self, n: usize) -> Result<CudaSlice<f32>> {
-        Ok(self.stream.alloc_zeros::<f32>(n)?)
-    }
-
-    /// Copies a device buffer back (waits for the work queued before it).
-    pub fn download(&self, d: &CudaSlice<f32>) -> Result<Vec<f32>> {
-        Ok(self.stream.clone_dtoh(d)?)
-    }
-}
-
-impl CudaBackend {
+    /// Launches kernel `name` with the arguments `args` pushes.
     fn launch<'a>(
         &'a self,
         name: &str,
@@ -240,7 +214,8 @@ impl DeviceOps for CudaBackend {
     }
 
     fn alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
-        self.zeros(n.max(1))
+        // A zero-length allocation is not a valid device pointer: keep at least one float.
+        Ok(self.stream.alloc_zeros::<f32>(n.max(1))?)
     }
 
     fn upload(&self, v: &[f32]) -> Result<CudaSlice<f32>> {
