@@ -22,11 +22,18 @@ pub const PREFIX: &str = "bundled:";
 pub const DEFAULT: &str = "mnist-vp";
 
 /// Every bundled model.
-pub const MODELS: &[BundledModel] = &[BundledModel {
-    name: "mnist-vp",
-    about: "MNIST digits, 1×32×32, VP (DDPM ε-prediction, t input), ADM 1.19 M parameters",
-    bytes: include_bytes!("../../models/mnist-vp.safetensors"),
-}];
+pub const MODELS: &[BundledModel] = &[
+    BundledModel {
+        name: "mnist-vp",
+        about: "MNIST digits, 1×32×32, VP (DDPM ε-prediction, t input), ADM 1.19 M parameters",
+        bytes: include_bytes!("../../models/mnist-vp.safetensors"),
+    },
+    BundledModel {
+        name: "mnist-ve",
+        about: "MNIST digits, 1×32×32, VE (ε-prediction at 1/√(1+σ²)·x, 250·ln σ input), ADM 1.19 M parameters",
+        bytes: include_bytes!("../../models/mnist-ve.safetensors"),
+    },
+];
 
 /// The bundled model called `name`.
 pub fn find(name: &str) -> Option<&'static BundledModel> {
@@ -55,6 +62,7 @@ mod tests {
             assert!(meta.noise_input.is_some(), "{}", m.name);
         }
         assert!(find(DEFAULT).is_some());
+        assert!(find("mnist-ve").is_some());
         assert!(find("nope").is_none());
     }
 }

@@ -139,3 +139,29 @@ fn an_unknown_bundled_name_is_one_clear_error() {
     );
     assert!(!dir.join("out").exists());
 }
+
+/// The bundled VE model samples with its own metadata (VE scale, data in [0, 1]).
+#[test]
+fn the_bundled_ve_model_samples() {
+    let out = scratch("ve").join("out");
+    let o = out.display().to_string();
+    ok(&[
+        "sample",
+        "--weights",
+        "bundled:mnist-ve",
+        "--schedule",
+        "sigmoid",
+        "--steps",
+        "3",
+        "--n",
+        "2",
+        "--out",
+        &o,
+        "--quiet",
+    ]);
+    let run = run_json(&out);
+    assert_eq!(run["model"]["weights"], "bundled:mnist-ve", "{run:#}");
+    assert_eq!(run["model"]["kind"], "ve");
+    let img = image::open(out.join("sample_0001.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (32, 32));
+}
