@@ -466,10 +466,10 @@ fn conv<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Result<()>
             )?;
             break;
         }
-        let (prefix, tol) = if tc {
-            ("conv2d_tc", 1e-2)
+        let (names, tol) = if tc {
+            (["conv2d_tc_f32w", "conv2d_tc_f16w"], 1e-2)
         } else {
-            ("conv2d", 1e-5)
+            (["conv2d_f32", "conv2d_f16w"], 1e-5)
         };
         for (i, (c, h, w)) in cases.iter().enumerate() {
             let (h, w) = (*h, *w);
@@ -481,21 +481,13 @@ fn conv<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Result<()>
                 "2x{}x{h}x{w} k{} s{} -> {}",
                 c.c_in, c.kernel, c.stride, c.c_out
             );
-            for (weights, wr) in [
-                ("f32", WeightsRef::F32(&wt)),
-                ("f16w", WeightsRef::F16(&wh)),
-            ] {
+            for (name, wr) in names
+                .into_iter()
+                .zip([WeightsRef::F32(&wt), WeightsRef::F16(&wh)])
+            {
                 let d = case(dev, c, &x, h, w, wr, &bias, batch)?;
                 let cc = case(cpu, c, &x, h, w, wr, &bias, batch)?;
-                let name = match (tc, weights) {
-                    (false, "f32") => "conv2d_f32".to_string(),
-                    _ if !tc => "conv2d_f16w".to_string(),
-                    _ => format!(
-                        "{prefix}_{weights}{}",
-                        if weights == "f32" { "w" } else { "" }
-                    ),
-                };
-                compare(r, &name, &shape, &d, &cc, tol)?;
+                compare(r, name, &shape, &d, &cc, tol)?;
             }
         }
     }
@@ -503,11 +495,14 @@ fn conv<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Result<()>
     Ok(())
 }
 
+/// The attention case's shape: batch, channels, tokens, heads.
+const ATTENTION: (usize, usize, usize, usize) = (2, 64, 100, 4);
+
 fn attention<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Result<()> {
-    let (batch, channels, t, heads) = (2, 64, 100, 4);
+    let (batch, channels, t, _) = ATTENTION;
     let qkv = randn(50, batch * 3 * channels * t);
     fn case<O: DeviceOps>(o: &O, qkv: &[f32], order: QkvOrder) -> Result<Vec<f32>> {
-        let (batch, channels, t, heads) = (2, 64, 100, 4);
+        let (batch, channels, t, heads) = ATTENTION;
         let mut s = o.alloc(o.attention_scratch_len(batch, heads, t))?;
         let mut out = o.alloc(batch * channels * t)?;
         o.attention(
@@ -522,7 +517,6 @@ fn attention<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Resul
         )?;
         read(o, &out, batch * channels * t)
     }
-    let _ = (batch, channels, t, heads);
     for order in [QkvOrder::Legacy, QkvOrder::New] {
         let (d, c) = (case(dev, &qkv, order)?, case(cpu, &qkv, order)?);
         compare(
