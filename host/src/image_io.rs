@@ -294,8 +294,21 @@ pub fn grid_planes(
     h: usize,
     w: usize,
 ) -> (Vec<u8>, usize, usize) {
-    const PAD: usize = 2;
     let cols = (1..=n.max(1)).find(|k| k * k >= n).unwrap_or(1);
+    grid_planes_in_columns(images, n, cols, c, h, w)
+}
+
+/// [`grid_planes`] with `cols` images a row (row-major order).
+pub fn grid_planes_in_columns(
+    images: &[u8],
+    n: usize,
+    cols: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+) -> (Vec<u8>, usize, usize) {
+    const PAD: usize = 2;
+    let cols = cols.max(1);
     let rows = n.div_ceil(cols).max(1);
     let (gh, gw) = (rows * (h + PAD) + PAD, cols * (w + PAD) + PAD);
     let mut out = vec![255u8; c * gh * gw];

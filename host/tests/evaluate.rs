@@ -186,6 +186,35 @@ fn restoration_table_on_a_synthetic_folder() {
         assert_eq!(again["digits"], t["digits"]);
         let shifted = restoration(&data, task, &dir.join("first.json"), &["--first", "1"]);
         assert_eq!(shifted["digits"][0]["test_index"], 1);
+        // A warm start moves only the diffusion rows (its exactness: run::runner's tests).
+        let warm = restoration(
+            &data,
+            task,
+            &dir.join("warm.json"),
+            &["--warm-start", "--x0", "sigma0"],
+        );
+        assert_eq!(warm["arguments"]["warm_start"], true);
+        for (w, c) in warm["digits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(t["digits"].as_array().unwrap())
+        {
+            assert_eq!(w["psnr"]["gaussian_mmse"], c["psnr"]["gaussian_mmse"]);
+            assert_ne!(w["psnr"]["mean"], c["psnr"]["mean"]);
+        }
+        // --figure: a row per digit, truth | back-projection | Gaussian | mean | 2 samples;
+        // its first tile is the test digit itself.
+        let fig = dir.join(format!("{task}.png"));
+        restoration(&data, task, &dir.join("fig.json"), &["--figure", &s(&fig)]);
+        let img = image::open(&fig).unwrap().to_luma8();
+        assert_eq!((img.width(), img.height()), (6 * 34 + 2, 2 * 34 + 2));
+        test_ds.fill_batch(&[0], pre, &mut x).unwrap();
+        for (i, v) in x.iter().enumerate() {
+            let want = ((v + 1.0) * 127.5).round() as u8;
+            let got = img.get_pixel(2 + (i % 32) as u32, 2 + (i / 32) as u32)[0];
+            assert!(got.abs_diff(want) <= 1, "pixel {i}: {got} vs {want}");
+        }
     }
 }
 
@@ -219,6 +248,12 @@ fn bad_restoration_arguments_are_errors() {
     assert!(base("32", &d, &["--count", "1", "--sigma-y", "0"]).contains("--sigma-y"));
     assert!(base("31", &d, &["--count", "1"]).contains("pads them evenly"));
     assert!(base("32", "/nonexistent", &["--count", "1"]).contains("MNIST"));
+    assert!(base(
+        "32",
+        &d,
+        &["--count", "1", "--figure", "/nonexistent/f.png"]
+    )
+    .contains("--figure"));
 }
 
 #[test]
@@ -254,6 +289,15 @@ fn nearest_of_training_images_is_themselves() {
         hist[i % 10] += 1;
     }
     assert_eq!(r["label_histogram"], serde_json::json!(hist));
+    // 4 samples on 4 different labels: χ² = Σ(k − 0.4)²/0.4 = 6 on 9 d.o.f.
+    let u = &r["label_uniformity"];
+    assert_eq!(u["dof"], 9);
+    let chi2 = hist
+        .iter()
+        .map(|&k| (k as f64 - 0.4).powi(2) / 0.4)
+        .sum::<f64>();
+    assert!((u["chi2"].as_f64().unwrap() - chi2).abs() < 1e-12);
+    assert!(text.contains("label balance: chi2"), "{text}");
     assert_eq!(r["test_baseline_count"], 4);
     assert!(r["test_baseline_distance"]["min"].as_f64().unwrap() > 0.0);
 }

@@ -22,8 +22,9 @@ use super::common::threads;
 use crate::denoiser::{Model, ModelArgs};
 use crate::eval::gaussian_fit::fit;
 use crate::eval::nearest::{nearest, Neighbour};
-use crate::eval::restoration::{Scores, Setup, METHODS};
-use crate::eval::stats::{mean_se, spread};
+use crate::eval::restoration::{Evaluated, Scores, Setup, FIGURE_SAMPLES, METHODS};
+use crate::eval::stats::{mean_se, spread, uniformity};
+use crate::image_io::{grid_planes_in_columns, png_from_planes, to_planes};
 use crate::run::measurement::Task;
 use crate::run::output::{build_info, json_bytes, Outputs};
 use crate::run::plan::PlanArgs;
@@ -124,6 +125,10 @@ pub struct RestorationArgs {
     /// Missing fraction for --task inpaint.
     #[arg(long, default_value_t = 0.92)]
     pub p: f64,
+    /// Start the chains from the Gaussian-prior MMSE estimate: x₀ = x̂ + s·n, s the x₀ std of
+    /// --x0 (use --x0 sigma0 with a --sigma-max the chains can move from; see models/README.md).
+    #[arg(long)]
+    pub warm_start: bool,
     /// Diffusion samples (chains) per digit; their mean is the MMSE estimate.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
@@ -139,10 +144,17 @@ pub struct RestorationArgs {
     /// Write the table (and every digit's scores) as JSON.
     #[arg(long, value_name = "table.json")]
     pub out: Option<PathBuf>,
+    /// Write a PNG, a row per digit (the first 10): truth, back-projection, Gaussian MMSE,
+    /// diffusion mean, then the first 4 samples.
+    #[arg(long, value_name = "figure.png")]
+    pub figure: Option<PathBuf>,
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
 }
+
+/// Digits shown by `host evaluate restoration --figure`.
+const FIGURE_DIGITS: usize = 10;
 
 /// Runs `host evaluate`.
 pub fn run(args: &EvaluateArgs) -> Result<ExitCode> {
@@ -250,6 +262,13 @@ fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
         .map(|(d, k)| format!("{d}: {k}"))
         .collect();
     println!("1-NN labels  {}", hist.join("  "));
+    let balance = uniformity(&histogram);
+    if let Some(u) = balance {
+        println!(
+            "label balance: chi2 {:.2} on {} d.o.f. against equal proportions, p = {:.3}",
+            u.chi2, u.dof, u.p
+        );
+    }
     println!(
         "{:<28} {:>8} {:>8} {:>8} {:>8}",
         "distance", "min", "median", "mean", "max"
@@ -281,6 +300,7 @@ fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
         "data_range": range.as_str(),
         "distance": "L2 norm of the difference over all C*H*W elements (padded MNIST), model data range",
         "label_histogram": histogram,
+        "label_uniformity": balance,
         "sample_distance": s,
         "test_baseline_distance": b,
         "test_baseline_count": count,
@@ -323,6 +343,9 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
     let start = Instant::now();
     if let Some(out) = &args.out {
         Outputs::check_file(out, "--out")?;
+    }
+    if let Some(figure) = &args.figure {
+        Outputs::check_file(figure, "--figure")?;
     }
     if args.count == 0 || args.samples == 0 {
         bail!("--count and --samples must be at least 1");
@@ -372,6 +395,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         samples: args.samples,
         batch,
         threads,
+        warm_start: args.warm_start,
     };
     let len = model.chain_len();
     let mut truth = vec![0.0f32; len];
@@ -395,12 +419,16 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
     ));
     let labels = test.labels();
     let mut digits = Vec::with_capacity(args.count);
+    let mut figure = Vec::new();
     let loop_start = Instant::now();
     for i in 0..args.count {
         let index = args.first + i;
         let seed = args.seed.wrapping_add(i as u64);
         test.fill_batch(&[index], pre, &mut truth)?;
-        let scores = setup.evaluate(&prior, &truth, seed)?;
+        let Evaluated { scores, figure_row } = setup.evaluate(&prior, &truth, seed)?;
+        if i < FIGURE_DIGITS {
+            figure.extend_from_slice(&figure_row);
+        }
         let elapsed = loop_start.elapsed().as_secs_f64();
         let eta = elapsed / (i + 1) as f64 * (args.count - i - 1) as f64;
         say(&format!(
@@ -460,7 +488,24 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         },
         "build": build_info(),
     });
-    write_json(&args.out, &report)?;
+    let mut out = Outputs::files();
+    if let Some(path) = &args.figure {
+        let cols = 4 + FIGURE_SAMPLES.min(args.samples);
+        let n = figure.len() / len;
+        let (planes, gh, gw) = grid_planes_in_columns(
+            &to_planes(&figure, model.data_range),
+            n,
+            cols,
+            model.channels,
+            model.size,
+            model.size,
+        );
+        out.write(path, &png_from_planes(&planes, model.channels, gh, gw)?)?;
+    }
+    if let Some(path) = &args.out {
+        out.write(path, &json_bytes(&report)?)?;
+    }
+    out.commit();
     say(&format!(
         "done in {}",
         human_seconds(start.elapsed().as_secs_f64())

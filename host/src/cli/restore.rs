@@ -243,6 +243,7 @@ fn restore_one(
         seed: args.run.seed,
         final_denoise: args.plan.final_denoise,
         snapshot_every: args.run.snapshot_every.map(|k| k as usize),
+        start: None,
         likelihood: Some((&op, &m.y, m.sigma_y)),
         truth: problem.truth.as_deref(),
         moments: true,

@@ -207,6 +207,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         seed: args.run.seed,
         final_denoise: args.plan.final_denoise,
         snapshot_every: args.run.snapshot_every.map(|k| k as usize),
+        start: None,
         likelihood: None,
         truth: None,
         moments: false,
@@ -249,4 +250,24 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
 pub fn plan_len(plan: &AnyPlan) -> usize {
     use tweedie_core::plan::StepPlan;
     plan.len()
+}
+
+/// `host sample ARGS…`'s model and unconditional plan, for tests that drive the runner.
+#[cfg(test)]
+pub(crate) fn model_and_plan(args: &[&str]) -> (crate::denoiser::Model, AnyPlan) {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        sample: SampleArgs,
+    }
+    let argv = ["sample"].iter().chain(args).chain(&["--out", "unused"]);
+    let cmd = Cmd::try_parse_from(argv).unwrap();
+    let model = cmd.sample.model.load().unwrap();
+    let plan = cmd
+        .sample
+        .plan
+        .build(&model, Purpose::Unconditional)
+        .unwrap();
+    (model, plan)
 }

@@ -35,6 +35,8 @@ pub struct Setup<'a> {
     pub batch: usize,
     /// Threads.
     pub threads: usize,
+    /// Start the chains at the Gaussian-prior MMSE estimate (x₀ = x̂ + s·n).
+    pub warm_start: bool,
 }
 
 /// PSNR (dB) of each method on one image.
@@ -66,6 +68,18 @@ pub const METHODS: [(&str, &str); 5] = [
     ),
     ("mean", "diffusion, mean of the samples"),
 ];
+
+/// Samples shown per digit in the figure row of [`Evaluated`].
+pub const FIGURE_SAMPLES: usize = 4;
+
+/// What [`Setup::evaluate`] gives for one image.
+pub struct Evaluated {
+    /// The scores.
+    pub scores: Scores,
+    /// Truth, back-projection, Gaussian MMSE, diffusion mean and the first
+    /// [`FIGURE_SAMPLES`] chains (fewer when there are fewer), back to back.
+    pub figure_row: Vec<f32>,
+}
 
 impl Scores {
     /// The score of a method named in [`METHODS`].
@@ -118,7 +132,7 @@ impl Setup<'_> {
 
     /// Scores every method on `truth` (C×H×W in the model's range); `seed` drives the
     /// measurement noise, the mask and the chains, as `host restore --seed` does.
-    pub fn evaluate(&self, prior: &GaussianFit, truth: &[f32], seed: u64) -> Result<Scores> {
+    pub fn evaluate(&self, prior: &GaussianFit, truth: &[f32], seed: u64) -> Result<Evaluated> {
         let model = self.model;
         let width = range_width(model.data_range);
         let score = |x: &[f32]| psnr(truth, x, width).map_err(|e| anyhow::anyhow!("psnr: {e}"));
@@ -138,6 +152,7 @@ impl Setup<'_> {
             seed,
             final_denoise: self.plan_args.final_denoise,
             snapshot_every: None,
+            start: self.warm_start.then_some(mmse.as_slice()),
             likelihood: Some((&op, &m.y, m.sigma_y)),
             truth: None,
             moments: true,
@@ -152,13 +167,16 @@ impl Setup<'_> {
             .collect::<Result<Vec<f64>>>()?;
         let (mean, _) = run.moments.context("moments missing")?;
         let mean: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-        Ok(Scores {
+        let scores = Scores {
             back_projection: score(&back)?,
             gaussian_mmse: score(&mmse)?,
             sample: per_chain[0],
             sample_average: per_chain.iter().sum::<f64>() / per_chain.len() as f64,
             mean: score(&mean)?,
-        })
+        };
+        let shown = FIGURE_SAMPLES.min(self.samples) * len;
+        let figure_row = [truth, &back, &mmse, &mean, &run.samples[..shown]].concat();
+        Ok(Evaluated { scores, figure_row })
     }
 }
 

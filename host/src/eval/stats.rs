@@ -60,9 +60,111 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
     })
 }
 
+/// Pearson's χ² test of counts against equal proportions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Uniformity {
+    /// Σ (observed − expected)² / expected.
+    pub chi2: f64,
+    /// Degrees of freedom: categories − 1.
+    pub dof: usize,
+    /// P(χ²_dof ≥ chi2), the probability of a worse fit under equal proportions.
+    pub p: f64,
+}
+
+/// χ² test of `counts` against equal proportions (`None` for fewer than 2 categories or no
+/// counts).
+pub fn uniformity(counts: &[usize]) -> Option<Uniformity> {
+    let total: usize = counts.iter().sum();
+    if counts.len() < 2 || total == 0 {
+        return None;
+    }
+    let expected = total as f64 / counts.len() as f64;
+    let chi2 = counts
+        .iter()
+        .map(|&k| (k as f64 - expected).powi(2) / expected)
+        .sum::<f64>();
+    let dof = counts.len() - 1;
+    Some(Uniformity {
+        chi2,
+        dof,
+        p: gamma_q(dof as f64 / 2.0, chi2 / 2.0),
+    })
+}
+
+/// The regularised upper incomplete gamma function Q(a, x) = Γ(a, x)/Γ(a), a > 0, x ≥ 0: the
+/// series of P below a + 1, Lentz's continued fraction above (Numerical Recipes §6.2).
+fn gamma_q(a: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 1.0;
+    }
+    let front = (a * x.ln() - x - libm::lgamma(a)).exp();
+    if x < a + 1.0 {
+        let (mut term, mut sum, mut ap) = (1.0 / a, 1.0 / a, a);
+        for _ in 0..1000 {
+            ap += 1.0;
+            term *= x / ap;
+            sum += term;
+            if term.abs() < sum.abs() * 1e-16 {
+                break;
+            }
+        }
+        (1.0 - sum * front).max(0.0)
+    } else {
+        const TINY: f64 = 1e-300;
+        let mut b = x + 1.0 - a;
+        let mut c = 1.0 / TINY;
+        let mut d = 1.0 / b;
+        let mut h = d;
+        for i in 1..1000 {
+            let an = -(i as f64) * (i as f64 - a);
+            b += 2.0;
+            d = an * d + b;
+            d = if d.abs() < TINY { TINY } else { d };
+            c = b + an / c;
+            c = if c.abs() < TINY { TINY } else { c };
+            d = 1.0 / d;
+            let delta = d * c;
+            h *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        front * h
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chi_square_survival_matches_closed_forms() {
+        // dof 2: Q(1, x/2) = exp(−x/2); dof 4: (1 + x/2) exp(−x/2); both branches.
+        for x in [0.1, 1.0, 3.0, 7.5, 20.0, 60.0] {
+            assert!(
+                (gamma_q(1.0, x / 2.0) - (-x / 2.0f64).exp()).abs() < 1e-14,
+                "{x}"
+            );
+            let want = (1.0 + x / 2.0) * (-x / 2.0f64).exp();
+            assert!((gamma_q(2.0, x / 2.0) - want).abs() < 1e-14, "{x}");
+        }
+        // dof 9 (ten digits): the 5% and 0.1% critical values 16.919 and 27.877.
+        assert!((gamma_q(4.5, 16.919 / 2.0) - 0.05).abs() < 1e-4);
+        assert!((gamma_q(4.5, 27.877 / 2.0) - 0.001).abs() < 1e-5);
+    }
+
+    #[test]
+    fn uniformity_of_digit_counts() {
+        let even = uniformity(&[10; 10]).unwrap();
+        assert_eq!((even.chi2, even.dof), (0.0, 9));
+        assert!((even.p - 1.0).abs() < 1e-12);
+        // The bundled VP model's 64 preset samples (models/README.md): χ² 27.6.
+        let preset = uniformity(&[4, 13, 1, 3, 5, 2, 9, 12, 4, 11]).unwrap();
+        assert!((preset.chi2 - 27.5625).abs() < 1e-12);
+        assert!(preset.p > 0.001 && preset.p < 0.0012, "{}", preset.p);
+        assert!(uniformity(&[0; 10]).is_none());
+        assert!(uniformity(&[5]).is_none());
+    }
 
     #[test]
     fn mean_and_standard_error() {

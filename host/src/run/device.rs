@@ -178,8 +178,8 @@ pub fn unsupported(job: &Job<'_>, model: &Model) -> Option<&'static str> {
     if matches!(job.plan, AnyPlan::VePc { .. }) {
         return Some("the VE predictor-corrector sampler does not run on the device");
     }
-    if job.likelihood.is_some() {
-        return Some("conditional sampling does not run on the device yet");
+    if job.likelihood.is_some() || job.start.is_some() {
+        return Some("conditional sampling and warm starts do not run on the device yet");
     }
     if job.snapshot_every.is_some() || job.final_denoise || job.moments {
         return Some(
@@ -303,31 +303,8 @@ mod tests {
     /// batches of 2 and 1 (global chain indices), and the progress counts every chain step.
     #[test]
     fn a_sample_job_on_the_reference_ops_equals_the_cpu_run() {
-        use crate::cli::sample::SampleArgs;
-        use crate::run::plan::Purpose;
-        use clap::Parser;
-
-        #[derive(Parser)]
-        struct Cmd {
-            #[command(flatten)]
-            sample: SampleArgs,
-        }
-        let cmd = Cmd::try_parse_from([
-            "sample",
-            "--preset",
-            "vp-uncond-sigmoid",
-            "--steps",
-            "3",
-            "--out",
-            "unused",
-        ])
-        .unwrap();
-        let model = cmd.sample.model.load().unwrap();
-        let plan = cmd
-            .sample
-            .plan
-            .build(&model, Purpose::Unconditional)
-            .unwrap();
+        let (model, plan) =
+            crate::cli::sample::model_and_plan(&["--preset", "vp-uncond-sigmoid", "--steps", "3"]);
         let job = Job {
             plan: &plan,
             n: 3,
@@ -335,6 +312,7 @@ mod tests {
             seed: 4,
             final_denoise: false,
             snapshot_every: None,
+            start: None,
             likelihood: None,
             truth: None,
             moments: false,
