@@ -289,8 +289,13 @@ fn nearest_of_training_images_is_themselves() {
         hist[i % 10] += 1;
     }
     assert_eq!(r["label_histogram"], serde_json::json!(hist));
-    // 4 samples on 4 different labels: χ² = Σ(k − 0.4)²/0.4 = 6 on 9 d.o.f.
-    let u = &r["label_uniformity"];
+    // The 50 training labels are i mod 10, so the proportions are equal and 4 samples on 4
+    // different labels give χ² = Σ(k − 0.4)²/0.4 = 6 on 9 d.o.f.
+    assert_eq!(
+        r["training_label_histogram"],
+        serde_json::json!([5u64; 10].to_vec())
+    );
+    let u = &r["label_chi_square"];
     assert_eq!(u["dof"], 9);
     let chi2 = hist
         .iter()

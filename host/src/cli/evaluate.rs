@@ -23,7 +23,7 @@ use crate::denoiser::{Model, ModelArgs};
 use crate::eval::gaussian_fit::fit;
 use crate::eval::nearest::{nearest, Neighbour};
 use crate::eval::restoration::{Evaluated, Scores, Setup, FIGURE_SAMPLES, METHODS};
-use crate::eval::stats::{mean_se, spread, uniformity};
+use crate::eval::stats::{chi_square, mean_se, spread};
 use crate::image_io::{grid_planes_in_columns, png_from_planes, to_planes};
 use crate::run::measurement::Task;
 use crate::run::output::{build_info, json_bytes, Outputs};
@@ -262,10 +262,16 @@ fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
         .map(|(d, k)| format!("{d}: {k}"))
         .collect();
     println!("1-NN labels  {}", hist.join("  "));
-    let balance = uniformity(&histogram);
+    // "Balanced" means in the training set's own proportions (MNIST's are near, not exactly, equal).
+    let mut train_hist = [0usize; 10];
+    for &l in train.labels().unwrap_or(&[]).iter().filter(|&&l| l < 10) {
+        train_hist[l as usize] += 1;
+    }
+    let weights: Vec<f64> = train_hist.iter().map(|&k| k as f64).collect();
+    let balance = chi_square(&histogram, &weights);
     if let Some(u) = balance {
         println!(
-            "label balance: chi2 {:.2} on {} d.o.f. against equal proportions, p = {:.3}",
+            "label balance: chi2 {:.2} on {} d.o.f. against the training set's label proportions, p = {:.3}",
             u.chi2, u.dof, u.p
         );
     }
@@ -300,7 +306,8 @@ fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
         "data_range": range.as_str(),
         "distance": "L2 norm of the difference over all C*H*W elements (padded MNIST), model data range",
         "label_histogram": histogram,
-        "label_uniformity": balance,
+        "training_label_histogram": train_hist,
+        "label_chi_square": balance,
         "sample_distance": s,
         "test_baseline_distance": b,
         "test_baseline_count": count,

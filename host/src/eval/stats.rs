@@ -60,31 +60,37 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
     })
 }
 
-/// Pearson's χ² test of counts against equal proportions.
+/// Pearson's χ² goodness-of-fit test of counts against given proportions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Uniformity {
+pub struct ChiSquare {
     /// Σ (observed − expected)² / expected.
     pub chi2: f64,
     /// Degrees of freedom: categories − 1.
     pub dof: usize,
-    /// P(χ²_dof ≥ chi2), the probability of a worse fit under equal proportions.
+    /// P(χ²_dof ≥ chi2), the probability of a worse fit if the proportions hold.
     pub p: f64,
 }
 
-/// χ² test of `counts` against equal proportions (`None` for fewer than 2 categories or no
-/// counts).
-pub fn uniformity(counts: &[usize]) -> Option<Uniformity> {
+/// χ² test of `counts` against proportions `weights` (relative: e.g. the training set's own
+/// counts). `None` when there are fewer than 2 categories, no counts, the lengths differ, or a
+/// weight is not positive and finite.
+pub fn chi_square(counts: &[usize], weights: &[f64]) -> Option<ChiSquare> {
     let total: usize = counts.iter().sum();
-    if counts.len() < 2 || total == 0 {
+    let wsum: f64 = weights.iter().sum();
+    let valid = weights.iter().all(|w| w.is_finite() && *w > 0.0);
+    if counts.len() < 2 || total == 0 || counts.len() != weights.len() || !valid {
         return None;
     }
-    let expected = total as f64 / counts.len() as f64;
     let chi2 = counts
         .iter()
-        .map(|&k| (k as f64 - expected).powi(2) / expected)
+        .zip(weights)
+        .map(|(&k, w)| {
+            let expected = total as f64 * w / wsum;
+            (k as f64 - expected).powi(2) / expected
+        })
         .sum::<f64>();
     let dof = counts.len() - 1;
-    Some(Uniformity {
+    Some(ChiSquare {
         chi2,
         dof,
         p: gamma_q(dof as f64 / 2.0, chi2 / 2.0),
@@ -154,16 +160,25 @@ mod tests {
     }
 
     #[test]
-    fn uniformity_of_digit_counts() {
-        let even = uniformity(&[10; 10]).unwrap();
+    fn chi_square_of_digit_counts() {
+        let equal = [1.0; 10];
+        let even = chi_square(&[10; 10], &equal).unwrap();
         assert_eq!((even.chi2, even.dof), (0.0, 9));
         assert!((even.p - 1.0).abs() < 1e-12);
         // The bundled VP model's 64 preset samples (models/README.md): χ² 27.6.
-        let preset = uniformity(&[4, 13, 1, 3, 5, 2, 9, 12, 4, 11]).unwrap();
+        let preset = chi_square(&[4, 13, 1, 3, 5, 2, 9, 12, 4, 11], &equal).unwrap();
         assert!((preset.chi2 - 27.5625).abs() < 1e-12);
         assert!(preset.p > 0.001 && preset.p < 0.0012, "{}", preset.p);
-        assert!(uniformity(&[0; 10]).is_none());
-        assert!(uniformity(&[5]).is_none());
+        // Proportions 1:3 and counts 10, 30 fit exactly; weights are relative.
+        let fit = chi_square(&[10, 30], &[2.0, 6.0]).unwrap();
+        assert_eq!((fit.chi2, fit.dof, fit.p), (0.0, 1, 1.0));
+        // 20, 20 against 1:3: expected 10 and 30, χ² = 100/10 + 100/30.
+        let off = chi_square(&[20, 20], &[1.0, 3.0]).unwrap();
+        assert!((off.chi2 - (10.0 + 100.0 / 30.0)).abs() < 1e-12);
+        assert!(chi_square(&[0; 10], &equal).is_none());
+        assert!(chi_square(&[5], &[1.0]).is_none());
+        assert!(chi_square(&[5, 5], &[1.0]).is_none());
+        assert!(chi_square(&[5, 5], &[1.0, 0.0]).is_none());
     }
 
     #[test]
