@@ -3,9 +3,10 @@
 //! to worker threads, results land at their global positions, so `--batch` and `--threads`
 //! never change a sample.
 //!
-//! Each batch: x₀ from the plan's init law, K steps of core's template loop (conditional when
-//! a likelihood is given) or core's VE PC sampler, optionally a final denoise. A non-finite
-//! state stops everything with an error naming the step and the chain.
+//! Each batch: x₀ from the plan's init law (shifted by [`Job::start`] for a warm start), K
+//! steps of core's template loop (conditional when a likelihood is given) or core's VE PC
+//! sampler, optionally a final denoise. A non-finite state stops everything with an error
+//! naming the step and the chain.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
