@@ -299,7 +299,13 @@ impl Conv2d {
     pub fn backward_scratch_len(&self, h: usize, w: usize) -> usize {
         let (oh, ow) = self.out_size(h, w);
         let k2 = self.kernel * self.kernel;
-        gemm_scratch_len(self.c_in, self.c_out * k2).max(gemm_scratch_len(self.c_out, oh * ow))
+        let params = gemm_scratch_len(self.c_out, oh * ow) + self.padded_len(h, w);
+        gemm_scratch_len(self.c_in, self.c_out * k2).max(params)
+    }
+
+    /// Floats of the zero-padded copy of the input that [`Conv2d::backward_params`] packs from.
+    fn padded_len(&self, h: usize, w: usize) -> usize {
+        self.c_in * (h + 2 * self.pad) * (w + 2 * self.pad)
     }
 
     /// Checks the layer and the input size; returns the output size.
@@ -331,6 +337,8 @@ impl Conv2d {
     /// o outer, then ky, kx descending (the flipped kernel's order), onto the value in `dinp`.
     /// Needs pad < kernel. A stride s > 1 computes over the dilated dout, s² times the
     /// useful work (the ADM U-Net has no strided convolution: it downsamples by pooling).
+    /// A caller that runs many backward passes with the same weights should flip them once
+    /// ([`Conv2d::flip_weights`]) and call [`Conv2d::backward_input_flipped`]: same bits.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_input(
         &self,
@@ -343,12 +351,87 @@ impl Conv2d {
         ci: core::ops::Range<usize>,
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
+        let (c_in, k) = (self.c_in, self.kernel);
+        check_len("conv2d weight", self.c_out * c_in * k * k, weight.len())?;
+        let row0 = ci.start;
+        match weight {
+            WeightsRef::F32(wt) => {
+                self.backward_input_with(isa, dinp, dout, h, w, ci, scratch, |m0, mc, k0, kc, a| {
+                    pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a)
+                })
+            }
+            WeightsRef::F16(wt) => {
+                self.backward_input_with(isa, dinp, dout, h, w, ci, scratch, |m0, mc, k0, kc, a| {
+                    pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a)
+                })
+            }
+        }
+    }
+
+    /// Floats of [`Conv2d::flip_weights`]'s output: as many as the weight.
+    pub fn flipped_len(&self) -> usize {
+        self.c_out * self.k_total()
+    }
+
+    /// The weight as the input gradient reads it, transposed and flipped:
+    /// `flipped[(c·c_out + o)·k² + (k−1−ky)·k + (k−1−kx)] = W[o, c, ky, kx]` (f16 widened).
+    pub fn flip_weights(&self, weight: WeightsRef, flipped: &mut [f32]) -> Result<(), KernelError> {
+        let k2 = self.kernel * self.kernel;
+        check_len("conv2d weight", self.flipped_len(), weight.len())?;
+        check_len("conv2d flipped weight", self.flipped_len(), flipped.len())?;
+        for c in 0..self.c_in {
+            for o in 0..self.c_out {
+                let dst = &mut flipped[(c * self.c_out + o) * k2..][..k2];
+                let src = (o * self.c_in + c) * k2;
+                for (q, d) in dst.iter_mut().enumerate() {
+                    *d = match weight {
+                        WeightsRef::F32(wt) => wt[src + k2 - 1 - q],
+                        WeightsRef::F16(wt) => wt[src + k2 - 1 - q].to_f32(),
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Conv2d::backward_input`] with the weight already flipped by
+    /// [`Conv2d::flip_weights`]: packing its rows is a plain copy (bit-identical result).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_input_flipped(
+        &self,
+        isa: Isa,
+        dinp: &mut [f32],
+        dout: &[f32],
+        flipped: &[f32],
+        h: usize,
+        w: usize,
+        ci: core::ops::Range<usize>,
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        check_len("conv2d flipped weight", self.flipped_len(), flipped.len())?;
+        let (depth, row0) = (self.c_out * self.kernel * self.kernel, ci.start);
+        self.backward_input_with(isa, dinp, dout, h, w, ci, scratch, |m0, mc, k0, kc, a| {
+            pack_a(flipped, depth, row0 + m0, mc, k0, kc, a)
+        })
+    }
+
+    /// The input gradient's GEMM, with A (the flipped weight rows of `ci`) packed by `pack_a`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_input_with(
+        &self,
+        isa: Isa,
+        dinp: &mut [f32],
+        dout: &[f32],
+        h: usize,
+        w: usize,
+        ci: core::ops::Range<usize>,
+        scratch: &mut [f32],
+        pack_a: impl FnMut(usize, usize, usize, usize, &mut [f32]),
+    ) -> Result<(), KernelError> {
         let (oh, ow) = self.check_backward(h, w, dout)?;
         if self.pad >= self.kernel {
             return Err(KernelError::Shape("conv2d backward: pad must be < kernel"));
         }
-        let k2 = self.kernel * self.kernel;
-        check_len("conv2d weight", self.c_out * self.c_in * k2, weight.len())?;
         check_range(
             "conv2d backward: input channel range outside 0..c_in",
             &ci,
@@ -375,32 +458,18 @@ impl Conv2d {
             real_h: oh,
             real_w: ow,
         };
-        let (c_in, k, depth, row0) = (self.c_in, self.kernel, self.c_out * k2, ci.start);
-        let pb = |k0, kc, n0, nc, b: &mut [f32]| pack_b(&geo, dout, k0, kc, n0, nc, b);
-        match weight {
-            WeightsRef::F32(wt) => gemm(
-                isa,
-                None,
-                ci.len(),
-                h * w,
-                depth,
-                |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
-                pb,
-                Out::Dense(dinp),
-                scratch,
-            ),
-            WeightsRef::F16(wt) => gemm(
-                isa,
-                None,
-                ci.len(),
-                h * w,
-                depth,
-                |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
-                pb,
-                Out::Dense(dinp),
-                scratch,
-            ),
-        }
+        let depth = self.c_out * self.kernel * self.kernel;
+        gemm(
+            isa,
+            None,
+            ci.len(),
+            h * w,
+            depth,
+            pack_a,
+            |k0, kc, n0, nc, b| pack_b(&geo, dout, k0, kc, n0, nc, b),
+            Out::Dense(dinp),
+            scratch,
+        );
         Ok(())
     }
 
@@ -456,6 +525,13 @@ impl Conv2d {
             real_h: h,
             real_w: w,
         };
+        // im2col(inp)ᵀ is packed from a zero-padded copy, so its rows are plain shifted windows
+        // (no bounds test per element: this packing costs as much as the products at 32 or
+        // 64 output channels).
+        let (scratch, padded) = scratch.split_at_mut(gemm_scratch_len(self.c_out, n));
+        let padded = &mut padded[..self.padded_len(h, w)];
+        pad_planes(inp, h, w, self.pad, padded);
+        let padded = &*padded;
         gemm(
             isa,
             None,
@@ -463,7 +539,7 @@ impl Conv2d {
             k_total,
             n,
             |m0, mc, k0, kc, a| pack_a(rows, n, m0, mc, k0, kc, a),
-            |k0, kc, n0, nc, b| pack_b_t(&geo, inp, k0, kc, n0, nc, b),
+            |k0, kc, n0, nc, b| pack_b_t(isa, &geo, padded, k0, kc, n0, nc, b),
             Out::Dense(dweight),
             scratch,
         );
@@ -505,15 +581,41 @@ fn pack_a_flipped<W: Weight>(
     for (t, panel) in a.chunks_exact_mut(kc * MR).enumerate() {
         for i in 0..MR {
             let r = t * MR + i;
-            for kk in 0..kc {
-                panel[kk * MR + i] = if r < mc {
-                    let (o, rem) = ((k0 + kk) / k2, (k0 + kk) % k2);
-                    let flipped = k2 - 1 - rem; // (k−1−ky')·k + (k−1−kx')
-                    weight[(o * c_in + row0 + r) * k2 + flipped].to_f32()
-                } else {
-                    0.0
-                };
+            if r >= mc {
+                for kk in 0..kc {
+                    panel[kk * MR + i] = 0.0;
+                }
+                continue;
             }
+            // (o, rem) of depth k0 + kk, advanced without divisions (this runs once per
+            // weight per sample, and at 8×8 maps it would otherwise rival the products).
+            let (mut o, mut rem) = (k0 / k2, k0 % k2);
+            for kk in 0..kc {
+                let flipped = k2 - 1 - rem; // (k−1−ky')·k + (k−1−kx')
+                panel[kk * MR + i] = weight[(o * c_in + row0 + r) * k2 + flipped].to_f32();
+                rem += 1;
+                if rem == k2 {
+                    rem = 0;
+                    o += 1;
+                }
+            }
+        }
+    }
+}
+
+/// `out` = each h × w plane of `inp` with `pad` zeros on every side ((h + 2·pad) × (w + 2·pad)).
+fn pad_planes(inp: &[f32], h: usize, w: usize, pad: usize, out: &mut [f32]) {
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    for (src, dst) in inp.chunks_exact(h * w).zip(out.chunks_exact_mut(hp * wp)) {
+        dst[..pad * wp].fill(0.0);
+        dst[(pad + h) * wp..].fill(0.0);
+        for (s, d) in src
+            .chunks_exact(w)
+            .zip(dst[pad * wp..].chunks_exact_mut(wp))
+        {
+            d[..pad].fill(0.0);
+            d[pad..pad + w].copy_from_slice(s);
+            d[pad + w..].fill(0.0);
         }
     }
 }
@@ -521,43 +623,85 @@ fn pack_a_flipped<W: Weight>(
 /// [`pack_b`] of im2col(inp)ᵀ for the weight gradient: depth = output pixels p0 .. p0+pc,
 /// columns = im2col rows r0 .. r0+rc:
 /// b[(j/NR)·pc·NR + kk·NR + j%NR] = x[ci, oy·s + ky − pad, ox·s + kx − pad] for pixel
-/// p0 + kk = (oy, ox) and row r0 + j = (ci, ky, kx) (0 in the padding and past rc).
+/// p0 + kk = (oy, ox) and row r0 + j = (ci, ky, kx) (0 in the padding and past rc), read from
+/// `padded`, the input's planes zero-padded by `pad` ([`pad_planes`]). With SIMD and stride 1,
+/// eight rows at a time are moved as 8 × 8 register transposes (a pure copy: same values).
+#[allow(clippy::too_many_arguments)]
 fn pack_b_t(
+    isa: Isa,
     geo: &Geometry,
-    inp: &[f32],
+    padded: &[f32],
     p0: usize,
     pc: usize,
     r0: usize,
     rc: usize,
     b: &mut [f32],
 ) {
-    let k = geo.kernel;
-    let plane_len = geo.h * geo.w;
-    for j in 0..round_up(rc, NR) {
-        let base = (j / NR) * pc * NR + j % NR;
-        if j >= rc {
-            for kk in 0..pc {
-                b[base + kk * NR] = 0.0;
+    let (k, s) = (geo.kernel, geo.stride);
+    let wp = geo.w + 2 * geo.pad;
+    let plane_len = (geo.h + 2 * geo.pad) * wp;
+    // Where row j's window for output pixel (oy, ox) starts in `padded`.
+    let origin = |j: usize| {
+        let r = r0 + j;
+        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        ci * plane_len + ky * wp + kx
+    };
+    // The output row segments of the pixels p0 .. p0+pc: (first kk, oy, ox, length).
+    let segments = || {
+        let (mut oy, mut ox, mut kk) = (p0 / geo.ow, p0 % geo.ow, 0);
+        core::iter::from_fn(move || {
+            (kk < pc).then(|| {
+                let len = (geo.ow - ox).min(pc - kk);
+                let seg = (kk, oy, ox, len);
+                (kk, ox, oy) = (kk + len, 0, oy + 1);
+                seg
+            })
+        })
+    };
+    for j0 in (0..round_up(rc, NR)).step_by(8) {
+        let base = (j0 / NR) * pc * NR + j0 % NR;
+        #[cfg(target_arch = "x86_64")]
+        if isa.is_simd() && s == 1 && j0 + 8 <= rc {
+            let from: [usize; 8] = core::array::from_fn(|t| origin(j0 + t));
+            for (kk, oy, ox, len) in segments() {
+                let at = oy * wp + ox;
+                let len8 = len / 8 * 8;
+                let dst = &mut b[base + kk * NR..];
+                // SAFETY: Isa::is_simd guarantees AVX2; every window holds len ≥ len8 values
+                // (its row fits in the padded plane) and dst holds (len8 − 1)·NR + 8 values.
+                unsafe {
+                    let srcs = from.map(|f| padded[f + at..f + at + len].as_ptr());
+                    avx2::transpose_rows(
+                        srcs,
+                        len8,
+                        dst[..(len.max(1) - 1) * NR + 8].as_mut_ptr(),
+                        NR,
+                    );
+                }
+                for (t, &f) in from.iter().enumerate() {
+                    for q in len8..len {
+                        dst[q * NR + t] = padded[f + at + q];
+                    }
+                }
             }
             continue;
         }
-        let r = r0 + j;
-        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-        let plane = &inp[ci * plane_len..(ci + 1) * plane_len];
-        let (mut oy, mut ox) = (p0 / geo.ow, p0 % geo.ow);
-        for kk in 0..pc {
-            let iy = (oy * geo.stride + ky) as isize - geo.pad as isize;
-            let ix = (ox * geo.stride + kx) as isize - geo.pad as isize;
-            let inside = iy >= 0 && ix >= 0 && iy < geo.h as isize && ix < geo.w as isize;
-            b[base + kk * NR] = if inside {
-                plane[iy as usize * geo.w + ix as usize]
-            } else {
-                0.0
-            };
-            ox += 1;
-            if ox == geo.ow {
-                ox = 0;
-                oy += 1;
+        let _ = isa;
+        for t in 0..8.min(round_up(rc, NR) - j0) {
+            let j = j0 + t;
+            if j >= rc {
+                for kk in 0..pc {
+                    b[base + t + kk * NR] = 0.0;
+                }
+                continue;
+            }
+            let from = origin(j);
+            for (kk, oy, ox, len) in segments() {
+                let src = &padded[from + oy * s * wp + ox * s..];
+                let dst = &mut b[base + t + kk * NR..];
+                for q in 0..len {
+                    dst[q * NR] = src[q * s];
+                }
             }
         }
     }
@@ -1039,6 +1183,51 @@ mod avx2 {
                 let cp = c[i0 + i].as_mut_ptr().add(j0);
                 _mm256_storeu_ps(cp, r[0]);
                 _mm256_storeu_ps(cp.add(8), r[1]);
+            }
+        }
+    }
+
+    /// For q = 0, 8, … < len8: the 8 × 8 block srcs[t][q .. q+8] (t = 0..8) transposed into
+    /// dst[(q + u)·stride + t] (u = 0..8): eight rows laid side by side, eight at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; each srcs[t] points at ≥ len8 floats and dst at
+    /// ≥ (len8 − 1)·stride + 8 (len8 a multiple of 8).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose_rows(srcs: [*const f32; 8], len8: usize, dst: *mut f32, stride: usize) {
+        // SAFETY (whole body): the offsets stay inside the ranges of the contract.
+        unsafe {
+            for q in (0..len8).step_by(8) {
+                let r = srcs.map(|p| _mm256_loadu_ps(p.add(q)));
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let out = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (u, v) in out.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((q + u) * stride), *v);
+                }
             }
         }
     }
@@ -1676,6 +1865,9 @@ mod backward_tests {
         (3, 2, 3, 1, 1, 21, 19),
         (270, 2, 1, 1, 0, 3, 4),
         (1, 1, 3, 1, 1, 1, 1),
+        // dW's 8-row transposes: full groups, a ragged group, 16-wide rows plus a tail.
+        (11, 6, 3, 1, 1, 5, 19),
+        (9, 5, 1, 1, 0, 4, 16),
     ];
     const _: () = assert!(45 * 9 > KC && 21 * 19 > KC && 270 > MC_MAX);
 
@@ -1874,6 +2066,25 @@ mod backward_tests {
                         .unwrap();
                     }
                     assert_eq!(dx, whole.dx, "dx {isa:?} {shape:?} {cuts:?}");
+                    // The pre-flipped weight gives the same bits for every split.
+                    let mut flipped = vec![0f32; c.flipped_len()];
+                    c.flip_weights(WeightsRef::F32(&wt), &mut flipped).unwrap();
+                    let mut dx = vec![0.25f32; x.len()];
+                    for r in bounds(c.c_in).windows(2) {
+                        let part = &mut dx[r[0] * h * w..r[1] * h * w];
+                        c.backward_input_flipped(
+                            isa,
+                            part,
+                            &dout,
+                            &flipped,
+                            h,
+                            w,
+                            r[0]..r[1],
+                            &mut s,
+                        )
+                        .unwrap();
+                    }
+                    assert_eq!(dx, whole.dx, "flipped dx {isa:?} {shape:?} {cuts:?}");
                     let (mut dw, mut db) = (vec![0.25f32; wt.len()], vec![0.25f32; c.c_out]);
                     for r in bounds(c.c_out).windows(2) {
                         c.backward_params(
@@ -1934,6 +2145,20 @@ mod backward_tests {
         assert_eq!(a, b);
         let wr = WeightsRef::F32(&w32);
         let p = Isa::PORTABLE;
+        // f16 weights flipped (widened once) give the same bits as the f32 values.
+        let mut flipped = vec![0f32; c.flipped_len()];
+        c.flip_weights(WeightsRef::F16(&w16), &mut flipped).unwrap();
+        let mut f = vec![0f32; x.len()];
+        c.backward_input_flipped(p, &mut f, &dout, &flipped, h, w, 0..3, &mut s)
+            .unwrap();
+        assert_eq!(f, b);
+        assert!(c
+            .backward_input_flipped(p, &mut f, &dout, &flipped[1..], h, w, 0..3, &mut s)
+            .is_err());
+        assert!(c.flip_weights(wr, &mut flipped[1..]).is_err());
+        assert!(c
+            .flip_weights(WeightsRef::F32(&w32[1..]), &mut flipped)
+            .is_err());
         assert!(c
             .backward_input(p, &mut a, &dout[1..], wr, h, w, 0..3, &mut s)
             .is_err());

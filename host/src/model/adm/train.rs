@@ -314,6 +314,12 @@ pub struct AdmTrainer {
     lanes: Vec<Mutex<Lane>>,
     /// The [`ACCUMULATORS`] partial gradients of a batch (allocated on first use).
     partials: Vec<Mutex<Vec<f32>>>,
+    /// Every convolution, for [`AdmTrainer::flip_convs`].
+    convs: Vec<ConvT>,
+    /// Each convolution's weight flipped for its input gradient ([`Conv2d::flip_weights`]),
+    /// at the weight's own offset (other entries unused): done once per batch instead of once
+    /// per sample inside the backward.
+    flipped: Vec<f32>,
     pool: Pool,
     isa: Isa,
 }
@@ -418,6 +424,8 @@ impl AdmTrainer {
             dskip_len += s.len;
         }
         let work = pl.work;
+        let total = layout.total();
+        let convs = all_convs(&blocks, &head_conv);
         let lane = || Lane {
             tape: vec![0.0; pl.tape],
             work: std::array::from_fn(|_| vec![0.0; work]),
@@ -446,9 +454,22 @@ impl AdmTrainer {
             dskip_at,
             lanes: (0..threads).map(|_| Mutex::new(lane())).collect(),
             partials: Vec::new(),
+            convs,
+            flipped: vec![0.0; total],
             pool: Pool::new(threads),
             isa: Isa::detected(),
         })
+    }
+
+    /// Refreshes [`AdmTrainer::flipped`] from `params` (checked by the caller).
+    fn flip_convs(&mut self, params: &[f32]) -> Result<()> {
+        for c in &self.convs {
+            let w = WeightsRef::F32(c.w.of(params));
+            c.conv
+                .flip_weights(w, &mut self.flipped[c.w.r()])
+                .map_err(|e| anyhow!("flipping a conv weight: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The architecture.
@@ -536,6 +557,7 @@ impl AdmTrainer {
             scratch: &lane.scratch,
             isa: self.isa,
             params,
+            flipped: &[],
         };
         for b in &self.blocks {
             if let Some((state, src)) = b.skip {
@@ -572,6 +594,8 @@ impl AdmTrainer {
         dout: &[f32],
         grads: &mut [f32],
     ) -> Result<()> {
+        self.check_params(params)?;
+        self.flip_convs(params)?;
         let mut lane = lock(&self.lanes[0]);
         self.backward_in(&mut lane, params, dout, grads)
     }
@@ -598,6 +622,7 @@ impl AdmTrainer {
             scratch: &lane.scratch,
             isa: self.isa,
             params,
+            flipped: &self.flipped,
         };
         let tt = self.time_tape;
         let mut bw = Bwd {
@@ -685,6 +710,7 @@ impl AdmTrainer {
         }
         self.check_params(params)?;
         self.layout.check_buffer(grads.len())?;
+        self.flip_convs(params)?;
         let p = ACCUMULATORS.min(batch);
         let len = grads.len();
         while self.partials.len() < p {
@@ -758,6 +784,27 @@ impl Lane {
             + self.dfilm.len()
             + scratch)
     }
+}
+
+/// Every convolution of the network (the stem, the ResBlocks' and attention's, the
+/// resampling ones, the head).
+fn all_convs(blocks: &[BlockT], head: &ConvT) -> Vec<ConvT> {
+    let mut v = Vec::new();
+    for l in blocks.iter().flat_map(|b| &b.layers) {
+        match &l.op {
+            OpT::Conv(c) => v.push(*c),
+            OpT::Res(r) => v.extend(
+                [Some(r.in_conv), Some(r.out_conv), r.skip]
+                    .into_iter()
+                    .flatten(),
+            ),
+            OpT::Attn(a) => v.extend([a.qkv, a.proj]),
+            OpT::Down { conv, .. } => v.extend(*conv),
+            OpT::Up { conv, .. } => v.extend(conv.map(|(c, _)| c)),
+        }
+    }
+    v.push(*head);
+    v
 }
 
 /// Output channels and size of a layer for an `h`×`w` input.
@@ -912,6 +959,9 @@ struct Ctx<'a> {
     scratch: &'a [Mutex<Vec<f32>>],
     isa: Isa,
     params: &'a [f32],
+    /// The convolution weights flipped for the input gradient (backward only; empty in the
+    /// forward).
+    flipped: &'a [f32],
 }
 
 impl Ctx<'_> {
@@ -1031,12 +1081,12 @@ impl Ctx<'_> {
 
     /// dx += conv input gradient, split over input channels.
     fn conv_input(&self, c: &ConvT, dout: &[f32], h: usize, w: usize, dx: &mut [f32]) -> KResult {
-        let (isa, scratch, wt) = (self.isa, self.scratch, self.wref(c.w));
+        let (isa, scratch, wt) = (self.isa, self.scratch, c.w.of(self.flipped));
         self.pool
             .split(dx, c.conv.c_in, k::conv::MR, |i, ci, piece| {
                 let mut s = lock(&scratch[i]);
                 c.conv
-                    .backward_input(isa, piece, dout, wt, h, w, ci, &mut s)
+                    .backward_input_flipped(isa, piece, dout, wt, h, w, ci, &mut s)
             })
     }
 
