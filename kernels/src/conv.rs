@@ -830,14 +830,14 @@ fn gemm(
                         out.prefetch(n, i0 + MR, nj);
                         if mr == MR && nr == NR {
                             let mut c = out.tile(n, i0, nj);
-                            microkernel(isa, kc, a_pan, b_pan, &mut c, start.as_ref());
+                            microkernel(isa, kc, a_pan, b_pan, &mut c, start.as_ref(), MR);
                         } else {
                             // Ragged edge: the same microkernel on a copy of the valid part.
                             for (i, t) in tmp.chunks_exact_mut(NR).take(mr).enumerate() {
                                 t[..nr].copy_from_slice(&out.row(n, i0 + i)[nj..nj + nr]);
                             }
                             let mut c = tile_of(tmp, NR, 0);
-                            microkernel(isa, kc, a_pan, b_pan, &mut c, start.as_ref());
+                            microkernel(isa, kc, a_pan, b_pan, &mut c, start.as_ref(), mr);
                             for (i, t) in tmp.chunks_exact(NR).take(mr).enumerate() {
                                 out.row(n, i0 + i)[nj..nj + nr].copy_from_slice(&t[..nr]);
                             }
@@ -1078,9 +1078,18 @@ fn copy_row(src: &[f32], dst: &mut [f32], x0: usize, pad: usize, stride: usize) 
 type Tile<'c> = [&'c mut [f32; NR]; MR];
 
 /// c[i][j] = s_i + Σ_kk a[kk·MR + i]·b[kk·NR + j] for an MR × NR tile, terms added in kk
-/// order onto s_i = init[i], or onto the value in c when `init` is `None`.
+/// order onto s_i = init[i], or onto the value in c when `init` is `None`. Only the first
+/// `rows` rows are needed (the others may be left anything): AVX2 then skips whole sub-tiles.
 #[inline]
-fn microkernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: &mut Tile, init: Option<&[f32; MR]>) {
+fn microkernel(
+    isa: Isa,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut Tile,
+    init: Option<&[f32; MR]>,
+    rows: usize,
+) {
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
     match isa.0 {
         IsaKind::Portable => microkernel_portable(kc, a, b, c, init),
@@ -1088,7 +1097,7 @@ fn microkernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: &mut Tile, init: Op
         // SAFETY: an Avx2Fma Isa exists only if the build targets AVX2+FMA or the host vouched
         // for the CPU through `enable_avx2_fma`; the slice lengths were checked above (and are
         // guaranteed by the driver).
-        IsaKind::Avx2Fma => unsafe { avx2::microkernel(kc, a, b, c, init) },
+        IsaKind::Avx2Fma => unsafe { avx2::microkernel(kc, a, b, c, init, rows) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an Avx512 Isa exists only after `enable_avx2_fma` found AVX-512F usable.
         IsaKind::Avx512 => unsafe { avx512::microkernel(kc, a, b, c, init) },
@@ -1126,7 +1135,9 @@ mod avx2 {
     const SC: usize = 16;
 
     /// The MR × NR tile as (MR/6)·(NR/16) sub-tiles of 6 × 16, each over the whole depth:
-    /// per k two loads of B, six broadcasts of A and twelve fused multiply-adds.
+    /// per k two loads of B, six broadcasts of A and twelve fused multiply-adds. Of a ragged
+    /// tile only the first `rows` rows are computed (sub-tiles of 6, then 2 or 4 rows: the
+    /// 32- and 64-channel layers end in a tile of 8 or 4 rows of 12).
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; a.len() ≥ kc·MR, b.len() ≥ kc·NR.
@@ -1137,19 +1148,28 @@ mod avx2 {
         b: &[f32],
         c: &mut Tile,
         init: Option<&[f32; MR]>,
+        rows: usize,
     ) {
-        for i0 in (0..MR).step_by(SR) {
+        let rows = rows.min(MR);
+        for i0 in (0..rows).step_by(SR) {
             for j0 in (0..NR).step_by(SC) {
+                let (ap, bp) = (a.as_ptr().add(i0), b.as_ptr().add(j0));
                 // SAFETY: same contract; the sub-tile offsets stay inside a row of A and B.
-                unsafe { sub_tile(kc, a.as_ptr().add(i0), b.as_ptr().add(j0), c, i0, j0, init) };
+                unsafe {
+                    match rows - i0 {
+                        1 | 2 => sub_tile::<2>(kc, ap, bp, c, i0, j0, init),
+                        3 | 4 => sub_tile::<4>(kc, ap, bp, c, i0, j0, init),
+                        _ => sub_tile::<SR>(kc, ap, bp, c, i0, j0, init),
+                    }
+                }
             }
         }
     }
 
-    /// Rows i0 .. i0+6, columns j0 .. j0+16 of the tile; `ap`, `bp` point at that sub-tile's
-    /// first A and B values (k = 0).
+    /// Rows i0 .. i0+R (R ≤ 6), columns j0 .. j0+16 of the tile; `ap`, `bp` point at that
+    /// sub-tile's first A and B values (k = 0).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn sub_tile(
+    unsafe fn sub_tile<const R: usize>(
         kc: usize,
         mut ap: *const f32,
         mut bp: *const f32,
@@ -1160,7 +1180,7 @@ mod avx2 {
     ) {
         // SAFETY (whole body): every pointer stays inside the slices by the length contract.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; SR];
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
             for (i, r) in acc.iter_mut().enumerate() {
                 let cp = c[i0 + i].as_ptr().add(j0);
                 *r = match init {
