@@ -411,7 +411,7 @@ impl Conv2d {
         check_len("conv2d flipped weight", self.flipped_len(), flipped.len())?;
         let (depth, row0) = (self.c_out * self.kernel * self.kernel, ci.start);
         self.backward_input_with(isa, dinp, dout, h, w, ci, scratch, |m0, mc, k0, kc, a| {
-            pack_a(flipped, depth, row0 + m0, mc, k0, kc, a)
+            pack_a(isa, flipped, depth, row0 + m0, mc, k0, kc, a)
         })
     }
 
@@ -538,7 +538,7 @@ impl Conv2d {
             co.len(),
             k_total,
             n,
-            |m0, mc, k0, kc, a| pack_a(rows, n, m0, mc, k0, kc, a),
+            |m0, mc, k0, kc, a| pack_a(isa, rows, n, m0, mc, k0, kc, a),
             |k0, kc, n0, nc, b| pack_b_t(isa, &geo, padded, k0, kc, n0, nc, b),
             Out::Dense(dweight),
             scratch,
@@ -761,7 +761,7 @@ fn conv_gemm<W: Weight>(
         co.len(),
         px.len(),
         k_total,
-        |m0, mc, k0, kc, a| pack_a(weight, k_total, row0 + m0, mc, k0, kc, a),
+        |m0, mc, k0, kc, a| pack_a(isa, weight, k_total, row0 + m0, mc, k0, kc, a),
         |k0, kc, n0, nc, b| pack_b(geo, inp, k0, kc, px.start + n0, nc, b),
         out,
         scratch,
@@ -925,7 +925,9 @@ fn prefetch(p: *const f32) {
 
 /// Packs W[row0 .. row0+mc, k0 .. k0+kc] as MR-row micro-panels, k-major inside a panel:
 /// a[t·kc·MR + kk·MR + i] = W[row0 + t·MR + i, k0 + kk] (zero rows past mc).
+#[allow(clippy::too_many_arguments)]
 fn pack_a<W: Weight>(
+    isa: Isa,
     weight: &[W],
     k_total: usize,
     row0: usize,
@@ -935,15 +937,33 @@ fn pack_a<W: Weight>(
     a: &mut [f32],
 ) {
     for (t, panel) in a.chunks_exact_mut(kc * MR).enumerate() {
+        let mut done = 0; // depth already packed for every row of this panel
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Some(wf), true) = (isa.is_simd(), W::as_f32(weight), (t + 1) * MR <= mc) {
+            // A full panel of f32 rows: 8 × 8 and 4 × 8 register transposes (a pure copy).
+            let kc8 = kc / 8 * 8;
+            let row = |i: usize| wf[(row0 + t * MR + i) * k_total + k0..][..kc].as_ptr();
+            if kc8 > 0 {
+                // SAFETY: AVX2 by Isa::is_simd; every row holds kc ≥ kc8 floats, and the panel
+                // holds kc·MR ≥ (kc8 − 1)·MR + 12 floats.
+                unsafe {
+                    let p = panel.as_mut_ptr();
+                    avx2::transpose_rows(core::array::from_fn(row), kc8, p, MR);
+                    avx2::transpose4_rows(core::array::from_fn(|i| row(8 + i)), kc8, p.add(8), MR);
+                }
+            }
+            done = kc8;
+        }
+        let _ = isa;
         for i in 0..MR {
             let r = t * MR + i;
             if r < mc {
                 let src = &weight[(row0 + r) * k_total + k0..][..kc];
-                for (kk, &v) in src.iter().enumerate() {
+                for (kk, &v) in src.iter().enumerate().skip(done) {
                     panel[kk * MR + i] = v.to_f32();
                 }
             } else {
-                for kk in 0..kc {
+                for kk in done..kc {
                     panel[kk * MR + i] = 0.0;
                 }
             }
@@ -1247,6 +1267,45 @@ mod avx2 {
                 ];
                 for (u, v) in out.iter().enumerate() {
                     _mm256_storeu_ps(dst.add((q + u) * stride), *v);
+                }
+            }
+        }
+    }
+
+    /// For q = 0, 8, … < len8: the 4 × 8 block srcs[t][q .. q+8] (t = 0..4) transposed into
+    /// dst[(q + u)·stride + t] (u = 0..8).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; each srcs[t] points at ≥ len8 floats and dst at
+    /// ≥ (len8 − 1)·stride + 4 (len8 a multiple of 8).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose4_rows(
+        srcs: [*const f32; 4],
+        len8: usize,
+        dst: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY (whole body): the offsets stay inside the ranges of the contract.
+        unsafe {
+            for q in (0..len8).step_by(8) {
+                let r = srcs.map(|p| _mm256_loadu_ps(p.add(q)));
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                // Column u in the low half of out[u % 4] for u < 4, the high half for u ≥ 4.
+                let out = [
+                    _mm256_shuffle_ps::<0x44>(t0, t2),
+                    _mm256_shuffle_ps::<0xEE>(t0, t2),
+                    _mm256_shuffle_ps::<0x44>(t1, t3),
+                    _mm256_shuffle_ps::<0xEE>(t1, t3),
+                ];
+                for (u, v) in out.iter().enumerate() {
+                    _mm_storeu_ps(dst.add((q + u) * stride), _mm256_castps256_ps128(*v));
+                    _mm_storeu_ps(
+                        dst.add((q + u + 4) * stride),
+                        _mm256_extractf128_ps::<1>(*v),
+                    );
                 }
             }
         }
@@ -1888,6 +1947,8 @@ mod backward_tests {
         // dW's 8-row transposes: full groups, a ragged group, 16-wide rows plus a tail.
         (11, 6, 3, 1, 1, 5, 19),
         (9, 5, 1, 1, 0, 4, 16),
+        // A full 12-row panel of flipped weights with a depth tail (36 = 4·8 + 4).
+        (16, 4, 3, 1, 1, 6, 10),
     ];
     const _: () = assert!(45 * 9 > KC && 21 * 19 > KC && 270 > MC_MAX);
 

@@ -187,12 +187,22 @@ impl WeightsRef<'_> {
 /// A stored weight element that widens to f32 (exactly: every f16 is an f32).
 pub(crate) trait Weight: Copy {
     fn to_f32(self) -> f32;
+
+    /// The slice itself when the weights are already f32 (a packer can then move them as
+    /// vectors).
+    fn as_f32(_s: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Weight for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
+    }
+
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
     }
 }
 
