@@ -17,6 +17,9 @@
 
 use crate::{check_len, check_min_len, check_range, KernelError, Weight, WeightsRef};
 
+mod direct;
+use direct::Direct;
+
 /// Rows of the microkernel (output channels).
 pub const MR: usize = 12;
 /// Columns of the microkernel (output pixels): two 16-lane vectors (AVX-512), four 8-lane
@@ -152,10 +155,22 @@ impl Conv2d {
         self.c_in * self.kernel * self.kernel
     }
 
-    /// Scratch floats one call (one thread) needs: packed A block, packed B block and one
-    /// C tile for ragged edges. Independent of the input size.
-    pub fn scratch_len(&self, _h: usize, _w: usize) -> usize {
-        gemm_scratch_len(self.c_out, self.k_total())
+    /// Scratch floats one call (one thread) should get for an h × w input: enough for the
+    /// direct path (no im2col packing, see `conv/direct.rs`) where the map is small enough,
+    /// else the packed A block, packed B block and one C tile for ragged edges. The packed
+    /// path's need, independent of the input size, is the minimum accepted (`forward` falls
+    /// back to it when the scratch is smaller; the bits are the same).
+    pub fn scratch_len(&self, h: usize, w: usize) -> usize {
+        let packed = gemm_scratch_len(self.c_out, self.k_total());
+        self.direct(h, w)
+            .map_or(packed, |d| packed.max(d.scratch_len(self.c_out)))
+    }
+
+    /// The direct geometry of the forward for an h × w input (stride 1, small maps).
+    fn direct(&self, h: usize, w: usize) -> Option<Direct> {
+        (self.stride == 1)
+            .then(|| Direct::new(self.c_in, self.kernel, self.pad, h, w))
+            .flatten()
     }
 
     /// out = conv(inp) + bias for the output channels `co` (`out.len() == co.len()·oh·ow`),
@@ -198,6 +213,33 @@ impl Conv2d {
             self.c_out,
         )?;
         check_len("conv2d output", co.len() * geo.n, out.len())?;
+        if let Some(d) = self.direct(h, w) {
+            if scratch.len() >= d.scratch_len(co.len()) {
+                let (k_total, row0) = (self.k_total(), co.start);
+                let bias = Some(&bias[co.clone()]);
+                match weight {
+                    WeightsRef::F32(wt) => d.run(
+                        isa,
+                        co.len(),
+                        bias,
+                        |m0, mc, k0, kc, a| pack_a(isa, wt, k_total, row0 + m0, mc, k0, kc, a),
+                        inp,
+                        out,
+                        scratch,
+                    ),
+                    WeightsRef::F16(wt) => d.run(
+                        isa,
+                        co.len(),
+                        bias,
+                        |m0, mc, k0, kc, a| pack_a(isa, wt, k_total, row0 + m0, mc, k0, kc, a),
+                        inp,
+                        out,
+                        scratch,
+                    ),
+                }
+                return Ok(());
+            }
+        }
         let px = 0..geo.n;
         match weight {
             WeightsRef::F32(wt) => {
@@ -270,7 +312,8 @@ impl Conv2d {
         check_len("conv2d input", self.c_in * h * w, inp.len())?;
         check_len("conv2d weight", self.c_out * self.k_total(), weight.len())?;
         check_len("conv2d bias", self.c_out, bias.len())?;
-        check_min_len("conv2d scratch", self.scratch_len(h, w), scratch.len())?;
+        let packed = gemm_scratch_len(self.c_out, self.k_total());
+        check_min_len("conv2d scratch", packed, scratch.len())?;
         Ok(Geometry {
             c_in: self.c_in,
             kernel: self.kernel,
@@ -296,11 +339,31 @@ impl Conv2d {
 impl Conv2d {
     /// Scratch floats one call of [`Conv2d::backward_input`] or [`Conv2d::backward_params`]
     /// (one thread) needs for an h × w input.
+    /// With less (but at least the packed path's need), the input gradient is computed by the
+    /// packed path: same bits.
     pub fn backward_scratch_len(&self, h: usize, w: usize) -> usize {
+        let direct = self
+            .direct_input(h, w)
+            .map_or(0, |d| d.scratch_len(self.c_in));
+        self.backward_packed_len(h, w).max(direct)
+    }
+
+    /// The least scratch both backward calls accept: the packed input gradient's, or the
+    /// weight gradient's (its GEMM and the padded input copy).
+    fn backward_packed_len(&self, h: usize, w: usize) -> usize {
         let (oh, ow) = self.out_size(h, w);
         let k2 = self.kernel * self.kernel;
         let params = gemm_scratch_len(self.c_out, oh * ow) + self.padded_len(h, w);
         gemm_scratch_len(self.c_in, self.c_out * k2).max(params)
+    }
+
+    /// The direct geometry of the input gradient (a stride-1 convolution of dout padded by
+    /// k − 1 − pad) for an h × w input, for small maps.
+    fn direct_input(&self, h: usize, w: usize) -> Option<Direct> {
+        let (oh, ow) = self.out_size(h, w);
+        (self.stride == 1 && self.pad < self.kernel)
+            .then(|| Direct::new(self.c_out, self.kernel, self.kernel - 1 - self.pad, oh, ow))
+            .flatten()
     }
 
     /// Floats of the zero-padded copy of the input that [`Conv2d::backward_params`] packs from.
@@ -440,9 +503,15 @@ impl Conv2d {
         check_len("conv2d backward dinp", ci.len() * h * w, dinp.len())?;
         check_min_len(
             "conv2d backward scratch",
-            self.backward_scratch_len(h, w),
+            self.backward_packed_len(h, w),
             scratch.len(),
         )?;
+        if let Some(d) = self.direct_input(h, w) {
+            if scratch.len() >= d.scratch_len(ci.len()) {
+                d.run(isa, ci.len(), None, pack_a, dout, dinp, scratch);
+                return Ok(());
+            }
+        }
         // The transposed convolution: dout dilated by the stride to (h + 2·pad − k + 1) rows,
         // padded by k − 1 − pad, convolved at stride 1 with the flipped kernel gives h rows.
         let geo = Geometry {
@@ -504,7 +573,7 @@ impl Conv2d {
         check_len("conv2d backward dbias", co.len(), dbias.len())?;
         check_min_len(
             "conv2d backward scratch",
-            self.backward_scratch_len(h, w),
+            self.backward_packed_len(h, w),
             scratch.len(),
         )?;
         let n = oh * ow;
@@ -1465,8 +1534,13 @@ mod tests {
     }
 
     /// (c_in, c_out, kernel, stride, pad, h, w): 3×3 and 1×1, pad 1/0, stride 1/2, odd sizes,
-    /// tiles wrapping output rows, K > KC (several K blocks), c_out > MC_MAX (several M blocks).
+    /// tiles wrapping output rows, K > KC (several K blocks), c_out > MC_MAX (several M blocks);
+    /// the wide ones take the direct path ([`DIRECT_SHAPES`]).
     const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+        DIRECT_SHAPES[0],
+        DIRECT_SHAPES[1],
+        DIRECT_SHAPES[2],
+        DIRECT_SHAPES[3],
         (3, 5, 3, 1, 1, 7, 9),
         (4, 7, 3, 2, 1, 9, 7),
         (2, 6, 3, 1, 0, 6, 5),
@@ -1626,6 +1700,45 @@ mod tests {
             ),
             [-7.5, -15.5, -23.5]
         );
+    }
+
+    /// Shapes the direct path takes (wide maps): pad 1 and 0, 1×1, several K blocks, ragged
+    /// output channels.
+    pub(super) const DIRECT_SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 4] = [
+        (3, 5, 3, 1, 1, 4, 30),
+        (45, 13, 3, 1, 1, 3, 30),
+        (5, 7, 1, 1, 0, 2, 32),
+        (3, 4, 3, 1, 0, 10, 34),
+    ];
+
+    #[test]
+    fn direct_and_packed_paths_give_the_same_bits() {
+        for &(ci, co, k, s, p, h, w) in &DIRECT_SHAPES {
+            let conv = Conv2d {
+                c_in: ci,
+                c_out: co,
+                kernel: k,
+                stride: s,
+                pad: p,
+            };
+            assert!(conv.direct(h, w).is_some(), "{:?}", (ci, co, h, w));
+            let (oh, ow) = conv.out_size(h, w);
+            let x = data(ci * h * w, 13);
+            let wt = data(co * ci * k * k, 14);
+            let b = data(co, 15);
+            let packed_len = gemm_scratch_len(co, conv.k_total());
+            for isa in isas() {
+                for co_r in [0..co, 1..co - 1] {
+                    let direct = run(isa, &conv, &x, h, w, WeightsRef::F32(&wt), &b, co_r.clone());
+                    let mut out = vec![f32::NAN; co_r.len() * oh * ow];
+                    let mut s = vec![f32::NAN; packed_len];
+                    let wr = WeightsRef::F32(&wt);
+                    conv.forward_with(isa, &x, h, w, wr, &b, co_r.clone(), &mut out, &mut s)
+                        .unwrap();
+                    assert_eq!(direct, out, "{isa:?} {:?} {co_r:?}", (ci, co, k, p, h, w));
+                }
+            }
+        }
     }
 
     #[test]
@@ -1949,6 +2062,12 @@ mod backward_tests {
         (9, 5, 1, 1, 0, 4, 16),
         // A full 12-row panel of flipped weights with a depth tail (36 = 4·8 + 4).
         (16, 4, 3, 1, 1, 6, 10),
+        // Wide maps: the input gradient takes the direct path (several K blocks with 13
+        // channels: 13·9 < KC, so 45 output channels).
+        super::tests::DIRECT_SHAPES[0],
+        super::tests::DIRECT_SHAPES[2],
+        super::tests::DIRECT_SHAPES[3],
+        (3, 45, 3, 1, 1, 2, 30),
     ];
     const _: () = assert!(45 * 9 > KC && 21 * 19 > KC && 270 > MC_MAX);
 
@@ -2186,6 +2305,39 @@ mod backward_tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn input_gradient_direct_and_packed_paths_give_the_same_bits() {
+        let mut direct_shapes = 0;
+        for shape in SHAPES {
+            let c = conv_of(shape);
+            let (h, w) = (shape.5, shape.6);
+            if c.direct_input(h, w).is_none() {
+                continue;
+            }
+            direct_shapes += 1;
+            let (oh, ow) = c.out_size(h, w);
+            let wt = data(c.c_out * c.c_in * c.kernel * c.kernel, 16);
+            let dout = data(c.c_out * oh * ow, 17);
+            for isa in isas() {
+                for ci in [0..c.c_in, 1..c.c_in] {
+                    let mut both = [
+                        vec![0.5f32; ci.len() * h * w],
+                        vec![0.5f32; ci.len() * h * w],
+                    ];
+                    let lens = [c.backward_scratch_len(h, w), c.backward_packed_len(h, w)];
+                    for (dx, len) in both.iter_mut().zip(lens) {
+                        let mut s = vec![f32::NAN; len];
+                        let wr = WeightsRef::F32(&wt);
+                        c.backward_input(isa, dx, &dout, wr, h, w, ci.clone(), &mut s)
+                            .unwrap();
+                    }
+                    assert_eq!(both[0], both[1], "{isa:?} {shape:?} {ci:?}");
+                }
+            }
+        }
+        assert!(direct_shapes >= 3);
     }
 
     #[test]
