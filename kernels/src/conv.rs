@@ -8,6 +8,13 @@
 //! thread all channels of a pixel range instead of a channel range
 //! ([`Conv2d::forward_pixels`]), so threads do not each pack the same im2col columns.
 //!
+//! Small maps with few channels (the MNIST U-Net) spend as long packing im2col as multiplying:
+//! a stride-1 convolution of such a map takes the direct path of `conv/direct.rs` instead (B
+//! read in place from one zero-padded copy of the input), when the caller's scratch allows it.
+//! The weight gradient packs im2col(inp)ᵀ from a zero-padded copy with 8 × 8 register
+//! transposes, and the input gradient can take its weights pre-flipped
+//! ([`Conv2d::flip_weights`]) once per batch.
+//!
 //! Reduction order (what makes every split bit-identical): every output element is
 //! bias + w_0·x_0 + w_1·x_1 + … in the order k = (ci·k + ky)·k + kx, one rounding per step
 //! (portable: a product and a sum; AVX2 and AVX-512: one fused multiply-add, so these two agree
@@ -35,6 +42,11 @@ const NC: usize = 128;
 /// Most output channels packed at once (multiple of MR): the A block (≤ 387 KiB) stays in L2,
 /// and up to 256 channels share one packed B block (each B block is packed once per A block).
 const MC_MAX: usize = 264;
+
+/// Most output rows (channels) of a product the direct path takes: every packed im2col value
+/// serves all output rows, so wide layers amortise the packing, and the direct path's extra
+/// columns (6–12 % more products) would cost them more than it saves.
+const DIRECT_MAX_ROWS: usize = 128;
 
 /// Which instruction set the convolution's microkernel uses. Construct with
 /// [`Isa::PORTABLE`], [`Isa::detected`] or [`Isa::available`]; the AVX2 path can only be
@@ -166,9 +178,10 @@ impl Conv2d {
             .map_or(packed, |d| packed.max(d.scratch_len(self.c_out)))
     }
 
-    /// The direct geometry of the forward for an h × w input (stride 1, small maps).
+    /// The direct geometry of the forward for an h × w input (stride 1, small maps, at most
+    /// [`DIRECT_MAX_ROWS`] output channels).
     fn direct(&self, h: usize, w: usize) -> Option<Direct> {
-        (self.stride == 1)
+        (self.stride == 1 && self.c_out <= DIRECT_MAX_ROWS)
             .then(|| Direct::new(self.c_in, self.kernel, self.pad, h, w))
             .flatten()
     }
@@ -215,28 +228,8 @@ impl Conv2d {
         check_len("conv2d output", co.len() * geo.n, out.len())?;
         if let Some(d) = self.direct(h, w) {
             if scratch.len() >= d.scratch_len(co.len()) {
-                let (k_total, row0) = (self.k_total(), co.start);
-                let bias = Some(&bias[co.clone()]);
-                match weight {
-                    WeightsRef::F32(wt) => d.run(
-                        isa,
-                        co.len(),
-                        bias,
-                        |m0, mc, k0, kc, a| pack_a(isa, wt, k_total, row0 + m0, mc, k0, kc, a),
-                        inp,
-                        out,
-                        scratch,
-                    ),
-                    WeightsRef::F16(wt) => d.run(
-                        isa,
-                        co.len(),
-                        bias,
-                        |m0, mc, k0, kc, a| pack_a(isa, wt, k_total, row0 + m0, mc, k0, kc, a),
-                        inp,
-                        out,
-                        scratch,
-                    ),
-                }
+                let ys = 0..geo.n / d.ow();
+                direct_forward(isa, &d, inp, weight, bias, co, ys, Out::Dense(out), scratch);
                 return Ok(());
             }
         }
@@ -277,6 +270,18 @@ impl Conv2d {
             check_len("conv2d output row", px.len(), r.len())?;
         }
         let co = 0..self.c_out;
+        if let Some(d) = self.direct(h, w) {
+            // Whole output rows only (the threads' pixel ranges usually are).
+            let ow = d.ow();
+            if scratch.len() >= d.scratch_len(co.len())
+                && px.start.is_multiple_of(ow)
+                && px.end.is_multiple_of(ow)
+            {
+                let ys = px.start / ow..px.end / ow;
+                direct_forward(isa, &d, inp, weight, bias, co, ys, Out::Rows(rows), scratch);
+                return Ok(());
+            }
+        }
         match weight {
             WeightsRef::F32(wt) => {
                 conv_gemm(isa, &geo, inp, wt, bias, co, px, Out::Rows(rows), scratch)
@@ -361,7 +366,7 @@ impl Conv2d {
     /// k − 1 − pad) for an h × w input, for small maps.
     fn direct_input(&self, h: usize, w: usize) -> Option<Direct> {
         let (oh, ow) = self.out_size(h, w);
-        (self.stride == 1 && self.pad < self.kernel)
+        (self.stride == 1 && self.pad < self.kernel && self.c_in <= DIRECT_MAX_ROWS)
             .then(|| Direct::new(self.c_out, self.kernel, self.kernel - 1 - self.pad, oh, ow))
             .flatten()
     }
@@ -508,7 +513,16 @@ impl Conv2d {
         )?;
         if let Some(d) = self.direct_input(h, w) {
             if scratch.len() >= d.scratch_len(ci.len()) {
-                d.run(isa, ci.len(), None, pack_a, dout, dinp, scratch);
+                d.run(
+                    isa,
+                    ci.len(),
+                    None,
+                    pack_a,
+                    dout,
+                    0..h,
+                    Out::Dense(dinp),
+                    scratch,
+                );
                 return Ok(());
             }
         }
@@ -835,6 +849,45 @@ fn conv_gemm<W: Weight>(
         out,
         scratch,
     );
+}
+
+/// The forward on the direct path: output rows `ys` of channels `co`, from the bias.
+#[allow(clippy::too_many_arguments)]
+fn direct_forward(
+    isa: Isa,
+    d: &Direct,
+    inp: &[f32],
+    weight: WeightsRef,
+    bias: &[f32],
+    co: core::ops::Range<usize>,
+    ys: core::ops::Range<usize>,
+    out: Out,
+    scratch: &mut [f32],
+) {
+    let (k_total, row0, m) = (d.depth(), co.start, co.len());
+    let bias = Some(&bias[co]);
+    match weight {
+        WeightsRef::F32(wt) => d.run(
+            isa,
+            m,
+            bias,
+            |m0, mc, k0, kc, a| pack_a(isa, wt, k_total, row0 + m0, mc, k0, kc, a),
+            inp,
+            ys,
+            out,
+            scratch,
+        ),
+        WeightsRef::F16(wt) => d.run(
+            isa,
+            m,
+            bias,
+            |m0, mc, k0, kc, a| pack_a(isa, wt, k_total, row0 + m0, mc, k0, kc, a),
+            inp,
+            ys,
+            out,
+            scratch,
+        ),
+    }
 }
 
 /// Scratch floats [`gemm`] needs for an m × n product of depth `depth`.
@@ -1811,12 +1864,14 @@ mod tests {
             ] {
                 for isa in isas() {
                     let whole = run(isa, &conv, &x, h, w, wt, &b, 0..co);
-                    // Cuts inside a column tile, at tile edges and inside an output row.
+                    // Cuts inside a column tile, at tile edges and inside an output row, and
+                    // at row starts (the direct path's row ranges).
                     for cuts in [
                         &[1usize][..],
                         &[n / 2],
                         &[3, NR, NR + 5],
                         &[NC - 1, NC + NR],
+                        &[ow, 3 * ow],
                     ] {
                         let mut got = vec![f32::NAN; co * n];
                         let mut bounds: Vec<usize> =

@@ -12,7 +12,9 @@
 //! Every output element is still init + Σ_k A[i, k]·B[k, p] in k order, one FMA (or product
 //! and sum, portable) per term, so the bits equal the packed path's for every ISA.
 
-use super::{Isa, IsaKind, Tile, KC, MC_MAX, MR, NR};
+use core::ops::Range;
+
+use super::{Isa, IsaKind, Out, Tile, KC, MC_MAX, MR, NR};
 
 /// Largest padded copy (floats) the direct path takes on; bigger maps use the packed path.
 const MAX_PADDED: usize = 1 << 18;
@@ -29,8 +31,7 @@ pub(super) struct Direct {
     /// Padded row length and plane size.
     wp: usize,
     plane: usize,
-    /// Output size.
-    oh: usize,
+    /// Output width.
     ow: usize,
     /// Wide output columns, rounded up to whole NR tiles.
     n_pad: usize,
@@ -48,8 +49,9 @@ impl Direct {
         let (oh, ow) = (hp - k + 1, wp - k + 1);
         let plane = hp * wp;
         let n_pad = (oh * wp).div_ceil(NR) * NR;
-        // The last read: the last plane's row k−1, column k−1, plus the last wide column.
-        let last = (c - 1) * plane + (k - 1) * wp + (k - 1) + n_pad;
+        // The last read: the last plane's row k−1, column k−1, plus the last wide column (a row
+        // range starting past row 0 may round its columns up by up to NR − 1 more).
+        let last = (c - 1) * plane + (k - 1) * wp + (k - 1) + n_pad + NR;
         let p_len = last.max(c * plane);
         // Narrow maps waste too much on the extra columns (8 × 8: 96 wide columns for 64
         // pixels); they stay with the packed path.
@@ -62,7 +64,6 @@ impl Direct {
             w,
             wp,
             plane,
-            oh,
             ow,
             n_pad,
             p_len,
@@ -75,13 +76,15 @@ impl Direct {
         a_block_len(m, self.depth()) + MR * NR + self.p_len + m * self.n_pad
     }
 
-    fn depth(&self) -> usize {
+    /// Rows of im2col (c·k·k), the depth of the product.
+    pub(super) fn depth(&self) -> usize {
         self.c * self.k * self.k
     }
 
-    /// out[i, y·ow + x] (m rows) = init[i] + Σ_k A[i, k]·im2col[k, (y, x)], or accumulated
-    /// onto `out` when `init` is `None`; `pack_a` packs A as the packed path's does.
-    /// `scratch.len() ≥ self.scratch_len(m)` (checked by the caller).
+    /// Output rows y of m channels: out[i, (y − ys.start)·ow + x] = init[i] +
+    /// Σ_k A[i, k]·im2col[k, (y, x)] for y in `ys`, or accumulated onto `out` when `init` is
+    /// `None`; `pack_a` packs A as the packed path's does. `out` holds m rows of
+    /// ys.len()·ow floats; `scratch.len() ≥ self.scratch_len(m)` (both checked by the caller).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn run(
         &self,
@@ -90,19 +93,25 @@ impl Direct {
         init: Option<&[f32]>,
         mut pack_a: impl FnMut(usize, usize, usize, usize, &mut [f32]),
         inp: &[f32],
-        out: &mut [f32],
+        ys: Range<usize>,
+        mut out: Out,
         scratch: &mut [f32],
     ) {
-        if m == 0 {
+        if m == 0 || ys.is_empty() {
             return;
         }
         let depth = self.depth();
+        // Wide columns of the rows ys, whole NR tiles (at most self.n_pad).
+        let n = (ys.len() * self.wp).div_ceil(NR) * NR;
         let (a_buf, rest) = scratch.split_at_mut(a_block_len(m, depth));
         let (tmp, rest) = rest.split_at_mut(MR * NR);
         let (padded, rest) = rest.split_at_mut(self.p_len);
-        let wide = &mut rest[..m * self.n_pad];
+        let wide = &mut rest[..m * n];
         self.pad_input(inp, padded);
-        self.widen(out, wide, init.is_none());
+        // The tiles read B from the first row of ys on.
+        let padded = &padded[ys.start * self.wp..];
+        let row_len = ys.len() * self.ow;
+        self.widen(&mut out, row_len, wide, n, init.is_none());
         let blocks = m.div_ceil(MC_MAX);
         let mc_step = m.div_ceil(blocks).div_ceil(MR) * MR;
         let mut offs = [0u32; KC];
@@ -113,7 +122,7 @@ impl Direct {
                 let mc = mc_step.min(m - m0);
                 let a_blk = &mut a_buf[..mc.div_ceil(MR) * MR * kc];
                 pack_a(m0, mc, k0, kc, a_blk);
-                for nj in (0..self.n_pad).step_by(NR) {
+                for nj in (0..n).step_by(NR) {
                     let b = &padded[nj..];
                     for (t, a_pan) in a_blk.chunks_exact(kc * MR).enumerate() {
                         let i0 = m0 + t * MR;
@@ -123,7 +132,6 @@ impl Direct {
                             r[..mr].copy_from_slice(&v[i0..i0 + mr]);
                             r
                         });
-                        let n = self.n_pad;
                         if mr == MR {
                             let mut c = super::tile_of(&mut wide[i0 * n..], n, nj);
                             kernel(isa, kc, a_pan, b, &offs[..kc], &mut c, start.as_ref(), MR);
@@ -141,7 +149,7 @@ impl Direct {
                 }
             }
         }
-        self.narrow(wide, out);
+        self.narrow(wide, n, &mut out, row_len);
     }
 
     /// offs[kk] = where row k0 + kk = (c, ky, kx) starts in the padded copy.
@@ -177,15 +185,14 @@ impl Direct {
         }
     }
 
-    /// The wide output's rows: `out` spread out (when accumulating onto it), zeros elsewhere.
-    fn widen(&self, out: &[f32], wide: &mut [f32], accumulate: bool) {
+    /// The wide output (rows of n columns): `out`'s rows (row_len floats each) spread out
+    /// when accumulating onto them, zeros elsewhere.
+    fn widen(&self, out: &mut Out, row_len: usize, wide: &mut [f32], n: usize, accumulate: bool) {
         wide.fill(0.0);
         if accumulate {
-            let (oh, ow) = (self.oh, self.ow);
-            for (src, dst) in out
-                .chunks_exact(oh * ow)
-                .zip(wide.chunks_exact_mut(self.n_pad))
-            {
+            let ow = self.ow;
+            for (i, dst) in wide.chunks_exact_mut(n).enumerate() {
+                let src = out.row(row_len, i);
                 for (s, d) in src.chunks_exact(ow).zip(dst.chunks_exact_mut(self.wp)) {
                     d[..ow].copy_from_slice(s);
                 }
@@ -193,17 +200,21 @@ impl Direct {
         }
     }
 
-    /// `out` = the wide output without its extra columns.
-    fn narrow(&self, wide: &[f32], out: &mut [f32]) {
-        let (oh, ow) = (self.oh, self.ow);
-        for (src, dst) in wide
-            .chunks_exact(self.n_pad)
-            .zip(out.chunks_exact_mut(oh * ow))
-        {
+    /// `out`'s rows = the wide output's without the extra columns.
+    fn narrow(&self, wide: &[f32], n: usize, out: &mut Out, row_len: usize) {
+        let ow = self.ow;
+        for (i, src) in wide.chunks_exact(n).enumerate() {
+            let dst = out.row(row_len, i);
             for (s, d) in src.chunks_exact(self.wp).zip(dst.chunks_exact_mut(ow)) {
                 d.copy_from_slice(&s[..ow]);
             }
         }
+    }
+
+    /// Output row length (the map's width): pixel ranges the direct path takes must be whole
+    /// rows.
+    pub(super) fn ow(&self) -> usize {
+        self.ow
     }
 }
 
