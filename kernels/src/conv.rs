@@ -1986,6 +1986,26 @@ mod tests {
             .out_size(2, 5),
             (0, 3)
         );
+        // Degenerate layers size their scratch without panicking (the calls then fail).
+        for bad in [
+            Conv2d {
+                c_in: 0,
+                stride: 1,
+                ..c
+            },
+            Conv2d {
+                c_out: 0,
+                stride: 1,
+                ..c
+            },
+            Conv2d {
+                kernel: 0,
+                stride: 1,
+                ..c
+            },
+        ] {
+            let _ = (bad.scratch_len(8, 32), bad.backward_scratch_len(8, 32));
+        }
         let (h, w) = (4, 4);
         let x = vec![0f32; 2 * 16];
         let wt = vec![0f32; 3 * 2 * 9];

@@ -43,7 +43,7 @@ impl Direct {
     /// The direct geometry, or `None` if the map is too large (or empty) for it.
     pub(super) fn new(c: usize, k: usize, pad: usize, h: usize, w: usize) -> Option<Direct> {
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
-        if k == 0 || hp < k || wp < k {
+        if c == 0 || k == 0 || hp < k || wp < k {
             return None;
         }
         let (oh, ow) = (hp - k + 1, wp - k + 1);
