@@ -941,32 +941,57 @@ fn gemm(
                     for (t, a_pan) in a_blk.chunks_exact(kc * MR).enumerate() {
                         let i0 = m0 + t * MR;
                         let mr = MR.min(m - i0);
-                        // The first K block starts from `init` (zero rows past mr).
-                        let start = init.filter(|_| k0 == 0).map(|v| {
-                            let mut r = [0f32; MR];
-                            r[..mr].copy_from_slice(&v[i0..i0 + mr]);
-                            r
-                        });
+                        let start = first_terms(init, k0, i0, mr);
                         // The C tile's rows are far apart (cache-unfriendly); fetch the next
                         // tile's while this one computes.
                         out.prefetch(n, i0 + MR, nj);
-                        if mr == MR && nr == NR {
-                            let mut c = out.tile(n, i0, nj);
-                            microkernel(isa, kc, a_pan, b_pan, &mut c, start.as_ref(), MR);
-                        } else {
-                            // Ragged edge: the same microkernel on a copy of the valid part.
-                            for (i, t) in tmp.chunks_exact_mut(NR).take(mr).enumerate() {
-                                t[..nr].copy_from_slice(&out.row(n, i0 + i)[nj..nj + nr]);
-                            }
-                            let mut c = tile_of(tmp, NR, 0);
-                            microkernel(isa, kc, a_pan, b_pan, &mut c, start.as_ref(), mr);
-                            for (i, t) in tmp.chunks_exact(NR).take(mr).enumerate() {
-                                out.row(n, i0 + i)[nj..nj + nr].copy_from_slice(&t[..nr]);
-                            }
-                        }
+                        let b = (b_pan, Packed);
+                        let at = (n, i0, mr, nj, nr);
+                        tile_product(isa, kc, a_pan, b, &mut out, at, tmp, start.as_ref());
                     }
                 }
             }
+        }
+    }
+}
+
+/// The running sums a tile starts from: `init` rows i0 .. i0+mr in the first K block (zero
+/// rows past mr), else `None` (the values in the output).
+#[inline(always)]
+fn first_terms(init: Option<&[f32]>, k0: usize, i0: usize, mr: usize) -> Option<[f32; MR]> {
+    init.filter(|_| k0 == 0).map(|v| {
+        let mut r = [0f32; MR];
+        r[..mr].copy_from_slice(&v[i0..i0 + mr]);
+        r
+    })
+}
+
+/// The product of one A micro-panel and one B micro-panel (`b`: its floats and where its rows
+/// lie) into the tile of `out` (row stride n) at rows i0 .. i0+mr, columns nj .. nj+nr: in
+/// place for a full tile, else on a copy of the valid part in `tmp` (MR·NR floats).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile_product<R: BRows>(
+    isa: Isa,
+    kc: usize,
+    a_pan: &[f32],
+    (b_pan, b_rows): (&[f32], R),
+    out: &mut Out,
+    (n, i0, mr, nj, nr): (usize, usize, usize, usize, usize),
+    tmp: &mut [f32],
+    start: Option<&[f32; MR]>,
+) {
+    if mr == MR && nr == NR {
+        let mut c = out.tile(n, i0, nj);
+        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, MR);
+    } else {
+        for (i, t) in tmp.chunks_exact_mut(NR).take(mr).enumerate() {
+            t[..nr].copy_from_slice(&out.row(n, i0 + i)[nj..nj + nr]);
+        }
+        let mut c = tile_of(tmp, NR, 0);
+        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, mr);
+        for (i, t) in tmp.chunks_exact(NR).take(mr).enumerate() {
+            out.row(n, i0 + i)[nj..nj + nr].copy_from_slice(&t[..nr]);
         }
     }
 }
@@ -1219,35 +1244,92 @@ fn copy_row(src: &[f32], dst: &mut [f32], x0: usize, pad: usize, stride: usize) 
 /// The MR rows of one C tile.
 type Tile<'c> = [&'c mut [f32; NR]; MR];
 
-/// c[i][j] = s_i + Σ_kk a[kk·MR + i]·b[kk·NR + j] for an MR × NR tile, terms added in kk
+/// Where row k of a B micro-panel starts, in floats from its first value: a packed panel's
+/// rows are dense ([`Packed`]); the direct path's are rows of a padded map at increasing
+/// offsets (`&[u32]`, see `conv/direct.rs`).
+trait BRows: Copy {
+    /// Dense rows (the AVX-512 kernel takes only these).
+    const PACKED: bool;
+    /// The offsets of rows 0 .. kc, in order.
+    fn offsets(self, kc: usize) -> impl Iterator<Item = usize>;
+    /// Floats from the first value read to past the last one (rows 0 .. kc, NR each).
+    fn reach(self, kc: usize) -> usize;
+}
+
+/// Row k at k·NR: a packed panel.
+#[derive(Clone, Copy)]
+struct Packed;
+
+impl BRows for Packed {
+    const PACKED: bool = true;
+
+    #[inline(always)]
+    fn offsets(self, kc: usize) -> impl Iterator<Item = usize> {
+        (0..kc).map(|k| k * NR)
+    }
+
+    fn reach(self, kc: usize) -> usize {
+        kc * NR
+    }
+}
+
+/// Row k at offs[k] (increasing).
+impl BRows for &[u32] {
+    const PACKED: bool = false;
+
+    #[inline(always)]
+    fn offsets(self, kc: usize) -> impl Iterator<Item = usize> {
+        self[..kc].iter().map(|&o| o as usize)
+    }
+
+    fn reach(self, kc: usize) -> usize {
+        debug_assert!(self[..kc].windows(2).all(|o| o[0] < o[1]));
+        self[..kc].last().map_or(0, |&o| o as usize + NR)
+    }
+}
+
+/// c[i][j] = s_i + Σ_kk a[kk·MR + i]·b[row(kk) + j] for an MR × NR tile, terms added in kk
 /// order onto s_i = init[i], or onto the value in c when `init` is `None`. Only the first
 /// `rows` rows are needed (the others may be left anything): AVX2 then skips whole sub-tiles.
+#[allow(clippy::too_many_arguments)]
 #[inline]
-fn microkernel(
+fn microkernel<R: BRows>(
     isa: Isa,
     kc: usize,
     a: &[f32],
     b: &[f32],
+    b_rows: R,
     c: &mut Tile,
     init: Option<&[f32; MR]>,
     rows: usize,
 ) {
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    assert!(a.len() >= kc * MR && b.len() >= b_rows.reach(kc));
     match isa.0 {
-        IsaKind::Portable => microkernel_portable(kc, a, b, c, init),
+        IsaKind::Portable => microkernel_portable(kc, a, b, b_rows, c, init),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an Avx512 Isa exists only after `enable_avx2_fma` found AVX-512F usable; the
+        // slice lengths were checked above.
+        IsaKind::Avx512 if R::PACKED => unsafe { avx512::microkernel(kc, a, b, c, init) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an Avx2Fma Isa exists only if the build targets AVX2+FMA or the host vouched
-        // for the CPU through `enable_avx2_fma`; the slice lengths were checked above (and are
-        // guaranteed by the driver).
-        IsaKind::Avx2Fma => unsafe { avx2::microkernel(kc, a, b, c, init, rows) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: an Avx512 Isa exists only after `enable_avx2_fma` found AVX-512F usable.
-        IsaKind::Avx512 => unsafe { avx512::microkernel(kc, a, b, c, init) },
+        // for the CPU through `enable_avx2_fma`, and an Avx512 one implies both; the slice
+        // lengths were checked above. (AVX-512 runs the direct path's rows here: one FMA per
+        // term either way, so the same bits.)
+        IsaKind::Avx2Fma | IsaKind::Avx512 => unsafe {
+            avx2::microkernel(kc, a, b, b_rows, c, init, rows)
+        },
     }
 }
 
 /// The reference microkernel: separate product and sum, as the plain formula.
-fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut Tile, init: Option<&[f32; MR]>) {
+fn microkernel_portable<R: BRows>(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    b_rows: R,
+    c: &mut Tile,
+    init: Option<&[f32; MR]>,
+) {
     let mut acc = [[0f32; NR]; MR];
     for (i, row) in acc.iter_mut().enumerate() {
         *row = match init {
@@ -1255,7 +1337,8 @@ fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut Tile, init: Opt
             None => *c[i],
         };
     }
-    for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+    for (ak, o) in a.chunks_exact(MR).zip(b_rows.offsets(kc)) {
+        let bk = &b[o..o + NR];
         for (row, &ai) in acc.iter_mut().zip(ak) {
             for (s, &bj) in row.iter_mut().zip(bk) {
                 *s += ai * bj;
@@ -1269,7 +1352,7 @@ fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut Tile, init: Opt
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tile, MR, NR};
+    use super::{BRows, Tile, MR, NR};
     use core::arch::x86_64::*;
 
     /// Rows and columns of the AVX2 sub-tile (12 accumulators of 8 lanes).
@@ -1282,12 +1365,13 @@ mod avx2 {
     /// 32- and 64-channel layers end in a tile of 8 or 4 rows of 12).
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; a.len() ≥ kc·MR, b.len() ≥ kc·NR.
+    /// The CPU must support AVX2 and FMA; a.len() ≥ kc·MR, b.len() ≥ b_rows.reach(kc).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn microkernel(
+    pub unsafe fn microkernel<B: BRows>(
         kc: usize,
         a: &[f32],
         b: &[f32],
+        b_rows: B,
         c: &mut Tile,
         init: Option<&[f32; MR]>,
         rows: usize,
@@ -1296,12 +1380,13 @@ mod avx2 {
         for i0 in (0..rows).step_by(SR) {
             for j0 in (0..NR).step_by(SC) {
                 let (ap, bp) = (a.as_ptr().add(i0), b.as_ptr().add(j0));
+                let s = (kc, ap, bp, b_rows);
                 // SAFETY: same contract; the sub-tile offsets stay inside a row of A and B.
                 unsafe {
                     match rows - i0 {
-                        1 | 2 => sub_tile::<2>(kc, ap, bp, c, i0, j0, init),
-                        3 | 4 => sub_tile::<4>(kc, ap, bp, c, i0, j0, init),
-                        _ => sub_tile::<SR>(kc, ap, bp, c, i0, j0, init),
+                        1 | 2 => sub_tile::<2, B>(s, c, i0, j0, init),
+                        3 | 4 => sub_tile::<4, B>(s, c, i0, j0, init),
+                        _ => sub_tile::<SR, B>(s, c, i0, j0, init),
                     }
                 }
             }
@@ -1309,12 +1394,11 @@ mod avx2 {
     }
 
     /// Rows i0 .. i0+R (R ≤ 6), columns j0 .. j0+16 of the tile; `ap`, `bp` point at that
-    /// sub-tile's first A and B values (k = 0).
+    /// sub-tile's first A value and at column j0 of B's first value (B row k at
+    /// `bp + b_rows` offset k).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn sub_tile<const R: usize>(
-        kc: usize,
-        mut ap: *const f32,
-        mut bp: *const f32,
+    unsafe fn sub_tile<const R: usize, B: BRows>(
+        (kc, mut ap, bp, b_rows): (usize, *const f32, *const f32, B),
         c: &mut Tile,
         i0: usize,
         j0: usize,
@@ -1330,16 +1414,16 @@ mod avx2 {
                     None => [_mm256_loadu_ps(cp), _mm256_loadu_ps(cp.add(8))],
                 };
             }
-            for _ in 0..kc {
-                let b0 = _mm256_loadu_ps(bp);
-                let b1 = _mm256_loadu_ps(bp.add(8));
+            for o in b_rows.offsets(kc) {
+                let b = bp.add(o);
+                let b0 = _mm256_loadu_ps(b);
+                let b1 = _mm256_loadu_ps(b.add(8));
                 for (i, r) in acc.iter_mut().enumerate() {
                     let ai = _mm256_broadcast_ss(&*ap.add(i));
                     r[0] = _mm256_fmadd_ps(ai, b0, r[0]);
                     r[1] = _mm256_fmadd_ps(ai, b1, r[1]);
                 }
                 ap = ap.add(MR);
-                bp = bp.add(NR);
             }
             for (i, r) in acc.iter().enumerate() {
                 let cp = c[i0 + i].as_mut_ptr().add(j0);

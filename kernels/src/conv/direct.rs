@@ -14,7 +14,7 @@
 
 use core::ops::Range;
 
-use super::{Isa, IsaKind, Out, Tile, KC, MC_MAX, MR, NR};
+use super::{first_terms, tile_product, Isa, Out, KC, MC_MAX, MR, NR};
 
 /// Largest padded copy (floats) the direct path takes on; bigger maps use the packed path.
 const MAX_PADDED: usize = 1 << 18;
@@ -111,7 +111,12 @@ impl Direct {
         // The tiles read B from the first row of ys on.
         let padded = &padded[ys.start * self.wp..];
         let row_len = ys.len() * self.ow;
-        self.widen(&mut out, row_len, wide, n, init.is_none());
+        if init.is_none() {
+            self.widen(&mut out, row_len, wide, n);
+        }
+        // (Starting from `init`, the first K block writes every wide value, the extra columns
+        // included: nothing to clear.)
+        let mut tiles = Out::Dense(&mut wide[..]);
         let blocks = m.div_ceil(MC_MAX);
         let mc_step = m.div_ceil(blocks).div_ceil(MR) * MR;
         let mut offs = [0u32; KC];
@@ -123,28 +128,13 @@ impl Direct {
                 let a_blk = &mut a_buf[..mc.div_ceil(MR) * MR * kc];
                 pack_a(m0, mc, k0, kc, a_blk);
                 for nj in (0..n).step_by(NR) {
-                    let b = &padded[nj..];
+                    let b = (&padded[nj..], &offs[..kc]);
                     for (t, a_pan) in a_blk.chunks_exact(kc * MR).enumerate() {
                         let i0 = m0 + t * MR;
                         let mr = MR.min(m - i0);
-                        let start = init.filter(|_| k0 == 0).map(|v| {
-                            let mut r = [0f32; MR];
-                            r[..mr].copy_from_slice(&v[i0..i0 + mr]);
-                            r
-                        });
-                        if mr == MR {
-                            let mut c = super::tile_of(&mut wide[i0 * n..], n, nj);
-                            kernel(isa, kc, a_pan, b, &offs[..kc], &mut c, start.as_ref(), MR);
-                        } else {
-                            for (i, t) in tmp.chunks_exact_mut(NR).take(mr).enumerate() {
-                                t.copy_from_slice(&wide[(i0 + i) * n + nj..][..NR]);
-                            }
-                            let mut c = super::tile_of(tmp, NR, 0);
-                            kernel(isa, kc, a_pan, b, &offs[..kc], &mut c, start.as_ref(), mr);
-                            for (i, t) in tmp.chunks_exact(NR).take(mr).enumerate() {
-                                wide[(i0 + i) * n + nj..][..NR].copy_from_slice(t);
-                            }
-                        }
+                        let start = first_terms(init, k0, i0, mr);
+                        let at = (n, i0, mr, nj, NR);
+                        tile_product(isa, kc, a_pan, b, &mut tiles, at, tmp, start.as_ref());
                     }
                 }
             }
@@ -185,17 +175,15 @@ impl Direct {
         }
     }
 
-    /// The wide output (rows of n columns): `out`'s rows (row_len floats each) spread out
-    /// when accumulating onto them, zeros elsewhere.
-    fn widen(&self, out: &mut Out, row_len: usize, wide: &mut [f32], n: usize, accumulate: bool) {
+    /// The wide output (rows of n columns) for accumulating onto `out`: its rows (row_len
+    /// floats each) spread out, zeros in the extra columns.
+    fn widen(&self, out: &mut Out, row_len: usize, wide: &mut [f32], n: usize) {
         wide.fill(0.0);
-        if accumulate {
-            let ow = self.ow;
-            for (i, dst) in wide.chunks_exact_mut(n).enumerate() {
-                let src = out.row(row_len, i);
-                for (s, d) in src.chunks_exact(ow).zip(dst.chunks_exact_mut(self.wp)) {
-                    d[..ow].copy_from_slice(s);
-                }
+        let ow = self.ow;
+        for (i, dst) in wide.chunks_exact_mut(n).enumerate() {
+            let src = out.row(row_len, i);
+            for (s, d) in src.chunks_exact(ow).zip(dst.chunks_exact_mut(self.wp)) {
+                d[..ow].copy_from_slice(s);
             }
         }
     }
@@ -222,143 +210,4 @@ impl Direct {
 fn a_block_len(m: usize, depth: usize) -> usize {
     let mc = (m.max(1).div_ceil(MR) * MR).min(MC_MAX);
     mc * depth.clamp(1, KC)
-}
-
-/// c[i][j] = s_i + Σ_kk a[kk·MR + i]·b[offs[kk] + j] for the first `rows` rows of a tile
-/// (the same terms, in the same order, as the packed microkernel).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn kernel(
-    isa: Isa,
-    kc: usize,
-    a: &[f32],
-    b: &[f32],
-    offs: &[u32],
-    c: &mut Tile,
-    init: Option<&[f32; MR]>,
-    rows: usize,
-) {
-    // The offsets increase (Direct::offsets walks c, ky, kx in order), so the last is the
-    // farthest read.
-    debug_assert!(offs.windows(2).all(|o| o[0] < o[1]));
-    let reach = offs.last().map_or(0, |&o| o as usize + NR);
-    assert!(a.len() >= kc * MR && offs.len() == kc && b.len() >= reach);
-    match isa.0 {
-        IsaKind::Portable => kernel_portable(kc, a, b, offs, c, init),
-        // SAFETY: an Avx2Fma or Avx512 Isa exists only on a CPU with AVX2 and FMA (see
-        // `enable_avx2_fma`); every read stays below `reach` (asserted above).
-        #[cfg(target_arch = "x86_64")]
-        IsaKind::Avx2Fma | IsaKind::Avx512 => unsafe {
-            avx2::kernel(kc, a, b, offs, c, init, rows)
-        },
-    }
-}
-
-fn kernel_portable(
-    kc: usize,
-    a: &[f32],
-    b: &[f32],
-    offs: &[u32],
-    c: &mut Tile,
-    init: Option<&[f32; MR]>,
-) {
-    let mut acc = [[0f32; NR]; MR];
-    for (i, row) in acc.iter_mut().enumerate() {
-        *row = match init {
-            Some(v) => [v[i]; NR],
-            None => *c[i],
-        };
-    }
-    for (ak, &o) in a.chunks_exact(MR).zip(offs).take(kc) {
-        let bk = &b[o as usize..o as usize + NR];
-        for (row, &ai) in acc.iter_mut().zip(ak) {
-            for (s, &bj) in row.iter_mut().zip(bk) {
-                *s += ai * bj;
-            }
-        }
-    }
-    for (ci, row) in c.iter_mut().zip(&acc) {
-        **ci = *row;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Tile, MR, NR};
-    use core::arch::x86_64::*;
-
-    const SR: usize = 6;
-    const SC: usize = 16;
-
-    /// As the packed AVX2 microkernel (sub-tiles of 6 × 16, ragged rows in 2 or 4), with B
-    /// read at `b + offs[k]`.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; a.len() ≥ kc·MR, offs.len() = kc, b.len() ≥ max(offs) + NR.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel(
-        kc: usize,
-        a: &[f32],
-        b: &[f32],
-        offs: &[u32],
-        c: &mut Tile,
-        init: Option<&[f32; MR]>,
-        rows: usize,
-    ) {
-        let rows = rows.min(MR);
-        for i0 in (0..rows).step_by(SR) {
-            for j0 in (0..NR).step_by(SC) {
-                let (ap, bp) = (a.as_ptr().add(i0), b.as_ptr().add(j0));
-                // SAFETY: same contract; the offsets stay inside a row of A and of B's reach.
-                unsafe {
-                    match rows - i0 {
-                        1 | 2 => sub_tile::<2>(kc, ap, bp, offs, c, i0, j0, init),
-                        3 | 4 => sub_tile::<4>(kc, ap, bp, offs, c, i0, j0, init),
-                        _ => sub_tile::<SR>(kc, ap, bp, offs, c, i0, j0, init),
-                    }
-                }
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn sub_tile<const R: usize>(
-        kc: usize,
-        mut ap: *const f32,
-        bp: *const f32,
-        offs: &[u32],
-        c: &mut Tile,
-        i0: usize,
-        j0: usize,
-        init: Option<&[f32; MR]>,
-    ) {
-        // SAFETY (whole body): every pointer stays inside the slices by the length contract.
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for (i, r) in acc.iter_mut().enumerate() {
-                let cp = c[i0 + i].as_ptr().add(j0);
-                *r = match init {
-                    Some(v) => [_mm256_set1_ps(v[i0 + i]); 2],
-                    None => [_mm256_loadu_ps(cp), _mm256_loadu_ps(cp.add(8))],
-                };
-            }
-            for &o in &offs[..kc] {
-                let b = bp.add(o as usize);
-                let b0 = _mm256_loadu_ps(b);
-                let b1 = _mm256_loadu_ps(b.add(8));
-                for (i, r) in acc.iter_mut().enumerate() {
-                    let ai = _mm256_broadcast_ss(&*ap.add(i));
-                    r[0] = _mm256_fmadd_ps(ai, b0, r[0]);
-                    r[1] = _mm256_fmadd_ps(ai, b1, r[1]);
-                }
-                ap = ap.add(MR);
-            }
-            for (i, r) in acc.iter().enumerate() {
-                let cp = c[i0 + i].as_mut_ptr().add(j0);
-                _mm256_storeu_ps(cp, r[0]);
-                _mm256_storeu_ps(cp.add(8), r[1]);
-            }
-        }
-    }
 }
