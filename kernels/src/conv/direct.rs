@@ -14,7 +14,7 @@
 
 use core::ops::Range;
 
-use super::{first_terms, tile_product, Isa, Out, KC, MC_MAX, MR, NR};
+use super::{first_terms, pad_planes, tile_product, Isa, Out, KC, MC_MAX, MR, NR};
 
 /// Largest padded copy (floats) the direct path takes on; bigger maps use the packed path.
 const MAX_PADDED: usize = 1 << 18;
@@ -163,16 +163,9 @@ impl Direct {
 
     /// The input's planes zero-padded by `pad` on every side, then zeros to `p_len`.
     fn pad_input(&self, inp: &[f32], padded: &mut [f32]) {
-        let (h, w, p, wp) = (self.h, self.w, self.pad, self.wp);
-        padded.fill(0.0);
-        for (src, dst) in inp
-            .chunks_exact(h * w)
-            .zip(padded.chunks_exact_mut(self.plane))
-        {
-            for (s, d) in src.chunks_exact(w).zip(dst[p * wp..].chunks_exact_mut(wp)) {
-                d[p..p + w].copy_from_slice(s);
-            }
-        }
+        let (planes, tail) = padded.split_at_mut(self.c * self.plane);
+        pad_planes(inp, self.h, self.w, self.pad, planes);
+        tail.fill(0.0);
     }
 
     /// The wide output (rows of n columns) for accumulating onto `out`: its rows (row_len
