@@ -25,7 +25,9 @@
 use crate::{check_len, check_min_len, check_range, KernelError, Weight, WeightsRef};
 
 mod direct;
+mod winograd;
 use direct::Direct;
+pub use winograd::Winograd;
 
 /// Rows of the microkernel (output channels).
 pub const MR: usize = 12;
@@ -996,12 +998,14 @@ fn tile_product<R: BRows>(
     }
 }
 
-/// Where [`gemm`] writes its m × n result: one dense block (row stride n), or one slice of
+/// Where [`gemm`] writes its m × n result: one dense block (row stride n), one slice of
 /// n floats per row (the rows of a pixel range of a larger map, see
-/// [`Conv2d::forward_pixels`]).
+/// [`Conv2d::forward_pixels`]), or rows `ld` floats apart (interleaved with other products:
+/// the Winograd positions of `conv/winograd.rs`).
 enum Out<'o, 'r> {
     Dense(&'o mut [f32]),
     Rows(&'o mut [&'r mut [f32]]),
+    Strided { c: &'o mut [f32], ld: usize },
 }
 
 /// The MR rows of NR floats of a tile at (0, j) of `c` (row stride `ld`).
@@ -1020,6 +1024,7 @@ impl Out<'_, '_> {
     fn tile(&mut self, n: usize, i0: usize, j: usize) -> [&mut [f32; NR]; MR] {
         match self {
             Out::Dense(c) => tile_of(&mut c[i0 * n..], n, j),
+            Out::Strided { c, ld } => tile_of(&mut c[i0 * *ld..], *ld, j),
             Out::Rows(rows) => {
                 let mut it = rows[i0..i0 + MR].iter_mut();
                 core::array::from_fn(|_| {
@@ -1035,6 +1040,7 @@ impl Out<'_, '_> {
     fn row(&mut self, n: usize, i: usize) -> &mut [f32] {
         match self {
             Out::Dense(c) => &mut c[i * n..(i + 1) * n],
+            Out::Strided { c, ld } => &mut c[i * *ld..i * *ld + n],
             Out::Rows(rows) => rows[i],
         }
     }
@@ -1046,6 +1052,7 @@ impl Out<'_, '_> {
         for i in i0..i0 + MR {
             let row = match self {
                 Out::Dense(c) => c.get(i * n + j..i * n + j + NR),
+                Out::Strided { c, ld } => c.get(i * ld + j..i * ld + j + NR),
                 Out::Rows(rows) => rows.get(i).and_then(|r| r.get(j..j + NR)),
             };
             if let Some(row) = row {

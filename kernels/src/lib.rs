@@ -67,7 +67,7 @@ pub use attention::{
 };
 #[cfg(target_arch = "x86_64")]
 pub use conv::enable_avx2_fma;
-pub use conv::{Conv2d, Isa};
+pub use conv::{Conv2d, Isa, Winograd};
 pub use elementwise::{add_inplace, silu, silu_backward, silu_grad, silu_inplace};
 pub use embedding::timestep_embedding;
 pub use fir::{fir_downsample2x, fir_upsample2x};

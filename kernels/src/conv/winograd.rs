@@ -1,0 +1,1149 @@
+//! F(2 × 2, 3 × 3) Winograd convolution (Lavin & Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", 2016) for the 3 × 3, stride-1, padding-1 convolutions of the training
+//! step.
+//!
+//! Each 2 × 2 block of output pixels (a tile) is computed from the 4 × 4 input window around
+//! it as Y = Aᵀ[Σ_c U_c ⊙ V_c]A, with V = BᵀdB the input window transformed and U = GgGᵀ the
+//! 3 × 3 filter transformed: for each of the 16 positions of a transformed tile, the sum over
+//! input channels is one GEMM, U[p] (c_out × c_in) · V[p] (c_in × tiles). That takes 16
+//! products per tile and channel pair where the direct convolution takes 36 (2.25× fewer),
+//! for transforms that only add, subtract and halve. The input gradient of such a
+//! convolution is the same kind of convolution (weights flipped and transposed,
+//! [`super::Conv2d::flip_weights`]), so it runs through [`Winograd::forward`] too; the weight
+//! gradient is the adjoint of the forward: dU[p] = dM[p] · V[p]ᵀ with dM = A·dY·Aᵀ per tile,
+//! and dW = Gᵀ·dU·G.
+//!
+//! The result is the convolution up to rounding (a different order of operations than
+//! [`super::Conv2d`]'s, so not its bits), and every step has a fixed order: the bits depend
+//! only on the inputs and the ISA's FMA (as the GEMM's), not on threads or batch splits.
+//!
+//! Maps are stored with their columns de-interleaved (even and odd halves), so that every
+//! transform is a loop of whole vectors over the tiles of a row.
+
+#[cfg(target_arch = "x86_64")]
+use super::avx2;
+use super::{
+    first_terms, gemm, gemm_scratch_len, pack_a, round_up, sum_f64, tile_product, Isa, Out, KC,
+    MC_MAX, MR, NR,
+};
+use crate::{check_len, check_min_len, KernelError};
+use core::ops::{Add, Neg, Sub};
+
+/// Positions of a transformed 4 × 4 tile.
+const P: usize = 16;
+
+/// Tiles transformed at a time: one NR-wide column block of the products. A chunk's
+/// transformed tiles are stored [channel][position][CHUNK], so each tile's 16 values lie a
+/// constant CHUNK apart, and position p's matrix is rows `P·CHUNK` apart from offset p·CHUNK.
+const CHUNK: usize = NR;
+
+/// The Winograd form of a 3 × 3, stride-1, padding-1 convolution from `c_in` to `c_out`
+/// channels (PyTorch weight layout [c_out, c_in, 3, 3]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Winograd {
+    c_in: usize,
+    c_out: usize,
+}
+
+/// The tile grid of an h × w map: th × tw tiles of 2 × 2 output pixels (the last row or
+/// column of tiles half outside when h or w is odd).
+#[derive(Clone, Copy, Debug)]
+struct Tiles {
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+}
+
+impl Tiles {
+    fn new(h: usize, w: usize) -> Tiles {
+        Tiles {
+            h,
+            w,
+            th: h.div_ceil(2),
+            tw: w.div_ceil(2),
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.th * self.tw
+    }
+
+    /// Floats of one de-interleaved, zero-padded input plane: 2·th + 2 rows of two halves of
+    /// tw + 1 columns (padded column q in half q % 2 at q / 2).
+    fn input_plane(&self) -> usize {
+        (2 * self.th + 2) * 2 * (self.tw + 1)
+    }
+
+    /// Floats of one de-interleaved output-gradient plane: 2·th rows of two halves of tw.
+    fn output_plane(&self) -> usize {
+        2 * self.th * 2 * self.tw
+    }
+}
+
+impl Winograd {
+    /// The Winograd form of `conv` if it is a 3 × 3, stride-1, padding-1 convolution with
+    /// channels.
+    pub fn of(conv: &super::Conv2d) -> Option<Winograd> {
+        let fits = conv.kernel == 3 && conv.stride == 1 && conv.pad == 1;
+        (fits && conv.c_in > 0 && conv.c_out > 0).then_some(Winograd {
+            c_in: conv.c_in,
+            c_out: conv.c_out,
+        })
+    }
+
+    /// The convolution computing this one's input gradient (channels swapped); its weights are
+    /// this one's flipped by [`super::Conv2d::flip_weights`].
+    pub fn transposed(&self) -> Winograd {
+        Winograd {
+            c_in: self.c_out,
+            c_out: self.c_in,
+        }
+    }
+
+    /// Whether an h × w map has tiles enough to beat the direct convolution: the GEMMs are
+    /// as wide as the map has tiles, and below 64 tiles (8 × 8 maps) ragged register tiles
+    /// waste more than the transform saves.
+    pub fn worthwhile(h: usize, w: usize) -> bool {
+        Tiles::new(h, w).n() >= 64
+    }
+
+    /// Floats of the transformed weights: 16 matrices of c_out × c_in.
+    pub fn weights_len(&self) -> usize {
+        P * self.c_out * self.c_in
+    }
+
+    /// `u[p·c_out·c_in + o·c_in + c] = (G·W[o, c]·Gᵀ)[p]` for the 3 × 3 filters of `weight`
+    /// ([c_out, c_in, 3, 3]); done once per weight update.
+    pub fn transform_weights(&self, weight: &[f32], u: &mut [f32]) -> Result<(), KernelError> {
+        let pairs = self.c_out * self.c_in;
+        check_len("winograd weight", 9 * pairs, weight.len())?;
+        check_len("winograd transformed weight", self.weights_len(), u.len())?;
+        for (i, g) in weight.chunks_exact(9).enumerate() {
+            let t = filter_transform(g);
+            for (p, v) in t.iter().enumerate() {
+                u[p * pairs + i] = *v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Floats of the 16 transformed weight matrices packed as the products' A operand.
+    fn packed_len(&self) -> usize {
+        P * round_up(self.c_out, MR) * self.c_in
+    }
+
+    /// Scratch floats [`Winograd::forward`] needs for an h × w map.
+    pub fn scratch_len(&self, h: usize, w: usize) -> usize {
+        let t = Tiles::new(h, w);
+        self.c_out
+            + self.packed_len()
+            + self.c_in * t.input_plane()
+            + CHUNK * P * (self.c_in + self.c_out)
+            + gemm_scratch_len(self.c_out, self.c_in)
+    }
+
+    /// The convolution of `inp` [c_in, h, w] with the weights `u` transformed by
+    /// [`Winograd::transform_weights`]: `out` [c_out, h, w] = bias + conv(inp) when `bias` is
+    /// given, else `out` += conv(inp).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        isa: Isa,
+        inp: &[f32],
+        h: usize,
+        w: usize,
+        u: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (ci, co) = (self.c_in, self.c_out);
+        check_len("winograd input", ci * h * w, inp.len())?;
+        check_len("winograd transformed weight", self.weights_len(), u.len())?;
+        check_len("winograd output", co * h * w, out.len())?;
+        if let Some(b) = bias {
+            check_len("winograd bias", co, b.len())?;
+        }
+        check_min_len("winograd scratch", self.scratch_len(h, w), scratch.len())?;
+        if h == 0 || w == 0 {
+            return Ok(());
+        }
+        let t = Tiles::new(h, w);
+        let (zeros, rest) = scratch.split_at_mut(co);
+        let (packed, rest) = rest.split_at_mut(self.packed_len());
+        let (padded, rest) = rest.split_at_mut(ci * t.input_plane());
+        let (v, rest) = rest.split_at_mut(CHUNK * P * ci);
+        let (m, gs) = rest.split_at_mut(CHUNK * P * co);
+        zeros.fill(0.0);
+        // Each weight matrix is packed once here, not once per chunk: when a product fits one
+        // block (depth ≤ KC, rows ≤ MC_MAX), the driver asks for exactly this packing.
+        let one_block = ci <= KC && co <= MC_MAX;
+        let a_len = round_up(co, MR) * ci;
+        let mut offs = [0u32; KC];
+        if one_block {
+            for (p, a) in packed.chunks_exact_mut(a_len).enumerate() {
+                pack_a(isa, &u[p * co * ci..][..co * ci], ci, 0, co, 0, ci, a);
+            }
+            // Row c of position p's B lies at c·P·CHUNK from p·CHUNK: read in place.
+            for (c, o) in offs[..ci].iter_mut().enumerate() {
+                *o = (c * P * CHUNK) as u32;
+            }
+        }
+        deinterleave(isa, inp, (h, w), 1, t.tw + 1, 2 * t.th + 2, padded);
+        let ld = P * CHUNK;
+        for t0 in (0..t.n()).step_by(CHUNK) {
+            let nt = CHUNK.min(t.n() - t0);
+            input_transform(isa, &t, t0, ci, padded, v);
+            for p in 0..P {
+                let u_p = &u[p * co * ci..][..co * ci];
+                let a_p = &packed[p * a_len..][..a_len];
+                let v_p = &v[p * CHUNK..];
+                let m_p = Out::Strided {
+                    c: &mut m[p * CHUNK..],
+                    ld,
+                };
+                if one_block {
+                    let b = (v_p, &offs[..ci]);
+                    chunk_product(isa, a_p, b, co, nt, m_p, &mut gs[..MR * NR], zeros);
+                    continue;
+                }
+                gemm(
+                    isa,
+                    Some(zeros),
+                    co,
+                    nt,
+                    ci,
+                    |m0, mc, k0, kc, a| match one_block {
+                        true => a.copy_from_slice(a_p),
+                        false => pack_a(isa, u_p, ci, m0, mc, k0, kc, a),
+                    },
+                    |k0, kc, n0, nc, b| pack_rows(v_p, ld, k0, kc, n0, nc, b),
+                    m_p,
+                    gs,
+                );
+            }
+            output_transform(isa, &t, t0, co, m, bias, out);
+        }
+        Ok(())
+    }
+
+    /// Scratch floats [`Winograd::backward_params`] needs for an h × w map.
+    pub fn backward_scratch_len(&self, h: usize, w: usize) -> usize {
+        let t = Tiles::new(h, w);
+        self.c_out
+            + self.c_in * t.input_plane()
+            + self.c_out * t.output_plane()
+            + CHUNK * P * (self.c_in + self.c_out)
+            + P * self.c_out * self.c_in
+            + gemm_scratch_len(self.c_out, CHUNK)
+    }
+
+    /// The parameter gradients of [`Winograd::forward`] with bias, given its input `inp`
+    /// [c_in, h, w] and `dout` = ∂L/∂out [c_out, h, w]: `dweight` [c_out, c_in, 3, 3] += ∂L/∂W
+    /// (this sample's gradient computed whole, then added), `dbias[o]` += Σ dout[o] (in f64, as
+    /// [`super::Conv2d::backward_params`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_params(
+        &self,
+        isa: Isa,
+        dweight: &mut [f32],
+        dbias: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        h: usize,
+        w: usize,
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (ci, co) = (self.c_in, self.c_out);
+        check_len("winograd input", ci * h * w, inp.len())?;
+        check_len("winograd dout", co * h * w, dout.len())?;
+        check_len("winograd dweight", 9 * co * ci, dweight.len())?;
+        check_len("winograd dbias", co, dbias.len())?;
+        check_min_len(
+            "winograd backward scratch",
+            self.backward_scratch_len(h, w),
+            scratch.len(),
+        )?;
+        if h == 0 || w == 0 {
+            return Ok(());
+        }
+        for (db, row) in dbias.iter_mut().zip(dout.chunks_exact(h * w)) {
+            *db += sum_f64(row) as f32;
+        }
+        let t = Tiles::new(h, w);
+        let (zeros, rest) = scratch.split_at_mut(co);
+        let (padded, rest) = rest.split_at_mut(ci * t.input_plane());
+        let (dsplit, rest) = rest.split_at_mut(co * t.output_plane());
+        let (v, rest) = rest.split_at_mut(CHUNK * P * ci);
+        let (dm, rest) = rest.split_at_mut(CHUNK * P * co);
+        let (du, gs) = rest.split_at_mut(P * co * ci);
+        zeros.fill(0.0);
+        deinterleave(isa, inp, (h, w), 1, t.tw + 1, 2 * t.th + 2, padded);
+        deinterleave(isa, dout, (h, w), 0, t.tw, 2 * t.th, dsplit);
+        // The sum over tiles is the products' depth: chunk after chunk onto the running sums
+        // (the same chain of fused multiply-adds as one pass over every tile).
+        let ld = P * CHUNK;
+        for t0 in (0..t.n()).step_by(CHUNK) {
+            let nt = CHUNK.min(t.n() - t0);
+            input_transform(isa, &t, t0, ci, padded, v);
+            dout_transform(isa, &t, t0, co, dsplit, dm);
+            for p in 0..P {
+                let (dm_p, v_p) = (&dm[p * CHUNK..], &v[p * CHUNK..]);
+                gemm(
+                    isa,
+                    (t0 == 0).then_some(&*zeros),
+                    co,
+                    ci,
+                    nt,
+                    |m0, mc, k0, kc, a| pack_a(isa, dm_p, ld, m0, mc, k0, kc, a),
+                    |k0, kc, n0, nc, b| pack_rows_t(isa, v_p, ld, k0, kc, n0, nc, b),
+                    Out::Dense(&mut du[p * co * ci..][..co * ci]),
+                    gs,
+                );
+            }
+        }
+        let pairs = co * ci;
+        for (i, dw) in dweight.chunks_exact_mut(9).enumerate() {
+            let d: [f32; P] = core::array::from_fn(|p| du[p * pairs + i]);
+            for (a, b) in dw.iter_mut().zip(filter_transform_adjoint(&d)) {
+                *a += b;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// out[i][g] = Σ_k A[i, k]·B[k, g] for the m rows of the packed A (one block: depth
+/// `offs.len()` ≤ KC, m ≤ MC_MAX) and the nt ≤ NR columns of B, whose rows lie at `offs`
+/// (the chunk's transformed tiles, read in place): the one-panel case of [`gemm`], with
+/// every element's terms in the same order (zero, then k = 0, 1, …).
+#[allow(clippy::too_many_arguments)]
+fn chunk_product(
+    isa: Isa,
+    a: &[f32],
+    b: (&[f32], &[u32]),
+    m: usize,
+    nt: usize,
+    mut out: Out,
+    tmp: &mut [f32],
+    zeros: &[f32],
+) {
+    let depth = b.1.len();
+    for (t, a_pan) in a.chunks_exact(depth * MR).enumerate() {
+        let i0 = t * MR;
+        let mr = MR.min(m - i0);
+        let start = first_terms(Some(zeros), 0, i0, mr);
+        let at = (nt, i0, mr, 0, nt);
+        tile_product(isa, depth, a_pan, b, &mut out, at, tmp, start.as_ref());
+    }
+}
+
+/// G·g·Gᵀ for a 3 × 3 filter g (row-major), G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1].
+fn filter_transform(g: &[f32]) -> [f32; P] {
+    let gcol = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    // Rows of G·g (4 × 3), then each of them times Gᵀ.
+    let r: [[f32; 3]; 4] = {
+        let c: [[f32; 4]; 3] = core::array::from_fn(|j| gcol(g[j], g[3 + j], g[6 + j]));
+        core::array::from_fn(|i| [c[0][i], c[1][i], c[2][i]])
+    };
+    let mut u = [0f32; P];
+    for (i, row) in r.iter().enumerate() {
+        u[4 * i..4 * i + 4].copy_from_slice(&gcol(row[0], row[1], row[2]));
+    }
+    u
+}
+
+/// Gᵀ·D·G for a 4 × 4 D (row-major): the adjoint of [`filter_transform`].
+fn filter_transform_adjoint(d: &[f32; P]) -> [f32; 9] {
+    let gt = |a: f32, b: f32, c: f32, e: f32| [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + e];
+    let c: [[f32; 3]; 4] =
+        core::array::from_fn(|i| gt(d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]));
+    let mut g = [0f32; 9];
+    for j in 0..3 {
+        let col = gt(c[0][j], c[1][j], c[2][j], c[3][j]);
+        for (i, v) in col.iter().enumerate() {
+            g[3 * i + j] = *v;
+        }
+    }
+    g
+}
+/// What the transforms compute with: one f32 (the portable code, and every row's tail) or
+/// eight of them ([`V8`], AVX2). The transforms only add, subtract and flip signs, so both
+/// give the same bits. Loads and stores take raw pointers: the transforms check their
+/// buffers' lengths once per row, not once per value (the checks cost as much as the sums).
+trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> {
+    /// Floats per value.
+    const N: usize;
+    /// p[0 .. N].
+    ///
+    /// # Safety
+    /// p must be valid for reading N floats.
+    unsafe fn load(p: *const f32) -> Self;
+    /// p[0 .. N] = self.
+    ///
+    /// # Safety
+    /// p must be valid for writing N floats.
+    unsafe fn store(self, p: *mut f32);
+    /// N copies of x.
+    fn splat(x: f32) -> Self;
+    /// The even and the odd floats of p[0 .. 2N].
+    ///
+    /// # Safety
+    /// p must be valid for reading 2N floats.
+    unsafe fn load_split(p: *const f32) -> (Self, Self);
+    /// a[0], b[0], a[1], b[1], …: floats 0 .. N in the first value, N .. 2N in the second.
+    fn interleave(a: Self, b: Self) -> (Self, Self);
+}
+
+impl Lanes for f32 {
+    const N: usize = 1;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> f32 {
+        // SAFETY: the caller's contract.
+        unsafe { *p }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { *p = self }
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    unsafe fn load_split(p: *const f32) -> (f32, f32) {
+        // SAFETY: the caller's contract.
+        unsafe { (*p, *p.add(1)) }
+    }
+    #[inline(always)]
+    fn interleave(a: f32, b: f32) -> (f32, f32) {
+        (a, b)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use v8::V8;
+
+/// Eight f32 in an AVX register. Only the functions that [`by_isa`] compiles for AVX2 and
+/// enters when [`Isa::is_simd`] vouched for it create and use them.
+#[cfg(target_arch = "x86_64")]
+mod v8 {
+    use super::Lanes;
+    use core::arch::x86_64::*;
+    use core::ops::{Add, Neg, Sub};
+
+    #[derive(Clone, Copy)]
+    pub(super) struct V8(__m256);
+
+    // SAFETY (the intrinsics below): a V8 exists only on a CPU with AVX2 (see above); the
+    // pointers follow the trait's contracts.
+    impl Add for V8 {
+        type Output = V8;
+        #[inline(always)]
+        fn add(self, o: V8) -> V8 {
+            V8(unsafe { _mm256_add_ps(self.0, o.0) })
+        }
+    }
+
+    impl Sub for V8 {
+        type Output = V8;
+        #[inline(always)]
+        fn sub(self, o: V8) -> V8 {
+            V8(unsafe { _mm256_sub_ps(self.0, o.0) })
+        }
+    }
+
+    impl Neg for V8 {
+        type Output = V8;
+        /// The sign bit flipped, as f32's negation.
+        #[inline(always)]
+        fn neg(self) -> V8 {
+            V8(unsafe { _mm256_xor_ps(self.0, _mm256_set1_ps(-0.0)) })
+        }
+    }
+
+    impl Lanes for V8 {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> V8 {
+            V8(unsafe { _mm256_loadu_ps(p) })
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> V8 {
+            V8(unsafe { _mm256_set1_ps(x) })
+        }
+        #[inline(always)]
+        unsafe fn load_split(p: *const f32) -> (V8, V8) {
+            unsafe {
+                let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+                // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit quarters put in order 0, 2, 1, 3.
+                let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+                let order = |v: __m256| {
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+                };
+                (V8(order(even)), V8(order(odd)))
+            }
+        }
+        #[inline(always)]
+        fn interleave(a: V8, b: V8) -> (V8, V8) {
+            unsafe {
+                let lo = _mm256_unpacklo_ps(a.0, b.0); // a0 b0 a1 b1 | a4 b4 a5 b5
+                let hi = _mm256_unpackhi_ps(a.0, b.0); // a2 b2 a3 b3 | a6 b6 a7 b7
+                (
+                    V8(_mm256_permute2f128_ps::<0x20>(lo, hi)),
+                    V8(_mm256_permute2f128_ps::<0x31>(lo, hi)),
+                )
+            }
+        }
+    }
+}
+
+/// Runs `$f::<V8>(args)` in a function compiled for AVX2 when `$isa` vouches for AVX2, else
+/// `$f::<f32>(args)`.
+macro_rules! by_isa {
+    ($isa:expr, $f:ident($($a:ident: $t:ty),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        if $isa.is_simd() {
+            #[target_feature(enable = "avx2")]
+            unsafe fn simd($($a: $t),*) {
+                $f::<V8>($($a),*)
+            }
+            // SAFETY: Isa::is_simd guarantees AVX2.
+            unsafe { simd($($a),*) };
+            return;
+        }
+        let _ = $isa;
+        $f::<f32>($($a),*)
+    }};
+}
+
+/// Copies each h × w plane of `src` into `rows` rows of two halves of `half` floats (zero
+/// elsewhere), shifted by `off` (0 or 1) rows and columns: pixel (y, x) goes to row y + off,
+/// column q = x + off, into half q % 2 at q / 2. Needs rows ≥ h + off and half ≥ (w + off)/2
+/// rounded up.
+fn deinterleave(
+    isa: Isa,
+    src: &[f32],
+    hw: (usize, usize),
+    off: usize,
+    half: usize,
+    rows: usize,
+    dst: &mut [f32],
+) {
+    by_isa!(isa, deinterleave_with(src: &[f32], hw: (usize, usize), off: usize, half: usize, rows: usize, dst: &mut [f32]))
+}
+
+#[inline(always)]
+fn deinterleave_with<L: Lanes>(
+    src: &[f32],
+    (h, w): (usize, usize),
+    off: usize,
+    half: usize,
+    rows: usize,
+    dst: &mut [f32],
+) {
+    for (plane, out) in src
+        .chunks_exact(h * w)
+        .zip(dst.chunks_exact_mut(rows * 2 * half))
+    {
+        out.fill(0.0);
+        for (y, line) in plane.chunks_exact(w).enumerate() {
+            let (even, odd) = out[(y + off) * 2 * half..][..2 * half].split_at_mut(half);
+            // Source pair (2j, 2j + 1) lands at odd j and even j + 1 with the offset, else at
+            // even j and odd j.
+            let (first, second) = if off == 1 {
+                (odd, &mut even[1..])
+            } else {
+                (even, odd)
+            };
+            let pairs = w / 2;
+            assert!(first.len() >= w.div_ceil(2) && second.len() >= pairs);
+            let mut j = 0;
+            while j + L::N <= pairs {
+                // SAFETY: 2j + 2N ≤ w floats of `line`; j + N ≤ pairs floats of each half.
+                unsafe {
+                    let (a, b) = L::load_split(line.as_ptr().add(2 * j));
+                    a.store(first.as_mut_ptr().add(j));
+                    b.store(second.as_mut_ptr().add(j));
+                }
+                j += L::N;
+            }
+            for j in j..pairs {
+                (first[j], second[j]) = (line[2 * j], line[2 * j + 1]);
+            }
+            if w % 2 == 1 {
+                first[pairs] = line[w - 1];
+            }
+        }
+    }
+}
+
+/// Bᵀ·d·B for a 4 × 4 window d, Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1].
+#[inline(always)]
+fn input_tile<L: Lanes>(d: [[L; 4]; 4]) -> [L; P] {
+    #[inline(always)]
+    fn bt<L: Lanes>(x: [L; 4]) -> [L; 4] {
+        [x[0] - x[2], x[1] + x[2], x[2] - x[1], x[1] - x[3]]
+    }
+    // cols[q] = column q of Bᵀ·d.
+    let cols = [
+        bt([d[0][0], d[1][0], d[2][0], d[3][0]]),
+        bt([d[0][1], d[1][1], d[2][1], d[3][1]]),
+        bt([d[0][2], d[1][2], d[2][2], d[3][2]]),
+        bt([d[0][3], d[1][3], d[2][3], d[3][3]]),
+    ];
+    let mut v = [cols[0][0]; P];
+    for i in 0..4 {
+        let r = bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+        v[4 * i..4 * i + 4].copy_from_slice(&r);
+    }
+    v
+}
+
+/// V[c][p][g] = (Bᵀ·d·B)[p] for tile t0 + g = ty·tw + tx of the chunk from t0 (g < CHUNK,
+/// valid tiles only), d the 4 × 4 window of padded rows 2ty .. 2ty+4, columns 2tx .. 2tx+4 of
+/// channel c: in the de-interleaved copy ([`deinterleave`], offset 1), columns e[tx], o[tx],
+/// e[tx+1], o[tx+1] of each row.
+fn input_transform(isa: Isa, t: &Tiles, t0: usize, c: usize, padded: &[f32], v: &mut [f32]) {
+    by_isa!(isa, input_transform_with(t: &Tiles, t0: usize, c: usize, padded: &[f32], v: &mut [f32]))
+}
+
+#[inline(always)]
+fn input_transform_with<L: Lanes>(t: &Tiles, t0: usize, c: usize, padded: &[f32], v: &mut [f32]) {
+    let half = t.tw + 1;
+    let plane_len = t.input_plane();
+    assert!(padded.len() >= c * plane_len && v.len() >= c * P * CHUNK);
+    for ci in 0..c {
+        let plane = &padded[ci * plane_len..][..plane_len];
+        let dst = v[ci * P * CHUNK..][..P * CHUNK].as_mut_ptr();
+        for_runs::<L>(t, t0, |g, ty, tx, lanes| {
+            // Rows 2ty .. 2ty+4 of the plane (2·half floats each).
+            let src = plane[2 * ty * 2 * half..][..8 * half].as_ptr();
+            // SAFETY: the loads reach at most half + tx + lanes ≤ 2·half − 1 into each of
+            // `src`'s four rows (tx + lanes ≤ tw); the stores (P − 1)·CHUNK + g + lanes ≤ P·CHUNK.
+            unsafe {
+                if lanes == L::N {
+                    input_tiles::<L>(src.add(tx), half, dst.add(g), CHUNK);
+                } else {
+                    input_tiles::<f32>(src.add(tx), half, dst.add(g), CHUNK);
+                }
+            }
+        });
+    }
+}
+
+/// Calls `f(g, ty, tx, lanes)` for the tiles t0 + g (g < CHUNK, tile < t.n()) in order: runs
+/// of L::N tiles of one tile row (`lanes` = L::N) where the row allows, else single tiles
+/// (`lanes` = 1).
+#[inline(always)]
+fn for_runs<L: Lanes>(t: &Tiles, t0: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let end = CHUNK.min(t.n() - t0);
+    let mut g = 0;
+    while g < end {
+        let (ty, tx) = ((t0 + g) / t.tw, (t0 + g) % t.tw);
+        let lanes = if g + L::N <= end && tx + L::N <= t.tw {
+            L::N
+        } else {
+            1
+        };
+        f(g, ty, tx, lanes);
+        g += lanes;
+    }
+}
+
+/// [`input_tile`] of the L::N tiles whose rows start at `src` (row stride 2·half: the even
+/// half, then the odd half), stored at dst + p·stride.
+///
+/// # Safety
+/// src must be valid for reading four rows to half + 1 + N; dst for writing N floats at each
+/// p·stride.
+#[inline(always)]
+unsafe fn input_tiles<L: Lanes>(src: *const f32, half: usize, dst: *mut f32, stride: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let row = |i: usize| {
+            let r = src.add(2 * i * half);
+            [
+                L::load(r),
+                L::load(r.add(half)),
+                L::load(r.add(1)),
+                L::load(r.add(half + 1)),
+            ]
+        };
+        let v = input_tile([row(0), row(1), row(2), row(3)]);
+        for (p, x) in v.into_iter().enumerate() {
+            x.store(dst.add(p * stride));
+        }
+    }
+}
+
+/// out[o][2ty + a][2tx + b] = init + (Aᵀ·M·A)[a][b] for M[p] = m[o][p][g] and the valid tiles
+/// t0 + g = ty·tw + tx of the chunk from t0, Aᵀ = [1 1 1 0; 0 1 −1 −1]; init is bias[o], or
+/// the value in `out` when there is no bias.
+fn output_transform(
+    isa: Isa,
+    t: &Tiles,
+    t0: usize,
+    c: usize,
+    m: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    by_isa!(isa, output_transform_with(t: &Tiles, t0: usize, c: usize, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]))
+}
+
+#[inline(always)]
+fn output_transform_with<L: Lanes>(
+    t: &Tiles,
+    t0: usize,
+    c: usize,
+    m: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (h, w) = (t.h, t.w);
+    assert!(m.len() >= c * P * CHUNK && out.len() >= c * h * w);
+    for o in 0..c {
+        let init = bias.map(|b| b[o]);
+        let src = m[o * P * CHUNK..][..P * CHUNK].as_ptr();
+        let plane = &mut out[o * h * w..][..h * w];
+        for_runs::<L>(t, t0, |g, ty, tx, lanes| {
+            let lines = 2.min(h - 2 * ty);
+            let dst = plane[2 * ty * w..][..lines * w].as_mut_ptr();
+            // SAFETY: the loads reach at most (P − 1)·CHUNK + g + lanes ≤ P·CHUNK; the stores
+            // 2tx + 2·lanes ≤ w when whole pairs are written, else 2tx + 1 ≤ w, in each of
+            // `lines` rows.
+            unsafe {
+                if lanes == L::N && 2 * (tx + L::N) <= w {
+                    output_tiles::<L>(src.add(g), CHUNK, init, dst.add(2 * tx), w, lines, 2);
+                } else {
+                    for (k, x) in (tx..tx + lanes).enumerate() {
+                        let cols = 2.min(w - 2 * x);
+                        let (s, d) = (src.add(g + k), dst.add(2 * x));
+                        output_tiles::<f32>(s, CHUNK, init, d, w, lines, cols);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The output pixels of the L::N tiles whose transformed values lie at src + p·stride: `lines`
+/// rows (row stride w) of 2N pixels from dst (`cols` = 2), or of one pixel (`cols` = 1, f32 only:
+/// an odd width's last column).
+///
+/// # Safety
+/// src must be valid for reading N floats at each p·stride; dst for writing `cols`·N floats in
+/// each of `lines` rows.
+#[inline(always)]
+unsafe fn output_tiles<L: Lanes>(
+    src: *const f32,
+    stride: usize,
+    init: Option<f32>,
+    dst: *mut f32,
+    w: usize,
+    lines: usize,
+    cols: usize,
+) {
+    #[inline(always)]
+    fn at<L: Lanes>(x: [L; 4]) -> [L; 2] {
+        [x[0] + x[1] + x[2], x[1] - x[2] - x[3]]
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mp = |p: usize| L::load(src.add(p * stride));
+        let col = |j: usize| at([mp(j), mp(4 + j), mp(8 + j), mp(12 + j)]);
+        // c[j] = column j of Aᵀ·M (2 values); each row a of Aᵀ·M times A.
+        let c = [col(0), col(1), col(2), col(3)];
+        let rows = [
+            at([c[0][0], c[1][0], c[2][0], c[3][0]]),
+            at([c[0][1], c[1][1], c[2][1], c[3][1]]),
+        ];
+        for (a, [y0, y1]) in rows.into_iter().take(lines).enumerate() {
+            let line = dst.add(a * w);
+            let put = |v: L, px: *mut f32| {
+                let base = init.map_or_else(|| L::load(px), L::splat);
+                (base + v).store(px);
+            };
+            if cols == 2 {
+                let (lo, hi) = L::interleave(y0, y1);
+                put(lo, line);
+                put(hi, line.add(L::N));
+            } else {
+                put(y0, line);
+            }
+        }
+    }
+}
+
+/// dM[o][p][g] = (A·g·Aᵀ)[p] for the 2 × 2 output-gradient tile g of channel o (zero outside
+/// the map) at the valid tiles t0 + g = ty·tw + tx of the chunk from t0: the adjoint of the
+/// output transform. `dsplit` holds dout de-interleaved ([`deinterleave`] with no offset):
+/// g's columns are e[tx], o[tx] of rows 2ty and 2ty + 1.
+fn dout_transform(isa: Isa, t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: &mut [f32]) {
+    by_isa!(isa, dout_transform_with(t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: &mut [f32]))
+}
+
+#[inline(always)]
+fn dout_transform_with<L: Lanes>(t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: &mut [f32]) {
+    let tw = t.tw;
+    let plane_len = t.output_plane();
+    assert!(dsplit.len() >= c * plane_len && dm.len() >= c * P * CHUNK);
+    for o in 0..c {
+        let plane = &dsplit[o * plane_len..][..plane_len];
+        let dst = dm[o * P * CHUNK..][..P * CHUNK].as_mut_ptr();
+        for_runs::<L>(t, t0, |g, ty, tx, lanes| {
+            let src = plane[2 * ty * 2 * tw..][..4 * tw].as_ptr();
+            // SAFETY: the loads reach at most tw + tx + lanes ≤ 2·tw into each of the two
+            // rows of `src`; the stores (P − 1)·CHUNK + g + lanes ≤ P·CHUNK.
+            unsafe {
+                if lanes == L::N {
+                    dout_tiles::<L>(src.add(tx), tw, dst.add(g), CHUNK);
+                } else {
+                    dout_tiles::<f32>(src.add(tx), tw, dst.add(g), CHUNK);
+                }
+            }
+        });
+    }
+}
+
+/// A·g·Aᵀ of the L::N tiles whose two rows start at `src` (row stride 2·tw: the even half,
+/// then the odd half), stored at dst + p·stride.
+///
+/// # Safety
+/// src must be valid for reading two rows to tw + N; dst for writing N floats at each p·stride.
+#[inline(always)]
+unsafe fn dout_tiles<L: Lanes>(src: *const f32, tw: usize, dst: *mut f32, stride: usize) {
+    // A = [1 0; 1 1; 1 −1; 0 −1]: x ↦ (x0, x0 + x1, x0 − x1, −x1).
+    #[inline(always)]
+    fn a4<L: Lanes>(x0: L, x1: L) -> [L; 4] {
+        [x0, x0 + x1, x0 - x1, -x1]
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (r0, r1) = (src, src.add(2 * tw));
+        let cols = [
+            a4(L::load(r0), L::load(r1)),
+            a4(L::load(r0.add(tw)), L::load(r1.add(tw))),
+        ];
+        for (i, (x0, x1)) in cols[0].into_iter().zip(cols[1]).enumerate() {
+            for (j, x) in a4(x0, x1).into_iter().enumerate() {
+                x.store(dst.add((4 * i + j) * stride));
+            }
+        }
+    }
+}
+
+/// Packs rows k0 .. k0+kc, columns n0 .. n0+nc of the row-major `src` (row stride `ld`) as
+/// NR-wide micro-panels: b[(j/NR)·kc·NR + kk·NR + j%NR] = src[k0 + kk, n0 + j] (zero past nc).
+fn pack_rows(src: &[f32], ld: usize, k0: usize, kc: usize, n0: usize, nc: usize, b: &mut [f32]) {
+    for (pi, panel) in b.chunks_exact_mut(kc * NR).enumerate() {
+        let j0 = n0 + pi * NR;
+        let width = NR.min(n0 + nc - j0);
+        for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            dst[..width].copy_from_slice(&src[(k0 + kk) * ld + j0..][..width]);
+            dst[width..].fill(0.0);
+        }
+    }
+}
+
+/// [`pack_rows`] of the transpose of `src` (row stride `ld`):
+/// b[(j/NR)·kc·NR + kk·NR + j%NR] = src[n0 + j, k0 + kk], eight columns at a time as 8 × 8
+/// register transposes where the CPU has AVX2 (a pure copy: same values).
+#[allow(clippy::too_many_arguments)]
+fn pack_rows_t(
+    isa: Isa,
+    src: &[f32],
+    ld: usize,
+    k0: usize,
+    kc: usize,
+    n0: usize,
+    nc: usize,
+    b: &mut [f32],
+) {
+    for j0 in (0..round_up(nc, NR)).step_by(8) {
+        let base = (j0 / NR) * kc * NR + j0 % NR;
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if isa.is_simd() && j0 + 8 <= nc {
+            let kc8 = kc / 8 * 8;
+            let row = |u: usize| src[(n0 + j0 + u) * ld + k0..][..kc].as_ptr();
+            if kc8 > 0 {
+                let dst = &mut b[base..base + (kc8 - 1) * NR + 8];
+                // SAFETY: AVX2 by Isa::is_simd; each row holds kc ≥ kc8 floats and dst
+                // (kc8 − 1)·NR + 8.
+                unsafe {
+                    avx2::transpose_rows(core::array::from_fn(row), kc8, dst.as_mut_ptr(), NR)
+                };
+            }
+            done = kc8;
+        }
+        let _ = isa;
+        for u in 0..8 {
+            let j = j0 + u;
+            for kk in done..kc {
+                b[base + u + kk * NR] = if j < nc {
+                    src[(n0 + j) * ld + k0 + kk]
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Conv2d;
+    use super::*;
+    use crate::WeightsRef;
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn conv3(c_in: usize, c_out: usize) -> Conv2d {
+        Conv2d {
+            c_in,
+            c_out,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        }
+    }
+
+    /// |a − b| ≤ tol·(1 + |b|) elementwise.
+    fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    const SHAPES: [(usize, usize, usize, usize); 7] = [
+        // c_in, c_out, h, w
+        (1, 1, 1, 1),
+        (3, 5, 5, 7),
+        (32, 32, 16, 16),
+        (13, 29, 9, 6),
+        (64, 32, 8, 8),
+        (8, 40, 32, 32),
+        (400, 3, 4, 5),
+    ];
+
+    #[test]
+    fn forward_matches_the_direct_convolution() {
+        for isa in super::super::tests::isas() {
+            for &(ci, co, h, w) in &SHAPES {
+                let conv = conv3(ci, co);
+                let wg = Winograd::of(&conv).unwrap();
+                let (x, wt, b) = (data(ci * h * w, 1), data(co * ci * 9, 2), data(co, 3));
+                let mut want = vec![0.0; co * h * w];
+                let mut s = vec![0.0; conv.scratch_len(h, w)];
+                conv.forward_with(
+                    isa,
+                    &x,
+                    h,
+                    w,
+                    WeightsRef::F32(&wt),
+                    &b,
+                    0..co,
+                    &mut want,
+                    &mut s,
+                )
+                .unwrap();
+                let mut u = vec![0.0; wg.weights_len()];
+                wg.transform_weights(&wt, &mut u).unwrap();
+                let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
+                let mut got = vec![f32::NAN; co * h * w];
+                wg.forward(isa, &x, h, w, &u, Some(&b), &mut got, &mut s)
+                    .unwrap();
+                let tol = 2e-6 * (ci as f32 * 9.0).sqrt();
+                assert_close(&got, &want, tol, "forward");
+                // Without bias it adds onto `out`.
+                let before = data(co * h * w, 4);
+                let mut acc = before.clone();
+                wg.forward(isa, &x, h, w, &u, None, &mut acc, &mut s)
+                    .unwrap();
+                for o in 0..co {
+                    for i in 0..h * w {
+                        let e = before[o * h * w + i] + (want[o * h * w + i] - b[o]);
+                        let g = acc[o * h * w + i];
+                        assert!(
+                            (g - e).abs() <= tol * (2.0 + e.abs()),
+                            "accumulate: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn input_gradient_through_the_transposed_form() {
+        for isa in super::super::tests::isas() {
+            for &(ci, co, h, w) in &SHAPES {
+                let conv = conv3(ci, co);
+                let wg = Winograd::of(&conv).unwrap().transposed();
+                let (dy, wt) = (data(co * h * w, 5), data(co * ci * 9, 6));
+                let start = data(ci * h * w, 7);
+                let mut want = start.clone();
+                let mut s = vec![0.0; conv.backward_scratch_len(h, w)];
+                conv.backward_input(
+                    isa,
+                    &mut want,
+                    &dy,
+                    WeightsRef::F32(&wt),
+                    h,
+                    w,
+                    0..ci,
+                    &mut s,
+                )
+                .unwrap();
+                let mut flipped = vec![0.0; conv.flipped_len()];
+                conv.flip_weights(WeightsRef::F32(&wt), &mut flipped)
+                    .unwrap();
+                let mut u = vec![0.0; wg.weights_len()];
+                wg.transform_weights(&flipped, &mut u).unwrap();
+                let mut got = start.clone();
+                let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
+                wg.forward(isa, &dy, h, w, &u, None, &mut got, &mut s)
+                    .unwrap();
+                assert_close(&got, &want, 2e-6 * (co as f32 * 9.0).sqrt() + 1e-6, "dx");
+            }
+        }
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_direct_convolution() {
+        for isa in super::super::tests::isas() {
+            for &(ci, co, h, w) in &SHAPES {
+                let conv = conv3(ci, co);
+                let wg = Winograd::of(&conv).unwrap();
+                let (x, dy) = (data(ci * h * w, 8), data(co * h * w, 9));
+                let (dw0, db0) = (data(co * ci * 9, 10), data(co, 11));
+                let (mut want_w, mut want_b) = (dw0.clone(), db0.clone());
+                let mut s = vec![0.0; conv.backward_scratch_len(h, w)];
+                conv.backward_params(isa, &mut want_w, &mut want_b, &dy, &x, h, w, 0..co, &mut s)
+                    .unwrap();
+                let (mut got_w, mut got_b) = (dw0.clone(), db0.clone());
+                let mut s = vec![f32::NAN; wg.backward_scratch_len(h, w)];
+                wg.backward_params(isa, &mut got_w, &mut got_b, &dy, &x, h, w, &mut s)
+                    .unwrap();
+                assert_eq!(got_b, want_b, "the bias gradient is the same sum");
+                let tol = 3e-6 * ((h * w) as f32).sqrt();
+                assert_close(&got_w, &want_w, tol, "dweight");
+            }
+        }
+    }
+
+    #[test]
+    fn isas_give_the_same_bits() {
+        let isas = super::super::tests::isas();
+        let (ci, co, h, w) = (24, 20, 11, 14);
+        let wg = Winograd::of(&conv3(ci, co)).unwrap();
+        let (x, wt, b) = (data(ci * h * w, 1), data(co * ci * 9, 2), data(co, 3));
+        let mut u = vec![0.0; wg.weights_len()];
+        wg.transform_weights(&wt, &mut u).unwrap();
+        let run = |isa: Isa| {
+            let mut s = vec![0.0; wg.scratch_len(h, w).max(wg.backward_scratch_len(h, w))];
+            let mut y = vec![0.0; co * h * w];
+            wg.forward(isa, &x, h, w, &u, Some(&b), &mut y, &mut s)
+                .unwrap();
+            let (mut dw, mut db) = (vec![0.0; co * ci * 9], vec![0.0; co]);
+            wg.backward_params(isa, &mut dw, &mut db, &y, &x, h, w, &mut s)
+                .unwrap();
+            (y, dw)
+        };
+        let simd: Vec<_> = isas
+            .iter()
+            .filter(|i| i.is_simd())
+            .map(|&i| run(i))
+            .collect();
+        for r in &simd[1..] {
+            assert_eq!(r, &simd[0], "every SIMD ISA fuses the same products");
+        }
+    }
+
+    #[test]
+    fn errors_not_panics() {
+        assert_eq!(
+            Winograd::of(&Conv2d {
+                c_in: 2,
+                c_out: 2,
+                kernel: 3,
+                stride: 2,
+                pad: 1
+            }),
+            None
+        );
+        assert_eq!(
+            Winograd::of(&Conv2d {
+                c_in: 2,
+                c_out: 2,
+                kernel: 1,
+                stride: 1,
+                pad: 0
+            }),
+            None
+        );
+        assert_eq!(Winograd::of(&conv3(0, 2)), None);
+        let wg = Winograd::of(&conv3(2, 3)).unwrap();
+        let isa = Isa::detected();
+        let u = vec![0.0; wg.weights_len()];
+        let mut s = vec![0.0; wg.scratch_len(4, 4)];
+        let mut out = vec![0.0; 3 * 16];
+        let x = vec![0.0; 2 * 16];
+        assert!(wg
+            .forward(isa, &x[1..], 4, 4, &u, None, &mut out, &mut s)
+            .is_err());
+        assert!(wg
+            .forward(isa, &x, 4, 4, &u[1..], None, &mut out, &mut s)
+            .is_err());
+        assert!(wg
+            .forward(isa, &x, 4, 4, &u, Some(&[0.0; 2]), &mut out, &mut s)
+            .is_err());
+        assert!(wg
+            .forward(isa, &x, 4, 4, &u, None, &mut out, &mut s[1..])
+            .is_err());
+        assert!(wg
+            .transform_weights(&[0.0; 5], &mut vec![0.0; wg.weights_len()])
+            .is_err());
+        let mut dw = vec![0.0; 54];
+        let mut db = vec![0.0; 3];
+        let mut s = vec![0.0; wg.backward_scratch_len(4, 4)];
+        assert!(wg
+            .backward_params(isa, &mut dw, &mut db, &out[1..], &x, 4, 4, &mut s)
+            .is_err());
+        assert!(wg
+            .backward_params(isa, &mut dw[1..], &mut db, &out, &x, 4, 4, &mut s)
+            .is_err());
+        assert!(wg
+            .backward_params(isa, &mut dw, &mut db, &out, &x, 4, 4, &mut s[1..])
+            .is_err());
+        assert!(wg
+            .backward_params(isa, &mut dw, &mut db, &out, &x, 4, 4, &mut s)
+            .is_ok());
+    }
+}
