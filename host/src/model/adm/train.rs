@@ -1826,11 +1826,13 @@ mod tests {
     /// over a step h limits it; a wrong backward is off by O(1)).
     #[test]
     fn gradients_match_finite_differences() {
-        for variant in 0..2 {
+        // 16×16 runs the 3×3 convolutions of the first level in Winograd form, 8×8 none.
+        for (variant, size) in [(0, 8), (1, 8), (0, 16), (1, 16)] {
+            assert_eq!(Winograd::worthwhile(size, size), size == 16);
             let arch = tiny(variant);
-            let mut tr = AdmTrainer::new(&arch, 8, 8, 2).unwrap();
+            let mut tr = AdmTrainer::new(&arch, size, size, 2).unwrap();
             let mut params = perturbed(&tr, 7);
-            let (x, t, eps) = batch(2, 64, 11);
+            let (x, t, eps) = batch(2, size * size, 11);
             let mut grads = tr.layout().zeros();
             tr.eps_loss_grad(&params, &x, &t, &eps, &mut grads).unwrap();
             let mut scratch = tr.layout().zeros();
@@ -1877,15 +1879,15 @@ mod tests {
     /// Gradients are bit-identical for 1, 2 and 3 threads.
     #[test]
     fn gradients_do_not_depend_on_threads() {
-        for variant in 0..2 {
+        for (variant, size) in [(0, 8), (1, 8), (0, 16), (1, 16)] {
             let arch = tiny(variant);
             // 3 samples (< ACCUMULATORS: one per accumulator) and 11 (uneven chunks).
             for n in [3, 11] {
                 let mut reference: Option<(Vec<f32>, f64)> = None;
                 for threads in 1..=3 {
-                    let mut tr = AdmTrainer::new(&arch, 8, 8, threads).unwrap();
+                    let mut tr = AdmTrainer::new(&arch, size, size, threads).unwrap();
                     let params = perturbed(&tr, 3);
-                    let (x, t, eps) = batch(n, 64, 5);
+                    let (x, t, eps) = batch(n, size * size, 5);
                     let mut grads = tr.layout().zeros();
                     let loss = tr.eps_loss_grad(&params, &x, &t, &eps, &mut grads).unwrap();
                     match &reference {
