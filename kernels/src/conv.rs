@@ -985,13 +985,13 @@ fn tile_product<R: BRows>(
 ) {
     if mr == MR && nr == NR {
         let mut c = out.tile(n, i0, nj);
-        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, MR);
+        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, (MR, NR));
     } else {
         for (i, t) in tmp.chunks_exact_mut(NR).take(mr).enumerate() {
             t[..nr].copy_from_slice(&out.row(n, i0 + i)[nj..nj + nr]);
         }
         let mut c = tile_of(tmp, NR, 0);
-        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, mr);
+        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, (mr, nr));
         for (i, t) in tmp.chunks_exact(NR).take(mr).enumerate() {
             out.row(n, i0 + i)[nj..nj + nr].copy_from_slice(&t[..nr]);
         }
@@ -1297,7 +1297,9 @@ impl BRows for &[u32] {
 
 /// c[i][j] = s_i + Σ_kk a[kk·MR + i]·b[row(kk) + j] for an MR × NR tile, terms added in kk
 /// order onto s_i = init[i], or onto the value in c when `init` is `None`. Only the first
-/// `rows` rows are needed (the others may be left anything): AVX2 then skips whole sub-tiles.
+/// `rows` rows and `cols` columns are needed (the others may be left anything): AVX2 then
+/// skips whole sub-tiles (a column block of 16 tiles, as 8 × 8 maps give in Winograd form,
+/// computes one half of the tile).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn microkernel<R: BRows>(
@@ -1308,7 +1310,7 @@ fn microkernel<R: BRows>(
     b_rows: R,
     c: &mut Tile,
     init: Option<&[f32; MR]>,
-    rows: usize,
+    (rows, cols): (usize, usize),
 ) {
     assert!(a.len() >= kc * MR && b.len() >= b_rows.reach(kc));
     match isa.0 {
@@ -1323,7 +1325,7 @@ fn microkernel<R: BRows>(
         // lengths were checked above. (AVX-512 runs the direct path's rows here: one FMA per
         // term either way, so the same bits.)
         IsaKind::Avx2Fma | IsaKind::Avx512 => unsafe {
-            avx2::microkernel(kc, a, b, b_rows, c, init, rows)
+            avx2::microkernel(kc, a, b, b_rows, c, init, (rows, cols))
         },
     }
 }
@@ -1369,7 +1371,8 @@ mod avx2 {
     /// The MR × NR tile as (MR/6)·(NR/16) sub-tiles of 6 × 16, each over the whole depth:
     /// per k two loads of B, six broadcasts of A and twelve fused multiply-adds. Of a ragged
     /// tile only the first `rows` rows are computed (sub-tiles of 6, then 2 or 4 rows: the
-    /// 32- and 64-channel layers end in a tile of 8 or 4 rows of 12).
+    /// 32- and 64-channel layers end in a tile of 8 or 4 rows of 12), and only the column
+    /// blocks of 16 that hold the first `cols` columns.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; a.len() ≥ kc·MR, b.len() ≥ b_rows.reach(kc).
@@ -1381,11 +1384,11 @@ mod avx2 {
         b_rows: B,
         c: &mut Tile,
         init: Option<&[f32; MR]>,
-        rows: usize,
+        (rows, cols): (usize, usize),
     ) {
         let rows = rows.min(MR);
         for i0 in (0..rows).step_by(SR) {
-            for j0 in (0..NR).step_by(SC) {
+            for j0 in (0..cols.min(NR)).step_by(SC) {
                 let (ap, bp) = (a.as_ptr().add(i0), b.as_ptr().add(j0));
                 let s = (kc, ap, bp, b_rows);
                 // SAFETY: same contract; the sub-tile offsets stay inside a row of A and B.

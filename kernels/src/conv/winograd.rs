@@ -101,11 +101,11 @@ impl Winograd {
         }
     }
 
-    /// Whether an h × w map has tiles enough to beat the direct convolution: the GEMMs are
-    /// as wide as the map has tiles, and below 64 tiles (8 × 8 maps) ragged register tiles
-    /// waste more than the transform saves.
+    /// Whether an h × w map has tiles enough to beat the direct convolution: the products are
+    /// as wide as the map has tiles, and below 16 tiles (8 × 8 maps: half a register tile,
+    /// which the AVX2 kernel computes alone) they waste more than the transforms save.
     pub fn worthwhile(h: usize, w: usize) -> bool {
-        Tiles::new(h, w).n() >= 64
+        Tiles::new(h, w).n() >= 16
     }
 
     /// Floats of the transformed weights: 16 matrices of c_out × c_in.
@@ -375,6 +375,8 @@ fn filter_transform_adjoint(d: &[f32; P]) -> [f32; 9] {
 trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> {
     /// Floats per value.
     const N: usize;
+    /// The same with half the lanes (for runs too short for N; f32 for f32).
+    type Half: Lanes;
     /// p[0 .. N].
     ///
     /// # Safety
@@ -398,6 +400,7 @@ trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self>
 
 impl Lanes for f32 {
     const N: usize = 1;
+    type Half = f32;
     #[inline(always)]
     unsafe fn load(p: *const f32) -> f32 {
         // SAFETY: the caller's contract.
@@ -466,6 +469,7 @@ mod v8 {
 
     impl Lanes for V8 {
         const N: usize = 8;
+        type Half = V4;
         #[inline(always)]
         unsafe fn load(p: *const f32) -> V8 {
             V8(unsafe { _mm256_loadu_ps(p) })
@@ -501,6 +505,66 @@ mod v8 {
                     V8(_mm256_permute2f128_ps::<0x31>(lo, hi)),
                 )
             }
+        }
+    }
+
+    /// Four f32 in an SSE register (runs of 4 tiles: the tile rows of 8 × 8 maps).
+    #[derive(Clone, Copy)]
+    pub(super) struct V4(__m128);
+
+    impl Add for V4 {
+        type Output = V4;
+        #[inline(always)]
+        fn add(self, o: V4) -> V4 {
+            V4(unsafe { _mm_add_ps(self.0, o.0) })
+        }
+    }
+
+    impl Sub for V4 {
+        type Output = V4;
+        #[inline(always)]
+        fn sub(self, o: V4) -> V4 {
+            V4(unsafe { _mm_sub_ps(self.0, o.0) })
+        }
+    }
+
+    impl Neg for V4 {
+        type Output = V4;
+        /// The sign bit flipped, as f32's negation.
+        #[inline(always)]
+        fn neg(self) -> V4 {
+            V4(unsafe { _mm_xor_ps(self.0, _mm_set1_ps(-0.0)) })
+        }
+    }
+
+    impl Lanes for V4 {
+        const N: usize = 4;
+        type Half = f32;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> V4 {
+            V4(unsafe { _mm_loadu_ps(p) })
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> V4 {
+            V4(unsafe { _mm_set1_ps(x) })
+        }
+        #[inline(always)]
+        unsafe fn load_split(p: *const f32) -> (V4, V4) {
+            unsafe {
+                let (a, b) = (_mm_loadu_ps(p), _mm_loadu_ps(p.add(4)));
+                (
+                    V4(_mm_shuffle_ps::<0b10_00_10_00>(a, b)),
+                    V4(_mm_shuffle_ps::<0b11_01_11_01>(a, b)),
+                )
+            }
+        }
+        #[inline(always)]
+        fn interleave(a: V4, b: V4) -> (V4, V4) {
+            unsafe { (V4(_mm_unpacklo_ps(a.0, b.0)), V4(_mm_unpackhi_ps(a.0, b.0))) }
         }
     }
 }
@@ -629,10 +693,12 @@ fn input_transform_with<L: Lanes>(t: &Tiles, t0: usize, c: usize, padded: &[f32]
             // SAFETY: the loads reach at most half + tx + lanes ≤ 2·half − 1 into each of
             // `src`'s four rows (tx + lanes ≤ tw); the stores (P − 1)·CHUNK + g + lanes ≤ P·CHUNK.
             unsafe {
-                if lanes == L::N {
-                    input_tiles::<L>(src.add(tx), half, dst.add(g), CHUNK);
-                } else {
-                    input_tiles::<f32>(src.add(tx), half, dst.add(g), CHUNK);
+                match lanes {
+                    n if n == L::N => input_tiles::<L>(src.add(tx), half, dst.add(g), CHUNK),
+                    n if n == L::Half::N => {
+                        input_tiles::<L::Half>(src.add(tx), half, dst.add(g), CHUNK)
+                    }
+                    _ => input_tiles::<f32>(src.add(tx), half, dst.add(g), CHUNK),
                 }
             }
         });
@@ -640,19 +706,19 @@ fn input_transform_with<L: Lanes>(t: &Tiles, t0: usize, c: usize, padded: &[f32]
 }
 
 /// Calls `f(g, ty, tx, lanes)` for the tiles t0 + g (g < CHUNK, tile < t.n()) in order: runs
-/// of L::N tiles of one tile row (`lanes` = L::N) where the row allows, else single tiles
-/// (`lanes` = 1).
+/// of L::N tiles of one tile row (`lanes` = L::N) where the row allows, else of
+/// L::Half::N, else single tiles (`lanes` = 1).
 #[inline(always)]
 fn for_runs<L: Lanes>(t: &Tiles, t0: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
     let end = CHUNK.min(t.n() - t0);
     let mut g = 0;
     while g < end {
         let (ty, tx) = ((t0 + g) / t.tw, (t0 + g) % t.tw);
-        let lanes = if g + L::N <= end && tx + L::N <= t.tw {
-            L::N
-        } else {
-            1
-        };
+        let fits = |n: usize| g + n <= end && tx + n <= t.tw;
+        let lanes = [L::N, L::Half::N]
+            .into_iter()
+            .find(|&n| fits(n))
+            .unwrap_or(1);
         f(g, ty, tx, lanes);
         g += lanes;
     }
@@ -723,6 +789,9 @@ fn output_transform_with<L: Lanes>(
             unsafe {
                 if lanes == L::N && 2 * (tx + L::N) <= w {
                     output_tiles::<L>(src.add(g), CHUNK, init, dst.add(2 * tx), w, lines, 2);
+                } else if lanes == L::Half::N && lanes > 1 && 2 * (tx + lanes) <= w {
+                    let (s, d) = (src.add(g), dst.add(2 * tx));
+                    output_tiles::<L::Half>(s, CHUNK, init, d, w, lines, 2);
                 } else {
                     for (k, x) in (tx..tx + lanes).enumerate() {
                         let cols = 2.min(w - 2 * x);
@@ -804,10 +873,12 @@ fn dout_transform_with<L: Lanes>(t: &Tiles, t0: usize, c: usize, dsplit: &[f32],
             // SAFETY: the loads reach at most tw + tx + lanes ≤ 2·tw into each of the two
             // rows of `src`; the stores (P − 1)·CHUNK + g + lanes ≤ P·CHUNK.
             unsafe {
-                if lanes == L::N {
-                    dout_tiles::<L>(src.add(tx), tw, dst.add(g), CHUNK);
-                } else {
-                    dout_tiles::<f32>(src.add(tx), tw, dst.add(g), CHUNK);
+                match lanes {
+                    n if n == L::N => dout_tiles::<L>(src.add(tx), tw, dst.add(g), CHUNK),
+                    n if n == L::Half::N => {
+                        dout_tiles::<L::Half>(src.add(tx), tw, dst.add(g), CHUNK)
+                    }
+                    _ => dout_tiles::<f32>(src.add(tx), tw, dst.add(g), CHUNK),
                 }
             }
         });
@@ -941,9 +1012,10 @@ mod tests {
         }
     }
 
-    const SHAPES: [(usize, usize, usize, usize); 7] = [
+    const SHAPES: [(usize, usize, usize, usize); 8] = [
         // c_in, c_out, h, w
         (1, 1, 1, 1),
+        (6, 10, 24, 24),
         (3, 5, 5, 7),
         (32, 32, 16, 16),
         (13, 29, 9, 6),
