@@ -248,9 +248,9 @@ impl Winograd {
     }
 
     /// The parameter gradients of [`Winograd::forward`] with bias, given its input `inp`
-    /// [c_in, h, w] and `dout` = ∂L/∂out [c_out, h, w]: `dweight` [c_out, c_in, 3, 3] += ∂L/∂W
-    /// (this sample's gradient computed whole, then added), `dbias[o]` += Σ dout[o] (in f64, as
-    /// [`super::Conv2d::backward_params`]).
+    /// `[c_in, h, w]` and `dout` = ∂L/∂out `[c_out, h, w]`: `dweight` `[c_out, c_in, 3, 3]` +=
+    /// ∂L/∂W (this sample's gradient computed whole, then added), `dbias[o] += Σ dout[o]` (in
+    /// f64, as [`super::Conv2d::backward_params`]).
     #[allow(clippy::too_many_arguments)]
     pub fn backward_params(
         &self,
