@@ -448,32 +448,50 @@ mod v8 {
     #[derive(Clone, Copy)]
     pub(super) struct V8(__m256);
 
-    // SAFETY (the intrinsics below): a V8 exists only on a CPU with AVX2 (see above); the
-    // pointers follow the trait's contracts.
-    impl Add for V8 {
-        type Output = V8;
-        #[inline(always)]
-        fn add(self, o: V8) -> V8 {
-            V8(unsafe { _mm256_add_ps(self.0, o.0) })
-        }
+    /// Four f32 in an SSE register (runs of 4 tiles: the tile rows of 8 × 8 maps).
+    #[derive(Clone, Copy)]
+    pub(super) struct V4(__m128);
+
+    // SAFETY (the intrinsics below): a V8 or V4 exists only on a CPU with AVX2 (see above);
+    // the pointers follow the trait's contracts.
+
+    /// +, − and sign flip (xor with −0.0, as f32's negation) of a register type.
+    macro_rules! lane_ops {
+        ($t:ident, $add:ident, $sub:ident, $xor:ident, $set1:ident) => {
+            impl Add for $t {
+                type Output = $t;
+                #[inline(always)]
+                fn add(self, o: $t) -> $t {
+                    $t(unsafe { $add(self.0, o.0) })
+                }
+            }
+
+            impl Sub for $t {
+                type Output = $t;
+                #[inline(always)]
+                fn sub(self, o: $t) -> $t {
+                    $t(unsafe { $sub(self.0, o.0) })
+                }
+            }
+
+            impl Neg for $t {
+                type Output = $t;
+                #[inline(always)]
+                fn neg(self) -> $t {
+                    $t(unsafe { $xor(self.0, $set1(-0.0)) })
+                }
+            }
+        };
     }
 
-    impl Sub for V8 {
-        type Output = V8;
-        #[inline(always)]
-        fn sub(self, o: V8) -> V8 {
-            V8(unsafe { _mm256_sub_ps(self.0, o.0) })
-        }
-    }
-
-    impl Neg for V8 {
-        type Output = V8;
-        /// The sign bit flipped, as f32's negation.
-        #[inline(always)]
-        fn neg(self) -> V8 {
-            V8(unsafe { _mm256_xor_ps(self.0, _mm256_set1_ps(-0.0)) })
-        }
-    }
+    lane_ops!(
+        V8,
+        _mm256_add_ps,
+        _mm256_sub_ps,
+        _mm256_xor_ps,
+        _mm256_set1_ps
+    );
+    lane_ops!(V4, _mm_add_ps, _mm_sub_ps, _mm_xor_ps, _mm_set1_ps);
 
     impl Lanes for V8 {
         const N: usize = 8;
@@ -513,35 +531,6 @@ mod v8 {
                     V8(_mm256_permute2f128_ps::<0x31>(lo, hi)),
                 )
             }
-        }
-    }
-
-    /// Four f32 in an SSE register (runs of 4 tiles: the tile rows of 8 × 8 maps).
-    #[derive(Clone, Copy)]
-    pub(super) struct V4(__m128);
-
-    impl Add for V4 {
-        type Output = V4;
-        #[inline(always)]
-        fn add(self, o: V4) -> V4 {
-            V4(unsafe { _mm_add_ps(self.0, o.0) })
-        }
-    }
-
-    impl Sub for V4 {
-        type Output = V4;
-        #[inline(always)]
-        fn sub(self, o: V4) -> V4 {
-            V4(unsafe { _mm_sub_ps(self.0, o.0) })
-        }
-    }
-
-    impl Neg for V4 {
-        type Output = V4;
-        /// The sign bit flipped, as f32's negation.
-        #[inline(always)]
-        fn neg(self) -> V4 {
-            V4(unsafe { _mm_xor_ps(self.0, _mm_set1_ps(-0.0)) })
         }
     }
 
