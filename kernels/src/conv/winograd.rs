@@ -23,8 +23,8 @@
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use super::{
-    first_terms, gemm, gemm_scratch_len, pack_a, round_up, sum_f64, tile_product, Isa, Out, KC,
-    MC_MAX, MR, NR,
+    first_terms, gemm, gemm_scratch_len, microkernel, pack_a, round_up, sum_f64, Isa, Out, Tile,
+    KC, MC_MAX, MR, NR,
 };
 use crate::{check_len, check_min_len, KernelError};
 use core::ops::{Add, Neg, Sub};
@@ -116,24 +116,39 @@ impl Winograd {
         Tiles::new(h, w).n() >= 64
     }
 
-    /// Floats of the transformed weights: 16 matrices of c_out × c_in.
+    /// Floats of the transformed weights: 16 matrices of c_out × c_in, followed (when a
+    /// product fits one block of the GEMM, see [`Winograd::one_block`]) by the same 16
+    /// packed as the products' A operand.
     pub fn weights_len(&self) -> usize {
-        P * self.c_out * self.c_in
+        P * self.c_out * self.c_in + if self.one_block() { self.packed_len() } else { 0 }
     }
 
     /// `u[p·c_out·c_in + o·c_in + c] = (G·W[o, c]·Gᵀ)[p]` for the 3 × 3 filters of `weight`
-    /// ([c_out, c_in, 3, 3]); done once per weight update.
+    /// ([c_out, c_in, 3, 3]), then their packed copy; done once per weight update, so the
+    /// forward, run once per sample, never packs.
     pub fn transform_weights(&self, weight: &[f32], u: &mut [f32]) -> Result<(), KernelError> {
-        let pairs = self.c_out * self.c_in;
+        let (ci, co) = (self.c_in, self.c_out);
+        let pairs = co * ci;
         check_len("winograd weight", 9 * pairs, weight.len())?;
         check_len("winograd transformed weight", self.weights_len(), u.len())?;
+        let (plain, packed) = u.split_at_mut(P * pairs);
         for (i, g) in weight.chunks_exact(9).enumerate() {
             let t = filter_transform(g);
             for (p, v) in t.iter().enumerate() {
-                u[p * pairs + i] = *v;
+                plain[p * pairs + i] = *v;
             }
         }
+        let a_len = round_up(co, MR) * ci;
+        for (p, a) in packed.chunks_exact_mut(a_len).enumerate() {
+            pack_a(Isa::PORTABLE, &plain[p * pairs..][..pairs], ci, 0, co, 0, ci, a);
+        }
         Ok(())
+    }
+
+    /// Whether each product's A operand (c_out × c_in) is one block of the GEMM (depth ≤ KC,
+    /// rows ≤ MC_MAX): then the weights are packed once and B is read in place.
+    fn one_block(&self) -> bool {
+        self.c_in <= KC && self.c_out <= MC_MAX
     }
 
     /// Floats of the 16 transformed weight matrices packed as the products' A operand.
@@ -145,7 +160,6 @@ impl Winograd {
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
         let t = Tiles::new(h, w);
         self.c_out
-            + self.packed_len()
             + self.c_in * t.input_plane()
             + CHUNK * P * (self.c_in + self.c_out)
             + gemm_scratch_len(self.c_out, self.c_in)
@@ -179,20 +193,15 @@ impl Winograd {
         }
         let t = Tiles::new(h, w);
         let (zeros, rest) = scratch.split_at_mut(co);
-        let (packed, rest) = rest.split_at_mut(self.packed_len());
         let (padded, rest) = rest.split_at_mut(ci * t.input_plane());
         let (v, rest) = rest.split_at_mut(CHUNK * P * ci);
         let (m, gs) = rest.split_at_mut(CHUNK * P * co);
         zeros.fill(0.0);
-        // Each weight matrix is packed once here, not once per chunk: when a product fits one
-        // block (depth ≤ KC, rows ≤ MC_MAX), the driver asks for exactly this packing.
-        let one_block = ci <= KC && co <= MC_MAX;
+        let one_block = self.one_block();
+        let (u, packed) = u.split_at(P * co * ci);
         let a_len = round_up(co, MR) * ci;
         let mut offs = [0u32; KC];
         if one_block {
-            for (p, a) in packed.chunks_exact_mut(a_len).enumerate() {
-                pack_a(isa, &u[p * co * ci..][..co * ci], ci, 0, co, 0, ci, a);
-            }
             // Row c of position p's B lies at c·P·CHUNK from p·CHUNK: read in place.
             for (c, o) in offs[..ci].iter_mut().enumerate() {
                 *o = (c * P * CHUNK) as u32;
@@ -205,27 +214,25 @@ impl Winograd {
             input_transform(isa, &t, t0, ci, padded, v);
             for p in 0..P {
                 let u_p = &u[p * co * ci..][..co * ci];
-                let a_p = &packed[p * a_len..][..a_len];
                 let v_p = &v[p * CHUNK..];
+                if one_block {
+                    let a_p = &packed[p * a_len..][..a_len];
+                    let b = (v_p, &offs[..ci]);
+                    let spare = &mut gs[..MR * NR];
+                    chunk_product(isa, a_p, b, co, nt, (&mut m[p * CHUNK..], ld), spare, zeros);
+                    continue;
+                }
                 let m_p = Out::Strided {
                     c: &mut m[p * CHUNK..],
                     ld,
                 };
-                if one_block {
-                    let b = (v_p, &offs[..ci]);
-                    chunk_product(isa, a_p, b, co, nt, m_p, &mut gs[..MR * NR], zeros);
-                    continue;
-                }
                 gemm(
                     isa,
                     Some(zeros),
                     co,
                     nt,
                     ci,
-                    |m0, mc, k0, kc, a| match one_block {
-                        true => a.copy_from_slice(a_p),
-                        false => pack_a(isa, u_p, ci, m0, mc, k0, kc, a),
-                    },
+                    |m0, mc, k0, kc, a| pack_a(isa, u_p, ci, m0, mc, k0, kc, a),
                     |k0, kc, n0, nc, b| pack_rows(v_p, ld, k0, kc, n0, nc, b),
                     m_p,
                     gs,
@@ -322,10 +329,12 @@ impl Winograd {
     }
 }
 
-/// out[i][g] = Σ_k A[i, k]·B[k, g] for the m rows of the packed A (one block: depth
+/// out[i·ld + g] = Σ_k A[i, k]·B[k, g] for the m rows of the packed A (one block: depth
 /// `offs.len()` ≤ KC, m ≤ MC_MAX) and the nt ≤ NR columns of B, whose rows lie at `offs`
 /// (the chunk's transformed tiles, read in place): the one-panel case of [`gemm`], with
-/// every element's terms in the same order (zero, then k = 0, 1, …).
+/// every element's terms in the same order (zero, then k = 0, 1, …). Computed in place in
+/// `out` (a chunk buffer: every row has NR columns, those past nt are scratch), with the
+/// rows past m of the last panel in `spare` (MR·NR floats), so no tile is copied.
 #[allow(clippy::too_many_arguments)]
 fn chunk_product(
     isa: Isa,
@@ -333,17 +342,25 @@ fn chunk_product(
     b: (&[f32], &[u32]),
     m: usize,
     nt: usize,
-    mut out: Out,
-    tmp: &mut [f32],
+    (out, ld): (&mut [f32], usize),
+    spare: &mut [f32],
     zeros: &[f32],
 ) {
     let depth = b.1.len();
+    let mut rows = out.chunks_mut(ld);
     for (t, a_pan) in a.chunks_exact(depth * MR).enumerate() {
         let i0 = t * MR;
         let mr = MR.min(m - i0);
         let start = first_terms(Some(zeros), 0, i0, mr);
-        let at = (nt, i0, mr, 0, nt);
-        tile_product(isa, depth, a_pan, b, &mut out, at, tmp, start.as_ref());
+        let mut spares = spare.chunks_exact_mut(NR);
+        let mut c: Tile = core::array::from_fn(|_| {
+            let row = match rows.next() {
+                Some(r) if r.len() >= NR => &mut r[..NR],
+                _ => spares.next().unwrap_or_default(),
+            };
+            <&mut [f32; NR]>::try_from(row).unwrap_or_else(|_| unreachable!())
+        });
+        microkernel(isa, depth, a_pan, b.0, b.1, &mut c, start.as_ref(), (mr, nt));
     }
 }
 

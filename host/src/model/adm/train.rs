@@ -91,9 +91,9 @@ struct ConvT {
     conv: Conv2d,
     w: Span,
     b: Span,
-    /// Its Winograd form and where its transformed weights lie in [`AdmTrainer::wino`] (and
-    /// those of its input gradient in [`AdmTrainer::wino_t`]), for 3×3 'same' convolutions.
-    wino: Option<(Winograd, Span)>,
+    /// Its Winograd form and where its transformed weights lie in [`AdmTrainer::wino`] and
+    /// those of its input gradient in [`AdmTrainer::wino_t`], for 3×3 'same' convolutions.
+    wino: Option<(Winograd, Span, Span)>,
 }
 
 /// GroupNorm32 γ and β.
@@ -194,8 +194,9 @@ struct TimeTape {
 /// Looks up parameter spans by name.
 struct Spans<'a> {
     layout: &'a ParamLayout,
-    /// Floats of transformed Winograd weights handed out so far.
+    /// Floats of transformed Winograd weights handed out so far (forward, input gradient).
     wino: Cell<usize>,
+    wino_t: Cell<usize>,
 }
 
 impl Spans<'_> {
@@ -212,11 +213,13 @@ impl Spans<'_> {
 
     fn conv(&self, p: &str, conv: Conv2d) -> Result<ConvT> {
         let n = conv.c_out * conv.c_in * conv.kernel * conv.kernel;
+        let take = |next: &Cell<usize>, len: usize| {
+            let at = next.replace(next.get() + len);
+            Span { at, len }
+        };
         let wino = Winograd::of(&conv).map(|wg| {
-            let at = self.wino.get();
-            self.wino.set(at + wg.weights_len());
-            let len = wg.weights_len();
-            (wg, Span { at, len })
+            let u = take(&self.wino, wg.weights_len());
+            (wg, u, take(&self.wino_t, wg.transposed().weights_len()))
         });
         Ok(ConvT {
             conv,
@@ -393,6 +396,7 @@ impl AdmTrainer {
         let sp = Spans {
             layout: &layout,
             wino: Cell::new(0),
+            wino_t: Cell::new(0),
         };
         let c = &arch.config;
         let ted = arch.time_embed_dim;
@@ -457,7 +461,7 @@ impl AdmTrainer {
         let work = pl.work;
         let total = layout.total();
         let convs = all_convs(&blocks, &head_conv);
-        let wino_len = sp.wino.get();
+        let (wino_len, wino_t_len) = (sp.wino.get(), sp.wino_t.get());
         let lane = || Lane {
             tape: vec![0.0; pl.tape],
             work: std::array::from_fn(|_| vec![0.0; work]),
@@ -489,7 +493,7 @@ impl AdmTrainer {
             convs,
             flipped: vec![0.0; total],
             wino: vec![0.0; wino_len],
-            wino_t: vec![0.0; wino_len],
+            wino_t: vec![0.0; wino_t_len],
             pool: Pool::new(threads),
             isa: Isa::detected(),
         })
@@ -504,11 +508,11 @@ impl AdmTrainer {
             c.conv
                 .flip_weights(w, flipped)
                 .map_err(|e| anyhow!("flipping a conv weight: {e}"))?;
-            if let Some((wg, u)) = c.wino {
+            if let Some((wg, u, u_t)) = c.wino {
                 wg.transform_weights(c.w.of(params), &mut self.wino[u.r()])
                     .and_then(|()| {
                         wg.transposed()
-                            .transform_weights(flipped, &mut self.wino_t[u.r()])
+                            .transform_weights(flipped, &mut self.wino_t[u_t.r()])
                     })
                     .map_err(|e| anyhow!("transforming a conv weight: {e}"))?;
             }
@@ -1007,7 +1011,7 @@ fn resolve_block(
 /// ([`Winograd::worthwhile`]).
 fn winograd_at(c: &ConvT, h: usize, w: usize) -> Option<Winograd> {
     c.wino
-        .map(|(wg, _)| wg)
+        .map(|(wg, ..)| wg)
         .filter(|_| Winograd::worthwhile(h, w))
 }
 
@@ -1039,7 +1043,7 @@ impl Ctx<'_> {
     fn conv(&self, c: &ConvT, x: &[f32], h: usize, w: usize, out: &mut [f32]) -> KResult {
         let (isa, wt, b) = (self.isa, self.wref(c.w), self.p(c.b));
         let scratch = self.scratch;
-        if let (Some(wg), Some((_, u))) = (winograd_at(c, h, w), c.wino) {
+        if let (Some(wg), Some((_, u, _))) = (winograd_at(c, h, w), c.wino) {
             let mut s = lock(&scratch[0]);
             return wg.forward(isa, x, h, w, u.of(self.wino), Some(b), out, &mut s);
         }
@@ -1153,9 +1157,9 @@ impl Ctx<'_> {
     /// dx += conv input gradient, split over input channels.
     fn conv_input(&self, c: &ConvT, dout: &[f32], h: usize, w: usize, dx: &mut [f32]) -> KResult {
         let (isa, scratch, wt) = (self.isa, self.scratch, c.w.of(self.flipped));
-        if let (Some(wg), Some((_, u))) = (winograd_at(c, h, w), c.wino) {
+        if let (Some(wg), Some((.., u_t))) = (winograd_at(c, h, w), c.wino) {
             let mut s = lock(&scratch[0]);
-            let u = u.of(self.wino_t);
+            let u = u_t.of(self.wino_t);
             return wg
                 .transposed()
                 .forward(isa, dout, h, w, u, None, dx, &mut s);
