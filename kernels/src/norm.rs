@@ -249,6 +249,7 @@ pub fn group_norm_backward(
     }
 
     let group_len = cpg * hw;
+    let mut gz_cache = [0f32; GZ_CACHE];
     for (gl, gi) in g.enumerate() {
         let at = gi * group_len;
         let xg = &x[at..at + group_len];
@@ -259,24 +260,27 @@ pub fn group_norm_backward(
             mean_lo: (mean - (mean as f32) as f64) as f32,
             rstd: rstd as f32,
         };
-        // Pass 1: per-channel parameter gradients and the two group means of dx̂.
+        // Pass 1: per-channel parameter gradients and the two group means of dx̂; gz is kept
+        // for pass 2 when the group fits the cache.
+        let cached = silu_after && group_len <= GZ_CACHE;
         let (mut s1, mut s2) = (0f64, 0f64);
         for j in 0..cpg {
             let c = gi * cpg + j;
             let ch = pre.channel(c, rstd, gamma, beta, film);
             let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
+            let keep = &mut gz_cache[if cached { j * hw..(j + 1) * hw } else { 0..0 }];
             // Σ gz·y₁, Σ gz, Σ dy₁·x̂, Σ dy₁
             let sums = if silu_after {
                 dispatch!(
                     channel_sums::<true>,
                     channel_sums_avx2,
-                    (&pre, &ch, xc, dyc)
+                    (&pre, &ch, xc, dyc, keep)
                 )
             } else {
                 dispatch!(
                     channel_sums::<false>,
                     channel_sums_avx2,
-                    (&pre, &ch, xc, dyc)
+                    (&pre, &ch, xc, dyc, keep)
                 )
             };
             let l = gl * cpg + j;
@@ -300,7 +304,10 @@ pub fn group_norm_backward(
             let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
             let dxc = &mut dx[(gl * cpg + j) * hw..][..hw];
             let args = (&pre, &ch, gamma[c], m, xc, dyc, dxc);
-            if silu_after {
+            if cached {
+                let gz = &gz_cache[j * hw..(j + 1) * hw];
+                dispatch!(channel_dx_kept, channel_dx_kept_avx2, (args, gz));
+            } else if silu_after {
                 dispatch!(channel_dx::<true>, channel_dx_avx2, args);
             } else {
                 dispatch!(channel_dx::<false>, channel_dx_avx2, args);
@@ -316,8 +323,14 @@ pub fn group_norm_backward(
 /// while the per-element work stays in vectorisable f32.
 const BLOCK: usize = 256;
 
-/// Argument tuple of [`channel_sums`]: group and channel constants, one channel of x and dy.
-type SumArgs<'a> = (&'a Pre, &'a Chan, &'a [f32], &'a [f32]);
+/// Floats of gz = dy·SiLU′(z) the backward keeps from pass 1 for pass 2 (16 KiB of stack;
+/// each costs an exponential and a division): every group of the bundled U-Nets (at most 4
+/// channels of 32 × 32) fits; larger groups recompute gz, which gives the same bits.
+const GZ_CACHE: usize = 4096;
+
+/// Argument tuple of [`channel_sums`]: group and channel constants, one channel of x and dy,
+/// and where to keep the channel's dy₁ (empty: nowhere).
+type SumArgs<'a> = (&'a Pre, &'a Chan, &'a [f32], &'a [f32], &'a mut [f32]);
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -327,17 +340,40 @@ unsafe fn channel_sums_avx2<const SILU: bool>(args: SumArgs) -> [f64; 4] {
 
 /// The four sums of pass 1 over one channel: [Σ gz·y₁, Σ gz, Σ dy₁·x̂, Σ dy₁], element i
 /// added to f32 lane i mod [`LANES`] of its [`BLOCK`], the blocks' lanes summed in f64 in
-/// a fixed order (independent of how the caller splits the groups).
+/// a fixed order (independent of how the caller splits the groups). When `keep` is not
+/// empty, each element's gz is first written there and the sums read it back (same values).
 #[inline(always)]
-fn channel_sums<const SILU: bool>((pre, ch, xc, dyc): SumArgs) -> [f64; 4] {
+fn channel_sums<const SILU: bool>((pre, ch, xc, dyc, keep): SumArgs) -> [f64; 4] {
+    if keep.is_empty() {
+        return sums_by::<SILU, false>(pre, ch, xc, dyc);
+    }
+    assert_eq!(keep.len(), xc.len());
+    for ((k, &v), &dy) in keep.iter_mut().zip(xc).zip(dyc) {
+        *k = ch.gz::<SILU>(pre, v, dy);
+    }
+    sums_by::<SILU, true>(pre, ch, xc, keep)
+}
+
+/// [`channel_sums`] over `g` = dy (GZ false) or the elements' gz (GZ true).
+#[inline(always)]
+fn sums_by<const SILU: bool, const GZ: bool>(
+    pre: &Pre,
+    ch: &Chan,
+    xc: &[f32],
+    g: &[f32],
+) -> [f64; 4] {
     let mut total = [0f64; 4];
-    for (xb, db) in xc.chunks(BLOCK).zip(dyc.chunks(BLOCK)) {
+    for (xb, db) in xc.chunks(BLOCK).zip(g.chunks(BLOCK)) {
         let mut acc = [[0f32; LANES]; 4];
         let (xl, dl) = (xb.chunks_exact(LANES), db.chunks_exact(LANES));
         let (xt, dt) = (xl.remainder(), dl.remainder());
+        let element = |v: f32, g: f32| match GZ {
+            true => ch.element_of_gz(pre, v, g),
+            false => ch.element::<SILU>(pre, v, g),
+        };
         for (xv, dv) in xl.zip(dl) {
             for l in 0..LANES {
-                let (xhat, y1, gz, dy1) = ch.element::<SILU>(pre, xv[l], dv[l]);
+                let (xhat, y1, gz, dy1) = element(xv[l], dv[l]);
                 acc[0][l] += gz * y1;
                 acc[1][l] += gz;
                 acc[2][l] += dy1 * xhat;
@@ -345,7 +381,7 @@ fn channel_sums<const SILU: bool>((pre, ch, xc, dyc): SumArgs) -> [f64; 4] {
             }
         }
         for (l, (&v, &dy)) in xt.iter().zip(dt).enumerate() {
-            let (xhat, y1, gz, dy1) = ch.element::<SILU>(pre, v, dy);
+            let (xhat, y1, gz, dy1) = element(v, dy);
             acc[0][l] += gz * y1;
             acc[1][l] += gz;
             acc[2][l] += dy1 * xhat;
@@ -382,6 +418,21 @@ unsafe fn channel_dx_avx2<const SILU: bool>(args: DxArgs) {
 fn channel_dx<const SILU: bool>((pre, ch, gc, m, xc, dyc, dxc): DxArgs) {
     for ((d, &v), &dy) in dxc.iter_mut().zip(xc).zip(dyc) {
         let (xhat, _, _, dy1) = ch.element::<SILU>(pre, v, dy);
+        *d += pre.rstd * ((dy1 * gc - m[0]) - xhat * m[1]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn channel_dx_kept_avx2(args: (DxArgs, &[f32])) {
+    channel_dx_kept(args)
+}
+
+/// [`channel_dx`] from the gz pass 1 kept (`dyc` unused).
+#[inline(always)]
+fn channel_dx_kept(((pre, ch, gc, m, xc, _, dxc), gzc): (DxArgs, &[f32])) {
+    for ((d, &v), &gz) in dxc.iter_mut().zip(xc).zip(gzc) {
+        let (xhat, _, _, dy1) = ch.element_of_gz(pre, v, gz);
         *d += pre.rstd * ((dy1 * gc - m[0]) - xhat * m[1]);
     }
 }
@@ -426,13 +477,25 @@ impl Chan {
     /// whether the forward applied SiLU after the norm (a const, so each loop is branch-free).
     #[inline(always)]
     fn element<const SILU: bool>(&self, pre: &Pre, v: f32, dy: f32) -> (f32, f32, f32, f32) {
-        let cen = (v - pre.mean_hi) - pre.mean_lo;
-        let y1 = cen * self.s + self.b;
-        let gz = if SILU {
+        self.element_of_gz(pre, v, self.gz::<SILU>(pre, v, dy))
+    }
+
+    /// The gz of [`Chan::element`].
+    #[inline(always)]
+    fn gz<const SILU: bool>(&self, pre: &Pre, v: f32, dy: f32) -> f32 {
+        if SILU {
+            let y1 = ((v - pre.mean_hi) - pre.mean_lo) * self.s + self.b;
             dy * silu_grad(y1 * self.fs + self.fb)
         } else {
             dy
-        };
+        }
+    }
+
+    /// [`Chan::element`] given its gz.
+    #[inline(always)]
+    fn element_of_gz(&self, pre: &Pre, v: f32, gz: f32) -> (f32, f32, f32, f32) {
+        let cen = (v - pre.mean_hi) - pre.mean_lo;
+        let y1 = cen * self.s + self.b;
         (cen * pre.rstd, y1, gz, gz * self.fs)
     }
 }
@@ -832,15 +895,27 @@ mod backward_tests {
             assert_eq!(y, y2);
         }
         assert_eq!(mean_var_body(&x), unsafe { mean_var_avx2(&x) });
-        let sums = channel_sums::<true>((&pre, &ch, &x, &dy));
+        // Recomputing gz or keeping it (portable or AVX2) gives the same sums and dx.
+        let sums = channel_sums::<true>((&pre, &ch, &x, &dy, &mut []));
+        let (mut gz, mut gz2) = (vec![0f32; hw], vec![0f32; hw]);
         assert_eq!(sums, unsafe {
-            channel_sums_avx2::<true>((&pre, &ch, &x, &dy))
+            channel_sums_avx2::<true>((&pre, &ch, &x, &dy, &mut []))
         });
+        assert_eq!(sums, channel_sums::<true>((&pre, &ch, &x, &dy, &mut gz)));
+        assert_eq!(sums, unsafe {
+            channel_sums_avx2::<true>((&pre, &ch, &x, &dy, &mut gz2))
+        });
+        assert_eq!(gz, gz2);
         let mut dx = vec![0.5f32; hw];
-        let mut dx2 = dx.clone();
-        channel_dx::<true>((&pre, &ch, 1.3, [0.1, -0.2], &x, &dy, &mut dx));
-        unsafe { channel_dx_avx2::<true>((&pre, &ch, 1.3, [0.1, -0.2], &x, &dy, &mut dx2)) };
+        let (mut dx2, mut dx3, mut dx4) = (dx.clone(), dx.clone(), dx.clone());
+        let m = [0.1, -0.2];
+        channel_dx::<true>((&pre, &ch, 1.3, m, &x, &dy, &mut dx));
+        unsafe { channel_dx_avx2::<true>((&pre, &ch, 1.3, m, &x, &dy, &mut dx2)) };
+        channel_dx_kept(((&pre, &ch, 1.3, m, &x, &[], &mut dx3), &gz));
+        unsafe { channel_dx_kept_avx2(((&pre, &ch, 1.3, m, &x, &[], &mut dx4), &gz)) };
         assert_eq!(dx, dx2);
+        assert_eq!(dx, dx3);
+        assert_eq!(dx, dx4);
     }
 
     #[test]

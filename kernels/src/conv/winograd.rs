@@ -120,7 +120,12 @@ impl Winograd {
     /// product fits one block of the GEMM, see [`Winograd::one_block`]) by the same 16
     /// packed as the products' A operand.
     pub fn weights_len(&self) -> usize {
-        P * self.c_out * self.c_in + if self.one_block() { self.packed_len() } else { 0 }
+        P * self.c_out * self.c_in
+            + if self.one_block() {
+                self.packed_len()
+            } else {
+                0
+            }
     }
 
     /// `u[p·c_out·c_in + o·c_in + c] = (G·W[o, c]·Gᵀ)[p]` for the 3 × 3 filters of `weight`
@@ -140,7 +145,16 @@ impl Winograd {
         }
         let a_len = round_up(co, MR) * ci;
         for (p, a) in packed.chunks_exact_mut(a_len).enumerate() {
-            pack_a(Isa::PORTABLE, &plain[p * pairs..][..pairs], ci, 0, co, 0, ci, a);
+            pack_a(
+                Isa::PORTABLE,
+                &plain[p * pairs..][..pairs],
+                ci,
+                0,
+                co,
+                0,
+                ci,
+                a,
+            );
         }
         Ok(())
     }
@@ -360,7 +374,16 @@ fn chunk_product(
             };
             <&mut [f32; NR]>::try_from(row).unwrap_or_else(|_| unreachable!())
         });
-        microkernel(isa, depth, a_pan, b.0, b.1, &mut c, start.as_ref(), (mr, nt));
+        microkernel(
+            isa,
+            depth,
+            a_pan,
+            b.0,
+            b.1,
+            &mut c,
+            start.as_ref(),
+            (mr, nt),
+        );
     }
 }
 
