@@ -25,6 +25,7 @@
 use crate::{check_len, check_min_len, check_range, KernelError, Weight, WeightsRef};
 
 mod direct;
+mod strided;
 mod winograd;
 use direct::Direct;
 pub use winograd::Winograd;
@@ -361,7 +362,11 @@ impl Conv2d {
         let (oh, ow) = self.out_size(h, w);
         let k2 = self.kernel * self.kernel;
         let params = gemm_scratch_len(self.c_out, oh * ow) + self.padded_len(h, w);
-        gemm_scratch_len(self.c_in, self.c_out * k2).max(params)
+        let input = match self.stride {
+            1 => gemm_scratch_len(self.c_in, self.c_out * k2),
+            _ => strided::scratch_len(self, self.c_in, oh * ow),
+        };
+        input.max(params)
     }
 
     /// The direct geometry of the input gradient (a stride-1 convolution of dout padded by
@@ -425,16 +430,26 @@ impl Conv2d {
         check_len("conv2d weight", self.c_out * c_in * k * k, weight.len())?;
         let row0 = ci.start;
         match weight {
-            WeightsRef::F32(wt) => {
-                self.backward_input_with(isa, dinp, dout, h, w, ci, scratch, |m0, mc, k0, kc, a| {
-                    pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a)
-                })
-            }
-            WeightsRef::F16(wt) => {
-                self.backward_input_with(isa, dinp, dout, h, w, ci, scratch, |m0, mc, k0, kc, a| {
-                    pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a)
-                })
-            }
+            WeightsRef::F32(wt) => self.backward_input_with(
+                isa,
+                dinp,
+                dout,
+                (h, w),
+                ci,
+                scratch,
+                |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
+                |c, o, q| wt[(o * c_in + c) * k * k + q],
+            ),
+            WeightsRef::F16(wt) => self.backward_input_with(
+                isa,
+                dinp,
+                dout,
+                (h, w),
+                ci,
+                scratch,
+                |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
+                |c, o, q| wt[(o * c_in + c) * k * k + q].to_f32(),
+            ),
         }
     }
 
@@ -479,24 +494,34 @@ impl Conv2d {
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
         check_len("conv2d flipped weight", self.flipped_len(), flipped.len())?;
-        let (depth, row0) = (self.c_out * self.kernel * self.kernel, ci.start);
-        self.backward_input_with(isa, dinp, dout, h, w, ci, scratch, |m0, mc, k0, kc, a| {
-            pack_a(isa, flipped, depth, row0 + m0, mc, k0, kc, a)
-        })
+        let (co, k2) = (self.c_out, self.kernel * self.kernel);
+        let (depth, row0) = (co * k2, ci.start);
+        self.backward_input_with(
+            isa,
+            dinp,
+            dout,
+            (h, w),
+            ci,
+            scratch,
+            |m0, mc, k0, kc, a| pack_a(isa, flipped, depth, row0 + m0, mc, k0, kc, a),
+            |c, o, q| flipped[(c * co + o) * k2 + k2 - 1 - q],
+        )
     }
 
-    /// The input gradient's GEMM, with A (the flipped weight rows of `ci`) packed by `pack_a`.
+    /// The input gradient: for stride 1, the transposed convolution's GEMM with A (the flipped
+    /// weight rows of `ci`) packed by `pack_a`; for larger strides, the GEMM into columns and
+    /// col2im of `conv/strided.rs`, reading `tap(c, o, ky·k + kx)` = W[o, c, ky, kx].
     #[allow(clippy::too_many_arguments)]
     fn backward_input_with(
         &self,
         isa: Isa,
         dinp: &mut [f32],
         dout: &[f32],
-        h: usize,
-        w: usize,
+        (h, w): (usize, usize),
         ci: core::ops::Range<usize>,
         scratch: &mut [f32],
         pack_a: impl FnMut(usize, usize, usize, usize, &mut [f32]),
+        tap: impl Fn(usize, usize, usize) -> f32,
     ) -> Result<(), KernelError> {
         let (oh, ow) = self.check_backward(h, w, dout)?;
         if self.pad >= self.kernel {
@@ -513,6 +538,10 @@ impl Conv2d {
             self.backward_packed_len(h, w),
             scratch.len(),
         )?;
+        if self.stride > 1 {
+            strided::input_gradient(self, isa, dinp, dout, (h, w), ci, scratch, tap);
+            return Ok(());
+        }
         if let Some(d) = self.direct_input(h, w) {
             if scratch.len() >= d.scratch_len(ci.len()) {
                 d.run(
@@ -1121,6 +1150,19 @@ fn pack_a<W: Weight>(
                     panel[kk * MR + i] = 0.0;
                 }
             }
+        }
+    }
+}
+
+/// Packs rows k0 .. k0+kc, columns n0 .. n0+nc of the row-major `src` (row stride `ld`) as
+/// NR-wide micro-panels: b[(j/NR)·kc·NR + kk·NR + j%NR] = src[k0 + kk, n0 + j] (zero past nc).
+fn pack_rows(src: &[f32], ld: usize, k0: usize, kc: usize, n0: usize, nc: usize, b: &mut [f32]) {
+    for (pi, panel) in b.chunks_exact_mut(kc * NR).enumerate() {
+        let j0 = n0 + pi * NR;
+        let width = NR.min(n0 + nc - j0);
+        for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            dst[..width].copy_from_slice(&src[(k0 + kk) * ld + j0..][..width]);
+            dst[width..].fill(0.0);
         }
     }
 }
@@ -2330,17 +2372,40 @@ mod backward_tests {
             for y in 0..h {
                 for xx in 0..w {
                     let mut acc = init;
-                    for o in 0..c.c_out {
-                        for ky in (0..k).rev() {
-                            for kx in (0..k).rev() {
-                                let (ny, nx) =
-                                    (y as isize + p - ky as isize, xx as isize + p - kx as isize);
-                                let d = if ny % s == 0 && nx % s == 0 {
-                                    at(dout, o, oh, ow, ny / s, nx / s)
-                                } else {
-                                    0.0
-                                };
-                                acc = step(acc, wt[((o * c.c_in + ci) * k + ky) * k + kx], d);
+                    let tap = |ky: usize, kx: usize| {
+                        let (ny, nx) =
+                            (y as isize + p - ky as isize, xx as isize + p - kx as isize);
+                        let hit = ny % s == 0 && nx % s == 0 && ny >= 0 && nx >= 0;
+                        let hit = hit && ((ny / s) as usize) < oh && ((nx / s) as usize) < ow;
+                        (hit, ny / s, nx / s)
+                    };
+                    let w_at =
+                        |o: usize, ky: usize, kx: usize| wt[((o * c.c_in + ci) * k + ky) * k + kx];
+                    if c.stride == 1 {
+                        // One chain over (o, flipped taps), the transposed convolution's GEMM.
+                        for o in 0..c.c_out {
+                            for ky in (0..k).rev() {
+                                for kx in (0..k).rev() {
+                                    let (_, ny, nx) = tap(ky, kx);
+                                    let d = at(dout, o, oh, ow, ny, nx);
+                                    acc = step(acc, w_at(o, ky, kx), d);
+                                }
+                            }
+                        }
+                    } else {
+                        // Per tap (in order) that reaches the pixel, a chain over o from 0
+                        // (the GEMM into columns), then added on (col2im).
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (hit, ny, nx) = tap(ky, kx);
+                                if hit {
+                                    let mut col = 0.0;
+                                    for o in 0..c.c_out {
+                                        let d = at(dout, o, oh, ow, ny, nx);
+                                        col = step(col, w_at(o, ky, kx), d);
+                                    }
+                                    acc += col;
+                                }
                             }
                         }
                     }
@@ -2396,6 +2461,28 @@ mod backward_tests {
                 assert_eq!(g.dx, dx, "dx {isa:?} {shape:?}");
                 assert_eq!(g.dw, dw, "dw {isa:?} {shape:?}");
             }
+        }
+    }
+
+    /// The strided input gradient's GEMM split into row blocks (30·9 = 270 rows > MC_MAX) and
+    /// depth blocks (400 output channels > KC) keeps the documented order (too large for the
+    /// finite-difference tests that run over SHAPES).
+    #[test]
+    fn strided_input_gradient_in_blocks_keeps_the_term_order() {
+        let shape = (30, 400, 3, 2, 1, 5, 6);
+        let c = conv_of(&shape);
+        let (h, w) = (shape.5, shape.6);
+        let (oh, ow) = c.out_size(h, w);
+        let x = data(c.c_in * h * w, 5);
+        let wt = data(c.c_out * c.c_in * 9, 6);
+        let dout = data(c.c_out * oh * ow, 7);
+        for isa in isas() {
+            let step = move |acc: f32, a: f32, b: f32| match isa.is_simd() {
+                true => a.mul_add(b, acc),
+                false => acc + a * b,
+            };
+            let (dx, _) = reference_orders(&c, &x, h, w, &wt, &dout, 0.5, step);
+            assert_eq!(backward(isa, &c, &x, h, w, &wt, &dout, 0.5).dx, dx, "{isa:?}");
         }
     }
 

@@ -23,8 +23,8 @@
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use super::{
-    first_terms, gemm, gemm_scratch_len, microkernel, pack_a, round_up, sum_f64, Isa, Out, Tile,
-    KC, MC_MAX, MR, NR,
+    first_terms, gemm, gemm_scratch_len, microkernel, pack_a, pack_rows, round_up, sum_f64, Isa,
+    Out, Tile, KC, MC_MAX, MR, NR,
 };
 use crate::{check_len, check_min_len, KernelError};
 use core::ops::{Add, Neg, Sub};
@@ -945,19 +945,6 @@ unsafe fn dout_tiles<L: Lanes>(src: *const f32, tw: usize, dst: *mut f32, stride
             for (j, x) in a4(x0, x1).into_iter().enumerate() {
                 x.store(dst.add((4 * i + j) * stride));
             }
-        }
-    }
-}
-
-/// Packs rows k0 .. k0+kc, columns n0 .. n0+nc of the row-major `src` (row stride `ld`) as
-/// NR-wide micro-panels: b[(j/NR)·kc·NR + kk·NR + j%NR] = src[k0 + kk, n0 + j] (zero past nc).
-fn pack_rows(src: &[f32], ld: usize, k0: usize, kc: usize, n0: usize, nc: usize, b: &mut [f32]) {
-    for (pi, panel) in b.chunks_exact_mut(kc * NR).enumerate() {
-        let j0 = n0 + pi * NR;
-        let width = NR.min(n0 + nc - j0);
-        for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-            dst[..width].copy_from_slice(&src[(k0 + kk) * ld + j0..][..width]);
-            dst[width..].fill(0.0);
         }
     }
 }
