@@ -58,8 +58,56 @@ pub fn qkv_attention(
     check_range("attention: head range outside 0..heads", &h, heads)?;
     check_len("attention output", h.len() * ch * t, out.len())?;
     check_min_len("attention scratch", attention_scratch_len(t), scratch.len())?;
-    let row = &mut scratch[..t];
-    let scale = 1.0 / libm::sqrtf(libm::sqrtf(ch as f32));
+    let shape = Heads {
+        channels,
+        t,
+        heads,
+        order,
+    };
+    dispatch!(attend, attend_avx2, (qkv, shape, h, out, &mut scratch[..t]));
+    Ok(())
+}
+
+/// The checked shape of an attention call.
+#[derive(Clone, Copy)]
+struct Heads {
+    channels: usize,
+    t: usize,
+    heads: usize,
+    order: QkvOrder,
+}
+
+impl Heads {
+    /// Channels per head and s = ch^(−1/4).
+    #[inline(always)]
+    fn ch_scale(&self) -> (usize, f32) {
+        let ch = self.channels / self.heads;
+        (ch, 1.0 / libm::sqrtf(libm::sqrtf(ch as f32)))
+    }
+}
+
+/// Arguments of [`attend`]: qkv, shape, heads, out, one row of scratch.
+type AttendArgs<'a> = (
+    &'a [f32],
+    Heads,
+    core::ops::Range<usize>,
+    &'a mut [f32],
+    &'a mut [f32],
+);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_avx2(args: AttendArgs) {
+    attend(args)
+}
+
+/// The body of [`qkv_attention`] (shapes checked).
+#[inline(always)]
+fn attend((qkv, shape, h, out, row): AttendArgs) {
+    let Heads {
+        channels, t, order, ..
+    } = shape;
+    let (ch, scale) = shape.ch_scale();
     for (head, out_h) in h.zip(out.chunks_exact_mut(ch * t)) {
         let (q0, k0, v0) = head_rows(order, channels, ch, head);
         let q = &qkv[q0 * t..(q0 + ch) * t];
@@ -73,7 +121,6 @@ pub fn qkv_attention(
             }
         }
     }
-    Ok(())
 }
 
 /// Scratch floats [`qkv_attention_backward`] needs for `t` positions: one row of attention
@@ -110,7 +157,6 @@ pub fn qkv_attention_backward(
             "attention: channels must be a nonzero multiple of heads, T > 0",
         ));
     }
-    let ch = channels / heads;
     check_len("attention qkv", 3 * channels * t, qkv.len())?;
     check_len("attention dqkv", 3 * channels * t, dqkv.len())?;
     check_len("attention dout", channels * t, dout.len())?;
@@ -120,8 +166,41 @@ pub fn qkv_attention_backward(
         attention_backward_scratch_len(t),
         scratch.len(),
     )?;
-    let (w, dl) = scratch[..2 * t].split_at_mut(t);
-    let scale = 1.0 / libm::sqrtf(libm::sqrtf(ch as f32));
+    let shape = Heads {
+        channels,
+        t,
+        heads,
+        order,
+    };
+    let args = (dqkv, dout, qkv, shape, h, &mut scratch[..2 * t]);
+    dispatch!(attend_backward, attend_backward_avx2, args);
+    Ok(())
+}
+
+/// Arguments of [`attend_backward`]: dqkv, dout, qkv, shape, heads, two rows of scratch.
+type BackwardArgs<'a> = (
+    &'a mut [f32],
+    &'a [f32],
+    &'a [f32],
+    Heads,
+    core::ops::Range<usize>,
+    &'a mut [f32],
+);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_backward_avx2(args: BackwardArgs) {
+    attend_backward(args)
+}
+
+/// The body of [`qkv_attention_backward`] (shapes checked).
+#[inline(always)]
+fn attend_backward((dqkv, dout, qkv, shape, h, scratch): BackwardArgs) {
+    let Heads {
+        channels, t, order, ..
+    } = shape;
+    let (ch, scale) = shape.ch_scale();
+    let (w, dl) = scratch.split_at_mut(t);
     for head in h {
         let (q0, k0, v0) = head_rows(order, channels, ch, head);
         let q = &qkv[q0 * t..(q0 + ch) * t];
@@ -157,10 +236,10 @@ pub fn qkv_attention_backward(
             }
         }
     }
-    Ok(())
 }
 
 /// row[s] = Σ_c (q[c,target]·scale)·(k[c,s]·scale), accumulated over c in order.
+#[inline(always)]
 pub(crate) fn logits(q: &[f32], k: &[f32], t: usize, target: usize, scale: f32, row: &mut [f32]) {
     row.fill(0.0);
     for (qc, kc) in q.chunks_exact(t).zip(k.chunks_exact(t)) {
@@ -176,6 +255,7 @@ pub(crate) fn logits(q: &[f32], k: &[f32], t: usize, target: usize, scale: f32, 
 /// vectorises; arguments below −87 give ~1e-38 instead of 0, nothing against a sum ≥ 1), and
 /// max and sum use [`LANES`] interleaved partials in a fixed order, so every loop vectorises
 /// and the weights do not depend on anything but the row.
+#[inline(always)]
 pub(crate) fn softmax_inplace(row: &mut [f32]) {
     let max = lanes(row, f32::NEG_INFINITY, f32::max);
     for r in row.iter_mut() {
@@ -192,6 +272,7 @@ const LANES: usize = 8;
 
 /// The reduction `op` of `row`: element i folded into lane i mod [`LANES`] from `init`, the
 /// lanes combined pairwise, then the tail in order.
+#[inline(always)]
 fn lanes(row: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [init; LANES];
     let chunks = row.chunks_exact(LANES);
@@ -212,6 +293,7 @@ fn lanes(row: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
 }
 
 /// Σ a[s]·b[s] with 8 interleaved partial sums (fixed order, vectorisable).
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -483,5 +565,37 @@ mod tests {
         assert!(qkv_attention_backward(&mut dq, &r[1..], &q, 4, 2, 2, o, 0..2, &mut s).is_err());
         assert!(qkv_attention_backward(&mut dq[1..], &r, &q, 4, 2, 2, o, 0..2, &mut s).is_err());
         assert!(qkv_attention_backward(&mut dq, &r, &q, 4, 2, 2, o, 0..2, &mut s[..3]).is_err());
+    }
+
+    /// The AVX2 twins compute the portable bodies' bits (no FMA, same order), so attention
+    /// does not depend on the CPU's vector width.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_twins_give_the_portable_bits() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        // 37 positions: whole 8-lane blocks and a tail.
+        let (c, t, heads) = (12, 37, 3);
+        let qkv = data(3 * c * t, 41);
+        let dout = data(c * t, 42);
+        for order in [QkvOrder::Legacy, QkvOrder::New] {
+            let shape = Heads {
+                channels: c,
+                t,
+                heads,
+                order,
+            };
+            let (mut a, mut b) = (vec![0f32; c * t], vec![0f32; c * t]);
+            let (mut s1, mut s2) = (vec![0f32; 2 * t], vec![0f32; 2 * t]);
+            attend((&qkv, shape, 0..heads, &mut a, &mut s1[..t]));
+            // SAFETY (both): the CPU has AVX2 (checked above).
+            unsafe { attend_avx2((&qkv, shape, 0..heads, &mut b, &mut s2[..t])) };
+            assert_eq!(a, b);
+            let (mut da, mut db) = (vec![0.5f32; 3 * c * t], vec![0.5f32; 3 * c * t]);
+            attend_backward((&mut da, &dout, &qkv, shape, 0..heads, &mut s1));
+            unsafe { attend_backward_avx2((&mut db, &dout, &qkv, shape, 0..heads, &mut s2)) };
+            assert_eq!(da, db);
+        }
     }
 }

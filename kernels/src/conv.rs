@@ -2482,7 +2482,11 @@ mod backward_tests {
                 false => acc + a * b,
             };
             let (dx, _) = reference_orders(&c, &x, h, w, &wt, &dout, 0.5, step);
-            assert_eq!(backward(isa, &c, &x, h, w, &wt, &dout, 0.5).dx, dx, "{isa:?}");
+            assert_eq!(
+                backward(isa, &c, &x, h, w, &wt, &dout, 0.5).dx,
+                dx,
+                "{isa:?}"
+            );
         }
     }
 

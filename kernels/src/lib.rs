@@ -50,6 +50,32 @@
     feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)
 )]
 
+/// Calls `$plain(args…)`, or its twin `$avx2` compiled with AVX2 when [`crate::Isa::detected`]
+/// reports the CPU has it (the GroupNorm and attention kernels). The bodies are plain IEEE
+/// f32/f64 arithmetic without fused multiply-adds (Rust never contracts a·b + c), so both
+/// compilations give the same bits: AVX2 only doubles the vector width (the portable build
+/// targets baseline x86-64, 4 f32 lanes). Everything the body calls must be
+/// `#[inline(always)]` to be compiled with it.
+macro_rules! dispatch {
+    ($plain:ident $(::<$g:tt>)?, $avx2:ident, $args:expr) => {{
+        let args = $args;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::Isa::detected().is_simd() {
+                // SAFETY: Isa::detected() reports a SIMD path only when the CPU has AVX2 and
+                // FMA (checked by the host before enable_avx2_fma, or compiled in).
+                unsafe { $avx2 $(::<$g>)? (args) }
+            } else {
+                $plain $(::<$g>)? (args)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $plain $(::<$g>)? (args)
+        }
+    }};
+}
+
 pub mod attention;
 pub mod conv;
 pub mod elementwise;

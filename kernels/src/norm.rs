@@ -8,30 +8,6 @@ use crate::{check_len, check_range, KernelError};
 /// depend on how the caller splits the groups.
 const LANES: usize = 8;
 
-/// Calls `$plain(args…)`, or its twin `$avx2` compiled with AVX2 when [`crate::Isa::detected`]
-/// reports the CPU has it. The bodies are plain IEEE f32/f64 arithmetic without fused
-/// multiply-adds, so both compilations give the same bits: AVX2 only doubles the vector width
-/// (the portable build targets baseline x86-64, 4 f32 lanes).
-macro_rules! dispatch {
-    ($plain:ident $(::<$g:tt>)?, $avx2:ident, $args:expr) => {{
-        let args = $args;
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::Isa::detected().is_simd() {
-                // SAFETY: Isa::detected() reports a SIMD path only when the CPU has AVX2 and
-                // FMA (checked by the host before enable_avx2_fma, or compiled in).
-                unsafe { $avx2 $(::<$g>)? (args) }
-            } else {
-                $plain $(::<$g>)? (args)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $plain $(::<$g>)? (args)
-        }
-    }};
-}
-
 /// Mean and biased variance of `x`, in one pass of f64 sums of x and x² (8 interleaved lanes).
 /// In f64 the cancellation in E[x²] − μ² costs ~1e-16·μ²/σ² relative, negligible for any
 /// activation an f32 network produces.
