@@ -15,12 +15,6 @@ fn mean_var(x: &[f32]) -> (f64, f64) {
     dispatch!(mean_var_body, mean_var_avx2, x)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn mean_var_avx2(x: &[f32]) -> (f64, f64) {
-    mean_var_body(x)
-}
-
 #[inline(always)]
 fn mean_var_body(x: &[f32]) -> (f64, f64) {
     let mut s1 = [0f64; LANES];
@@ -34,12 +28,49 @@ fn mean_var_body(x: &[f32]) -> (f64, f64) {
             s2[l] += v * v;
         }
     }
-    let (mut a, mut b) = (tree(&s1), tree(&s2));
+    mean_var_finish(&s1, &s2, tail, x.len())
+}
+
+/// [`mean_var_body`] with the lanes as two AVX vectors of four f64 each (LLVM does not
+/// vectorise the portable loop's widening to f64): the same operations per lane, so the
+/// same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn mean_var_avx2(x: &[f32]) -> (f64, f64) {
+    use core::arch::x86_64::*;
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let (mut s1, mut s2) = ([0f64; LANES], [0f64; LANES]);
+    // SAFETY: AVX2 by the caller's contract; every chunk holds LANES floats, s1 and s2 LANES.
+    unsafe {
+        let z = _mm256_setzero_pd();
+        let (mut a_lo, mut a_hi, mut b_lo, mut b_hi) = (z, z, z, z);
+        for c in chunks {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+            let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+            a_lo = _mm256_add_pd(a_lo, lo);
+            a_hi = _mm256_add_pd(a_hi, hi);
+            b_lo = _mm256_add_pd(b_lo, _mm256_mul_pd(lo, lo));
+            b_hi = _mm256_add_pd(b_hi, _mm256_mul_pd(hi, hi));
+        }
+        _mm256_storeu_pd(s1.as_mut_ptr(), a_lo);
+        _mm256_storeu_pd(s1.as_mut_ptr().add(4), a_hi);
+        _mm256_storeu_pd(s2.as_mut_ptr(), b_lo);
+        _mm256_storeu_pd(s2.as_mut_ptr().add(4), b_hi);
+    }
+    mean_var_finish(&s1, &s2, tail, x.len())
+}
+
+/// Mean and variance from the lanes' sums of x and x², the tail added in order.
+#[inline(always)]
+fn mean_var_finish(s1: &[f64; LANES], s2: &[f64; LANES], tail: &[f32], n: usize) -> (f64, f64) {
+    let (mut a, mut b) = (tree(s1), tree(s2));
     for &v in tail {
         a += v as f64;
         b += v as f64 * v as f64;
     }
-    let n = x.len() as f64;
+    let n = n as f64;
     let mean = a / n;
     (mean, (b / n - mean * mean).max(0.0))
 }
@@ -308,10 +339,70 @@ const GZ_CACHE: usize = 4096;
 /// and where to keep the channel's dy₁ (empty: nowhere).
 type SumArgs<'a> = (&'a Pre, &'a Chan, &'a [f32], &'a [f32], &'a mut [f32]);
 
+/// [`channel_sums`] compiled with AVX2, its sums over gz (kept, or dy itself without SiLU)
+/// in AVX vectors: the same operations per lane as [`sums_by`], so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn channel_sums_avx2<const SILU: bool>(args: SumArgs) -> [f64; 4] {
-    channel_sums::<SILU>(args)
+unsafe fn channel_sums_avx2<const SILU: bool>((pre, ch, xc, dyc, keep): SumArgs) -> [f64; 4] {
+    if keep.is_empty() {
+        if SILU {
+            return sums_by::<true, false>(pre, ch, xc, dyc);
+        }
+        // SAFETY: AVX2 by the caller's contract.
+        return unsafe { sums_of_gz_avx2(pre, ch, xc, dyc) };
+    }
+    assert_eq!(keep.len(), xc.len());
+    for ((k, &v), &dy) in keep.iter_mut().zip(xc).zip(dyc) {
+        *k = ch.gz::<SILU>(pre, v, dy);
+    }
+    // SAFETY: AVX2 by the caller's contract.
+    unsafe { sums_of_gz_avx2(pre, ch, xc, keep) }
+}
+
+/// `sums_by::<_, true>` in AVX vectors: per block, the f32 lanes as one vector per sum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sums_of_gz_avx2(pre: &Pre, ch: &Chan, xc: &[f32], g: &[f32]) -> [f64; 4] {
+    use core::arch::x86_64::*;
+    let mut total = [0f64; 4];
+    for (xb, gb) in xc.chunks(BLOCK).zip(g.chunks(BLOCK)) {
+        let mut acc = [[0f32; LANES]; 4];
+        let (xl, gl) = (xb.chunks_exact(LANES), gb.chunks_exact(LANES));
+        let (xt, gt) = (xl.remainder(), gl.remainder());
+        // SAFETY: AVX2 by the caller's contract; every chunk and acc row holds LANES floats.
+        unsafe {
+            let splat = _mm256_set1_ps;
+            let (mh, ml, rstd) = (splat(pre.mean_hi), splat(pre.mean_lo), splat(pre.rstd));
+            let (sc, b, fs) = (splat(ch.s), splat(ch.b), splat(ch.fs));
+            let mut a = [_mm256_setzero_ps(); 4];
+            for (xv, gv) in xl.zip(gl) {
+                let (v, gz) = (_mm256_loadu_ps(xv.as_ptr()), _mm256_loadu_ps(gv.as_ptr()));
+                // The operations of Chan::element_of_gz, in its order (no FMA).
+                let cen = _mm256_sub_ps(_mm256_sub_ps(v, mh), ml);
+                let y1 = _mm256_add_ps(_mm256_mul_ps(cen, sc), b);
+                let xhat = _mm256_mul_ps(cen, rstd);
+                let dy1 = _mm256_mul_ps(gz, fs);
+                a[0] = _mm256_add_ps(a[0], _mm256_mul_ps(gz, y1));
+                a[1] = _mm256_add_ps(a[1], gz);
+                a[2] = _mm256_add_ps(a[2], _mm256_mul_ps(dy1, xhat));
+                a[3] = _mm256_add_ps(a[3], dy1);
+            }
+            for (row, v) in acc.iter_mut().zip(a) {
+                _mm256_storeu_ps(row.as_mut_ptr(), v);
+            }
+        }
+        for (l, (&v, &gz)) in xt.iter().zip(gt).enumerate() {
+            let (xhat, y1, gz, dy1) = ch.element_of_gz(pre, v, gz);
+            acc[0][l] += gz * y1;
+            acc[1][l] += gz;
+            acc[2][l] += dy1 * xhat;
+            acc[3][l] += dy1;
+        }
+        for (t, a) in total.iter_mut().zip(&acc) {
+            *t += tree(&a.map(f64::from));
+        }
+    }
+    total
 }
 
 /// The four sums of pass 1 over one channel: [Σ gz·y₁, Σ gz, Σ dy₁·x̂, Σ dy₁], element i
@@ -775,6 +866,58 @@ mod backward_tests {
         dx
     }
 
+    /// Not a check: times the forward and backward (2 channels per group, FiLM, SiLU) on
+    /// `NORM_HW` pixels (default 256), `cargo test --release -p tweedie-kernels --lib
+    /// norm_throughput -- --ignored --nocapture`. The AVX2 twins run when the CPU has AVX2.
+    #[test]
+    #[ignore]
+    fn norm_throughput() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: just detected.
+            unsafe { crate::enable_avx2_fma() };
+        }
+        let hw: usize = std::env::var("NORM_HW").map_or(256, |v| v.parse().unwrap());
+        let k = case_sized(2, hw);
+        let dout = data(k.c * hw, 9);
+        let best = |f: &mut dyn FnMut()| {
+            (0..2000)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let filmv = Some((&k.scale[..], &k.shift[..]));
+        let mut y = vec![0f32; k.c * hw];
+        let fwd = best(&mut || {
+            group_norm(
+                &k.x,
+                k.c,
+                hw,
+                k.groups,
+                1e-5,
+                &k.gamma,
+                &k.beta,
+                filmv,
+                true,
+                0..k.groups,
+                &mut y,
+            )
+            .unwrap()
+        });
+        let bwd = best(&mut || {
+            backward(&k, &dout, true, true, 0..k.groups, 0.0);
+        });
+        let n = (k.c * hw) as f64;
+        std::println!(
+            "forward {:.2} ns/element, backward {:.2} ns/element",
+            fwd / n * 1e9,
+            bwd / n * 1e9
+        );
+    }
+
     #[test]
     fn gradients_match_finite_differences_for_group_sizes_1_to_4() {
         for cpg in 1..=4 {
@@ -882,6 +1025,11 @@ mod backward_tests {
             channel_sums_avx2::<true>((&pre, &ch, &x, &dy, &mut gz2))
         });
         assert_eq!(gz, gz2);
+        // Without SiLU the AVX2 sums run over dy itself.
+        assert_eq!(
+            channel_sums::<false>((&pre, &ch, &x, &dy, &mut [])),
+            unsafe { channel_sums_avx2::<false>((&pre, &ch, &x, &dy, &mut [])) }
+        );
         let mut dx = vec![0.5f32; hw];
         let (mut dx2, mut dx3, mut dx4) = (dx.clone(), dx.clone(), dx.clone());
         let m = [0.1, -0.2];
