@@ -643,9 +643,14 @@ impl Conv2d {
         // (no bounds test per element: this packing costs as much as the products at 32 or
         // 64 output channels).
         let (scratch, padded) = scratch.split_at_mut(gemm_scratch_len(self.c_out, n));
-        let padded = &mut padded[..self.padded_len(h, w)];
-        pad_planes(inp, h, w, self.pad, padded);
-        let padded = &*padded;
+        let padded: &[f32] = match self.pad {
+            0 => inp, // already its own padded copy
+            _ => {
+                let padded = &mut padded[..self.padded_len(h, w)];
+                pad_planes(inp, h, w, self.pad, padded);
+                padded
+            }
+        };
         gemm(
             isa,
             None,
