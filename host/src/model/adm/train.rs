@@ -9,9 +9,11 @@
 //!
 //! What is saved (the inputs the backward needs; everything else is recomputed, as the
 //! kernels' backward conventions allow): every layer's input, each ResBlock's `out_layers`
-//! GroupNorm input `h` and its `emb_layers` output (FiLM), each attention's qkv and attention
-//! output, an Upsample-with-conv's upsampled input, the time-MLP activations. GroupNorm+SiLU
-//! outputs and resampled maps are recomputed in the backward from the saved inputs.
+//! GroupNorm input `h`, its `emb_layers` output (FiLM) and both convolutions' inputs (the
+//! GroupNorm+SiLU outputs, in_conv's resampled), each attention's GroupNorm output, qkv and
+//! attention output, an Upsample-with-conv's upsampled input, the time-MLP activations. The
+//! GroupNorm backward recomputes its statistics from its saved input; a ResBlock's resampled
+//! skip input is recomputed.
 //!
 //! Threads: a batch is split over samples, not inside layers. Sample b goes to partial
 //! gradient accumulator b·P/batch (P = min([`ACCUMULATORS`], batch), a constant, so chunks are
@@ -128,6 +130,10 @@ struct ResT {
     h: Span,
     /// Tape: the `emb_layers` output.
     film: Span,
+    /// Tape: the convolutions' inputs, in_conv's (resampled SiLU(GN(x))) and out_conv's
+    /// (SiLU(FiLM(GN(h)))), kept so the backward does not recompute them.
+    a1: Span,
+    a2: Span,
 }
 
 #[derive(Debug)]
@@ -142,6 +148,8 @@ struct AttnT {
     qkv_s: Span,
     /// Tape: attention output [C, T] (proj_out's input).
     a_s: Span,
+    /// Tape: GN(x) [C, T] (the qkv convolution's input).
+    n_s: Span,
 }
 
 #[derive(Debug)]
@@ -927,6 +935,8 @@ fn resolve_block(
                     skip,
                     h: pl.alloc(r.c_out * ho * wo),
                     film: pl.alloc(emb_out),
+                    a1: pl.alloc(r.c_in * ho * wo),
+                    a2: pl.alloc(r.c_out * ho * wo),
                 };
                 pl.work(r.c_in * h.max(ho) * w.max(wo));
                 pl.conv(&res.in_conv, ho, wo);
@@ -951,6 +961,7 @@ fn resolve_block(
                     proj: sp.conv(&format!("{name}.proj_out"), conv1x1(c, c))?,
                     qkv_s: pl.alloc(3 * c * t),
                     a_s: pl.alloc(c * t),
+                    n_s: pl.alloc(c * t),
                 };
                 pl.conv(&at.qkv, h, w);
                 pl.conv(&at.proj, h, w);
@@ -1344,25 +1355,24 @@ fn layer_fwd(
             }
         },
         OpT::Res(r) => {
-            let [x, y, hs, film, emb_s] = spans_mut(tape, [l.inp, l.out, r.h, r.film, tt.emb_silu]);
+            let spans = [l.inp, l.out, r.h, r.film, tt.emb_silu, r.a1, r.a2];
+            let [x, y, hs, film, emb_s, a1r, a2] = spans_mut(tape, spans);
             let (ho, wo) = resampled(r.updown, h, w);
             let (hw, hwo) = (h * w, ho * wo);
             linear_fwd(cx.params, &r.emb, emb_s, film)?;
-            let a1 = &mut t0[..r.c_in * hw];
-            cx.norm(&r.in_norm, x, hw, None, true, a1)?;
             if r.updown == Updown::None {
-                cx.conv(&r.in_conv, a1, ho, wo, hs)?;
+                cx.norm(&r.in_norm, x, hw, None, true, a1r)?;
             } else {
-                let a1r = &mut t1[..r.c_in * hwo];
+                let a1 = &mut t0[..r.c_in * hw];
+                cx.norm(&r.in_norm, x, hw, None, true, a1)?;
                 cx.resample(r.updown, r.c_in, a1, h, w, a1r)?;
-                cx.conv(&r.in_conv, a1r, ho, wo, hs)?;
             }
+            cx.conv(&r.in_conv, a1r, ho, wo, hs)?;
             if !r.scale_shift {
                 for (row, &e) in hs.chunks_exact_mut(hwo).zip(film.iter()) {
                     row.iter_mut().for_each(|v| *v += e);
                 }
             }
-            let a2 = &mut t0[..r.c_out * hwo];
             let f = r.scale_shift.then(|| film.split_at(r.c_out));
             cx.norm(&r.out_norm, hs, hwo, f, true, a2)?;
             cx.conv(&r.out_conv, a2, ho, wo, y)?;
@@ -1384,9 +1394,8 @@ fn layer_fwd(
             Ok(())
         }
         OpT::Attn(a) => {
-            let [x, y, qkv, att] = spans_mut(tape, [l.inp, l.out, a.qkv_s, a.a_s]);
+            let [x, y, qkv, att, n] = spans_mut(tape, [l.inp, l.out, a.qkv_s, a.a_s, a.n_s]);
             let t = h * w;
-            let n = &mut t0[..a.c * t];
             cx.norm(&a.norm, x, t, None, false, n)?;
             cx.conv(&a.qkv, n, h, w, qkv)?;
             {
@@ -1519,7 +1528,7 @@ impl Bwd<'_> {
     ) -> KResult {
         let (ho, wo) = resampled(r.updown, h, w);
         let (hw, hwo) = (h * w, ho * wo);
-        let [t0, t1, d0, d1, d2] = &mut *self.work;
+        let [_, t1, d0, d1, d2] = &mut *self.work;
         let hs = r.h.of(self.tape);
         let film = r.film.of(self.tape);
         // skip(x_upd(x)): dx += R^T(skip^T dy).
@@ -1540,11 +1549,9 @@ impl Bwd<'_> {
             }
             None => cx.resample_back(r.updown, r.c_in, dy, h, w, dx)?,
         }
-        // out_layers: conv(SiLU(FiLM(GN(h)))), recomputing the conv input.
+        // out_layers: conv(SiLU(FiLM(GN(h)))), its input from the tape.
         let f = r.scale_shift.then(|| film.split_at(r.c_out));
-        let a2 = &mut t0[..r.c_out * hwo];
-        cx.norm(&r.out_norm, hs, hwo, f, true, a2)?;
-        cx.conv_params(&r.out_conv, dy, a2, ho, wo, self.grads)?;
+        cx.conv_params(&r.out_conv, dy, r.a2.of(self.tape), ho, wo, self.grads)?;
         let da2 = &mut d1[..r.c_out * hwo];
         da2.fill(0.0);
         cx.conv_input(&r.out_conv, dy, ho, wo, da2)?;
@@ -1582,17 +1589,8 @@ impl Bwd<'_> {
             r.emb.fin,
             0..r.emb.fin,
         )?;
-        // in_layers: conv(R(SiLU(GN(x)))), recomputing the conv input.
-        let a1 = &mut t0[..r.c_in * hw];
-        cx.norm(&r.in_norm, x, hw, None, true, a1)?;
-        let a1r: &[f32] = if r.updown == Updown::None {
-            a1
-        } else {
-            let a1r = &mut t1[..r.c_in * hwo];
-            cx.resample(r.updown, r.c_in, a1, h, w, a1r)?;
-            a1r
-        };
-        cx.conv_params(&r.in_conv, dh, a1r, ho, wo, self.grads)?;
+        // in_layers: conv(R(SiLU(GN(x)))), its input from the tape.
+        cx.conv_params(&r.in_conv, dh, r.a1.of(self.tape), ho, wo, self.grads)?;
         let da1r = &mut d1[..r.c_in * hwo];
         da1r.fill(0.0);
         cx.conv_input(&r.in_conv, dh, ho, wo, da1r)?;
@@ -1619,7 +1617,7 @@ impl Bwd<'_> {
         w: usize,
     ) -> KResult {
         let (c, t) = (a.c, h * w);
-        let [t0, _, d0, d1, d2] = &mut *self.work;
+        let [_, _, d0, d1, d2] = &mut *self.work;
         k::add_inplace(dx, dy);
         let att = a.a_s.of(self.tape);
         let qkv = a.qkv_s.of(self.tape);
@@ -1633,9 +1631,7 @@ impl Bwd<'_> {
             let s = &mut lock(&cx.scratch[0]);
             k::qkv_attention_backward(dqkv, datt, qkv, c, t, a.heads, a.order, 0..a.heads, s)?;
         }
-        let n = &mut t0[..c * t];
-        cx.norm(&a.norm, x, t, None, false, n)?;
-        cx.conv_params(&a.qkv, dqkv, n, h, w, self.grads)?;
+        cx.conv_params(&a.qkv, dqkv, a.n_s.of(self.tape), h, w, self.grads)?;
         let dn = &mut d2[..c * t];
         dn.fill(0.0);
         cx.conv_input(&a.qkv, dqkv, h, w, dn)?;
