@@ -282,14 +282,28 @@ fn lanes(row: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
             acc[l] = op(acc[l], c[l]);
         }
     }
-    let mut r = op(
-        op(op(acc[0], acc[1]), op(acc[2], acc[3])),
-        op(op(acc[4], acc[5]), op(acc[6], acc[7])),
-    );
+    let mut r = tree_of(acc, &op);
     for &v in tail {
         r = op(r, v);
     }
     r
+}
+
+/// ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)). Not inlined: seeing this pairing,
+/// LLVM would keep the lanes of the loops before it in shuffled 4-wide halves (measured),
+/// instead of one 8-wide vector.
+#[inline(never)]
+fn tree8(a: [f32; 8]) -> f32 {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+/// [`tree8`] for any `op` (same pairing, not inlined for the same reason).
+#[inline(never)]
+fn tree_of(a: [f32; LANES], op: &impl Fn(f32, f32) -> f32) -> f32 {
+    op(
+        op(op(a[0], a[1]), op(a[2], a[3])),
+        op(op(a[4], a[5]), op(a[6], a[7])),
+    )
 }
 
 /// Σ a[s]·b[s] with 8 interleaved partial sums (fixed order, vectorisable).
@@ -303,7 +317,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
-    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    let mut s = tree8(acc);
     for (x, y) in at.iter().zip(bt) {
         s += x * y;
     }
