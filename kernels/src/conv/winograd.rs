@@ -33,9 +33,16 @@ use core::ops::{Add, Neg, Sub};
 const P: usize = 16;
 
 /// Tiles transformed at a time: one NR-wide column block of the products. A chunk's
-/// transformed tiles are stored [channel][position][CHUNK], so each tile's 16 values lie a
-/// constant CHUNK apart, and position p's matrix is rows `P·CHUNK` apart from offset p·CHUNK.
+/// transformed tiles are stored [channel][position][CHUNK] (channels [`CHANNEL_LD`] apart),
+/// so each tile's 16 values lie a constant CHUNK apart, and position p's matrix is rows
+/// `CHANNEL_LD` apart from offset p·CHUNK.
 const CHUNK: usize = NR;
+
+/// Floats from one channel's transformed chunk to the next's: the P·CHUNK values plus one
+/// cache line. At exactly P·CHUNK (2 KiB) apart, the rows a product reads (one per channel)
+/// would fall into two L1 sets and evict each other (measured: the products' B loads stalled
+/// on L2); the extra line spreads them over the sets.
+const CHANNEL_LD: usize = P * CHUNK + 16;
 
 /// The Winograd form of a 3 × 3, stride-1, padding-1 convolution from `c_in` to `c_out`
 /// channels (PyTorch weight layout [c_out, c_in, 3, 3]).
@@ -175,7 +182,7 @@ impl Winograd {
         let t = Tiles::new(h, w);
         self.c_out
             + self.c_in * t.input_plane()
-            + CHUNK * P * (self.c_in + self.c_out)
+            + CHANNEL_LD * (self.c_in + self.c_out)
             + gemm_scratch_len(self.c_out, self.c_in)
     }
 
@@ -208,21 +215,21 @@ impl Winograd {
         let t = Tiles::new(h, w);
         let (zeros, rest) = scratch.split_at_mut(co);
         let (padded, rest) = rest.split_at_mut(ci * t.input_plane());
-        let (v, rest) = rest.split_at_mut(CHUNK * P * ci);
-        let (m, gs) = rest.split_at_mut(CHUNK * P * co);
+        let (v, rest) = rest.split_at_mut(CHANNEL_LD * ci);
+        let (m, gs) = rest.split_at_mut(CHANNEL_LD * co);
         zeros.fill(0.0);
         let one_block = self.one_block();
         let (u, packed) = u.split_at(P * co * ci);
         let a_len = round_up(co, MR) * ci;
         let mut offs = [0u32; KC];
         if one_block {
-            // Row c of position p's B lies at c·P·CHUNK from p·CHUNK: read in place.
+            // Row c of position p's B lies at c·CHANNEL_LD from p·CHUNK: read in place.
             for (c, o) in offs[..ci].iter_mut().enumerate() {
-                *o = (c * P * CHUNK) as u32;
+                *o = (c * CHANNEL_LD) as u32;
             }
         }
         deinterleave(isa, inp, (h, w), 1, t.tw + 1, 2 * t.th + 2, padded);
-        let ld = P * CHUNK;
+        let ld = CHANNEL_LD;
         for t0 in (0..t.n()).step_by(CHUNK) {
             let nt = CHUNK.min(t.n() - t0);
             input_transform(isa, &t, t0, ci, padded, v);
@@ -263,7 +270,7 @@ impl Winograd {
         self.c_out
             + self.c_in * t.input_plane()
             + self.c_out * t.output_plane()
-            + CHUNK * P * (self.c_in + self.c_out)
+            + CHANNEL_LD * (self.c_in + self.c_out)
             + P * self.c_out * self.c_in
             + gemm_scratch_len(self.c_out, CHUNK)
     }
@@ -304,15 +311,15 @@ impl Winograd {
         let (zeros, rest) = scratch.split_at_mut(co);
         let (padded, rest) = rest.split_at_mut(ci * t.input_plane());
         let (dsplit, rest) = rest.split_at_mut(co * t.output_plane());
-        let (v, rest) = rest.split_at_mut(CHUNK * P * ci);
-        let (dm, rest) = rest.split_at_mut(CHUNK * P * co);
+        let (v, rest) = rest.split_at_mut(CHANNEL_LD * ci);
+        let (dm, rest) = rest.split_at_mut(CHANNEL_LD * co);
         let (du, gs) = rest.split_at_mut(P * co * ci);
         zeros.fill(0.0);
         deinterleave(isa, inp, (h, w), 1, t.tw + 1, 2 * t.th + 2, padded);
         deinterleave(isa, dout, (h, w), 0, t.tw, 2 * t.th, dsplit);
         // The sum over tiles is the products' depth: chunk after chunk onto the running sums
         // (the same chain of fused multiply-adds as one pass over every tile).
-        let ld = P * CHUNK;
+        let ld = CHANNEL_LD;
         for t0 in (0..t.n()).step_by(CHUNK) {
             let nt = CHUNK.min(t.n() - t0);
             input_transform(isa, &t, t0, ci, padded, v);
@@ -720,10 +727,10 @@ fn input_transform(isa: Isa, t: &Tiles, t0: usize, c: usize, padded: &[f32], v: 
 fn input_transform_with<L: Lanes>(t: &Tiles, t0: usize, c: usize, padded: &[f32], v: &mut [f32]) {
     let half = t.tw + 1;
     let plane_len = t.input_plane();
-    assert!(padded.len() >= c * plane_len && v.len() >= c * P * CHUNK);
+    assert!(padded.len() >= c * plane_len && v.len() >= c * CHANNEL_LD);
     for ci in 0..c {
         let plane = &padded[ci * plane_len..][..plane_len];
-        let dst = v[ci * P * CHUNK..][..P * CHUNK].as_mut_ptr();
+        let dst = v[ci * CHANNEL_LD..][..P * CHUNK].as_mut_ptr();
         for_runs::<L>(t, t0, |g, ty, tx, lanes| {
             // Rows 2ty .. 2ty+4 of the plane (2·half floats each).
             let src = plane[2 * ty * 2 * half..][..8 * half].as_ptr();
@@ -812,10 +819,10 @@ fn output_transform_with<L: Lanes>(
     out: &mut [f32],
 ) {
     let (h, w) = (t.h, t.w);
-    assert!(m.len() >= c * P * CHUNK && out.len() >= c * h * w);
+    assert!(m.len() >= c * CHANNEL_LD && out.len() >= c * h * w);
     for o in 0..c {
         let init = bias.map(|b| b[o]);
-        let src = m[o * P * CHUNK..][..P * CHUNK].as_ptr();
+        let src = m[o * CHANNEL_LD..][..P * CHUNK].as_ptr();
         let plane = &mut out[o * h * w..][..h * w];
         for_runs::<L>(t, t0, |g, ty, tx, lanes| {
             let lines = 2.min(h - 2 * ty);
@@ -901,10 +908,10 @@ fn dout_transform(isa: Isa, t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: 
 fn dout_transform_with<L: Lanes>(t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: &mut [f32]) {
     let tw = t.tw;
     let plane_len = t.output_plane();
-    assert!(dsplit.len() >= c * plane_len && dm.len() >= c * P * CHUNK);
+    assert!(dsplit.len() >= c * plane_len && dm.len() >= c * CHANNEL_LD);
     for o in 0..c {
         let plane = &dsplit[o * plane_len..][..plane_len];
-        let dst = dm[o * P * CHUNK..][..P * CHUNK].as_mut_ptr();
+        let dst = dm[o * CHANNEL_LD..][..P * CHUNK].as_mut_ptr();
         for_runs::<L>(t, t0, |g, ty, tx, lanes| {
             let src = plane[2 * ty * 2 * tw..][..4 * tw].as_ptr();
             // SAFETY: the loads reach at most tw + tx + lanes ≤ 2·tw into each of the two
