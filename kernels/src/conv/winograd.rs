@@ -32,6 +32,14 @@ use core::ops::{Add, Neg, Sub};
 /// Positions of a transformed 4 × 4 tile.
 const P: usize = 16;
 
+/// Floats from one position's c_out × c_in matrix of the weight gradient to the next's: the
+/// `pairs` values, rounded up to a cache line, plus one line, so the 16 values the adjoint
+/// filter transform reads per weight (one per position) do not share an L1 set (at 64 × 64
+/// channels the matrices are 16 KiB apart).
+fn position_ld(pairs: usize) -> usize {
+    pairs.div_ceil(16) * 16 + 16
+}
+
 /// Tiles transformed at a time: one NR-wide column block of the products. A chunk's
 /// transformed tiles are stored [channel][position][CHUNK] (channels [`CHANNEL_LD`] apart),
 /// so each tile's 16 values lie a constant CHUNK apart, and position p's matrix is rows
@@ -108,19 +116,14 @@ impl Winograd {
         }
     }
 
-    /// Whether an h × w map has tiles enough to beat the direct convolution: the products are
-    /// as wide as the map has tiles, and below 16 tiles (8 × 8 maps: half a register tile,
-    /// which the AVX2 kernel computes alone) they waste more than the transforms save.
+    /// Whether an h × w map has tiles enough for the Winograd form to beat the direct
+    /// convolution, forward, input gradient and weight gradient alike: the products are as
+    /// wide as the map has tiles, and below 16 tiles (8 × 8 maps: half a register tile, which
+    /// the AVX2 kernel computes alone) they waste more than the transforms save. (Measured at
+    /// 64 channels, 8 × 8, GFLOP/s direct-equivalent: forward 147 against 50, weight gradient
+    /// 67 against 64.)
     pub fn worthwhile(h: usize, w: usize) -> bool {
         Tiles::new(h, w).n() >= 16
-    }
-
-    /// Whether [`Winograd::backward_params`] beats the direct weight gradient on an h × w map:
-    /// its products reduce over the tiles, 32 at a time, with both operands transposed per
-    /// chunk, which 8 × 8 maps (16 tiles) do not repay (measured: 52 against 64 GFLOP/s
-    /// direct-equivalent at 64 channels; 16 × 16: 92 against 60).
-    pub fn worthwhile_for_weights(h: usize, w: usize) -> bool {
-        Tiles::new(h, w).n() >= 64
     }
 
     /// Floats of the transformed weights: 16 matrices of c_out × c_in, followed (when a
@@ -271,7 +274,7 @@ impl Winograd {
             + self.c_in * t.input_plane()
             + self.c_out * t.output_plane()
             + CHANNEL_LD * (self.c_in + self.c_out)
-            + P * self.c_out * self.c_in
+            + P * position_ld(self.c_out * self.c_in)
             + gemm_scratch_len(self.c_out, CHUNK)
     }
 
@@ -313,7 +316,8 @@ impl Winograd {
         let (dsplit, rest) = rest.split_at_mut(co * t.output_plane());
         let (v, rest) = rest.split_at_mut(CHANNEL_LD * ci);
         let (dm, rest) = rest.split_at_mut(CHANNEL_LD * co);
-        let (du, gs) = rest.split_at_mut(P * co * ci);
+        let du_ld = position_ld(co * ci);
+        let (du, gs) = rest.split_at_mut(P * du_ld);
         zeros.fill(0.0);
         deinterleave(isa, inp, (h, w), 1, t.tw + 1, 2 * t.th + 2, padded);
         deinterleave(isa, dout, (h, w), 0, t.tw, 2 * t.th, dsplit);
@@ -334,14 +338,13 @@ impl Winograd {
                     nt,
                     |m0, mc, k0, kc, a| pack_a(isa, dm_p, ld, m0, mc, k0, kc, a),
                     |k0, kc, n0, nc, b| pack_rows_t(isa, v_p, ld, k0, kc, n0, nc, b),
-                    Out::Dense(&mut du[p * co * ci..][..co * ci]),
+                    Out::Dense(&mut du[p * du_ld..][..co * ci]),
                     gs,
                 );
             }
         }
-        let pairs = co * ci;
         for (i, dw) in dweight.chunks_exact_mut(9).enumerate() {
-            let d: [f32; P] = core::array::from_fn(|p| du[p * pairs + i]);
+            let d: [f32; P] = core::array::from_fn(|p| du[p * du_ld + i]);
             for (a, b) in dw.iter_mut().zip(filter_transform_adjoint(&d)) {
                 *a += b;
             }

@@ -23,9 +23,9 @@
 //! thread ran which chunk.
 //!
 //! Convolutions: the 3×3 'same' convolutions of maps with 16 tiles or more (8×8 and up) run
-//! in Winograd form ([`k::Winograd`]: 2.25× fewer products), forward and input gradient, and
-//! from 16×16 up the weight gradient too; their weights are transformed once per call of the
-//! trainer. The others, and every convolution of the sampler, run as the direct convolution.
+//! in Winograd form ([`k::Winograd`]: 2.25× fewer products), forward, input gradient and
+//! weight gradient; their weights are transformed once per call of the trainer. The others,
+//! and every convolution of the sampler, run as the direct convolution.
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -1147,8 +1147,7 @@ impl Ctx<'_> {
     ) -> KResult {
         let [dw, db] = spans_mut(grads, [c.w, c.b]);
         let (isa, scratch) = (self.isa, self.scratch);
-        let weights_too = Winograd::worthwhile_for_weights(h, w);
-        if let Some(wg) = winograd_at(c, h, w).filter(|_| weights_too) {
+        if let Some(wg) = winograd_at(c, h, w) {
             let mut s = lock(&scratch[0]);
             return wg.backward_params(isa, dw, db, dout, x, h, w, &mut s);
         }
