@@ -1,10 +1,11 @@
 //! The stride-1 convolution without im2col packing, for maps small enough to copy whole.
 //!
-//! The input is copied once, zero-padded, into planes of `wp = w + 2·pad` columns. Output pixel
-//! (y, x) is then computed at position p = y·wp + x of a "wide" output of oh·wp columns, and
-//! its im2col value for row k = (c, ky, kx) is `padded[c·plane + ky·wp + kx + p]`: for a fixed
-//! k, consecutive p read consecutive floats, so the microkernel loads B straight from the
-//! padded copy through a per-row offset instead of from a packed panel. The wp − ow extra
+//! The input is copied once, zero-padded, into planes of `wp = w + 2·pad` columns (`plane`
+//! floats apart). Output pixel (y, x) is then computed at position p = y·wp + x of a "wide"
+//! output of oh·wp columns, and its im2col value for row k = (c, ky, kx) is
+//! `padded[c·plane + ky·wp + kx + p]`: for a fixed k, consecutive p read consecutive floats,
+//! so the microkernel loads B straight from the padded copy through a per-row offset instead
+//! of from a packed panel. The wp − ow extra
 //! columns of each output row are computed and dropped (6 % more products at 32 × 32, 12.5 %
 //! at 16 × 16; narrower maps, which would waste more, keep the packed path), which costs less
 //! than packing 9·c_in floats per pixel when c_out is 32 or 64.
@@ -28,7 +29,9 @@ pub(super) struct Direct {
     pad: usize,
     h: usize,
     w: usize,
-    /// Padded row length and plane size.
+    /// Padded row length, and floats from one padded plane to the next (its hp·wp values plus
+    /// a cache line: planes of a power-of-two size, as 1×1 layers' are, would put the rows a
+    /// product reads, one per channel, into the same L1 sets).
     wp: usize,
     plane: usize,
     /// Output width.
@@ -47,7 +50,7 @@ impl Direct {
             return None;
         }
         let (oh, ow) = (hp - k + 1, wp - k + 1);
-        let plane = hp * wp;
+        let plane = hp * wp + 16;
         let n_pad = (oh * wp).div_ceil(NR) * NR;
         // The last read: the last plane's row k−1, column k−1, plus the last wide column (a row
         // range starting past row 0 may round its columns up by up to NR − 1 more).
@@ -73,7 +76,7 @@ impl Direct {
     /// Scratch floats for `m` output rows: the A block, one ragged C tile, the padded copy and
     /// the wide output.
     pub(super) fn scratch_len(&self, m: usize) -> usize {
-        a_block_len(m, self.depth()) + MR * NR + self.p_len + m * self.n_pad
+        a_block_len(m, self.depth()) + MR * NR + self.p_len + m * (self.n_pad + 16)
     }
 
     /// Rows of im2col (c·k·k), the depth of the product.
@@ -103,20 +106,26 @@ impl Direct {
         let depth = self.depth();
         // Wide columns of the rows ys, whole NR tiles (at most self.n_pad).
         let n = (ys.len() * self.wp).div_ceil(NR) * NR;
+        // Wide rows a cache line further apart than n (a power of two for 1×1 layers), so the
+        // MR rows of a tile do not share L1 sets.
+        let ld = n + 16;
         let (a_buf, rest) = scratch.split_at_mut(a_block_len(m, depth));
         let (tmp, rest) = rest.split_at_mut(MR * NR);
         let (padded, rest) = rest.split_at_mut(self.p_len);
-        let wide = &mut rest[..m * n];
+        let wide = &mut rest[..m * ld];
         self.pad_input(inp, padded);
         // The tiles read B from the first row of ys on.
         let padded = &padded[ys.start * self.wp..];
         let row_len = ys.len() * self.ow;
         if init.is_none() {
-            self.widen(&mut out, row_len, wide, n);
+            self.widen(&mut out, row_len, wide, ld);
         }
         // (Starting from `init`, the first K block writes every wide value, the extra columns
         // included: nothing to clear.)
-        let mut tiles = Out::Dense(&mut wide[..]);
+        let mut tiles = Out::Strided {
+            c: &mut wide[..],
+            ld,
+        };
         let blocks = m.div_ceil(MC_MAX);
         let mc_step = m.div_ceil(blocks).div_ceil(MR) * MR;
         let mut offs = [0u32; KC];
@@ -139,7 +148,7 @@ impl Direct {
                 }
             }
         }
-        self.narrow(wide, n, &mut out, row_len);
+        self.narrow(wide, ld, &mut out, row_len);
     }
 
     /// offs[kk] = where row k0 + kk = (c, ky, kx) starts in the padded copy.
@@ -161,19 +170,26 @@ impl Direct {
         }
     }
 
-    /// The input's planes zero-padded by `pad` on every side, then zeros to `p_len`.
+    /// The input's planes zero-padded by `pad` on every side (`plane` apart, zeros between),
+    /// then zeros to `p_len`.
     fn pad_input(&self, inp: &[f32], padded: &mut [f32]) {
         let (planes, tail) = padded.split_at_mut(self.c * self.plane);
-        pad_planes(inp, self.h, self.w, self.pad, planes);
+        let (hp, wp) = (self.h + 2 * self.pad, self.wp);
+        let src = inp.chunks_exact(self.h * self.w);
+        for (x, dst) in src.zip(planes.chunks_exact_mut(self.plane)) {
+            let (map, gap) = dst.split_at_mut(hp * wp);
+            pad_planes(x, self.h, self.w, self.pad, map);
+            gap.fill(0.0);
+        }
         tail.fill(0.0);
     }
 
-    /// The wide output (rows of n columns) for accumulating onto `out`: its rows (row_len
+    /// The wide output (rows `ld` floats apart) for accumulating onto `out`: its rows (row_len
     /// floats each) spread out, zeros in the extra columns.
-    fn widen(&self, out: &mut Out, row_len: usize, wide: &mut [f32], n: usize) {
+    fn widen(&self, out: &mut Out, row_len: usize, wide: &mut [f32], ld: usize) {
         wide.fill(0.0);
         let ow = self.ow;
-        for (i, dst) in wide.chunks_exact_mut(n).enumerate() {
+        for (i, dst) in wide.chunks_exact_mut(ld).enumerate() {
             let src = out.row(row_len, i);
             for (s, d) in src.chunks_exact(ow).zip(dst.chunks_exact_mut(self.wp)) {
                 d[..ow].copy_from_slice(s);
@@ -182,9 +198,9 @@ impl Direct {
     }
 
     /// `out`'s rows = the wide output's without the extra columns.
-    fn narrow(&self, wide: &[f32], n: usize, out: &mut Out, row_len: usize) {
+    fn narrow(&self, wide: &[f32], ld: usize, out: &mut Out, row_len: usize) {
         let ow = self.ow;
-        for (i, src) in wide.chunks_exact(n).enumerate() {
+        for (i, src) in wide.chunks_exact(ld).enumerate() {
             let dst = out.row(row_len, i);
             for (s, d) in src.chunks_exact(self.wp).zip(dst.chunks_exact_mut(ow)) {
                 d.copy_from_slice(&s[..ow]);
