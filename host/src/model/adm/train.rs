@@ -359,6 +359,9 @@ pub struct AdmTrainer {
     /// those of their input gradients (from `flipped`), at each one's `ConvT::wino` span.
     wino: Vec<f32>,
     wino_t: Vec<f32>,
+    /// Zeros, one per channel of the widest convolution input: the zero "bias" with which a
+    /// Winograd input gradient overwrites its output instead of adding to a cleared one.
+    zeros: Vec<f32>,
     pool: Pool,
     isa: Isa,
 }
@@ -470,6 +473,7 @@ impl AdmTrainer {
         let total = layout.total();
         let convs = all_convs(&blocks, &head_conv);
         let (wino_len, wino_t_len) = (sp.wino.get(), sp.wino_t.get());
+        let max_c_in = convs.iter().map(|c| c.conv.c_in).max().unwrap_or(0);
         let lane = || Lane {
             tape: vec![0.0; pl.tape],
             work: std::array::from_fn(|_| vec![0.0; work]),
@@ -502,6 +506,7 @@ impl AdmTrainer {
             flipped: vec![0.0; total],
             wino: vec![0.0; wino_len],
             wino_t: vec![0.0; wino_t_len],
+            zeros: vec![0.0; max_c_in],
             pool: Pool::new(threads),
             isa: Isa::detected(),
         })
@@ -618,6 +623,7 @@ impl AdmTrainer {
             flipped: &[],
             wino: &self.wino,
             wino_t: &[],
+            zeros: &[],
         };
         for b in &self.blocks {
             if let Some((state, src)) = b.skip {
@@ -685,6 +691,7 @@ impl AdmTrainer {
             flipped: &self.flipped,
             wino: &self.wino,
             wino_t: &self.wino_t,
+            zeros: &self.zeros,
         };
         let tt = self.time_tape;
         let mut bw = Bwd {
@@ -1038,6 +1045,8 @@ struct Ctx<'a> {
     /// The Winograd weights of the forward and of the input gradient (empty in the forward).
     wino: &'a [f32],
     wino_t: &'a [f32],
+    /// [`AdmTrainer::zeros`] (empty in the forward).
+    zeros: &'a [f32],
 }
 
 impl Ctx<'_> {
@@ -1164,15 +1173,46 @@ impl Ctx<'_> {
         )
     }
 
-    /// dx += conv input gradient, split over input channels.
+    /// dx = conv input gradient.
+    fn conv_input_set(
+        &self,
+        c: &ConvT,
+        dout: &[f32],
+        h: usize,
+        w: usize,
+        dx: &mut [f32],
+    ) -> KResult {
+        self.input_gradient(c, dout, h, w, dx, true)
+    }
+
+    /// dx += conv input gradient.
     fn conv_input(&self, c: &ConvT, dout: &[f32], h: usize, w: usize, dx: &mut [f32]) -> KResult {
+        self.input_gradient(c, dout, h, w, dx, false)
+    }
+
+    /// The conv input gradient, written over `dx` (`set`) or added to it: in Winograd form on
+    /// the first thread where that pays (from a zero bias when set), else split over input
+    /// channels.
+    fn input_gradient(
+        &self,
+        c: &ConvT,
+        dout: &[f32],
+        h: usize,
+        w: usize,
+        dx: &mut [f32],
+        set: bool,
+    ) -> KResult {
         let (isa, scratch, wt) = (self.isa, self.scratch, c.w.of(self.flipped));
         if let (Some(wg), Some((.., u_t))) = (winograd_at(c, h, w), c.wino) {
             let mut s = lock(&scratch[0]);
             let u = u_t.of(self.wino_t);
+            let zeros = set.then(|| &self.zeros[..c.conv.c_in]);
             return wg
                 .transposed()
-                .forward(isa, dout, h, w, u, None, dx, &mut s);
+                .forward(isa, dout, h, w, u, zeros, dx, &mut s);
+        }
+        if set {
+            dx.fill(0.0);
         }
         self.pool
             .split(dx, c.conv.c_in, k::conv::MR, |i, ci, piece| {
@@ -1468,8 +1508,7 @@ impl Bwd<'_> {
         cx.norm(norm, x, hw, None, true, a)?;
         cx.conv_params(conv, dout, a, h, w, self.grads)?;
         let da = &mut d1[..inp.len];
-        da.fill(0.0);
-        cx.conv_input(conv, dout, h, w, da)?;
+        cx.conv_input_set(conv, dout, h, w, da)?;
         cx.norm_back(norm, dx, self.grads, None, da, x, hw, None, true)
     }
 
@@ -1503,8 +1542,7 @@ impl Bwd<'_> {
                     let (h2, w2) = (2 * h, 2 * w);
                     cx.conv_params(cv, dy, u.of(self.tape), h2, w2, self.grads)?;
                     let du = &mut self.work[0][..c * h2 * w2];
-                    du.fill(0.0);
-                    cx.conv_input(cv, dy, h2, w2, du)?;
+                    cx.conv_input_set(cv, dy, h2, w2, du)?;
                     cx.resample_back(Updown::Up, *c, du, h, w, dx)
                 }
                 None => cx.resample_back(Updown::Up, *c, dy, h, w, dx),
@@ -1542,8 +1580,7 @@ impl Bwd<'_> {
             Some(s) => {
                 cx.conv_params(s, dy, xs, ho, wo, self.grads)?;
                 let dxs = &mut d0[..r.c_in * hwo];
-                dxs.fill(0.0);
-                cx.conv_input(s, dy, ho, wo, dxs)?;
+                cx.conv_input_set(s, dy, ho, wo, dxs)?;
                 cx.resample_back(r.updown, r.c_in, dxs, h, w, dx)?;
             }
             None => cx.resample_back(r.updown, r.c_in, dy, h, w, dx)?,
@@ -1552,8 +1589,7 @@ impl Bwd<'_> {
         let f = r.scale_shift.then(|| film.split_at(r.c_out));
         cx.conv_params(&r.out_conv, dy, r.a2.of(self.tape), ho, wo, self.grads)?;
         let da2 = &mut d1[..r.c_out * hwo];
-        da2.fill(0.0);
-        cx.conv_input(&r.out_conv, dy, ho, wo, da2)?;
+        cx.conv_input_set(&r.out_conv, dy, ho, wo, da2)?;
         let dh = &mut d2[..r.c_out * hwo];
         dh.fill(0.0);
         let dfilm = &mut self.dfilm[..film.len()];
@@ -1591,8 +1627,7 @@ impl Bwd<'_> {
         // in_layers: conv(R(SiLU(GN(x)))), its input from the tape.
         cx.conv_params(&r.in_conv, dh, r.a1.of(self.tape), ho, wo, self.grads)?;
         let da1r = &mut d1[..r.c_in * hwo];
-        da1r.fill(0.0);
-        cx.conv_input(&r.in_conv, dh, ho, wo, da1r)?;
+        cx.conv_input_set(&r.in_conv, dh, ho, wo, da1r)?;
         let da1: &[f32] = if r.updown == Updown::None {
             da1r
         } else {
@@ -1622,8 +1657,7 @@ impl Bwd<'_> {
         let qkv = a.qkv_s.of(self.tape);
         cx.conv_params(&a.proj, dy, att, h, w, self.grads)?;
         let datt = &mut d0[..c * t];
-        datt.fill(0.0);
-        cx.conv_input(&a.proj, dy, h, w, datt)?;
+        cx.conv_input_set(&a.proj, dy, h, w, datt)?;
         let dqkv = &mut d1[..3 * c * t];
         dqkv.fill(0.0);
         {
@@ -1632,8 +1666,7 @@ impl Bwd<'_> {
         }
         cx.conv_params(&a.qkv, dqkv, a.n_s.of(self.tape), h, w, self.grads)?;
         let dn = &mut d2[..c * t];
-        dn.fill(0.0);
-        cx.conv_input(&a.qkv, dqkv, h, w, dn)?;
+        cx.conv_input_set(&a.qkv, dqkv, h, w, dn)?;
         cx.norm_back(&a.norm, dx, self.grads, None, dn, x, t, None, false)
     }
 
