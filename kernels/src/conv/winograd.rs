@@ -267,21 +267,28 @@ impl Winograd {
         Ok(())
     }
 
-    /// Scratch floats [`Winograd::backward_params`] needs for an h × w map.
+    /// Scratch floats [`Winograd::backward_params`] (and
+    /// [`Winograd::backward_params_transformed`]) needs for an h × w map.
     pub fn backward_scratch_len(&self, h: usize, w: usize) -> usize {
         let t = Tiles::new(h, w);
-        self.c_out
-            + self.c_in * t.input_plane()
+        self.c_in * t.input_plane()
             + self.c_out * t.output_plane()
             + CHANNEL_LD * (self.c_in + self.c_out)
-            + P * position_ld(self.c_out * self.c_in)
+            + self.weight_gradient_len()
             + gemm_scratch_len(self.c_out, CHUNK)
+    }
+
+    /// Floats of the weight gradient in transformed form (16 matrices of c_out × c_in, a cache
+    /// line more than their size apart, see [`position_ld`]).
+    pub fn weight_gradient_len(&self) -> usize {
+        P * position_ld(self.c_out * self.c_in)
     }
 
     /// The parameter gradients of [`Winograd::forward`] with bias, given its input `inp`
     /// `[c_in, h, w]` and `dout` = ∂L/∂out `[c_out, h, w]`: `dweight` `[c_out, c_in, 3, 3]` +=
     /// ∂L/∂W (this sample's gradient computed whole, then added), `dbias[o] += Σ dout[o]` (in
-    /// f64, as [`super::Conv2d::backward_params`]).
+    /// f64, as [`super::Conv2d::backward_params`]). The two steps of
+    /// [`Winograd::backward_params_transformed`] and [`Winograd::weight_gradient`] in one.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_params(
         &self,
@@ -294,16 +301,51 @@ impl Winograd {
         w: usize,
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        let (ci, co) = (self.c_in, self.c_out);
-        check_len("winograd input", ci * h * w, inp.len())?;
-        check_len("winograd dout", co * h * w, dout.len())?;
-        check_len("winograd dweight", 9 * co * ci, dweight.len())?;
-        check_len("winograd dbias", co, dbias.len())?;
+        check_len(
+            "winograd dweight",
+            9 * self.c_out * self.c_in,
+            dweight.len(),
+        )?;
         check_min_len(
             "winograd backward scratch",
             self.backward_scratch_len(h, w),
             scratch.len(),
         )?;
+        let (du, rest) = scratch.split_at_mut(self.weight_gradient_len());
+        du.fill(0.0);
+        self.backward_params_transformed(isa, du, dbias, dout, inp, h, w, rest)?;
+        self.weight_gradient(du, dweight)
+    }
+
+    /// `du` += ∂L/∂U, the weight gradient in transformed form (dU[p] = Σ_tiles dM[p]·V[p]ᵀ, see
+    /// the module doc; [`Winograd::weight_gradient_len`] floats), and `dbias[o] += Σ dout[o]`
+    /// (f64, as [`super::Conv2d::backward_params`]). Summing dU over several samples and then
+    /// taking [`Winograd::weight_gradient`] once costs one adjoint filter transform per weight
+    /// instead of one per sample. `scratch`: [`Winograd::backward_scratch_len`] less
+    /// [`Winograd::weight_gradient_len`] floats suffice.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_params_transformed(
+        &self,
+        isa: Isa,
+        du: &mut [f32],
+        dbias: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        h: usize,
+        w: usize,
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (ci, co) = (self.c_in, self.c_out);
+        check_len("winograd input", ci * h * w, inp.len())?;
+        check_len("winograd dout", co * h * w, dout.len())?;
+        check_len(
+            "winograd transformed dweight",
+            self.weight_gradient_len(),
+            du.len(),
+        )?;
+        check_len("winograd dbias", co, dbias.len())?;
+        let need = self.backward_scratch_len(h, w) - self.weight_gradient_len();
+        check_min_len("winograd backward scratch", need, scratch.len())?;
         if h == 0 || w == 0 {
             return Ok(());
         }
@@ -311,18 +353,15 @@ impl Winograd {
             *db += sum_f64(row) as f32;
         }
         let t = Tiles::new(h, w);
-        let (zeros, rest) = scratch.split_at_mut(co);
-        let (padded, rest) = rest.split_at_mut(ci * t.input_plane());
+        let (padded, rest) = scratch.split_at_mut(ci * t.input_plane());
         let (dsplit, rest) = rest.split_at_mut(co * t.output_plane());
         let (v, rest) = rest.split_at_mut(CHANNEL_LD * ci);
-        let (dm, rest) = rest.split_at_mut(CHANNEL_LD * co);
+        let (dm, gs) = rest.split_at_mut(CHANNEL_LD * co);
         let du_ld = position_ld(co * ci);
-        let (du, gs) = rest.split_at_mut(P * du_ld);
-        zeros.fill(0.0);
         deinterleave(isa, inp, (h, w), 1, t.tw + 1, 2 * t.th + 2, padded);
         deinterleave(isa, dout, (h, w), 0, t.tw, 2 * t.th, dsplit);
         // The sum over tiles is the products' depth: chunk after chunk onto the running sums
-        // (the same chain of fused multiply-adds as one pass over every tile).
+        // in `du` (the same chain of fused multiply-adds as one pass over every tile).
         let ld = CHANNEL_LD;
         for t0 in (0..t.n()).step_by(CHUNK) {
             let nt = CHUNK.min(t.n() - t0);
@@ -332,7 +371,7 @@ impl Winograd {
                 let (dm_p, v_p) = (&dm[p * CHUNK..], &v[p * CHUNK..]);
                 gemm(
                     isa,
-                    (t0 == 0).then_some(&*zeros),
+                    None,
                     co,
                     ci,
                     nt,
@@ -343,6 +382,20 @@ impl Winograd {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `dweight` `[c_out, c_in, 3, 3]` += Gᵀ·dU·G for the transformed weight gradient `du` of
+    /// [`Winograd::backward_params_transformed`].
+    pub fn weight_gradient(&self, du: &[f32], dweight: &mut [f32]) -> Result<(), KernelError> {
+        let pairs = self.c_out * self.c_in;
+        check_len(
+            "winograd transformed dweight",
+            self.weight_gradient_len(),
+            du.len(),
+        )?;
+        check_len("winograd dweight", 9 * pairs, dweight.len())?;
+        let du_ld = position_ld(pairs);
         for (i, dw) in dweight.chunks_exact_mut(9).enumerate() {
             let d: [f32; P] = core::array::from_fn(|p| du[p * du_ld + i]);
             for (a, b) in dw.iter_mut().zip(filter_transform_adjoint(&d)) {
@@ -1162,6 +1215,44 @@ mod tests {
                 assert_close(&got_w, &want_w, tol, "dweight");
             }
         }
+    }
+
+    /// Two samples' transformed weight gradients summed, then one adjoint transform: the sum
+    /// of the two samples' weight gradients (up to rounding), and the bias gradients of both.
+    #[test]
+    fn transformed_weight_gradients_add_across_samples() {
+        let isa = Isa::detected();
+        let (ci, co, h, w) = (13, 17, 12, 10);
+        let wg = Winograd::of(&conv3(ci, co)).unwrap();
+        let xs = [data(ci * h * w, 20), data(ci * h * w, 21)];
+        let dys = [data(co * h * w, 22), data(co * h * w, 23)];
+        let mut s = vec![f32::NAN; wg.backward_scratch_len(h, w)];
+        let (mut want_w, mut want_b) = (data(co * ci * 9, 24), data(co, 25));
+        let (mut got_w, mut got_b) = (want_w.clone(), want_b.clone());
+        let mut du = vec![0.0; wg.weight_gradient_len()];
+        for (x, dy) in xs.iter().zip(&dys) {
+            wg.backward_params(isa, &mut want_w, &mut want_b, dy, x, h, w, &mut s)
+                .unwrap();
+            wg.backward_params_transformed(isa, &mut du, &mut got_b, dy, x, h, w, &mut s)
+                .unwrap();
+        }
+        wg.weight_gradient(&du, &mut got_w).unwrap();
+        assert_eq!(got_b, want_b);
+        assert_close(&got_w, &want_w, 1e-5, "dweight");
+        assert!(wg.weight_gradient(&du[1..], &mut got_w).is_err());
+        let short = wg.backward_scratch_len(h, w) - wg.weight_gradient_len() - 1;
+        assert!(wg
+            .backward_params_transformed(
+                isa,
+                &mut du,
+                &mut got_b,
+                &dys[0],
+                &xs[0],
+                h,
+                w,
+                &mut s[..short]
+            )
+            .is_err());
     }
 
     #[test]

@@ -87,6 +87,17 @@ fn spans_mut<const N: usize>(buf: &mut [f32], spans: [Span; N]) -> [&mut [f32]; 
     out
 }
 
+/// The Winograd form of a convolution: where its transformed weights lie in
+/// [`AdmTrainer::wino`], those of its input gradient in [`AdmTrainer::wino_t`], and its
+/// transformed weight gradient in a lane's `du`.
+#[derive(Debug, Clone, Copy)]
+struct WinoT {
+    wg: Winograd,
+    u: Span,
+    u_t: Span,
+    du: Span,
+}
+
 /// Weights and bias of a convolution, as spans of the flat parameter buffer.
 #[derive(Debug, Clone, Copy)]
 struct ConvT {
@@ -95,7 +106,7 @@ struct ConvT {
     b: Span,
     /// Its Winograd form and where its transformed weights lie in [`AdmTrainer::wino`] and
     /// those of its input gradient in [`AdmTrainer::wino_t`], for 3×3 'same' convolutions.
-    wino: Option<(Winograd, Span, Span)>,
+    wino: Option<WinoT>,
 }
 
 /// GroupNorm32 γ and β.
@@ -205,6 +216,8 @@ struct Spans<'a> {
     /// Floats of transformed Winograd weights handed out so far (forward, input gradient).
     wino: Cell<usize>,
     wino_t: Cell<usize>,
+    /// Floats of transformed weight gradients handed out so far (a lane's `du`).
+    du: Cell<usize>,
 }
 
 impl Spans<'_> {
@@ -225,9 +238,11 @@ impl Spans<'_> {
             let at = next.replace(next.get() + len);
             Span { at, len }
         };
-        let wino = Winograd::of(&conv).map(|wg| {
-            let u = take(&self.wino, wg.weights_len());
-            (wg, u, take(&self.wino_t, wg.transposed().weights_len()))
+        let wino = Winograd::of(&conv).map(|wg| WinoT {
+            wg,
+            u: take(&self.wino, wg.weights_len()),
+            u_t: take(&self.wino_t, wg.transposed().weights_len()),
+            du: take(&self.du, wg.weight_gradient_len()),
         });
         Ok(ConvT {
             conv,
@@ -388,6 +403,11 @@ struct Lane {
     /// Time-MLP gradients: d emb, d hidden_silu, d hidden.
     dtime: [Vec<f32>; 3],
     scratch: Vec<Mutex<Vec<f32>>>,
+    /// The Winograd convolutions' weight gradients in transformed form, summed over the
+    /// samples of a chunk and turned into weight gradients once at its end
+    /// ([`AdmTrainer::flush_du`]); `du_dirty` when it may hold a sum not yet flushed.
+    du: Vec<f32>,
+    du_dirty: bool,
     /// A pool of one thread: the layer calls of a lane run on the thread that holds it.
     pool: Pool,
 }
@@ -408,6 +428,7 @@ impl AdmTrainer {
             layout: &layout,
             wino: Cell::new(0),
             wino_t: Cell::new(0),
+            du: Cell::new(0),
         };
         let c = &arch.config;
         let ted = arch.time_embed_dim;
@@ -472,7 +493,7 @@ impl AdmTrainer {
         let work = pl.work;
         let total = layout.total();
         let convs = all_convs(&blocks, &head_conv);
-        let (wino_len, wino_t_len) = (sp.wino.get(), sp.wino_t.get());
+        let (wino_len, wino_t_len, du_len) = (sp.wino.get(), sp.wino_t.get(), sp.du.get());
         let max_c_in = convs.iter().map(|c| c.conv.c_in).max().unwrap_or(0);
         let lane = || Lane {
             tape: vec![0.0; pl.tape],
@@ -483,6 +504,8 @@ impl AdmTrainer {
             demb_silu: vec![0.0; ted],
             dtime: [vec![0.0; ted], vec![0.0; ted], vec![0.0; ted]],
             scratch: vec![Mutex::new(vec![0.0; pl.scratch])],
+            du: vec![0.0; du_len],
+            du_dirty: false,
             pool: Pool::new(1),
         };
         Ok(AdmTrainer {
@@ -521,7 +544,7 @@ impl AdmTrainer {
             c.conv
                 .flip_weights(w, flipped)
                 .map_err(|e| anyhow!("flipping a conv weight: {e}"))?;
-            if let Some((wg, u, u_t)) = c.wino {
+            if let Some(WinoT { wg, u, u_t, .. }) = c.wino {
                 wg.transform_weights(c.w.of(params), &mut self.wino[u.r()])
                     .and_then(|()| {
                         wg.transposed()
@@ -548,8 +571,8 @@ impl AdmTrainer {
         self.pool.threads()
     }
 
-    /// Bytes of the tape, work buffers and scratch of one thread (one sample's activation
-    /// memory; every thread has one).
+    /// Bytes of the tape, work buffers, transformed weight gradients and scratch of one thread
+    /// (one sample's activation memory; every thread has one).
     pub fn memory_bytes(&self) -> usize {
         let lane = lock(&self.lanes[0]);
         lane.bytes()
@@ -663,7 +686,34 @@ impl AdmTrainer {
         self.check_params(params)?;
         self.prepare_convs(params)?;
         let mut lane = lock(&self.lanes[0]);
-        self.backward_in(&mut lane, params, dout, grads)
+        self.layout.check_buffer(grads.len())?;
+        self.clear_du(&mut lane);
+        self.backward_in(&mut lane, params, dout, grads)?;
+        self.flush_du(&mut lane, grads)
+    }
+
+    /// Zeros the lane's transformed weight gradients if a sum may be left in them (an error
+    /// stopped a chunk before its flush).
+    fn clear_du(&self, lane: &mut Lane) {
+        if lane.du_dirty {
+            lane.du.fill(0.0);
+        }
+        lane.du_dirty = true;
+    }
+
+    /// grads += the weight gradients of the lane's transformed sums (one adjoint transform
+    /// per weight), which are left zero.
+    fn flush_du(&self, lane: &mut Lane, grads: &mut [f32]) -> Result<()> {
+        for c in &self.convs {
+            if let Some(WinoT { wg, du, .. }) = c.wino {
+                let du = &mut lane.du[du.r()];
+                wg.weight_gradient(du, &mut grads[c.w.r()])
+                    .map_err(|e| anyhow!("conv weight gradient: {e}"))?;
+                du.fill(0.0);
+            }
+        }
+        lane.du_dirty = false;
+        Ok(())
     }
 
     /// [`AdmTrainer::backward_sample`] in `lane` (which ran the forward).
@@ -701,6 +751,7 @@ impl AdmTrainer {
             demb_silu: &mut lane.demb_silu,
             emb_silu: tt.emb_silu.of(&lane.tape),
             grads,
+            du: &mut lane.du,
         };
         // Head: out = conv(SiLU(GN(x))).
         let [ga, gb] = &mut lane.grad;
@@ -824,6 +875,7 @@ impl AdmTrainer {
         let (ci, co) = (c.in_channels, c.out_channels);
         let hw = self.height * self.width;
         g.fill(0.0);
+        self.clear_du(lane);
         let mut out = vec![0.0f32; co * hw];
         let mut dout = vec![0.0f32; co * hw];
         let scale = (2.0 / n) as f32;
@@ -839,6 +891,7 @@ impl AdmTrainer {
             }
             self.backward_in(lane, params, &dout, g)?;
         }
+        self.flush_du(lane, g)?;
         Ok(total)
     }
 }
@@ -851,6 +904,7 @@ impl Lane {
             + self.grad.iter().map(Vec::len).sum::<usize>()
             + self.dskip.len()
             + self.dfilm.len()
+            + self.du.len()
             + scratch)
     }
 }
@@ -1029,7 +1083,7 @@ fn resolve_block(
 /// ([`Winograd::worthwhile`]).
 fn winograd_at(c: &ConvT, h: usize, w: usize) -> Option<Winograd> {
     c.wino
-        .map(|(wg, ..)| wg)
+        .map(|wt| wt.wg)
         .filter(|_| Winograd::worthwhile(h, w))
 }
 
@@ -1063,7 +1117,7 @@ impl Ctx<'_> {
     fn conv(&self, c: &ConvT, x: &[f32], h: usize, w: usize, out: &mut [f32]) -> KResult {
         let (isa, wt, b) = (self.isa, self.wref(c.w), self.p(c.b));
         let scratch = self.scratch;
-        if let (Some(wg), Some((_, u, _))) = (winograd_at(c, h, w), c.wino) {
+        if let (Some(wg), Some(WinoT { u, .. })) = (winograd_at(c, h, w), c.wino) {
             let mut s = lock(&scratch[0]);
             return wg.forward(isa, x, h, w, u.of(self.wino), Some(b), out, &mut s);
         }
@@ -1143,7 +1197,8 @@ impl Ctx<'_> {
         })
     }
 
-    /// dW, db += conv weight gradients, split over output channels.
+    /// dW, db += conv weight gradients, split over output channels; for a Winograd
+    /// convolution, dW in transformed form into `du` (see `Lane::du`).
     #[allow(clippy::too_many_arguments)]
     fn conv_params(
         &self,
@@ -1153,12 +1208,14 @@ impl Ctx<'_> {
         h: usize,
         w: usize,
         grads: &mut [f32],
+        du: &mut [f32],
     ) -> KResult {
         let [dw, db] = spans_mut(grads, [c.w, c.b]);
         let (isa, scratch) = (self.isa, self.scratch);
-        if let Some(wg) = winograd_at(c, h, w) {
+        if let (Some(wg), Some(WinoT { du: span, .. })) = (winograd_at(c, h, w), c.wino) {
             let mut s = lock(&scratch[0]);
-            return wg.backward_params(isa, dw, db, dout, x, h, w, &mut s);
+            let du = &mut du[span.r()];
+            return wg.backward_params_transformed(isa, du, db, dout, x, h, w, &mut s);
         }
         split_n(
             self.pool,
@@ -1203,7 +1260,7 @@ impl Ctx<'_> {
         set: bool,
     ) -> KResult {
         let (isa, scratch, wt) = (self.isa, self.scratch, c.w.of(self.flipped));
-        if let (Some(wg), Some((.., u_t))) = (winograd_at(c, h, w), c.wino) {
+        if let (Some(wg), Some(WinoT { u_t, .. })) = (winograd_at(c, h, w), c.wino) {
             let mut s = lock(&scratch[0]);
             let u = u_t.of(self.wino_t);
             let zeros = set.then(|| &self.zeros[..c.conv.c_in]);
@@ -1474,6 +1531,8 @@ struct Bwd<'a> {
     demb_silu: &'a mut [f32],
     emb_silu: &'a [f32],
     grads: &'a mut [f32],
+    /// The lane's transformed Winograd weight gradients (see `Lane::du`).
+    du: &'a mut [f32],
 }
 
 impl Bwd<'_> {
@@ -1486,7 +1545,7 @@ impl Bwd<'_> {
         h: usize,
         w: usize,
     ) -> KResult {
-        cx.conv_params(c, dout, inp.of(self.tape), h, w, self.grads)
+        cx.conv_params(c, dout, inp.of(self.tape), h, w, self.grads, self.du)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1506,7 +1565,7 @@ impl Bwd<'_> {
         let [t0, d1, ..] = &mut *self.work;
         let a = &mut t0[..inp.len];
         cx.norm(norm, x, hw, None, true, a)?;
-        cx.conv_params(conv, dout, a, h, w, self.grads)?;
+        cx.conv_params(conv, dout, a, h, w, self.grads, self.du)?;
         let da = &mut d1[..inp.len];
         cx.conv_input_set(conv, dout, h, w, da)?;
         cx.norm_back(norm, dx, self.grads, None, da, x, hw, None, true)
@@ -1527,12 +1586,12 @@ impl Bwd<'_> {
         let x = l.inp.of(self.tape);
         match &l.op {
             OpT::Conv(c) => {
-                cx.conv_params(c, dy, x, h, w, self.grads)?;
+                cx.conv_params(c, dy, x, h, w, self.grads, self.du)?;
                 cx.conv_input(c, dy, h, w, dx)
             }
             OpT::Down { c, conv } => match conv {
                 Some(cv) => {
-                    cx.conv_params(cv, dy, x, h, w, self.grads)?;
+                    cx.conv_params(cv, dy, x, h, w, self.grads, self.du)?;
                     cx.conv_input(cv, dy, h, w, dx)
                 }
                 None => cx.resample_back(Updown::Down, *c, dy, h, w, dx),
@@ -1540,7 +1599,7 @@ impl Bwd<'_> {
             OpT::Up { c, conv } => match conv {
                 Some((cv, u)) => {
                     let (h2, w2) = (2 * h, 2 * w);
-                    cx.conv_params(cv, dy, u.of(self.tape), h2, w2, self.grads)?;
+                    cx.conv_params(cv, dy, u.of(self.tape), h2, w2, self.grads, self.du)?;
                     let du = &mut self.work[0][..c * h2 * w2];
                     cx.conv_input_set(cv, dy, h2, w2, du)?;
                     cx.resample_back(Updown::Up, *c, du, h, w, dx)
@@ -1578,7 +1637,7 @@ impl Bwd<'_> {
         };
         match &r.skip {
             Some(s) => {
-                cx.conv_params(s, dy, xs, ho, wo, self.grads)?;
+                cx.conv_params(s, dy, xs, ho, wo, self.grads, self.du)?;
                 let dxs = &mut d0[..r.c_in * hwo];
                 cx.conv_input_set(s, dy, ho, wo, dxs)?;
                 cx.resample_back(r.updown, r.c_in, dxs, h, w, dx)?;
@@ -1587,7 +1646,15 @@ impl Bwd<'_> {
         }
         // out_layers: conv(SiLU(FiLM(GN(h)))), its input from the tape.
         let f = r.scale_shift.then(|| film.split_at(r.c_out));
-        cx.conv_params(&r.out_conv, dy, r.a2.of(self.tape), ho, wo, self.grads)?;
+        cx.conv_params(
+            &r.out_conv,
+            dy,
+            r.a2.of(self.tape),
+            ho,
+            wo,
+            self.grads,
+            self.du,
+        )?;
         let da2 = &mut d1[..r.c_out * hwo];
         cx.conv_input_set(&r.out_conv, dy, ho, wo, da2)?;
         let dh = &mut d2[..r.c_out * hwo];
@@ -1625,7 +1692,15 @@ impl Bwd<'_> {
             0..r.emb.fin,
         )?;
         // in_layers: conv(R(SiLU(GN(x)))), its input from the tape.
-        cx.conv_params(&r.in_conv, dh, r.a1.of(self.tape), ho, wo, self.grads)?;
+        cx.conv_params(
+            &r.in_conv,
+            dh,
+            r.a1.of(self.tape),
+            ho,
+            wo,
+            self.grads,
+            self.du,
+        )?;
         let da1r = &mut d1[..r.c_in * hwo];
         cx.conv_input_set(&r.in_conv, dh, ho, wo, da1r)?;
         let da1: &[f32] = if r.updown == Updown::None {
@@ -1655,7 +1730,7 @@ impl Bwd<'_> {
         k::add_inplace(dx, dy);
         let att = a.a_s.of(self.tape);
         let qkv = a.qkv_s.of(self.tape);
-        cx.conv_params(&a.proj, dy, att, h, w, self.grads)?;
+        cx.conv_params(&a.proj, dy, att, h, w, self.grads, self.du)?;
         let datt = &mut d0[..c * t];
         cx.conv_input_set(&a.proj, dy, h, w, datt)?;
         let dqkv = &mut d1[..3 * c * t];
@@ -1664,7 +1739,7 @@ impl Bwd<'_> {
             let s = &mut lock(&cx.scratch[0]);
             k::qkv_attention_backward(dqkv, datt, qkv, c, t, a.heads, a.order, 0..a.heads, s)?;
         }
-        cx.conv_params(&a.qkv, dqkv, a.n_s.of(self.tape), h, w, self.grads)?;
+        cx.conv_params(&a.qkv, dqkv, a.n_s.of(self.tape), h, w, self.grads, self.du)?;
         let dn = &mut d2[..c * t];
         cx.conv_input_set(&a.qkv, dqkv, h, w, dn)?;
         cx.norm_back(&a.norm, dx, self.grads, None, dn, x, t, None, false)
