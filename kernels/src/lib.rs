@@ -33,7 +33,8 @@
 //! - Nothing needs saving beyond each layer's input: GroupNorm recomputes its statistics and
 //!   attention its softmax weights exactly as the forward computes them.
 //! - The 3×3 'same' convolutions also have a Winograd form ([`Winograd`], F(2×2, 3×3):
-//!   forward, input gradient through the flipped weights, weight gradient), which the trainer
+//!   forward, input gradient through the flipped weights, weight gradient, which can also be
+//!   summed over samples in transformed form and turned into dW once), which the trainer
 //!   uses where maps are large enough: 2.25× fewer products, a different (fixed) rounding order
 //!   than [`Conv2d`]'s, so the trainer's bits differ from a direct-convolution trainer's while
 //!   staying independent of threads and splits.
