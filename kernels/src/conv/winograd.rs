@@ -128,7 +128,7 @@ impl Winograd {
     }
 
     /// Floats of the transformed weights: 16 matrices of c_out × c_in, followed (when a
-    /// product fits one block of the GEMM, see [`Winograd::one_block`]) by the same 16
+    /// product fits one block of the GEMM: depth ≤ KC, rows ≤ MC_MAX) by the same 16
     /// packed as the products' A operand.
     pub fn weights_len(&self) -> usize {
         P * self.c_out * self.c_in
@@ -280,7 +280,7 @@ impl Winograd {
     }
 
     /// Floats of the weight gradient in transformed form (16 matrices of c_out × c_in, a cache
-    /// line more than their size apart, see [`position_ld`]).
+    /// line more than their size apart, against L1 set conflicts).
     pub fn weight_gradient_len(&self) -> usize {
         P * position_ld(self.c_out * self.c_in)
     }
@@ -318,7 +318,7 @@ impl Winograd {
         self.weight_gradient(du, dweight)
     }
 
-    /// `du` += ∂L/∂U, the weight gradient in transformed form (dU[p] = Σ_tiles dM[p]·V[p]ᵀ, see
+    /// `du` += ∂L/∂U, the weight gradient in transformed form (`dU[p] = Σ_tiles dM[p]·V[p]ᵀ`, see
     /// the module doc; [`Winograd::weight_gradient_len`] floats), and `dbias[o] += Σ dout[o]`
     /// (f64, as [`super::Conv2d::backward_params`]). Summing dU over several samples and then
     /// taking [`Winograd::weight_gradient`] once costs one adjoint filter transform per weight
