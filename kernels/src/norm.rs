@@ -336,7 +336,7 @@ const BLOCK: usize = 256;
 const GZ_CACHE: usize = 4096;
 
 /// Argument tuple of [`channel_sums`]: group and channel constants, one channel of x and dy,
-/// and where to keep the channel's dy₁ (empty: nowhere).
+/// and where to keep the channel's gz (empty: nowhere).
 type SumArgs<'a> = (&'a Pre, &'a Chan, &'a [f32], &'a [f32], &'a mut [f32]);
 
 /// [`channel_sums`] compiled with AVX2, its sums over gz (kept, or dy itself without SiLU)
