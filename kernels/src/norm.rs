@@ -351,10 +351,7 @@ unsafe fn channel_sums_avx2<const SILU: bool>((pre, ch, xc, dyc, keep): SumArgs)
         // SAFETY: AVX2 by the caller's contract.
         return unsafe { sums_of_gz_avx2(pre, ch, xc, dyc) };
     }
-    assert_eq!(keep.len(), xc.len());
-    for ((k, &v), &dy) in keep.iter_mut().zip(xc).zip(dyc) {
-        *k = ch.gz::<SILU>(pre, v, dy);
-    }
+    keep_gz::<SILU>(pre, ch, xc, dyc, keep);
     // SAFETY: AVX2 by the caller's contract.
     unsafe { sums_of_gz_avx2(pre, ch, xc, keep) }
 }
@@ -392,17 +389,37 @@ unsafe fn sums_of_gz_avx2(pre: &Pre, ch: &Chan, xc: &[f32], g: &[f32]) -> [f64; 
             }
         }
         for (l, (&v, &gz)) in xt.iter().zip(gt).enumerate() {
-            let (xhat, y1, gz, dy1) = ch.element_of_gz(pre, v, gz);
-            acc[0][l] += gz * y1;
-            acc[1][l] += gz;
-            acc[2][l] += dy1 * xhat;
-            acc[3][l] += dy1;
+            add_terms(&mut acc, l, ch.element_of_gz(pre, v, gz));
         }
-        for (t, a) in total.iter_mut().zip(&acc) {
-            *t += tree(&a.map(f64::from));
-        }
+        add_block(&mut total, &acc);
     }
     total
+}
+
+/// Adds one element's terms of the four pass-1 sums to lane `l` of `acc`.
+#[inline(always)]
+fn add_terms(acc: &mut [[f32; LANES]; 4], l: usize, (xhat, y1, gz, dy1): (f32, f32, f32, f32)) {
+    acc[0][l] += gz * y1;
+    acc[1][l] += gz;
+    acc[2][l] += dy1 * xhat;
+    acc[3][l] += dy1;
+}
+
+/// Adds a block's lanes to the f64 totals (each row's lanes as a fixed tree).
+#[inline(always)]
+fn add_block(total: &mut [f64; 4], acc: &[[f32; LANES]; 4]) {
+    for (t, a) in total.iter_mut().zip(acc) {
+        *t += tree(&a.map(f64::from));
+    }
+}
+
+/// Writes each element's gz to `keep`.
+#[inline(always)]
+fn keep_gz<const SILU: bool>(pre: &Pre, ch: &Chan, xc: &[f32], dyc: &[f32], keep: &mut [f32]) {
+    assert_eq!(keep.len(), xc.len());
+    for ((k, &v), &dy) in keep.iter_mut().zip(xc).zip(dyc) {
+        *k = ch.gz::<SILU>(pre, v, dy);
+    }
 }
 
 /// The four sums of pass 1 over one channel: [Σ gz·y₁, Σ gz, Σ dy₁·x̂, Σ dy₁], element i
@@ -414,10 +431,7 @@ fn channel_sums<const SILU: bool>((pre, ch, xc, dyc, keep): SumArgs) -> [f64; 4]
     if keep.is_empty() {
         return sums_by::<SILU, false>(pre, ch, xc, dyc);
     }
-    assert_eq!(keep.len(), xc.len());
-    for ((k, &v), &dy) in keep.iter_mut().zip(xc).zip(dyc) {
-        *k = ch.gz::<SILU>(pre, v, dy);
-    }
+    keep_gz::<SILU>(pre, ch, xc, dyc, keep);
     sums_by::<SILU, true>(pre, ch, xc, keep)
 }
 
@@ -440,23 +454,13 @@ fn sums_by<const SILU: bool, const GZ: bool>(
         };
         for (xv, dv) in xl.zip(dl) {
             for l in 0..LANES {
-                let (xhat, y1, gz, dy1) = element(xv[l], dv[l]);
-                acc[0][l] += gz * y1;
-                acc[1][l] += gz;
-                acc[2][l] += dy1 * xhat;
-                acc[3][l] += dy1;
+                add_terms(&mut acc, l, element(xv[l], dv[l]));
             }
         }
         for (l, (&v, &dy)) in xt.iter().zip(dt).enumerate() {
-            let (xhat, y1, gz, dy1) = element(v, dy);
-            acc[0][l] += gz * y1;
-            acc[1][l] += gz;
-            acc[2][l] += dy1 * xhat;
-            acc[3][l] += dy1;
+            add_terms(&mut acc, l, element(v, dy));
         }
-        for (t, a) in total.iter_mut().zip(&acc) {
-            *t += tree(&a.map(f64::from));
-        }
+        add_block(&mut total, &acc);
     }
     total
 }
