@@ -428,29 +428,36 @@ impl Conv2d {
     ) -> Result<(), KernelError> {
         let (c_in, k) = (self.c_in, self.kernel);
         check_len("conv2d weight", self.c_out * c_in * k * k, weight.len())?;
-        let row0 = ci.start;
+        let dims = (h, w);
         match weight {
-            WeightsRef::F32(wt) => self.backward_input_with(
-                isa,
-                dinp,
-                dout,
-                (h, w),
-                ci,
-                scratch,
-                |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
-                |c, o, q| wt[(o * c_in + c) * k * k + q],
-            ),
-            WeightsRef::F16(wt) => self.backward_input_with(
-                isa,
-                dinp,
-                dout,
-                (h, w),
-                ci,
-                scratch,
-                |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
-                |c, o, q| wt[(o * c_in + c) * k * k + q].to_f32(),
-            ),
+            WeightsRef::F32(wt) => self.backward_input_of(isa, dinp, dout, wt, dims, ci, scratch),
+            WeightsRef::F16(wt) => self.backward_input_of(isa, dinp, dout, wt, dims, ci, scratch),
         }
+    }
+
+    /// [`Conv2d::backward_input`] for weights stored as `W` (length checked).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_input_of<W: Weight>(
+        &self,
+        isa: Isa,
+        dinp: &mut [f32],
+        dout: &[f32],
+        wt: &[W],
+        dims: (usize, usize),
+        ci: core::ops::Range<usize>,
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (c_in, k, row0) = (self.c_in, self.kernel, ci.start);
+        self.backward_input_with(
+            isa,
+            dinp,
+            dout,
+            dims,
+            ci,
+            scratch,
+            |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
+            |c, o, q| wt[(o * c_in + c) * k * k + q].to_f32(),
+        )
     }
 
     /// Floats of [`Conv2d::flip_weights`]'s output: as many as the weight.
