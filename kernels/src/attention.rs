@@ -289,15 +289,9 @@ fn lanes(row: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
     r
 }
 
-/// ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)). Not inlined: seeing this pairing,
-/// LLVM would keep the lanes of the loops before it in shuffled 4-wide halves (measured),
-/// instead of one 8-wide vector.
-#[inline(never)]
-fn tree8(a: [f32; 8]) -> f32 {
-    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
-}
-
-/// [`tree8`] for any `op` (same pairing, not inlined for the same reason).
+/// op(op(op(a0, a1), op(a2, a3)), op(op(a4, a5), op(a6, a7))). Not inlined: seeing this
+/// pairing, LLVM would keep the lanes of the loops before it in shuffled 4-wide halves
+/// (measured), instead of one 8-wide vector.
 #[inline(never)]
 fn tree_of(a: [f32; LANES], op: &impl Fn(f32, f32) -> f32) -> f32 {
     op(
@@ -317,7 +311,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
-    let mut s = tree8(acc);
+    let mut s = tree_of(acc, &|a, b| a + b);
     for (x, y) in at.iter().zip(bt) {
         s += x * y;
     }
