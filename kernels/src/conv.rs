@@ -46,6 +46,12 @@ const NC: usize = 128;
 /// and up to 256 channels share one packed B block (each B block is packed once per A block).
 const MC_MAX: usize = 264;
 
+/// Floats per cache line (64 bytes). Buffers whose rows a product reads or writes side by side
+/// (one per channel) are laid out a line further apart than their size: at power-of-two
+/// strides (2 or 4 KiB, as 32 × 32 maps and Winograd chunks give) those rows would share a
+/// few of the 64 L1 sets and evict each other (measured: microkernel loads stalling on L2).
+const LINE: usize = 16;
+
 /// Most output rows (channels) of a product the direct path takes: every packed im2col value
 /// serves all output rows, so wide layers amortise the packing, and the direct path's extra
 /// columns (6–12 % more products) would cost them more than it saves.

@@ -15,7 +15,7 @@
 
 use core::ops::Range;
 
-use super::{first_terms, pad_planes, tile_product, Isa, Out, KC, MC_MAX, MR, NR};
+use super::{first_terms, pad_planes, tile_product, Isa, Out, KC, LINE, MC_MAX, MR, NR};
 
 /// Largest padded copy (floats) the direct path takes on; bigger maps use the packed path.
 const MAX_PADDED: usize = 1 << 18;
@@ -30,8 +30,7 @@ pub(super) struct Direct {
     h: usize,
     w: usize,
     /// Padded row length, and floats from one padded plane to the next (its hp·wp values plus
-    /// a cache line: planes of a power-of-two size, as 1×1 layers' are, would put the rows a
-    /// product reads, one per channel, into the same L1 sets).
+    /// a [`LINE`]: 1×1 layers' planes are powers of two).
     wp: usize,
     plane: usize,
     /// Output width.
@@ -50,7 +49,7 @@ impl Direct {
             return None;
         }
         let (oh, ow) = (hp - k + 1, wp - k + 1);
-        let plane = hp * wp + 16;
+        let plane = hp * wp + LINE;
         let n_pad = (oh * wp).div_ceil(NR) * NR;
         // The last read: the last plane's row k−1, column k−1, plus the last wide column (a row
         // range starting past row 0 may round its columns up by up to NR − 1 more).
@@ -76,7 +75,7 @@ impl Direct {
     /// Scratch floats for `m` output rows: the A block, one ragged C tile, the padded copy and
     /// the wide output.
     pub(super) fn scratch_len(&self, m: usize) -> usize {
-        a_block_len(m, self.depth()) + MR * NR + self.p_len + m * (self.n_pad + 16)
+        a_block_len(m, self.depth()) + MR * NR + self.p_len + m * (self.n_pad + LINE)
     }
 
     /// Rows of im2col (c·k·k), the depth of the product.
@@ -106,9 +105,8 @@ impl Direct {
         let depth = self.depth();
         // Wide columns of the rows ys, whole NR tiles (at most self.n_pad).
         let n = (ys.len() * self.wp).div_ceil(NR) * NR;
-        // Wide rows a cache line further apart than n (a power of two for 1×1 layers), so the
-        // MR rows of a tile do not share L1 sets.
-        let ld = n + 16;
+        // Wide rows a LINE further apart than n (a power of two for 1×1 layers).
+        let ld = n + LINE;
         let (a_buf, rest) = scratch.split_at_mut(a_block_len(m, depth));
         let (tmp, rest) = rest.split_at_mut(MR * NR);
         let (padded, rest) = rest.split_at_mut(self.p_len);

@@ -24,7 +24,7 @@
 use super::avx2;
 use super::{
     first_terms, gemm, gemm_scratch_len, microkernel, pack_a, pack_rows, round_up, sum_f64, Isa,
-    Out, Tile, KC, MC_MAX, MR, NR,
+    Out, Tile, KC, LINE, MC_MAX, MR, NR,
 };
 use crate::{check_len, check_min_len, KernelError};
 use core::ops::{Add, Neg, Sub};
@@ -33,11 +33,10 @@ use core::ops::{Add, Neg, Sub};
 const P: usize = 16;
 
 /// Floats from one position's c_out × c_in matrix of the weight gradient to the next's: the
-/// `pairs` values, rounded up to a cache line, plus one line, so the 16 values the adjoint
-/// filter transform reads per weight (one per position) do not share an L1 set (at 64 × 64
-/// channels the matrices are 16 KiB apart).
+/// `pairs` values rounded up to a [`LINE`], plus one, so the 16 values the adjoint filter
+/// transform reads per weight do not share L1 sets (16 KiB apart at 64 × 64 channels).
 fn position_ld(pairs: usize) -> usize {
-    pairs.div_ceil(16) * 16 + 16
+    pairs.div_ceil(LINE) * LINE + LINE
 }
 
 /// Tiles transformed at a time: one NR-wide column block of the products. A chunk's
@@ -46,11 +45,9 @@ fn position_ld(pairs: usize) -> usize {
 /// `CHANNEL_LD` apart from offset p·CHUNK.
 const CHUNK: usize = NR;
 
-/// Floats from one channel's transformed chunk to the next's: the P·CHUNK values plus one
-/// cache line. At exactly P·CHUNK (2 KiB) apart, the rows a product reads (one per channel)
-/// would fall into two L1 sets and evict each other (measured: the products' B loads stalled
-/// on L2); the extra line spreads them over the sets.
-const CHANNEL_LD: usize = P * CHUNK + 16;
+/// Floats from one channel's transformed chunk to the next's: the P·CHUNK values (2 KiB, which
+/// would put a product's B rows into two L1 sets) plus one [`LINE`].
+const CHANNEL_LD: usize = P * CHUNK + LINE;
 
 /// The Winograd form of a 3 × 3, stride-1, padding-1 convolution from `c_in` to `c_out`
 /// channels (PyTorch weight layout [c_out, c_in, 3, 3]).
