@@ -32,12 +32,12 @@
 //!   multiply-adds); all threads of a step must use the same [`Isa`].
 //! - Nothing needs saving beyond each layer's input: GroupNorm recomputes its statistics and
 //!   attention its softmax weights exactly as the forward computes them.
-//! - The 3×3 'same' convolutions also have a Winograd form ([`Winograd`], F(2×2, 3×3):
-//!   forward, input gradient through the flipped weights, weight gradient, which can also be
-//!   summed over samples in transformed form and turned into dW once), which the trainer
-//!   uses where maps are large enough: 2.25× fewer products, a different (fixed) rounding order
-//!   than [`Conv2d`]'s, so the trainer's bits differ from a direct-convolution trainer's while
-//!   staying independent of threads and splits.
+//! - The 3×3 'same' convolutions also have a Winograd form ([`Winograd`], F(2×2, 3×3) or
+//!   F(4×4, 3×3): forward, input gradient through the flipped weights, weight gradient, which
+//!   can also be summed over samples in transformed form and turned into dW once), which the
+//!   trainer uses where maps are large enough: 2.25× or 4× fewer products, a different
+//!   (fixed) rounding order than [`Conv2d`]'s, so the trainer's bits differ from a
+//!   direct-convolution trainer's while staying independent of threads and splits.
 //! - Layers without a kernel: the residual `y = a + b` sends dy to both (`add_inplace` twice);
 //!   the channel concatenation `[h, skip]` of the decoder splits its gradient into the first and
 //!   last channel blocks (slices, no copy); the timestep embedding has no parameters and its

@@ -1,24 +1,30 @@
-//! F(2 × 2, 3 × 3) Winograd convolution (Lavin & Gray, "Fast Algorithms for Convolutional
-//! Neural Networks", 2016) for the 3 × 3, stride-1, padding-1 convolutions of the training
-//! step.
+//! Winograd convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+//! 2016) for the 3 × 3, stride-1, padding-1 convolutions of the training step, in two forms:
+//! F(2 × 2, 3 × 3) and F(4 × 4, 3 × 3).
 //!
-//! Each 2 × 2 block of output pixels (a tile) is computed from the 4 × 4 input window around
-//! it as Y = Aᵀ[Σ_c U_c ⊙ V_c]A, with V = BᵀdB the input window transformed and U = GgGᵀ the
-//! 3 × 3 filter transformed: for each of the 16 positions of a transformed tile, the sum over
-//! input channels is one GEMM, U[p] (c_out × c_in) · V[p] (c_in × tiles). That takes 16
-//! products per tile and channel pair where the direct convolution takes 36 (2.25× fewer),
-//! for transforms that only add, subtract and halve. The input gradient of such a
-//! convolution is the same kind of convolution (weights flipped and transposed,
-//! [`super::Conv2d::flip_weights`]), so it runs through [`Winograd::forward`] too; the weight
-//! gradient is the adjoint of the forward: dU[p] = dM[p] · V[p]ᵀ with dM = A·dY·Aᵀ per tile,
-//! and dW = Gᵀ·dU·G.
+//! Each m × m block of output pixels (a tile, m = 2 or 4) is computed from the n × n input
+//! window around it (n = m + 2) as Y = Aᵀ[Σ_c U_c ⊙ V_c]A, with V = BᵀdB the input window
+//! transformed and U = GgGᵀ the 3 × 3 filter transformed: for each of the n² positions of a
+//! transformed tile, the sum over input channels is one GEMM, U[p] (c_out × c_in) · V[p]
+//! (c_in × tiles). That takes n² products per tile and channel pair where the direct
+//! convolution takes 9m²: 2.25× fewer with F(2 × 2), whose transforms only add, subtract and
+//! halve, and 4× fewer with F(4 × 4), whose transforms also scale by powers of two and whose
+//! filter transform divides by 6 and 24 (a few times the rounding error of F(2 × 2)). The
+//! input gradient of such a convolution is the same kind of convolution (weights flipped and
+//! transposed, [`super::Conv2d::flip_weights`]), so it runs through [`Winograd::forward`]
+//! too; the weight gradient is the adjoint of the forward: dU[p] = dM[p] · V[p]ᵀ with
+//! dM = A·dY·Aᵀ per tile, and dW = Gᵀ·dU·G.
 //!
 //! The result is the convolution up to rounding (a different order of operations than
 //! [`super::Conv2d`]'s, so not its bits), and every step has a fixed order: the bits depend
-//! only on the inputs and the ISA's FMA (as the GEMM's), not on threads or batch splits.
+//! only on the inputs, the form and the ISA's FMA (as the GEMM's), not on threads or batch
+//! splits.
 //!
-//! Maps are stored with their columns de-interleaved (even and odd halves), so that every
-//! transform is a loop of whole vectors over the tiles of a row.
+//! Maps are stored with their columns de-interleaved into m phases (column q in phase q mod m
+//! at q / m), so that every transform is a loop of whole vectors over the tiles of a row.
+//!
+//! The transforms are generic over n (`const N`: 4 or 6); a [`Winograd`] holds m and picks
+//! the instance at run time.
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
@@ -27,53 +33,65 @@ use super::{
     Out, Tile, KC, LINE, MC_MAX, MR, NR,
 };
 use crate::{check_len, check_min_len, KernelError};
-use core::ops::{Add, Neg, Sub};
-
-/// Positions of a transformed 4 × 4 tile.
-const P: usize = 16;
+use core::array::from_fn;
+use core::ops::{Add, Mul, Neg, Sub};
 
 /// Floats from one position's c_out × c_in matrix of the weight gradient to the next's: the
-/// `pairs` values rounded up to a [`LINE`], plus one, so the 16 values the adjoint filter
+/// `pairs` values rounded up to a [`LINE`], plus one, so the n² values the adjoint filter
 /// transform reads per weight do not share L1 sets (16 KiB apart at 64 × 64 channels).
 fn position_ld(pairs: usize) -> usize {
     pairs.div_ceil(LINE) * LINE + LINE
 }
 
-/// Tiles transformed at a time: one NR-wide column block of the products. A chunk's
-/// transformed tiles are stored [channel][position][CHUNK] (channels [`CHANNEL_LD`] apart),
-/// so each tile's 16 values lie a constant CHUNK apart, and position p's matrix is rows
-/// `CHANNEL_LD` apart from offset p·CHUNK.
-const CHUNK: usize = NR;
+/// Tiles transformed at a time: with F(2 × 2) one NR-wide column block of the products; with
+/// F(4 × 4) half of one (its 36 positions would otherwise spill a chunk of 64 channels out of
+/// L2; the products then compute one 16-wide half of their register tiles). A chunk's
+/// transformed tiles are stored [channel][position][chunk] (channels [`channel_ld`] apart),
+/// so each tile's n² values lie a constant chunk apart, and position p's matrix is rows
+/// `channel_ld` apart from offset p·chunk.
+const fn chunk<const N: usize>() -> usize {
+    if N == 4 {
+        NR
+    } else {
+        NR / 2
+    }
+}
 
-/// Floats from one channel's transformed chunk to the next's: the P·CHUNK values (2 KiB, which
-/// would put a product's B rows into two L1 sets) plus one [`LINE`].
-const CHANNEL_LD: usize = P * CHUNK + LINE;
+/// Floats from one channel's transformed chunk to the next's: the n²·chunk values (2 KiB with
+/// F(2 × 2), which would put a product's B rows into two L1 sets) plus one [`LINE`]. (Position
+/// n² − 1's row of a product, NR floats from (n² − 1)·chunk, ends inside the channel.)
+const fn channel_ld<const N: usize>() -> usize {
+    N * N * chunk::<N>() + LINE
+}
 
 /// The Winograd form of a 3 × 3, stride-1, padding-1 convolution from `c_in` to `c_out`
-/// channels (PyTorch weight layout [c_out, c_in, 3, 3]).
+/// channels (PyTorch weight layout [c_out, c_in, 3, 3]), with output tiles of m × m pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Winograd {
     c_in: usize,
     c_out: usize,
+    m: usize,
 }
 
-/// The tile grid of an h × w map: th × tw tiles of 2 × 2 output pixels (the last row or
-/// column of tiles half outside when h or w is odd).
+/// The tile grid of an h × w map: th × tw tiles of m × m output pixels (the last row or
+/// column of tiles partly outside when m does not divide h or w).
 #[derive(Clone, Copy, Debug)]
 struct Tiles {
     h: usize,
     w: usize,
+    m: usize,
     th: usize,
     tw: usize,
 }
 
 impl Tiles {
-    fn new(h: usize, w: usize) -> Tiles {
+    fn new(h: usize, w: usize, m: usize) -> Tiles {
         Tiles {
             h,
             w,
-            th: h.div_ceil(2),
-            tw: w.div_ceil(2),
+            m,
+            th: h.div_ceil(m),
+            tw: w.div_ceil(m),
         }
     }
 
@@ -81,39 +99,77 @@ impl Tiles {
         self.th * self.tw
     }
 
-    /// Floats of one de-interleaved, zero-padded input plane: 2·th + 2 rows of two halves of
-    /// tw + 1 columns (padded column q in half q % 2 at q / 2).
-    fn input_plane(&self) -> usize {
-        (2 * self.th + 2) * 2 * (self.tw + 1)
+    /// Floats of one phase of a de-interleaved, zero-padded input row: tw + 1 (padded column
+    /// q in phase q % m at q / m; the last window reaches q = m·tw + 1).
+    fn input_len(&self) -> usize {
+        self.tw + 1
     }
 
-    /// Floats of one de-interleaved output-gradient plane: 2·th rows of two halves of tw.
+    /// Floats of one de-interleaved, zero-padded input plane: m·th + 2 rows of m phases.
+    fn input_plane(&self) -> usize {
+        (self.m * self.th + 2) * self.m * self.input_len()
+    }
+
+    /// Floats of one de-interleaved output-gradient plane: m·th rows of m phases of tw.
     fn output_plane(&self) -> usize {
-        2 * self.th * 2 * self.tw
+        self.m * self.th * self.m * self.tw
     }
 }
 
+/// Calls `$self.$f::<N>(args)` for the form's n.
+macro_rules! by_form {
+    ($self:ident.$f:ident($($a:expr),*)) => {
+        match $self.m {
+            2 => $self.$f::<4>($($a),*),
+            _ => $self.$f::<6>($($a),*),
+        }
+    };
+}
+
 impl Winograd {
-    /// The Winograd form of `conv` if it is a 3 × 3, stride-1, padding-1 convolution with
-    /// channels.
+    /// The F(2 × 2, 3 × 3) form of `conv` if it is a 3 × 3, stride-1, padding-1 convolution
+    /// with channels.
     pub fn of(conv: &super::Conv2d) -> Option<Winograd> {
         let fits = conv.kernel == 3 && conv.stride == 1 && conv.pad == 1;
         (fits && conv.c_in > 0 && conv.c_out > 0).then_some(Winograd {
             c_in: conv.c_in,
             c_out: conv.c_out,
+            m: 2,
         })
     }
 
-    /// The convolution computing this one's input gradient (channels swapped); its weights are
-    /// this one's flipped by [`super::Conv2d::flip_weights`].
+    /// The same convolution in F(4 × 4, 3 × 3) form.
+    pub fn with_4x4_tiles(self) -> Winograd {
+        Winograd { m: 4, ..self }
+    }
+
+    /// The output tile side m (2 or 4).
+    pub fn tile(&self) -> usize {
+        self.m
+    }
+
+    /// The form of `conv` that pays on an h × w map, if any: F(4 × 4) from 16 tiles of 4 × 4
+    /// (16 × 16 maps), else F(2 × 2) from 16 tiles of 2 × 2 ([`Winograd::worthwhile`]).
+    pub fn for_map(conv: &super::Conv2d, h: usize, w: usize) -> Option<Winograd> {
+        let wg = Winograd::of(conv)?;
+        if Tiles::new(h, w, 4).n() >= 16 {
+            Some(wg.with_4x4_tiles())
+        } else {
+            Winograd::worthwhile(h, w).then_some(wg)
+        }
+    }
+
+    /// The convolution computing this one's input gradient (channels swapped, same form); its
+    /// weights are this one's flipped by [`super::Conv2d::flip_weights`].
     pub fn transposed(&self) -> Winograd {
         Winograd {
             c_in: self.c_out,
             c_out: self.c_in,
+            m: self.m,
         }
     }
 
-    /// Whether an h × w map has tiles enough for the Winograd form to beat the direct
+    /// Whether an h × w map has tiles enough for the F(2 × 2) form to beat the direct
     /// convolution, forward, input gradient and weight gradient alike: the products are as
     /// wide as the map has tiles, and below 16 tiles (8 × 8 maps: half a register tile, which
     /// the AVX2 kernel computes alone) they waste more than the transforms save. (Measured at
@@ -121,14 +177,19 @@ impl Winograd {
     /// gradient about even per call, 63–67 against 64, and cheaper in a trainer that sums the
     /// transformed gradient over samples and pays the adjoint transform once.)
     pub fn worthwhile(h: usize, w: usize) -> bool {
-        Tiles::new(h, w).n() >= 16
+        Tiles::new(h, w, 2).n() >= 16
     }
 
-    /// Floats of the transformed weights: 16 matrices of c_out × c_in, followed (when a
-    /// product fits one block of the GEMM: depth ≤ KC, rows ≤ MC_MAX) by the same 16
-    /// packed as the products' A operand.
+    /// Positions of a transformed tile (n²).
+    fn positions(&self) -> usize {
+        (self.m + 2) * (self.m + 2)
+    }
+
+    /// Floats of the transformed weights: n² matrices of c_out × c_in, followed (when a
+    /// product fits one block of the GEMM: depth ≤ KC, rows ≤ MC_MAX) by the same n² packed
+    /// as the products' A operand.
     pub fn weights_len(&self) -> usize {
-        P * self.c_out * self.c_in
+        self.positions() * self.c_out * self.c_in
             + if self.one_block() {
                 self.packed_len()
             } else {
@@ -140,14 +201,19 @@ impl Winograd {
     /// ([c_out, c_in, 3, 3]), then their packed copy; done once per weight update, so the
     /// forward, run once per sample, never packs.
     pub fn transform_weights(&self, weight: &[f32], u: &mut [f32]) -> Result<(), KernelError> {
-        let (ci, co) = (self.c_in, self.c_out);
-        let pairs = co * ci;
+        let pairs = self.c_out * self.c_in;
         check_len("winograd weight", 9 * pairs, weight.len())?;
         check_len("winograd transformed weight", self.weights_len(), u.len())?;
-        let (plain, packed) = u.split_at_mut(P * pairs);
+        by_form!(self.transform_weights_n(weight, u));
+        Ok(())
+    }
+
+    fn transform_weights_n<const N: usize>(&self, weight: &[f32], u: &mut [f32]) {
+        let (ci, co) = (self.c_in, self.c_out);
+        let pairs = co * ci;
+        let (plain, packed) = u.split_at_mut(N * N * pairs);
         for (i, g) in weight.chunks_exact(9).enumerate() {
-            let t = filter_transform(g);
-            for (p, v) in t.iter().enumerate() {
+            for (p, v) in filter_transform::<N>(g).as_flattened().iter().enumerate() {
                 plain[p * pairs + i] = *v;
             }
         }
@@ -164,7 +230,6 @@ impl Winograd {
                 a,
             );
         }
-        Ok(())
     }
 
     /// Whether each product's A operand (c_out × c_in) is one block of the GEMM (depth ≤ KC,
@@ -173,17 +238,35 @@ impl Winograd {
         self.c_in <= KC && self.c_out <= MC_MAX
     }
 
-    /// Floats of the 16 transformed weight matrices packed as the products' A operand.
+    /// Floats of the n² transformed weight matrices packed as the products' A operand.
     fn packed_len(&self) -> usize {
-        P * round_up(self.c_out, MR) * self.c_in
+        self.positions() * round_up(self.c_out, MR) * self.c_in
+    }
+
+    /// Floats between two channels of a chunk buffer.
+    fn channel_ld(&self) -> usize {
+        by_form!(self.channel_ld_n())
+    }
+
+    fn channel_ld_n<const N: usize>(&self) -> usize {
+        channel_ld::<N>()
+    }
+
+    /// Tiles of a chunk.
+    fn chunk(&self) -> usize {
+        by_form!(self.chunk_n())
+    }
+
+    fn chunk_n<const N: usize>(&self) -> usize {
+        chunk::<N>()
     }
 
     /// Scratch floats [`Winograd::forward`] needs for an h × w map.
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
-        let t = Tiles::new(h, w);
+        let t = Tiles::new(h, w, self.m);
         self.c_out
             + self.c_in * t.input_plane()
-            + CHANNEL_LD * (self.c_in + self.c_out)
+            + self.channel_ld() * (self.c_in + self.c_out)
             + gemm_scratch_len(self.c_out, self.c_in)
     }
 
@@ -213,39 +296,56 @@ impl Winograd {
         if h == 0 || w == 0 {
             return Ok(());
         }
-        let t = Tiles::new(h, w);
+        by_form!(self.forward_n(isa, inp, (h, w), u, bias, out, scratch));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_n<const N: usize>(
+        &self,
+        isa: Isa,
+        inp: &[f32],
+        (h, w): (usize, usize),
+        u: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (ci, co) = (self.c_in, self.c_out);
+        let (positions, chunk, ld) = (N * N, chunk::<N>(), channel_ld::<N>());
+        let t = Tiles::new(h, w, N - 2);
         let (zeros, rest) = scratch.split_at_mut(co);
         let (padded, rest) = rest.split_at_mut(ci * t.input_plane());
-        let (v, rest) = rest.split_at_mut(CHANNEL_LD * ci);
-        let (m, gs) = rest.split_at_mut(CHANNEL_LD * co);
+        let (v, rest) = rest.split_at_mut(ld * ci);
+        let (m, gs) = rest.split_at_mut(ld * co);
         zeros.fill(0.0);
         let one_block = self.one_block();
-        let (u, packed) = u.split_at(P * co * ci);
+        let (u, packed) = u.split_at(positions * co * ci);
         let a_len = round_up(co, MR) * ci;
         let mut offs = [0u32; KC];
         if one_block {
-            // Row c of position p's B lies at c·CHANNEL_LD from p·CHUNK: read in place.
+            // Row c of position p's B lies at c·ld from p·chunk: read in place.
             for (c, o) in offs[..ci].iter_mut().enumerate() {
-                *o = (c * CHANNEL_LD) as u32;
+                *o = (c * ld) as u32;
             }
         }
-        deinterleave(isa, inp, (h, w), 1, t.tw + 1, 2 * t.th + 2, padded);
-        let ld = CHANNEL_LD;
-        for t0 in (0..t.n()).step_by(CHUNK) {
-            let nt = CHUNK.min(t.n() - t0);
-            input_transform(isa, &t, t0, ci, padded, v);
-            for p in 0..P {
+        let rows = t.m * t.th + 2;
+        deinterleave::<N>(isa, inp, (h, w), 1, t.input_len(), rows, padded);
+        for t0 in (0..t.n()).step_by(chunk) {
+            let nt = chunk.min(t.n() - t0);
+            input_transform::<N>(isa, &t, t0, ci, padded, v);
+            for p in 0..positions {
                 let u_p = &u[p * co * ci..][..co * ci];
-                let v_p = &v[p * CHUNK..];
+                let v_p = &v[p * chunk..];
                 if one_block {
                     let a_p = &packed[p * a_len..][..a_len];
                     let b = (v_p, &offs[..ci]);
                     let spare = &mut gs[..MR * NR];
-                    chunk_product(isa, a_p, b, co, nt, (&mut m[p * CHUNK..], ld), spare, zeros);
+                    chunk_product(isa, a_p, b, co, nt, (&mut m[p * chunk..], ld), spare, zeros);
                     continue;
                 }
                 let m_p = Out::Strided {
-                    c: &mut m[p * CHUNK..],
+                    c: &mut m[p * chunk..],
                     ld,
                 };
                 gemm(
@@ -260,26 +360,25 @@ impl Winograd {
                     gs,
                 );
             }
-            output_transform(isa, &t, t0, co, m, bias, out);
+            output_transform::<N>(isa, &t, t0, co, m, bias, out);
         }
-        Ok(())
     }
 
     /// Scratch floats [`Winograd::backward_params`] (and
     /// [`Winograd::backward_params_transformed`]) needs for an h × w map.
     pub fn backward_scratch_len(&self, h: usize, w: usize) -> usize {
-        let t = Tiles::new(h, w);
+        let t = Tiles::new(h, w, self.m);
         self.c_in * t.input_plane()
             + self.c_out * t.output_plane()
-            + CHANNEL_LD * (self.c_in + self.c_out)
+            + self.channel_ld() * (self.c_in + self.c_out)
             + self.weight_gradient_len()
-            + gemm_scratch_len(self.c_out, CHUNK)
+            + gemm_scratch_len(self.c_out, self.chunk())
     }
 
-    /// Floats of the weight gradient in transformed form (16 matrices of c_out × c_in, a cache
+    /// Floats of the weight gradient in transformed form (n² matrices of c_out × c_in, a cache
     /// line more than their size apart, against L1 set conflicts).
     pub fn weight_gradient_len(&self) -> usize {
-        P * position_ld(self.c_out * self.c_in)
+        self.positions() * position_ld(self.c_out * self.c_in)
     }
 
     /// The parameter gradients of [`Winograd::forward`] with bias, given its input `inp`
@@ -350,23 +449,38 @@ impl Winograd {
         for (db, row) in dbias.iter_mut().zip(dout.chunks_exact(h * w)) {
             *db += sum_f64(row) as f32;
         }
-        let t = Tiles::new(h, w);
+        by_form!(self.backward_params_n(isa, du, dout, inp, (h, w), scratch));
+        Ok(())
+    }
+
+    fn backward_params_n<const N: usize>(
+        &self,
+        isa: Isa,
+        du: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        (h, w): (usize, usize),
+        scratch: &mut [f32],
+    ) {
+        let (ci, co) = (self.c_in, self.c_out);
+        let (chunk, ld) = (chunk::<N>(), channel_ld::<N>());
+        let t = Tiles::new(h, w, N - 2);
         let (padded, rest) = scratch.split_at_mut(ci * t.input_plane());
         let (dsplit, rest) = rest.split_at_mut(co * t.output_plane());
-        let (v, rest) = rest.split_at_mut(CHANNEL_LD * ci);
-        let (dm, gs) = rest.split_at_mut(CHANNEL_LD * co);
+        let (v, rest) = rest.split_at_mut(ld * ci);
+        let (dm, gs) = rest.split_at_mut(ld * co);
         let du_ld = position_ld(co * ci);
-        deinterleave(isa, inp, (h, w), 1, t.tw + 1, 2 * t.th + 2, padded);
-        deinterleave(isa, dout, (h, w), 0, t.tw, 2 * t.th, dsplit);
+        let rows = t.m * t.th;
+        deinterleave::<N>(isa, inp, (h, w), 1, t.input_len(), rows + 2, padded);
+        deinterleave::<N>(isa, dout, (h, w), 0, t.tw, rows, dsplit);
         // The sum over tiles is the products' depth: chunk after chunk onto the running sums
         // in `du` (the same chain of fused multiply-adds as one pass over every tile).
-        let ld = CHANNEL_LD;
-        for t0 in (0..t.n()).step_by(CHUNK) {
-            let nt = CHUNK.min(t.n() - t0);
-            input_transform(isa, &t, t0, ci, padded, v);
-            dout_transform(isa, &t, t0, co, dsplit, dm);
-            for p in 0..P {
-                let (dm_p, v_p) = (&dm[p * CHUNK..], &v[p * CHUNK..]);
+        for t0 in (0..t.n()).step_by(chunk) {
+            let nt = chunk.min(t.n() - t0);
+            input_transform::<N>(isa, &t, t0, ci, padded, v);
+            dout_transform::<N>(isa, &t, t0, co, dsplit, dm);
+            for p in 0..N * N {
+                let (dm_p, v_p) = (&dm[p * chunk..], &v[p * chunk..]);
                 gemm(
                     isa,
                     None,
@@ -380,7 +494,6 @@ impl Winograd {
                 );
             }
         }
-        Ok(())
     }
 
     /// `dweight` `[c_out, c_in, 3, 3]` += Gᵀ·dU·G for the transformed weight gradient `du` of
@@ -393,14 +506,18 @@ impl Winograd {
             du.len(),
         )?;
         check_len("winograd dweight", 9 * pairs, dweight.len())?;
-        let du_ld = position_ld(pairs);
+        by_form!(self.weight_gradient_n(du, dweight));
+        Ok(())
+    }
+
+    fn weight_gradient_n<const N: usize>(&self, du: &[f32], dweight: &mut [f32]) {
+        let du_ld = position_ld(self.c_out * self.c_in);
         for (i, dw) in dweight.chunks_exact_mut(9).enumerate() {
-            let d: [f32; P] = core::array::from_fn(|p| du[p * du_ld + i]);
-            for (a, b) in dw.iter_mut().zip(filter_transform_adjoint(&d)) {
+            let d: [[f32; N]; N] = from_fn(|r| from_fn(|c| du[(r * N + c) * du_ld + i]));
+            for (a, b) in dw.iter_mut().zip(filter_transform_adjoint::<N>(&d)) {
                 *a += b;
             }
         }
-        Ok(())
     }
 }
 
@@ -448,40 +565,68 @@ fn chunk_product(
     }
 }
 
-/// G·g·Gᵀ for a 3 × 3 filter g (row-major), G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1].
-fn filter_transform(g: &[f32]) -> [f32; P] {
-    let gcol = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    // Rows of G·g (4 × 3), then each of them times Gᵀ.
-    let r: [[f32; 3]; 4] = {
-        let c: [[f32; 4]; 3] = core::array::from_fn(|j| gcol(g[j], g[3 + j], g[6 + j]));
-        core::array::from_fn(|i| [c[0][i], c[1][i], c[2][i]])
-    };
-    let mut u = [0f32; P];
-    for (i, row) in r.iter().enumerate() {
-        u[4 * i..4 * i + 4].copy_from_slice(&gcol(row[0], row[1], row[2]));
+/// G·(a, b, c) for one column or row of a 3 × 3 filter: with F(2 × 2),
+/// G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]; with F(4 × 4),
+/// G = [¼ 0 0; −⅙ −⅙ −⅙; −⅙ ⅙ −⅙; 1/24 1/12 ⅙; 1/24 −1/12 ⅙; 0 0 1].
+fn g_col<const N: usize>(a: f32, b: f32, c: f32) -> [f32; N] {
+    let mut y = [0.0; N];
+    if N == 4 {
+        (y[0], y[1], y[2], y[3]) = (a, 0.5 * (a + b + c), 0.5 * (a - b + c), c);
+    } else {
+        y[0] = a / 4.0;
+        y[1] = -(a + b + c) / 6.0;
+        y[2] = -(a - b + c) / 6.0;
+        y[3] = (a + 2.0 * b + 4.0 * c) / 24.0;
+        y[4] = (a - 2.0 * b + 4.0 * c) / 24.0;
+        y[5] = c;
     }
-    u
+    y
 }
 
-/// Gᵀ·D·G for a 4 × 4 D (row-major): the adjoint of [`filter_transform`].
-fn filter_transform_adjoint(d: &[f32; P]) -> [f32; 9] {
-    let gt = |a: f32, b: f32, c: f32, e: f32| [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + e];
-    let c: [[f32; 3]; 4] =
-        core::array::from_fn(|i| gt(d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]));
+/// Gᵀ·d for one column or row d of an n × n transformed gradient: the adjoint of [`g_col`].
+fn g_col_adjoint<const N: usize>(d: [f32; N]) -> [f32; 3] {
+    if N == 4 {
+        let (a, b, c, e) = (d[0], d[1], d[2], d[3]);
+        [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + e]
+    } else {
+        let (s, t) = (d[1] + d[2], d[3] + d[4]);
+        let (u, v) = (d[1] - d[2], d[3] - d[4]);
+        [
+            d[0] / 4.0 - s / 6.0 + t / 24.0,
+            -u / 6.0 + v / 12.0,
+            (t - s) / 6.0 + d[5],
+        ]
+    }
+}
+
+/// G·g·Gᵀ for a 3 × 3 filter g (row-major).
+fn filter_transform<const N: usize>(g: &[f32]) -> [[f32; N]; N] {
+    // Columns of G·g (n values each), then each row of G·g times Gᵀ.
+    let c: [[f32; N]; 3] = from_fn(|j| g_col::<N>(g[j], g[3 + j], g[6 + j]));
+    from_fn(|i| g_col::<N>(c[0][i], c[1][i], c[2][i]))
+}
+
+/// Gᵀ·D·G for an n × n D: the adjoint of [`filter_transform`].
+fn filter_transform_adjoint<const N: usize>(d: &[[f32; N]; N]) -> [f32; 9] {
+    let c: [[f32; 3]; N] = from_fn(|i| g_col_adjoint::<N>(d[i]));
     let mut g = [0f32; 9];
     for j in 0..3 {
-        let col = gt(c[0][j], c[1][j], c[2][j], c[3][j]);
+        let col = g_col_adjoint::<N>(from_fn(|i| c[i][j]));
         for (i, v) in col.iter().enumerate() {
             g[3 * i + j] = *v;
         }
     }
     g
 }
+
 /// What the transforms compute with: one f32 (the portable code, and every row's tail) or
-/// eight of them ([`V8`], AVX2). The transforms only add, subtract and flip signs, so both
-/// give the same bits. Loads and stores take raw pointers: the transforms check their
-/// buffers' lengths once per row, not once per value (the checks cost as much as the sums).
-trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> {
+/// eight of them ([`V8`], AVX2). The transforms add, subtract, flip signs and multiply by
+/// constants, each operation rounded on its own (no fused multiply-adds), so both give the
+/// same bits. Loads and stores take raw pointers: the transforms check their buffers' lengths
+/// once per row, not once per value (the checks cost as much as the sums).
+trait Lanes:
+    Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> + Mul<Output = Self>
+{
     /// Floats per value.
     const N: usize;
     /// The same with half the lanes (for runs too short for N; f32 for f32).
@@ -498,13 +643,19 @@ trait Lanes: Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self>
     unsafe fn store(self, p: *mut f32);
     /// N copies of x.
     fn splat(x: f32) -> Self;
+    /// The even and the odd floats of a[0 .. N], b[0 .. N] laid end to end.
+    fn split(a: Self, b: Self) -> (Self, Self);
+    /// a[0], b[0], a[1], b[1], …: floats 0 .. N in the first value, N .. 2N in the second.
+    fn interleave(a: Self, b: Self) -> (Self, Self);
     /// The even and the odd floats of p[0 .. 2N].
     ///
     /// # Safety
     /// p must be valid for reading 2N floats.
-    unsafe fn load_split(p: *const f32) -> (Self, Self);
-    /// a[0], b[0], a[1], b[1], …: floats 0 .. N in the first value, N .. 2N in the second.
-    fn interleave(a: Self, b: Self) -> (Self, Self);
+    #[inline(always)]
+    unsafe fn load_split(p: *const f32) -> (Self, Self) {
+        // SAFETY: the caller's contract.
+        unsafe { Self::split(Self::load(p), Self::load(p.add(Self::N))) }
+    }
 }
 
 impl Lanes for f32 {
@@ -525,9 +676,8 @@ impl Lanes for f32 {
         x
     }
     #[inline(always)]
-    unsafe fn load_split(p: *const f32) -> (f32, f32) {
-        // SAFETY: the caller's contract.
-        unsafe { (*p, *p.add(1)) }
+    fn split(a: f32, b: f32) -> (f32, f32) {
+        (a, b)
     }
     #[inline(always)]
     fn interleave(a: f32, b: f32) -> (f32, f32) {
@@ -544,7 +694,7 @@ use v8::V8;
 mod v8 {
     use super::Lanes;
     use core::arch::x86_64::*;
-    use core::ops::{Add, Neg, Sub};
+    use core::ops::{Add, Mul, Neg, Sub};
 
     #[derive(Clone, Copy)]
     pub(super) struct V8(__m256);
@@ -556,9 +706,9 @@ mod v8 {
     // SAFETY (the intrinsics below): a V8 or V4 exists only on a CPU with AVX2 (see above);
     // the pointers follow the trait's contracts.
 
-    /// +, − and sign flip (xor with −0.0, as f32's negation) of a register type.
+    /// +, −, × and sign flip (xor with −0.0, as f32's negation) of a register type.
     macro_rules! lane_ops {
-        ($t:ident, $add:ident, $sub:ident, $xor:ident, $set1:ident) => {
+        ($t:ident, $add:ident, $sub:ident, $mul:ident, $xor:ident, $set1:ident) => {
             impl Add for $t {
                 type Output = $t;
                 #[inline(always)]
@@ -572,6 +722,14 @@ mod v8 {
                 #[inline(always)]
                 fn sub(self, o: $t) -> $t {
                     $t(unsafe { $sub(self.0, o.0) })
+                }
+            }
+
+            impl Mul for $t {
+                type Output = $t;
+                #[inline(always)]
+                fn mul(self, o: $t) -> $t {
+                    $t(unsafe { $mul(self.0, o.0) })
                 }
             }
 
@@ -589,10 +747,18 @@ mod v8 {
         V8,
         _mm256_add_ps,
         _mm256_sub_ps,
+        _mm256_mul_ps,
         _mm256_xor_ps,
         _mm256_set1_ps
     );
-    lane_ops!(V4, _mm_add_ps, _mm_sub_ps, _mm_xor_ps, _mm_set1_ps);
+    lane_ops!(
+        V4,
+        _mm_add_ps,
+        _mm_sub_ps,
+        _mm_mul_ps,
+        _mm_xor_ps,
+        _mm_set1_ps
+    );
 
     impl Lanes for V8 {
         const N: usize = 8;
@@ -610,12 +776,11 @@ mod v8 {
             V8(unsafe { _mm256_set1_ps(x) })
         }
         #[inline(always)]
-        unsafe fn load_split(p: *const f32) -> (V8, V8) {
+        fn split(a: V8, b: V8) -> (V8, V8) {
             unsafe {
-                let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
                 // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit quarters put in order 0, 2, 1, 3.
-                let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-                let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+                let even = _mm256_shuffle_ps::<0b10_00_10_00>(a.0, b.0);
+                let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a.0, b.0);
                 let order = |v: __m256| {
                     _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
                 };
@@ -651,12 +816,11 @@ mod v8 {
             V4(unsafe { _mm_set1_ps(x) })
         }
         #[inline(always)]
-        unsafe fn load_split(p: *const f32) -> (V4, V4) {
+        fn split(a: V4, b: V4) -> (V4, V4) {
             unsafe {
-                let (a, b) = (_mm_loadu_ps(p), _mm_loadu_ps(p.add(4)));
                 (
-                    V4(_mm_shuffle_ps::<0b10_00_10_00>(a, b)),
-                    V4(_mm_shuffle_ps::<0b11_01_11_01>(a, b)),
+                    V4(_mm_shuffle_ps::<0b10_00_10_00>(a.0, b.0)),
+                    V4(_mm_shuffle_ps::<0b11_01_11_01>(a.0, b.0)),
                 )
             }
         }
@@ -667,148 +831,233 @@ mod v8 {
     }
 }
 
-/// Runs `$f::<V8>(args)` in a function compiled for AVX2 when `$isa` vouches for AVX2, else
-/// `$f::<f32>(args)`.
+/// Runs `$f::<V8, N>(args)` in a function compiled for AVX2 when `$isa` vouches for AVX2,
+/// else `$f::<f32, N>(args)` (N: the form's n, a const parameter of the caller).
 macro_rules! by_isa {
-    ($isa:expr, $f:ident($($a:ident: $t:ty),*)) => {{
+    ($isa:expr, $f:ident::<N>($($a:ident: $t:ty),*)) => {{
         #[cfg(target_arch = "x86_64")]
         if $isa.is_simd() {
             #[target_feature(enable = "avx2")]
-            unsafe fn simd($($a: $t),*) {
-                $f::<V8>($($a),*)
+            unsafe fn simd<const N: usize>($($a: $t),*) {
+                $f::<V8, N>($($a),*)
             }
             // SAFETY: Isa::is_simd guarantees AVX2.
-            unsafe { simd($($a),*) };
+            unsafe { simd::<N>($($a),*) };
             return;
         }
         let _ = $isa;
-        $f::<f32>($($a),*)
+        $f::<f32, N>($($a),*)
     }};
 }
 
-/// Copies each h × w plane of `src` into `rows` rows of two halves of `half` floats (zero
-/// elsewhere), shifted by `off` (0 or 1) rows and columns: pixel (y, x) goes to row y + off,
-/// column q = x + off, into half q % 2 at q / 2. Needs rows ≥ h + off and half ≥ (w + off)/2
-/// rounded up.
-fn deinterleave(
+/// Copies each h × w plane of `src` into `rows` rows of m = n − 2 phases of `len` floats
+/// (zero elsewhere), shifted by `off` (0 or 1) rows and columns: pixel (y, x) goes to row
+/// y + off, column q = x + off, into phase q % m at q / m. Needs rows ≥ h + off and
+/// len ≥ ⌈(w + off) / m⌉.
+fn deinterleave<const N: usize>(
     isa: Isa,
     src: &[f32],
     hw: (usize, usize),
     off: usize,
-    half: usize,
+    len: usize,
     rows: usize,
     dst: &mut [f32],
 ) {
-    by_isa!(isa, deinterleave_with(src: &[f32], hw: (usize, usize), off: usize, half: usize, rows: usize, dst: &mut [f32]))
+    by_isa!(isa, deinterleave_with::<N>(src: &[f32], hw: (usize, usize), off: usize, len: usize, rows: usize, dst: &mut [f32]))
 }
 
 #[inline(always)]
-fn deinterleave_with<L: Lanes>(
+fn deinterleave_with<L: Lanes, const N: usize>(
     src: &[f32],
     (h, w): (usize, usize),
     off: usize,
-    half: usize,
+    len: usize,
     rows: usize,
     dst: &mut [f32],
 ) {
+    let m = N - 2;
+    assert!(off < m && rows >= h + off && m * len >= w + off);
     for (plane, out) in src
         .chunks_exact(h * w)
-        .zip(dst.chunks_exact_mut(rows * 2 * half))
+        .zip(dst.chunks_exact_mut(rows * m * len))
     {
         out.fill(0.0);
         for (y, line) in plane.chunks_exact(w).enumerate() {
-            let (even, odd) = out[(y + off) * 2 * half..][..2 * half].split_at_mut(half);
-            // Source pair (2j, 2j + 1) lands at odd j and even j + 1 with the offset, else at
-            // even j and odd j.
-            let (first, second) = if off == 1 {
-                (odd, &mut even[1..])
-            } else {
-                (even, odd)
-            };
-            let pairs = w / 2;
-            assert!(first.len() >= w.div_ceil(2) && second.len() >= pairs);
+            let row = out[(y + off) * m * len..][..m * len].as_mut_ptr();
+            // Source column m·j + r lands in phase (r + off) % m at j + (r + off) / m.
+            let at = |r: usize| (r + off) % m * len + (r + off) / m;
+            let groups = w / m;
             let mut j = 0;
-            while j + L::N <= pairs {
-                // SAFETY: 2j + 2N ≤ w floats of `line`; j + N ≤ pairs floats of each half.
+            while j + L::N <= groups {
+                // SAFETY: m·(j + N) ≤ w floats of `line`; each phase's stores reach
+                // j + N + 1 ≤ groups + 1 ≤ len floats into it (m·len ≥ w + off).
                 unsafe {
-                    let (a, b) = L::load_split(line.as_ptr().add(2 * j));
-                    a.store(first.as_mut_ptr().add(j));
-                    b.store(second.as_mut_ptr().add(j));
+                    let s = line.as_ptr().add(m * j);
+                    if m == 2 {
+                        let (a, b) = L::load_split(s);
+                        a.store(row.add(at(0) + j));
+                        b.store(row.add(at(1) + j));
+                    } else {
+                        // Phases 0 and 2 are the evens' evens and odds, 1 and 3 the odds'.
+                        let (e0, o0) = L::load_split(s);
+                        let (e1, o1) = L::load_split(s.add(2 * L::N));
+                        let ((p0, p2), (p1, p3)) = (L::split(e0, e1), L::split(o0, o1));
+                        for (r, p) in [p0, p1, p2, p3].into_iter().enumerate() {
+                            p.store(row.add(at(r) + j));
+                        }
+                    }
                 }
                 j += L::N;
             }
-            for j in j..pairs {
-                (first[j], second[j]) = (line[2 * j], line[2 * j + 1]);
-            }
-            if w % 2 == 1 {
-                first[pairs] = line[w - 1];
+            for (x, &v) in line.iter().enumerate().skip(m * j) {
+                let q = x + off;
+                // SAFETY: q / m < len by the assertion.
+                unsafe { *row.add(q % m * len + q / m) = v };
             }
         }
     }
 }
 
-/// Bᵀ·d·B for a 4 × 4 window d, Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1].
+/// Bᵀ·x for one column or row x of an n × n window: with F(2 × 2),
+/// Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]; with F(4 × 4),
+/// Bᵀ = [4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0; 0 2 −1 −2 1 0;
+/// 0 4 0 −5 0 1] (as sums with exact power-of-two scalings).
 #[inline(always)]
-fn input_tile<L: Lanes>(d: [[L; 4]; 4]) -> [L; P] {
-    #[inline(always)]
-    fn bt<L: Lanes>(x: [L; 4]) -> [L; 4] {
-        [x[0] - x[2], x[1] + x[2], x[2] - x[1], x[1] - x[3]]
+fn bt<L: Lanes, const N: usize>(x: [L; N]) -> [L; N] {
+    let mut y = x;
+    if N == 4 {
+        (y[0], y[1], y[2], y[3]) = (x[0] - x[2], x[1] + x[2], x[2] - x[1], x[1] - x[3]);
+    } else {
+        let k = |c: f32, v: L| L::splat(c) * v;
+        let (s1, d1) = (x[4] - k(4.0, x[2]), x[3] - k(4.0, x[1]));
+        let (s2, d2) = (x[4] - x[2], k(2.0, x[3] - x[1]));
+        y[0] = k(4.0, x[0] - x[2]) - x[2] + x[4];
+        (y[1], y[2], y[3], y[4]) = (s1 + d1, s1 - d1, s2 + d2, s2 - d2);
+        y[5] = k(4.0, x[1] - x[3]) - x[3] + x[5];
     }
-    // cols[q] = column q of Bᵀ·d.
-    let cols = [
-        bt([d[0][0], d[1][0], d[2][0], d[3][0]]),
-        bt([d[0][1], d[1][1], d[2][1], d[3][1]]),
-        bt([d[0][2], d[1][2], d[2][2], d[3][2]]),
-        bt([d[0][3], d[1][3], d[2][3], d[3][3]]),
-    ];
-    let mut v = [cols[0][0]; P];
-    for i in 0..4 {
-        let r = bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
-        v[4 * i..4 * i + 4].copy_from_slice(&r);
+    y
+}
+
+/// Aᵀ·x for one column or row x of an n × n transformed tile; the first m values are the
+/// result. With F(2 × 2), Aᵀ = [1 1 1 0; 0 1 −1 −1]; with F(4 × 4),
+/// Aᵀ = [1 1 1 1 1 0; 0 1 −1 2 −2 0; 0 1 1 4 4 0; 0 1 −1 8 −8 1].
+#[inline(always)]
+fn at<L: Lanes, const N: usize>(x: [L; N]) -> [L; N] {
+    let mut y = x;
+    if N == 4 {
+        (y[0], y[1]) = (x[0] + x[1] + x[2], x[1] - x[2] - x[3]);
+    } else {
+        let k = |c: f32, v: L| L::splat(c) * v;
+        let (a, b) = (x[1] + x[2], x[1] - x[2]);
+        let (c, d) = (x[3] + x[4], x[3] - x[4]);
+        (y[0], y[1]) = (x[0] + a + c, b + k(2.0, d));
+        (y[2], y[3]) = (a + k(4.0, c), b + k(8.0, d) + x[5]);
+    }
+    y
+}
+
+/// A·x for the first m values of x (one column or row of an m × m output-gradient tile): the
+/// adjoint of [`at`], n values.
+#[inline(always)]
+fn a_times<L: Lanes, const N: usize>(x: [L; N]) -> [L; N] {
+    let mut y = x;
+    if N == 4 {
+        (y[0], y[1], y[2], y[3]) = (x[0], x[0] + x[1], x[0] - x[1], -x[1]);
+    } else {
+        let k = |c: f32, v: L| L::splat(c) * v;
+        let (e, o) = (x[0] + x[2], x[1] + x[3]);
+        let (e4, o4) = (x[0] + k(4.0, x[2]), k(2.0, x[1]) + k(8.0, x[3]));
+        (y[0], y[1], y[2]) = (x[0], e + o, e - o);
+        (y[3], y[4], y[5]) = (e4 + o4, e4 - o4, x[3]);
+    }
+    y
+}
+
+/// Bᵀ·d·B for an n × n window d.
+#[inline(always)]
+fn input_tile<L: Lanes, const N: usize>(d: [[L; N]; N]) -> [[L; N]; N] {
+    // cols[q] = column q of Bᵀ·d; row i of the result is Bᵀ times row i of Bᵀ·d. (Plain
+    // loops, not array::from_fn: its closures are not always inlined into the AVX2 caller,
+    // and out of line every vector operation would be a call.)
+    let mut cols = d;
+    for (q, col) in cols.iter_mut().enumerate() {
+        let mut x = d[0];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = d[i][q];
+        }
+        *col = bt::<L, N>(x);
+    }
+    let mut v = cols;
+    for (i, row) in v.iter_mut().enumerate() {
+        let mut x = cols[0];
+        for (q, c) in x.iter_mut().enumerate() {
+            *c = cols[q][i];
+        }
+        *row = bt::<L, N>(x);
     }
     v
 }
 
-/// V[c][p][g] = (Bᵀ·d·B)[p] for tile t0 + g = ty·tw + tx of the chunk from t0 (g < CHUNK,
-/// valid tiles only), d the 4 × 4 window of padded rows 2ty .. 2ty+4, columns 2tx .. 2tx+4 of
-/// channel c: in the de-interleaved copy ([`deinterleave`], offset 1), columns e[tx], o[tx],
-/// e[tx+1], o[tx+1] of each row.
-fn input_transform(isa: Isa, t: &Tiles, t0: usize, c: usize, padded: &[f32], v: &mut [f32]) {
-    by_isa!(isa, input_transform_with(t: &Tiles, t0: usize, c: usize, padded: &[f32], v: &mut [f32]))
+/// V[c][p][g] = (Bᵀ·d·B)[p] for tile t0 + g = ty·tw + tx of the chunk from t0 (g < chunk,
+/// valid tiles only), d the n × n window of padded rows m·ty .. m·ty + n, columns
+/// m·tx .. m·tx + n of channel c: in the de-interleaved copy ([`deinterleave`], offset 1),
+/// column m·tx + j is phase j % m at tx + j / m.
+fn input_transform<const N: usize>(
+    isa: Isa,
+    t: &Tiles,
+    t0: usize,
+    c: usize,
+    padded: &[f32],
+    v: &mut [f32],
+) {
+    by_isa!(isa, input_transform_with::<N>(t: &Tiles, t0: usize, c: usize, padded: &[f32], v: &mut [f32]))
 }
 
 #[inline(always)]
-fn input_transform_with<L: Lanes>(t: &Tiles, t0: usize, c: usize, padded: &[f32], v: &mut [f32]) {
-    let half = t.tw + 1;
+fn input_transform_with<L: Lanes, const N: usize>(
+    t: &Tiles,
+    t0: usize,
+    c: usize,
+    padded: &[f32],
+    v: &mut [f32],
+) {
+    let (m, len) = (N - 2, t.input_len());
+    let (chunk, ld) = (chunk::<N>(), channel_ld::<N>());
     let plane_len = t.input_plane();
-    assert!(padded.len() >= c * plane_len && v.len() >= c * CHANNEL_LD);
+    assert!(t.m == m && padded.len() >= c * plane_len && v.len() >= c * ld);
     for ci in 0..c {
         let plane = &padded[ci * plane_len..][..plane_len];
-        let dst = v[ci * CHANNEL_LD..][..P * CHUNK].as_mut_ptr();
-        for_runs::<L>(t, t0, |g, ty, tx, lanes| {
-            // Rows 2ty .. 2ty+4 of the plane (2·half floats each).
-            let src = plane[2 * ty * 2 * half..][..8 * half].as_ptr();
-            // SAFETY: the loads reach at most half + tx + lanes ≤ 2·half − 1 into each of
-            // `src`'s four rows (tx + lanes ≤ tw); the stores (P − 1)·CHUNK + g + lanes ≤ P·CHUNK.
+        let dst = v[ci * ld..][..N * N * chunk].as_mut_ptr();
+        for_runs::<L>(t, t0, chunk, |g, ty, tx, lanes| {
+            // Rows m·ty .. m·ty + n of the plane (m·len floats each).
+            let src = plane[m * ty * m * len..][..N * m * len].as_ptr();
+            // SAFETY: the loads reach at most (m − 1)·len + 1 + tx + lanes ≤ m·len into each
+            // of `src`'s n rows (tx + lanes ≤ tw = len − 1); the stores
+            // (n² − 1)·chunk + g + lanes ≤ n²·chunk.
             unsafe {
                 match lanes {
-                    n if n == L::N => input_tiles::<L>(src.add(tx), half, dst.add(g), CHUNK),
+                    n if n == L::N => input_tiles::<L, N>(src.add(tx), len, dst.add(g), chunk),
                     n if n == L::Half::N => {
-                        input_tiles::<L::Half>(src.add(tx), half, dst.add(g), CHUNK)
+                        input_tiles::<L::Half, N>(src.add(tx), len, dst.add(g), chunk)
                     }
-                    _ => input_tiles::<f32>(src.add(tx), half, dst.add(g), CHUNK),
+                    _ => input_tiles::<f32, N>(src.add(tx), len, dst.add(g), chunk),
                 }
             }
         });
     }
 }
 
-/// Calls `f(g, ty, tx, lanes)` for the tiles t0 + g (g < CHUNK, tile < t.n()) in order: runs
+/// Calls `f(g, ty, tx, lanes)` for the tiles t0 + g (g < chunk, tile < t.n()) in order: runs
 /// of L::N tiles of one tile row (`lanes` = L::N) where the row allows, else of
 /// L::Half::N, else single tiles (`lanes` = 1).
 #[inline(always)]
-fn for_runs<L: Lanes>(t: &Tiles, t0: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
-    let end = CHUNK.min(t.n() - t0);
+fn for_runs<L: Lanes>(
+    t: &Tiles,
+    t0: usize,
+    chunk: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let end = chunk.min(t.n() - t0);
     let mut g = 0;
     while g < end {
         let (ty, tx) = ((t0 + g) / t.tw, (t0 + g) % t.tw);
@@ -822,36 +1071,40 @@ fn for_runs<L: Lanes>(t: &Tiles, t0: usize, mut f: impl FnMut(usize, usize, usiz
     }
 }
 
-/// [`input_tile`] of the L::N tiles whose rows start at `src` (row stride 2·half: the even
-/// half, then the odd half), stored at dst + p·stride.
+/// [`input_tile`] of the L::N tiles whose rows start at `src` (row stride m·len: the m phases
+/// of `len` floats), stored at dst + p·stride.
 ///
 /// # Safety
-/// src must be valid for reading four rows to half + 1 + N; dst for writing N floats at each
-/// p·stride.
+/// src must be valid for reading n rows to (m − 1)·len + 1 + N; dst for writing N floats at
+/// each p·stride.
 #[inline(always)]
-unsafe fn input_tiles<L: Lanes>(src: *const f32, half: usize, dst: *mut f32, stride: usize) {
+unsafe fn input_tiles<L: Lanes, const N: usize>(
+    src: *const f32,
+    len: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
+    let m = N - 2;
     // SAFETY: the caller's contract.
     unsafe {
-        let row = |i: usize| {
-            let r = src.add(2 * i * half);
-            [
-                L::load(r),
-                L::load(r.add(half)),
-                L::load(r.add(1)),
-                L::load(r.add(half + 1)),
-            ]
-        };
-        let v = input_tile([row(0), row(1), row(2), row(3)]);
-        for (p, x) in v.into_iter().enumerate() {
+        let mut d = [[L::splat(0.0); N]; N];
+        for (i, row) in d.iter_mut().enumerate() {
+            let r = src.add(i * m * len);
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = L::load(r.add(j % m * len + j / m));
+            }
+        }
+        let v = input_tile::<L, N>(d);
+        for (p, x) in v.as_flattened().iter().enumerate() {
             x.store(dst.add(p * stride));
         }
     }
 }
 
-/// out[o][2ty + a][2tx + b] = init + (Aᵀ·M·A)[a][b] for M[p] = m[o][p][g] and the valid tiles
-/// t0 + g = ty·tw + tx of the chunk from t0, Aᵀ = [1 1 1 0; 0 1 −1 −1]; init is bias[o], or
-/// the value in `out` when there is no bias.
-fn output_transform(
+/// out[o][m·ty + a][m·tx + b] = init + (Aᵀ·M·A)[a][b] for M[p] = m[o][p][g] and the valid
+/// tiles t0 + g = ty·tw + tx of the chunk from t0 ([`at`]); init is bias[o], or the value in
+/// `out` when there is no bias.
+fn output_transform<const N: usize>(
     isa: Isa,
     t: &Tiles,
     t0: usize,
@@ -860,41 +1113,42 @@ fn output_transform(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    by_isa!(isa, output_transform_with(t: &Tiles, t0: usize, c: usize, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]))
+    by_isa!(isa, output_transform_with::<N>(t: &Tiles, t0: usize, c: usize, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]))
 }
 
 #[inline(always)]
-fn output_transform_with<L: Lanes>(
+fn output_transform_with<L: Lanes, const N: usize>(
     t: &Tiles,
     t0: usize,
     c: usize,
-    m: &[f32],
+    mt: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let (h, w) = (t.h, t.w);
-    assert!(m.len() >= c * CHANNEL_LD && out.len() >= c * h * w);
+    let (h, w, m) = (t.h, t.w, N - 2);
+    let (chunk, ld) = (chunk::<N>(), channel_ld::<N>());
+    assert!(t.m == m && mt.len() >= c * ld && out.len() >= c * h * w);
     for o in 0..c {
         let init = bias.map(|b| b[o]);
-        let src = m[o * CHANNEL_LD..][..P * CHUNK].as_ptr();
+        let src = mt[o * ld..][..N * N * chunk].as_ptr();
         let plane = &mut out[o * h * w..][..h * w];
-        for_runs::<L>(t, t0, |g, ty, tx, lanes| {
-            let lines = 2.min(h - 2 * ty);
-            let dst = plane[2 * ty * w..][..lines * w].as_mut_ptr();
-            // SAFETY: the loads reach at most (P − 1)·CHUNK + g + lanes ≤ P·CHUNK; the stores
-            // 2tx + 2·lanes ≤ w when whole pairs are written, else 2tx + 1 ≤ w, in each of
-            // `lines` rows.
+        for_runs::<L>(t, t0, chunk, |g, ty, tx, lanes| {
+            let lines = m.min(h - m * ty);
+            let dst = plane[m * ty * w..][..lines * w].as_mut_ptr();
+            // SAFETY: the loads reach at most (n² − 1)·chunk + g + lanes ≤ n²·chunk; the
+            // stores m·(tx + lanes) ≤ w when whole tiles are written, else m·x + cols ≤ w, in
+            // each of `lines` rows.
             unsafe {
-                if lanes == L::N && 2 * (tx + L::N) <= w {
-                    output_tiles::<L>(src.add(g), CHUNK, init, dst.add(2 * tx), w, lines, 2);
-                } else if lanes == L::Half::N && lanes > 1 && 2 * (tx + lanes) <= w {
-                    let (s, d) = (src.add(g), dst.add(2 * tx));
-                    output_tiles::<L::Half>(s, CHUNK, init, d, w, lines, 2);
+                if lanes == L::N && m * (tx + L::N) <= w {
+                    output_tiles::<L, N>(src.add(g), chunk, init, dst.add(m * tx), w, lines, m);
+                } else if lanes == L::Half::N && lanes > 1 && m * (tx + lanes) <= w {
+                    let (s, d) = (src.add(g), dst.add(m * tx));
+                    output_tiles::<L::Half, N>(s, chunk, init, d, w, lines, m);
                 } else {
                     for (k, x) in (tx..tx + lanes).enumerate() {
-                        let cols = 2.min(w - 2 * x);
-                        let (s, d) = (src.add(g + k), dst.add(2 * x));
-                        output_tiles::<f32>(s, CHUNK, init, d, w, lines, cols);
+                        let cols = m.min(w - m * x);
+                        let (s, d) = (src.add(g + k), dst.add(m * x));
+                        output_tiles::<f32, N>(s, chunk, init, d, w, lines, cols);
                     }
                 }
             }
@@ -903,14 +1157,14 @@ fn output_transform_with<L: Lanes>(
 }
 
 /// The output pixels of the L::N tiles whose transformed values lie at src + p·stride: `lines`
-/// rows (row stride w) of 2N pixels from dst (`cols` = 2), or of one pixel (`cols` = 1, f32 only:
-/// an odd width's last column).
+/// rows (row stride w) of m·N pixels from dst (`cols` = m), or of `cols` < m pixels (f32
+/// only: a width's last, partial tile).
 ///
 /// # Safety
 /// src must be valid for reading N floats at each p·stride; dst for writing `cols`·N floats in
 /// each of `lines` rows.
 #[inline(always)]
-unsafe fn output_tiles<L: Lanes>(
+unsafe fn output_tiles<L: Lanes, const N: usize>(
     src: *const f32,
     stride: usize,
     init: Option<f32>,
@@ -919,92 +1173,130 @@ unsafe fn output_tiles<L: Lanes>(
     lines: usize,
     cols: usize,
 ) {
-    #[inline(always)]
-    fn at<L: Lanes>(x: [L; 4]) -> [L; 2] {
-        [x[0] + x[1] + x[2], x[1] - x[2] - x[3]]
-    }
+    let m = N - 2;
+    debug_assert!(cols == m || L::N == 1);
     // SAFETY: the caller's contract.
     unsafe {
-        let mp = |p: usize| L::load(src.add(p * stride));
-        let col = |j: usize| at([mp(j), mp(4 + j), mp(8 + j), mp(12 + j)]);
-        // c[j] = column j of Aᵀ·M (2 values); each row a of Aᵀ·M times A.
-        let c = [col(0), col(1), col(2), col(3)];
-        let rows = [
-            at([c[0][0], c[1][0], c[2][0], c[3][0]]),
-            at([c[0][1], c[1][1], c[2][1], c[3][1]]),
-        ];
-        for (a, [y0, y1]) in rows.into_iter().take(lines).enumerate() {
+        // c[j] = column j of Aᵀ·M (m values); each row a of Aᵀ·M times A.
+        let mut c = [[L::splat(0.0); N]; N];
+        for (j, col) in c.iter_mut().enumerate() {
+            let mut x = *col;
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = L::load(src.add((i * N + j) * stride));
+            }
+            *col = at::<L, N>(x);
+        }
+        for a in 0..lines {
+            let mut x = c[0];
+            for (j, v) in x.iter_mut().enumerate() {
+                *v = c[j][a];
+            }
+            let y = at::<L, N>(x);
             let line = dst.add(a * w);
             let put = |v: L, px: *mut f32| {
                 let base = init.map_or_else(|| L::load(px), L::splat);
                 (base + v).store(px);
             };
-            if cols == 2 {
-                let (lo, hi) = L::interleave(y0, y1);
+            if cols < m {
+                for (b, &v) in y.iter().enumerate().take(cols) {
+                    put(v, line.add(b));
+                }
+            } else if m == 2 {
+                let (lo, hi) = L::interleave(y[0], y[1]);
                 put(lo, line);
                 put(hi, line.add(L::N));
             } else {
-                put(y0, line);
+                // Two rounds of pairing: (y0, y2) and (y1, y3), then the pairs.
+                let ((p, q), (r, s)) = (L::interleave(y[0], y[2]), L::interleave(y[1], y[3]));
+                let ((o0, o1), (o2, o3)) = (L::interleave(p, r), L::interleave(q, s));
+                for (k, v) in [o0, o1, o2, o3].into_iter().enumerate() {
+                    put(v, line.add(k * L::N));
+                }
             }
         }
     }
 }
 
-/// dM[o][p][g] = (A·g·Aᵀ)[p] for the 2 × 2 output-gradient tile g of channel o (zero outside
+/// dM[o][p][g] = (A·g·Aᵀ)[p] for the m × m output-gradient tile g of channel o (zero outside
 /// the map) at the valid tiles t0 + g = ty·tw + tx of the chunk from t0: the adjoint of the
 /// output transform. `dsplit` holds dout de-interleaved ([`deinterleave`] with no offset):
-/// g's columns are e[tx], o[tx] of rows 2ty and 2ty + 1.
-fn dout_transform(isa: Isa, t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: &mut [f32]) {
-    by_isa!(isa, dout_transform_with(t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: &mut [f32]))
+/// g's column j is phase j at tx of rows m·ty .. m·ty + m.
+fn dout_transform<const N: usize>(
+    isa: Isa,
+    t: &Tiles,
+    t0: usize,
+    c: usize,
+    dsplit: &[f32],
+    dm: &mut [f32],
+) {
+    by_isa!(isa, dout_transform_with::<N>(t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: &mut [f32]))
 }
 
 #[inline(always)]
-fn dout_transform_with<L: Lanes>(t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: &mut [f32]) {
-    let tw = t.tw;
+fn dout_transform_with<L: Lanes, const N: usize>(
+    t: &Tiles,
+    t0: usize,
+    c: usize,
+    dsplit: &[f32],
+    dm: &mut [f32],
+) {
+    let (tw, m) = (t.tw, N - 2);
+    let (chunk, ld) = (chunk::<N>(), channel_ld::<N>());
     let plane_len = t.output_plane();
-    assert!(dsplit.len() >= c * plane_len && dm.len() >= c * CHANNEL_LD);
+    assert!(t.m == m && dsplit.len() >= c * plane_len && dm.len() >= c * ld);
     for o in 0..c {
         let plane = &dsplit[o * plane_len..][..plane_len];
-        let dst = dm[o * CHANNEL_LD..][..P * CHUNK].as_mut_ptr();
-        for_runs::<L>(t, t0, |g, ty, tx, lanes| {
-            let src = plane[2 * ty * 2 * tw..][..4 * tw].as_ptr();
-            // SAFETY: the loads reach at most tw + tx + lanes ≤ 2·tw into each of the two
-            // rows of `src`; the stores (P − 1)·CHUNK + g + lanes ≤ P·CHUNK.
+        let dst = dm[o * ld..][..N * N * chunk].as_mut_ptr();
+        for_runs::<L>(t, t0, chunk, |g, ty, tx, lanes| {
+            let src = plane[m * ty * m * tw..][..m * m * tw].as_ptr();
+            // SAFETY: the loads reach at most (m − 1)·tw + tx + lanes ≤ m·tw into each of the
+            // m rows of `src`; the stores (n² − 1)·chunk + g + lanes ≤ n²·chunk.
             unsafe {
                 match lanes {
-                    n if n == L::N => dout_tiles::<L>(src.add(tx), tw, dst.add(g), CHUNK),
+                    n if n == L::N => dout_tiles::<L, N>(src.add(tx), tw, dst.add(g), chunk),
                     n if n == L::Half::N => {
-                        dout_tiles::<L::Half>(src.add(tx), tw, dst.add(g), CHUNK)
+                        dout_tiles::<L::Half, N>(src.add(tx), tw, dst.add(g), chunk)
                     }
-                    _ => dout_tiles::<f32>(src.add(tx), tw, dst.add(g), CHUNK),
+                    _ => dout_tiles::<f32, N>(src.add(tx), tw, dst.add(g), chunk),
                 }
             }
         });
     }
 }
 
-/// A·g·Aᵀ of the L::N tiles whose two rows start at `src` (row stride 2·tw: the even half,
-/// then the odd half), stored at dst + p·stride.
+/// A·g·Aᵀ of the L::N tiles whose m rows start at `src` (row stride m·tw: the m phases of
+/// tw floats), stored at dst + p·stride.
 ///
 /// # Safety
-/// src must be valid for reading two rows to tw + N; dst for writing N floats at each p·stride.
+/// src must be valid for reading m rows to (m − 1)·tw + N; dst for writing N floats at each
+/// p·stride.
 #[inline(always)]
-unsafe fn dout_tiles<L: Lanes>(src: *const f32, tw: usize, dst: *mut f32, stride: usize) {
-    // A = [1 0; 1 1; 1 −1; 0 −1]: x ↦ (x0, x0 + x1, x0 − x1, −x1).
-    #[inline(always)]
-    fn a4<L: Lanes>(x0: L, x1: L) -> [L; 4] {
-        [x0, x0 + x1, x0 - x1, -x1]
-    }
+unsafe fn dout_tiles<L: Lanes, const N: usize>(
+    src: *const f32,
+    tw: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
+    let m = N - 2;
     // SAFETY: the caller's contract.
     unsafe {
-        let (r0, r1) = (src, src.add(2 * tw));
-        let cols = [
-            a4(L::load(r0), L::load(r1)),
-            a4(L::load(r0.add(tw)), L::load(r1.add(tw))),
-        ];
-        for (i, (x0, x1)) in cols[0].into_iter().zip(cols[1]).enumerate() {
-            for (j, x) in a4(x0, x1).into_iter().enumerate() {
-                x.store(dst.add((4 * i + j) * stride));
+        // cols[j] = A times column j of the tile (n values; columns past m unused).
+        let mut cols = [[L::splat(0.0); N]; N];
+        for (j, col) in cols.iter_mut().enumerate().take(m) {
+            let mut x = *col;
+            for (i, v) in x.iter_mut().enumerate().take(m) {
+                *v = L::load(src.add(i * m * tw + j * tw));
+            }
+            *col = a_times::<L, N>(x);
+        }
+        for i in 0..N {
+            let mut x = cols[0];
+            for (j, v) in x.iter_mut().enumerate() {
+                *v = cols[j][i];
+            }
+            let r = a_times::<L, N>(x);
+            for (j, x) in r.into_iter().enumerate() {
+                x.store(dst.add((i * N + j) * stride));
             }
         }
     }
@@ -1076,6 +1368,15 @@ mod tests {
             .collect()
     }
 
+    /// Both forms of a convolution, and how much looser than F(2 × 2)'s the tolerance of each
+    /// is (F(4 × 4)'s transforms scale by up to 8 and divide by 6 and 24).
+    fn forms(conv: &Conv2d) -> [(Winograd, f32); 2] {
+        let wg = Winograd::of(conv).unwrap();
+        [(wg, 1.0), (wg.with_4x4_tiles(), F4_SLACK)]
+    }
+
+    const F4_SLACK: f32 = 4.0;
+
     fn conv3(c_in: usize, c_out: usize) -> Conv2d {
         Conv2d {
             c_in,
@@ -1114,7 +1415,6 @@ mod tests {
         for isa in super::super::tests::isas() {
             for &(ci, co, h, w) in &SHAPES {
                 let conv = conv3(ci, co);
-                let wg = Winograd::of(&conv).unwrap();
                 let (x, wt, b) = (data(ci * h * w, 1), data(co * ci * 9, 2), data(co, 3));
                 let mut want = vec![0.0; co * h * w];
                 let mut s = vec![0.0; conv.scratch_len(h, w)];
@@ -1130,27 +1430,29 @@ mod tests {
                     &mut s,
                 )
                 .unwrap();
-                let mut u = vec![0.0; wg.weights_len()];
-                wg.transform_weights(&wt, &mut u).unwrap();
-                let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
-                let mut got = vec![f32::NAN; co * h * w];
-                wg.forward(isa, &x, h, w, &u, Some(&b), &mut got, &mut s)
-                    .unwrap();
-                let tol = 2e-6 * (ci as f32 * 9.0).sqrt();
-                assert_close(&got, &want, tol, "forward");
-                // Without bias it adds onto `out`.
-                let before = data(co * h * w, 4);
-                let mut acc = before.clone();
-                wg.forward(isa, &x, h, w, &u, None, &mut acc, &mut s)
-                    .unwrap();
-                for o in 0..co {
-                    for i in 0..h * w {
-                        let e = before[o * h * w + i] + (want[o * h * w + i] - b[o]);
-                        let g = acc[o * h * w + i];
-                        assert!(
-                            (g - e).abs() <= tol * (2.0 + e.abs()),
-                            "accumulate: {g} vs {e}"
-                        );
+                for (wg, slack) in forms(&conv) {
+                    let mut u = vec![0.0; wg.weights_len()];
+                    wg.transform_weights(&wt, &mut u).unwrap();
+                    let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
+                    let mut got = vec![f32::NAN; co * h * w];
+                    wg.forward(isa, &x, h, w, &u, Some(&b), &mut got, &mut s)
+                        .unwrap();
+                    let tol = slack * 2e-6 * (ci as f32 * 9.0).sqrt();
+                    assert_close(&got, &want, tol, "forward");
+                    // Without bias it adds onto `out`.
+                    let before = data(co * h * w, 4);
+                    let mut acc = before.clone();
+                    wg.forward(isa, &x, h, w, &u, None, &mut acc, &mut s)
+                        .unwrap();
+                    for o in 0..co {
+                        for i in 0..h * w {
+                            let e = before[o * h * w + i] + (want[o * h * w + i] - b[o]);
+                            let g = acc[o * h * w + i];
+                            assert!(
+                                (g - e).abs() <= tol * (2.0 + e.abs()),
+                                "accumulate: {g} vs {e}"
+                            );
+                        }
                     }
                 }
             }
@@ -1162,7 +1464,6 @@ mod tests {
         for isa in super::super::tests::isas() {
             for &(ci, co, h, w) in &SHAPES {
                 let conv = conv3(ci, co);
-                let wg = Winograd::of(&conv).unwrap().transposed();
                 let (dy, wt) = (data(co * h * w, 5), data(co * ci * 9, 6));
                 let start = data(ci * h * w, 7);
                 let mut want = start.clone();
@@ -1181,13 +1482,17 @@ mod tests {
                 let mut flipped = vec![0.0; conv.flipped_len()];
                 conv.flip_weights(WeightsRef::F32(&wt), &mut flipped)
                     .unwrap();
-                let mut u = vec![0.0; wg.weights_len()];
-                wg.transform_weights(&flipped, &mut u).unwrap();
-                let mut got = start.clone();
-                let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
-                wg.forward(isa, &dy, h, w, &u, None, &mut got, &mut s)
-                    .unwrap();
-                assert_close(&got, &want, 2e-6 * (co as f32 * 9.0).sqrt() + 1e-6, "dx");
+                for (wg, slack) in forms(&conv) {
+                    let wg = wg.transposed();
+                    let mut u = vec![0.0; wg.weights_len()];
+                    wg.transform_weights(&flipped, &mut u).unwrap();
+                    let mut got = start.clone();
+                    let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
+                    wg.forward(isa, &dy, h, w, &u, None, &mut got, &mut s)
+                        .unwrap();
+                    let tol = slack * (2e-6 * (co as f32 * 9.0).sqrt() + 1e-6);
+                    assert_close(&got, &want, tol, "dx");
+                }
             }
         }
     }
@@ -1197,20 +1502,21 @@ mod tests {
         for isa in super::super::tests::isas() {
             for &(ci, co, h, w) in &SHAPES {
                 let conv = conv3(ci, co);
-                let wg = Winograd::of(&conv).unwrap();
                 let (x, dy) = (data(ci * h * w, 8), data(co * h * w, 9));
                 let (dw0, db0) = (data(co * ci * 9, 10), data(co, 11));
                 let (mut want_w, mut want_b) = (dw0.clone(), db0.clone());
                 let mut s = vec![0.0; conv.backward_scratch_len(h, w)];
                 conv.backward_params(isa, &mut want_w, &mut want_b, &dy, &x, h, w, 0..co, &mut s)
                     .unwrap();
-                let (mut got_w, mut got_b) = (dw0.clone(), db0.clone());
-                let mut s = vec![f32::NAN; wg.backward_scratch_len(h, w)];
-                wg.backward_params(isa, &mut got_w, &mut got_b, &dy, &x, h, w, &mut s)
-                    .unwrap();
-                assert_eq!(got_b, want_b, "the bias gradient is the same sum");
-                let tol = 3e-6 * ((h * w) as f32).sqrt();
-                assert_close(&got_w, &want_w, tol, "dweight");
+                for (wg, slack) in forms(&conv) {
+                    let (mut got_w, mut got_b) = (dw0.clone(), db0.clone());
+                    let mut s = vec![f32::NAN; wg.backward_scratch_len(h, w)];
+                    wg.backward_params(isa, &mut got_w, &mut got_b, &dy, &x, h, w, &mut s)
+                        .unwrap();
+                    assert_eq!(got_b, want_b, "the bias gradient is the same sum");
+                    let tol = slack * 3e-6 * ((h * w) as f32).sqrt();
+                    assert_close(&got_w, &want_w, tol, "dweight");
+                }
             }
         }
     }
@@ -1221,69 +1527,71 @@ mod tests {
     fn transformed_weight_gradients_add_across_samples() {
         let isa = Isa::detected();
         let (ci, co, h, w) = (13, 17, 12, 10);
-        let wg = Winograd::of(&conv3(ci, co)).unwrap();
-        let xs = [data(ci * h * w, 20), data(ci * h * w, 21)];
-        let dys = [data(co * h * w, 22), data(co * h * w, 23)];
-        let mut s = vec![f32::NAN; wg.backward_scratch_len(h, w)];
-        let (mut want_w, mut want_b) = (data(co * ci * 9, 24), data(co, 25));
-        let (mut got_w, mut got_b) = (want_w.clone(), want_b.clone());
-        let mut du = vec![0.0; wg.weight_gradient_len()];
-        for (x, dy) in xs.iter().zip(&dys) {
-            wg.backward_params(isa, &mut want_w, &mut want_b, dy, x, h, w, &mut s)
-                .unwrap();
-            wg.backward_params_transformed(isa, &mut du, &mut got_b, dy, x, h, w, &mut s)
-                .unwrap();
+        for (wg, slack) in forms(&conv3(ci, co)) {
+            let xs = [data(ci * h * w, 20), data(ci * h * w, 21)];
+            let dys = [data(co * h * w, 22), data(co * h * w, 23)];
+            let mut s = vec![f32::NAN; wg.backward_scratch_len(h, w)];
+            let (mut want_w, mut want_b) = (data(co * ci * 9, 24), data(co, 25));
+            let (mut got_w, mut got_b) = (want_w.clone(), want_b.clone());
+            let mut du = vec![0.0; wg.weight_gradient_len()];
+            for (x, dy) in xs.iter().zip(&dys) {
+                wg.backward_params(isa, &mut want_w, &mut want_b, dy, x, h, w, &mut s)
+                    .unwrap();
+                wg.backward_params_transformed(isa, &mut du, &mut got_b, dy, x, h, w, &mut s)
+                    .unwrap();
+            }
+            wg.weight_gradient(&du, &mut got_w).unwrap();
+            assert_eq!(got_b, want_b);
+            assert_close(&got_w, &want_w, slack * 1e-5, "dweight");
+            assert!(wg.weight_gradient(&du[1..], &mut got_w).is_err());
+            let short = wg.backward_scratch_len(h, w) - wg.weight_gradient_len() - 1;
+            assert!(wg
+                .backward_params_transformed(
+                    isa,
+                    &mut du,
+                    &mut got_b,
+                    &dys[0],
+                    &xs[0],
+                    h,
+                    w,
+                    &mut s[..short]
+                )
+                .is_err());
         }
-        wg.weight_gradient(&du, &mut got_w).unwrap();
-        assert_eq!(got_b, want_b);
-        assert_close(&got_w, &want_w, 1e-5, "dweight");
-        assert!(wg.weight_gradient(&du[1..], &mut got_w).is_err());
-        let short = wg.backward_scratch_len(h, w) - wg.weight_gradient_len() - 1;
-        assert!(wg
-            .backward_params_transformed(
-                isa,
-                &mut du,
-                &mut got_b,
-                &dys[0],
-                &xs[0],
-                h,
-                w,
-                &mut s[..short]
-            )
-            .is_err());
     }
 
     #[test]
     fn isas_give_the_same_bits() {
         let isas = super::super::tests::isas();
         let (ci, co, h, w) = (24, 20, 11, 14);
-        let wg = Winograd::of(&conv3(ci, co)).unwrap();
-        let (x, wt, b) = (data(ci * h * w, 1), data(co * ci * 9, 2), data(co, 3));
-        let mut u = vec![0.0; wg.weights_len()];
-        wg.transform_weights(&wt, &mut u).unwrap();
-        let run = |isa: Isa| {
-            let mut s = vec![0.0; wg.scratch_len(h, w).max(wg.backward_scratch_len(h, w))];
-            let mut y = vec![0.0; co * h * w];
-            wg.forward(isa, &x, h, w, &u, Some(&b), &mut y, &mut s)
-                .unwrap();
-            let (mut dw, mut db) = (vec![0.0; co * ci * 9], vec![0.0; co]);
-            wg.backward_params(isa, &mut dw, &mut db, &y, &x, h, w, &mut s)
-                .unwrap();
-            (y, dw)
-        };
-        let simd: Vec<_> = isas
-            .iter()
-            .filter(|i| i.is_simd())
-            .map(|&i| run(i))
-            .collect();
-        for r in &simd[1..] {
-            assert_eq!(r, &simd[0], "every SIMD ISA fuses the same products");
+        for (wg, _) in forms(&conv3(ci, co)) {
+            let (x, wt, b) = (data(ci * h * w, 1), data(co * ci * 9, 2), data(co, 3));
+            let mut u = vec![0.0; wg.weights_len()];
+            wg.transform_weights(&wt, &mut u).unwrap();
+            let run = |isa: Isa| {
+                let mut s = vec![0.0; wg.scratch_len(h, w).max(wg.backward_scratch_len(h, w))];
+                let mut y = vec![0.0; co * h * w];
+                wg.forward(isa, &x, h, w, &u, Some(&b), &mut y, &mut s)
+                    .unwrap();
+                let (mut dw, mut db) = (vec![0.0; co * ci * 9], vec![0.0; co]);
+                wg.backward_params(isa, &mut dw, &mut db, &y, &x, h, w, &mut s)
+                    .unwrap();
+                (y, dw)
+            };
+            let simd: Vec<_> = isas
+                .iter()
+                .filter(|i| i.is_simd())
+                .map(|&i| run(i))
+                .collect();
+            for r in &simd[1..] {
+                assert_eq!(r, &simd[0], "every SIMD ISA fuses the same products");
+            }
         }
     }
 
     /// Winograd against the direct convolution, forward and weight gradient, best of
-    /// WINO_REPS: `WINO_SHAPE=c_in,c_out,size cargo test --release -p tweedie-kernels
-    /// winograd_throughput -- --ignored --nocapture`.
+    /// WINO_REPS: `WINO_SHAPE=c_in,c_out,size WINO_TILE=2|4 cargo test --release -p
+    /// tweedie-kernels winograd_throughput -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn winograd_throughput() {
@@ -1302,6 +1610,10 @@ mod tests {
         let isa = Isa::detected();
         let conv = conv3(ci, co);
         let wg = Winograd::of(&conv).unwrap();
+        let wg = match env("WINO_TILE", "2").as_str() {
+            "4" => wg.with_4x4_tiles(),
+            _ => wg,
+        };
         let (x, wt, b) = (data(ci * n * n, 1), data(co * ci * 9, 2), data(co, 3));
         let mut u = vec![0.0; wg.weights_len()];
         wg.transform_weights(&wt, &mut u).unwrap();
