@@ -1033,6 +1033,11 @@ fn tile_product<R: BRows>(
     if mr == MR && nr == NR {
         let mut c = out.tile(n, i0, nj);
         microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, (MR, NR));
+    } else if let Some(mut c) = (nr == NR)
+        .then(|| out.short_tile(n, i0, nj, mr, tmp))
+        .flatten()
+    {
+        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, (mr, NR));
     } else {
         for (i, t) in tmp.chunks_exact_mut(NR).take(mr).enumerate() {
             t[..nr].copy_from_slice(&out.row(n, i0 + i)[nj..nj + nr]);
@@ -1080,6 +1085,35 @@ impl Out<'_, '_> {
                 })
             }
         }
+    }
+
+    /// The tile at row i0, column j of a block whose last row panel has only `mr` < MR rows
+    /// (Dense and Strided): rows past mr in `spare` (MR·NR floats), so the microkernel works
+    /// in place (it computes the first mr rows, rounded up to even ones, and the spare rows
+    /// take what it writes past mr). `None` for Rows.
+    #[inline(always)]
+    fn short_tile<'s>(
+        &'s mut self,
+        n: usize,
+        i0: usize,
+        j: usize,
+        mr: usize,
+        spare: &'s mut [f32],
+    ) -> Option<Tile<'s>> {
+        let (c, ld) = match self {
+            Out::Dense(c) => (&mut c[i0 * n + j..], n),
+            Out::Strided { c, ld } => (&mut c[i0 * *ld + j..], *ld),
+            Out::Rows(_) => return None,
+        };
+        let mut rows = c.chunks_mut(ld).take(mr);
+        let mut spares = spare.chunks_exact_mut(NR);
+        Some(core::array::from_fn(|_| {
+            let row = match rows.next() {
+                Some(r) => &mut r[..NR],
+                None => spares.next().unwrap_or_default(),
+            };
+            <&mut [f32; NR]>::try_from(row).unwrap_or_else(|_| unreachable!())
+        }))
     }
 
     /// Row i (n floats).
@@ -1138,25 +1172,33 @@ fn pack_a<W: Weight>(
     a: &mut [f32],
 ) {
     for (t, panel) in a.chunks_exact_mut(kc * MR).enumerate() {
-        let mut done = 0; // depth already packed for every row of this panel
+        let mut done = [0; MR]; // depth already packed, per row of this panel
         #[cfg(target_arch = "x86_64")]
-        if let (true, Some(wf), true) = (isa.is_simd(), W::as_f32(weight), (t + 1) * MR <= mc) {
-            // A full panel of f32 rows: 8 × 8 and 4 × 8 register transposes (a pure copy).
+        if let (true, Some(wf)) = (isa.is_simd(), W::as_f32(weight)) {
+            // f32 rows: 8 × 8 and 4 × 8 register transposes (a pure copy) of the rows inside,
+            // also in the last, ragged panel (32- and 64-channel products end in 8 or 4 rows).
+            let inside = MR.min(mc.saturating_sub(t * MR));
             let kc8 = kc / 8 * 8;
             let row = |i: usize| wf[(row0 + t * MR + i) * k_total + k0..][..kc].as_ptr();
-            if kc8 > 0 {
-                // SAFETY: AVX2 by Isa::is_simd; every row holds kc ≥ kc8 floats, and the panel
-                // holds kc·MR ≥ (kc8 − 1)·MR + 12 floats.
-                unsafe {
-                    let p = panel.as_mut_ptr();
+            let mut rows = 0;
+            // SAFETY: AVX2 by Isa::is_simd; every row inside holds kc ≥ kc8 floats, and the
+            // panel holds kc·MR ≥ (kc8 − 1)·MR + 12 floats.
+            unsafe {
+                let p = panel.as_mut_ptr();
+                if kc8 > 0 && inside >= 8 {
                     avx2::transpose_rows(core::array::from_fn(row), kc8, p, MR);
-                    avx2::transpose4_rows(core::array::from_fn(|i| row(8 + i)), kc8, p.add(8), MR);
+                    rows = 8;
+                }
+                if kc8 > 0 && inside >= rows + 4 {
+                    let four = core::array::from_fn(|i| row(rows + i));
+                    avx2::transpose4_rows(four, kc8, p.add(rows), MR);
+                    rows += 4;
                 }
             }
-            done = kc8;
+            done[..rows].fill(kc8);
         }
         let _ = isa;
-        for i in 0..MR {
+        for (i, &done) in done.iter().enumerate() {
             let r = t * MR + i;
             if r < mc {
                 let src = &weight[(row0 + r) * k_total + k0..][..kc];
