@@ -70,9 +70,16 @@ impl Span {
 
 /// `N` disjoint spans of one buffer, mutable at once (spans must not overlap).
 fn spans_mut<const N: usize>(buf: &mut [f32], spans: [Span; N]) -> [&mut [f32]; N] {
-    let mut order: [usize; N] = std::array::from_fn(|i| i);
+    spans_mut_list(buf, &spans)
+        .try_into()
+        .unwrap_or_else(|_| unreachable!())
+}
+
+/// [`spans_mut`] for any number of spans.
+fn spans_mut_list<'b>(buf: &'b mut [f32], spans: &[Span]) -> Vec<&'b mut [f32]> {
+    let mut order: Vec<usize> = (0..spans.len()).collect();
     order.sort_by_key(|&i| spans[i].at);
-    let mut out: [&mut [f32]; N] = std::array::from_fn(|_| Default::default());
+    let mut out: Vec<&mut [f32]> = spans.iter().map(|_| Default::default()).collect();
     let mut rest = buf;
     let mut pos = 0;
     for &i in &order {
@@ -542,24 +549,55 @@ impl AdmTrainer {
     }
 
     /// Refreshes [`AdmTrainer::flipped`], [`AdmTrainer::wino`] and [`AdmTrainer::wino_t`]
-    /// from `params` (checked by the caller).
+    /// from `params` (checked by the caller): one convolution per pool chunk (each writes
+    /// only its own spans, so the same bits for any thread count).
     fn prepare_convs(&mut self, params: &[f32]) -> Result<()> {
-        for c in &self.convs {
-            let w = WeightsRef::F32(c.w.of(params));
-            let flipped = &mut self.flipped[c.w.r()];
-            c.conv
-                .flip_weights(w, flipped)
-                .map_err(|e| anyhow!("flipping a conv weight: {e}"))?;
-            if let Some(WinoT { wg, u, u_t, .. }) = c.wino {
-                wg.transform_weights(c.w.of(params), &mut self.wino[u.r()])
-                    .and_then(|()| {
-                        wg.transposed()
-                            .transform_weights(flipped, &mut self.wino_t[u_t.r()])
-                    })
-                    .map_err(|e| anyhow!("transforming a conv weight: {e}"))?;
+        let convs = &self.convs;
+        let winos: Vec<WinoT> = convs.iter().filter_map(|c| c.wino).collect();
+        let flipped = spans_mut_list(
+            &mut self.flipped,
+            &convs.iter().map(|c| c.w).collect::<Vec<_>>(),
+        );
+        let mut u = spans_mut_list(
+            &mut self.wino,
+            &winos.iter().map(|t| t.u).collect::<Vec<_>>(),
+        )
+        .into_iter();
+        let mut u_t = spans_mut_list(
+            &mut self.wino_t,
+            &winos.iter().map(|t| t.u_t).collect::<Vec<_>>(),
+        )
+        .into_iter();
+        // (conv, its flipped weights, its transformed weights and those of its input gradient)
+        let jobs: Vec<_> = convs
+            .iter()
+            .zip(flipped)
+            .map(|(c, f)| {
+                let t = c.wino.and_then(|_| u.next().zip(u_t.next()));
+                Mutex::new((c, f, t))
+            })
+            .collect();
+        let error = Mutex::new(Ok(()));
+        self.pool.run(jobs.len(), &|_, j| {
+            let mut job = lock(&jobs[j]);
+            let (c, flipped, transformed) = &mut *job;
+            let weight = c.w.of(params);
+            let mut r = c
+                .conv
+                .flip_weights(WeightsRef::F32(weight), flipped)
+                .map_err(|e| anyhow!("flipping a conv weight: {e}"));
+            if let (Some(WinoT { wg, .. }), Some((u, u_t)), Ok(())) = (c.wino, transformed, &r) {
+                r = wg
+                    .transform_weights(weight, u)
+                    .and_then(|()| wg.transposed().transform_weights(flipped, u_t))
+                    .map_err(|e| anyhow!("transforming a conv weight: {e}"));
             }
-        }
-        Ok(())
+            let mut first = lock(&error);
+            if first.is_ok() {
+                *first = r;
+            }
+        });
+        error.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The architecture.
@@ -852,10 +890,18 @@ impl AdmTrainer {
             let r = this.chunk_loss_grad(&mut lane, params, x, t, eps, samples, n, &mut g);
             *lock(&losses[j]) = r;
         });
-        grads.copy_from_slice(&lock(&self.partials[0]));
-        for part in &self.partials[1..p] {
-            k::add_inplace(grads, &lock(part));
-        }
+        // The partials summed in accumulator order, element ranges split over the threads.
+        let parts: Vec<_> = self.partials[..p].iter().map(|g| lock(g)).collect();
+        self.pool
+            .split(grads, len, 1 << 14, |_, r, piece| {
+                piece.copy_from_slice(&parts[0][r.clone()]);
+                for part in &parts[1..] {
+                    k::add_inplace(piece, &part[r.clone()]);
+                }
+                Ok(())
+            })
+            .map_err(|e| anyhow!("summing the partial gradients: {e}"))?;
+        drop(parts);
         let mut total = 0.0f64;
         for l in losses {
             total += l.into_inner().unwrap_or_else(|e| e.into_inner())?;
