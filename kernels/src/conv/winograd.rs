@@ -881,7 +881,19 @@ fn deinterleave_with<L: Lanes, const N: usize>(
         .chunks_exact(h * w)
         .zip(dst.chunks_exact_mut(rows * m * len))
     {
-        out.fill(0.0);
+        // Zeros where no pixel lands (rows outside, then each row's phase ends), not a fill
+        // of the whole plane before it is written.
+        out[..off * m * len].fill(0.0);
+        out[(h + off) * m * len..].fill(0.0);
+        for row in out.chunks_exact_mut(m * len).skip(off).take(h) {
+            for (r, phase) in row.chunks_exact_mut(len).enumerate() {
+                // Phase r holds columns q = m·i + r; the pixels land at off ≤ q < w + off.
+                let lo = off.saturating_sub(r).div_ceil(m);
+                let hi = (w + off).saturating_sub(r).div_ceil(m);
+                phase[..lo].fill(0.0);
+                phase[hi..].fill(0.0);
+            }
+        }
         for (y, line) in plane.chunks_exact(w).enumerate() {
             let row = out[(y + off) * m * len..][..m * len].as_mut_ptr();
             // Source column m·j + r lands in phase (r + off) % m at j + (r + off) / m.
