@@ -877,50 +877,34 @@ fn deinterleave_with<L: Lanes, const N: usize>(
 ) {
     let m = N - 2;
     assert!(off < m && rows >= h + off && m * len >= w + off);
+    // Phase r holds columns q = m·i + r; the pixels land at off ≤ q < w + off, i.e. at
+    // i in lo[r] .. hi[r].
+    let lo: [usize; 4] = from_fn(|r| off.saturating_sub(r).div_ceil(m));
+    let hi: [usize; 4] = from_fn(|r| (w + off).saturating_sub(r).div_ceil(m));
     for (plane, out) in src
         .chunks_exact(h * w)
         .zip(dst.chunks_exact_mut(rows * m * len))
     {
-        // Zeros where no pixel lands (rows outside, then each row's phase ends), not a fill
-        // of the whole plane before it is written.
+        // Zeros where no pixel lands (the rows outside, and each row's phase ends), not a
+        // fill of the whole plane before it is written.
         out[..off * m * len].fill(0.0);
         out[(h + off) * m * len..].fill(0.0);
-        for row in out.chunks_exact_mut(m * len).skip(off).take(h) {
-            for (r, phase) in row.chunks_exact_mut(len).enumerate() {
-                // Phase r holds columns q = m·i + r; the pixels land at off ≤ q < w + off.
-                let lo = off.saturating_sub(r).div_ceil(m);
-                let hi = (w + off).saturating_sub(r).div_ceil(m);
-                phase[..lo].fill(0.0);
-                phase[hi..].fill(0.0);
-            }
-        }
         for (y, line) in plane.chunks_exact(w).enumerate() {
-            let row = out[(y + off) * m * len..][..m * len].as_mut_ptr();
+            let row = &mut out[(y + off) * m * len..][..m * len];
+            for r in 0..m {
+                for i in (0..lo[r]).chain(hi[r]..len) {
+                    row[r * len + i] = 0.0;
+                }
+            }
+            let row = row.as_mut_ptr();
             // Source column m·j + r lands in phase (r + off) % m at j + (r + off) / m.
             let at = |r: usize| (r + off) % m * len + (r + off) / m;
             let groups = w / m;
-            let mut j = 0;
-            while j + L::N <= groups {
-                // SAFETY: m·(j + N) ≤ w floats of `line`; each phase's stores reach
-                // j + N + 1 ≤ groups + 1 ≤ len floats into it (m·len ≥ w + off).
-                unsafe {
-                    let s = line.as_ptr().add(m * j);
-                    if m == 2 {
-                        let (a, b) = L::load_split(s);
-                        a.store(row.add(at(0) + j));
-                        b.store(row.add(at(1) + j));
-                    } else {
-                        // Phases 0 and 2 are the evens' evens and odds, 1 and 3 the odds'.
-                        let (e0, o0) = L::load_split(s);
-                        let (e1, o1) = L::load_split(s.add(2 * L::N));
-                        let ((p0, p2), (p1, p3)) = (L::split(e0, e1), L::split(o0, o1));
-                        for (r, p) in [p0, p1, p2, p3].into_iter().enumerate() {
-                            p.store(row.add(at(r) + j));
-                        }
-                    }
-                }
-                j += L::N;
-            }
+            // Whole vectors, then half ones (16 × 16 maps in F(4 × 4) have 4 groups a row).
+            // SAFETY: m·groups ≤ w floats of `line`; each phase's stores reach at most
+            // groups + 1 ≤ len floats into it (m·len ≥ w + off).
+            let j = unsafe { split_run::<L, N>(line, row, &at, 0, groups) };
+            let j = unsafe { split_run::<L::Half, N>(line, row, &at, j, groups) };
             for (x, &v) in line.iter().enumerate().skip(m * j) {
                 let q = x + off;
                 // SAFETY: q / m < len by the assertion.
@@ -928,6 +912,44 @@ fn deinterleave_with<L: Lanes, const N: usize>(
             }
         }
     }
+}
+
+/// De-interleaves the groups j.. of m source columns of `line` into `row` (phase r's group j at
+/// `at(r)` + j) whole L::N groups at a time while they fit in `groups`; returns the next j.
+///
+/// # Safety
+/// `line` must hold m·groups floats; `row` must be valid for writing at `at(r)` + groups.
+#[inline(always)]
+unsafe fn split_run<L: Lanes, const N: usize>(
+    line: &[f32],
+    row: *mut f32,
+    at: &impl Fn(usize) -> usize,
+    mut j: usize,
+    groups: usize,
+) -> usize {
+    let m = N - 2;
+    assert!(line.len() >= m * groups);
+    while j + L::N <= groups {
+        // SAFETY: m·(j + N) ≤ m·groups floats of `line`; the stores as the caller vouches.
+        unsafe {
+            let s = line.as_ptr().add(m * j);
+            if m == 2 {
+                let (a, b) = L::load_split(s);
+                a.store(row.add(at(0) + j));
+                b.store(row.add(at(1) + j));
+            } else {
+                // Phases 0 and 2 are the evens' evens and odds, 1 and 3 the odds'.
+                let (e0, o0) = L::load_split(s);
+                let (e1, o1) = L::load_split(s.add(2 * L::N));
+                let ((p0, p2), (p1, p3)) = (L::split(e0, e1), L::split(o0, o1));
+                for (r, p) in [p0, p1, p2, p3].into_iter().enumerate() {
+                    p.store(row.add(at(r) + j));
+                }
+            }
+        }
+        j += L::N;
+    }
+    j
 }
 
 /// Bᵀ·x for one column or row x of an n × n window: with F(2 × 2),
