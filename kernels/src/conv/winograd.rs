@@ -43,13 +43,13 @@ fn position_ld(pairs: usize) -> usize {
     pairs.div_ceil(LINE) * LINE + LINE
 }
 
-/// Tiles transformed at a time: with F(2 × 2) one NR-wide column block of the products; with
-/// F(4 × 4) half of one (its 36 positions would otherwise spill a chunk of 64 channels out of
-/// L2; the products then compute one 16-wide half of their register tiles). A chunk's
-/// transformed tiles are stored [channel][position][chunk] (channels [`channel_ld`] apart),
-/// so each tile's n² values lie a constant chunk apart, and position p's matrix is rows
-/// `channel_ld` apart from offset p·chunk.
-const fn chunk<const N: usize>() -> usize {
+/// Tiles transformed at a time by the forward: the width of its products, with F(2 × 2) one
+/// NR-wide column block; with F(4 × 4) half of one (its 36 positions would otherwise spill a
+/// chunk of 64 channels out of L2; the products then compute one 16-wide half of their
+/// register tiles). A chunk's transformed tiles are stored [channel][position][chunk]
+/// (channels [`channel_ld`] apart), so each tile's n² values lie a constant chunk apart, and
+/// position p's matrix is rows `channel_ld` apart from offset p·chunk.
+const fn forward_chunk<const N: usize>() -> usize {
     if N == 4 {
         NR
     } else {
@@ -57,11 +57,17 @@ const fn chunk<const N: usize>() -> usize {
     }
 }
 
-/// Floats from one channel's transformed chunk to the next's: the n²·chunk values (2 KiB with
-/// F(2 × 2), which would put a product's B rows into two L1 sets) plus one [`LINE`]. (Position
-/// n² − 1's row of a product, NR floats from (n² − 1)·chunk, ends inside the channel.)
-const fn channel_ld<const N: usize>() -> usize {
-    N * N * chunk::<N>() + LINE
+/// Tiles transformed at a time by the weight gradient: the depth of its products, which
+/// load and store their c_out × c_in sums once per chunk (a whole 32 × 32 map in F(4 × 4)).
+/// The bits do not depend on it (every chunk continues the same chains of sums).
+const WEIGHT_CHUNK: usize = 64;
+
+/// Floats from one channel's transformed chunk of `chunk` tiles to the next's: the n²·chunk
+/// values (2 KiB for a forward chunk of F(2 × 2), which would put a product's B rows into two
+/// L1 sets) plus one [`LINE`]. (Position n² − 1's row of a forward product, NR floats from
+/// (n² − 1)·chunk, ends inside the channel.)
+const fn channel_ld<const N: usize>(chunk: usize) -> usize {
+    N * N * chunk + LINE
 }
 
 /// The Winograd form of a 3 × 3, stride-1, padding-1 convolution from `c_in` to `c_out`
@@ -243,22 +249,18 @@ impl Winograd {
         self.positions() * round_up(self.c_out, MR) * self.c_in
     }
 
-    /// Floats between two channels of a chunk buffer.
-    fn channel_ld(&self) -> usize {
-        by_form!(self.channel_ld_n())
-    }
-
-    fn channel_ld_n<const N: usize>(&self) -> usize {
-        channel_ld::<N>()
-    }
-
-    /// Tiles of a chunk.
-    fn chunk(&self) -> usize {
-        by_form!(self.chunk_n())
-    }
-
-    fn chunk_n<const N: usize>(&self) -> usize {
-        chunk::<N>()
+    /// Floats between two channels of a chunk buffer of the forward and of the weight gradient.
+    fn channel_lds(&self) -> (usize, usize) {
+        match self.m {
+            2 => (
+                channel_ld::<4>(forward_chunk::<4>()),
+                channel_ld::<4>(WEIGHT_CHUNK),
+            ),
+            _ => (
+                channel_ld::<6>(forward_chunk::<6>()),
+                channel_ld::<6>(WEIGHT_CHUNK),
+            ),
+        }
     }
 
     /// Scratch floats [`Winograd::forward`] needs for an h × w map.
@@ -266,7 +268,7 @@ impl Winograd {
         let t = Tiles::new(h, w, self.m);
         self.c_out
             + self.c_in * t.input_plane()
-            + self.channel_ld() * (self.c_in + self.c_out)
+            + self.channel_lds().0 * (self.c_in + self.c_out)
             + gemm_scratch_len(self.c_out, self.c_in)
     }
 
@@ -312,7 +314,8 @@ impl Winograd {
         scratch: &mut [f32],
     ) {
         let (ci, co) = (self.c_in, self.c_out);
-        let (positions, chunk, ld) = (N * N, chunk::<N>(), channel_ld::<N>());
+        let (positions, chunk) = (N * N, forward_chunk::<N>());
+        let ld = channel_ld::<N>(chunk);
         let t = Tiles::new(h, w, N - 2);
         let (zeros, rest) = scratch.split_at_mut(co);
         let (padded, rest) = rest.split_at_mut(ci * t.input_plane());
@@ -333,7 +336,7 @@ impl Winograd {
         deinterleave::<N>(isa, inp, (h, w), 1, t.input_len(), rows, padded);
         for t0 in (0..t.n()).step_by(chunk) {
             let nt = chunk.min(t.n() - t0);
-            input_transform::<N>(isa, &t, t0, ci, padded, v);
+            input_transform::<N>(isa, &t, (t0, chunk), ci, padded, v);
             for p in 0..positions {
                 let u_p = &u[p * co * ci..][..co * ci];
                 let v_p = &v[p * chunk..];
@@ -360,7 +363,7 @@ impl Winograd {
                     gs,
                 );
             }
-            output_transform::<N>(isa, &t, t0, co, m, bias, out);
+            output_transform::<N>(isa, &t, (t0, chunk), co, m, bias, out);
         }
     }
 
@@ -370,9 +373,9 @@ impl Winograd {
         let t = Tiles::new(h, w, self.m);
         self.c_in * t.input_plane()
             + self.c_out * t.output_plane()
-            + self.channel_ld() * (self.c_in + self.c_out)
+            + self.channel_lds().1 * (self.c_in + self.c_out)
             + self.weight_gradient_len()
-            + gemm_scratch_len(self.c_out, self.chunk())
+            + gemm_scratch_len(self.c_out, WEIGHT_CHUNK)
     }
 
     /// Floats of the weight gradient in transformed form (n² matrices of c_out × c_in, a cache
@@ -463,7 +466,7 @@ impl Winograd {
         scratch: &mut [f32],
     ) {
         let (ci, co) = (self.c_in, self.c_out);
-        let (chunk, ld) = (chunk::<N>(), channel_ld::<N>());
+        let (chunk, ld) = (WEIGHT_CHUNK, channel_ld::<N>(WEIGHT_CHUNK));
         let t = Tiles::new(h, w, N - 2);
         let (padded, rest) = scratch.split_at_mut(ci * t.input_plane());
         let (dsplit, rest) = rest.split_at_mut(co * t.output_plane());
@@ -477,8 +480,8 @@ impl Winograd {
         // in `du` (the same chain of fused multiply-adds as one pass over every tile).
         for t0 in (0..t.n()).step_by(chunk) {
             let nt = chunk.min(t.n() - t0);
-            input_transform::<N>(isa, &t, t0, ci, padded, v);
-            dout_transform::<N>(isa, &t, t0, co, dsplit, dm);
+            input_transform::<N>(isa, &t, (t0, chunk), ci, padded, v);
+            dout_transform::<N>(isa, &t, (t0, chunk), co, dsplit, dm);
             for p in 0..N * N {
                 let (dm_p, v_p) = (&dm[p * chunk..], &v[p * chunk..]);
                 gemm(
@@ -1039,24 +1042,24 @@ fn input_tile<L: Lanes, const N: usize>(d: [[L; N]; N]) -> [[L; N]; N] {
 fn input_transform<const N: usize>(
     isa: Isa,
     t: &Tiles,
-    t0: usize,
+    t0: (usize, usize),
     c: usize,
     padded: &[f32],
     v: &mut [f32],
 ) {
-    by_isa!(isa, input_transform_with::<N>(t: &Tiles, t0: usize, c: usize, padded: &[f32], v: &mut [f32]))
+    by_isa!(isa, input_transform_with::<N>(t: &Tiles, t0: (usize, usize), c: usize, padded: &[f32], v: &mut [f32]))
 }
 
 #[inline(always)]
 fn input_transform_with<L: Lanes, const N: usize>(
     t: &Tiles,
-    t0: usize,
+    (t0, chunk): (usize, usize),
     c: usize,
     padded: &[f32],
     v: &mut [f32],
 ) {
     let (m, len) = (N - 2, t.input_len());
-    let (chunk, ld) = (chunk::<N>(), channel_ld::<N>());
+    let ld = channel_ld::<N>(chunk);
     let plane_len = t.input_plane();
     assert!(t.m == m && padded.len() >= c * plane_len && v.len() >= c * ld);
     for ci in 0..c {
@@ -1141,26 +1144,26 @@ unsafe fn input_tiles<L: Lanes, const N: usize>(
 fn output_transform<const N: usize>(
     isa: Isa,
     t: &Tiles,
-    t0: usize,
+    t0: (usize, usize),
     c: usize,
     m: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    by_isa!(isa, output_transform_with::<N>(t: &Tiles, t0: usize, c: usize, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]))
+    by_isa!(isa, output_transform_with::<N>(t: &Tiles, t0: (usize, usize), c: usize, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]))
 }
 
 #[inline(always)]
 fn output_transform_with<L: Lanes, const N: usize>(
     t: &Tiles,
-    t0: usize,
+    (t0, chunk): (usize, usize),
     c: usize,
     mt: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
     let (h, w, m) = (t.h, t.w, N - 2);
-    let (chunk, ld) = (chunk::<N>(), channel_ld::<N>());
+    let ld = channel_ld::<N>(chunk);
     assert!(t.m == m && mt.len() >= c * ld && out.len() >= c * h * w);
     for o in 0..c {
         let init = bias.map(|b| b[o]);
@@ -1258,24 +1261,24 @@ unsafe fn output_tiles<L: Lanes, const N: usize>(
 fn dout_transform<const N: usize>(
     isa: Isa,
     t: &Tiles,
-    t0: usize,
+    t0: (usize, usize),
     c: usize,
     dsplit: &[f32],
     dm: &mut [f32],
 ) {
-    by_isa!(isa, dout_transform_with::<N>(t: &Tiles, t0: usize, c: usize, dsplit: &[f32], dm: &mut [f32]))
+    by_isa!(isa, dout_transform_with::<N>(t: &Tiles, t0: (usize, usize), c: usize, dsplit: &[f32], dm: &mut [f32]))
 }
 
 #[inline(always)]
 fn dout_transform_with<L: Lanes, const N: usize>(
     t: &Tiles,
-    t0: usize,
+    (t0, chunk): (usize, usize),
     c: usize,
     dsplit: &[f32],
     dm: &mut [f32],
 ) {
     let (tw, m) = (t.tw, N - 2);
-    let (chunk, ld) = (chunk::<N>(), channel_ld::<N>());
+    let ld = channel_ld::<N>(chunk);
     let plane_len = t.output_plane();
     assert!(t.m == m && dsplit.len() >= c * plane_len && dm.len() >= c * ld);
     for o in 0..c {
