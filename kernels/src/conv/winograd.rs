@@ -165,6 +165,21 @@ impl Winograd {
         }
     }
 
+    /// The form of `conv` whose weight gradient pays on an h × w map, if any: F(4 × 4) from
+    /// 64 tiles of 4 × 4 (32 × 32 maps), else F(2 × 2) from 16 tiles of 2 × 2. (The weight
+    /// gradient's products have the tiles as their depth and its transformed sums grow with
+    /// the positions: on 16 × 16 maps F(4 × 4) has 16 tiles and 36 positions to F(2 × 2)'s 64
+    /// and 16, and F(2 × 2) is faster there despite 1.8× the products: 64 → 64 channels,
+    /// 109 against 91 GFLOP/s direct-equivalent; on 32 × 32 maps F(4 × 4), 171 against 121.)
+    pub fn for_weight_gradient(conv: &super::Conv2d, h: usize, w: usize) -> Option<Winograd> {
+        let wg = Winograd::of(conv)?;
+        if Tiles::new(h, w, 4).n() >= 64 {
+            Some(wg.with_4x4_tiles())
+        } else {
+            Winograd::worthwhile(h, w).then_some(wg)
+        }
+    }
+
     /// The convolution computing this one's input gradient (channels swapped, same form); its
     /// weights are this one's flipped by [`super::Conv2d::flip_weights`].
     pub fn transposed(&self) -> Winograd {

@@ -23,10 +23,11 @@
 //! thread ran which chunk.
 //!
 //! Convolutions: the 3×3 'same' convolutions of maps with 16 tiles or more run in Winograd
-//! form ([`k::Winograd::for_map`]: F(4×4, 3×3) from 16×16 maps, 4× fewer products;
-//! F(2×2, 3×3) on 8×8 maps, 2.25× fewer), forward, input gradient and weight gradient; their
-//! weights are transformed once per call of the trainer. The others, and every convolution of
-//! the sampler, run as the direct convolution.
+//! form, forward and input gradient by [`k::Winograd::for_map`] (F(4×4, 3×3) from 16×16
+//! maps, 4× fewer products; F(2×2, 3×3) on 8×8 maps, 2.25× fewer), the weight gradient by
+//! [`k::Winograd::for_weight_gradient`] (F(4×4) only from 32×32 maps); their weights are
+//! transformed once per call of the trainer. The others, and every convolution of the
+//! sampler, run as the direct convolution.
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -100,7 +101,10 @@ fn spans_mut_list<'b>(buf: &'b mut [f32], spans: &[Span]) -> Vec<&'b mut [f32]> 
 /// transformed weight gradient in a lane's `du`.
 #[derive(Debug, Clone, Copy)]
 struct WinoT {
+    /// The form of the forward and of the input gradient ([`Winograd::for_map`]).
     wg: Winograd,
+    /// The form of the weight gradient ([`Winograd::for_weight_gradient`]).
+    dw: Winograd,
     u: Span,
     u_t: Span,
     du: Span,
@@ -247,11 +251,13 @@ impl Spans<'_> {
             let at = next.replace(next.get() + len);
             Span { at, len }
         };
-        let wino = Winograd::for_map(&conv, h, w).map(|wg| WinoT {
+        let forms = Winograd::for_map(&conv, h, w).zip(Winograd::for_weight_gradient(&conv, h, w));
+        let wino = forms.map(|(wg, dw)| WinoT {
             wg,
+            dw,
             u: take(&self.wino, wg.weights_len()),
             u_t: take(&self.wino_t, wg.transposed().weights_len()),
-            du: take(&self.du, wg.weight_gradient_len()),
+            du: take(&self.du, dw.weight_gradient_len()),
         });
         Ok(ConvT {
             conv,
@@ -332,11 +338,11 @@ impl Planner {
             .conv
             .scratch_len(h, w)
             .max(c.conv.backward_scratch_len(h, w));
-        if let Some(wg) = winograd_at(c, h, w) {
+        if let (Some(wg), Some(WinoT { dw, .. })) = (winograd_at(c, h, w), c.wino) {
             s = s
                 .max(wg.scratch_len(h, w))
                 .max(wg.transposed().scratch_len(h, w))
-                .max(wg.backward_scratch_len(h, w));
+                .max(dw.backward_scratch_len(h, w));
         }
         self.scratch = self.scratch.max(s);
         let (oh, ow) = c.conv.out_size(h, w);
@@ -749,9 +755,9 @@ impl AdmTrainer {
     /// per weight), which are left zero.
     fn flush_du(&self, lane: &mut Lane, grads: &mut [f32]) -> Result<()> {
         for c in &self.convs {
-            if let Some(WinoT { wg, du, .. }) = c.wino {
+            if let Some(WinoT { dw, du, .. }) = c.wino {
                 let du = &mut lane.du[du.r()];
-                wg.weight_gradient(du, &mut grads[c.w.r()])
+                dw.weight_gradient(du, &mut grads[c.w.r()])
                     .map_err(|e| anyhow!("conv weight gradient: {e}"))?;
                 du.fill(0.0);
             }
@@ -1279,10 +1285,10 @@ impl Ctx<'_> {
     ) -> KResult {
         let [dw, db] = spans_mut(grads, [c.w, c.b]);
         let (isa, scratch) = (self.isa, self.scratch);
-        if let (Some(wg), Some(WinoT { du: span, .. })) = (winograd_at(c, h, w), c.wino) {
+        if let (Some(_), Some(WinoT { dw, du: span, .. })) = (winograd_at(c, h, w), c.wino) {
             let mut s = lock(&scratch[0]);
             let du = &mut du[span.r()];
-            return wg.backward_params_transformed(isa, du, db, dout, x, h, w, &mut s);
+            return dw.backward_params_transformed(isa, du, db, dout, x, h, w, &mut s);
         }
         split_n(
             self.pool,
@@ -2004,7 +2010,7 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         // Size 8 mixes F(2×2) Winograd convolutions (8×8 maps) and direct ones; size 16 adds
-        // F(4×4) ones (16×16 maps).
+        // F(4×4) forwards and input gradients (16×16 maps; their weight gradients are F(2×2)).
         for (variant, size) in [(0, 8), (1, 8), (0, 16), (1, 16)] {
             let tile = |s: usize| Winograd::for_map(&conv3x3(4, 4), s, s).map(|wg| wg.tile());
             let top = if size == 16 { 4 } else { 2 };
