@@ -2012,7 +2012,7 @@ mod tests {
         // Size 8 mixes F(2×2) Winograd convolutions (8×8 maps) and direct ones; size 16 adds
         // F(4×4) forwards and input gradients (16×16 maps; their weight gradients are F(2×2)).
         for (variant, size) in [(0, 8), (1, 8), (0, 16), (1, 16)] {
-            let tile = |s: usize| Winograd::for_map(&conv3x3(4, 4), s, s).map(|wg| wg.tile());
+            let tile = |s: usize| Winograd::for_map(&conv3x3(32, 32), s, s).map(|wg| wg.tile());
             let top = if size == 16 { 4 } else { 2 };
             assert!(tile(size) == Some(top) && tile(size / 4).is_none());
             let arch = tiny(variant);
