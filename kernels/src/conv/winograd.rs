@@ -250,7 +250,7 @@ impl Winograd {
         let a_len = round_up(co, MR) * ci;
         for (p, a) in packed.chunks_exact_mut(a_len).enumerate() {
             pack_a(
-                Isa::PORTABLE,
+                Isa::detected(), // a copy: the same values on any path
                 &plain[p * pairs..][..pairs],
                 ci,
                 0,
@@ -600,11 +600,14 @@ fn g_col<const N: usize>(a: f32, b: f32, c: f32) -> [f32; N] {
     if N == 4 {
         (y[0], y[1], y[2], y[3]) = (a, 0.5 * (a + b + c), 0.5 * (a - b + c), c);
     } else {
-        y[0] = a / 4.0;
-        y[1] = -(a + b + c) / 6.0;
-        y[2] = -(a - b + c) / 6.0;
-        y[3] = (a + 2.0 * b + 4.0 * c) / 24.0;
-        y[4] = (a - 2.0 * b + 4.0 * c) / 24.0;
+        // Products with the reciprocals, not divisions (done for every weight at every step).
+        let (sixth, a24) = (1.0 / 6.0, 1.0 / 24.0);
+        let (e, o) = (a + 4.0 * c, 2.0 * b);
+        y[0] = 0.25 * a;
+        y[1] = -(a + b + c) * sixth;
+        y[2] = -(a - b + c) * sixth;
+        y[3] = (e + o) * a24;
+        y[4] = (e - o) * a24;
         y[5] = c;
     }
     y
@@ -618,10 +621,11 @@ fn g_col_adjoint<const N: usize>(d: [f32; N]) -> [f32; 3] {
     } else {
         let (s, t) = (d[1] + d[2], d[3] + d[4]);
         let (u, v) = (d[1] - d[2], d[3] - d[4]);
+        let (sixth, a12, a24) = (1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0);
         [
-            d[0] / 4.0 - s / 6.0 + t / 24.0,
-            -u / 6.0 + v / 12.0,
-            (t - s) / 6.0 + d[5],
+            0.25 * d[0] - s * sixth + t * a24,
+            v * a12 - u * sixth,
+            (t - s) * sixth + d[5],
         ]
     }
 }
