@@ -1070,6 +1070,22 @@ fn tile_of(c: &mut [f32], ld: usize, j: usize) -> [&mut [f32; NR]; MR] {
     })
 }
 
+/// The MR × NR tile at the start of `c` (row stride `ld`) with only its first `mr` rows in `c`
+/// and the others in `spare` (MR·NR floats; the microkernel computes the first mr rows,
+/// rounded up to even ones, so the spare rows only take what it writes past mr).
+#[inline(always)]
+fn tile_with_spare<'s>(c: &'s mut [f32], ld: usize, mr: usize, spare: &'s mut [f32]) -> Tile<'s> {
+    let mut rows = c.chunks_mut(ld).take(mr);
+    let mut spares = spare.chunks_exact_mut(NR);
+    core::array::from_fn(|_| {
+        let row = match rows.next() {
+            Some(r) => &mut r[..NR],
+            None => spares.next().unwrap_or_default(),
+        };
+        <&mut [f32; NR]>::try_from(row).unwrap_or_else(|_| unreachable!())
+    })
+}
+
 impl Out<'_, '_> {
     /// The full MR × NR tile at row i0, column j (the driver only asks for tiles inside).
     #[inline(always)]
@@ -1088,9 +1104,8 @@ impl Out<'_, '_> {
     }
 
     /// The tile at row i0, column j of a block whose last row panel has only `mr` < MR rows
-    /// (Dense and Strided): rows past mr in `spare` (MR·NR floats), so the microkernel works
-    /// in place (it computes the first mr rows, rounded up to even ones, and the spare rows
-    /// take what it writes past mr). `None` for Rows.
+    /// (Dense and Strided), rows past mr in `spare` ([`tile_with_spare`]), so the microkernel
+    /// works in place. `None` for Rows.
     #[inline(always)]
     fn short_tile<'s>(
         &'s mut self,
@@ -1105,15 +1120,7 @@ impl Out<'_, '_> {
             Out::Strided { c, ld } => (&mut c[i0 * *ld + j..], *ld),
             Out::Rows(_) => return None,
         };
-        let mut rows = c.chunks_mut(ld).take(mr);
-        let mut spares = spare.chunks_exact_mut(NR);
-        Some(core::array::from_fn(|_| {
-            let row = match rows.next() {
-                Some(r) => &mut r[..NR],
-                None => spares.next().unwrap_or_default(),
-            };
-            <&mut [f32; NR]>::try_from(row).unwrap_or_else(|_| unreachable!())
-        }))
+        Some(tile_with_spare(c, ld, mr, spare))
     }
 
     /// Row i (n floats).

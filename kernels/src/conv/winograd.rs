@@ -29,8 +29,8 @@
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use super::{
-    first_terms, gemm, gemm_scratch_len, microkernel, pack_a, pack_rows, round_up, sum_f64, Isa,
-    Out, Tile, KC, LINE, MC_MAX, MR, NR,
+    first_terms, gemm, gemm_scratch_len, microkernel, pack_a, pack_rows, round_up, sum_f64,
+    tile_with_spare, Isa, Out, KC, LINE, MC_MAX, MR, NR,
 };
 use crate::{check_len, check_min_len, KernelError};
 use core::array::from_fn;
@@ -577,19 +577,11 @@ fn chunk_product(
     zeros: &[f32],
 ) {
     let depth = b.1.len();
-    let mut rows = out.chunks_mut(ld);
     for (t, a_pan) in a.chunks_exact(depth * MR).enumerate() {
         let i0 = t * MR;
         let mr = MR.min(m - i0);
         let start = first_terms(Some(zeros), 0, i0, mr);
-        let mut spares = spare.chunks_exact_mut(NR);
-        let mut c: Tile = core::array::from_fn(|_| {
-            let row = match rows.next() {
-                Some(r) if r.len() >= NR => &mut r[..NR],
-                _ => spares.next().unwrap_or_default(),
-            };
-            <&mut [f32; NR]>::try_from(row).unwrap_or_else(|_| unreachable!())
-        });
+        let mut c = tile_with_spare(&mut out[i0 * ld..], ld, mr, spare);
         microkernel(
             isa,
             depth,
