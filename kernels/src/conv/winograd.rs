@@ -165,24 +165,25 @@ impl Winograd {
     /// (16 × 16 maps), else F(2 × 2) from 16 tiles of 2 × 2 ([`Winograd::worthwhile`]); none
     /// below 8 channels in or out.
     pub fn for_map(conv: &super::Conv2d, h: usize, w: usize) -> Option<Winograd> {
-        let wg = Winograd::with_channels_enough(conv)?;
-        if Tiles::new(h, w, 4).n() >= 16 {
-            Some(wg.with_4x4_tiles())
-        } else {
-            Winograd::worthwhile(h, w).then_some(wg)
-        }
+        Winograd::form_for(conv, h, w, 16)
     }
 
     /// The form of `conv` whose weight gradient pays on an h × w map, if any: F(4 × 4) from
     /// 64 tiles of 4 × 4 (32 × 32 maps), else F(2 × 2) from 16 tiles of 2 × 2; none below 8
-    /// channels in or out. (The weight
-    /// gradient's products have the tiles as their depth and its transformed sums grow with
-    /// the positions: on 16 × 16 maps F(4 × 4) has 16 tiles and 36 positions to F(2 × 2)'s 64
-    /// and 16, and F(2 × 2) is faster there despite 1.8× the products: 64 → 64 channels,
-    /// 109 against 91 GFLOP/s direct-equivalent; on 32 × 32 maps F(4 × 4), 171 against 121.)
+    /// channels in or out. (The weight gradient's products have the tiles as their depth and
+    /// its transformed sums grow with the positions: on 16 × 16 maps F(4 × 4) has 16 tiles and
+    /// 36 positions to F(2 × 2)'s 64 and 16, and F(2 × 2) is faster there despite 1.8× the
+    /// products: 64 → 64 channels, 109 against 91 GFLOP/s direct-equivalent; on 32 × 32 maps
+    /// F(4 × 4), 171 against 121.)
     pub fn for_weight_gradient(conv: &super::Conv2d, h: usize, w: usize) -> Option<Winograd> {
+        Winograd::form_for(conv, h, w, 64)
+    }
+
+    /// F(4 × 4) from `tiles_4x4` tiles of 4 × 4, else F(2 × 2) where
+    /// [`Winograd::worthwhile`], for convolutions with channels enough.
+    fn form_for(conv: &super::Conv2d, h: usize, w: usize, tiles_4x4: usize) -> Option<Winograd> {
         let wg = Winograd::with_channels_enough(conv)?;
-        if Tiles::new(h, w, 4).n() >= 64 {
+        if Tiles::new(h, w, 4).n() >= tiles_4x4 {
             Some(wg.with_4x4_tiles())
         } else {
             Winograd::worthwhile(h, w).then_some(wg)
