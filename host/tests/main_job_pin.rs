@@ -1,0 +1,64 @@
+//! Pins the bits of the README's main job on a small run: the bundled VP model, the main job's
+//! preset (`vp-uncond-sigmoid`) shortened to K = 10, 4 chains, seed 7.
+//!
+//! Any change of the bundled weights or of the inference arithmetic changes this hash. Such a
+//! change is deliberate: update `MAIN_JOB_SHA256` and `models/figures` in one commit that says
+//! why. The hash covers the raw f32 samples (the tensor bytes of `samples.safetensors`), not its
+//! metadata, and holds for every thread count and batch split (checked below) and for the AVX2
+//! and AVX-512 microkernels (the kernels' tests keep them bit-equal).
+
+mod common;
+use common::{ok, s};
+
+use std::path::Path;
+
+/// sha256 of the 4 × 1 × 32 × 32 f32 samples (little-endian, row-major).
+const MAIN_JOB_SHA256: &str = "22f37e56637eb8a34d9e273291bba7056b98ca5dd98da3cb33dece364d474894";
+
+fn sample(out: &Path, extra: &[&str]) {
+    let o = s(out);
+    let mut args = vec![
+        "sample",
+        "--preset",
+        "vp-uncond-sigmoid",
+        "--steps",
+        "10",
+        "--n",
+        "4",
+        "--seed",
+        "7",
+        "--out",
+        &o,
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+}
+
+/// sha256 of the `samples` tensor's bytes.
+fn samples_sha256(dir: &Path) -> String {
+    let bytes = std::fs::read(dir.join("samples.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = file.tensor("samples").unwrap();
+    assert_eq!(view.shape(), &[4, 1, 32, 32]);
+    assert_eq!(view.dtype(), safetensors::Dtype::F32);
+    tweedie_host::image_io::sha256_hex(view.data())
+}
+
+#[test]
+fn the_main_job_bits_are_pinned() {
+    let dir = common::scratch_in("main_job_pin", "default");
+    sample(&dir, &[]);
+    assert_eq!(
+        samples_sha256(&dir),
+        MAIN_JOB_SHA256,
+        "the main job's bits changed: if deliberate, update the pin and models/figures together"
+    );
+}
+
+#[test]
+fn the_pin_holds_for_one_thread_and_batch_one() {
+    let dir = common::scratch_in("main_job_pin", "split");
+    sample(&dir, &["--threads", "1", "--batch", "1"]);
+    assert_eq!(samples_sha256(&dir), MAIN_JOB_SHA256);
+}
