@@ -13,9 +13,9 @@ use std::time::Duration;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use tweedie_host::model::adm::{AdmArch, AdmConfig, AdmModel, Input};
-use tweedie_host::model::config::ModelConfig;
-use tweedie_host::weights::{Precision, Weights};
+use tweedie_nn::model::adm::{AdmArch, AdmConfig, AdmModel, Input};
+use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::weights::{Precision, Weights};
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

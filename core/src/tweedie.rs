@@ -40,6 +40,24 @@ pub fn sqrt_alpha_bar(sigma: f64) -> f64 {
     libm::sqrt(vp::alpha_bar_of_sigma(sigma))
 }
 
+/// The noise-input scale of VE ε-networks trained by `host train --preset ve` (metadata
+/// `noise_input = log_sigma_x250`): the network's "time" is 250·ln σ, EDM's c_noise = ¼ ln σ
+/// stretched to the sinusoidal embedding's 0..1000 design range.
+pub const VE_NOISE_SCALE: f64 = 250.0;
+
+/// The VE preconditioning's input scale c_in(σ) = 1/√(1 + σ²): the network sees c_in·x. The
+/// one definition for training and sampling, so a trained model always matches its sampler.
+#[inline]
+pub fn ve_input_scale(sigma: f64) -> f64 {
+    1.0 / libm::sqrt(1.0 + sigma * sigma)
+}
+
+/// The VE preconditioning's noise input 250·ln σ (see [`VE_NOISE_SCALE`]), rounded to f32.
+#[inline]
+pub fn ve_noise_input(sigma: f64) -> f32 {
+    (VE_NOISE_SCALE * libm::log(sigma)) as f32
+}
+
 /// Score from a denoiser (eq. 5): out = (d − x)/σ².
 pub fn score_from_denoised(x: &[f32], d: &[f32], sigma: f64, out: &mut [f32]) -> Result<(), Error> {
     check_len("denoised", x.len(), d.len())?;
@@ -271,6 +289,27 @@ pub fn output_to_denoised(output: NetOutput, x: f32, y: f32, c: f64) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The VE preconditioning went from std's `ln`/`sqrt` (host, before it lived here) to
+    /// libm's: the same bits at every σ of a dense log grid over [10⁻⁴, 10⁴] (10⁶ points), so
+    /// models trained before still match their sampler bit for bit.
+    #[test]
+    fn ve_preconditioning_matches_the_std_arithmetic_it_replaced() {
+        let n = 1_000_000;
+        for i in 0..=n {
+            let sigma = 10f64.powf(-4.0 + 8.0 * i as f64 / n as f64);
+            assert_eq!(
+                ve_noise_input(sigma).to_bits(),
+                ((250.0 * sigma.ln()) as f32).to_bits(),
+                "σ = {sigma:e}"
+            );
+            assert_eq!(
+                ve_input_scale(sigma).to_bits(),
+                (1.0 / (1.0 + sigma * sigma).sqrt()).to_bits(),
+                "σ = {sigma:e}"
+            );
+        }
+    }
 
     /// The Gaussian prior X ~ N(μ, s² I) of spec §8.5, in f64.
     struct Gaussian {

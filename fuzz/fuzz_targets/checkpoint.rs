@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tweedie_host::convert::{convert, Checkpoint, ConvertOptions};
-use tweedie_host::weights::meta::WeightsSet;
+use tweedie_nn::weights::meta::WeightsSet;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(ckpt) = Checkpoint::from_bytes(data.to_vec(), "fuzz.pt".into()) else {

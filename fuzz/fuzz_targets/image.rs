@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tweedie_host::image_io::{read_image, read_image_native};
-use tweedie_host::weights::meta::DataRange;
+use tweedie_nn::weights::meta::DataRange;
 
 fn path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use tweedie_host::convert::checkpoint::interpret;
 use tweedie_host::convert::pickle::{unpickle, Limits};
-use tweedie_host::weights::meta::WeightsSet;
+use tweedie_nn::weights::meta::WeightsSet;
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {

@@ -4,9 +4,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use tweedie_host::convert::export::state_dict_spec;
-use tweedie_host::model::config::ModelConfig;
-use tweedie_host::tensors::SafetensorsFile;
-use tweedie_host::weights::{Precision, Weights, WeightsMeta};
+use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::tensors::SafetensorsFile;
+use tweedie_nn::weights::{Precision, Weights, WeightsMeta};
 
 /// A tiny ADM (one level, 32 channels: GroupNorm(32) needs 32) for files without
 /// `tweedie.config`.

@@ -48,8 +48,8 @@ pub fn names() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensors::SafetensorsFile;
-    use crate::weights::WeightsMeta;
+    use tweedie_nn::tensors::SafetensorsFile;
+    use tweedie_nn::weights::WeightsMeta;
 
     /// Every bundled file is valid safetensors with the metadata a sampler needs.
     #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, GenericImageView, ImageEncoder};
 
-use crate::weights::meta::DataRange;
+use tweedie_nn::weights::meta::DataRange;
 
 /// A C×H×W image (one chain), row-major, values in a data range.
 #[derive(Debug, Clone, PartialEq)]

@@ -564,7 +564,7 @@ fn every_float_storage_type_reads_exactly() {
         let (got, raw) = ckpt.tensor_bytes(meta, name).unwrap();
         assert_eq!(got, dtype, "{class}");
         let mut out = [0f32; 3];
-        tweedie_host::tensors::decode_f32(got, &raw, &mut out).unwrap();
+        tweedie_nn::tensors::decode_f32(got, &raw, &mut out).unwrap();
         assert_eq!(out, [-1.5, 0.25, 3.0], "{class}");
     }
     // Integer storages are readable by the pickle reader but never exported as weights.
@@ -601,7 +601,7 @@ fn score_sde_pickle(shadow_sizes: &[i32]) -> Vec<u8> {
 #[test]
 fn ema_shadows_are_named_by_order_and_checked() {
     use tweedie_host::convert::{Checkpoint, Layout};
-    use tweedie_host::weights::meta::WeightsSet;
+    use tweedie_nn::weights::meta::WeightsSet;
     let open = |sizes: &[i32]| {
         let bytes = checkpoint(&score_sde_pickle(sizes), &floats(6));
         Checkpoint::from_bytes(bytes, "s.pth".into()).unwrap()

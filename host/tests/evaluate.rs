@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tweedie_host::run::output::safetensors_bytes;
-use tweedie_host::train::data::idx::{encode, MAGIC_IMAGES, MAGIC_LABELS};
-use tweedie_host::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
+use tweedie_nn::train::data::idx::{encode, MAGIC_IMAGES, MAGIC_LABELS};
+use tweedie_nn::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch_in("evaluate", name)

@@ -269,9 +269,9 @@ fn restore_with_golden_weights() {
 /// output matches it to one PNG step, and most pixels are not clamped (a real comparison).
 #[test]
 fn denoise_with_golden_weights() {
-    use tweedie_host::model::ncsnpp::{Input, NcsnppArch, NcsnppConfig, NcsnppModel, Output};
-    use tweedie_host::tensors::SafetensorsFile;
-    use tweedie_host::weights::{Precision, Weights};
+    use tweedie_nn::model::ncsnpp::{Input, NcsnppArch, NcsnppConfig, NcsnppModel, Output};
+    use tweedie_nn::tensors::SafetensorsFile;
+    use tweedie_nn::weights::{Precision, Weights};
 
     let dir = scratch("denoise");
     let (input, output) = (dir.join("in.png"), dir.join("out.png"));

@@ -7,12 +7,12 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::common::{grouped, precision, threads};
-use crate::backend::profile;
-use crate::model::adm::forward::{AdmModel, Input};
-use crate::model::adm::{AdmArch, AdmConfig};
-use crate::model::config::ModelConfig;
-use crate::model::ncsnpp::{self, NcsnppArch, NcsnppConfig, NcsnppModel};
-use crate::weights::Weights;
+use tweedie_nn::backend::profile;
+use tweedie_nn::model::adm::forward::{AdmModel, Input};
+use tweedie_nn::model::adm::{AdmArch, AdmConfig};
+use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::model::ncsnpp::{self, NcsnppArch, NcsnppConfig, NcsnppModel};
+use tweedie_nn::weights::Weights;
 
 const EXAMPLE: &str = "\
 Example:

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 
-use crate::model::config::{ModelConfig, BUILTIN_NAMES};
-use crate::weights::{Precision, WeightsMeta};
+use tweedie_nn::model::config::{ModelConfig, BUILTIN_NAMES};
+use tweedie_nn::weights::{Precision, WeightsMeta};
 
 /// The config from `--config` (file or built-in name), else from the weights' `tweedie.config`.
 /// A flag that differs from the metadata wins with a one-line warning (formats.md §3).
@@ -77,7 +77,7 @@ mod tests {
     fn config_from_flag_metadata_or_error() {
         let meta = WeightsMeta {
             config: Some(
-                crate::model::adm::AdmConfig::ffhq256()
+                tweedie_nn::model::adm::AdmConfig::ffhq256()
                     .to_json()
                     .to_string(),
             ),

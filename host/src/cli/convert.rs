@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::common::grouped;
 use crate::convert::{convert, write_verified, Checkpoint, ConvertOptions};
-use crate::weights::meta::{Kind, WeightsSet};
+use tweedie_nn::weights::meta::{Kind, WeightsSet};
 
 const EXAMPLE: &str = "\
 Examples:
@@ -99,8 +99,8 @@ pub fn run(args: &ConvertArgs) -> Result<ExitCode> {
         "wrote {}: {} config {}, {} tensors, {} parameters, {} weights{}, {:.1} MB",
         args.to.display(),
         match converted.config {
-            crate::model::config::ModelConfig::Adm(_) => "adm",
-            crate::model::config::ModelConfig::Ncsnpp(_) => "ncsnpp",
+            tweedie_nn::model::config::ModelConfig::Adm(_) => "adm",
+            tweedie_nn::model::config::ModelConfig::Ncsnpp(_) => "ncsnpp",
         },
         converted.config_label,
         converted.tensors,

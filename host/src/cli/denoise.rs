@@ -11,7 +11,7 @@ use tweedie_core::noise;
 use tweedie_core::plan::PlanStep;
 
 use super::common::threads;
-use crate::denoiser::ModelArgs;
+use crate::cli::model_args::ModelArgs;
 use crate::image_io::{png_from_planes, read_image, to_planes};
 use crate::run::output::Outputs;
 

@@ -19,7 +19,7 @@ use serde_json::json;
 use tweedie_core::plan::StepPlan;
 
 use super::common::threads;
-use crate::denoiser::{Model, ModelArgs};
+use crate::cli::model_args::ModelArgs;
 use crate::eval::gaussian_fit::fit;
 use crate::eval::nearest::{nearest, Neighbour};
 use crate::eval::restoration::{Evaluated, Scores, Setup, FIGURE_SAMPLES, METHODS};
@@ -29,8 +29,9 @@ use crate::run::measurement::Task;
 use crate::run::output::{build_info, json_bytes, Outputs};
 use crate::run::plan::PlanArgs;
 use crate::run::progress::human_seconds;
-use crate::tensors::SafetensorsFile;
-use crate::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
+use tweedie_nn::denoiser::Model;
+use tweedie_nn::tensors::SafetensorsFile;
+use tweedie_nn::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
 
 const EXAMPLE: &str = "\
 Examples:

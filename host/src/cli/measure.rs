@@ -11,7 +11,7 @@ use clap::Args;
 use crate::image_io::{png_from_planes, read_image_native, to_planes};
 use crate::run::measurement::{parse_box, MeasureOptions, Measurement, Task};
 use crate::run::output::Outputs;
-use crate::weights::meta::DataRange;
+use tweedie_nn::weights::meta::DataRange;
 
 const EXAMPLE: &str = "\
 Examples:

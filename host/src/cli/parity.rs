@@ -9,13 +9,13 @@ use clap::Args;
 
 use super::common::{grouped, precision, resolve_config, threads};
 use super::EXIT_CHECK_FAILED;
-use crate::model::adm::forward::{forward, Input};
-use crate::model::adm::{AdmArch, AdmConfig};
-use crate::model::config::ModelConfig;
-use crate::model::ncsnpp::{self, NcsnppArch, NcsnppConfig, NcsnppModel};
-use crate::parity::{compare, TOL_ADM, TOL_F16, TOL_NCSNPP};
-use crate::tensors::{SafetensorsFile, TensorF32};
-use crate::weights::{Weights, WeightsMeta};
+use tweedie_nn::model::adm::forward::{forward, Input};
+use tweedie_nn::model::adm::{AdmArch, AdmConfig};
+use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::model::ncsnpp::{self, NcsnppArch, NcsnppConfig, NcsnppModel};
+use tweedie_nn::parity::{compare, TOL_ADM, TOL_F16, TOL_NCSNPP};
+use tweedie_nn::tensors::{SafetensorsFile, TensorF32};
+use tweedie_nn::weights::{Weights, WeightsMeta};
 
 const EXAMPLE: &str = "\
 Example:

@@ -17,13 +17,14 @@ use tweedie_core::ForwardOperator;
 
 use super::common::threads;
 use super::sample::{plan_len, run_json, write_samples, RunArgs};
-use crate::denoiser::{Model, ModelArgs};
+use crate::cli::model_args::ModelArgs;
 use crate::image_io::{png_from_planes, range_width, read_image, to_planes};
 use crate::run::measurement::{parse_box, MeasureOptions, Measurement, Task};
 use crate::run::output::{json_bytes, Outputs};
 use crate::run::plan::{PlanArgs, Purpose};
 use crate::run::progress::{human_seconds, Progress};
 use crate::run::runner::{run_chains, Job};
+use tweedie_nn::denoiser::Model;
 
 const EXAMPLE: &str = "\
 Examples:

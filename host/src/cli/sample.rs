@@ -11,13 +11,15 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::common::threads;
-use crate::backend::cuda::{self, Device, DeviceArgs, Resolved};
-use crate::denoiser::{Model, ModelArgs};
+use crate::cli::device::{self, Device, DeviceArgs};
+use crate::cli::model_args::ModelArgs;
 use crate::image_io::{grid_planes, grid_png, png_from_planes, to_planes};
 use crate::run::output::{build_info, json_bytes, safetensors_bytes, Outputs};
 use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
 use crate::run::progress::{human_seconds, Progress};
 use crate::run::runner::{run_chains, Job, RunOutput};
+use tweedie_nn::backend::cuda::Resolved;
+use tweedie_nn::denoiser::Model;
 
 const EXAMPLE: &str = "\
 Examples:
@@ -89,11 +91,11 @@ fn run_on_device(
         ));
         return run_chains(job, model, progress);
     }
-    match cuda::open(args.device, args.ptx.as_deref())? {
+    match device::open(args.device, args.ptx.as_deref())? {
         Resolved::Cpu => run_chains(job, model, progress),
         #[cfg(feature = "cuda")]
         Resolved::Cuda(gpu) => {
-            use crate::backend::ops::DeviceOps;
+            use tweedie_nn::backend::ops::DeviceOps;
             let tc = gpu.use_tensor_cores(args.tensor_cores);
             if args.tensor_cores && !tc {
                 progress
@@ -254,7 +256,7 @@ pub fn plan_len(plan: &AnyPlan) -> usize {
 
 /// `host sample ARGS…`'s model and unconditional plan, for tests that drive the runner.
 #[cfg(test)]
-pub(crate) fn model_and_plan(args: &[&str]) -> (crate::denoiser::Model, AnyPlan) {
+pub(crate) fn model_and_plan(args: &[&str]) -> (tweedie_nn::denoiser::Model, AnyPlan) {
     use clap::Parser;
     #[derive(Parser)]
     struct Cmd {

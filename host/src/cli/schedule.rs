@@ -10,7 +10,7 @@ use clap::Args;
 use image::{Rgb, RgbImage};
 use tweedie_core::plan::{PlanStep, StepPlan};
 
-use crate::denoiser::ModelArgs;
+use crate::cli::model_args::ModelArgs;
 use crate::run::measurement::Task;
 use crate::run::output::Outputs;
 use crate::run::plan::{PlanArgs, Purpose, PRESETS};

@@ -16,7 +16,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
-use crate::backend::cuda::{self, Device, Resolved};
+use crate::cli::device::{self, Device};
+use tweedie_nn::backend::cuda::Resolved;
 
 const EXAMPLE: &str = "\
 Example (on a GPU machine; scripts/gpu-check.sh runs it):
@@ -93,7 +94,7 @@ impl Report {
     fn flush(&self) -> Result<()> {
         if let Some(p) = &self.path {
             let text = serde_json::to_vec_pretty(&Value::Object(self.root.clone()))?;
-            crate::train::checkpoint::write_atomic(p, &text)?;
+            tweedie_nn::train::checkpoint::write_atomic(p, &text)?;
         }
         Ok(())
     }
@@ -104,7 +105,7 @@ pub fn run(args: &SelftestArgs) -> Result<ExitCode> {
     if args.device != Device::Cuda {
         bail!("selftest compares the GPU with the CPU path, so it runs only with --device cuda");
     }
-    let backend = cuda::open(Device::Cuda, args.ptx.as_deref())?;
+    let backend = device::open(Device::Cuda, args.ptx.as_deref())?;
     match backend {
         Resolved::Cpu => bail!("selftest needs a GPU and none was opened"),
         #[cfg(feature = "cuda")]
@@ -114,7 +115,7 @@ pub fn run(args: &SelftestArgs) -> Result<ExitCode> {
             let plan = checks::Plan {
                 golden: args.golden.as_deref(),
                 timing: (!args.no_timings)
-                    .then(|| (crate::model::adm::AdmConfig::ffhq256(), vec![1, 8])),
+                    .then(|| (tweedie_nn::model::adm::AdmConfig::ffhq256(), vec![1, 8])),
             };
             println!(
                 "gpu: {} (compute {}), driver API {}, {:.1} GiB",

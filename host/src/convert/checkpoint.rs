@@ -12,7 +12,7 @@ use safetensors::Dtype;
 
 use super::pickle::{unpickle, Limits, Object, Pickle, StorageDtype, TensorMeta};
 use super::zip::{printable, ZipIndex};
-use crate::weights::meta::WeightsSet;
+use tweedie_nn::weights::meta::WeightsSet;
 
 /// The prefix DataParallel adds to every state_dict key.
 pub const DATA_PARALLEL_PREFIX: &str = "module.";

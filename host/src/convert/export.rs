@@ -16,13 +16,13 @@ use tweedie_core::vp;
 use super::checkpoint::{Checkpoint, Layout};
 use super::pickle::{StorageDtype, TensorMeta};
 use super::zip::printable;
-use crate::model::adm::AdmArch;
-use crate::model::config::{ModelConfig, BUILTIN_NAMES};
-use crate::model::ncsnpp::NcsnppArch;
-use crate::model::spec::{parameter_count, TensorSpec};
-use crate::tensors::{decode_f16, SafetensorsFile};
-use crate::weights::meta::{DataRange, Kind, NetOutput, WeightsSet};
-use crate::weights::{Precision, StoredDtype, Weights, WeightsMeta, IGNORED_BUFFERS};
+use tweedie_nn::model::adm::AdmArch;
+use tweedie_nn::model::config::{ModelConfig, BUILTIN_NAMES};
+use tweedie_nn::model::ncsnpp::NcsnppArch;
+use tweedie_nn::tensors::{decode_f16, SafetensorsFile};
+use tweedie_nn::weights::meta::{DataRange, Kind, NetOutput, WeightsSet};
+use tweedie_nn::weights::spec::{parameter_count, TensorSpec};
+use tweedie_nn::weights::{Precision, StoredDtype, Weights, WeightsMeta, IGNORED_BUFFERS};
 
 /// What to convert and how.
 #[derive(Debug, Clone, Default)]
@@ -276,7 +276,7 @@ fn encode(dtype: Dtype, bytes: Vec<u8>, out: StoredDtype) -> Result<(Dtype, Vec<
         (StoredDtype::F32, Dtype::F32) => (Dtype::F32, bytes),
         (StoredDtype::F32, _) => {
             let mut v = vec![0f32; bytes.len() * 8 / dtype.bitsize()];
-            crate::tensors::decode_f32(dtype, &bytes, &mut v)?;
+            tweedie_nn::tensors::decode_f32(dtype, &bytes, &mut v)?;
             (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
         }
         (StoredDtype::F16, Dtype::F16) => (Dtype::F16, bytes),

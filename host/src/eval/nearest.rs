@@ -8,8 +8,8 @@
 
 use anyhow::{bail, Result};
 
-use crate::backend::pool::part;
-use crate::train::data::{Dataset, Preprocess};
+use tweedie_nn::backend::pool::part;
+use tweedie_nn::train::data::{Dataset, Preprocess};
 
 /// Training images converted per block.
 const BLOCK: usize = 256;
@@ -133,7 +133,7 @@ pub fn nearest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::data::DataRange;
+    use tweedie_nn::train::data::DataRange;
 
     fn dataset() -> Dataset {
         // 700 distinct 3×3 images (more than two blocks) with labels i mod 10.

@@ -10,12 +10,12 @@ use tweedie_core::ForwardOperator;
 
 use super::gaussian_fit::GaussianFit;
 use super::gaussian_mmse::{posterior_mean, SparseRows};
-use crate::denoiser::Model;
 use crate::image_io::range_width;
 use crate::run::measurement::{MeasureOptions, Measurement, Task};
 use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
 use crate::run::progress::Progress;
 use crate::run::runner::{run_chains, Job};
+use tweedie_nn::denoiser::Model;
 
 /// What every image is evaluated with.
 pub struct Setup<'a> {
@@ -212,7 +212,7 @@ mod tests {
             &x,
             (1, 8, 8),
             &opts,
-            crate::weights::meta::DataRange::MinusOneOne,
+            tweedie_nn::weights::meta::DataRange::MinusOneOne,
             None,
         )
         .unwrap()

@@ -17,12 +17,12 @@ use tweedie_core::tweedie::Parameterization;
 use super::plan::AnyPlan;
 use super::progress::Progress;
 use super::runner::{Job, RunOutput};
-use crate::backend::ops::{DeviceOps, UpdateStep};
-use crate::denoiser::network::NoiseInputKind;
-use crate::denoiser::{Model, Source};
-use crate::model::adm::device::DeviceAdm;
-use crate::model::adm::AdmArch;
-use crate::weights::Weights;
+use tweedie_nn::backend::ops::{DeviceOps, UpdateStep};
+use tweedie_nn::denoiser::network::NoiseInputKind;
+use tweedie_nn::denoiser::{Model, Source};
+use tweedie_nn::model::adm::device::DeviceAdm;
+use tweedie_nn::model::adm::AdmArch;
+use tweedie_nn::weights::Weights;
 
 /// Steps between reads of the non-finite flag (each read waits for the device).
 pub const CHECK_EVERY: usize = 10;
@@ -249,16 +249,16 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::backend::reference::ReferenceOps;
-    use crate::denoiser::network::AdmDenoiser;
-    use crate::model::config::ModelConfig;
     use crate::run::plan::FirstSteps;
-    use crate::tensors::SafetensorsFile;
-    use crate::testdata::golden;
-    use crate::weights::Precision;
     use tweedie_core::sampler::{init_state, run, Chains};
     use tweedie_core::tweedie::{NetKind, NetOutput};
     use tweedie_core::Preset;
+    use tweedie_nn::backend::reference::ReferenceOps;
+    use tweedie_nn::denoiser::network::AdmDenoiser;
+    use tweedie_nn::model::config::ModelConfig;
+    use tweedie_nn::tensors::SafetensorsFile;
+    use tweedie_nn::testdata::golden;
+    use tweedie_nn::weights::Precision;
 
     /// On the reference ops the device loop gives the CPU sampler's bits (adm_small, a few
     /// steps of the pretrained VP plan, chains 5 and 6).

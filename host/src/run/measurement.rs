@@ -15,8 +15,8 @@ use tweedie_core::operator::{
 use tweedie_core::{noise, Error, ForwardOperator};
 
 use super::output::safetensors_bytes;
-use crate::tensors::SafetensorsFile;
-use crate::weights::meta::DataRange;
+use tweedie_nn::tensors::SafetensorsFile;
+use tweedie_nn::weights::meta::DataRange;
 
 /// Inverse problems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]

@@ -12,8 +12,8 @@ use tweedie_core::plan::{
 };
 use tweedie_core::{vp, Error, Schedule, TimeMap};
 
-use crate::denoiser::Model;
-use crate::weights::meta::Kind;
+use tweedie_nn::denoiser::Model;
+use tweedie_nn::weights::meta::Kind;
 
 /// Noise schedules by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -501,7 +501,7 @@ impl<P: StepPlan> StepPlan for FirstSteps<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::denoiser::ModelArgs;
+    use crate::cli::model_args::ModelArgs;
     use clap::Parser;
 
     #[derive(Parser)]

@@ -24,8 +24,8 @@ use tweedie_core::Error;
 use super::measurement::AnyOperator;
 use super::plan::AnyPlan;
 use super::progress::Progress;
-use crate::denoiser::{Boxed, Model};
 use crate::image_io::{range_width, to_planes};
+use tweedie_nn::denoiser::{Boxed, Model};
 
 /// What to run.
 pub struct Job<'a> {
@@ -91,7 +91,7 @@ struct Watch<'a> {
     snapshots: Vec<(usize, Vec<u8>)>,
     truth: Option<&'a [f32]>,
     width: f64,
-    range: crate::weights::meta::DataRange,
+    range: tweedie_nn::weights::meta::DataRange,
     abort: &'a AtomicBool,
 }
 

@@ -17,16 +17,16 @@ use tweedie_core::{noise, Preset};
 use tweedie_kernels::{Conv2d, QkvOrder, WeightsRef};
 
 use super::Report;
-use crate::backend::ops::{DeviceOps, UpdateStep};
-use crate::backend::reference::ReferenceOps;
-use crate::denoiser::network::NoiseInputKind;
-use crate::model::adm::device::DeviceAdm;
-use crate::model::adm::{AdmArch, AdmConfig};
-use crate::model::config::ModelConfig;
 use crate::run::device::DeviceSampler;
 use crate::run::plan::FirstSteps;
-use crate::tensors::SafetensorsFile;
-use crate::weights::{Precision, Weights};
+use tweedie_nn::backend::ops::{DeviceOps, UpdateStep};
+use tweedie_nn::backend::reference::ReferenceOps;
+use tweedie_nn::denoiser::network::NoiseInputKind;
+use tweedie_nn::model::adm::device::DeviceAdm;
+use tweedie_nn::model::adm::{AdmArch, AdmConfig};
+use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::tensors::SafetensorsFile;
+use tweedie_nn::weights::{Precision, Weights};
 
 /// What to run besides the kernel checks.
 pub struct Plan<'a> {
@@ -751,7 +751,7 @@ fn timings<O: DeviceOps>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testdata::golden;
+    use tweedie_nn::testdata::golden;
 
     /// The whole harness with the reference ops as the "device": every check runs and passes
     /// (errors 0), and the report holds every section.

@@ -1,0 +1,325 @@
+//! The model flags: `--weights W.safetensors` (a network, with its `tweedie.*` metadata and the
+//! override flags of formats.md §3), `--weights bundled:NAME` or `--weights gaussian:MEAN,STD`
+//! (the closed-form Gaussian prior, for tests and demos), resolved once into a [`Model`].
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+use tweedie_core::tweedie::{NetKind, Parameterization};
+use tweedie_core::vp;
+
+use tweedie_nn::denoiser::gaussian::{parse_gaussian, GaussianPrior};
+use tweedie_nn::denoiser::network::NoiseInputKind;
+use tweedie_nn::denoiser::{default_range, Model, Source};
+use tweedie_nn::model::adm::AdmArch;
+use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::model::ncsnpp::{NcsnppArch, NcsnppModel};
+use tweedie_nn::tensors::SafetensorsFile;
+use tweedie_nn::weights::meta::{DataRange, Kind, NetOutput};
+use tweedie_nn::weights::{Weights, WeightsMeta};
+
+use super::common::{precision, resolve_config};
+use crate::bundled;
+
+/// The model flags shared by `sample`, `restore`, `denoise` (and `schedule`, without weights).
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ModelArgs {
+    /// Weights: a safetensors file, `bundled:NAME` for a model compiled into the binary
+    /// (default: bundled:mnist-vp), or `gaussian:MEAN,STD` for the closed-form Gaussian prior
+    /// (shape from --size/--channels, scale from --kind).
+    #[arg(long, value_name = "W.safetensors|bundled:NAME|gaussian:MEAN,STD")]
+    pub weights: Option<String>,
+    /// Model config: a JSON file or a built-in name (adm-ffhq256, ncsnpp-ffhq256). Overrides
+    /// the weights' `tweedie.config`.
+    #[arg(long, value_name = "C.json|NAME")]
+    pub config: Option<String>,
+    /// Network scale: vp or ve (overrides `tweedie.kind`; gaussian default ve).
+    #[arg(long, value_name = "vp|ve")]
+    pub kind: Option<String>,
+    /// Network output: eps, score or denoised (overrides `tweedie.output`).
+    #[arg(long, value_name = "eps|score|denoised")]
+    pub net_output: Option<String>,
+    /// Network noise input: t, sigma, log_sigma or log_sigma_x250 (overrides
+    /// `tweedie.noise_input`).
+    #[arg(long, value_name = "t|sigma|log_sigma|log_sigma_x250")]
+    pub noise_input: Option<String>,
+    /// Data range `-1,1` or `0,1` (overrides `tweedie.data_range`; default by kind: VP -1,1,
+    /// VE 0,1). Write `--data-range=-1,1`.
+    #[arg(long, value_name = "-1,1|0,1", allow_hyphen_values = true)]
+    pub data_range: Option<String>,
+    /// Smallest trained noise level (overrides `tweedie.sigma_min`; VE schedules use it).
+    #[arg(allow_hyphen_values = true, long, value_name = "S")]
+    pub sigma_min: Option<f64>,
+    /// Largest trained noise level (overrides `tweedie.sigma_max`).
+    #[arg(allow_hyphen_values = true, long, value_name = "S")]
+    pub sigma_max: Option<f64>,
+    /// Weights set recorded in the metadata: ema, model or raw (informational).
+    #[arg(long, value_name = "ema|model|raw")]
+    pub weights_set: Option<String>,
+    /// Image side for `gaussian:` weights.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub size: u64,
+    /// Image channels (1 or 3) for `gaussian:` weights.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3))]
+    pub channels: u64,
+    /// Store conv and linear weights as f16.
+    #[arg(long)]
+    pub f16: bool,
+}
+
+fn parse_flag<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T> {
+    parse(value).with_context(|| format!("--{flag} {value}: not an accepted value"))
+}
+
+/// The flag if given (warning when it differs from the metadata), else the metadata value.
+fn pick<T: PartialEq + Copy + std::fmt::Debug>(
+    flag_name: &str,
+    flag: Option<T>,
+    meta: Option<T>,
+    key: &str,
+    label: &str,
+) -> Option<T> {
+    if let (Some(f), Some(m)) = (flag, meta) {
+        if f != m {
+            eprintln!("warning: --{flag_name} {f:?} differs from {key} {m:?} in {label}; using --{flag_name}");
+        }
+    }
+    flag.or(meta)
+}
+
+impl ModelArgs {
+    /// The kind flag, parsed.
+    pub fn kind_flag(&self) -> Result<Option<Kind>> {
+        self.kind
+            .as_deref()
+            .map(|k| k.parse::<Kind>().with_context(|| format!("--kind {k}")))
+            .transpose()
+    }
+
+    fn data_range_flag(&self) -> Result<Option<DataRange>> {
+        self.data_range
+            .as_deref()
+            .map(|k| {
+                k.parse::<DataRange>()
+                    .with_context(|| format!("--data-range {k}"))
+            })
+            .transpose()
+    }
+
+    fn sigma_flags(&self) -> Result<()> {
+        for (name, v) in [("sigma-min", self.sigma_min), ("sigma-max", self.sigma_max)] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                bail!("--{name} {v}: must be a number > 0");
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.sigma_min, self.sigma_max) {
+            if lo >= hi {
+                bail!("--sigma-min {lo} is not below --sigma-max {hi}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the model `--weights` names; without `--weights`, the bundled default model.
+    pub fn load(&self) -> Result<Model> {
+        let default = format!("{}{}", bundled::PREFIX, bundled::DEFAULT);
+        let spec = self.weights.as_deref().unwrap_or(&default);
+        self.sigma_flags()?;
+        if let Some(rest) = spec.strip_prefix("gaussian:") {
+            return self.gaussian(spec, rest);
+        }
+        let file = match spec.strip_prefix(bundled::PREFIX) {
+            Some(name) => {
+                let model = bundled::find(name).with_context(|| {
+                    format!(
+                        "--weights {spec}: no such bundled model (have: {})",
+                        bundled::names()
+                    )
+                })?;
+                SafetensorsFile::from_bytes(model.bytes.to_vec(), spec.to_string())?
+            }
+            None => SafetensorsFile::open(Path::new(spec))?,
+        };
+        self.network(spec, file)
+    }
+
+    /// A model without weights (for `host schedule`): kind and σ range from the flags.
+    pub fn schedule_only(&self) -> Result<Model> {
+        if self.weights.is_some() {
+            return self.load();
+        }
+        self.sigma_flags()?;
+        self.gaussian("gaussian:0,1", "0,1")
+    }
+
+    fn gaussian(&self, spec: &str, rest: &str) -> Result<Model> {
+        let oracle = parse_gaussian(rest)?;
+        let kind = self.kind_flag()?.unwrap_or(Kind::Ve);
+        let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
+        let sigma_range = match kind {
+            Kind::Vp => (
+                self.sigma_min.unwrap_or(vp::SIGMA_MIN),
+                self.sigma_max.unwrap_or(vp::SIGMA_MAX),
+            ),
+            Kind::Ve => (
+                self.sigma_min.unwrap_or(tweedie_core::plan::VE_SIGMA_MIN),
+                self.sigma_max.unwrap_or(tweedie_core::plan::VE_SIGMA_MAX),
+            ),
+        };
+        let (channels, size) = (self.channels as usize, self.size as usize);
+        if channels == 2 {
+            bail!("--channels 2: images have 1 or 3 channels");
+        }
+        Ok(Model::new(
+            kind,
+            data_range,
+            Some(sigma_range),
+            channels,
+            size,
+            Source::Gaussian(GaussianPrior { oracle, kind }),
+            spec.to_string(),
+            json!({
+                "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
+                "gaussian_mean": oracle.mean, "gaussian_std": oracle.std,
+                "channels": channels, "size": size,
+            }),
+        ))
+    }
+
+    fn network(&self, spec: &str, file: SafetensorsFile) -> Result<Model> {
+        let label = file.label().to_string();
+        let meta =
+            WeightsMeta::parse(&file.metadata()?).map_err(|e| anyhow::anyhow!("{label}: {e:#}"))?;
+        for key in &meta.unknown {
+            eprintln!("warning: {label}: unknown metadata key {key} ignored");
+        }
+        let config = resolve_config(self.config.as_deref(), &meta, &label)?;
+        let kind = pick("kind", self.kind_flag()?, meta.kind, "tweedie.kind", &label)
+            .with_context(|| format!("{label} has no tweedie.kind metadata; pass --kind vp|ve"))?;
+        let out_flag = self
+            .net_output
+            .as_deref()
+            .map(|v| parse_flag("net-output", v, |s| s.parse::<NetOutput>().ok()))
+            .transpose()?;
+        let output = pick(
+            "net-output",
+            out_flag,
+            meta.output,
+            "tweedie.output",
+            &label,
+        )
+        .with_context(|| {
+            format!("{label} has no tweedie.output metadata; pass --net-output eps|score|denoised")
+        })?;
+        let noise_name = match (&self.noise_input, &meta.noise_input) {
+            (Some(f), Some(m)) if f != m => {
+                eprintln!("warning: --noise-input {f} differs from tweedie.noise_input {m} in {label}; using --noise-input");
+                f.clone()
+            }
+            (Some(f), _) => f.clone(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => bail!(
+                "{label} has no tweedie.noise_input metadata; pass --noise-input t|sigma|log_sigma"
+            ),
+        };
+        let noise_input = NoiseInputKind::parse(&noise_name).with_context(|| {
+            format!(
+                "noise input `{noise_name}` is not supported (t, sigma, log_sigma, log_sigma_x250)"
+            )
+        })?;
+        let data_range = pick(
+            "data-range",
+            self.data_range_flag()?,
+            meta.data_range,
+            "tweedie.data_range",
+            &label,
+        )
+        .unwrap_or(default_range(kind));
+        let sigma_min = pick(
+            "sigma-min",
+            self.sigma_min,
+            meta.sigma_min,
+            "tweedie.sigma_min",
+            &label,
+        );
+        let sigma_max = pick(
+            "sigma-max",
+            self.sigma_max,
+            meta.sigma_max,
+            "tweedie.sigma_max",
+            &label,
+        );
+        let sigma_range = match (kind, sigma_min, sigma_max) {
+            (_, Some(lo), Some(hi)) if lo < hi => Some((lo, hi)),
+            (_, Some(lo), Some(hi)) => bail!("sigma_min {lo} is not below sigma_max {hi}"),
+            (Kind::Vp, _, _) => Some((vp::SIGMA_MIN, vp::SIGMA_MAX)),
+            (Kind::Ve, _, _) => None,
+        };
+        if let ModelConfig::Ncsnpp(c) = &config {
+            // The NCSN++ forward itself forms the score of a VE network conditioned on σ.
+            if (kind, output, noise_name.as_str(), data_range)
+                != (Kind::Ve, NetOutput::Score, "sigma", DataRange::ZeroOne)
+            {
+                bail!("{label}: NCSN++ runs as kind ve, output score, noise input sigma, data range 0,1");
+            }
+            let arch = NcsnppArch::new(c)?;
+            let weights = Weights::load(&file, &arch.state_dict(), precision(self.f16))?;
+            NcsnppModel::new(&arch, &weights, 1)?; // resolves every tensor once, up front
+            let description = json!({
+                "weights": spec, "arch": "ncsnpp", "config": config.to_json(), "kind": "ve",
+                "output": "score", "noise_input": "sigma", "data_range": "0,1",
+                "sigma_range": sigma_range, "parameters": weights.parameter_count(),
+                "f16": self.f16, "source": meta.source,
+            });
+            return Ok(Model::new(
+                kind,
+                data_range,
+                sigma_range,
+                arch.channels(),
+                c.image_size,
+                Source::Ncsnpp {
+                    arch: Box::new(arch),
+                    weights: Box::new(weights),
+                },
+                label,
+                description,
+            ));
+        }
+        let config = config.adm()?.clone();
+        let arch = AdmArch::new(&config)?;
+        let weights = Weights::load(&file, &arch.state_dict(), precision(self.f16))?;
+        let net_kind = match kind {
+            Kind::Vp => NetKind::Vp,
+            Kind::Ve => NetKind::Ve,
+        };
+        let core_output = tweedie_core::tweedie::NetOutput::from_name(output.as_str())
+            .context("network output")?;
+        let param = Parameterization::new(net_kind, core_output);
+        let description = json!({
+            "weights": spec, "arch": "adm", "config": config.to_json(), "kind": kind.as_str(),
+            "output": output.as_str(), "noise_input": noise_name, "data_range": data_range.as_str(),
+            "sigma_range": sigma_range, "parameters": weights.parameter_count(),
+            "f16": self.f16, "weights_set": self.weights_set.clone()
+                .or(meta.weights_set.map(|w| w.as_str().to_string())),
+            "source": meta.source,
+        });
+        Ok(Model::new(
+            kind,
+            data_range,
+            sigma_range,
+            config.in_channels,
+            config.image_size,
+            Source::Adm {
+                arch: Box::new(arch),
+                weights: Box::new(weights),
+                param,
+                noise_input,
+            },
+            label,
+            description,
+        ))
+    }
+}

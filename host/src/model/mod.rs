@@ -1,6 +1,0 @@
-//! Network descriptions: configurations, architectures, expected state_dicts, forward passes.
-
-pub mod adm;
-pub mod config;
-pub mod ncsnpp;
-pub mod spec;

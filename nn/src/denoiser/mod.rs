@@ -1,0 +1,197 @@
+//! Denoisers for the sampler: a network (ADM or NCSN++) with its weights and parameterization,
+//! or the closed-form Gaussian prior.
+//!
+//! A [`Model`] is resolved once (the command line does that from `--weights` and the metadata);
+//! [`Model::make`] hands each worker thread its own `tweedie_core::Denoiser` (the network's
+//! weights are shared, read-only).
+
+pub mod gaussian;
+pub mod ncsnpp;
+pub mod network;
+
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use tweedie_core::tweedie::Parameterization;
+use tweedie_core::Denoiser;
+
+use crate::model::adm::AdmArch;
+use crate::model::ncsnpp::{NcsnppArch, NcsnppModel};
+use crate::weights::meta::{DataRange, Kind};
+use crate::weights::Weights;
+use gaussian::GaussianPrior;
+use ncsnpp::NcsnppDenoiser;
+use network::{AdmDenoiser, NoiseInputKind};
+
+/// Where D comes from.
+pub enum Source {
+    /// The closed-form Gaussian prior.
+    Gaussian(GaussianPrior),
+    /// guided-diffusion's ADM U-Net.
+    Adm {
+        /// Architecture.
+        arch: Box<AdmArch>,
+        /// Weights.
+        weights: Box<Weights>,
+        /// Output → D.
+        param: Parameterization,
+        /// Noise input.
+        noise_input: NoiseInputKind,
+    },
+    /// score_sde's NCSN++ (VE, score output, σ input, data in [0, 1]).
+    Ncsnpp {
+        /// Architecture.
+        arch: Box<NcsnppArch>,
+        /// Weights.
+        weights: Box<Weights>,
+    },
+}
+
+/// A resolved model: its scale, data range, trained noise range, image shape and source.
+pub struct Model {
+    /// VP or VE.
+    pub kind: Kind,
+    /// The data range images are mapped to.
+    pub data_range: DataRange,
+    /// (σ_min, σ_max) the network was trained on, if known (VP: the VP table).
+    pub sigma_range: Option<(f64, f64)>,
+    /// Channels.
+    pub channels: usize,
+    /// Image side.
+    pub size: usize,
+    /// The source of D.
+    pub source: Source,
+    /// What `--weights` said.
+    pub label: String,
+    /// A JSON description for run.json.
+    pub description: serde_json::Value,
+    error: Mutex<Option<String>>,
+}
+
+/// formats.md §1: VP models work on [-1, 1], VE models on [0, 1].
+pub fn default_range(kind: Kind) -> DataRange {
+    match kind {
+        Kind::Vp => DataRange::MinusOneOne,
+        Kind::Ve => DataRange::ZeroOne,
+    }
+}
+
+impl Model {
+    /// A resolved model; `label` names it in messages, `description` goes into run.json.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kind: Kind,
+        data_range: DataRange,
+        sigma_range: Option<(f64, f64)>,
+        channels: usize,
+        size: usize,
+        source: Source,
+        label: String,
+        description: serde_json::Value,
+    ) -> Model {
+        Model {
+            kind,
+            data_range,
+            sigma_range,
+            channels,
+            size,
+            source,
+            label,
+            description,
+            error: Mutex::new(None),
+        }
+    }
+
+    /// Elements per chain (C·H·W).
+    pub fn chain_len(&self) -> usize {
+        self.channels * self.size * self.size
+    }
+
+    /// How to use `threads`: (parallel workers, threads inside each denoiser). The Gaussian
+    /// prior parallelises over batches; a network parallelises inside its forward pass (one
+    /// copy of the activations).
+    pub fn split_threads(&self, threads: usize, batches: usize) -> (usize, usize) {
+        match self.source {
+            Source::Gaussian(_) => (threads.min(batches).max(1), 1),
+            Source::Adm { .. } | Source::Ncsnpp { .. } => (1, threads.max(1)),
+        }
+    }
+
+    /// A denoiser for one worker thread.
+    pub fn make(&self, threads: usize) -> Box<dyn Denoiser + Send + '_> {
+        match &self.source {
+            Source::Gaussian(g) => Box::new(*g),
+            Source::Adm {
+                arch,
+                weights,
+                param,
+                noise_input,
+            } => Box::new(AdmDenoiser::new(
+                arch,
+                weights,
+                *param,
+                *noise_input,
+                threads,
+                &self.error,
+            )),
+            // Checked at load: the model resolves (only threads = 0 could fail, excluded).
+            Source::Ncsnpp { arch, weights } => {
+                match NcsnppModel::new(arch, weights, threads.max(1)) {
+                    Ok(model) => Box::new(NcsnppDenoiser::new(model, &self.error)),
+                    Err(e) => {
+                        *self.error.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("{e:#}"));
+                        Box::new(Unavailable)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The network's own message for the last failed step, if any.
+    pub fn take_error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// The σ range or an error naming the flags (VE schedules need it).
+    pub fn require_sigma_range(&self) -> Result<(f64, f64)> {
+        self.sigma_range.with_context(|| {
+            format!(
+                "{} has no tweedie.sigma_min/tweedie.sigma_max metadata; pass --sigma-min and --sigma-max",
+                self.label
+            )
+        })
+    }
+}
+
+/// Stands in for a network that could not be built (its message is in `Model::take_error`).
+struct Unavailable;
+
+impl Denoiser for Unavailable {
+    fn denoise(
+        &mut self,
+        _: &[f32],
+        _: usize,
+        _: &tweedie_core::PlanStep,
+        _: &mut [f32],
+    ) -> Result<(), tweedie_core::Error> {
+        Err(tweedie_core::Error::Denoiser(
+            "the network could not be built",
+        ))
+    }
+}
+
+/// Adapts a boxed denoiser to core's generic drivers (`&mut impl Denoiser` needs a sized type).
+pub struct Boxed<'a>(pub Box<dyn Denoiser + Send + 'a>);
+
+impl Denoiser for Boxed<'_> {
+    fn denoise(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        step: &tweedie_core::PlanStep,
+        out: &mut [f32],
+    ) -> Result<(), tweedie_core::Error> {
+        self.0.denoise(x, batch, step, out)
+    }
+}

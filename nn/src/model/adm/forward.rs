@@ -1,0 +1,1028 @@
+//! The ADM forward pass (adm_unet.md §2–§6) on the CPU.
+//!
+//! [`AdmModel`] resolves every weight of an [`AdmArch`] once, plans the activation memory for
+//! one input size (the arena) and starts a worker pool; [`AdmModel::forward`] then runs any
+//! batch without allocating. Samples run one after the other through the same arena, and
+//! every layer is split between threads by output channels, groups or heads with the fixed
+//! rule of [`crate::backend::part`]; since the kernels compute every element in the same
+//! order whatever the split, a sample's output is bit-identical at any batch size and thread
+//! count.
+//!
+//! Memory: three work buffers of the largest activation (a block input after the skip
+//! concatenation, a GroupNorm output, a conv output), the encoder skip stack, the time
+//! embedding and one conv/attention scratch per thread. Within a layer the three buffers play
+//! the roles input / scratch / output and the output becomes the next input, so no layer
+//! allocates or copies beyond the skip push and the concatenation.
+
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Result};
+use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
+
+use super::arch::{
+    conv3x3, AdmArch, Block, Layer, QkvOrder, Updown, GROUPNORM_EPS, GROUPNORM_GROUPS, MAX_PERIOD,
+};
+use crate::backend::profile::{self, Kind};
+use crate::backend::Pool;
+use crate::weights::Weights;
+
+/// A batch of network inputs, NCHW.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// `[batch, in_channels, height, width]`, row-major.
+    pub x: &'a [f32],
+    /// One timestep per sample (0..999, fractional allowed).
+    pub t: &'a [f32],
+    /// Number of samples.
+    pub batch: usize,
+    /// Image height.
+    pub height: usize,
+    /// Image width.
+    pub width: usize,
+}
+
+/// Runs the network once: `out` is `[batch, out_channels, height, width]`. Builds an
+/// [`AdmModel`] for this call; to run repeatedly without allocating, keep an `AdmModel`.
+pub fn forward(
+    arch: &AdmArch,
+    weights: &Weights,
+    input: &Input<'_>,
+    threads: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    if threads == 0 {
+        bail!("forward: threads must be at least 1");
+    }
+    arch.check_input_size(input.height, input.width)?;
+    let mut model = AdmModel::new(arch, weights, input.height, input.width, threads)?;
+    model.forward(input, out)
+}
+
+/// Called after every top-level stage with (stage name, sample index, activation): the names
+/// of the golden `act.*` tensors without the prefix (`emb_sinusoidal`, `emb`,
+/// `input_blocks.N`, `middle_block`, `output_blocks.N`).
+pub type Observer<'a> = dyn FnMut(&str, usize, &[f32]) + 'a;
+
+/// A convolution with its weights.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConvP<'w> {
+    pub(super) conv: Conv2d,
+    pub(super) weight: WeightsRef<'w>,
+    pub(super) bias: &'w [f32],
+}
+
+/// GroupNorm32 affine parameters.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NormP<'w> {
+    pub(super) gamma: &'w [f32],
+    pub(super) beta: &'w [f32],
+}
+
+/// A Linear layer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LinearP<'w> {
+    pub(super) weight: WeightsRef<'w>,
+    pub(super) bias: &'w [f32],
+    pub(super) in_features: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct ResP<'w> {
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
+    pub(super) updown: Updown,
+    pub(super) scale_shift: bool,
+    pub(super) in_norm: NormP<'w>,
+    pub(super) in_conv: ConvP<'w>,
+    pub(super) emb: LinearP<'w>,
+    pub(super) out_norm: NormP<'w>,
+    pub(super) out_conv: ConvP<'w>,
+    pub(super) skip: Option<ConvP<'w>>,
+}
+
+#[derive(Debug)]
+pub(super) struct AttnP<'w> {
+    pub(super) channels: usize,
+    pub(super) heads: usize,
+    pub(super) order: k::QkvOrder,
+    pub(super) norm: NormP<'w>,
+    pub(super) qkv: ConvP<'w>,
+    pub(super) proj: ConvP<'w>,
+}
+
+#[derive(Debug)]
+pub(super) enum Op<'w> {
+    Conv(ConvP<'w>),
+    Res(Box<ResP<'w>>),
+    Attn(Box<AttnP<'w>>),
+    Down {
+        channels: usize,
+        conv: Option<ConvP<'w>>,
+    },
+    Up {
+        channels: usize,
+        conv: Option<ConvP<'w>>,
+    },
+}
+
+/// A layer: its PyTorch name, the downsample factor of its input, what it does.
+#[derive(Debug)]
+pub(super) struct LayerP<'w> {
+    pub(super) name: String,
+    pub(super) ds: usize,
+    pub(super) op: Op<'w>,
+}
+
+#[derive(Debug)]
+pub(super) struct BlockP<'w> {
+    pub(super) name: String,
+    pub(super) layers: Vec<LayerP<'w>>,
+    /// Channels of the decoder state entering an output block (before the concatenation).
+    pub(super) c_state: usize,
+    pub(super) skip_channels: usize,
+    pub(super) ds_in: usize,
+    pub(super) c_out: usize,
+    pub(super) ds_out: usize,
+}
+
+/// Activation memory for one input size, allocated once.
+#[derive(Debug)]
+struct Arena {
+    /// Three work buffers, each of `work_len` floats.
+    work: [Vec<f32>; 3],
+    /// The encoder outputs, back to back in push order.
+    skips: Vec<f32>,
+    /// Start of every input block's output inside `skips`.
+    skip_at: Vec<usize>,
+    emb_sin: Vec<f32>,
+    emb_hidden: Vec<f32>,
+    emb: Vec<f32>,
+    emb_silu: Vec<f32>,
+    /// A ResBlock's `emb_layers` output.
+    film: Vec<f32>,
+    /// Per thread: conv packing panels or one row of attention weights.
+    scratch: Vec<Mutex<Vec<f32>>>,
+}
+
+impl Arena {
+    fn bytes(&self) -> usize {
+        let floats = 3 * self.work[0].len()
+            + self.skips.len()
+            + self.emb_sin.len()
+            + self.emb_hidden.len()
+            + self.emb.len()
+            + self.emb_silu.len()
+            + self.film.len()
+            + self
+                .scratch
+                .iter()
+                .map(|s| s.lock().map_or(0, |s| s.len()))
+                .sum::<usize>();
+        4 * floats
+    }
+}
+
+/// The ADM U-Net ready to run on `height`×`width` inputs: resolved weights, arena, workers.
+#[derive(Debug)]
+pub struct AdmModel<'w> {
+    arch: AdmArch,
+    height: usize,
+    width: usize,
+    time: [LinearP<'w>; 2],
+    input_blocks: Vec<BlockP<'w>>,
+    middle: BlockP<'w>,
+    output_blocks: Vec<BlockP<'w>>,
+    out_norm: NormP<'w>,
+    out_conv: ConvP<'w>,
+    arena: Arena,
+    pool: Pool,
+}
+
+/// Looks up tensors by PyTorch name and checks their sizes.
+struct Resolver<'w> {
+    weights: &'w Weights,
+}
+
+impl<'w> Resolver<'w> {
+    fn any(&self, name: &str, len: usize) -> Result<WeightsRef<'w>> {
+        self.weights.kernel_ref(name, len)
+    }
+
+    fn f32(&self, name: &str, len: usize) -> Result<&'w [f32]> {
+        self.weights.f32_exact(name, len)
+    }
+
+    fn norm(&self, p: &str, c: usize) -> Result<NormP<'w>> {
+        Ok(NormP {
+            gamma: self.f32(&format!("{p}.weight"), c)?,
+            beta: self.f32(&format!("{p}.bias"), c)?,
+        })
+    }
+
+    fn conv(&self, p: &str, conv: Conv2d) -> Result<ConvP<'w>> {
+        let len = conv.c_out * conv.c_in * conv.kernel * conv.kernel;
+        Ok(ConvP {
+            conv,
+            weight: self.any(&format!("{p}.weight"), len)?,
+            bias: self.f32(&format!("{p}.bias"), conv.c_out)?,
+        })
+    }
+
+    fn linear(&self, p: &str, in_features: usize, out_features: usize) -> Result<LinearP<'w>> {
+        Ok(LinearP {
+            weight: self.any(&format!("{p}.weight"), in_features * out_features)?,
+            bias: self.f32(&format!("{p}.bias"), out_features)?,
+            in_features,
+        })
+    }
+
+    fn layer(&self, layer: &Layer) -> Result<LayerP<'w>> {
+        let name = layer.name().to_string();
+        let (ds, op) = match layer {
+            Layer::Conv(c) => (c.ds, Op::Conv(self.conv(&name, conv3x3(c.c_in, c.c_out))?)),
+            Layer::Res(r) => {
+                let emb_out = if r.scale_shift { 2 * r.c_out } else { r.c_out };
+                let skip = if r.c_in != r.c_out {
+                    let conv = Conv2d {
+                        c_in: r.c_in,
+                        c_out: r.c_out,
+                        kernel: 1,
+                        stride: 1,
+                        pad: 0,
+                    };
+                    Some(self.conv(&format!("{name}.skip_connection"), conv)?)
+                } else {
+                    None
+                };
+                let res = ResP {
+                    c_in: r.c_in,
+                    c_out: r.c_out,
+                    updown: r.updown,
+                    scale_shift: r.scale_shift,
+                    in_norm: self.norm(&format!("{name}.in_layers.0"), r.c_in)?,
+                    in_conv: self.conv(&format!("{name}.in_layers.2"), conv3x3(r.c_in, r.c_out))?,
+                    emb: self.linear(&format!("{name}.emb_layers.1"), r.emb_dim, emb_out)?,
+                    out_norm: self.norm(&format!("{name}.out_layers.0"), r.c_out)?,
+                    out_conv: self
+                        .conv(&format!("{name}.out_layers.3"), conv3x3(r.c_out, r.c_out))?,
+                    skip,
+                };
+                (r.ds, Op::Res(Box::new(res)))
+            }
+            Layer::Attention(a) => {
+                let c = a.channels;
+                let one = |c_out| Conv2d {
+                    c_in: c,
+                    c_out,
+                    kernel: 1,
+                    stride: 1,
+                    pad: 0,
+                };
+                let attn = AttnP {
+                    channels: c,
+                    heads: a.heads,
+                    order: match a.order {
+                        QkvOrder::Legacy => k::QkvOrder::Legacy,
+                        QkvOrder::New => k::QkvOrder::New,
+                    },
+                    norm: self.norm(&format!("{name}.norm"), c)?,
+                    qkv: self.conv(&format!("{name}.qkv"), one(3 * c))?,
+                    proj: self.conv(&format!("{name}.proj_out"), one(c))?,
+                };
+                (a.ds, Op::Attn(Box::new(attn)))
+            }
+            Layer::Downsample(r) => {
+                let conv = if r.use_conv {
+                    let stride2 = Conv2d {
+                        stride: 2,
+                        ..conv3x3(r.channels, r.channels)
+                    };
+                    Some(self.conv(&format!("{name}.op"), stride2)?)
+                } else {
+                    None
+                };
+                (
+                    r.ds,
+                    Op::Down {
+                        channels: r.channels,
+                        conv,
+                    },
+                )
+            }
+            Layer::Upsample(r) => {
+                let conv = if r.use_conv {
+                    Some(self.conv(&format!("{name}.conv"), conv3x3(r.channels, r.channels))?)
+                } else {
+                    None
+                };
+                (
+                    r.ds,
+                    Op::Up {
+                        channels: r.channels,
+                        conv,
+                    },
+                )
+            }
+        };
+        Ok(LayerP { name, ds, op })
+    }
+
+    fn block(&self, b: &Block) -> Result<BlockP<'w>> {
+        Ok(BlockP {
+            name: b.name.clone(),
+            layers: b
+                .layers
+                .iter()
+                .map(|l| self.layer(l))
+                .collect::<Result<_>>()?,
+            c_state: b.c_in - b.skip_channels,
+            skip_channels: b.skip_channels,
+            ds_in: b.ds_in,
+            c_out: b.c_out,
+            ds_out: b.ds_out,
+        })
+    }
+}
+
+/// Sizes the arena needs, from a walk over the layers at one input size.
+#[derive(Default)]
+pub(super) struct Needs {
+    pub(super) work: usize,
+    pub(super) scratch: usize,
+    pub(super) film: usize,
+}
+
+impl Needs {
+    fn work(&mut self, n: usize) {
+        self.work = self.work.max(n);
+    }
+
+    fn conv(&mut self, c: &ConvP, h: usize, w: usize) {
+        self.scratch = self.scratch.max(c.conv.scratch_len(h, w));
+        let (oh, ow) = c.conv.out_size(h, w);
+        self.work(c.conv.c_in * h * w);
+        self.work(c.conv.c_out * oh * ow);
+    }
+
+    fn layer(&mut self, l: &LayerP, h: usize, w: usize) {
+        let (h, w) = (h / l.ds, w / l.ds);
+        match &l.op {
+            Op::Conv(c) => self.conv(c, h, w),
+            Op::Res(r) => {
+                let (ho, wo) = r.updown.resampled(h, w);
+                self.work(r.c_in * h.max(ho) * w.max(wo));
+                self.conv(&r.in_conv, ho, wo);
+                self.conv(&r.out_conv, ho, wo);
+                if let Some(s) = &r.skip {
+                    self.conv(s, ho, wo);
+                }
+                self.film = self.film.max(r.emb.bias.len());
+            }
+            Op::Attn(a) => {
+                self.conv(&a.qkv, h, w);
+                self.conv(&a.proj, h, w);
+                self.scratch = self.scratch.max(k::attention_scratch_len(h * w));
+            }
+            Op::Down { channels, conv } => {
+                self.work(channels * h * w);
+                if let Some(c) = conv {
+                    self.conv(c, h, w);
+                }
+            }
+            Op::Up { channels, conv } => {
+                self.work(channels * 4 * h * w);
+                if let Some(c) = conv {
+                    self.conv(c, 2 * h, 2 * w);
+                }
+            }
+        }
+    }
+}
+
+/// Every tensor of an [`AdmArch`] resolved by name and size check, in layer order: the CPU
+/// forward runs from it and the device graph (`super::device`) uploads it.
+pub(super) struct Resolved<'w> {
+    pub(super) time: [LinearP<'w>; 2],
+    pub(super) input_blocks: Vec<BlockP<'w>>,
+    pub(super) middle: BlockP<'w>,
+    pub(super) output_blocks: Vec<BlockP<'w>>,
+    pub(super) out_norm: NormP<'w>,
+    pub(super) out_conv: ConvP<'w>,
+}
+
+/// Resolves every weight of `arch` (one clear error naming the first missing or mis-sized
+/// tensor).
+pub(super) fn resolve<'w>(arch: &AdmArch, weights: &'w Weights) -> Result<Resolved<'w>> {
+    let c = &arch.config;
+    let r = Resolver { weights };
+    let ted = arch.time_embed_dim;
+    let blocks = |bs: &[Block]| bs.iter().map(|b| r.block(b)).collect::<Result<Vec<_>>>();
+    Ok(Resolved {
+        time: [
+            r.linear("time_embed.0", c.model_channels, ted)?,
+            r.linear("time_embed.2", ted, ted)?,
+        ],
+        input_blocks: blocks(&arch.input_blocks)?,
+        middle: r.block(&arch.middle_block)?,
+        output_blocks: blocks(&arch.output_blocks)?,
+        out_norm: r.norm("out.0", arch.out.channels)?,
+        out_conv: r.conv("out.2", conv3x3(arch.out.channels, arch.out.out_channels))?,
+    })
+}
+
+/// Activation sizes of one sample at one input size: the work buffers, conv scratch and FiLM
+/// ([`Needs`]), and where each encoder output sits in the skip stack.
+pub(super) struct MemoryPlan {
+    pub(super) needs: Needs,
+    /// Start of every input block's output inside the skip stack.
+    pub(super) skip_at: Vec<usize>,
+    /// Floats of the whole skip stack.
+    pub(super) skip_len: usize,
+}
+
+impl MemoryPlan {
+    pub(super) fn new(r: &Resolved, in_channels: usize, height: usize, width: usize) -> MemoryPlan {
+        let (input_blocks, middle, output_blocks) = (&r.input_blocks, &r.middle, &r.output_blocks);
+        let mut needs = Needs::default();
+        needs.work(in_channels * height * width);
+        for b in input_blocks.iter().chain([middle]).chain(output_blocks) {
+            let hw = height / b.ds_in * (width / b.ds_in);
+            needs.work((b.c_state + b.skip_channels) * hw);
+            for l in &b.layers {
+                needs.layer(l, height, width);
+            }
+        }
+        let mut skip_at = Vec::with_capacity(input_blocks.len());
+        let mut skip_len = 0;
+        for b in input_blocks.iter() {
+            skip_at.push(skip_len);
+            skip_len += b.c_out * (height / b.ds_out) * (width / b.ds_out);
+        }
+        needs.conv(&r.out_conv, height, width);
+        MemoryPlan {
+            needs,
+            skip_at,
+            skip_len,
+        }
+    }
+}
+
+impl<'w> AdmModel<'w> {
+    /// Resolves the weights of `arch`, allocates the arena for `height`×`width` inputs and
+    /// starts `threads − 1` workers. Also enables the AVX2+FMA kernels where the CPU has them.
+    pub fn new(
+        arch: &AdmArch,
+        weights: &'w Weights,
+        height: usize,
+        width: usize,
+        threads: usize,
+    ) -> Result<AdmModel<'w>> {
+        if threads == 0 {
+            bail!("forward: threads must be at least 1");
+        }
+        arch.check_input_size(height, width)?;
+        crate::backend::enable_simd();
+        let c = &arch.config;
+        let ted = arch.time_embed_dim;
+        let resolved = resolve(arch, weights)?;
+        let MemoryPlan {
+            needs,
+            skip_at,
+            skip_len,
+        } = MemoryPlan::new(&resolved, c.in_channels, height, width);
+        let Resolved {
+            time,
+            input_blocks,
+            middle,
+            output_blocks,
+            out_norm,
+            out_conv,
+        } = resolved;
+        let scratch = (0..threads)
+            .map(|_| Mutex::new(vec![0.0; needs.scratch]))
+            .collect();
+        let arena = Arena {
+            work: std::array::from_fn(|_| vec![0.0; needs.work]),
+            skips: vec![0.0; skip_len],
+            skip_at,
+            emb_sin: vec![0.0; c.model_channels],
+            emb_hidden: vec![0.0; ted],
+            emb: vec![0.0; ted],
+            emb_silu: vec![0.0; ted],
+            film: vec![0.0; needs.film],
+            scratch,
+        };
+        Ok(AdmModel {
+            arch: arch.clone(),
+            height,
+            width,
+            time,
+            input_blocks,
+            middle,
+            output_blocks,
+            out_norm,
+            out_conv,
+            arena,
+            pool: Pool::new(threads),
+        })
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> &AdmArch {
+        &self.arch
+    }
+
+    /// The input (height, width) the arena was planned for.
+    pub fn size(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
+    /// Threads per layer.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Bytes of activation memory (work buffers, skip stack, embeddings, per-thread scratch).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.bytes()
+    }
+
+    /// Runs the network: `out` is `[batch, out_channels, height, width]` (channels
+    /// 0..in_channels are ε). Allocates nothing.
+    pub fn forward(&mut self, input: &Input<'_>, out: &mut [f32]) -> Result<()> {
+        self.forward_observed(input, out, &mut |_, _, _| {})
+    }
+
+    /// [`AdmModel::forward`], calling `observer` after every top-level stage of every sample.
+    pub fn forward_observed(
+        &mut self,
+        input: &Input<'_>,
+        out: &mut [f32],
+        observer: &mut Observer<'_>,
+    ) -> Result<()> {
+        let c = &self.arch.config;
+        let (n, h, w) = (input.batch, input.height, input.width);
+        if (h, w) != (self.height, self.width) {
+            bail!(
+                "forward: input is {h}x{w}, the model was planned for {}x{}",
+                self.height,
+                self.width
+            );
+        }
+        let (per_in, per_out) = (c.in_channels * h * w, c.out_channels * h * w);
+        if input.x.len() != n * per_in {
+            bail!(
+                "forward: x has {} values, expected {n}x{}x{h}x{w}",
+                input.x.len(),
+                c.in_channels
+            );
+        }
+        if input.t.len() != n {
+            bail!(
+                "forward: t has {} values, expected one per sample ({n})",
+                input.t.len()
+            );
+        }
+        if out.len() != n * per_out {
+            bail!(
+                "forward: out has {} values, expected {n}x{}x{h}x{w}",
+                out.len(),
+                c.out_channels
+            );
+        }
+        for (i, ((x, &t), o)) in input
+            .x
+            .chunks_exact(per_in)
+            .zip(input.t)
+            .zip(out.chunks_exact_mut(per_out))
+            .enumerate()
+        {
+            if !t.is_finite() {
+                bail!("forward: t[{i}] = {t} is not finite");
+            }
+            self.sample(x, t, o, &mut |name: &str, a: &[f32]| observer(name, i, a))?;
+        }
+        Ok(())
+    }
+
+    /// One sample through the whole network.
+    fn sample(
+        &mut self,
+        x: &[f32],
+        t: f32,
+        out: &mut [f32],
+        observe: &mut dyn FnMut(&str, &[f32]),
+    ) -> Result<()> {
+        let (height, width) = (self.height, self.width);
+        let pool = &self.pool;
+        let a = &mut self.arena;
+        let ctx = |e: KernelError, what: &str| anyhow!("{what}: {e}");
+
+        k::timestep_embedding(t, a.emb_sin.len(), MAX_PERIOD, &mut a.emb_sin)
+            .map_err(|e| ctx(e, "timestep_embedding"))?;
+        observe("emb_sinusoidal", &a.emb_sin);
+        linear(pool, &a.emb_sin, &self.time[0], &mut a.emb_hidden)
+            .map_err(|e| ctx(e, "time_embed.0"))?;
+        k::silu_inplace(&mut a.emb_hidden);
+        linear(pool, &a.emb_hidden, &self.time[1], &mut a.emb)
+            .map_err(|e| ctx(e, "time_embed.2"))?;
+        observe("emb", &a.emb);
+        a.emb_silu.copy_from_slice(&a.emb);
+        k::silu_inplace(&mut a.emb_silu);
+
+        let mut run = Runner {
+            pool,
+            work: &mut a.work,
+            scratch: &a.scratch,
+            film: &mut a.film,
+            emb_silu: &a.emb_silu,
+            cur: 0,
+            height,
+            width,
+        };
+        run.work[0][..x.len()].copy_from_slice(x);
+        for (b, &at) in self.input_blocks.iter().zip(&a.skip_at) {
+            run.block(b)?;
+            let len = b.c_out * (height / b.ds_out) * (width / b.ds_out);
+            let _p = profile::scope(Kind::Copy, 0);
+            let state = &run.work[run.cur][..len];
+            a.skips[at..at + len].copy_from_slice(state);
+            observe(&b.name, state);
+        }
+        run.block(&self.middle)?;
+        observe(&self.middle.name, run.state(&self.middle));
+        for (b, &at) in self.output_blocks.iter().zip(a.skip_at.iter().rev()) {
+            let hw = (height / b.ds_in) * (width / b.ds_in);
+            let (state, skip) = (b.c_state * hw, b.skip_channels * hw);
+            let [dst, _] = others(run.cur);
+            let p = profile::scope(Kind::Copy, 0);
+            let (src, cat) = pair(run.work, run.cur, dst);
+            cat[..state].copy_from_slice(&src[..state]);
+            cat[state..state + skip].copy_from_slice(&a.skips[at..at + skip]);
+            drop(p);
+            run.cur = dst;
+            run.block(b)?;
+            observe(&b.name, run.state(b));
+        }
+        let hw = height * width;
+        let ch = self.arch.out.channels;
+        let [tmp, _] = others(run.cur);
+        let (src, dst) = pair(run.work, run.cur, tmp);
+        group_norm(
+            pool,
+            &src[..ch * hw],
+            ch,
+            hw,
+            &self.out_norm,
+            None,
+            true,
+            &mut dst[..ch * hw],
+        )
+        .map_err(|e| ctx(e, "out.0"))?;
+        conv(
+            pool,
+            run.scratch,
+            &dst[..ch * hw],
+            height,
+            width,
+            &self.out_conv,
+            out,
+        )
+        .map_err(|e| ctx(e, "out.2"))
+    }
+}
+
+/// The two buffer indices other than `i`.
+pub(super) fn others(i: usize) -> [usize; 2] {
+    [(i + 1) % 3, (i + 2) % 3]
+}
+
+/// Buffer `src` shared and buffer `dst` mutable (`src != dst`).
+pub(super) fn pair<B>(work: &mut [B; 3], src: usize, dst: usize) -> (&B, &mut B) {
+    debug_assert_ne!(src, dst);
+    let [a, b, c] = work;
+    match (src, dst) {
+        (0, 1) => (a, b),
+        (0, 2) => (a, c),
+        (1, 0) => (b, a),
+        (1, 2) => (b, c),
+        (2, 0) => (c, a),
+        _ => (c, b),
+    }
+}
+
+/// Walks the layers of one sample through the three work buffers.
+struct Runner<'a> {
+    pool: &'a Pool,
+    work: &'a mut [Vec<f32>; 3],
+    scratch: &'a [Mutex<Vec<f32>>],
+    film: &'a mut [f32],
+    emb_silu: &'a [f32],
+    /// The buffer holding the current activation.
+    cur: usize,
+    height: usize,
+    width: usize,
+}
+
+impl Runner<'_> {
+    /// The block's output (in the current buffer).
+    fn state(&self, b: &BlockP) -> &[f32] {
+        let len = b.c_out * (self.height / b.ds_out) * (self.width / b.ds_out);
+        &self.work[self.cur][..len]
+    }
+
+    fn block(&mut self, b: &BlockP) -> Result<()> {
+        for l in &b.layers {
+            self.layer(l).map_err(|e| anyhow!("{}: {e}", l.name))?;
+        }
+        Ok(())
+    }
+
+    fn layer(&mut self, l: &LayerP) -> Result<(), KernelError> {
+        let (h, w) = (self.height / l.ds, self.width / l.ds);
+        match &l.op {
+            Op::Conv(c) => {
+                let [o, _] = others(self.cur);
+                self.conv(c, self.cur, o, h, w)?;
+                self.cur = o;
+            }
+            Op::Res(r) => self.res(r, h, w)?,
+            Op::Attn(a) => self.attention(a, h, w)?,
+            Op::Down { channels, conv } => {
+                let [a, _] = others(self.cur);
+                match conv {
+                    Some(c) => self.conv(c, self.cur, a, h, w)?,
+                    None => self.resample(Updown::Down, *channels, self.cur, a, h, w)?,
+                }
+                self.cur = a;
+            }
+            Op::Up { channels, conv } => {
+                let [a, b] = others(self.cur);
+                self.resample(Updown::Up, *channels, self.cur, a, h, w)?;
+                self.cur = a;
+                if let Some(c) = conv {
+                    self.conv(c, a, b, 2 * h, 2 * w)?;
+                    self.cur = b;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `work[dst] = conv(work[src])` for an `h`×`w` input.
+    fn conv(
+        &mut self,
+        c: &ConvP,
+        src: usize,
+        dst: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(), KernelError> {
+        let (oh, ow) = c.conv.out_size(h, w);
+        let (x, out) = pair(self.work, src, dst);
+        conv(
+            self.pool,
+            self.scratch,
+            &x[..c.conv.c_in * h * w],
+            h,
+            w,
+            c,
+            &mut out[..c.conv.c_out * oh * ow],
+        )
+    }
+
+    /// `work[dst] = R(work[src])` for `channels` maps of `h`×`w`.
+    fn resample(
+        &mut self,
+        r: Updown,
+        channels: usize,
+        src: usize,
+        dst: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(), KernelError> {
+        let (ho, wo) = r.resampled(h, w);
+        let _p = profile::scope(Kind::Resample, 0);
+        let (x, out) = pair(self.work, src, dst);
+        let x = &x[..channels * h * w];
+        self.pool.split(
+            &mut out[..channels * ho * wo],
+            channels,
+            1,
+            |_, cr, piece| {
+                match r {
+                    Updown::Up => k::upsample_nearest2x(x, h, w, cr, piece),
+                    Updown::Down => k::avg_pool2x2(x, h, w, cr, piece),
+                    Updown::None => piece.copy_from_slice(&x[cr.start * h * w..cr.end * h * w]),
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// `work[dst] += work[src]` over the first `channels·hw` values.
+    fn add(
+        &mut self,
+        src: usize,
+        dst: usize,
+        channels: usize,
+        hw: usize,
+    ) -> Result<(), KernelError> {
+        let _p = profile::scope(Kind::Add, 0);
+        let (x, out) = pair(self.work, src, dst);
+        let x = &x[..channels * hw];
+        self.pool
+            .split(&mut out[..channels * hw], channels, 1, |_, cr, piece| {
+                k::add_inplace(piece, &x[cr.start * hw..cr.end * hw]);
+                Ok(())
+            })
+    }
+
+    /// guided-diffusion ResBlock (adm_unet.md §4), input in `cur`, output in another buffer.
+    fn res(&mut self, r: &ResP, h: usize, w: usize) -> Result<(), KernelError> {
+        let x = self.cur;
+        let [a, b] = others(x);
+        let (ho, wo) = r.updown.resampled(h, w);
+        let (hw, hwo) = (h * w, ho * wo);
+        // emb_layers: Linear(SiLU(emb)) (the SiLU was applied once for all blocks).
+        let emb_out = r.emb.bias.len();
+        linear(self.pool, self.emb_silu, &r.emb, &mut self.film[..emb_out])?;
+        // in_layers: GroupNorm, SiLU, [resample], conv. `hb` holds h, `fb` is free.
+        {
+            let (src, dst) = pair(self.work, x, a);
+            group_norm(
+                self.pool,
+                &src[..r.c_in * hw],
+                r.c_in,
+                hw,
+                &r.in_norm,
+                None,
+                true,
+                &mut dst[..r.c_in * hw],
+            )?;
+        }
+        let (hb, fb) = if r.updown == Updown::None {
+            self.conv(&r.in_conv, a, b, h, w)?;
+            (b, a)
+        } else {
+            self.resample(r.updown, r.c_in, a, b, h, w)?;
+            self.conv(&r.in_conv, b, a, ho, wo)?;
+            (a, b)
+        };
+        let n = r.c_out * hwo;
+        let film = &self.film[..emb_out];
+        if !r.scale_shift {
+            // h + emb_out[:, :, None, None] before the whole out_layers.
+            let _p = profile::scope(Kind::Add, 0);
+            let (_, hbuf) = pair(self.work, fb, hb);
+            self.pool
+                .split(&mut hbuf[..n], r.c_out, 1, |_, cr, piece| {
+                    for (row, &e) in piece.chunks_exact_mut(hwo).zip(&film[cr]) {
+                        row.iter_mut().for_each(|v| *v += e);
+                    }
+                    Ok(())
+                })?;
+        }
+        // out_layers: GroupNorm (then FiLM: scale = first half, shift = second), SiLU, conv.
+        let film = r.scale_shift.then(|| film.split_at(r.c_out));
+        let (hsrc, dst) = pair(self.work, hb, fb);
+        group_norm(
+            self.pool,
+            &hsrc[..n],
+            r.c_out,
+            hwo,
+            &r.out_norm,
+            film,
+            true,
+            &mut dst[..n],
+        )?;
+        self.conv(&r.out_conv, fb, hb, ho, wo)?;
+        // skip_connection(x_upd(x)) + h.
+        let mut skip_src = x;
+        if r.updown != Updown::None {
+            self.resample(r.updown, r.c_in, x, fb, h, w)?;
+            skip_src = fb;
+        }
+        match &r.skip {
+            None => self.add(skip_src, hb, r.c_out, hwo)?,
+            Some(s) => {
+                let spare = if skip_src == x { fb } else { x };
+                self.conv(s, skip_src, spare, ho, wo)?;
+                self.add(spare, hb, r.c_out, hwo)?;
+            }
+        }
+        self.cur = hb;
+        Ok(())
+    }
+
+    /// guided-diffusion AttentionBlock (adm_unet.md §5): x + proj_out(attention(qkv(norm(x)))).
+    fn attention(&mut self, at: &AttnP, h: usize, w: usize) -> Result<(), KernelError> {
+        let x = self.cur;
+        let [a, b] = others(x);
+        let (c, t) = (at.channels, h * w);
+        {
+            let (src, dst) = pair(self.work, x, a);
+            group_norm(
+                self.pool,
+                &src[..c * t],
+                c,
+                t,
+                &at.norm,
+                None,
+                false,
+                &mut dst[..c * t],
+            )?;
+        }
+        self.conv(&at.qkv, a, b, h, w)?;
+        {
+            let (qkv, dst) = pair(self.work, b, a);
+            let qkv = &qkv[..3 * c * t];
+            let scratch = self.scratch;
+            let (heads, order) = (at.heads, at.order);
+            let _p = profile::scope(Kind::Attention, (2 * c * t * t) as u64);
+            self.pool
+                .split(&mut dst[..c * t], heads, 1, |i, hr, piece| {
+                    let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+                    k::qkv_attention(qkv, c, t, heads, order, hr, piece, &mut s)
+                })?;
+        }
+        self.conv(&at.proj, a, b, h, w)?;
+        self.add(x, b, c, t)?;
+        self.cur = b;
+        Ok(())
+    }
+}
+
+/// `out = linear(x)` split over output features.
+fn linear(pool: &Pool, x: &[f32], p: &LinearP, out: &mut [f32]) -> Result<(), KernelError> {
+    let n = out.len();
+    let _p = profile::scope(Kind::Linear, (n * p.in_features) as u64);
+    pool.split(out, n, 16, |_, o, piece| {
+        k::linear(x, p.weight, p.bias, p.in_features, o, piece)
+    })
+}
+
+/// GroupNorm32 (+FiLM, +SiLU) split over groups.
+#[allow(clippy::too_many_arguments)]
+fn group_norm(
+    pool: &Pool,
+    x: &[f32],
+    channels: usize,
+    hw: usize,
+    p: &NormP,
+    film: Option<(&[f32], &[f32])>,
+    silu: bool,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let _p = profile::scope(Kind::GroupNorm, 0);
+    pool.split(out, GROUPNORM_GROUPS, 1, |_, g, piece| {
+        k::group_norm(
+            x,
+            channels,
+            hw,
+            GROUPNORM_GROUPS,
+            GROUPNORM_EPS,
+            p.gamma,
+            p.beta,
+            film,
+            silu,
+            g,
+            piece,
+        )
+    })
+}
+
+/// A convolution split between threads: a map with more pixels than output channels by
+/// pixel ranges (each thread then packs only its own im2col columns), others by output
+/// channels in multiples of the microkernel's rows. The kernel computes every element in the
+/// same order either way, so the split never changes a bit.
+fn conv(
+    pool: &Pool,
+    scratch: &[Mutex<Vec<f32>>],
+    x: &[f32],
+    h: usize,
+    w: usize,
+    p: &ConvP,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let kind = if p.conv.kernel == 1 {
+        Kind::Conv1x1
+    } else {
+        Kind::Conv3x3
+    };
+    let k_total = p.conv.c_in * p.conv.kernel * p.conv.kernel;
+    let _p = profile::scope(kind, (out.len() * k_total) as u64);
+    let (oh, ow) = p.conv.out_size(h, w);
+    if oh * ow >= 2 * p.conv.c_out {
+        let isa = k::Isa::detected();
+        return pool.split_columns(out, p.conv.c_out, k::conv::NR, |i, px, rows| {
+            let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+            p.conv
+                .forward_pixels(isa, x, h, w, p.weight, p.bias, px, rows, &mut s)
+        });
+    }
+    pool.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
+        let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+        p.conv.forward(x, h, w, p.weight, p.bias, co, piece, &mut s)
+    })
+}

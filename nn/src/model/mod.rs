@@ -1,0 +1,5 @@
+//! Network descriptions: configurations, architectures, expected state_dicts, forward passes.
+
+pub mod adm;
+pub mod config;
+pub mod ncsnpp;

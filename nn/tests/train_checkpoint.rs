@@ -1,0 +1,174 @@
+//! Checkpoint files are read strictly: every tampered variant of a valid checkpoint is a
+//! clear error naming what is wrong; writes are atomic and leave no temporary file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use tweedie_nn::tensors::SafetensorsFile;
+use tweedie_nn::train::checkpoint::{export_weights, write_atomic, TrainState};
+use tweedie_nn::train::data::DataOrder;
+use tweedie_nn::train::ema::Ema;
+use tweedie_nn::train::optim::{AdamW, AdamWConfig};
+use tweedie_nn::train::params::ParamLayout;
+
+fn layout() -> ParamLayout {
+    ParamLayout::new([("w", vec![2, 3]), ("b", vec![2])]).unwrap()
+}
+
+fn state() -> TrainState {
+    let params: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
+    let mut optimizer = AdamW::new(AdamWConfig::default(), 8).unwrap();
+    let mut p = params.clone();
+    optimizer.step(&mut p, &[0.5; 8], 1e-3).unwrap();
+    let mut data = DataOrder::new(5, 3).unwrap();
+    data.next_batch(&mut [0; 7]).unwrap();
+    TrainState {
+        step: 1,
+        ema: Ema::new(0.999, &params).unwrap(),
+        params: p,
+        optimizer,
+        data,
+        metadata: BTreeMap::from([("tweedie.train".into(), "{}".into())]),
+    }
+}
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tweedie-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+
+/// Rewrites a valid checkpoint with `edit` applied to its tensors and metadata, then loads it.
+fn load_edited(tag: &str, edit: impl Fn(&mut Tensors, &mut HashMap<String, String>)) -> String {
+    let path = dir().join(format!("{tag}.safetensors"));
+    state().save(&path, &layout()).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Tensors = st
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.to_string(),
+                t.dtype(),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            )
+        })
+        .collect();
+    let mut meta = SafetensorsFile::open(&path).unwrap().metadata().unwrap();
+    edit(&mut tensors, &mut meta);
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    match TrainState::load(&path, &layout()) {
+        Ok(_) => panic!("{tag}: tampered checkpoint was accepted"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn round_trip_and_atomic_write() {
+    // Its own folder: the other tests write checkpoints concurrently.
+    let own = dir().join("atomic");
+    std::fs::create_dir_all(&own).unwrap();
+    let path = own.join("ok.safetensors");
+    let s = state();
+    s.save(&path, &layout()).unwrap();
+    s.save(&path, &layout()).unwrap(); // overwriting is fine
+    assert_eq!(TrainState::load(&path, &layout()).unwrap(), s);
+    let leftovers: Vec<_> = std::fs::read_dir(&own)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Writing into a missing folder fails cleanly.
+    assert!(write_atomic(&dir().join("no/such/file"), b"x").is_err());
+}
+
+#[test]
+fn tampered_checkpoints_are_refused() {
+    let e = load_edited("missing", |t, _| t.retain(|x| x.0 != "ema.b"));
+    assert!(e.contains("missing tensor `ema.b`"), "{e}");
+    let e = load_edited("extra", |t, _| {
+        t.push(("junk".into(), Dtype::F32, vec![1], vec![0; 4]))
+    });
+    assert!(e.contains("unexpected tensors: junk"), "{e}");
+    let e = load_edited("shape", |t, _| {
+        t.iter_mut().find(|x| x.0 == "model.w").unwrap().2 = vec![3, 2]
+    });
+    assert!(
+        e.contains("`model.w`") && e.contains("expected F32 [2, 3]"),
+        "{e}"
+    );
+    let e = load_edited("dtype", |t, _| {
+        let x = t.iter_mut().find(|x| x.0 == "exp_avg.b").unwrap();
+        (x.1, x.3) = (Dtype::F64, vec![0; 16]);
+    });
+    assert!(e.contains("`exp_avg.b` is F64"), "{e}");
+    let e = load_edited("nokey", |_, m| {
+        m.remove("tweedie.step");
+    });
+    assert!(e.contains("`tweedie.step` is missing"), "{e}");
+    let e = load_edited("badvalue", |_, m| {
+        m.insert("tweedie.adam.steps".into(), "-3".into());
+    });
+    assert!(e.contains("tweedie.adam.steps"), "{e}");
+    let e = load_edited("betas", |_, m| {
+        m.insert("tweedie.adam.betas".into(), "0.9".into());
+    });
+    assert!(e.contains("b1,b2"), "{e}");
+    let e = load_edited("position", |_, m| {
+        m.insert("tweedie.data.position".into(), "5".into());
+    });
+    assert!(e.contains("data position 5 out of range"), "{e}");
+    let e = load_edited("format", |_, m| {
+        m.insert("tweedie.checkpoint".into(), "2".into());
+    });
+    assert!(e.contains("format 2"), "{e}");
+    let e = load_edited("decay", |_, m| {
+        m.insert("tweedie.ema.decay".into(), "2".into());
+    });
+    assert!(e.contains("EMA"), "{e}");
+}
+
+#[test]
+fn wrong_files_and_layouts_are_refused() {
+    let path = dir().join("layout.safetensors");
+    state().save(&path, &layout()).unwrap();
+    let other = ParamLayout::new([("w", vec![2, 3]), ("c", vec![2])]).unwrap();
+    let e = format!("{:#}", TrainState::load(&path, &other).unwrap_err());
+    assert!(e.contains("unexpected tensors"), "{e}");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    let e = format!("{:#}", TrainState::load(&path, &layout()).unwrap_err());
+    assert!(e.contains("not a valid safetensors file"), "{e}");
+    assert!(TrainState::load(&dir().join("absent"), &layout()).is_err());
+    // Buffers that do not match the layout, or reserved metadata keys, are not saved.
+    let mut bad = state();
+    bad.params.pop();
+    assert!(bad.save(&path, &layout()).is_err());
+    let mut bad = state();
+    bad.metadata.insert("tweedie.step".into(), "9".into());
+    assert!(bad.save(&path, &layout()).is_err());
+}
+
+#[test]
+fn exported_weights_use_state_dict_names() {
+    let path = dir().join("ema.safetensors");
+    let s = state();
+    let meta = BTreeMap::from([("tweedie.weights_set".to_string(), "ema".to_string())]);
+    export_weights(&path, &layout(), s.ema.weights(), &meta).unwrap();
+    let f = SafetensorsFile::open(&path).unwrap();
+    let w = f.tensor_f32("w").unwrap();
+    assert_eq!(w.shape, vec![2, 3]);
+    assert_eq!(w.data, s.ema.weights()[..6].to_vec());
+    assert_eq!(f.metadata().unwrap()["tweedie.weights_set"], "ema");
+    assert!(export_weights(&path, &layout(), &[0.0; 3], &meta).is_err());
+}
