@@ -10,7 +10,7 @@ use tweedie_core::sampler::{update_element, ChainNoise};
 use tweedie_core::tweedie::{output_to_denoised, NetOutput};
 use tweedie_kernels::{self as k, Conv2d, KernelError, QkvOrder, WeightsRef};
 
-use super::ops::{check_chains, need, DeviceOps, UpdateStep};
+use super::ops::{DeviceOps, UpdateStep};
 
 /// Weights as stored in the file.
 pub enum OwnedWeights {
@@ -45,6 +45,13 @@ impl DeviceOps for ReferenceOps {
         b.len()
     }
 
+    fn weights_len(&self, w: &OwnedWeights) -> usize {
+        match w {
+            OwnedWeights::F32(v) => v.len(),
+            OwnedWeights::F16(v) => v.len(),
+        }
+    }
+
     fn alloc(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
     }
@@ -53,8 +60,7 @@ impl DeviceOps for ReferenceOps {
         Ok(v.to_vec())
     }
 
-    fn write(&self, b: &mut Vec<f32>, v: &[f32]) -> Result<()> {
-        need("write", v.len(), b.len())?;
+    fn write_raw(&self, b: &mut Vec<f32>, v: &[f32]) -> Result<()> {
         b[..v.len()].copy_from_slice(v);
         Ok(())
     }
@@ -66,8 +72,7 @@ impl DeviceOps for ReferenceOps {
         })
     }
 
-    fn read(&self, b: &Vec<f32>, out: &mut [f32]) -> Result<()> {
-        need("read", out.len(), b.len())?;
+    fn read_raw(&self, b: &Vec<f32>, out: &mut [f32]) -> Result<()> {
         out.copy_from_slice(&b[..out.len()]);
         Ok(())
     }
@@ -80,7 +85,7 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn fill_noise(
+    fn fill_noise_raw(
         &self,
         out: &mut Vec<f32>,
         n: usize,
@@ -89,12 +94,11 @@ impl DeviceOps for ReferenceOps {
         counter: u64,
         first: u64,
     ) -> Result<()> {
-        need("noise", n, out.len())?;
         noise::fill_gaussian(&mut out[..n], seed, chain, counter, first);
         Ok(())
     }
 
-    fn conv2d(
+    fn conv2d_raw(
         &self,
         conv: &Conv2d,
         x: &Vec<f32>,
@@ -107,8 +111,6 @@ impl DeviceOps for ReferenceOps {
     ) -> Result<()> {
         let (oh, ow) = conv.out_size(h, w);
         let (per_in, per_out) = (conv.c_in * h * w, conv.c_out * oh * ow);
-        need("conv2d input", batch * per_in, x.len())?;
-        need("conv2d output", batch * per_out, out.len())?;
         let mut scratch = vec![0.0; conv.scratch_len(h, w)];
         for b in 0..batch {
             conv.forward(
@@ -126,7 +128,7 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn group_norm(
+    fn group_norm_raw(
         &self,
         x: &Vec<f32>,
         gamma: &Vec<f32>,
@@ -141,11 +143,6 @@ impl DeviceOps for ReferenceOps {
         silu: bool,
     ) -> Result<()> {
         let per = channels * hw;
-        need("group norm input", batch * per, x.len())?;
-        need("group norm output", batch * per, out.len())?;
-        if let Some(f) = film {
-            need("FiLM", batch * 2 * channels, f.len())?;
-        }
         for b in 0..batch {
             let film = film.map(|f| f[2 * b * channels..][..2 * channels].split_at(channels));
             k::group_norm(
@@ -166,7 +163,7 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn linear(
+    fn linear_raw(
         &self,
         x: &Vec<f32>,
         w: &OwnedWeights,
@@ -176,8 +173,6 @@ impl DeviceOps for ReferenceOps {
         in_features: usize,
         out_features: usize,
     ) -> Result<()> {
-        need("linear input", batch * in_features, x.len())?;
-        need("linear output", batch * out_features, y.len())?;
         for b in 0..batch {
             k::linear(
                 &x[b * in_features..][..in_features],
@@ -192,22 +187,17 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn silu(&self, x: &mut Vec<f32>, n: usize) -> Result<()> {
-        need("silu", n, x.len())?;
+    fn silu_raw(&self, x: &mut Vec<f32>, n: usize) -> Result<()> {
         k::silu_inplace(&mut x[..n]);
         Ok(())
     }
 
-    fn add(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) -> Result<()> {
-        need("add destination", n, dst.len())?;
-        need("add source", n, src.len())?;
+    fn add_raw(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) -> Result<()> {
         k::add_inplace(&mut dst[..n], &src[..n]);
         Ok(())
     }
 
-    fn scale(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize, factor: f32) -> Result<()> {
-        need("scale destination", n, dst.len())?;
-        need("scale source", n, src.len())?;
+    fn scale_raw(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize, factor: f32) -> Result<()> {
         for (d, &s) in dst[..n].iter_mut().zip(&src[..n]) {
             *d = factor * s;
         }
@@ -218,7 +208,7 @@ impl DeviceOps for ReferenceOps {
         k::attention_scratch_len(t)
     }
 
-    fn attention(
+    fn attention_raw(
         &self,
         qkv: &Vec<f32>,
         scratch: &mut Vec<f32>,
@@ -230,8 +220,6 @@ impl DeviceOps for ReferenceOps {
         order: QkvOrder,
     ) -> Result<()> {
         let (per_in, per_out) = (3 * channels * t, channels * t);
-        need("attention qkv", batch * per_in, qkv.len())?;
-        need("attention output", batch * per_out, out.len())?;
         for b in 0..batch {
             k::qkv_attention(
                 &qkv[b * per_in..][..per_in],
@@ -248,7 +236,7 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn upsample2x(
+    fn upsample2x_raw(
         &self,
         x: &Vec<f32>,
         out: &mut Vec<f32>,
@@ -256,13 +244,11 @@ impl DeviceOps for ReferenceOps {
         h: usize,
         w: usize,
     ) -> Result<()> {
-        need("upsample input", planes * h * w, x.len())?;
-        need("upsample output", planes * 4 * h * w, out.len())?;
         k::upsample_nearest2x(x, h, w, 0..planes, &mut out[..planes * 4 * h * w]);
         Ok(())
     }
 
-    fn avg_pool2x2(
+    fn avg_pool2x2_raw(
         &self,
         x: &Vec<f32>,
         out: &mut Vec<f32>,
@@ -270,13 +256,11 @@ impl DeviceOps for ReferenceOps {
         h: usize,
         w: usize,
     ) -> Result<()> {
-        need("avg pool input", planes * h * w, x.len())?;
-        need("avg pool output", planes * (h / 2) * (w / 2), out.len())?;
         k::avg_pool2x2(x, h, w, 0..planes, &mut out[..planes * (h / 2) * (w / 2)]);
         Ok(())
     }
 
-    fn copy_channels(
+    fn copy_channels_raw(
         &self,
         dst: &mut Vec<f32>,
         src: &Vec<f32>,
@@ -291,8 +275,6 @@ impl DeviceOps for ReferenceOps {
                 "copy channels: {src_c} channels at {first} exceed {dst_c}"
             ));
         }
-        need("copy source", batch * src_c * hw, src.len())?;
-        need("copy destination", batch * dst_c * hw, dst.len())?;
         for b in 0..batch {
             let s = &src[b * src_c * hw..][..src_c * hw];
             dst[(b * dst_c + first) * hw..][..src_c * hw].copy_from_slice(s);
@@ -300,7 +282,7 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn add_channel_bias(
+    fn add_channel_bias_raw(
         &self,
         x: &mut Vec<f32>,
         bias: &Vec<f32>,
@@ -309,10 +291,6 @@ impl DeviceOps for ReferenceOps {
         channels: usize,
         hw: usize,
     ) -> Result<()> {
-        need("bias target", batch * channels * hw, x.len())?;
-        if batch > 0 {
-            need("bias", (batch - 1) * stride + channels, bias.len())?;
-        }
         for b in 0..batch {
             for c in 0..channels {
                 let e = bias[b * stride + c];
@@ -324,7 +302,7 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn timestep_embedding(
+    fn timestep_embedding_raw(
         &self,
         t: &Vec<f32>,
         out: &mut Vec<f32>,
@@ -332,8 +310,6 @@ impl DeviceOps for ReferenceOps {
         dim: usize,
         max_period: f32,
     ) -> Result<()> {
-        need("timestep input", batch, t.len())?;
-        need("timestep embedding", batch * dim, out.len())?;
         for b in 0..batch {
             k::timestep_embedding(t[b], dim, max_period, &mut out[b * dim..][..dim])
                 .map_err(kernel("timestep embedding"))?;
@@ -341,7 +317,7 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn init_state(
+    fn init_state_raw(
         &self,
         x: &mut Vec<f32>,
         n: usize,
@@ -350,8 +326,6 @@ impl DeviceOps for ReferenceOps {
         seed: u64,
         first_chain: u64,
     ) -> Result<()> {
-        check_chains("init state", n, chain_len)?;
-        need("state", n, x.len())?;
         for (i, v) in x[..n].iter_mut().enumerate() {
             let (c, e) = (i / chain_len, i % chain_len);
             let z = noise::gaussian(seed, first_chain + c as u64, noise::COUNTER_INIT, e as u64);
@@ -360,7 +334,7 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn denoised_from_output(
+    fn denoised_from_output_raw(
         &self,
         d: &mut Vec<f32>,
         x: &Vec<f32>,
@@ -371,10 +345,6 @@ impl DeviceOps for ReferenceOps {
         output: NetOutput,
         coef: f64,
     ) -> Result<()> {
-        check_chains("denoised", n, chain_len)?;
-        need("denoised", n, d.len())?;
-        need("state", n, x.len())?;
-        need("network output", n / chain_len * net_stride, net.len())?;
         for (i, v) in d[..n].iter_mut().enumerate() {
             let y = net[i / chain_len * net_stride + i % chain_len];
             *v = match output {
@@ -385,7 +355,7 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn template_update(
+    fn template_update_raw(
         &self,
         x: &mut Vec<f32>,
         denoised: &Vec<f32>,
@@ -395,12 +365,6 @@ impl DeviceOps for ReferenceOps {
         step: &UpdateStep,
         _check: bool,
     ) -> Result<bool> {
-        check_chains("template update", n, chain_len)?;
-        need("state", n, x.len())?;
-        need("denoised", n, denoised.len())?;
-        if let Some(g) = lik_grad {
-            need("likelihood gradient", n, g.len())?;
-        }
         let mut nonfinite = false;
         for (i, v) in x[..n].iter_mut().enumerate() {
             let key = ChainNoise {

@@ -2,4 +2,5 @@
 
 pub mod adm;
 pub mod config;
+pub mod layers;
 pub mod ncsnpp;

@@ -16,7 +16,7 @@ use half::f16;
 use tweedie_core::tweedie::NetOutput;
 use tweedie_kernels::{Conv2d, QkvOrder, WeightsRef};
 
-use crate::backend::ops::{check_chains, need, DeviceOps, UpdateStep};
+use crate::backend::ops::{DeviceOps, UpdateStep};
 
 use super::{embedded_ptx, PtxSource};
 
@@ -129,13 +129,6 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit a kernel's u32"))
 }
 
-fn weights_len(w: &DevWeights) -> usize {
-    match w {
-        DevWeights::F32(v) => v.len(),
-        DevWeights::F16(v) => v.len(),
-    }
-}
-
 impl CudaBackend {
     /// Opens GPU 0 (first, so a machine without one says so whatever the other arguments),
     /// then loads the PTX from `ptx` or the embedded module (JIT-compiled here, once).
@@ -209,6 +202,13 @@ impl DeviceOps for CudaBackend {
     type Buf = CudaSlice<f32>;
     type Weights = DevWeights;
 
+    fn weights_len(&self, w: &DevWeights) -> usize {
+        match w {
+            DevWeights::F32(v) => v.len(),
+            DevWeights::F16(v) => v.len(),
+        }
+    }
+
     fn len(&self, b: &CudaSlice<f32>) -> usize {
         b.len()
     }
@@ -222,8 +222,7 @@ impl DeviceOps for CudaBackend {
         Ok(self.stream.clone_htod(v)?)
     }
 
-    fn write(&self, b: &mut CudaSlice<f32>, v: &[f32]) -> Result<()> {
-        need("write", v.len(), b.len())?;
+    fn write_raw(&self, b: &mut CudaSlice<f32>, v: &[f32]) -> Result<()> {
         let mut dst = b.slice_mut(0..v.len());
         Ok(self.stream.memcpy_htod(v, &mut dst)?)
     }
@@ -235,8 +234,7 @@ impl DeviceOps for CudaBackend {
         })
     }
 
-    fn read(&self, b: &CudaSlice<f32>, out: &mut [f32]) -> Result<()> {
-        need("read", out.len(), b.len())?;
+    fn read_raw(&self, b: &CudaSlice<f32>, out: &mut [f32]) -> Result<()> {
         let src = b.slice(0..out.len());
         Ok(self.stream.memcpy_dtoh(&src, out)?)
     }
@@ -259,7 +257,7 @@ impl DeviceOps for CudaBackend {
         Ok(self.stream.synchronize()?)
     }
 
-    fn fill_noise(
+    fn fill_noise_raw(
         &self,
         out: &mut CudaSlice<f32>,
         n: usize,
@@ -268,7 +266,6 @@ impl DeviceOps for CudaBackend {
         counter: u64,
         first: u64,
     ) -> Result<()> {
-        need("noise", n, out.len())?;
         let n32 = u32_of(n, "noise length")?;
         self.launch("noise_gaussian_f32", grid_1d(n)?, |lb| {
             lb.arg(out)
@@ -280,7 +277,7 @@ impl DeviceOps for CudaBackend {
         })
     }
 
-    fn conv2d(
+    fn conv2d_raw(
         &self,
         conv: &Conv2d,
         x: &CudaSlice<f32>,
@@ -292,14 +289,6 @@ impl DeviceOps for CudaBackend {
         batch: usize,
     ) -> Result<()> {
         let (oh, ow) = conv.out_size(h, w);
-        if oh == 0 || ow == 0 || conv.stride == 0 || conv.kernel == 0 || batch == 0 {
-            bail!("conv2d: empty output for {conv:?} on {h}x{w}, batch {batch}");
-        }
-        need("conv2d input", batch * conv.c_in * h * w, x.len())?;
-        need("conv2d output", batch * conv.c_out * oh * ow, out.len())?;
-        need("conv2d bias", conv.c_out, bias.len())?;
-        let kk = conv.c_out * conv.c_in * conv.kernel * conv.kernel;
-        need("conv2d weight", kk, weights_len(weight))?;
         let cfg = LaunchConfig {
             grid_dim: (
                 u32_of(oh * ow, "pixels")?.div_ceil(CONV_TILE_N),
@@ -341,7 +330,7 @@ impl DeviceOps for CudaBackend {
         })
     }
 
-    fn group_norm(
+    fn group_norm_raw(
         &self,
         x: &CudaSlice<f32>,
         gamma: &CudaSlice<f32>,
@@ -355,16 +344,6 @@ impl DeviceOps for CudaBackend {
         eps: f32,
         silu: bool,
     ) -> Result<()> {
-        if groups == 0 || !channels.is_multiple_of(groups) || hw == 0 || batch == 0 {
-            bail!("group norm: channels {channels} not a multiple of groups {groups}, or an empty input");
-        }
-        need("group norm input", batch * channels * hw, x.len())?;
-        need("group norm output", batch * channels * hw, out.len())?;
-        need("group norm gamma", channels, gamma.len())?;
-        need("group norm beta", channels, beta.len())?;
-        if let Some(f) = film {
-            need("FiLM", batch * 2 * channels, f.len())?;
-        }
         let cfg = LaunchConfig {
             grid_dim: (u32_of(groups, "groups")?, u32_of(batch, "batch")?, 1),
             block_dim: (GN_THREADS, 1, 1),
@@ -387,7 +366,7 @@ impl DeviceOps for CudaBackend {
         })
     }
 
-    fn linear(
+    fn linear_raw(
         &self,
         x: &CudaSlice<f32>,
         w: &DevWeights,
@@ -397,10 +376,6 @@ impl DeviceOps for CudaBackend {
         in_features: usize,
         out_features: usize,
     ) -> Result<()> {
-        need("linear input", batch * in_features, x.len())?;
-        need("linear output", batch * out_features, y.len())?;
-        need("linear bias", out_features, bias.len())?;
-        need("linear weight", out_features * in_features, weights_len(w))?;
         let (b, i, o) = (
             u32_of(batch, "batch")?,
             u32_of(in_features, "in")?,
@@ -420,32 +395,27 @@ impl DeviceOps for CudaBackend {
         })
     }
 
-    fn silu(&self, x: &mut CudaSlice<f32>, n: usize) -> Result<()> {
-        need("silu", n, x.len())?;
+    fn silu_raw(&self, x: &mut CudaSlice<f32>, n: usize) -> Result<()> {
         let n32 = u32_of(n, "length")?;
         self.launch("silu_f32", grid_1d(n)?, |lb| {
             lb.arg(x).arg(&n32);
         })
     }
 
-    fn add(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>, n: usize) -> Result<()> {
-        need("add destination", n, dst.len())?;
-        need("add source", n, src.len())?;
+    fn add_raw(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>, n: usize) -> Result<()> {
         let n32 = u32_of(n, "length")?;
         self.launch("add_f32", grid_1d(n)?, |lb| {
             lb.arg(dst).arg(src).arg(&n32);
         })
     }
 
-    fn scale(
+    fn scale_raw(
         &self,
         dst: &mut CudaSlice<f32>,
         src: &CudaSlice<f32>,
         n: usize,
         factor: f32,
     ) -> Result<()> {
-        need("scale destination", n, dst.len())?;
-        need("scale source", n, src.len())?;
         let n32 = u32_of(n, "length")?;
         self.launch("scale_f32", grid_1d(n)?, |lb| {
             lb.arg(dst).arg(src).arg(&n32).arg(&factor);
@@ -456,7 +426,7 @@ impl DeviceOps for CudaBackend {
         batch * heads * t * t
     }
 
-    fn attention(
+    fn attention_raw(
         &self,
         qkv: &CudaSlice<f32>,
         scratch: &mut CudaSlice<f32>,
@@ -467,12 +437,6 @@ impl DeviceOps for CudaBackend {
         heads: usize,
         order: QkvOrder,
     ) -> Result<()> {
-        if heads == 0 || !channels.is_multiple_of(heads) || t == 0 {
-            bail!("attention: channels {channels} not a multiple of heads {heads}, or T = 0");
-        }
-        need("attention qkv", batch * 3 * channels * t, qkv.len())?;
-        need("attention output", batch * channels * t, out.len())?;
-        need("attention scratch", batch * heads * t * t, scratch.len())?;
         let (b, c, tt, hd) = (
             u32_of(batch, "batch")?,
             u32_of(channels, "channels")?,
@@ -505,7 +469,7 @@ impl DeviceOps for CudaBackend {
         )
     }
 
-    fn upsample2x(
+    fn upsample2x_raw(
         &self,
         x: &CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
@@ -513,8 +477,6 @@ impl DeviceOps for CudaBackend {
         h: usize,
         w: usize,
     ) -> Result<()> {
-        need("upsample input", planes * h * w, x.len())?;
-        need("upsample output", planes * 4 * h * w, out.len())?;
         let (p, h32, w32) = (u32_of(planes, "planes")?, u32_of(h, "h")?, u32_of(w, "w")?);
         self.launch(
             "upsample_nearest2x_f32",
@@ -525,7 +487,7 @@ impl DeviceOps for CudaBackend {
         )
     }
 
-    fn avg_pool2x2(
+    fn avg_pool2x2_raw(
         &self,
         x: &CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
@@ -533,8 +495,6 @@ impl DeviceOps for CudaBackend {
         h: usize,
         w: usize,
     ) -> Result<()> {
-        need("avg pool input", planes * h * w, x.len())?;
-        need("avg pool output", planes * (h / 2) * (w / 2), out.len())?;
         let (p, h32, w32) = (u32_of(planes, "planes")?, u32_of(h, "h")?, u32_of(w, "w")?);
         self.launch(
             "avg_pool2x2_f32",
@@ -545,7 +505,7 @@ impl DeviceOps for CudaBackend {
         )
     }
 
-    fn copy_channels(
+    fn copy_channels_raw(
         &self,
         dst: &mut CudaSlice<f32>,
         src: &CudaSlice<f32>,
@@ -555,11 +515,6 @@ impl DeviceOps for CudaBackend {
         first: usize,
         hw: usize,
     ) -> Result<()> {
-        if first + src_c > dst_c {
-            bail!("copy channels: {src_c} channels at {first} exceed {dst_c}");
-        }
-        need("copy source", batch * src_c * hw, src.len())?;
-        need("copy destination", batch * dst_c * hw, dst.len())?;
         let a = [batch, src_c, dst_c, first, hw].map(|v| v as u32);
         u32_of(batch * dst_c * hw, "copy length")?;
         self.launch("copy_channels_f32", grid_1d(batch * src_c * hw)?, |lb| {
@@ -570,7 +525,7 @@ impl DeviceOps for CudaBackend {
         })
     }
 
-    fn add_channel_bias(
+    fn add_channel_bias_raw(
         &self,
         x: &mut CudaSlice<f32>,
         bias: &CudaSlice<f32>,
@@ -579,10 +534,6 @@ impl DeviceOps for CudaBackend {
         channels: usize,
         hw: usize,
     ) -> Result<()> {
-        need("bias target", batch * channels * hw, x.len())?;
-        if batch > 0 {
-            need("bias", (batch - 1) * stride + channels, bias.len())?;
-        }
         u32_of(batch * channels * hw, "bias target length")?;
         let a = [stride, batch, channels, hw].map(|v| v as u32);
         self.launch(
@@ -597,7 +548,7 @@ impl DeviceOps for CudaBackend {
         )
     }
 
-    fn timestep_embedding(
+    fn timestep_embedding_raw(
         &self,
         t: &CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
@@ -605,15 +556,13 @@ impl DeviceOps for CudaBackend {
         dim: usize,
         max_period: f32,
     ) -> Result<()> {
-        need("timestep input", batch, t.len())?;
-        need("timestep embedding", batch * dim, out.len())?;
         let (b, d) = (u32_of(batch, "batch")?, u32_of(dim, "dim")?);
         self.launch("timestep_embedding_f32", grid_1d(batch * dim)?, |lb| {
             lb.arg(t).arg(out).arg(&b).arg(&d).arg(&max_period);
         })
     }
 
-    fn init_state(
+    fn init_state_raw(
         &self,
         x: &mut CudaSlice<f32>,
         n: usize,
@@ -622,8 +571,6 @@ impl DeviceOps for CudaBackend {
         seed: u64,
         first_chain: u64,
     ) -> Result<()> {
-        check_chains("init state", n, chain_len)?;
-        need("state", n, x.len())?;
         let (n32, cl) = (u32_of(n, "state length")?, u32_of(chain_len, "chain_len")?);
         self.launch("init_state_f32", grid_1d(n)?, |lb| {
             lb.arg(x)
@@ -635,7 +582,7 @@ impl DeviceOps for CudaBackend {
         })
     }
 
-    fn denoised_from_output(
+    fn denoised_from_output_raw(
         &self,
         d: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
@@ -646,10 +593,6 @@ impl DeviceOps for CudaBackend {
         output: NetOutput,
         coef: f64,
     ) -> Result<()> {
-        check_chains("denoised", n, chain_len)?;
-        need("denoised", n, d.len())?;
-        need("state", n, x.len())?;
-        need("network output", n / chain_len * net_stride, net.len())?;
         let a = [
             u32_of(n, "state length")?,
             u32_of(chain_len, "chain_len")?,
@@ -669,7 +612,7 @@ impl DeviceOps for CudaBackend {
         })
     }
 
-    fn template_update(
+    fn template_update_raw(
         &self,
         x: &mut CudaSlice<f32>,
         denoised: &CudaSlice<f32>,
@@ -679,12 +622,6 @@ impl DeviceOps for CudaBackend {
         step: &UpdateStep,
         check: bool,
     ) -> Result<bool> {
-        check_chains("template update", n, chain_len)?;
-        need("state", n, x.len())?;
-        need("denoised", n, denoised.len())?;
-        if let Some(g) = lik_grad {
-            need("likelihood gradient", n, g.len())?;
-        }
         let (n32, cl) = (u32_of(n, "state length")?, u32_of(chain_len, "chain_len")?);
         let null = 0u64;
         let c = &step.coef;

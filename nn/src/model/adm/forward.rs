@@ -17,13 +17,15 @@
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
-use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
+use tweedie_kernels::{self as k, Conv2d, KernelError};
 
 use super::arch::{
     conv3x3, AdmArch, Block, Layer, QkvOrder, Updown, GROUPNORM_EPS, GROUPNORM_GROUPS, MAX_PERIOD,
 };
 use crate::backend::profile::{self, Kind};
 use crate::backend::Pool;
+use crate::model::layers::{conv, group_norm, linear, ParamResolver};
+pub(super) use crate::model::layers::{ConvP, LinearP, NormP};
 use crate::weights::Weights;
 
 /// A batch of network inputs, NCHW.
@@ -62,29 +64,6 @@ pub fn forward(
 /// of the golden `act.*` tensors without the prefix (`emb_sinusoidal`, `emb`,
 /// `input_blocks.N`, `middle_block`, `output_blocks.N`).
 pub type Observer<'a> = dyn FnMut(&str, usize, &[f32]) + 'a;
-
-/// A convolution with its weights.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ConvP<'w> {
-    pub(super) conv: Conv2d,
-    pub(super) weight: WeightsRef<'w>,
-    pub(super) bias: &'w [f32],
-}
-
-/// GroupNorm32 affine parameters.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct NormP<'w> {
-    pub(super) gamma: &'w [f32],
-    pub(super) beta: &'w [f32],
-}
-
-/// A Linear layer.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct LinearP<'w> {
-    pub(super) weight: WeightsRef<'w>,
-    pub(super) bias: &'w [f32],
-    pub(super) in_features: usize,
-}
 
 #[derive(Debug)]
 pub(super) struct ResP<'w> {
@@ -198,42 +177,22 @@ pub struct AdmModel<'w> {
     pool: Pool,
 }
 
-/// Looks up tensors by PyTorch name and checks their sizes.
+/// Resolves the ADM's layers by their PyTorch names.
 struct Resolver<'w> {
-    weights: &'w Weights,
+    params: ParamResolver<'w>,
 }
 
 impl<'w> Resolver<'w> {
-    fn any(&self, name: &str, len: usize) -> Result<WeightsRef<'w>> {
-        self.weights.kernel_ref(name, len)
-    }
-
-    fn f32(&self, name: &str, len: usize) -> Result<&'w [f32]> {
-        self.weights.f32_exact(name, len)
-    }
-
     fn norm(&self, p: &str, c: usize) -> Result<NormP<'w>> {
-        Ok(NormP {
-            gamma: self.f32(&format!("{p}.weight"), c)?,
-            beta: self.f32(&format!("{p}.bias"), c)?,
-        })
+        self.params.norm(p, c, GROUPNORM_GROUPS, GROUPNORM_EPS)
     }
 
     fn conv(&self, p: &str, conv: Conv2d) -> Result<ConvP<'w>> {
-        let len = conv.c_out * conv.c_in * conv.kernel * conv.kernel;
-        Ok(ConvP {
-            conv,
-            weight: self.any(&format!("{p}.weight"), len)?,
-            bias: self.f32(&format!("{p}.bias"), conv.c_out)?,
-        })
+        self.params.conv(p, conv)
     }
 
     fn linear(&self, p: &str, in_features: usize, out_features: usize) -> Result<LinearP<'w>> {
-        Ok(LinearP {
-            weight: self.any(&format!("{p}.weight"), in_features * out_features)?,
-            bias: self.f32(&format!("{p}.bias"), out_features)?,
-            in_features,
-        })
+        self.params.linear(p, in_features, out_features)
     }
 
     fn layer(&self, layer: &Layer) -> Result<LayerP<'w>> {
@@ -414,7 +373,9 @@ pub(super) struct Resolved<'w> {
 /// tensor).
 pub(super) fn resolve<'w>(arch: &AdmArch, weights: &'w Weights) -> Result<Resolved<'w>> {
     let c = &arch.config;
-    let r = Resolver { weights };
+    let r = Resolver {
+        params: ParamResolver { weights },
+    };
     let ted = arch.time_embed_dim;
     let blocks = |bs: &[Block]| bs.iter().map(|b| r.block(b)).collect::<Result<Vec<_>>>();
     Ok(Resolved {
@@ -671,7 +632,6 @@ impl<'w> AdmModel<'w> {
         group_norm(
             pool,
             &src[..ch * hw],
-            ch,
             hw,
             &self.out_norm,
             None,
@@ -853,7 +813,6 @@ impl Runner<'_> {
             group_norm(
                 self.pool,
                 &src[..r.c_in * hw],
-                r.c_in,
                 hw,
                 &r.in_norm,
                 None,
@@ -889,7 +848,6 @@ impl Runner<'_> {
         group_norm(
             self.pool,
             &hsrc[..n],
-            r.c_out,
             hwo,
             &r.out_norm,
             film,
@@ -925,7 +883,6 @@ impl Runner<'_> {
             group_norm(
                 self.pool,
                 &src[..c * t],
-                c,
                 t,
                 &at.norm,
                 None,
@@ -951,78 +908,4 @@ impl Runner<'_> {
         self.cur = b;
         Ok(())
     }
-}
-
-/// `out = linear(x)` split over output features.
-fn linear(pool: &Pool, x: &[f32], p: &LinearP, out: &mut [f32]) -> Result<(), KernelError> {
-    let n = out.len();
-    let _p = profile::scope(Kind::Linear, (n * p.in_features) as u64);
-    pool.split(out, n, 16, |_, o, piece| {
-        k::linear(x, p.weight, p.bias, p.in_features, o, piece)
-    })
-}
-
-/// GroupNorm32 (+FiLM, +SiLU) split over groups.
-#[allow(clippy::too_many_arguments)]
-fn group_norm(
-    pool: &Pool,
-    x: &[f32],
-    channels: usize,
-    hw: usize,
-    p: &NormP,
-    film: Option<(&[f32], &[f32])>,
-    silu: bool,
-    out: &mut [f32],
-) -> Result<(), KernelError> {
-    let _p = profile::scope(Kind::GroupNorm, 0);
-    pool.split(out, GROUPNORM_GROUPS, 1, |_, g, piece| {
-        k::group_norm(
-            x,
-            channels,
-            hw,
-            GROUPNORM_GROUPS,
-            GROUPNORM_EPS,
-            p.gamma,
-            p.beta,
-            film,
-            silu,
-            g,
-            piece,
-        )
-    })
-}
-
-/// A convolution split between threads: a map with more pixels than output channels by
-/// pixel ranges (each thread then packs only its own im2col columns), others by output
-/// channels in multiples of the microkernel's rows. The kernel computes every element in the
-/// same order either way, so the split never changes a bit.
-fn conv(
-    pool: &Pool,
-    scratch: &[Mutex<Vec<f32>>],
-    x: &[f32],
-    h: usize,
-    w: usize,
-    p: &ConvP,
-    out: &mut [f32],
-) -> Result<(), KernelError> {
-    let kind = if p.conv.kernel == 1 {
-        Kind::Conv1x1
-    } else {
-        Kind::Conv3x3
-    };
-    let k_total = p.conv.c_in * p.conv.kernel * p.conv.kernel;
-    let _p = profile::scope(kind, (out.len() * k_total) as u64);
-    let (oh, ow) = p.conv.out_size(h, w);
-    if oh * ow >= 2 * p.conv.c_out {
-        let isa = k::Isa::detected();
-        return pool.split_columns(out, p.conv.c_out, k::conv::NR, |i, px, rows| {
-            let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-            p.conv
-                .forward_pixels(isa, x, h, w, p.weight, p.bias, px, rows, &mut s)
-        });
-    }
-    pool.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
-        let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-        p.conv.forward(x, h, w, p.weight, p.bias, co, piece, &mut s)
-    })
 }

@@ -20,7 +20,8 @@ use anyhow::{anyhow, bail, Result};
 use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
 
 use super::arch::{groupnorm_groups, Module, NcsnppArch, Op, ResBlock, Updown, GROUPNORM_EPS};
-use crate::backend::Pool;
+use crate::backend::{enable_simd, Pool};
+use crate::model::layers::{conv, group_norm, linear, ConvP, LinearP, NormP, ParamResolver};
 use crate::weights::Weights;
 
 /// A batch of network inputs, NCHW, in the data range the network was trained on
@@ -99,27 +100,6 @@ where
 }
 
 #[derive(Debug, Clone, Copy)]
-struct ConvP<'w> {
-    conv: Conv2d,
-    weight: WeightsRef<'w>,
-    bias: &'w [f32],
-}
-
-#[derive(Debug, Clone, Copy)]
-struct NormP<'w> {
-    channels: usize,
-    gamma: &'w [f32],
-    beta: &'w [f32],
-}
-
-#[derive(Debug, Clone, Copy)]
-struct LinearP<'w> {
-    weight: WeightsRef<'w>,
-    bias: &'w [f32],
-    in_features: usize,
-}
-
-#[derive(Debug, Clone, Copy)]
 struct NinP<'w> {
     weight: WeightsRef<'w>,
     bias: &'w [f32],
@@ -155,28 +135,27 @@ enum ModP<'w> {
     Norm(NormP<'w>),
 }
 
-/// Looks up tensors by PyTorch name and checks their sizes.
+/// Resolves NCSN++'s `all_modules.N` by their PyTorch names.
 struct Resolver<'w> {
-    weights: &'w Weights,
+    params: ParamResolver<'w>,
 }
 
 impl<'w> Resolver<'w> {
     fn any(&self, name: &str, len: usize) -> Result<WeightsRef<'w>> {
-        self.weights.kernel_ref(name, len)
+        self.params.any(name, len)
     }
 
     fn f32(&self, name: &str, len: usize) -> Result<&'w [f32]> {
-        self.weights.f32_exact(name, len)
+        self.params.f32(name, len)
     }
 
+    /// GroupNorm with min(C/4, 32) groups and eps 1e-6.
     fn norm(&self, p: &str, channels: usize) -> Result<NormP<'w>> {
-        Ok(NormP {
-            channels,
-            gamma: self.f32(&format!("{p}.weight"), channels)?,
-            beta: self.f32(&format!("{p}.bias"), channels)?,
-        })
+        self.params
+            .norm(p, channels, groupnorm_groups(channels), GROUPNORM_EPS)
     }
 
+    /// A 'same' convolution (stride 1, padding kernel/2).
     fn conv(&self, p: &str, c_in: usize, c_out: usize, kernel: usize) -> Result<ConvP<'w>> {
         let conv = Conv2d {
             c_in,
@@ -185,19 +164,11 @@ impl<'w> Resolver<'w> {
             stride: 1,
             pad: kernel / 2,
         };
-        Ok(ConvP {
-            conv,
-            weight: self.any(&format!("{p}.weight"), c_out * c_in * kernel * kernel)?,
-            bias: self.f32(&format!("{p}.bias"), c_out)?,
-        })
+        self.params.conv(p, conv)
     }
 
     fn linear(&self, p: &str, in_features: usize, out_features: usize) -> Result<LinearP<'w>> {
-        Ok(LinearP {
-            weight: self.any(&format!("{p}.weight"), in_features * out_features)?,
-            bias: self.f32(&format!("{p}.bias"), out_features)?,
-            in_features,
-        })
+        self.params.linear(p, in_features, out_features)
     }
 
     fn module(&self, i: usize, m: &Module, temb: usize) -> Result<ModP<'w>> {
@@ -332,7 +303,9 @@ impl<'w> NcsnppModel<'w> {
             bail!("forward: threads must be at least 1");
         }
         enable_simd();
-        let r = Resolver { weights };
+        let r = Resolver {
+            params: ParamResolver { weights },
+        };
         let params = arch
             .modules
             .iter()
@@ -516,15 +489,6 @@ impl<'w> NcsnppModel<'w> {
     }
 }
 
-/// Lets the convolution use AVX2+FMA when this CPU has them (idempotent).
-fn enable_simd() {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { k::enable_avx2_fma() };
-    }
-}
-
 /// Dry run of the program: work-buffer size, scratch, Dense width and the skip-stack slots.
 fn plan(arch: &NcsnppArch, params: &[ModP]) -> Result<Needs> {
     let s = arch.config.image_size;
@@ -656,6 +620,7 @@ impl Runner<'_, '_> {
                     &self.arena.scratch,
                     &self.arena.x_scaled,
                     res,
+                    res,
                     &cv,
                     &mut self.arena.work[o][..cv.conv.c_out * hw(res)],
                 )
@@ -725,6 +690,7 @@ impl Runner<'_, '_> {
             &self.arena.scratch,
             &x[..c.conv.c_in * res * res],
             res,
+            res,
             c,
             &mut out[..c.conv.c_out * res * res],
         )
@@ -741,7 +707,7 @@ impl Runner<'_, '_> {
     ) -> Result<(), KernelError> {
         let n = p.channels * hw;
         let (x, out) = two(&mut self.arena.work, src, dst);
-        group_norm(self.pool, &x[..n], hw, p, silu, &mut out[..n])
+        group_norm(self.pool, &x[..n], hw, p, None, silu, &mut out[..n])
     }
 
     /// `work[dst] = FIR-resample(work[src])` over `channels` maps of width `res`.
@@ -923,6 +889,7 @@ impl Runner<'_, '_> {
                 &a.scratch,
                 pyr,
                 self.res,
+                self.res,
                 cv,
                 &mut a.work[o][..self.c * hw],
             )?;
@@ -968,6 +935,7 @@ impl Runner<'_, '_> {
                 &a.scratch,
                 &a.work[o][..n],
                 res,
+                res,
                 cv,
                 &mut a.head[..m],
             )?;
@@ -1007,14 +975,6 @@ fn conv_p<'w>(params: &[ModP<'w>], i: usize) -> Result<ConvP<'w>> {
     }
 }
 
-/// `out = linear(x)` split over output features.
-fn linear(pool: &Pool, x: &[f32], p: &LinearP, out: &mut [f32]) -> Result<(), KernelError> {
-    let n = out.len();
-    pool.split(out, n, 16, |_, o, piece| {
-        k::linear(x, p.weight, p.bias, p.in_features, o, piece)
-    })
-}
-
 /// `out = NIN(x)` over `t` positions, split over output channels.
 fn nin(
     pool: &Pool,
@@ -1027,50 +987,6 @@ fn nin(
     let c_out = p.bias.len();
     pool.split(out, c_out, 8, |_, o, piece| {
         k::nin(x, c_in, t, p.weight, p.bias, o, piece)
-    })
-}
-
-/// GroupNorm with min(C/4, 32) groups and eps 1e-6 (+ SiLU), split over groups.
-fn group_norm(
-    pool: &Pool,
-    x: &[f32],
-    hw: usize,
-    p: &NormP,
-    silu: bool,
-    out: &mut [f32],
-) -> Result<(), KernelError> {
-    let groups = groupnorm_groups(p.channels);
-    pool.split(out, groups, 1, |_, g, piece| {
-        k::group_norm(
-            x,
-            p.channels,
-            hw,
-            groups,
-            GROUPNORM_EPS,
-            p.gamma,
-            p.beta,
-            None,
-            silu,
-            g,
-            piece,
-        )
-    })
-}
-
-/// A convolution at width `res`, split over output channels in multiples of the
-/// microkernel's rows.
-fn conv(
-    pool: &Pool,
-    scratch: &[Mutex<Vec<f32>>],
-    x: &[f32],
-    res: usize,
-    p: &ConvP,
-    out: &mut [f32],
-) -> Result<(), KernelError> {
-    pool.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
-        let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-        p.conv
-            .forward(x, res, res, p.weight, p.bias, co, piece, &mut s)
     })
 }
 
