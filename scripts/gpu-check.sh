@@ -20,16 +20,15 @@ if [ "${1:-}" = --prepare ]; then
     root=$(cd "$(dirname "$0")/.." && pwd)
     bundle=${2:-$root/target/gpu-bundle}
     case "$bundle" in /*) ;; *) bundle=$PWD/$bundle ;; esac
-    shared=${TWEEDIE_SHARED:-$root/../shared}
-    [ -f "$shared/golden/adm_small/io.safetensors" ] ||
-        { echo "error: no golden data at $shared/golden/adm_small (set TWEEDIE_SHARED)" >&2; exit 2; }
+    [ -f "$root/golden/adm_small/io.safetensors" ] ||
+        { echo "error: no golden data at $root/golden/adm_small" >&2; exit 2; }
     cd "$root"
     cargo build --release -p tweedie-host --features cuda
     bash scripts/build-ptx.sh --ptxas $(sed 's/^/--entry /' scripts/ptx/entries.txt) \
         "$bundle/tweedie_kernels.ptx"
     mkdir -p "$bundle/golden" "$bundle/pytorch"
     cp target/release/host "$bundle/host"
-    cp -r "$shared/golden/adm_small" "$bundle/golden/"
+    cp -r "$root/golden/adm_small" "$bundle/golden/"
     cp scripts/pytorch/adm.py scripts/pytorch/gpu_bench.py "$bundle/pytorch/"
     cp scripts/gpu-check.sh "$bundle/gpu-check.sh"
     git rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || true

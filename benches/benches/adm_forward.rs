@@ -22,11 +22,10 @@ fn threads() -> usize {
 }
 
 fn small_config() -> AdmConfig {
-    let shared = match std::env::var_os("TWEEDIE_SHARED") {
-        Some(dir) => std::path::PathBuf::from(dir),
-        None => std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
-    };
-    let path = shared.join("golden/adm_small/config.json");
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../golden/adm_small/config.json"
+    ));
     let config = ModelConfig::load(path.to_str().expect("a UTF-8 path")).expect("adm_small config");
     config.adm().expect("an ADM config").clone()
 }

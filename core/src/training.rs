@@ -453,14 +453,9 @@ mod tests {
         assert_eq!(g, [2.0 * 0.25 * 0.25 / 2.0, 2.0 * 0.25 * 0.25 / 2.0]);
     }
 
-    /// `<workspace root>/../shared` or $TWEEDIE_SHARED.
+    /// The repository root, which holds `golden/`.
     fn shared() -> std::path::PathBuf {
-        match std::env::var_os("TWEEDIE_SHARED") {
-            Some(p) => p.into(),
-            None => {
-                std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("../shared")
-            }
-        }
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).into()
     }
 
     fn f32s(st: &safetensors::SafeTensors<'_>, name: &str) -> Vec<f32> {
@@ -476,10 +471,12 @@ mod tests {
         // The network forward is not ours to test here: we take the stored model output and
         // check (1) x_t from x0, eps, t, (2) the ε-loss, (3) the template form of the same loss.
         let path = shared().join("golden/adm_train/io.safetensors");
-        let Ok(bytes) = std::fs::read(&path) else {
-            eprintln!("skipping: {} not found", path.display());
-            return;
-        };
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (golden/ ships with the repository)",
+                path.display()
+            )
+        });
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let (x0, eps, xt, out) = (
             f32s(&st, "x0"),

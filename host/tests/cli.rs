@@ -8,11 +8,9 @@ use common::host;
 use std::path::PathBuf;
 use std::process::Output;
 
+/// The repository root, which holds `golden/` (a byte-identical copy of the reference data).
 fn shared() -> PathBuf {
-    match std::env::var_os("TWEEDIE_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
-    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 fn golden(folder: &str, file: &str) -> String {

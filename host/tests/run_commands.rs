@@ -13,11 +13,9 @@ use common::{host, ok, s, scratch_in};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+/// The repository root, which holds `golden/` (a byte-identical copy of the reference data).
 fn shared() -> PathBuf {
-    match std::env::var_os("TWEEDIE_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
-    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 fn golden(file: &str) -> String {

@@ -1,13 +1,11 @@
-//! Test helpers: where the golden data lives (brief: `TWEEDIE_SHARED`, else `../shared`).
+//! Test helpers: where the golden data lives (`golden/` at the repository root, a
+//! byte-identical copy of the reference data; scripts/check-reference.sh checks it).
 
 use std::path::PathBuf;
 
-/// The shared folder holding `golden/` and `docs/`.
+/// The repository root, which holds `golden/` and `docs/`.
 pub fn shared() -> PathBuf {
-    match std::env::var_os("TWEEDIE_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
-    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 /// One golden data folder, e.g. `golden("adm_small")`.

@@ -12,12 +12,9 @@ use tweedie_nn::parity::{compare, TOL_ADM, TOL_F16};
 use tweedie_nn::tensors::{SafetensorsFile, TensorF32};
 use tweedie_nn::weights::{Precision, Weights};
 
+/// One folder of the repository's golden data.
 fn golden(folder: &str) -> PathBuf {
-    let shared = match std::env::var_os("TWEEDIE_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
-    };
-    shared.join("golden").join(folder)
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../golden")).join(folder)
 }
 
 struct Golden {

@@ -35,11 +35,11 @@ TOL_NCSNPP_ACT = 2e-4
 
 
 def default_shared():
+    """The folder holding golden/: $TWEEDIE_SHARED, else the repository root (its copy)."""
     env = os.environ.get("TWEEDIE_SHARED")
     if env:
         return env
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-    return os.path.normpath(os.path.join(root, "..", "shared"))
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
 def check_folder(folder):
