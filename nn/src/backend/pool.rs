@@ -188,33 +188,59 @@ impl Pool {
     where
         F: Fn(usize, Range<usize>, &mut [f32]) -> Result<(), KernelError> + Sync,
     {
-        if units == 0 || !out.len().is_multiple_of(units) {
+        self.split_n(units, granule, [out], |thread, rows, [piece]| {
+            f(thread, rows, piece)
+        })
+    }
+
+    /// [`Pool::split`] over N buffers at once: each holds `units` equal rows and is cut into
+    /// the rows of the same part, and `f(thread, rows, pieces)` gets the N pieces.
+    pub fn split_n<const N: usize, F>(
+        &self,
+        units: usize,
+        granule: usize,
+        bufs: [&mut [f32]; N],
+        f: F,
+    ) -> Result<(), KernelError>
+    where
+        F: Fn(usize, Range<usize>, [&mut [f32]; N]) -> Result<(), KernelError> + Sync,
+    {
+        if units == 0 || bufs.iter().any(|b| !b.len().is_multiple_of(units)) {
             return Err(KernelError::Shape(
-                "split: output is not a whole number of rows",
+                "split: buffer is not a whole number of rows",
             ));
         }
-        let row = out.len() / units;
+        let rows: [usize; N] = std::array::from_fn(|i| bufs[i].len() / units);
         let chunks = self.threads.min(units.div_ceil(granule.max(1)));
         if chunks <= 1 {
-            return f(0, 0..units, out);
+            return f(0, 0..units, bufs);
         }
-        let base = SendPtr(out.as_mut_ptr());
+        // Each chunk takes its pieces out of a cell once: disjoint by construction, no unsafe.
+        let mut rest = bufs;
+        let mut cells = Vec::with_capacity(chunks);
+        for j in 0..chunks {
+            let r = part(units, chunks, granule, j);
+            let piece: [&mut [f32]; N] = std::array::from_fn(|i| {
+                let b = std::mem::take(&mut rest[i]);
+                let (a, tail) = b.split_at_mut(r.len() * rows[i]);
+                rest[i] = tail;
+                a
+            });
+            cells.push(Mutex::new(Some((r, piece))));
+        }
         let error = Mutex::new(None);
         self.run(chunks, &|thread, j| {
-            let r = part(units, chunks, granule, j);
-            if r.is_empty() {
-                return;
-            }
-            // SAFETY: the parts of a partition are disjoint ranges inside 0..units and each
-            // chunk runs once, so these slices are disjoint pieces of `out`, which stays
-            // mutably borrowed (and unused elsewhere) until `run` has returned.
-            let piece =
-                unsafe { std::slice::from_raw_parts_mut(base.at(r.start * row), r.len() * row) };
-            if let Err(e) = f(thread, r, piece) {
-                error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e);
+            let taken = cells[j].lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((r, piece)) = taken {
+                if r.is_empty() {
+                    return;
+                }
+                if let Err(e) = f(thread, r, piece) {
+                    error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                }
             }
         });
         match error.into_inner().unwrap_or_else(|e| e.into_inner()) {

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, bail, Result};
 use tweedie_kernels::{self as k, Conv2d, Isa, KernelError, WeightsRef, Winograd};
 
-use crate::backend::{part, Pool};
+use crate::backend::Pool;
 use crate::model::adm::arch::{
     conv1x1, conv3x3, AdmArch, Block, Layer, QkvOrder, Updown, GROUPNORM_EPS, GROUPNORM_GROUPS,
     MAX_PERIOD,
@@ -1260,17 +1260,12 @@ impl Ctx<'_> {
             let du = &mut du[span.r()];
             return dw.backward_params_transformed(isa, du, db, dout, x, h, w, &mut s);
         }
-        split_n(
-            self.pool,
-            c.conv.c_out,
-            k::conv::MR,
-            [dw, db],
-            |i, co, [dw, db]| {
+        self.pool
+            .split_n(c.conv.c_out, k::conv::MR, [dw, db], |i, co, [dw, db]| {
                 let mut s = lock(&scratch[i]);
                 c.conv
                     .backward_params(isa, dw, db, dout, x, h, w, co, &mut s)
-            },
-        )
+            })
     }
 
     /// dx = conv input gradient.
@@ -1364,21 +1359,18 @@ impl Ctx<'_> {
         match dfilm {
             Some(df) => {
                 let (ds, dsh) = df.split_at_mut(c);
-                split_n(
-                    self.pool,
+                self.pool.split_n(
                     GROUPNORM_GROUPS,
                     1,
                     [dx, dg, db, ds, dsh],
                     |_, gr, [dx, dg, db, ds, dsh]| body(gr, dx, dg, db, Some((ds, dsh))),
                 )
             }
-            None => split_n(
-                self.pool,
-                GROUPNORM_GROUPS,
-                1,
-                [dx, dg, db],
-                |_, gr, [dx, dg, db]| body(gr, dx, dg, db, None),
-            ),
+            None => self
+                .pool
+                .split_n(GROUPNORM_GROUPS, 1, [dx, dg, db], |_, gr, [dx, dg, db]| {
+                    body(gr, dx, dg, db, None)
+                }),
         }
     }
 }
@@ -1387,62 +1379,6 @@ type KResult = Result<(), KernelError>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Calls `f(thread, range, pieces)` for the parts of `0..units` (the fixed rule of
-/// [`part`]), each buffer cut into the rows of the part (every buffer holds `units` equal
-/// rows). Returns the first error.
-fn split_n<const N: usize, F>(
-    pool: &Pool,
-    units: usize,
-    granule: usize,
-    bufs: [&mut [f32]; N],
-    f: F,
-) -> KResult
-where
-    F: Fn(usize, Range<usize>, [&mut [f32]; N]) -> KResult + Sync,
-{
-    if units == 0 || bufs.iter().any(|b| !b.len().is_multiple_of(units)) {
-        return Err(KernelError::Shape(
-            "split: buffer is not a whole number of rows",
-        ));
-    }
-    let rows: [usize; N] = std::array::from_fn(|i| bufs[i].len() / units);
-    let chunks = pool.threads().min(units.div_ceil(granule.max(1))).max(1);
-    if chunks == 1 {
-        return f(0, 0..units, bufs);
-    }
-    let mut rest = bufs;
-    let mut cells = Vec::with_capacity(chunks);
-    for j in 0..chunks {
-        let r = part(units, chunks, granule, j);
-        let piece: [&mut [f32]; N] = std::array::from_fn(|i| {
-            let b = std::mem::take(&mut rest[i]);
-            let (a, tail) = b.split_at_mut(r.len() * rows[i]);
-            rest[i] = tail;
-            a
-        });
-        cells.push(Mutex::new(Some((r, piece))));
-    }
-    let error = Mutex::new(None);
-    pool.run(chunks, &|thread, j| {
-        let taken = cells[j].lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((r, piece)) = taken {
-            if r.is_empty() {
-                return;
-            }
-            if let Err(e) = f(thread, r, piece) {
-                error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e);
-            }
-        }
-    });
-    match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
 }
 
 /// `out = W·x + b` on the calling thread.
