@@ -172,8 +172,8 @@ cost() {
     awk -v k="$2" '$1 == "cost" && $2 == k { print $3 }' "$1"
 }
 {
-    echo "| target (QEMU machine) | flash .text / .rodata | with core::fmt | peak stack | instructions per step | per element | software f64 routines | software f32 routines |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| target (QEMU machine) | flash .text / .rodata | with core::fmt | peak stack | instructions per step | per element | per noise draw | software f64 routines | software f32 routines |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     for spec in "${targets[@]}"; do
         read -r target _ _ _ machine _ <<<"$spec"
         plain=$out/$target/plain.elf
@@ -183,6 +183,7 @@ cost() {
         echo "| $target ($machine) | $(section "$plain" .text) / $(section "$plain" .rodata) B" \
             "| $(section "$fmt" .text) / $(section "$fmt" .rodata) B" \
             "| $(cost "$out/$target/plain.log" stack.peak-bytes) B | $step | $((step / 128))" \
+            "| $(cost "$out/$target/plain.log" readme.draw)" \
             "| $(soft_f64 "$plain") | ${f32:-none (FPU)} |"
     done
 } >"$out/footprint.md"

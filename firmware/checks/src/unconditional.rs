@@ -1,6 +1,7 @@
 //! Check 1: the README's unconditional example (VP sigmoid preset, K = 100, 8 chains × 16,
 //! seed 42, the Gaussian denoiser): hashes of every f64 of the plan, of the noise draws and of
-//! the sample bits. With a [`Clock`], also the instructions per sampling step.
+//! the sample bits. With a [`Clock`], also the instructions per sampling step and per draw
+//! (including its hashing).
 
 use tweedie_core::noise;
 use tweedie_core::plan::StepPlan;
@@ -21,7 +22,11 @@ const LEN: usize = CHAINS * DIM;
 pub fn run(report: &mut impl Report, clock: &mut impl Clock) -> Result<(), Error> {
     let plan = Preset::VpUncondSigmoid.plan();
     report.hash(NAME, "plan", &hash::plan(&plan)?);
+    let before = clock.instructions();
     report.hash(NAME, "noise", &noise_draws(plan.len()));
+    if let (Some(before), Some(after)) = (before, clock.instructions()) {
+        report.cost("readme.draw", after.wrapping_sub(before) / draw_count(plan.len()));
+    }
 
     let mut x = [0.0f32; LEN];
     let mut scratch = [0.0f32; sampler::sample_scratch_len(LEN)];
@@ -35,6 +40,11 @@ pub fn run(report: &mut impl Report, clock: &mut impl Clock) -> Result<(), Error
         step_cost(report, clock, &plan)?;
     }
     Ok(())
+}
+
+/// The number of draws [`noise_draws`] hashes.
+fn draw_count(steps: usize) -> u64 {
+    ((steps + 1) * LEN) as u64
 }
 
 /// Every f64 draw the run may use: chains 0..8, x₀'s counter and steps 0..K, elements 0..16
