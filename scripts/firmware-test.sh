@@ -50,12 +50,20 @@ fw_install() {
 if [ "$install" = 1 ]; then
     if ! (ptx_toolchain_check) 2>/dev/null; then
         echo "== installing the Debian toolchain (rustc-web, rust-web-src, llvm-N)"
-        ptx_toolchain_install
+        ptx_toolchain_install # runs apt-get update
     fi
-    command -v ld.lld-22 >/dev/null || { echo "== installing lld-22"; fw_install lld-22 "$FW_PIN_LLD"; }
+    missing=()
+    [ -n "$(ptx_dpkg_version lld-22)" ] || missing+=("lld-22 $FW_PIN_LLD")
     for pkg in qemu-system-arm qemu-system-misc; do
-        [ -n "$(ptx_dpkg_version $pkg)" ] || { echo "== installing $pkg"; fw_install $pkg "$FW_PIN_QEMU"; }
+        [ -n "$(ptx_dpkg_version $pkg)" ] || missing+=("$pkg $FW_PIN_QEMU")
     done
+    if [ ${#missing[@]} -gt 0 ]; then
+        $([ "$(id -u)" = 0 ] || echo sudo) apt-get update -qq
+        for entry in "${missing[@]}"; do
+            echo "== installing ${entry% *}"
+            fw_install ${entry% *} "${entry#* }"
+        done
+    fi
 fi
 ptx_toolchain_check
 for tool in ld.lld-22 qemu-system-arm qemu-system-riscv32; do

@@ -25,7 +25,10 @@ pub fn run(report: &mut impl Report, clock: &mut impl Clock) -> Result<(), Error
     let before = clock.instructions();
     report.hash(NAME, "noise", &noise_draws(plan.len()));
     if let (Some(before), Some(after)) = (before, clock.instructions()) {
-        report.cost("readme.draw", after.wrapping_sub(before) / draw_count(plan.len()));
+        report.cost(
+            "readme.draw",
+            after.wrapping_sub(before) / draw_count(plan.len()),
+        );
     }
 
     let mut x = [0.0f32; LEN];
