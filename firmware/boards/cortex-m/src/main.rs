@@ -153,7 +153,7 @@ fn main() -> ! {
     let before = ticks();
     calibration_loop();
     let mut clock = SysTickClock {
-        ticks_per_calibration: ticks() - before,
+        ticks_per_calibration: ticks().saturating_sub(before),
     };
     host.cost(
         "systick.ticks-per-1M-instructions",
