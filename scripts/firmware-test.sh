@@ -6,24 +6,28 @@
 # pins from the same checks run natively on x86_64). Any difference, error, panic, fault or
 # timeout fails. Also checks that an injected Err and panic exit QEMU with a failure code, and
 # measures the footprint (flash, peak stack, instructions per sampling step, soft-float
-# routines) into target/firmware/footprint.md (copied into README.md by hand).
+# routines) into target/firmware/footprint.md.
 #
 #   thumbv7em-none-eabihf          qemu-system-arm -M mps2-an386   Cortex-M4F (f32 FPU only)
 #   thumbv6m-none-eabi             qemu-system-arm -M microbit     Cortex-M0 (no FPU)
 #   riscv32imac-unknown-none-elf   qemu-system-riscv32 -M virt     RV32IMAC (no FPU)
 #
-# usage: scripts/firmware-test.sh [--install]
+# usage: scripts/firmware-test.sh [--install] [--readme]
 #   --install  apt-get install the pinned toolchain, lld and QEMU first if missing (root/sudo)
+#   --readme   also write the footprint table into README.md (between its footprint markers)
 # exit codes: 3 toolchain missing or mismatched, 4 a check failed, other = build error
 set -euo pipefail
 
 start=$SECONDS
 install=0
-case "${1:-}" in
-    --install) install=1 ;;
-    "") ;;
-    *) sed -n '2,18p' "$0"; exit 2 ;;
-esac
+readme=0
+for arg in "$@"; do
+    case "$arg" in
+        --install) install=1 ;;
+        --readme) readme=1 ;;
+        *) sed -n '2,19p' "$0"; exit 2 ;;
+    esac
+done
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 # shellcheck source=ptx/toolchain.sh
@@ -198,4 +202,17 @@ cost() {
 echo "== footprint (README example: 8 chains x 16, one noisy step = denoiser + update of 128 elements):"
 cat "$out/footprint.md"
 echo "== SysTick calibration (ticks per 10^6 instructions): an386 $(cost "$out/thumbv7em-none-eabihf/plain.log" systick.ticks-per-1M-instructions), microbit $(cost "$out/thumbv6m-none-eabi/plain.log" systick.ticks-per-1M-instructions)"
+if [ "$readme" = 1 ]; then
+    # Replace the lines between the markers; README.md is rewritten through a temporary file.
+    begin='<!-- footprint: begin (scripts/firmware-test.sh --readme) -->'
+    end='<!-- footprint: end -->'
+    grep -qxF "$begin" README.md && grep -qxF "$end" README.md ||
+        { echo "error: README.md lacks the footprint markers" >&2; exit 4; }
+    awk -v b="$begin" -v e="$end" -v table="$out/footprint.md" '
+        $0 == b { print; while ((getline line < table) > 0) print line; skip = 1; next }
+        $0 == e { skip = 0 }
+        !skip { print }' README.md >README.md.tmp
+    mv README.md.tmp README.md
+    echo "== README.md: footprint table updated"
+fi
 echo "== firmware checks passed on 3 targets in $((SECONDS - start)) s"
