@@ -34,7 +34,7 @@ pub struct ReadmeDoctests;
 
 pub use denoiser::Denoiser;
 pub use error::Error;
-pub use operator::ForwardOperator;
+pub use operator::{ForwardOperator, OperatorLens};
 pub use plan::{Plan, PlanStep, Preset, StepPlan};
 pub use schedule::Schedule;
 pub use timemap::TimeMap;

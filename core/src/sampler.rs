@@ -12,12 +12,14 @@
 //! batches give identical bits. x₀ uses counter [`noise::COUNTER_INIT`].
 //!
 //! Memory: everything is the caller's. [`sample_scratch_len`] and
-//! [`conditional_scratch_len`] say how much scratch the whole-loop drivers need.
+//! [`conditional_scratch_len`] say how much scratch the whole-loop drivers need;
+//! [`conditional_scratch_len_for`] and [`likelihood_scratch_len_for`] are their `const fn`
+//! forms for static buffers, from an operator's `lens_for(c, h, w)`.
 
 use half::f16;
 
 use crate::error::{check_len, check_positive};
-use crate::operator::ForwardOperator;
+use crate::operator::{ForwardOperator, OperatorLens};
 use crate::plan::{PlanStep, StepPlan};
 use crate::{noise, Denoiser, Error};
 
@@ -150,7 +152,12 @@ pub fn update_range_f16(
 
 /// Scratch that [`likelihood_gradient`] needs: the residual plus the operator's own scratch.
 pub fn likelihood_scratch_len(op: &impl ForwardOperator) -> usize {
-    op.output_len() + op.scratch_len()
+    likelihood_scratch_len_for(op.lens())
+}
+
+/// [`likelihood_scratch_len`] from an operator's lengths, at compile time.
+pub const fn likelihood_scratch_len_for(op: OperatorLens) -> usize {
+    op.output.saturating_add(op.scratch)
 }
 
 /// out = Aᵀ(y − A x) for one chain (σ_y² times the likelihood score, eq. 23).
@@ -270,7 +277,15 @@ pub const fn sample_scratch_len(x_len: usize) -> usize {
 /// Scratch the conditional drivers need: the denoised batch, one chain's likelihood gradient
 /// and [`likelihood_scratch_len`].
 pub fn conditional_scratch_len(op: &impl ForwardOperator, x_len: usize) -> usize {
-    x_len + op.input_len() + likelihood_scratch_len(op)
+    conditional_scratch_len_for(op.lens(), x_len)
+}
+
+/// [`conditional_scratch_len`] from an operator's lengths, at compile time, e.g.
+/// `[0.0f32; conditional_scratch_len_for(SuperResolution4::lens_for(1, 8, 8), 2 * 64)]`.
+pub const fn conditional_scratch_len_for(op: OperatorLens, x_len: usize) -> usize {
+    x_len
+        .saturating_add(op.input)
+        .saturating_add(likelihood_scratch_len_for(op))
 }
 
 /// Unconditional sampling from scratch: x ← x₀ (the plan's init law), then K template steps.

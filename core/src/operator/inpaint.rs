@@ -1,6 +1,8 @@
 //! Inpainting: A x = mask ⊙ x, the same H×W mask on every channel (spec §10.4).
 
-use super::{check_adjoint, check_forward, ForwardOperator, ImageShape};
+use super::{
+    check_adjoint, check_forward, same_shape_lens, ForwardOperator, ImageShape, OperatorLens,
+};
 use crate::error::check_len;
 use crate::{noise, Error};
 
@@ -59,6 +61,11 @@ pub struct Inpainting<'a> {
 }
 
 impl<'a> Inpainting<'a> {
+    /// The buffer lengths for C×H×W images (compile-time sizing; the mask is H·W more).
+    pub const fn lens_for(c: usize, h: usize, w: usize) -> OperatorLens {
+        same_shape_lens(c, h, w)
+    }
+
     /// Wraps `mask` (H·W entries, each exactly 0.0 or 1.0) for C×H×W images.
     pub fn new(c: usize, h: usize, w: usize, mask: &'a [f32]) -> Result<Self, Error> {
         let shape = ImageShape::new(c, h, w)?;
@@ -136,6 +143,11 @@ pub struct BoxInpainting {
 }
 
 impl BoxInpainting {
+    /// The buffer lengths for C×H×W images (compile-time sizing).
+    pub const fn lens_for(c: usize, h: usize, w: usize) -> OperatorLens {
+        same_shape_lens(c, h, w)
+    }
+
     /// C×H×W images with the box (x, y, w, h) missing: x = first column, y = first row
     /// (formats.md §4 `tweedie.box`). The box must lie inside the image; an empty box is allowed.
     pub fn new(

@@ -38,6 +38,45 @@ pub trait ForwardOperator {
     fn adjoint(&self, r: &[f32], out: &mut [f32], scratch: &mut [f32]) -> Result<(), Error>;
     /// ‖A‖₂², the squared spectral norm (1 for inpainting, 1/16 for 4× SR).
     fn norm_sq(&self) -> f64;
+    /// The three lengths at once (what each operator's `lens_for` gives for its shape).
+    fn lens(&self) -> OperatorLens {
+        OperatorLens {
+            input: self.input_len(),
+            output: self.output_len(),
+            scratch: self.scratch_len(),
+        }
+    }
+}
+
+/// The buffer lengths of an operator on one chain: x, y = A x and the scratch of `forward` and
+/// `adjoint`. Each operator's `lens_for(c, h, w)` is a `const fn`, so firmware can size static
+/// buffers at compile time (e.g. with [`crate::sampler::conditional_scratch_len_for`]); for a
+/// shape the operator's `new` accepts it equals [`ForwardOperator::lens`]. Products saturate
+/// instead of overflowing: no real buffer has `usize::MAX` elements, so the length checks fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperatorLens {
+    /// Length of x (C·H·W).
+    pub input: usize,
+    /// Length of y = A x.
+    pub output: usize,
+    /// Scratch of `forward` and `adjoint`.
+    pub scratch: usize,
+}
+
+/// C·H·W without overflow (saturating; see [`OperatorLens`]).
+const fn image_len(c: usize, h: usize, w: usize) -> usize {
+    c.saturating_mul(h).saturating_mul(w)
+}
+
+/// The lengths of an operator that maps C×H×W images to themselves without scratch
+/// (identity, inpainting).
+const fn same_shape_lens(c: usize, h: usize, w: usize) -> OperatorLens {
+    let n = image_len(c, h, w);
+    OperatorLens {
+        input: n,
+        output: n,
+        scratch: 0,
+    }
 }
 
 /// An image shape C×H×W with every side ≥ 1 and C·H·W representable.
@@ -135,6 +174,11 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The buffer lengths for C×H×W images (compile-time sizing).
+    pub const fn lens_for(c: usize, h: usize, w: usize) -> OperatorLens {
+        same_shape_lens(c, h, w)
+    }
+
     /// The identity on C×H×W images.
     pub fn new(c: usize, h: usize, w: usize) -> Result<Self, Error> {
         Ok(Self {
@@ -214,6 +258,24 @@ pub fn estimate_norm_sq<A: ForwardOperator + ?Sized>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn const_lens_equal_the_operators_lengths() {
+        let mask = [1.0f32; 20];
+        let (c, h, w) = (3, 4, 5);
+        let id = Identity::new(c, h, w).unwrap();
+        assert_eq!(Identity::lens_for(c, h, w), id.lens());
+        let inp = Inpainting::new(c, h, w, &mask).unwrap();
+        assert_eq!(Inpainting::lens_for(c, h, w), inp.lens());
+        let bx = BoxInpainting::new(c, h, w, (1, 1, 2, 2)).unwrap();
+        assert_eq!(BoxInpainting::lens_for(c, h, w), bx.lens());
+        let sr = SuperResolution4::new(2, 8, 12).unwrap();
+        let lens = SuperResolution4::lens_for(2, 8, 12);
+        assert_eq!(lens, sr.lens());
+        assert_eq!((lens.input, lens.output, lens.scratch), (192, 12, 24));
+        // Saturates instead of overflowing (a length no buffer can have).
+        assert_eq!(Identity::lens_for(usize::MAX, 2, 2).input, usize::MAX);
+    }
 
     /// ⟨a, b⟩ in f64.
     pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {

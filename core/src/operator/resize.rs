@@ -6,7 +6,7 @@
 //! `mirror = [0..n−1, n−1..0]`, index mod 2n. The adjoint is the exact transpose: the same taps
 //! scattered to the same reflected indices, in reverse axis order (W then H).
 
-use super::{check_adjoint, check_forward, ForwardOperator, ImageShape};
+use super::{check_adjoint, check_forward, image_len, ForwardOperator, ImageShape, OperatorLens};
 use crate::Error;
 
 /// The downscaling factor per axis.
@@ -69,6 +69,21 @@ pub struct SuperResolution4 {
 }
 
 impl SuperResolution4 {
+    /// The buffer lengths for C×H×W images (compile-time sizing): y is C×(H/4)×(W/4), the
+    /// scratch one channel after the H pass, (H/4)·W.
+    pub const fn lens_for(c: usize, h: usize, w: usize) -> OperatorLens {
+        OperatorLens {
+            input: image_len(c, h, w),
+            output: image_len(c, h / FACTOR, w / FACTOR),
+            scratch: (h / FACTOR).saturating_mul(w),
+        }
+    }
+
+    /// [`Self::lens_for`] of this operator's shape.
+    fn lens_of_shape(&self) -> OperatorLens {
+        Self::lens_for(self.shape.c, self.shape.h, self.shape.w)
+    }
+
     /// The operator on C×H×W images; H and W must be multiples of 4.
     pub fn new(c: usize, h: usize, w: usize) -> Result<Self, Error> {
         let shape = ImageShape::new(c, h, w)?;
@@ -149,12 +164,11 @@ impl ForwardOperator for SuperResolution4 {
         self.shape.len()
     }
     fn output_len(&self) -> usize {
-        let (oh, ow) = self.output_hw();
-        self.shape.c * oh * ow
+        self.lens_of_shape().output
     }
     /// One channel after the H pass: (H/4)·W.
     fn scratch_len(&self) -> usize {
-        self.shape.h / FACTOR * self.shape.w
+        self.lens_of_shape().scratch
     }
     fn forward(&self, x: &[f32], out: &mut [f32], scratch: &mut [f32]) -> Result<(), Error> {
         check_forward(self, x, out, scratch)?;
