@@ -4,6 +4,7 @@
 //! partial output behind.
 
 use std::collections::HashMap;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -105,6 +106,46 @@ impl Outputs {
             .with_context(|| format!("cannot rename to {}", path.display()))?;
         self.written.push(path);
         Ok(())
+    }
+
+    /// Writes `rel` as [`Outputs::write`] does, from a writer `fill` streams into (so a large
+    /// file never sits in memory).
+    pub fn write_with(
+        &mut self,
+        rel: impl AsRef<Path>,
+        fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+    ) -> Result<()> {
+        let path = self.root.join(rel.as_ref());
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.ensure_dir(&dir)?;
+        let name = path
+            .file_name()
+            .with_context(|| format!("output path {} has no file name", path.display()))?;
+        let tmp = dir.join(format!(".{}.partial", name.to_string_lossy()));
+        self.written.push(tmp.clone());
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let mut w = BufWriter::new(file);
+        fill(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot rename to {}", path.display()))?;
+        self.written.push(path);
+        Ok(())
+    }
+
+    /// Copies the file `src` to `rel`, streamed.
+    pub fn copy_from(&mut self, rel: impl AsRef<Path>, src: &Path) -> Result<()> {
+        let mut file =
+            std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+        self.write_with(rel, |w| {
+            std::io::copy(&mut file, w)
+                .with_context(|| format!("cannot read {}", src.display()))?;
+            Ok(())
+        })
     }
 
     /// Keeps everything written.
