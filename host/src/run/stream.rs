@@ -7,40 +7,13 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use safetensors::tensor::{Metadata, TensorInfo};
-use safetensors::Dtype;
-
-use super::output::Outputs;
+use super::output::{f32_safetensors_header, Outputs};
 use crate::image_io::to_planes;
 use crate::weights::meta::DataRange;
+use anyhow::{bail, Context, Result};
 
 /// Grid padding (white pixels) around and between images.
 const PAD: usize = 2;
-
-/// The header of a safetensors file holding one f32 tensor `name` of `shape`: exactly what
-/// `safetensors::serialize` writes before the data (8-byte length, JSON padded to 8 bytes).
-pub fn f32_tensor_header(
-    name: &str,
-    shape: &[usize],
-    metadata: HashMap<String, String>,
-) -> Result<Vec<u8>> {
-    let bytes = shape.iter().product::<usize>() * 4;
-    let info = TensorInfo {
-        dtype: Dtype::F32,
-        shape: shape.to_vec(),
-        data_offsets: (0, bytes),
-    };
-    let meta = Metadata::new(
-        (!metadata.is_empty()).then_some(metadata),
-        vec![(name.to_string(), info)],
-    )?;
-    let mut json = serde_json::to_string(&meta)?.into_bytes();
-    json.resize(json.len().next_multiple_of(8), b' ');
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&json);
-    Ok(out)
-}
 
 /// f32 values as little-endian bytes (the safetensors data layout).
 pub fn f32_le_bytes(values: &[f32]) -> Vec<u8> {
@@ -251,7 +224,7 @@ pub fn write_samples_tensor(
         .collect();
     meta.insert("tweedie.data_range".into(), shape.range.as_str().into());
     let (c, s) = (shape.channels, shape.size);
-    let header = f32_tensor_header("samples", &[n, c, s, s], meta)?;
+    let header = f32_safetensors_header(&[("samples", &[n, c, s, s])], meta)?;
     out.write_with(rel, |w| {
         w.write_all(&header)?;
         let mut count = 0;
@@ -378,7 +351,7 @@ mod tests {
     use crate::run::output::safetensors_bytes;
 
     #[test]
-    fn the_header_is_the_one_safetensors_writes() {
+    fn the_streamed_tensor_is_the_in_memory_file() {
         for shape in [vec![3usize, 1, 2, 2], vec![1, 3, 5, 5], vec![0, 1, 4, 4]] {
             let values: Vec<f32> = (0..shape.iter().product::<usize>())
                 .map(|i| i as f32 * 0.25 - 1.0)
@@ -387,7 +360,7 @@ mod tests {
                 [("tweedie.data_range".to_string(), "-1,1".to_string())].into();
             let want =
                 safetensors_bytes(&[("samples", shape.clone(), &values)], meta.clone()).unwrap();
-            let mut got = f32_tensor_header("samples", &shape, meta).unwrap();
+            let mut got = f32_safetensors_header(&[("samples", &shape)], meta).unwrap();
             got.extend(f32_le_bytes(&values));
             assert_eq!(got, want, "shape {shape:?}");
         }
