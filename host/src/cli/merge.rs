@@ -214,6 +214,9 @@ fn merge_images(out: &mut Outputs, shards: &[(PathBuf, Manifest)], start: Instan
                 let Some(base) = file.file_name().and_then(|f| f.to_str()) else {
                     bail!("{}: a file name that is not UTF-8", folder.display());
                 };
+                if base.starts_with('.') {
+                    continue; // a temporary file of an interrupted attempt
+                }
                 if !file.is_file() {
                     bail!("{}: not a plain file", file.display());
                 }

@@ -224,6 +224,12 @@ impl Manifest {
     /// Reads `DIR/shard.json`.
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST);
+        if !dir.is_dir() {
+            bail!(
+                "{}: no such shard folder (did its job fail or not finish?)",
+                dir.display()
+            );
+        }
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "{}: not a shard folder (no readable {MANIFEST})",
