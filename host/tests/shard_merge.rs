@@ -89,6 +89,7 @@ fn assert_same_run(single: &Path, merged: &Path) {
 }
 
 fn run_shards(base: &[&str], dir: &Path, n: usize, batch: &str) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
     (0..n)
         .map(|i| {
             let part = s(&dir.join(format!("part{i}")));
@@ -192,6 +193,7 @@ fn restore_of_a_folder_and_of_one_image_merge_to_the_single_run() {
         ("one_denoise", one.as_str(), "denoise", 9),
     ] {
         let d = dir.join(label);
+        std::fs::create_dir_all(&d).unwrap();
         let mut base = vec!["restore"];
         base.extend(GAUSSIAN);
         base.extend([
@@ -329,7 +331,8 @@ fn merge_refuses_missing_duplicated_and_foreign_shards_by_name() {
     base.extend(["--steps", "2", "--n", "6", "--seed", "3"]);
     let parts = run_shards(&base, &dir, 3, "2");
     let mut other = base.clone();
-    other[other.len() - 1] = "4";
+    let last = other.len() - 1;
+    other[last] = "4";
     let foreign = run_shards(&other, &dir.join("other"), 3, "2");
     let err = |parts: &[String]| {
         let out = dir.join("merged");
