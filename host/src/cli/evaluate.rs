@@ -155,8 +155,10 @@ pub struct RestorationArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Run only shard I of N (0-based) of the digits (contiguous blocks ⌊I·T/N⌋..⌊(I+1)·T/N⌋;
-    /// digit i keeps seed + i) into the shard folder --out DIR, for `host merge`. `auto/N`
-    /// takes I from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
+    /// digit i keeps seed + i) into the shard folder --out DIR, for `host merge` (which
+    /// writes DIR/table.json, and DIR/figure.png when the shards had --figure: a shard only
+    /// keeps its figure rows). `auto/N` takes I from SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX.
     #[arg(long, value_name = "I/N|auto/N", value_parser = parse_shard_arg)]
     pub shard: Option<ShardArg>,
 }
