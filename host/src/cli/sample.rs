@@ -78,17 +78,16 @@ pub struct SampleArgs {
     pub device: DeviceArgs,
 }
 
-/// Runs the job on the device `--device` asks for: the GPU when it is usable and the job is
-/// one the device path covers, else the CPU (`auto` says why in one line; `cuda` is an error).
-fn run_on_device(
+/// The device `--device` asks for, for this job: the GPU when it is usable and the job is one
+/// the device path covers, else the CPU (`auto` says why in one line; `cuda` is an error).
+fn choose_device(
     args: &DeviceArgs,
     job: &Job<'_>,
     model: &Model,
     progress: &Progress,
-) -> Result<(RunOutput, String)> {
-    let cpu = |r: Result<RunOutput>| r.map(|r| (r, "cpu".to_string()));
+) -> Result<Resolved> {
     if args.device == Device::Cpu {
-        return cpu(run_chains(job, model, progress));
+        return Ok(Resolved::Cpu);
     }
     if let Some(reason) = crate::run::device::unsupported(job, model) {
         if args.device == Device::Cuda {
@@ -97,10 +96,31 @@ fn run_on_device(
         progress.println(&format!(
             "note: --device auto: {reason}; running on the CPU"
         ));
-        return cpu(run_chains(job, model, progress));
+        return Ok(Resolved::Cpu);
     }
-    match cuda::open(args.device, args.ptx.as_deref())? {
-        Resolved::Cpu => cpu(run_chains(job, model, progress)),
+    cuda::open(args.device, args.ptx.as_deref())
+}
+
+/// The backend's name in a shard manifest: shards on different backends differ in bits.
+fn backend_name(device: &Resolved) -> String {
+    match device {
+        Resolved::Cpu => "cpu".into(),
+        #[cfg(feature = "cuda")]
+        Resolved::Cuda(gpu) => format!("cuda ({})", gpu.info.name),
+    }
+}
+
+/// Runs the job on `device` (`args` has the GPU's options).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn run_on_device(
+    device: Resolved,
+    args: &DeviceArgs,
+    job: &Job<'_>,
+    model: &Model,
+    progress: &Progress,
+) -> Result<RunOutput> {
+    match device {
+        Resolved::Cpu => run_chains(job, model, progress),
         #[cfg(feature = "cuda")]
         Resolved::Cuda(gpu) => {
             use crate::backend::ops::DeviceOps;
@@ -115,7 +135,6 @@ fn run_on_device(
                 if tc { ", tensor cores" } else { "" }
             ));
             crate::run::device::run_chains_on(gpu.as_ref(), job, model, progress)
-                .map(|r| (r, format!("cuda ({})", gpu.info.name)))
         }
     }
 }
@@ -315,13 +334,16 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
             block.end
         ))
     ));
+    // An empty shard resolves the device as its siblings do: the backend is in the manifest.
+    let device = choose_device(&args.device, &job, &model, &progress)?;
+    let backend = backend_name(&device);
     let result = if block.is_empty() {
-        Ok((no_chains(&plan, args.plan.final_denoise), "cpu".to_string()))
+        Ok(no_chains(&plan, args.plan.final_denoise))
     } else {
-        run_on_device(&args.device, &job, &model, &progress)
+        run_on_device(device, &args.device, &job, &model, &progress)
     };
     progress.finish();
-    let (result, backend) = result?;
+    let result = result?;
     if let Some(shard) = shard {
         let shape = image_shape(&model);
         let root = std::path::Path::new("");
