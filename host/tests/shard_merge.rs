@@ -359,6 +359,17 @@ fn merge_refuses_missing_duplicated_and_foreign_shards_by_name() {
     assert!(e.contains(&foreign[1]) && e.contains("foreign"), "{e}");
     let e = err(&[parts[0].clone(), s(&dir), parts[2].clone()]);
     assert!(e.contains("not a shard folder"), "{e}");
+    // A file changed after its shard wrote it (say, a rerun with other flags was killed
+    // half-way): named, so that shard is rerun.
+    let png = Path::new(&parts[2]).join("sample_0004.png");
+    let mut bytes = std::fs::read(&png).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&png, bytes).unwrap();
+    let e = err(&parts);
+    assert!(
+        e.contains("sample_0004.png: missing or changed since shard 2/3"),
+        "{e}"
+    );
     // Merging into a shard folder is refused before anything is written.
     let r = host(&["merge", "--out", &parts[0], &parts[0], &parts[1], &parts[2]]);
     assert_eq!(r.status.code(), Some(2));

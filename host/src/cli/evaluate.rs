@@ -611,7 +611,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
             )?;
         }
         let inputs = mnist_inputs(&args.data)?;
-        let manifest = Manifest::new(
+        let mut manifest = Manifest::new(
             "evaluate restoration",
             shard,
             ("digits", args.count),
@@ -623,6 +623,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
             shape,
             Vec::new(),
         )?;
+        manifest.hash_files(&out)?;
         out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
         out.commit();
         say(&format!(

@@ -59,6 +59,9 @@ pub fn run(args: &MergeArgs) -> Result<ExitCode> {
         shards.push((dir.clone(), Manifest::read(dir)?));
     }
     let shards = check_set(shards)?;
+    for (dir, m) in &shards {
+        m.verify_files(dir)?;
+    }
     let mut out = Outputs::in_folder(&args.out)?;
     let first = &shards[0].1;
     match (first.command.as_str(), first.units.as_str()) {

@@ -377,7 +377,7 @@ fn run_shard(
         info["seed"] = json!(args.run.seed);
         (("chains", n), Vec::new(), info)
     };
-    let manifest = Manifest::new(
+    let mut manifest = Manifest::new(
         "restore",
         shard,
         units,
@@ -389,6 +389,7 @@ fn run_shard(
         shape,
         names,
     )?;
+    manifest.hash_files(&out)?;
     out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
     out.commit();
     if !args.run.quiet {

@@ -357,7 +357,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
             &result,
             start.elapsed().as_secs_f64(),
         );
-        let manifest = Manifest::new(
+        let mut manifest = Manifest::new(
             "sample",
             shard,
             ("chains", n),
@@ -369,6 +369,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
             shape,
             Vec::new(),
         )?;
+        manifest.hash_files(&out)?;
         out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
         out.commit();
         if !args.run.quiet {

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::output::Outputs;
 use super::shard::Shard;
 use super::stream::ImageShape;
 
@@ -76,6 +77,8 @@ pub struct Manifest {
     pub names: Vec<String>,
     /// Everything the single run writes to run.json (timings are this shard's).
     pub run: serde_json::Value,
+    /// sha256 of every file of the shard folder but this manifest (path relative to it).
+    pub files: BTreeMap<String, String>,
 }
 
 /// sha256 of a file, streamed.
@@ -198,7 +201,32 @@ impl Manifest {
             image: image.to_json(),
             names,
             run,
+            files: BTreeMap::new(),
         })
+    }
+
+    /// Records the sha256 of every file `out` wrote (call last, before writing the manifest).
+    pub fn hash_files(&mut self, out: &Outputs) -> Result<()> {
+        for rel in out.written_files() {
+            let sha = file_sha256(&out.root().join(rel))?;
+            self.files.insert(rel.to_string_lossy().into_owned(), sha);
+        }
+        Ok(())
+    }
+
+    /// Checks that the files of shard folder `dir` are the ones this manifest recorded.
+    pub fn verify_files(&self, dir: &Path) -> Result<()> {
+        for (rel, sha) in &self.files {
+            let path = dir.join(rel);
+            if !path.is_file() || file_sha256(&path)? != *sha {
+                bail!(
+                    "{}: missing or changed since {} wrote it (rerun that shard)",
+                    path.display(),
+                    self.shard.label()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// "chains 4..8 of 16", or "empty: no chains of 3 fall to it".
@@ -355,6 +383,7 @@ mod tests {
             image: serde_json::json!({"channels": 1, "size": 4, "data_range": "-1,1"}),
             names: vec![],
             run: serde_json::json!({}),
+            files: BTreeMap::new(),
         }
     }
 

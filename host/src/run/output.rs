@@ -17,6 +17,8 @@ pub struct Outputs {
     root: PathBuf,
     created_dirs: Vec<PathBuf>,
     written: Vec<PathBuf>,
+    /// The files written, as given to `write` (relative to the root).
+    files: Vec<PathBuf>,
     committed: bool,
 }
 
@@ -50,6 +52,7 @@ impl Outputs {
             root: dir.to_path_buf(),
             created_dirs: Vec::new(),
             written: Vec::new(),
+            files: Vec::new(),
             committed: false,
         })
     }
@@ -60,6 +63,7 @@ impl Outputs {
             root: PathBuf::new(),
             created_dirs: Vec::new(),
             written: Vec::new(),
+            files: Vec::new(),
             committed: false,
         }
     }
@@ -75,6 +79,11 @@ impl Outputs {
     /// The root folder.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Every file written so far, relative to the root, in order.
+    pub fn written_files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     fn ensure_dir(&mut self, dir: &Path) -> Result<()> {
@@ -105,6 +114,7 @@ impl Outputs {
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("cannot rename to {}", path.display()))?;
         self.written.push(path);
+        self.files.push(rel.as_ref().to_path_buf());
         Ok(())
     }
 
@@ -134,6 +144,7 @@ impl Outputs {
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("cannot rename to {}", path.display()))?;
         self.written.push(path);
+        self.files.push(rel.as_ref().to_path_buf());
         Ok(())
     }
 
