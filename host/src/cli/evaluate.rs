@@ -25,10 +25,13 @@ use crate::eval::nearest::{nearest, Neighbour};
 use crate::eval::restoration::{Evaluated, Scores, Setup, FIGURE_SAMPLES, METHODS};
 use crate::eval::stats::{chi_square, mean_se, spread};
 use crate::image_io::{grid_planes_in_columns, png_from_planes, to_planes};
+use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
 use crate::run::measurement::Task;
 use crate::run::output::{build_info, json_bytes, Outputs};
 use crate::run::plan::PlanArgs;
 use crate::run::progress::human_seconds;
+use crate::run::shard::{parse_shard_arg, ShardArg};
+use crate::run::stream::{ImageShape, InMemory};
 use tweedie_nn::denoiser::Model;
 use tweedie_nn::tensors::SafetensorsFile;
 use tweedie_nn::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
@@ -152,6 +155,13 @@ pub struct RestorationArgs {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Run only shard I of N (0-based) of the digits (contiguous blocks ⌊I·T/N⌋..⌊(I+1)·T/N⌋;
+    /// digit i keeps seed + i) into the shard folder --out DIR, for `host merge` (which
+    /// writes DIR/table.json, and DIR/figure.png when the shards had --figure: a shard only
+    /// keeps its figure rows). `auto/N` takes I from SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "I/N|auto/N", value_parser = parse_shard_arg)]
+    pub shard: Option<ShardArg>,
 }
 
 /// Digits shown by `host evaluate restoration --figure`.
@@ -347,9 +357,96 @@ fn time_call(
     Ok(last)
 }
 
+/// One evaluated digit: test index, label, seed, scores.
+type Digit = (usize, Option<u8>, u64, Scores);
+
+/// A shard's digits and the title line of the table.
+const SHARD_DIGITS: &str = "digits.json";
+/// A shard's figure rows (tensor `rows`, one C×H×W image after another).
+const SHARD_FIGURE: &str = "figure.safetensors";
+
+fn digit_json(d: &Digit) -> serde_json::Value {
+    json!({"test_index": d.0, "label": d.1, "seed": d.2, "psnr": d.3})
+}
+
+fn digit_from_json(v: &serde_json::Value) -> Option<Digit> {
+    let p = &v["psnr"];
+    let get = |k: &str| p[k].as_f64();
+    Some((
+        v["test_index"].as_u64()? as usize,
+        v["label"].as_u64().map(|l| l as u8),
+        v["seed"].as_u64()?,
+        Scores {
+            back_projection: get("back_projection")?,
+            gaussian_mmse: get("gaussian_mmse")?,
+            sample: get("sample")?,
+            sample_average: get("sample_average")?,
+            mean: get("mean")?,
+        },
+    ))
+}
+
+/// The table of the digits (in order), printed and written with the figure: the single
+/// run's ending, and `host merge`'s.
+struct Table<'a> {
+    /// The report's fields that describe the run.
+    run: serde_json::Value,
+    title: String,
+    digits: &'a [Digit],
+    figure: &'a [f32],
+    figure_columns: usize,
+    shape: ImageShape,
+    timings: serde_json::Value,
+}
+
+impl Table<'_> {
+    fn write(&self, out: &mut Outputs, report: Option<&Path>, figure: Option<&Path>) -> Result<()> {
+        let table: Vec<_> = METHODS
+            .iter()
+            .map(|&(name, label)| {
+                let v: Vec<f64> = self.digits.iter().map(|d| d.3.get(name)).collect();
+                (name, label, mean_se(&v))
+            })
+            .collect();
+        println!("{}\n", self.title);
+        println!("| method | PSNR (dB), mean ± s.e. |\n|---|---|");
+        for (_, label, m) in &table {
+            println!("| {label} | {:.2} ± {:.2} |", m.mean, m.se);
+        }
+        let mut json = self.run.clone();
+        json["methods"] = table.iter().map(|(name, label, m)| json!({"name": name, "label": label, "mean": m.mean, "se": m.se, "n": m.n})).collect();
+        json["digits"] = self.digits.iter().map(digit_json).collect();
+        json["timings"] = self.timings.clone();
+        if let Some(path) = figure {
+            let (c, s) = (self.shape.channels, self.shape.size);
+            let n = self.figure.len() / self.shape.len();
+            let (planes, gh, gw) = grid_planes_in_columns(
+                &to_planes(self.figure, self.shape.range),
+                n,
+                self.figure_columns,
+                c,
+                s,
+                s,
+            );
+            out.write(path, &png_from_planes(&planes, c, gh, gw)?)?;
+        }
+        if let Some(path) = report {
+            out.write(path, &json_bytes(&json)?)?;
+        }
+        Ok(())
+    }
+}
+
 fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
     let start = Instant::now();
-    if let Some(out) = &args.out {
+    let shard = args.shard.map(ShardArg::resolve).transpose()?;
+    let mut shard_out = None;
+    if let Some(shard) = shard {
+        let Some(dir) = &args.out else {
+            bail!("--shard needs --out DIR: the shard folder `host merge` reads");
+        };
+        shard_out = Some((shard, Outputs::in_folder(dir)?));
+    } else if let Some(out) = &args.out {
         Outputs::check_file(out, "--out")?;
     }
     if let Some(figure) = &args.figure {
@@ -380,6 +477,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
             test.len()
         );
     }
+    let block = shard.map_or(0..args.count, |s| s.block(args.count));
     let threads = threads(args.threads);
     let t = Instant::now();
     let prior = fit(&train, pre, threads)?;
@@ -414,22 +512,28 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
     let batches = args.samples.div_ceil(batch);
     let (workers, inner) = model.split_threads(threads, batches);
     let call = time_call(&model, &plan, batch, inner)?;
-    let estimate = args.count as f64 * batches.div_ceil(workers) as f64 * evals as f64 * call;
+    let estimate = block.len() as f64 * batches.div_ceil(workers) as f64 * evals as f64 * call;
     say(&format!(
-        "{} of {} test digits, sigma_y {}, {} chains x K = {steps} steps each: about {} \
+        "{} of {} test digits{}, sigma_y {}, {} chains x K = {steps} steps each: about {} \
          ({:.3} s per call of {batch} chains)",
         task.name(),
         args.count,
+        shard.map_or(String::new(), |s| format!(
+            " ({}: digits {}..{})",
+            s.label(),
+            block.start,
+            block.end
+        )),
         args.sigma_y,
         args.samples,
         human_seconds(estimate),
         call
     ));
     let labels = test.labels();
-    let mut digits = Vec::with_capacity(args.count);
+    let mut digits: Vec<Digit> = Vec::with_capacity(block.len());
     let mut figure = Vec::new();
     let loop_start = Instant::now();
-    for i in 0..args.count {
+    for (done, i) in block.clone().enumerate() {
         let index = args.first + i;
         let seed = args.seed.wrapping_add(i as u64);
         test.fill_batch(&[index], pre, &mut truth)?;
@@ -438,7 +542,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
             figure.extend_from_slice(&figure_row);
         }
         let elapsed = loop_start.elapsed().as_secs_f64();
-        let eta = elapsed / (i + 1) as f64 * (args.count - i - 1) as f64;
+        let eta = elapsed / (done + 1) as f64 * (block.len() - done - 1) as f64;
         say(&format!(
             "digit {}/{} (test #{index}): back-projection {:.2}, gaussian {:.2}, sample {:.2}, mean {:.2} dB; {} elapsed, ETA {}",
             i + 1,
@@ -452,15 +556,8 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         ));
         digits.push((index, labels.map(|l| l[index]), seed, scores));
     }
-    let table: Vec<_> = METHODS
-        .iter()
-        .map(|&(name, label)| {
-            let v: Vec<f64> = digits.iter().map(|d| d.3.get(name)).collect();
-            (name, label, mean_se(&v))
-        })
-        .collect();
-    println!(
-        "{} on {} MNIST test digits (#{}..#{}), sigma_y {} in {}, {} chains, K = {steps}, model {}:\n",
+    let title = format!(
+        "{} on {} MNIST test digits (#{}..#{}), sigma_y {} in {}, {} chains, K = {steps}, model {}:",
         task.name(),
         args.count,
         args.first,
@@ -470,11 +567,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         args.samples,
         model.label
     );
-    println!("| method | PSNR (dB), mean ± s.e. |\n|---|---|");
-    for (_, label, m) in &table {
-        println!("| {label} | {:.2} ± {:.2} |", m.mean, m.se);
-    }
-    let report = json!({
+    let run = json!({
         "command": "evaluate restoration",
         "arguments": args,
         "task": task.name(),
@@ -487,36 +580,156 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         "samples": args.samples,
         "model": model.description,
         "plan": plan_args.describe(&plan),
-        "methods": table.iter().map(|(name, label, m)| json!({"name": name, "label": label, "mean": m.mean, "se": m.se, "n": m.n})).collect::<Vec<_>>(),
-        "digits": digits.iter().map(|(index, label, seed, s): &(usize, Option<u8>, u64, Scores)| json!({"test_index": index, "label": label, "seed": seed, "psnr": s})).collect::<Vec<_>>(),
-        "timings": {
-            "total_s": start.elapsed().as_secs_f64(),
-            "per_digit_s": loop_start.elapsed().as_secs_f64() / args.count as f64,
-            "estimated_s": estimate,
-        },
         "build": build_info(),
     });
+    let timings = json!({
+        "total_s": start.elapsed().as_secs_f64(),
+        "per_digit_s": loop_start.elapsed().as_secs_f64() / block.len().max(1) as f64,
+        "estimated_s": estimate,
+    });
+    let shape = ImageShape {
+        channels: model.channels,
+        size: model.size,
+        range: model.data_range,
+    };
+    if let Some((shard, mut out)) = shard_out {
+        let mut run = run;
+        run["timings"] = timings;
+        let records: Vec<_> = digits.iter().map(digit_json).collect();
+        out.write(
+            SHARD_DIGITS,
+            &json_bytes(&json!({"title": title, "digits": records}))?,
+        )?;
+        if args.figure.is_some() {
+            let rows = InMemory { data: &figure, len };
+            crate::run::stream::write_samples_tensor(
+                &mut out,
+                Path::new(SHARD_FIGURE),
+                shape,
+                figure.len() / len,
+                &rows,
+                &[],
+            )?;
+        }
+        let inputs = mnist_inputs(&args.data)?;
+        let mut manifest = Manifest::new(
+            "evaluate restoration",
+            shard,
+            ("digits", args.count),
+            args,
+            args.model.weights.as_deref(),
+            inputs,
+            "cpu",
+            run,
+            shape,
+            Vec::new(),
+        )?;
+        manifest.hash_files(&out)?;
+        out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
+        out.commit();
+        say(&format!(
+            "wrote {} ({}) in {}",
+            shard.label(),
+            manifest.describe_block(),
+            human_seconds(start.elapsed().as_secs_f64())
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table = Table {
+        run,
+        title,
+        digits: &digits,
+        figure: &figure,
+        figure_columns: 4 + FIGURE_SAMPLES.min(args.samples),
+        shape,
+        timings,
+    };
     let mut out = Outputs::files();
-    if let Some(path) = &args.figure {
-        let cols = 4 + FIGURE_SAMPLES.min(args.samples);
-        let n = figure.len() / len;
-        let (planes, gh, gw) = grid_planes_in_columns(
-            &to_planes(&figure, model.data_range),
-            n,
-            cols,
-            model.channels,
-            model.size,
-            model.size,
-        );
-        out.write(path, &png_from_planes(&planes, model.channels, gh, gw)?)?;
-    }
-    if let Some(path) = &args.out {
-        out.write(path, &json_bytes(&report)?)?;
-    }
+    table.write(&mut out, args.out.as_deref(), args.figure.as_deref())?;
     out.commit();
     say(&format!(
         "done in {}",
         human_seconds(start.elapsed().as_secs_f64())
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The MNIST files `evaluate restoration` reads, with their sha256.
+fn mnist_inputs(dir: &Path) -> Result<Vec<InputFile>> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| {
+            Ok(InputFile {
+                path: p
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                sha256: file_sha256(p)?,
+            })
+        })
+        .collect()
+}
+
+/// `host merge` of `evaluate restoration` shards: the digits in order, the same table code;
+/// writes DIR/table.json and, when the shards kept figure rows, DIR/figure.png.
+pub fn merge_restoration(
+    out: &mut Outputs,
+    shards: &[(PathBuf, Manifest)],
+    start: Instant,
+) -> Result<()> {
+    let first = &shards[0].1;
+    let shape = first.image_shape()?;
+    let mut digits = Vec::new();
+    let mut figure = Vec::new();
+    let mut title = String::new();
+    let mut with_figure = false;
+    for (dir, m) in shards {
+        let path = dir.join(SHARD_DIGITS);
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", path.display()))?;
+        let records = v["digits"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        if records.len() != m.block().len() {
+            bail!(
+                "{}: {} digits for a block of {}",
+                path.display(),
+                records.len(),
+                m.block().len()
+            );
+        }
+        for r in records {
+            digits
+                .push(digit_from_json(r).with_context(|| {
+                    format!("{}: a digit record is incomplete", path.display())
+                })?);
+        }
+        title = v["title"].as_str().unwrap_or_default().to_string();
+        let fig = dir.join(SHARD_FIGURE);
+        if fig.exists() {
+            with_figure = true;
+            let rows = crate::run::stream::ChainsFile::open(&fig, shape)?;
+            rows.each(&mut |row| {
+                figure.extend_from_slice(row);
+                Ok(())
+            })?;
+        }
+    }
+    let samples = first.run["samples"].as_u64().unwrap_or(0) as usize;
+    let table = Table {
+        run: super::merge::merged_run_json(&first.run, shards, start),
+        title,
+        digits: &digits,
+        figure: &figure,
+        figure_columns: 4 + FIGURE_SAMPLES.min(samples),
+        shape,
+        timings: json!({"merge_s": start.elapsed().as_secs_f64()}),
+    };
+    let figure_path = with_figure.then_some(Path::new("figure.png"));
+    table.write(out, Some(Path::new("table.json")), figure_path)
 }

@@ -10,6 +10,7 @@ pub mod denoise;
 pub mod device;
 pub mod evaluate;
 pub mod measure;
+pub mod merge;
 pub mod model_args;
 pub mod parity;
 pub mod restore;
@@ -35,6 +36,7 @@ Examples:
   host train --data data/mnist --preset vp --config models/mnist-vp.json --steps 20000 --out m.safetensors
   host evaluate nearest --samples run1/samples.safetensors --data data/mnist
   host convert --from ffhq_10m.pt --to adm_ffhq.safetensors --config adm-ffhq256
+  host merge --out samples parts/0 parts/1 parts/2 parts/3
 
 Exit code: 0 success, 1 a check failed, 2 error. `host help <COMMAND>` explains each command.";
 
@@ -72,6 +74,8 @@ pub enum Command {
     Evaluate(evaluate::EvaluateArgs),
     /// Check the GPU path against the CPU path (needs a GPU: --device cuda) and time it.
     Selftest(selftest::SelftestArgs),
+    /// Join the shard folders of a `--shard I/N` run into the single run's outputs.
+    Merge(merge::MergeArgs),
 }
 
 /// Exit code for a check that ran and failed.
@@ -93,5 +97,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Convert(args) => convert::run(&args),
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Selftest(args) => selftest::run(&args),
+        Command::Merge(args) => merge::run(&args),
     }
 }

@@ -16,14 +16,19 @@ use tweedie_core::metrics::{psnr, psnr_minmax, ssim, SSIM_WIN};
 use tweedie_core::ForwardOperator;
 
 use super::common::threads;
-use super::sample::{plan_len, run_json, write_samples, RunArgs};
+use super::sample::{
+    image_shape, no_chains, plan_len, run_json, write_chain_shard, write_samples, RunArgs,
+};
 use crate::cli::model_args::ModelArgs;
 use crate::image_io::{png_from_planes, range_width, read_image, to_planes};
+use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
 use crate::run::measurement::{parse_box, MeasureOptions, Measurement, Task};
-use crate::run::output::{json_bytes, Outputs};
-use crate::run::plan::{PlanArgs, Purpose};
+use crate::run::output::{json_bytes, safetensors_bytes, Outputs};
+use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
 use crate::run::progress::{human_seconds, Progress};
-use crate::run::runner::{run_chains, Job};
+use crate::run::runner::{run_chains, Job, RunOutput};
+use crate::run::shard::Shard;
+use crate::run::stream::ImageShape;
 use tweedie_nn::denoiser::Model;
 
 const EXAMPLE: &str = "\
@@ -183,12 +188,12 @@ fn problems(args: &RestoreArgs, model: &Model) -> Result<Vec<Problem>> {
 }
 
 /// PSNR (both conventions) and SSIM of an estimate against the truth.
-fn scores(truth: &[f32], estimate: &[f32], model: &Model) -> Result<serde_json::Value> {
-    let width = range_width(model.data_range);
+pub fn scores(truth: &[f32], estimate: &[f32], shape: ImageShape) -> Result<serde_json::Value> {
+    let width = range_width(shape.range);
     let e = |e: tweedie_core::Error| anyhow::anyhow!("metrics: {e}");
-    let s = model.size;
+    let s = shape.size;
     let ssim_value = if s >= SSIM_WIN {
-        Some(ssim(truth, estimate, (model.channels, s, s), width).map_err(e)?)
+        Some(ssim(truth, estimate, (shape.channels, s, s), width).map_err(e)?)
     } else {
         None
     };
@@ -203,9 +208,13 @@ fn scores(truth: &[f32], estimate: &[f32], model: &Model) -> Result<serde_json::
 pub fn run(args: &RestoreArgs) -> Result<ExitCode> {
     let start = std::time::Instant::now();
     args.run.validate()?;
+    let shard = args.run.shard()?;
     let mut out = Outputs::in_folder(&args.run.out)?;
     let model = args.model.load()?;
     let problems = problems(args, &model)?;
+    if let Some(shard) = shard {
+        return run_shard(args, &model, &problems, shard, out, start);
+    }
     for problem in &problems {
         restore_one(args, &model, problem, &mut out, start)?;
     }
@@ -228,6 +237,22 @@ fn restore_one(
     outputs: &mut Outputs,
     start: std::time::Instant,
 ) -> Result<()> {
+    let (plan, result) = sample_problem(args, model, problem, 0..args.run.n)?;
+    let prefix = problem.name.clone().map(PathBuf::from).unwrap_or_default();
+    let mut sub = SubOutputs {
+        outputs,
+        prefix: &prefix,
+    };
+    sub.write_all(args, model, problem, &plan, &result, start)
+}
+
+/// Runs chains `chains` (of `--n`) of one problem; moments only when they are all of them.
+fn sample_problem(
+    args: &RestoreArgs,
+    model: &Model,
+    problem: &Problem,
+    chains: std::ops::Range<usize>,
+) -> Result<(AnyPlan, RunOutput)> {
     let m = &problem.measurement;
     let op = m.operator()?;
     let purpose = Purpose::Conditional {
@@ -236,10 +261,11 @@ fn restore_one(
         sr: m.task == Task::Sr4,
     };
     let plan = args.plan.build(model, purpose)?;
-    let n = args.run.n;
+    let n = chains.len();
     let job = Job {
         plan: &plan,
         n,
+        first_chain: chains.start,
         batch: args.run.batch(),
         seed: args.run.seed,
         final_denoise: args.plan.final_denoise,
@@ -247,7 +273,8 @@ fn restore_one(
         start: None,
         likelihood: Some((&op, &m.y, m.sigma_y)),
         truth: problem.truth.as_deref(),
-        moments: true,
+        // metrics.json's moments are accumulated by write_estimates, in chain order.
+        moments: false,
         threads: threads(args.run.threads.map(|j| j as usize)),
     };
     let progress = Progress::new((n * plan_len(&plan)) as u64, args.run.quiet);
@@ -258,15 +285,225 @@ fn restore_one(
         m.sigma_y,
         plan_len(&plan)
     ));
-    let result = run_chains(&job, model, &progress);
-    progress.finish();
-    let result = result?;
-    let prefix = problem.name.clone().map(PathBuf::from).unwrap_or_default();
-    let mut sub = SubOutputs {
-        outputs,
-        prefix: &prefix,
+    let result = if n == 0 {
+        Ok(no_chains(&plan, args.plan.final_denoise))
+    } else {
+        run_chains(&job, model, &progress)
     };
-    sub.write_all(args, model, problem, &plan, &result, start)
+    progress.finish();
+    Ok((plan, result?))
+}
+
+/// The input files of the run (images or the measurement), with their sha256.
+fn input_files(args: &RestoreArgs) -> Result<Vec<InputFile>> {
+    let files = match (&args.input, &args.measurement) {
+        (Some(dir), _) if dir.is_dir() => image_files(dir)?,
+        (Some(file), _) => vec![file.clone()],
+        (None, Some(file)) => vec![file.clone()],
+        (None, None) => Vec::new(),
+    };
+    files
+        .iter()
+        .map(|f| {
+            Ok(InputFile {
+                path: f.display().to_string(),
+                sha256: file_sha256(f)?,
+            })
+        })
+        .collect()
+}
+
+/// A shard's facts about its one image that the merged metrics.json needs besides the chains.
+pub const SHARD_IMAGE: &str = "image.json";
+/// A shard's copy of the ground truth (tensor `truth`, C×H×W).
+pub const SHARD_TRUTH: &str = "truth.safetensors";
+
+/// `--shard`: a folder's block of images (each restored as in the single run), or one
+/// image's block of chains (samples, measurement and what its metrics need).
+fn run_shard(
+    args: &RestoreArgs,
+    model: &Model,
+    problems: &[Problem],
+    shard: Shard,
+    mut out: Outputs,
+    start: std::time::Instant,
+) -> Result<ExitCode> {
+    let folder = args.input.as_ref().is_some_and(|p| p.is_dir());
+    let shape = image_shape(model);
+    let (units, names, info) = if folder {
+        let block = shard.block(problems.len());
+        for problem in &problems[block.clone()] {
+            restore_one(args, model, problem, &mut out, start)?;
+        }
+        let names = problems[block]
+            .iter()
+            .filter_map(|p| p.name.clone())
+            .collect();
+        let info = json!({"command": "restore", "arguments": args, "model": model.description,
+            "build": crate::run::output::build_info()});
+        (("images", problems.len()), names, info)
+    } else {
+        let problem = &problems[0];
+        let n = args.run.n;
+        let block = shard.block(n);
+        let (plan, result) = sample_problem(args, model, problem, block.clone())?;
+        let root = Path::new("");
+        write_chain_shard(&mut out, root, shape, &result.samples, block.start)?;
+        let m = &problem.measurement;
+        write_measurement(&mut out, root, shape, m)?;
+        let measurement_scores = match &problem.truth {
+            Some(truth) => {
+                let bytes = safetensors_bytes(
+                    &[("truth", vec![shape.channels, shape.size, shape.size], truth)],
+                    Default::default(),
+                )?;
+                out.write(SHARD_TRUTH, &bytes)?;
+                Some(scores(truth, &m.as_input_image(), shape)?)
+            }
+            None => None,
+        };
+        let facts = json!({"task": m.task.name(), "sigma_y": m.sigma_y,
+            "measurement_scores": measurement_scores, "source_sha256": m.source_sha256});
+        out.write(SHARD_IMAGE, &json_bytes(&facts)?)?;
+        let mut info = run_json(
+            "restore",
+            args,
+            model,
+            &args.plan,
+            &plan,
+            &result,
+            start.elapsed().as_secs_f64(),
+        );
+        info["image"] = json!(problem.name);
+        info["seed"] = json!(args.run.seed);
+        (("chains", n), Vec::new(), info)
+    };
+    let mut manifest = Manifest::new(
+        "restore",
+        shard,
+        units,
+        args,
+        args.model.weights.as_deref(),
+        input_files(args)?,
+        "cpu",
+        info,
+        shape,
+        names,
+    )?;
+    manifest.hash_files(&out)?;
+    out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
+    out.commit();
+    if !args.run.quiet {
+        eprintln!(
+            "wrote {} ({}) to {}",
+            shard.label(),
+            manifest.describe_block(),
+            args.run.out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// measurement.png and measurement.safetensors.
+fn write_measurement(
+    out: &mut Outputs,
+    prefix: &Path,
+    shape: ImageShape,
+    m: &Measurement,
+) -> Result<()> {
+    let y_shape = m.y_shape();
+    let y_png = png_from_planes(
+        &to_planes(&m.y, shape.range),
+        shape.channels,
+        y_shape[2],
+        y_shape[3],
+    )?;
+    out.write(prefix.join("measurement.png"), &y_png)?;
+    out.write(prefix.join("measurement.safetensors"), &m.to_bytes()?)
+}
+
+/// What metrics.json says about one image besides its chains.
+pub struct ImageFacts<'a> {
+    /// The task's name.
+    pub task: &'a str,
+    /// σ_y.
+    pub sigma_y: f64,
+    /// The ground truth, when known.
+    pub truth: Option<&'a [f32]>,
+    /// Scores of the measurement against the truth.
+    pub measurement_scores: Option<serde_json::Value>,
+    /// sha256 of the ground-truth file.
+    pub source_sha256: Option<String>,
+}
+
+/// mean.png, std.png and metrics.json of `n` chains that `src` gives in chain order: the
+/// moments and every sample's scores are accumulated chain by chain (single run and merge).
+pub fn write_estimates(
+    out: &mut Outputs,
+    prefix: &Path,
+    shape: ImageShape,
+    facts: &ImageFacts<'_>,
+    n: usize,
+    src: &dyn crate::run::stream::ChainSource,
+) -> Result<()> {
+    let (c, s) = (shape.channels, shape.size);
+    let mut moments = crate::run::aggregate::ChainMoments::new(shape.len());
+    let mut per_sample = Vec::new();
+    src.each(&mut |chain| {
+        moments.push(chain)?;
+        if let Some(truth) = facts.truth {
+            per_sample.push(scores(truth, chain, shape)?);
+        }
+        Ok(())
+    })?;
+    if moments.count() != n as u64 {
+        bail!("internal error: {} chains for {n}", moments.count());
+    }
+    let (mean, m2) = moments.into_parts();
+    let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    out.write(
+        prefix.join("mean.png"),
+        &png_from_planes(&to_planes(&mean32, shape.range), c, s, s)?,
+    )?;
+    let std: Vec<f64> = m2.iter().map(|&q| (q / n as f64).sqrt()).collect();
+    let max_std = std.iter().copied().fold(0.0f64, f64::max);
+    let scale = if max_std > 0.0 { 255.0 / max_std } else { 0.0 };
+    let std_planes: Vec<u8> = std
+        .iter()
+        .map(|&v| (v * scale).round().clamp(0.0, 255.0) as u8)
+        .collect();
+    out.write(
+        prefix.join("std.png"),
+        &png_from_planes(&std_planes, c, s, s)?,
+    )?;
+    let mut metrics = json!({
+        "task": facts.task,
+        "sigma_y": facts.sigma_y,
+        "data_range": shape.range.as_str(),
+        "chains": n,
+        "std_png_scale": scale,
+        "std_max": max_std,
+        "std": "population std over the chains (m2/N), per pixel; std.png = round(std * std_png_scale)",
+        "psnr_conventions": {
+            "psnr": "10 log10(MAX^2/MSE), MAX = data-range width (2 for [-1,1], 1 for [0,1])",
+            "psnr_minmax": "both images min-max normalised first (official code, spec 11.1)",
+            "ssim": "skimage defaults, data_range = range width (null below 7x7)",
+        },
+    });
+    if let Some(truth) = facts.truth {
+        let avg = |key: &str| {
+            let v: Vec<f64> = per_sample.iter().filter_map(|s| s[key].as_f64()).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        metrics["samples"] = json!(per_sample);
+        metrics["samples_average"] = json!({
+            "psnr": avg("psnr"), "psnr_minmax": avg("psnr_minmax"), "ssim": avg("ssim"),
+        });
+        metrics["mean"] = scores(truth, &mean32, shape)?;
+        metrics["measurement"] = json!(facts.measurement_scores);
+        metrics["source_sha256"] = json!(facts.source_sha256);
+    }
+    out.write(prefix.join("metrics.json"), &json_bytes(&metrics)?)
 }
 
 struct SubOutputs<'a> {
@@ -288,66 +525,28 @@ impl SubOutputs<'_> {
         result: &crate::run::runner::RunOutput,
         start: std::time::Instant,
     ) -> Result<()> {
-        let (c, s, n) = (model.channels, model.size, args.run.n);
+        let shape = image_shape(model);
+        let n = args.run.n;
         let m = &problem.measurement;
         write_samples(self.outputs, self.prefix, model, result, n)?;
-        let y_shape = m.y_shape();
-        let y_png = png_from_planes(
-            &to_planes(&m.y, model.data_range),
-            c,
-            y_shape[2],
-            y_shape[3],
-        )?;
-        self.write("measurement.png", &y_png)?;
-        self.write("measurement.safetensors", &m.to_bytes()?)?;
-        let (mean, m2) = result.moments.clone().context("moments missing")?;
-        let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-        self.write(
-            "mean.png",
-            &png_from_planes(&to_planes(&mean32, model.data_range), c, s, s)?,
-        )?;
-        let std: Vec<f64> = m2.iter().map(|&q| (q / n as f64).sqrt()).collect();
-        let max_std = std.iter().copied().fold(0.0f64, f64::max);
-        let scale = if max_std > 0.0 { 255.0 / max_std } else { 0.0 };
-        let std_planes: Vec<u8> = std
-            .iter()
-            .map(|&v| (v * scale).round().clamp(0.0, 255.0) as u8)
-            .collect();
-        self.write("std.png", &png_from_planes(&std_planes, c, s, s)?)?;
-        let mut metrics = json!({
-            "task": m.task.name(),
-            "sigma_y": m.sigma_y,
-            "data_range": model.data_range.as_str(),
-            "chains": n,
-            "std_png_scale": scale,
-            "std_max": max_std,
-            "std": "population std over the chains (m2/N), per pixel; std.png = round(std * std_png_scale)",
-            "psnr_conventions": {
-                "psnr": "10 log10(MAX^2/MSE), MAX = data-range width (2 for [-1,1], 1 for [0,1])",
-                "psnr_minmax": "both images min-max normalised first (official code, spec 11.1)",
-                "ssim": "skimage defaults, data_range = range width (null below 7x7)",
-            },
-        });
-        if let Some(truth) = &problem.truth {
-            let len = model.chain_len();
-            let per_sample = result
-                .samples
-                .chunks_exact(len)
-                .map(|x| scores(truth, x, model))
-                .collect::<Result<Vec<_>>>()?;
-            let avg = |key: &str| {
-                let v: Vec<f64> = per_sample.iter().filter_map(|s| s[key].as_f64()).collect();
-                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-            };
-            metrics["samples"] = json!(per_sample);
-            metrics["samples_average"] = json!({
-                "psnr": avg("psnr"), "psnr_minmax": avg("psnr_minmax"), "ssim": avg("ssim"),
-            });
-            metrics["mean"] = scores(truth, &mean32, model)?;
-            metrics["measurement"] = scores(truth, &m.as_input_image(), model)?;
-            metrics["source_sha256"] = json!(m.source_sha256);
-        }
-        self.write("metrics.json", &json_bytes(&metrics)?)?;
+        write_measurement(self.outputs, self.prefix, shape, m)?;
+        let measurement_scores = problem
+            .truth
+            .as_deref()
+            .map(|truth| scores(truth, &m.as_input_image(), shape))
+            .transpose()?;
+        let facts = ImageFacts {
+            task: m.task.name(),
+            sigma_y: m.sigma_y,
+            truth: problem.truth.as_deref(),
+            measurement_scores,
+            source_sha256: m.source_sha256.clone(),
+        };
+        let chains = crate::run::stream::InMemory {
+            data: &result.samples,
+            len: shape.len(),
+        };
+        write_estimates(self.outputs, self.prefix, shape, &facts, n, &chains)?;
         let mut info = run_json(
             "restore",
             args,

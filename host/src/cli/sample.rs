@@ -13,11 +13,14 @@ use serde_json::json;
 use super::common::threads;
 use crate::cli::device::{self, Device, DeviceArgs};
 use crate::cli::model_args::ModelArgs;
-use crate::image_io::{grid_planes, grid_png, png_from_planes, to_planes};
-use crate::run::output::{build_info, json_bytes, safetensors_bytes, Outputs};
+use crate::image_io::{grid_planes, png_from_planes, to_planes};
+use crate::run::manifest::{Manifest, MANIFEST};
+use crate::run::output::{build_info, json_bytes, Outputs};
 use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
 use crate::run::progress::{human_seconds, Progress};
 use crate::run::runner::{run_chains, Job, RunOutput};
+use crate::run::shard::{parse_shard_arg, Shard, ShardArg};
+use crate::run::stream::{write_grid, write_samples_tensor, ImageShape, InMemory};
 use tweedie_nn::backend::cuda::Resolved;
 use tweedie_nn::denoiser::Model;
 
@@ -51,6 +54,12 @@ pub struct RunArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// Run only shard I of N (0-based) and write a shard folder for `host merge`: sample
+    /// splits its chains, restore its images (one image: its chains) into contiguous blocks
+    /// ⌊I·T/N⌋..⌊(I+1)·T/N⌋. `auto/N` takes I from SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX. Results are those of the single run, bit for bit.
+    #[arg(long, value_name = "I/N|auto/N", value_parser = parse_shard_arg)]
+    pub shard: Option<ShardArg>,
 }
 
 /// Arguments of `host sample`.
@@ -71,16 +80,16 @@ pub struct SampleArgs {
     pub device: DeviceArgs,
 }
 
-/// Runs the job on the device `--device` asks for: the GPU when it is usable and the job is
-/// one the device path covers, else the CPU (`auto` says why in one line; `cuda` is an error).
-fn run_on_device(
+/// The device `--device` asks for, for this job: the GPU when it is usable and the job is one
+/// the device path covers, else the CPU (`auto` says why in one line; `cuda` is an error).
+fn choose_device(
     args: &DeviceArgs,
     job: &Job<'_>,
     model: &Model,
     progress: &Progress,
-) -> Result<RunOutput> {
+) -> Result<Resolved> {
     if args.device == Device::Cpu {
-        return run_chains(job, model, progress);
+        return Ok(Resolved::Cpu);
     }
     if let Some(reason) = crate::run::device::unsupported(job, model) {
         if args.device == Device::Cuda {
@@ -89,9 +98,30 @@ fn run_on_device(
         progress.println(&format!(
             "note: --device auto: {reason}; running on the CPU"
         ));
-        return run_chains(job, model, progress);
+        return Ok(Resolved::Cpu);
     }
-    match device::open(args.device, args.ptx.as_deref())? {
+    device::open(args.device, args.ptx.as_deref())
+}
+
+/// The backend's name in a shard manifest: shards on different backends differ in bits.
+fn backend_name(device: &Resolved) -> String {
+    match device {
+        Resolved::Cpu => "cpu".into(),
+        #[cfg(feature = "cuda")]
+        Resolved::Cuda(gpu) => format!("cuda ({})", gpu.info.name),
+    }
+}
+
+/// Runs the job on `device` (`args` has the GPU's options).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn run_on_device(
+    device: Resolved,
+    args: &DeviceArgs,
+    job: &Job<'_>,
+    model: &Model,
+    progress: &Progress,
+) -> Result<RunOutput> {
+    match device {
         Resolved::Cpu => run_chains(job, model, progress),
         #[cfg(feature = "cuda")]
         Resolved::Cuda(gpu) => {
@@ -127,6 +157,88 @@ impl RunArgs {
         }
         Ok(())
     }
+
+    /// The shard this process runs, if any (`auto/N` read from the environment now).
+    pub fn shard(&self) -> Result<Option<Shard>> {
+        let Some(arg) = self.shard else {
+            return Ok(None);
+        };
+        if self.snapshot_every.is_some() {
+            anyhow::bail!(
+                "--snapshot-every with --shard: snapshots are grids of every chain, which no \
+                 single shard has; run without --shard to keep snapshots"
+            );
+        }
+        arg.resolve().map(Some)
+    }
+}
+
+/// The image shape of `model`'s chains.
+pub fn image_shape(model: &Model) -> ImageShape {
+    ImageShape {
+        channels: model.channels,
+        size: model.size,
+        range: model.data_range,
+    }
+}
+
+/// sample_NNNN.png for chains `first`, `first + 1`, … of `samples`.
+pub fn write_sample_pngs(
+    out: &mut Outputs,
+    prefix: &std::path::Path,
+    shape: ImageShape,
+    samples: &[f32],
+    first: usize,
+) -> Result<()> {
+    let (c, s) = (shape.channels, shape.size);
+    for (i, chain) in samples.chunks_exact(shape.len()).enumerate() {
+        let png = png_from_planes(&to_planes(chain, shape.range), c, s, s)?;
+        out.write(prefix.join(format!("sample_{:04}.png", first + i)), &png)?;
+    }
+    Ok(())
+}
+
+/// The chains' file of a shard folder: its samples, as samples.safetensors holds them.
+pub const SHARD_CHAINS: &str = "chains.safetensors";
+
+/// A shard's chains `first`.. : sample_NNNN.png under their global indices and
+/// chains.safetensors.
+pub fn write_chain_shard(
+    out: &mut Outputs,
+    prefix: &std::path::Path,
+    shape: ImageShape,
+    samples: &[f32],
+    first: usize,
+) -> Result<()> {
+    write_sample_pngs(out, prefix, shape, samples, first)?;
+    let chains = InMemory {
+        data: samples,
+        len: shape.len(),
+    };
+    write_samples_tensor(
+        out,
+        &prefix.join(SHARD_CHAINS),
+        shape,
+        samples.len() / shape.len(),
+        &chains,
+        &[("tweedie.first_chain", first.to_string())],
+    )
+}
+
+/// What an empty shard "ran".
+pub fn no_chains(plan: &AnyPlan, final_denoise: bool) -> RunOutput {
+    let per_step = if matches!(plan, AnyPlan::VePc { .. }) {
+        2
+    } else {
+        1
+    };
+    RunOutput {
+        samples: Vec::new(),
+        snapshots: Vec::new(),
+        moments: None,
+        seconds: 0.0,
+        evaluations_per_chain: plan_len(plan) * per_step + usize::from(final_denoise),
+    }
 }
 
 /// Writes the per-sample PNGs, samples.safetensors, grid.png and snapshots.
@@ -138,25 +250,16 @@ pub fn write_samples(
     result: &RunOutput,
     n: usize,
 ) -> Result<()> {
-    let (c, s) = (model.channels, model.size);
-    let len = model.chain_len();
-    for (i, chain) in result.samples.chunks_exact(len).enumerate() {
-        let png = png_from_planes(&to_planes(chain, model.data_range), c, s, s)?;
-        out.write(prefix.join(format!("sample_{i:04}.png")), &png)?;
-    }
-    let bytes = safetensors_bytes(
-        &[("samples", vec![n, c, s, s], &result.samples)],
-        [(
-            "tweedie.data_range".to_string(),
-            model.data_range.as_str().to_string(),
-        )]
-        .into(),
-    )?;
-    out.write(prefix.join("samples.safetensors"), &bytes)?;
-    out.write(
-        prefix.join("grid.png"),
-        &grid_png(&result.samples, n, c, s, s, model.data_range)?,
-    )?;
+    let shape = image_shape(model);
+    let (c, s) = (shape.channels, shape.size);
+    write_sample_pngs(out, prefix, shape, &result.samples, 0)?;
+    let chains = InMemory {
+        data: &result.samples,
+        len: shape.len(),
+    };
+    let tensor = prefix.join("samples.safetensors");
+    write_samples_tensor(out, &tensor, shape, n, &chains, &[])?;
+    write_grid(out, &prefix.join("grid.png"), shape, n, &chains)?;
     for snap in &result.snapshots {
         let (planes, gh, gw) = grid_planes(&snap.pixels, n, c, s, s);
         out.write(
@@ -198,13 +301,16 @@ pub fn run_json(
 pub fn run(args: &SampleArgs) -> Result<ExitCode> {
     let start = std::time::Instant::now();
     args.run.validate()?;
+    let shard = args.run.shard()?;
     let mut out = Outputs::in_folder(&args.run.out)?;
     let model = args.model.load()?;
     let plan = args.plan.build(&model, Purpose::Unconditional)?;
     let n = args.run.n;
+    let block = shard.map_or(0..n, |s| s.block(n));
     let job = Job {
         plan: &plan,
-        n,
+        n: block.len(),
+        first_chain: block.start,
         batch: args.run.batch(),
         seed: args.run.seed,
         final_denoise: args.plan.final_denoise,
@@ -215,17 +321,69 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         moments: false,
         threads: threads(args.run.threads.map(|j| j as usize)),
     };
-    let progress = Progress::new((n * plan_len(&plan)) as u64, args.run.quiet);
+    let progress = Progress::new((job.n * plan_len(&plan)) as u64, args.run.quiet);
     progress.println(&format!(
-        "sampling {n} chains of {}x{}x{} with {} steps",
+        "sampling {} chains of {}x{}x{} with {} steps{}",
+        job.n,
         model.channels,
         model.size,
         model.size,
-        plan_len(&plan)
+        plan_len(&plan),
+        shard.map_or(String::new(), |s| format!(
+            " ({}: chains {}..{} of {n})",
+            s.label(),
+            block.start,
+            block.end
+        ))
     ));
-    let result = run_on_device(&args.device, &job, &model, &progress);
+    // An empty shard resolves the device as its siblings do: the backend is in the manifest.
+    let device = choose_device(&args.device, &job, &model, &progress)?;
+    let backend = backend_name(&device);
+    let result = if block.is_empty() {
+        Ok(no_chains(&plan, args.plan.final_denoise))
+    } else {
+        run_on_device(device, &args.device, &job, &model, &progress)
+    };
     progress.finish();
     let result = result?;
+    if let Some(shard) = shard {
+        let shape = image_shape(&model);
+        let root = std::path::Path::new("");
+        write_chain_shard(&mut out, root, shape, &result.samples, block.start)?;
+        let info = run_json(
+            "sample",
+            args,
+            &model,
+            &args.plan,
+            &plan,
+            &result,
+            start.elapsed().as_secs_f64(),
+        );
+        let mut manifest = Manifest::new(
+            "sample",
+            shard,
+            ("chains", n),
+            args,
+            args.model.weights.as_deref(),
+            Vec::new(),
+            &backend,
+            info,
+            shape,
+            Vec::new(),
+        )?;
+        manifest.hash_files(&out)?;
+        out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
+        out.commit();
+        if !args.run.quiet {
+            eprintln!(
+                "wrote {} ({}) to {}",
+                shard.label(),
+                manifest.describe_block(),
+                args.run.out.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     write_samples(&mut out, std::path::Path::new(""), &model, &result, n)?;
     let info = run_json(
         "sample",

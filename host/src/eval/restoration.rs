@@ -148,6 +148,7 @@ impl Setup<'_> {
         let job = Job {
             plan: &plan,
             n: self.samples,
+            first_chain: 0,
             batch: self.batch,
             seed,
             final_denoise: self.plan_args.final_denoise,

@@ -219,7 +219,7 @@ pub fn run_chains_on<O: DeviceOps>(
     let mut samples = vec![0.0; job.n * len];
     for (b, out) in samples.chunks_mut(batch * len).enumerate() {
         let count = out.len() / len;
-        let first = (b * batch) as u64;
+        let first = (job.first_chain + b * batch) as u64;
         sampler
             .sample(job.plan, count, first, job.seed, out, &mut |_| {
                 progress.advance(count as u64)
@@ -308,6 +308,7 @@ mod tests {
         let job = Job {
             plan: &plan,
             n: 3,
+            first_chain: 0,
             batch: 2,
             seed: 4,
             final_denoise: false,

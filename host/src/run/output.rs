@@ -4,10 +4,11 @@
 //! partial output behind.
 
 use std::collections::HashMap;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use safetensors::tensor::TensorView;
+use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::Dtype;
 
 /// The files of one command, all-or-nothing.
@@ -16,6 +17,8 @@ pub struct Outputs {
     root: PathBuf,
     created_dirs: Vec<PathBuf>,
     written: Vec<PathBuf>,
+    /// The files written, as given to `write` (relative to the root).
+    files: Vec<PathBuf>,
     committed: bool,
 }
 
@@ -49,6 +52,7 @@ impl Outputs {
             root: dir.to_path_buf(),
             created_dirs: Vec::new(),
             written: Vec::new(),
+            files: Vec::new(),
             committed: false,
         })
     }
@@ -59,6 +63,7 @@ impl Outputs {
             root: PathBuf::new(),
             created_dirs: Vec::new(),
             written: Vec::new(),
+            files: Vec::new(),
             committed: false,
         }
     }
@@ -74,6 +79,11 @@ impl Outputs {
     /// The root folder.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Every file written so far, relative to the root, in order.
+    pub fn written_files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     fn ensure_dir(&mut self, dir: &Path) -> Result<()> {
@@ -104,7 +114,49 @@ impl Outputs {
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("cannot rename to {}", path.display()))?;
         self.written.push(path);
+        self.files.push(rel.as_ref().to_path_buf());
         Ok(())
+    }
+
+    /// Writes `rel` as [`Outputs::write`] does, from a writer `fill` streams into (so a large
+    /// file never sits in memory).
+    pub fn write_with(
+        &mut self,
+        rel: impl AsRef<Path>,
+        fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+    ) -> Result<()> {
+        let path = self.root.join(rel.as_ref());
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.ensure_dir(&dir)?;
+        let name = path
+            .file_name()
+            .with_context(|| format!("output path {} has no file name", path.display()))?;
+        let tmp = dir.join(format!(".{}.partial", name.to_string_lossy()));
+        self.written.push(tmp.clone());
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let mut w = BufWriter::new(file);
+        fill(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot rename to {}", path.display()))?;
+        self.written.push(path);
+        self.files.push(rel.as_ref().to_path_buf());
+        Ok(())
+    }
+
+    /// Copies the file `src` to `rel`, streamed.
+    pub fn copy_from(&mut self, rel: impl AsRef<Path>, src: &Path) -> Result<()> {
+        let mut file =
+            std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+        self.write_with(rel, |w| {
+            std::io::copy(&mut file, w)
+                .with_context(|| format!("cannot read {}", src.display()))?;
+            Ok(())
+        })
     }
 
     /// Keeps everything written.
@@ -127,27 +179,57 @@ impl Drop for Outputs {
     }
 }
 
-/// A safetensors file of f32 tensors (name, shape, values) with string metadata.
+/// A safetensors file of f32 tensors (name, shape, values) with string metadata, laid out as
+/// `safetensors::serialize` lays it out (data sorted by name) but with the header's JSON keys
+/// in sorted order, so the same tensors always give the same bytes (serialize writes the
+/// metadata in HashMap order, which changes from process to process).
 pub fn safetensors_bytes(
     tensors: &[(&str, Vec<usize>, &[f32])],
     metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let bytes: Vec<Vec<u8>> = tensors
+    let mut order: Vec<&(&str, Vec<usize>, &[f32])> = tensors.iter().collect();
+    order.sort_by_key(|t| t.0);
+    let shapes: Vec<(&str, &[usize])> = order.iter().map(|t| (t.0, &t.1[..])).collect();
+    let mut out = f32_safetensors_header(&shapes, metadata)?;
+    for (name, shape, values) in order {
+        if shape.iter().product::<usize>() != values.len() {
+            bail!(
+                "tensor {name}: shape {shape:?} does not hold {} values",
+                values.len()
+            );
+        }
+        out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    Ok(out)
+}
+
+/// The header (8-byte length, JSON with sorted keys padded to 8 bytes) of a safetensors file
+/// of f32 tensors `(name, shape)` whose data follow in the given order.
+pub fn f32_safetensors_header(
+    tensors: &[(&str, &[usize])],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut offset = 0;
+    let infos = tensors
         .iter()
-        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            Ok((
-                name.to_string(),
-                TensorView::new(Dtype::F32, shape.clone(), b)?,
-            ))
+        .map(|(name, shape)| {
+            let bytes = shape.iter().product::<usize>() * 4;
+            offset += bytes;
+            let info = TensorInfo {
+                dtype: Dtype::F32,
+                shape: shape.to_vec(),
+                data_offsets: (offset - bytes, offset),
+            };
+            (name.to_string(), info)
         })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let meta = (!metadata.is_empty()).then_some(metadata);
-    Ok(safetensors::serialize(views, meta)?)
+        .collect();
+    let meta = Metadata::new((!metadata.is_empty()).then_some(metadata), infos)?;
+    // Through serde_json::Value, whose maps are sorted by key.
+    let mut json = serde_json::to_string(&serde_json::to_value(&meta)?)?.into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    Ok(out)
 }
 
 /// JSON text with a trailing newline.
@@ -193,5 +275,36 @@ mod tests {
         let e = Outputs::in_folder(&base.join("missing/run")).unwrap_err();
         assert!(format!("{e:#}").contains("does not exist"));
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn safetensors_files_read_back_and_have_one_byte_form() {
+        let a = [1.0f32, -2.5, 3.25, 0.0];
+        let b = [7.0f32; 6];
+        let meta = || -> HashMap<String, String> {
+            (0..12)
+                .map(|i| (format!("key{i}"), format!("v{i}")))
+                .collect()
+        };
+        let bytes =
+            safetensors_bytes(&[("zeta", vec![2, 2], &a), ("alpha", vec![6], &b)], meta()).unwrap();
+        for _ in 0..4 {
+            let again =
+                safetensors_bytes(&[("zeta", vec![2, 2], &a), ("alpha", vec![6], &b)], meta())
+                    .unwrap();
+            assert_eq!(again, bytes, "same tensors, same bytes");
+        }
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let z = st.tensor("zeta").unwrap();
+        assert_eq!(z.shape(), [2, 2]);
+        let got: Vec<f32> = z
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(got, a);
+        let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(m.metadata().clone().unwrap(), meta());
+        assert!(safetensors_bytes(&[("x", vec![3], &a)], HashMap::new()).is_err());
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 use tweedie_core::classic::pc_sample;
-use tweedie_core::metrics::{psnr, RunningMoments};
+use tweedie_core::metrics::psnr;
 use tweedie_core::plan::{PlanStep, StepPlan};
 use tweedie_core::sampler::{
     conditional_scratch_len, final_denoise, init_state, run, run_conditional, Chains, Likelihood,
@@ -21,6 +21,7 @@ use tweedie_core::sampler::{
 };
 use tweedie_core::Error;
 
+use super::aggregate::ChainMoments;
 use super::measurement::AnyOperator;
 use super::plan::AnyPlan;
 use super::progress::Progress;
@@ -33,6 +34,9 @@ pub struct Job<'a> {
     pub plan: &'a AnyPlan,
     /// N, the number of chains.
     pub n: usize,
+    /// The global index of the first chain: chains first_chain .. first_chain + N run (a
+    /// shard of a larger run draws the noise of its global chains).
+    pub first_chain: usize,
     /// Chains per denoiser call.
     pub batch: usize,
     /// The seed.
@@ -68,7 +72,7 @@ pub struct RunOutput {
     pub samples: Vec<f32>,
     /// Snapshots in step order.
     pub snapshots: Vec<Snapshot>,
-    /// Per-pixel mean and m2 over the N samples (when asked), merged batch by batch in order.
+    /// Per-pixel mean and m2 over the N samples (when asked), pushed in chain order.
     pub moments: Option<(Vec<f64>, Vec<f64>)>,
     /// Wall time of the sampling, seconds.
     pub seconds: f64,
@@ -79,7 +83,6 @@ pub struct RunOutput {
 struct BatchOutput {
     x: Vec<f32>,
     snapshots: Vec<(usize, Vec<u8>)>,
-    moments: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 /// Reports progress, keeps snapshots, stops on abort.
@@ -172,9 +175,7 @@ fn assemble(
 ) -> Result<RunOutput> {
     let mut samples = Vec::with_capacity(job.n * len);
     let mut snapshots: Vec<Snapshot> = Vec::new();
-    let (mut mean, mut m2) = (vec![0.0f64; len], vec![0.0f64; len]);
-    let mut total = RunningMoments::new(&mut mean, &mut m2).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (b, out) in results.into_iter().enumerate() {
+    for out in results {
         let Some(mut out) = out else {
             bail!("internal error: a batch produced no result");
         };
@@ -188,14 +189,16 @@ fn assemble(
             }
             snapshots[i].pixels.extend(pixels);
         }
-        if let Some((mut bm, mut bq)) = out.moments {
-            let chains = job.batch.min(job.n - b * job.batch);
-            let part = RunningMoments::from_parts(&mut bm, &mut bq, chains as u64)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            total.merge(&part).map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
     }
-    let moments = job.moments.then(|| (mean.clone(), m2.clone()));
+    let moments = if job.moments {
+        let mut m = ChainMoments::new(len);
+        for chain in samples.chunks_exact(len) {
+            m.push(chain)?;
+        }
+        Some(m.into_parts())
+    } else {
+        None
+    };
     let evaluations_per_chain = job.plan.len()
         * if matches!(job.plan, AnyPlan::VePc { .. }) {
             2
@@ -254,8 +257,8 @@ fn run_batch(
     progress: &Progress,
     abort: &AtomicBool,
 ) -> Result<BatchOutput> {
-    let first = b * job.batch;
-    let count = job.batch.min(job.n - first);
+    let count = job.batch.min(job.n - b * job.batch);
+    let first = job.first_chain + b * job.batch;
     let chains = Chains {
         batch: count,
         first_chain: first as u64,
@@ -328,20 +331,9 @@ fn run_batch(
             );
         }
     }
-    let moments = if job.moments {
-        let (mut mean, mut m2) = (vec![0.0f64; len], vec![0.0f64; len]);
-        let mut m = RunningMoments::new(&mut mean, &mut m2).map_err(|e| anyhow::anyhow!("{e}"))?;
-        for chain in x.chunks_exact(len) {
-            m.push(chain).map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        Some((mean, m2))
-    } else {
-        None
-    };
     Ok(BatchOutput {
         x,
         snapshots: watch.snapshots,
-        moments,
     })
 }
 
@@ -378,6 +370,7 @@ mod tests {
         let job = |start| Job {
             plan: &plan,
             n: 3,
+            first_chain: 0,
             batch: 2,
             seed: 7,
             final_denoise: false,

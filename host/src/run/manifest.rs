@@ -1,0 +1,491 @@
+//! The manifest of a shard folder (`shard.json`): what the shard is (I/N, its global block of
+//! units), what run it belongs to (the run.json of the single run, a hash of every argument
+//! that changes results, the sha256 of the weights and of every input file) and what can
+//! change its bits (backend, ISA class, convolution form, build). `host merge` accepts a set
+//! of shards only when all of that agrees and the blocks tile the run.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::output::Outputs;
+use super::shard::Shard;
+use super::stream::ImageShape;
+
+/// The manifest's file name in a shard folder.
+pub const MANIFEST: &str = "shard.json";
+
+/// The manifest format this build writes and reads.
+pub const FORMAT: &str = "tweedie-shard/1";
+
+/// Argument names that never change results (paths of outputs, the split, the speed knobs):
+/// left out of [`arguments_hash`] wherever they occur in the arguments.
+pub const NOT_RESULT_CHANGING: [&str; 6] = ["out", "shard", "threads", "batch", "quiet", "ptx"];
+
+/// One input file and its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// The path as given.
+    pub path: String,
+    /// sha256, hex.
+    pub sha256: String,
+}
+
+/// What can change the bits of a result besides the arguments and the inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BitClass {
+    /// The backend that ran the chains ("cpu" or "cuda").
+    pub backend: String,
+    /// The CPU instruction-set class of the convolution kernels (portable, AVX2+FMA, AVX-512).
+    pub isa: String,
+    /// How convolutions are formed (direct or Winograd, by the kernels' rule of this version).
+    pub conv_form: String,
+    /// The host version and profile.
+    pub build: String,
+}
+
+/// The manifest of one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: String,
+    /// "sample", "restore" or "evaluate restoration".
+    pub command: String,
+    /// I/N.
+    pub shard: Shard,
+    /// What is split: "chains", "images" or "digits".
+    pub units: String,
+    /// The number of units of the whole run.
+    pub total: usize,
+    /// This shard's global block [start, end).
+    pub range: [usize; 2],
+    /// sha256 of the result-changing arguments ([`arguments_hash`]).
+    pub arguments_hash: String,
+    /// sha256 of the weights (file, bundled bytes, or the `gaussian:` text).
+    pub weights_sha256: String,
+    /// sha256 of every input file, in a fixed order.
+    pub inputs: Vec<InputFile>,
+    /// Backend, ISA class, convolution form, build.
+    pub bits: BitClass,
+    /// The image every chain is ([`ImageShape::to_json`]).
+    pub image: serde_json::Value,
+    /// The names of this shard's images (restore with a folder), in global order.
+    pub names: Vec<String>,
+    /// Everything the single run writes to run.json (timings are this shard's).
+    pub run: serde_json::Value,
+    /// sha256 of every file of the shard folder but this manifest (path relative to it).
+    pub files: BTreeMap<String, String>,
+}
+
+/// sha256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of what `--weights` names: the file, the bundled model's bytes, or the spec text of
+/// a closed-form prior.
+pub fn weights_sha256(spec: Option<&str>) -> Result<String> {
+    let spec = spec.unwrap_or("");
+    let bundled = if spec.is_empty() {
+        Some(crate::bundled::DEFAULT)
+    } else {
+        spec.strip_prefix(crate::bundled::PREFIX)
+    };
+    if let Some(name) = bundled {
+        let model = crate::bundled::find(name)
+            .with_context(|| format!("--weights {spec}: no bundled model {name}"))?;
+        return Ok(hex(&Sha256::digest(model.bytes)));
+    }
+    if spec.starts_with("gaussian:") {
+        return Ok(hex(&Sha256::digest(spec.as_bytes())));
+    }
+    file_sha256(Path::new(spec)).with_context(|| format!("--weights {spec}"))
+}
+
+/// The arguments without the [`NOT_RESULT_CHANGING`] keys, at any depth.
+pub fn result_arguments(args: &serde_json::Value) -> serde_json::Value {
+    match args {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .filter(|(k, _)| !NOT_RESULT_CHANGING.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), result_arguments(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// sha256 of the result-changing arguments, as JSON with sorted keys.
+pub fn arguments_hash(args: &impl Serialize) -> Result<String> {
+    let value = result_arguments(&serde_json::to_value(args)?);
+    let sorted: BTreeMap<String, serde_json::Value> = match value {
+        serde_json::Value::Object(m) => m.into_iter().collect(),
+        other => [(String::new(), other)].into(),
+    };
+    Ok(hex(&Sha256::digest(serde_json::to_string(&sorted)?)))
+}
+
+/// The bit class of this process: the CPU backend with the kernels' ISA.
+pub fn cpu_bit_class() -> BitClass {
+    tweedie_nn::backend::enable_simd();
+    let isa = tweedie_kernels::conv::Isa::detected();
+    BitClass {
+        backend: "cpu".into(),
+        isa: format!("{isa:?}"),
+        conv_form: format!(
+            "tweedie-kernels {} rule (direct GEMM or Winograd by map size)",
+            env!("CARGO_PKG_VERSION")
+        ),
+        build: format!(
+            "tweedie-host {} {}",
+            env!("CARGO_PKG_VERSION"),
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+        ),
+    }
+}
+
+impl Manifest {
+    /// The manifest of `shard` of a run of `units.1` `units.0` with these arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        command: &str,
+        shard: Shard,
+        units: (&str, usize),
+        args: &impl Serialize,
+        weights: Option<&str>,
+        inputs: Vec<InputFile>,
+        backend: &str,
+        run: serde_json::Value,
+        image: ImageShape,
+        names: Vec<String>,
+    ) -> Result<Manifest> {
+        let block = shard.block(units.1);
+        let mut bits = cpu_bit_class();
+        bits.backend = backend.to_string();
+        Ok(Manifest {
+            format: FORMAT.into(),
+            command: command.into(),
+            shard,
+            units: units.0.into(),
+            total: units.1,
+            range: [block.start, block.end],
+            arguments_hash: arguments_hash(args)?,
+            weights_sha256: weights_sha256(weights)?,
+            inputs,
+            bits,
+            image: image.to_json(),
+            names,
+            run,
+            files: BTreeMap::new(),
+        })
+    }
+
+    /// Records the sha256 of every file `out` wrote (call last, before writing the manifest).
+    pub fn hash_files(&mut self, out: &Outputs) -> Result<()> {
+        for rel in out.written_files() {
+            let sha = file_sha256(&out.root().join(rel))?;
+            self.files.insert(rel.to_string_lossy().into_owned(), sha);
+        }
+        Ok(())
+    }
+
+    /// Checks that the files of shard folder `dir` are the ones this manifest recorded.
+    pub fn verify_files(&self, dir: &Path) -> Result<()> {
+        for (rel, sha) in &self.files {
+            let path = dir.join(rel);
+            if !path.is_file() || file_sha256(&path)? != *sha {
+                bail!(
+                    "{}: missing or changed since {} wrote it (rerun that shard)",
+                    path.display(),
+                    self.shard.label()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// "chains 4..8 of 16", or "empty: no chains of 3 fall to it".
+    pub fn describe_block(&self) -> String {
+        if self.range[0] == self.range[1] {
+            format!(
+                "empty: none of the {} {} falls to it",
+                self.total, self.units
+            )
+        } else {
+            format!(
+                "{} {}..{} of {}",
+                self.units, self.range[0], self.range[1], self.total
+            )
+        }
+    }
+
+    /// The image shape of the run's chains.
+    pub fn image_shape(&self) -> Result<ImageShape> {
+        ImageShape::from_json(&self.image)
+    }
+
+    /// Reads `DIR/shard.json`.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST);
+        if !dir.is_dir() {
+            bail!(
+                "{}: no such shard folder (did its job fail or not finish?)",
+                dir.display()
+            );
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{}: not a shard folder (no readable {MANIFEST})",
+                dir.display()
+            )
+        })?;
+        let m: Manifest = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid shard manifest", path.display()))?;
+        if m.format != FORMAT {
+            bail!(
+                "{}: manifest format {:?}, this host reads {FORMAT:?}",
+                path.display(),
+                m.format
+            );
+        }
+        Ok(m)
+    }
+
+    /// The global block as a range.
+    pub fn block(&self) -> std::ops::Range<usize> {
+        self.range[0]..self.range[1]
+    }
+
+    /// The first field in which `self` and `other` describe different runs, if any.
+    fn differs_from(&self, other: &Manifest) -> Option<&'static str> {
+        if self.command != other.command {
+            Some("command")
+        } else if self.shard.count != other.shard.count {
+            Some("shard count N")
+        } else if self.units != other.units || self.total != other.total {
+            Some("number of units")
+        } else if self.arguments_hash != other.arguments_hash {
+            Some("result-changing arguments")
+        } else if self.weights_sha256 != other.weights_sha256 {
+            Some("weights (sha256)")
+        } else if self.inputs != other.inputs {
+            Some("input files (sha256)")
+        } else if self.image != other.image {
+            Some("image shape")
+        } else if self.bits != other.bits {
+            Some("bit class (backend, ISA, convolution form, build)")
+        } else {
+            None
+        }
+    }
+}
+
+/// Checks that `shards` are exactly the N shards of one run and returns them in index order.
+/// The errors name the folders (foreign, duplicated) or the indices (missing).
+pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manifest)>> {
+    let Some((first_dir, first)) = shards.first().cloned() else {
+        bail!("no shard folders given");
+    };
+    let count = first.shard.count;
+    let mut slots: Vec<Option<PathBuf>> = vec![None; count];
+    for (dir, m) in &shards {
+        if let Some(what) = m.differs_from(&first) {
+            bail!(
+                "{} ({}) is foreign: its {what} differ(s) from {} ({})",
+                dir.display(),
+                m.shard.label(),
+                first_dir.display(),
+                first.shard.label()
+            );
+        }
+        if m.shard.index >= count || m.block() != m.shard.block(m.total) {
+            bail!(
+                "{}: {} with block {}..{} is not a valid block of {} {}",
+                dir.display(),
+                m.shard.label(),
+                m.range[0],
+                m.range[1],
+                m.total,
+                m.units
+            );
+        }
+        if let Some(other) = &slots[m.shard.index] {
+            bail!(
+                "{} and {} are both {}",
+                other.display(),
+                dir.display(),
+                m.shard.label()
+            );
+        }
+        slots[m.shard.index] = Some(dir.clone());
+    }
+    let missing: Vec<String> = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_none())
+        .map(|(i, _)| i.to_string())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "shard(s) {} of {count} missing (rerun them, e.g. sbatch --array={})",
+            missing.join(", "),
+            missing.join(",")
+        );
+    }
+    let mut sorted = shards;
+    sorted.sort_by_key(|(_, m)| m.shard.index);
+    Ok(sorted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(index: usize, count: usize, total: usize) -> Manifest {
+        let shard = Shard::new(index, count).unwrap();
+        let b = shard.block(total);
+        Manifest {
+            format: FORMAT.into(),
+            command: "sample".into(),
+            shard,
+            units: "chains".into(),
+            total,
+            range: [b.start, b.end],
+            arguments_hash: "a".into(),
+            weights_sha256: "w".into(),
+            inputs: vec![],
+            bits: cpu_bit_class(),
+            image: serde_json::json!({"channels": 1, "size": 4, "data_range": "-1,1"}),
+            names: vec![],
+            run: serde_json::json!({}),
+            files: BTreeMap::new(),
+        }
+    }
+
+    fn set(ms: Vec<Manifest>) -> Vec<(PathBuf, Manifest)> {
+        ms.into_iter()
+            .map(|m| (PathBuf::from(format!("s{}", m.shard.index)), m))
+            .collect()
+    }
+
+    #[test]
+    fn a_complete_set_comes_back_in_index_order() {
+        let ms = set(vec![
+            manifest(2, 3, 10),
+            manifest(0, 3, 10),
+            manifest(1, 3, 10),
+        ]);
+        let sorted = check_set(ms).unwrap();
+        let idx: Vec<usize> = sorted.iter().map(|(_, m)| m.shard.index).collect();
+        assert_eq!(idx, [0, 1, 2]);
+    }
+
+    #[test]
+    fn missing_duplicated_and_foreign_shards_are_named() {
+        let e = check_set(set(vec![manifest(0, 4, 10), manifest(3, 4, 10)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shard(s) 1, 2 of 4 missing"), "{e}");
+        let mut dup = set(vec![manifest(0, 2, 10), manifest(1, 2, 10)]);
+        dup.push((PathBuf::from("again"), manifest(1, 2, 10)));
+        let e = check_set(dup).unwrap_err().to_string();
+        assert!(e.contains("s1 and again are both shard 1/2"), "{e}");
+        let mut foreign = manifest(1, 2, 10);
+        foreign.arguments_hash = "b".into();
+        let e = check_set(set(vec![manifest(0, 2, 10), foreign]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("s1 (shard 1/2) is foreign") && e.contains("arguments"),
+            "{e}"
+        );
+        let mut other_n = manifest(1, 3, 10);
+        other_n.shard.count = 3;
+        let e = check_set(set(vec![manifest(0, 2, 10), other_n]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("foreign") && e.contains("shard count"), "{e}");
+        for field in ["weights", "inputs", "bits", "total"] {
+            let mut m = manifest(1, 2, 10);
+            match field {
+                "weights" => m.weights_sha256 = "x".into(),
+                "inputs" => m.inputs.push(InputFile {
+                    path: "a.png".into(),
+                    sha256: "0".into(),
+                }),
+                "bits" => m.bits.isa = "Other".into(),
+                _ => m.total = 11,
+            }
+            let e = check_set(set(vec![manifest(0, 2, 10), m]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("s1 (shard 1/2) is foreign"), "{field}: {e}");
+        }
+        let mut bad_block = manifest(1, 2, 10);
+        bad_block.range = [4, 10];
+        let e = check_set(set(vec![manifest(0, 2, 10), bad_block]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid block"), "{e}");
+        assert!(check_set(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn the_hash_ignores_exactly_the_non_result_arguments() {
+        let a = serde_json::json!({"run": {"n": 4, "out": "x", "threads": 2, "batch": 1,
+            "quiet": true, "shard": "0/4"}, "seed": 1});
+        let b = serde_json::json!({"seed": 1, "run": {"n": 4, "out": "y", "threads": null,
+            "batch": 4, "quiet": false, "shard": null}});
+        assert_eq!(arguments_hash(&a).unwrap(), arguments_hash(&b).unwrap());
+        let c = serde_json::json!({"seed": 2, "run": {"n": 4}});
+        let d = serde_json::json!({"seed": 1, "run": {"n": 5}});
+        let h = arguments_hash(&a).unwrap();
+        assert_ne!(h, arguments_hash(&c).unwrap());
+        assert_ne!(h, arguments_hash(&d).unwrap());
+    }
+
+    #[test]
+    fn manifests_round_trip_and_other_formats_are_refused() {
+        let dir = std::env::temp_dir().join(format!("tweedie-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = manifest(1, 2, 5);
+        std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(Manifest::read(&dir).unwrap(), m);
+        let mut old = m.clone();
+        old.format = "tweedie-shard/0".into();
+        std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(Manifest::read(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("format"));
+        std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+        let e = format!("{:#}", Manifest::read(&dir).unwrap_err());
+        assert!(e.contains("not a shard folder"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
