@@ -7,10 +7,14 @@
 //!   (the best linear restoration baseline), with [`cholesky`] for the m×m solve.
 //! - [`restoration`]: one test digit through every method of the restoration table.
 //! - [`stats`]: mean ± standard error and order statistics.
+//! - [`fid`]: Fréchet distance, Inception-score analogue and precision/recall in the feature
+//!   space of the digit classifier, with [`symmetric_eigen`] for the matrix square root.
 
 pub mod cholesky;
+pub mod fid;
 pub mod gaussian_fit;
 pub mod gaussian_mmse;
 pub mod nearest;
 pub mod restoration;
 pub mod stats;
+pub mod symmetric_eigen;

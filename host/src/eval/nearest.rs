@@ -26,7 +26,7 @@ pub struct Neighbour {
 }
 
 /// Σ (a − b)² in f32 with 8 independent partial sums.
-fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
