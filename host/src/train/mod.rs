@@ -9,6 +9,7 @@
 //! - [`optim`]: AdamW with `torch.optim.AdamW` semantics.
 //! - [`schedule`]: learning-rate schedules (score_sde's linear warm-up).
 //! - [`ema`]: the exponential moving average of the weights.
+//! - [`classify_run`]: the training loop of the digit classifier behind `host evaluate fid`.
 //! - [`checkpoint`]: one atomic safetensors file with everything `--resume` needs.
 //! - [`signal`]: the SIGINT/SIGTERM flag the loop polls.
 //! - [`log`]: `loss.csv` and the loss-curve PNG.
@@ -18,6 +19,7 @@
 
 pub mod adm_run;
 pub mod checkpoint;
+pub mod classify_run;
 pub mod clip;
 pub mod data;
 pub mod ema;
