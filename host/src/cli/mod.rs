@@ -15,6 +15,7 @@ pub mod sample;
 pub mod schedule;
 pub mod selftest;
 pub mod train;
+pub mod train_classifier;
 
 use std::process::ExitCode;
 
@@ -64,6 +65,8 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Train an ADM U-Net (VP or VE preset) with checkpoints and bit-exact resume.
     Train(train::TrainArgs),
+    /// Train the MNIST digit classifier that judges samples (`host evaluate fid`).
+    TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Convert a PyTorch checkpoint (.pt/.pth) to a safetensors weights file with metadata.
     Convert(convert::ConvertArgs),
     /// Model quality on MNIST: nearest training images of samples, restoration PSNR table.
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Denoise(args) => denoise::run(&args),
         Command::Schedule(args) => schedule::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::TrainClassifier(args) => train_classifier::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Selftest(args) => selftest::run(&args),

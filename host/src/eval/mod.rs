@@ -8,12 +8,14 @@
 //! - [`restoration`]: one test digit through every method of the restoration table.
 //! - [`stats`]: mean ± standard error and order statistics.
 //! - [`fid`]: Fréchet distance, Inception-score analogue and precision/recall in the feature
-//!   space of the digit classifier, with [`symmetric_eigen`] for the matrix square root.
+//!   space of the digit classifier, with [`symmetric_eigen`] for the matrix square root;
+//!   [`judge`]: the classifier and its MNIST reference statistics (one file).
 
 pub mod cholesky;
 pub mod fid;
 pub mod gaussian_fit;
 pub mod gaussian_mmse;
+pub mod judge;
 pub mod nearest;
 pub mod restoration;
 pub mod stats;
