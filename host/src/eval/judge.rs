@@ -1,6 +1,6 @@
 //! The judge of `host evaluate fid`: the digit classifier's weights and the reference
 //! statistics of the MNIST test and training sets in its feature space, in one safetensors file
-//! (`models/mnist-classifier.safetensors`).
+//! (`models/mnist-classifier.safetensors`, compiled in: [`crate::bundled::JUDGE`]).
 //!
 //! Per reference split S (`test`, `train`), the file holds
 //! - `reference.S.mean` (f64 [128]) and `reference.S.cov` (f64 [128, 128]) over the whole split;
@@ -187,6 +187,15 @@ fn read_reference(file: &SafetensorsFile, split: Split) -> Result<Reference> {
 }
 
 impl Judge {
+    /// The judge compiled into the binary.
+    pub fn bundled() -> Result<Judge> {
+        let file = SafetensorsFile::from_bytes(
+            crate::bundled::JUDGE.to_vec(),
+            "bundled mnist-classifier".into(),
+        )?;
+        Judge::from_file(&file)
+    }
+
     /// Reads a judge file.
     pub fn from_file(file: &SafetensorsFile) -> Result<Judge> {
         Ok(Judge {
