@@ -8,6 +8,7 @@ pub mod common;
 pub mod convert;
 pub mod denoise;
 pub mod evaluate;
+pub mod fid;
 pub mod measure;
 pub mod parity;
 pub mod restore;
@@ -33,6 +34,7 @@ Examples:
   host schedule --kind vp --preset vp-uncond-sigmoid --plot s.png
   host train --data data/mnist --preset vp --config models/mnist-vp.json --steps 20000 --out m.safetensors
   host evaluate nearest --samples run1/samples.safetensors --data data/mnist
+  host evaluate fid --samples run1 --n 1000
   host convert --from ffhq_10m.pt --to adm_ffhq.safetensors --config adm-ffhq256
 
 Exit code: 0 success, 1 a check failed, 2 error. `host help <COMMAND>` explains each command.";
@@ -69,7 +71,7 @@ pub enum Command {
     TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Convert a PyTorch checkpoint (.pt/.pth) to a safetensors weights file with metadata.
     Convert(convert::ConvertArgs),
-    /// Model quality on MNIST: nearest training images of samples, restoration PSNR table.
+    /// Model quality on MNIST: nearest training images of samples, restoration PSNR table, FID.
     Evaluate(evaluate::EvaluateArgs),
     /// Check the GPU path against the CPU path (needs a GPU: --device cuda) and time it.
     Selftest(selftest::SelftestArgs),
