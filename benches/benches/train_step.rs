@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use tweedie_nn::data::Dataset;
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::model::config::ModelConfig;
 use tweedie_nn::train::adm_run::{AdmRun, Preset, RunConfig};
-use tweedie_nn::train::data::Dataset;
 use tweedie_nn::train::optim::AdamWConfig;
 
 const BATCH: usize = 64;

@@ -35,6 +35,10 @@ pub const MODELS: &[BundledModel] = &[
     },
 ];
 
+/// The judge of `host evaluate fid`: the MNIST digit classifier and its reference statistics
+/// (`models/mnist-classifier.safetensors`, read by [`crate::eval::judge::Judge::bundled`]).
+pub const JUDGE: &[u8] = include_bytes!("../../models/mnist-classifier.safetensors");
+
 /// The bundled model called `name`.
 pub fn find(name: &str) -> Option<&'static BundledModel> {
     MODELS.iter().find(|m| m.name == name)
@@ -64,5 +68,22 @@ mod tests {
         assert!(find(DEFAULT).is_some());
         assert!(find("mnist-ve").is_some());
         assert!(find("nope").is_none());
+    }
+
+    /// The judge is frozen (models/README.md): a changed file must change this pin, in a
+    /// commit that says why.
+    #[test]
+    fn bundled_judge_is_the_frozen_one() {
+        assert_eq!(
+            crate::image_io::sha256_hex(JUDGE),
+            "2eacd9d90b8fc610a92642142e0060b5ab60204373340b4b4220c86bfae7957a"
+        );
+        let judge = crate::eval::judge::Judge::bundled().unwrap();
+        assert_eq!(judge.metadata["tweedie.kind"], "mnist-classifier");
+        let accuracy: f64 = judge.metadata["tweedie.test_accuracy"].parse().unwrap();
+        assert!(accuracy >= 0.99, "{accuracy}");
+        assert_eq!(judge.test.stats.n, 10_000);
+        assert_eq!(judge.train.stats.n, 60_000);
+        assert_eq!(judge.train.label_counts.iter().sum::<f64>(), 60_000.0);
     }
 }

@@ -5,15 +5,15 @@
 //! The closed-form Gaussian prior (`--weights gaussian:MEAN,STD`) stands in for a network.
 
 mod common;
-use common::{host, ok, s};
+use common::{host, mnist_dir, ok, s};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tweedie_host::run::output::safetensors_bytes;
-use tweedie_nn::train::data::idx::{encode, MAGIC_IMAGES, MAGIC_LABELS};
-use tweedie_nn::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
+use tweedie_nn::data::idx::{encode, MAGIC_IMAGES, MAGIC_LABELS};
+use tweedie_nn::data::{DataRange, Dataset, MnistSplit, Preprocess};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch_in("evaluate", name)
@@ -21,28 +21,6 @@ fn scratch(name: &str) -> PathBuf {
 
 fn json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn mnist_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("TWEEDIE_MNIST") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist")),
-    };
-    if dir.join("train-images-idx3-ubyte").exists() {
-        return Some(dir);
-    }
-    // Skipping is a choice the caller states, never a silent pass.
-    assert!(
-        std::env::var_os("TWEEDIE_NO_MNIST").is_some_and(|v| v == "1"),
-        "no MNIST in {}: run scripts/fetch-mnist.sh (scripts/test.sh does), or set \
-         TWEEDIE_NO_MNIST=1 to skip the tests that need it",
-        dir.display()
-    );
-    eprintln!(
-        "skipping (TWEEDIE_NO_MNIST=1): no MNIST in {}",
-        dir.display()
-    );
-    None
 }
 
 /// Sparse pseudo-random 28×28 digits-like bytes.

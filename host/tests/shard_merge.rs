@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tweedie_nn::train::data::idx::{encode, MAGIC_IMAGES, MAGIC_LABELS};
-use tweedie_nn::train::data::MnistSplit;
+use tweedie_nn::data::idx::{encode, MAGIC_IMAGES, MAGIC_LABELS};
+use tweedie_nn::data::MnistSplit;
 
 fn scratch(name: &str) -> PathBuf {
     scratch_in("shard_merge", name)

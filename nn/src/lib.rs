@@ -6,13 +6,18 @@
 //! - [`tensors`]: reading safetensors files (inputs, references) with one-line errors.
 //! - [`parity`]: the formats.md §7 comparison criterion.
 //! - [`weights`]: strict safetensors loading into f32 or f16 storage, `tweedie.*` metadata.
+//! - [`data`]: MNIST IDX and PNG-folder datasets, conversion to the model range (formats §1),
+//!   and the seeded, resumable epoch order.
 //! - [`backend`]: the CPU worker pool, the `DeviceOps` graph backends (reference, CUDA).
-//! - [`model`]: network configurations, architectures, expected state_dicts, forward passes.
+//! - [`model`]: network configurations, architectures, expected state_dicts, forward passes
+//!   (the ADM and NCSN++ U-Nets, the digit classifier behind `host evaluate fid`).
 //! - [`denoiser`]: networks and the Gaussian prior as `tweedie_core::Denoiser`s.
-//! - [`train`]: the training template on ADM U-Nets: data, optimiser, checkpoints, logs.
+//! - [`train`]: training loops (the ADM U-Net with the training template, the classifier):
+//!   optimiser, EMA, checkpoints, logs.
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod data;
 pub mod denoiser;
 pub mod model;
 pub mod parity;

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use tweedie_nn::data::DataOrder;
 use tweedie_nn::tensors::SafetensorsFile;
 use tweedie_nn::train::checkpoint::{export_weights, write_atomic, TrainState};
-use tweedie_nn::train::data::DataOrder;
 use tweedie_nn::train::ema::Ema;
 use tweedie_nn::train::optim::{AdamW, AdamWConfig};
 use tweedie_nn::train::params::ParamLayout;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use tweedie_nn::train::data::{u8_to_model, DataOrder, DataRange, Dataset, MnistSplit, Preprocess};
+use tweedie_nn::data::{u8_to_model, DataOrder, DataRange, Dataset, MnistSplit, Preprocess};
 
 fn mnist_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("TWEEDIE_MNIST") {

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tweedie_core::training::{draw_noise, perturb_with, NoiseDistribution};
+use tweedie_nn::data::{DataRange, Dataset, Preprocess};
 use tweedie_nn::train::checkpoint::TrainState;
 use tweedie_nn::train::clip::clip_grad_norm;
-use tweedie_nn::train::data::{DataRange, Dataset, Preprocess};
 use tweedie_nn::train::log::{read_column, LossCsv};
 use tweedie_nn::train::optim::AdamWConfig;
 use tweedie_nn::train::params::ParamLayout;

@@ -7,6 +7,8 @@
 //!   Gaussian-prior MMSE estimate, one diffusion sample and the mean of N diffusion samples,
 //!   for random inpainting or 4× super-resolution. Digit i (test index first + i) is measured
 //!   and sampled with seed S + i, exactly as `host restore --seed S+i` would do on it.
+//! - `fid`, `fid-calibrate`: sample quality in the bundled digit classifier's feature space
+//!   (in [`super::fid`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,9 +34,9 @@ use crate::run::plan::PlanArgs;
 use crate::run::progress::human_seconds;
 use crate::run::shard::{parse_shard_arg, ShardArg};
 use crate::run::stream::{ImageShape, InMemory};
+use tweedie_nn::data::{DataRange, Dataset, MnistSplit, Preprocess};
 use tweedie_nn::denoiser::Model;
 use tweedie_nn::tensors::SafetensorsFile;
-use tweedie_nn::train::data::{DataRange, Dataset, MnistSplit, Preprocess};
 
 const EXAMPLE: &str = "\
 Examples:
@@ -58,6 +60,11 @@ pub enum Mode {
     Nearest(NearestArgs),
     /// Restoration PSNR table on MNIST test digits (back-projection, Gaussian MMSE, diffusion).
     Restoration(Box<RestorationArgs>),
+    /// Fréchet distance, Inception-score analogue, class balance and precision/recall of
+    /// samples in the bundled digit classifier's feature space.
+    Fid(super::fid::FidArgs),
+    /// The noise floor and degradation table of `evaluate fid` on real MNIST digits.
+    FidCalibrate(super::fid::CalibrateArgs),
 }
 
 /// Arguments of `host evaluate nearest`.
@@ -172,6 +179,8 @@ pub fn run(args: &EvaluateArgs) -> Result<ExitCode> {
     match &args.mode {
         Mode::Nearest(a) => run_nearest(a),
         Mode::Restoration(a) => run_restoration(a),
+        Mode::Fid(a) => super::fid::run_fid(a),
+        Mode::FidCalibrate(a) => super::fid::run_calibrate(a),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod denoise;
 pub mod device;
 pub mod evaluate;
+pub mod fid;
 pub mod measure;
 pub mod merge;
 pub mod model_args;
@@ -18,6 +19,7 @@ pub mod sample;
 pub mod schedule;
 pub mod selftest;
 pub mod train;
+pub mod train_classifier;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,7 @@ Examples:
   host schedule --kind vp --preset vp-uncond-sigmoid --plot s.png
   host train --data data/mnist --preset vp --config models/mnist-vp.json --steps 20000 --out m.safetensors
   host evaluate nearest --samples run1/samples.safetensors --data data/mnist
+  host evaluate fid --samples run1 --n 1000
   host convert --from ffhq_10m.pt --to adm_ffhq.safetensors --config adm-ffhq256
   host merge --out samples parts/0 parts/1 parts/2 parts/3
 
@@ -68,9 +71,11 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Train an ADM U-Net (VP or VE preset) with checkpoints and bit-exact resume.
     Train(train::TrainArgs),
+    /// Train the MNIST digit classifier that judges samples (`host evaluate fid`).
+    TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Convert a PyTorch checkpoint (.pt/.pth) to a safetensors weights file with metadata.
     Convert(convert::ConvertArgs),
-    /// Model quality on MNIST: nearest training images of samples, restoration PSNR table.
+    /// Model quality on MNIST: nearest training images of samples, restoration PSNR table, FID.
     Evaluate(evaluate::EvaluateArgs),
     /// Check the GPU path against the CPU path (needs a GPU: --device cuda) and time it.
     Selftest(selftest::SelftestArgs),
@@ -94,6 +99,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Denoise(args) => denoise::run(&args),
         Command::Schedule(args) => schedule::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::TrainClassifier(args) => train_classifier::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Selftest(args) => selftest::run(&args),

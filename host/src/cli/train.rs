@@ -19,11 +19,11 @@ use safetensors::Dtype;
 
 use super::common::threads;
 use crate::run::progress::human_seconds;
+use tweedie_nn::data::{file_sha256, Dataset, MnistSplit};
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::model::config::ModelConfig;
 use tweedie_nn::train::adm_run::{AdmRun, Preset, RunConfig};
 use tweedie_nn::train::checkpoint::{write_atomic, TrainState};
-use tweedie_nn::train::data::{file_sha256, Dataset, MnistSplit};
 use tweedie_nn::train::log::{plot_loss_curve, read_column, LossCsv};
 use tweedie_nn::train::optim::AdamWConfig;
 use tweedie_nn::train::params::ParamLayout;
@@ -129,7 +129,7 @@ fn load_data(path: &Path) -> Result<(Dataset, String)> {
         return Ok((ds, sha));
     }
     if path.is_dir() {
-        let ds = tweedie_nn::train::data::png_folder::read_png_folder(path)?;
+        let ds = tweedie_nn::data::png_folder::read_png_folder(path)?;
         return Ok((ds, String::new()));
     }
     bail!(

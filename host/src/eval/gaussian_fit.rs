@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 
-use tweedie_nn::train::data::{u8_to_model, Dataset, Preprocess};
+use tweedie_nn::data::{u8_to_model, Dataset, Preprocess};
 
 /// Images per exact f32 accumulation: 256 · 255² < 2²⁴.
 pub const EXACT_CHUNK: usize = 256;
@@ -118,7 +118,7 @@ pub fn fit(ds: &Dataset, pre: Preprocess, threads: usize) -> Result<GaussianFit>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tweedie_nn::train::data::DataRange;
+    use tweedie_nn::data::DataRange;
 
     /// Pseudo-random sparse bytes (a fixed LCG), many zeros as in MNIST.
     fn bytes(n: usize) -> Vec<u8> {

@@ -7,10 +7,20 @@
 //!   (the best linear restoration baseline), with [`cholesky`] for the m×m solve.
 //! - [`restoration`]: one test digit through every method of the restoration table.
 //! - [`stats`]: mean ± standard error and order statistics.
+//! - [`fid`]: Fréchet distance, Inception-score analogue and precision/recall in the feature
+//!   space of the digit classifier, with [`symmetric_eigen`] for the matrix square root;
+//!   [`judge`]: the classifier and its MNIST reference statistics (one bundled file);
+//!   [`digit_inputs`]: the sample folders, PNGs and safetensors it reads;
+//!   [`fid_calibration`]: the noise floor and degradations of the calibration table.
 
 pub mod cholesky;
+pub mod digit_inputs;
+pub mod fid;
+pub mod fid_calibration;
 pub mod gaussian_fit;
 pub mod gaussian_mmse;
+pub mod judge;
 pub mod nearest;
 pub mod restoration;
 pub mod stats;
+pub mod symmetric_eigen;

@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 
 use tweedie_nn::backend::pool::part;
-use tweedie_nn::train::data::{Dataset, Preprocess};
+use tweedie_nn::data::{Dataset, Preprocess};
 
 /// Training images converted per block.
 const BLOCK: usize = 256;
@@ -26,7 +26,7 @@ pub struct Neighbour {
 }
 
 /// Σ (a − b)² in f32 with 8 independent partial sums.
-fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
@@ -133,7 +133,7 @@ pub fn nearest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tweedie_nn::train::data::DataRange;
+    use tweedie_nn::data::DataRange;
 
     fn dataset() -> Dataset {
         // 700 distinct 3×3 images (more than two blocks) with labels i mod 10.

@@ -38,3 +38,28 @@ pub fn scratch_in(suite: &str, name: &str) -> PathBuf {
 pub fn s(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// The MNIST folder (`$TWEEDIE_MNIST`, else `<workspace>/data/mnist`), or `None` only when
+/// `TWEEDIE_NO_MNIST=1` says to skip the tests that need it; otherwise a missing MNIST fails
+/// the test with the command that installs it.
+pub fn mnist_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("TWEEDIE_MNIST") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist")),
+    };
+    if dir.join("train-images-idx3-ubyte").exists() && dir.join("t10k-images-idx3-ubyte").exists() {
+        return Some(dir);
+    }
+    // Skipping is a choice the caller states, never a silent pass.
+    assert!(
+        std::env::var_os("TWEEDIE_NO_MNIST").is_some_and(|v| v == "1"),
+        "no MNIST in {}: run scripts/fetch-mnist.sh (scripts/test.sh does), or set \
+         TWEEDIE_NO_MNIST=1 to skip the tests that need it",
+        dir.display()
+    );
+    eprintln!(
+        "skipping (TWEEDIE_NO_MNIST=1): no MNIST in {}",
+        dir.display()
+    );
+    None
+}

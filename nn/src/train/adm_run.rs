@@ -25,9 +25,9 @@ use tweedie_core::tweedie;
 
 use super::checkpoint::TrainState;
 use super::clip::{clip_grad_norm, grad_norm};
-use super::data::{Dataset, Preprocess};
 use super::optim::AdamWConfig;
 use super::schedule::{LrSchedule, Warmup};
+use crate::data::{Dataset, Preprocess};
 use crate::model::adm::AdmArch;
 use crate::train::adm_trainer::AdmTrainer;
 use crate::weights::meta::DataRange;

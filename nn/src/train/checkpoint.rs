@@ -29,10 +29,10 @@ use anyhow::{bail, Context, Result};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::data::DataOrder;
 use super::ema::Ema;
 use super::optim::{AdamW, AdamWConfig};
 use super::params::ParamLayout;
+use crate::data::DataOrder;
 use crate::tensors::{decode_f32, SafetensorsFile};
 
 /// The checkpoint format written by this version.
