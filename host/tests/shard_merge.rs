@@ -425,56 +425,56 @@ fn auto_shards_take_the_index_from_slurm_or_kubernetes() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("--snapshot-every with --shard"));
 }
 
-/// deploy/k8s/indexed-job.yaml: an Indexed Job whose containers run the README's two
-/// commands with the index Kubernetes sets (a line-level check: no YAML dependency).
+/// deploy/k8s/indexed-job.yaml, parsed as YAML: an Indexed Job of N pods whose container runs
+/// `host sample --shard auto/N` with the index Kubernetes sets, then a Job running `host merge`
+/// on all N shard folders.
 #[test]
 fn the_kubernetes_manifest_is_an_indexed_job_running_shard_and_merge() {
+    use yaml_rust2::{Yaml, YamlLoader};
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/k8s/indexed-job.yaml"
     );
-    let full = std::fs::read_to_string(path).unwrap();
-    // Comments out: only what Kubernetes reads.
-    let text: String = full
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let value = |key: &str| -> Vec<String> {
-        text.lines()
-            .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix(key))
-            .filter_map(|rest| rest.strip_prefix(':'))
-            .map(|v| v.trim().trim_matches('"').to_string())
-            .collect()
+    let docs = YamlLoader::load_from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(docs.len(), 2, "two Jobs: the shards, then the merge");
+    for d in &docs {
+        assert_eq!(d["apiVersion"].as_str(), Some("batch/v1"));
+        assert_eq!(d["kind"].as_str(), Some("Job"));
+    }
+    // The container's command line, as the shell gets it.
+    let command = |job: &Yaml| -> String {
+        let c = &job["spec"]["template"]["spec"]["containers"][0];
+        let words = |v: &Yaml| -> Vec<String> {
+            v.as_vec()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|w| w.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut all = words(&c["command"]);
+        all.extend(words(&c["args"]));
+        all.join(" ")
     };
-    assert_eq!(
-        value("kind"),
-        ["Job", "Job"],
-        "two Jobs: the shards, then the merge"
-    );
-    assert_eq!(value("completionMode"), ["Indexed"]);
-    let completions: usize = value("completions")[0].parse().unwrap();
-    assert!(completions >= 2);
-    let shard_line = text
-        .lines()
-        .find(|l| l.contains("host sample"))
-        .expect("a host sample command");
+    let (shards, merge) = (&docs[0], &docs[1]);
+    assert_eq!(shards["spec"]["completionMode"].as_str(), Some("Indexed"));
+    let n = shards["spec"]["completions"].as_i64().expect("completions");
+    assert!(n >= 2);
+    assert_eq!(shards["spec"]["parallelism"].as_i64(), Some(n));
+    let run = command(shards);
+    assert!(run.contains("host sample"), "{run}");
     assert!(
-        shard_line.contains(&format!("--shard auto/{completions}")),
-        "{shard_line}: --shard auto/N with N = completions"
+        run.contains(&format!("--shard auto/{n}")),
+        "{run}: N = completions"
     );
-    assert!(
-        shard_line.contains("$(JOB_COMPLETION_INDEX)")
-            || shard_line.contains("${JOB_COMPLETION_INDEX}")
-    );
-    let merge_line = text
-        .lines()
-        .find(|l| l.contains("host merge"))
-        .expect("a host merge command");
-    for i in 0..completions {
+    assert!(run.contains("${JOB_COMPLETION_INDEX}"), "{run}");
+    let join = command(merge);
+    assert!(join.contains("host merge --out"), "{join}");
+    for i in 0..n {
         assert!(
-            merge_line.contains(&format!("/{i}")),
-            "{merge_line}: shard {i}"
+            join.contains(&format!("/data/parts/{i}")),
+            "{join}: shard {i}"
         );
     }
     // The index variable is the one `--shard auto/N` reads.
