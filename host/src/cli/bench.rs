@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::common::{grouped, precision, threads};
+use crate::outln;
 use tweedie_nn::backend::profile;
 use tweedie_nn::model::adm::forward::{AdmModel, Input};
 use tweedie_nn::model::adm::{AdmArch, AdmConfig};
@@ -62,14 +63,15 @@ fn random_input(len: usize) -> Vec<f32> {
 }
 
 /// Prints the model line of the report.
-fn describe(name: &str, weights: &Weights, shape: [usize; 4], macs: u64) {
+fn describe(name: &str, weights: &Weights, shape: [usize; 4], macs: u64) -> anyhow::Result<()> {
     let [n, c, h, w] = shape;
-    println!(
+    outln!(
         "model: {name}, {} parameters ({:.1} MB as stored); input {n}x{c}x{h}x{w}; {:.2} G MAC per forward",
         grouped(weights.parameter_count() as u64),
         weights.size_bytes() as f64 / 1e6,
         macs as f64 / 1e9
-    );
+    )?;
+    Ok(())
 }
 
 fn bench_adm(
@@ -88,7 +90,7 @@ fn bench_adm(
         &weights,
         [batch, config.in_channels, size, size],
         macs,
-    );
+    )?;
     let x = random_input(batch * config.in_channels * size * size);
     let t: Vec<f32> = (0..batch).map(|i| (500 + i) as f32).collect();
     let input = Input {
@@ -100,7 +102,7 @@ fn bench_adm(
     };
     let mut out = vec![0.0f32; batch * config.out_channels * size * size];
     let mut model = AdmModel::new(&arch, &weights, size, size, jobs)?;
-    print_arena(model.arena_bytes());
+    print_arena(model.arena_bytes())?;
     timed(args, jobs, macs, &mut out, &mut |out| {
         model.forward(&input, out)
     })
@@ -120,7 +122,7 @@ fn bench_ncsnpp(
     let weights = Weights::random(&arch.state_dict(), precision(args.f16), 0);
     let macs = arch.macs() * batch as u64;
     let channels = arch.channels();
-    describe("ncsnpp", &weights, [batch, channels, size, size], macs);
+    describe("ncsnpp", &weights, [batch, channels, size, size], macs)?;
     let x = random_input(batch * channels * size * size);
     let sigma: Vec<f32> = (0..batch).map(|i| 10.0 * (i + 1) as f32).collect();
     let input = ncsnpp::Input {
@@ -130,17 +132,18 @@ fn bench_ncsnpp(
     };
     let mut out = vec![0.0f32; x.len()];
     let mut model = NcsnppModel::new(&arch, &weights, jobs)?;
-    print_arena(model.arena_bytes());
+    print_arena(model.arena_bytes())?;
     timed(args, jobs, macs, &mut out, &mut |out| {
         model.forward(&input, ncsnpp::Output::Score, out)
     })
 }
 
-fn print_arena(bytes: usize) {
-    println!(
+fn print_arena(bytes: usize) -> anyhow::Result<()> {
+    outln!(
         "arena: {:.1} MB of activations and scratch",
         bytes as f64 / 1e6
-    );
+    )?;
+    Ok(())
 }
 
 /// One warm-up pass, then `--iters` timed passes; prints the timing lines.
@@ -165,21 +168,21 @@ fn timed(
     seconds.sort_by(f64::total_cmp);
     let (best, median) = (seconds[0], median(&seconds));
     let gflops = 2.0 * macs as f64 / median / 1e9;
-    println!(
+    outln!(
         "{} iters, {jobs} threads: median {median:.3} s, best {best:.3} s, {gflops:.1} GFLOP/s at the median",
         args.iters
-    );
+    )?;
     if profile::enabled() {
-        print!("{}", profile::report());
+        outln!("{}", profile::report().trim_end_matches('\n'))?;
     }
     if let Some(kib) = peak_rss_kib() {
-        println!("peak_rss_mib={:.1}", kib as f64 / 1024.0);
+        outln!("peak_rss_mib={:.1}", kib as f64 / 1024.0)?;
     }
     // The machine-readable summary scripts/pytorch/compare.sh parses: always the last line.
-    println!(
+    outln!(
         "median_s={median:.6} gflops={gflops:.3} iters={}",
         args.iters
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

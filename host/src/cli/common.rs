@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 
+use crate::errln;
 use tweedie_nn::model::config::{ModelConfig, BUILTIN_NAMES};
 use tweedie_nn::weights::{Precision, WeightsMeta};
 
@@ -23,7 +24,7 @@ pub fn resolve_config(
         (Some(spec), from_meta) => {
             let config = ModelConfig::load(spec)?;
             if from_meta.is_some_and(|m| m != config) {
-                eprintln!("warning: --config {spec} differs from tweedie.config in {weights_label}; using --config");
+                errln!("warning: --config {spec} differs from tweedie.config in {weights_label}; using --config");
             }
             Ok(config)
         }

@@ -10,6 +10,7 @@ use clap::Args;
 
 use super::common::grouped;
 use crate::convert::{convert, write_verified, Checkpoint, ConvertOptions};
+use crate::outln;
 use tweedie_nn::weights::meta::{Kind, WeightsSet};
 
 const EXAMPLE: &str = "\
@@ -95,7 +96,7 @@ pub fn run(args: &ConvertArgs) -> Result<ExitCode> {
     let converted = convert(&ckpt, &opts)?;
     drop(ckpt);
     write_verified(&args.to, &converted.bytes, &converted.spec)?;
-    println!(
+    outln!(
         "wrote {}: {} config {}, {} tensors, {} parameters, {} weights{}, {:.1} MB",
         args.to.display(),
         match converted.config {
@@ -108,6 +109,6 @@ pub fn run(args: &ConvertArgs) -> Result<ExitCode> {
         converted.weights_set.as_str(),
         if args.f16 { ", f16" } else { "" },
         converted.bytes.len() as f64 / 1e6
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::errln;
 use anyhow::Result;
 use tweedie_nn::backend::cuda::{open_cuda, Resolved};
 
@@ -44,7 +45,7 @@ pub fn open(device: Device, ptx: Option<&Path>) -> Result<Resolved> {
         Device::Auto => match open_cuda(ptx) {
             Ok(r) => Ok(r),
             Err(e) => {
-                eprintln!("note: --device auto: no usable GPU ({e:#}); running on the CPU");
+                errln!("note: --device auto: no usable GPU ({e:#}); running on the CPU");
                 Ok(Resolved::Cpu)
             }
         },

@@ -34,6 +34,7 @@ use crate::run::plan::PlanArgs;
 use crate::run::progress::human_seconds;
 use crate::run::shard::{parse_shard_arg, ShardArg};
 use crate::run::stream::{ImageShape, InMemory};
+use crate::{errln, outln};
 use tweedie_nn::data::{DataRange, Dataset, MnistSplit, Preprocess};
 use tweedie_nn::denoiser::Model;
 use tweedie_nn::tensors::SafetensorsFile;
@@ -272,16 +273,16 @@ fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
     let base_min = db.iter().copied().fold(f64::INFINITY, f64::min);
     let closer = ds.iter().filter(|&&d| d < base_min).count();
     let (s, b) = (spread(&ds), spread(&db));
-    println!(
+    outln!(
         "nearest MNIST training image (L2 over {c}x{h}x{w} in {}) of {n} samples:",
         range.as_str()
-    );
+    )?;
     let hist: Vec<String> = histogram
         .iter()
         .enumerate()
         .map(|(d, k)| format!("{d}: {k}"))
         .collect();
-    println!("1-NN labels  {}", hist.join("  "));
+    outln!("1-NN labels  {}", hist.join("  "))?;
     // "Balanced" means in the training set's own proportions (MNIST's are near, not exactly, equal).
     let mut train_hist = [0usize; 10];
     for &l in train.labels().unwrap_or(&[]).iter().filter(|&&l| l < 10) {
@@ -290,30 +291,37 @@ fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
     let weights: Vec<f64> = train_hist.iter().map(|&k| k as f64).collect();
     let balance = chi_square(&histogram, &weights);
     if let Some(u) = balance {
-        println!(
+        outln!(
             "label balance: chi2 {:.2} on {} d.o.f. against the training set's label proportions, p = {:.3}",
             u.chi2, u.dof, u.p
-        );
+        )?;
     }
-    println!(
+    outln!(
         "{:<28} {:>8} {:>8} {:>8} {:>8}",
-        "distance", "min", "median", "mean", "max"
-    );
+        "distance",
+        "min",
+        "median",
+        "mean",
+        "max"
+    )?;
     for (name, sp) in [
         (format!("samples ({n})"), s),
         (format!("test digits ({count}, baseline)"), b),
     ] {
         if let Some(sp) = sp {
-            println!(
+            outln!(
                 "{name:<28} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
-                sp.min, sp.median, sp.mean, sp.max
-            );
+                sp.min,
+                sp.median,
+                sp.mean,
+                sp.max
+            )?;
         }
     }
-    println!(
+    outln!(
         "samples closer than {} (copies): {copies} of {n}; closer than the closest test digit: {closer}",
         args.copy_threshold
-    );
+    )?;
     let per_sample: Vec<_> = found
         .iter()
         .enumerate()
@@ -417,10 +425,10 @@ impl Table<'_> {
                 (name, label, mean_se(&v))
             })
             .collect();
-        println!("{}\n", self.title);
-        println!("| method | PSNR (dB), mean ± s.e. |\n|---|---|");
+        outln!("{}\n", self.title)?;
+        outln!("| method | PSNR (dB), mean ± s.e. |\n|---|---|")?;
         for (_, label, m) in &table {
-            println!("| {label} | {:.2} ± {:.2} |", m.mean, m.se);
+            outln!("| {label} | {:.2} ± {:.2} |", m.mean, m.se)?;
         }
         let mut json = self.run.clone();
         json["methods"] = table.iter().map(|(name, label, m)| json!({"name": name, "label": label, "mean": m.mean, "se": m.se, "n": m.n})).collect();
@@ -469,7 +477,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
     }
     let say = |line: &str| {
         if !args.quiet {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     };
     let mut plan_args = args.plan.clone();

@@ -21,6 +21,7 @@ use crate::eval::digit_inputs::read_digits;
 use crate::eval::fid_calibration::{calibrate, Plan, Row, TrainingDigits};
 use crate::eval::judge::{Judge, Scores, Split, K};
 use crate::image_io::sha256_hex;
+use crate::outln;
 use crate::run::output::{build_info, json_bytes, Outputs};
 use tweedie_nn::data::{Dataset, MnistSplit};
 use tweedie_nn::model::classifier::{padded_images, PIXELS};
@@ -137,8 +138,8 @@ pub fn run_fid(args: &FidArgs) -> Result<ExitCode> {
     let split = args.reference.split();
     let scores = judge.score(&digits.images, split, threads(args.threads))?;
     let seconds = start.elapsed().as_secs_f64();
-    print_scores(&scores, &digits.source, &judge, split);
-    println!("({seconds:.1} s)");
+    print_scores(&scores, &digits.source, &judge, split)?;
+    outln!("({seconds:.1} s)")?;
     let report = json!({
         "command": "evaluate fid",
         "arguments": args,
@@ -153,37 +154,44 @@ pub fn run_fid(args: &FidArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_scores(s: &Scores, source: &str, judge: &Judge, split: Split) {
+fn print_scores(s: &Scores, source: &str, judge: &Judge, split: Split) -> anyhow::Result<()> {
     let r = judge.reference(split);
-    println!(
+    outln!(
         "{} digits from {source}, against MNIST {} ({} images):",
         s.n,
         split.name(),
         r.stats.n
-    );
+    )?;
     let pr = &s.precision_recall;
-    println!("| statistic | value |\n|---|---|");
-    println!("| Fréchet distance (n = {}) | {:.2} |", s.n, s.fid);
-    println!(
+    outln!("| statistic | value |\n|---|---|")?;
+    outln!("| Fréchet distance (n = {}) | {:.2} |", s.n, s.fid)?;
+    outln!(
         "| Inception-score analogue (1 to 10) | {:.3} |",
         s.inception_score
-    );
-    println!(
+    )?;
+    outln!(
         "| precision, k = {K} ({} real, {} samples) | {:.3} |",
-        pr.real, pr.samples, pr.precision
-    );
-    println!(
+        pr.real,
+        pr.samples,
+        pr.precision
+    )?;
+    outln!(
         "| recall, k = {K} ({} real, {} samples) | {:.3} |",
-        pr.real, pr.samples, pr.recall
-    );
+        pr.real,
+        pr.samples,
+        pr.recall
+    )?;
     let counts: Vec<String> = s.class_counts.iter().map(|c| c.to_string()).collect();
-    println!("| classes 0 … 9 | {} |", counts.join(" "));
+    outln!("| classes 0 … 9 | {} |", counts.join(" "))?;
     if let Some(c) = s.class_balance {
-        println!(
+        outln!(
             "| class balance: χ² ({} d.o.f.) against the training proportions | {:.2}, p = {:.3} |",
-            c.dof, c.chi2, c.p
-        );
+            c.dof,
+            c.chi2,
+            c.p
+        )?;
     }
+    Ok(())
 }
 
 /// Runs `host evaluate fid-calibrate`.
@@ -214,12 +222,13 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<ExitCode> {
         images: &images,
         labels,
     };
-    println!(
+    outln!(
         "| digits (against the MNIST test set) | n | sets | FID mean ± sd | IS | precision | recall | s/set |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
+    )?;
+    outln!("|---|---|---|---|---|---|---|---|")?;
+    // A row is printed as soon as it is done; a failed write shows again at the next line.
     let rows = calibrate(&judge, &digits, &plan, threads(args.threads), |r: &Row| {
-        println!(
+        let _ = outln!(
             "| {} | {} | {} | {:.2} ± {:.2} | {:.2} | {:.3} | {:.3} | {:.1} |",
             r.name,
             r.n,
@@ -237,9 +246,9 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<ExitCode> {
         .find(|r| r.name == "real training digits" && r.n == args.degraded_n)
         .map(|r| r.fid.mean);
     if let Some(f) = floor {
-        println!("\nFID / floor at n = {}:", args.degraded_n);
+        outln!("\nFID / floor at n = {}:", args.degraded_n)?;
         for r in rows.iter().filter(|r| r.name != "real training digits") {
-            println!("  {}: {:.1}x", r.name, r.fid.mean / f);
+            outln!("  {}: {:.1}x", r.name, r.fid.mean / f)?;
         }
     }
     let report = json!({

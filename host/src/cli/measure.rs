@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::image_io::{png_from_planes, read_image_native, to_planes};
+use crate::outln;
 use crate::run::measurement::{parse_box, MeasureOptions, Measurement, Task};
 use crate::run::output::Outputs;
 use tweedie_nn::weights::meta::DataRange;
@@ -87,13 +88,13 @@ pub fn run(args: &MeasureArgs) -> Result<ExitCode> {
         &png_from_planes(&to_planes(&m.y, range), shape[1], shape[2], shape[3])?,
     )?;
     out.commit();
-    println!(
+    outln!(
         "wrote {} (y {:?}, task {}, sigma_y {}) and {}",
         args.out.display(),
         shape,
         args.task.name(),
         args.sigma_y,
         preview.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::restore::{write_estimates, ImageFacts, SHARD_IMAGE, SHARD_TRUTH};
 use super::sample::SHARD_CHAINS;
+use crate::errln;
 use crate::run::manifest::{check_set, Manifest};
 use crate::run::output::{json_bytes, Outputs};
 use crate::run::progress::human_seconds;
@@ -78,7 +79,7 @@ pub fn run(args: &MergeArgs) -> Result<ExitCode> {
     }
     out.commit();
     if !args.quiet {
-        eprintln!(
+        errln!(
             "merged {} shards ({} {}) into {} in {}",
             shards.len(),
             first.total,

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod common;
+pub mod console;
 pub mod convert;
 pub mod denoise;
 pub mod device;

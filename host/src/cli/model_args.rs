@@ -23,6 +23,7 @@ use tweedie_nn::weights::{Weights, WeightsMeta};
 
 use super::common::{precision, resolve_config};
 use crate::bundled;
+use crate::errln;
 
 /// The model flags shared by `sample`, `restore`, `denoise` (and `schedule`, without weights).
 #[derive(Debug, Clone, Args, Serialize)]
@@ -84,7 +85,7 @@ fn pick<T: PartialEq + Copy + std::fmt::Debug>(
 ) -> Option<T> {
     if let (Some(f), Some(m)) = (flag, meta) {
         if f != m {
-            eprintln!("warning: --{flag_name} {f:?} differs from {key} {m:?} in {label}; using --{flag_name}");
+            errln!("warning: --{flag_name} {f:?} differs from {key} {m:?} in {label}; using --{flag_name}");
         }
     }
     flag.or(meta)
@@ -194,7 +195,7 @@ impl ModelArgs {
         let meta =
             WeightsMeta::parse(&file.metadata()?).map_err(|e| anyhow::anyhow!("{label}: {e:#}"))?;
         for key in &meta.unknown {
-            eprintln!("warning: {label}: unknown metadata key {key} ignored");
+            errln!("warning: {label}: unknown metadata key {key} ignored");
         }
         let config = resolve_config(self.config.as_deref(), &meta, &label)?;
         let kind = pick("kind", self.kind_flag()?, meta.kind, "tweedie.kind", &label)
@@ -216,7 +217,7 @@ impl ModelArgs {
         })?;
         let noise_name = match (&self.noise_input, &meta.noise_input) {
             (Some(f), Some(m)) if f != m => {
-                eprintln!("warning: --noise-input {f} differs from tweedie.noise_input {m} in {label}; using --noise-input");
+                errln!("warning: --noise-input {f} differs from tweedie.noise_input {m} in {label}; using --noise-input");
                 f.clone()
             }
             (Some(f), _) => f.clone(),

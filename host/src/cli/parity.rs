@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::common::{grouped, precision, resolve_config, threads};
 use super::EXIT_CHECK_FAILED;
+use crate::{errln, outln};
 use tweedie_nn::model::adm::forward::{forward, Input};
 use tweedie_nn::model::adm::{AdmArch, AdmConfig};
 use tweedie_nn::model::config::ModelConfig;
@@ -122,8 +123,13 @@ fn read_reference(
 }
 
 /// Prints the model line of the report.
-fn describe(name: &str, weights: &Weights, reference: &Reference, channels: usize) {
-    println!(
+fn describe(
+    name: &str,
+    weights: &Weights,
+    reference: &Reference,
+    channels: usize,
+) -> anyhow::Result<()> {
+    outln!(
         "model: {name}, {} parameters ({:.1} MB as stored); {} samples of {}x{}x{}",
         grouped(weights.parameter_count() as u64),
         weights.size_bytes() as f64 / 1e6,
@@ -131,7 +137,8 @@ fn describe(name: &str, weights: &Weights, reference: &Reference, channels: usiz
         channels,
         reference.height,
         reference.width
-    );
+    )?;
+    Ok(())
 }
 
 /// ADM: `out` is the network output for timesteps `t`.
@@ -150,7 +157,7 @@ fn run_adm(
         check_size: &|h, w| arch.check_input_size(h, w),
     };
     let reference = read_reference(&args.io, "t", &shape)?;
-    describe("adm", &weights, &reference, config.in_channels);
+    describe("adm", &weights, &reference, config.in_channels)?;
     let input = Input {
         x: &reference.x.data,
         t: &reference.cond.data,
@@ -179,7 +186,7 @@ fn run_ncsnpp(
         check_size: &|h, w| arch.check_input_size(h, w),
     };
     let reference = read_reference(&args.io, "sigma", &shape)?;
-    describe("ncsnpp", &weights, &reference, arch.channels());
+    describe("ncsnpp", &weights, &reference, arch.channels())?;
     let input = ncsnpp::Input {
         x: &reference.x.data,
         sigma: &reference.cond.data,
@@ -199,7 +206,7 @@ pub fn run(args: &ParityArgs) -> Result<ExitCode> {
     let meta = WeightsMeta::parse(&file.metadata()?)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.label()))?;
     for key in &meta.unknown {
-        eprintln!(
+        errln!(
             "warning: {}: unknown metadata key {key} ignored",
             file.label()
         );
@@ -216,19 +223,19 @@ pub fn run(args: &ParityArgs) -> Result<ExitCode> {
     let results = compare(&ours, &reference.out.data, reference.batch, tol)?;
     for (i, s) in results.iter().enumerate() {
         let verdict = if s.pass { "ok" } else { "FAIL" };
-        println!(
+        outln!(
             "sample {i} ({} = {}): max abs err {:.3e}, max |ref| {:.3e}, rel err {:.3e} (tol {tol:e}) {verdict}",
             reference.cond_name, reference.cond.data[i], s.max_abs, s.max_ref, s.rel
-        );
+        )?;
     }
     let failed = results.iter().filter(|s| !s.pass).count();
     if failed > 0 {
-        println!(
+        outln!(
             "parity FAILED: {failed} of {} samples outside tolerance",
             results.len()
-        );
+        )?;
         return Ok(ExitCode::from(EXIT_CHECK_FAILED));
     }
-    println!("parity ok: {} samples within tolerance", results.len());
+    outln!("parity ok: {} samples within tolerance", results.len())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -20,6 +20,7 @@ use super::sample::{
     image_shape, no_chains, plan_len, run_json, write_chain_shard, write_samples, RunArgs,
 };
 use crate::cli::model_args::ModelArgs;
+use crate::errln;
 use crate::image_io::{png_from_planes, range_width, read_image, to_planes};
 use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
 use crate::run::measurement::{parse_box, MeasureOptions, Measurement, Task};
@@ -128,7 +129,7 @@ fn problems(args: &RestoreArgs, model: &Model) -> Result<Vec<Problem>> {
             }
             let mut m = m;
             if let Some(s) = args.sigma_y.filter(|s| *s != m.sigma_y) {
-                eprintln!(
+                errln!(
                     "warning: --sigma-y {s} differs from tweedie.sigma_y {} in {}; using --sigma-y",
                     m.sigma_y,
                     path.display()
@@ -220,7 +221,7 @@ pub fn run(args: &RestoreArgs) -> Result<ExitCode> {
     }
     out.commit();
     if !args.run.quiet {
-        eprintln!(
+        errln!(
             "restored {} image(s) into {} in {}",
             problems.len(),
             args.run.out.display(),
@@ -394,7 +395,7 @@ fn run_shard(
     out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
     out.commit();
     if !args.run.quiet {
-        eprintln!(
+        errln!(
             "wrote {} ({}) to {}",
             shard.label(),
             manifest.describe_block(),

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::common::threads;
 use crate::cli::device::{self, Device, DeviceArgs};
 use crate::cli::model_args::ModelArgs;
+use crate::errln;
 use crate::image_io::{grid_planes, png_from_planes, to_planes};
 use crate::run::manifest::{Manifest, MANIFEST};
 use crate::run::output::{build_info, json_bytes, Outputs};
@@ -375,7 +376,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
         out.commit();
         if !args.run.quiet {
-            eprintln!(
+            errln!(
                 "wrote {} ({}) to {}",
                 shard.label(),
                 manifest.describe_block(),
@@ -397,7 +398,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
     out.write("run.json", &json_bytes(&info)?)?;
     out.commit();
     if !args.run.quiet {
-        eprintln!(
+        errln!(
             "wrote {n} samples to {} in {}",
             args.run.out.display(),
             human_seconds(start.elapsed().as_secs_f64())

@@ -11,6 +11,7 @@ use image::{Rgb, RgbImage};
 use tweedie_core::plan::{PlanStep, StepPlan};
 
 use crate::cli::model_args::ModelArgs;
+use crate::outln;
 use crate::run::measurement::Task;
 use crate::run::output::Outputs;
 use crate::run::plan::{PlanArgs, Purpose, PRESETS};
@@ -92,7 +93,7 @@ pub fn run(args: &ScheduleArgs) -> Result<ExitCode> {
     let mut out = Outputs::files();
     match &args.out {
         Some(path) => out.write(path, csv.as_bytes())?,
-        None => print!("{csv}"),
+        None => outln!("{}", csv.trim_end_matches('\n'))?,
     }
     if let Some(path) = &args.plot {
         let mut png = Vec::new();

@@ -17,6 +17,7 @@ use clap::Args;
 use serde_json::{json, Map, Value};
 
 use crate::cli::device::{self, Device};
+use crate::outln;
 use tweedie_nn::backend::cuda::Resolved;
 
 const EXAMPLE: &str = "\
@@ -76,7 +77,7 @@ impl Report {
         } else {
             self.failed += 1;
         }
-        println!("{} {section}: {entry}", if pass { "PASS" } else { "FAIL" });
+        outln!("{} {section}: {entry}", if pass { "PASS" } else { "FAIL" })?;
         let arr = self
             .root
             .entry(section)
@@ -117,17 +118,17 @@ pub fn run(args: &SelftestArgs) -> Result<ExitCode> {
                 timing: (!args.no_timings)
                     .then(|| (tweedie_nn::model::adm::AdmConfig::ffhq256(), vec![1, 8])),
             };
-            println!(
+            outln!(
                 "gpu: {} (compute {}), driver API {}, {:.1} GiB",
                 gpu.info.name,
                 gpu.info.compute_capability,
                 gpu.info.driver,
                 gpu.info.total_mem as f64 / (1u64 << 30) as f64
-            );
+            )?;
             report.set("device", serde_json::to_value(&gpu.info)?)?;
             checks::run(gpu.as_ref(), &plan, &mut report)?;
             report.set("status", json!("done"))?;
-            println!("{} passed, {} failed", report.passed, report.failed);
+            outln!("{} passed, {} failed", report.passed, report.failed)?;
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -18,6 +18,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::common::threads;
+use crate::errln;
 use crate::run::progress::human_seconds;
 use tweedie_nn::data::{file_sha256, Dataset, MnistSplit};
 use tweedie_nn::model::adm::AdmArch;
@@ -184,7 +185,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let csv_path = sibling(&args.out, "loss.csv");
     let mut csv = LossCsv::open(&csv_path, &["loss", "grad_norm", "lr"], run.state.step)?;
     let macs = arch.macs(config.image_size, config.image_size);
-    eprintln!(
+    errln!(
         "train: {} preset, {} parameters, {:.3} GMAC/image forward, {} images, batch {}, {} threads, steps {}..{}",
         preset.name(),
         layout.total(),
@@ -269,7 +270,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             );
             match &bar {
                 Some(bar) => bar.println(line),
-                None => eprintln!("{line}"),
+                None => errln!("{line}"),
             }
             window = (0.0, 0);
         }
@@ -283,13 +284,13 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             let line = format!("step {step}: sample grid {}", path.display());
             match &bar {
                 Some(bar) => bar.println(line),
-                None => eprintln!("{line}"),
+                None => errln!("{line}"),
             }
         }
         if stop.requested() {
-            eprintln!("train: stop requested; writing a checkpoint at step {step}");
+            errln!("train: stop requested; writing a checkpoint at step {step}");
             save(&run)?;
-            eprintln!("train: resume with --resume {}", ckpt.display());
+            errln!("train: resume with --resume {}", ckpt.display());
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -297,7 +298,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         bar.finish_and_clear();
     }
     save(&run)?;
-    eprintln!(
+    errln!(
         "train: done, {} steps in {}; weights {} (EMA), checkpoint {}",
         run.state.step - first,
         human_seconds(start.elapsed().as_secs_f64()),

@@ -18,6 +18,7 @@ use crate::eval::judge::{Judge, Reference};
 use crate::image_io::sha256_hex;
 use crate::run::output::{build_info, Outputs};
 use crate::run::progress::human_seconds;
+use crate::{errln, outln};
 use tweedie_nn::data::{file_sha256, Dataset, MnistSplit};
 use tweedie_nn::model::classifier::{padded_images, parameter_count};
 use tweedie_nn::train::classify_run::{accuracy, train_classifier, ClassifyConfig, Labelled};
@@ -103,13 +104,13 @@ pub fn run(args: &TrainClassifierArgs) -> Result<ExitCode> {
         seed: args.seed,
         threads,
     };
-    eprintln!(
+    errln!(
         "training the digit classifier ({} parameters) on {} images, {} epochs, {threads} threads",
         parameter_count(),
         train.len(),
         args.epochs
     );
-    let (classifier, epochs) = train_classifier(&cfg, &train_set, &test_set, |l| eprintln!("{l}"))?;
+    let (classifier, epochs) = train_classifier(&cfg, &train_set, &test_set, |l| errln!("{l}"))?;
     let train_s = start.elapsed().as_secs_f64();
     let test_accuracy = accuracy(&classifier, &test_set, threads)?;
     let train_accuracy = accuracy(&classifier, &train_set, threads)?;
@@ -165,20 +166,20 @@ pub fn run(args: &TrainClassifierArgs) -> Result<ExitCode> {
     let mut out = Outputs::files();
     out.write(&args.out, &bytes)?;
     out.commit();
-    println!(
+    outln!(
         "test accuracy {:.2} % ({} of {}), training accuracy {:.2} %",
         100.0 * test_accuracy,
         (test_accuracy * test.len() as f64).round(),
         test.len(),
         100.0 * train_accuracy
-    );
-    println!(
+    )?;
+    outln!(
         "wrote {} ({} bytes, sha256 {}); training {}, reference statistics {}",
         args.out.display(),
         bytes.len(),
         sha256_hex(&bytes),
         human_seconds(train_s),
         human_seconds(reference_s)
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

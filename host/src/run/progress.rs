@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::errln;
 use indicatif::{ProgressBar, ProgressStyle};
 
 enum Mode {
@@ -67,7 +68,7 @@ impl Progress {
         match &self.mode {
             Mode::Quiet => {}
             Mode::Bar(bar) => bar.println(line),
-            Mode::Lines => eprintln!("{line}"),
+            Mode::Lines => errln!("{line}"),
         }
     }
 
@@ -103,7 +104,7 @@ impl Progress {
                     let rate = now as f64 / elapsed.max(1e-9);
                     let eta = (self.total.saturating_sub(now)) as f64 / rate.max(1e-9);
                     let msg = self.message.lock().map(|m| m.clone()).unwrap_or_default();
-                    eprintln!(
+                    errln!(
                         "progress: {now}/{} chain-steps ({}%), {rate:.1}/s, ETA {} {msg}",
                         self.total,
                         now * 100 / self.total,

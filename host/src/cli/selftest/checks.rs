@@ -17,6 +17,7 @@ use tweedie_core::{noise, Preset};
 use tweedie_kernels::{Conv2d, QkvOrder, WeightsRef};
 
 use super::Report;
+use crate::outln;
 use crate::run::device::DeviceSampler;
 use crate::run::plan::FirstSteps;
 use tweedie_nn::backend::ops::{DeviceOps, UpdateStep};
@@ -709,10 +710,10 @@ fn timings<O: DeviceOps>(
             let t = vec![500.0; batch];
             let s = time(dev, 3, || net.forward(&x, &t, &mut out, batch))?;
             let gflops = 2.0 * macs * batch as f64 / s / 1e9;
-            println!(
+            outln!(
                 "time: {what}, batch {batch}: {:.2} ms ({gflops:.0} GFLOP/s)",
                 s * 1e3
-            );
+            )?;
             r.check(
                 "timings",
                 json!({"what": what, "batch": batch, "seconds": s, "gflops": gflops}),
@@ -734,11 +735,11 @@ fn timings<O: DeviceOps>(
         if out.iter().any(|v| !v.is_finite()) {
             bail!("the timing run's samples are not finite");
         }
-        println!(
+        outln!(
             "time: sampling step {size}x{size}, batch {batch}: {:.2} ms ({:.2} steps/s)",
             per_step * 1e3,
             1.0 / per_step
-        );
+        )?;
         r.check(
             "timings",
             json!({"what": format!("sampling step (forward + D + update) {size}x{size}"), "batch": batch, "seconds": per_step, "steps_per_s": 1.0 / per_step}),

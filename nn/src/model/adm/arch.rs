@@ -331,6 +331,19 @@ impl AdmArch {
             attention_ds: c.attention_ds(),
         };
         let levels = c.channel_mult.len();
+        // Each level halves the map: the image must halve cleanly down to the last level
+        // (guided-diffusion's construction), which also bounds the level count.
+        let max_ds = u32::try_from(levels.saturating_sub(1))
+            .ok()
+            .and_then(|l| 1usize.checked_shl(l))
+            .filter(|&ds| ds <= c.image_size && c.image_size.is_multiple_of(ds));
+        if levels == 0 || max_ds.is_none() {
+            bail!(
+                "channel_mult: {levels} levels need image_size {} divisible by 2^{} (each level halves the map)",
+                c.image_size,
+                levels.saturating_sub(1)
+            );
+        }
         let mut ch = c.level_channels(0);
         if ch == 0 {
             bail!(
