@@ -221,7 +221,7 @@ pub struct PosteriorArgs {
     pub skip_network: bool,
     /// Fail (exit 1) if a digit's gaussian-fit chain mean is more than this many dB below the
     /// Monte Carlo floor against the exact posterior mean.
-    #[arg(long, value_name = "DB")]
+    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
     pub max_excess_db: Option<f64>,
     /// Network chains per denoiser call (default min(samples, 8)); never changes the results.
     #[arg(long)]
