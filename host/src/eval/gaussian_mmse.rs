@@ -1,13 +1,13 @@
 //! The posterior of x ~ N(μ, Σ) given y = A x + σ_y·n, n ~ N(0, I): its mean
 //!
-//! x̂ = μ + Σ Aᵀ (A Σ Aᵀ + σ_y² I)⁻¹ (y − A μ) and its per-element variance
-//! diag(Σ − Σ Aᵀ (A Σ Aᵀ + σ_y² I)⁻¹ A Σ),
+//! x̂ = μ + Σ Aᵀ (A Σ Aᵀ + σ_y² I)⁻¹ (y − A μ),
 //!
 //! the MMSE estimate under the Gaussian prior and the best linear estimate for any prior with
-//! that mean and covariance. A is taken from the operator column by column (A e_j) and kept as
-//! sparse rows; rows that are identically zero (the missing pixels of inpainting) are dropped,
-//! because their y entries are pure noise independent of x. The m×m system (m = the rows that
-//! remain: observed pixels, or the low-resolution pixels of SR) is solved by Cholesky.
+//! that mean and covariance, and its per-element variance diag(Σ − Σ Aᵀ (A Σ Aᵀ + σ_y² I)⁻¹ A Σ).
+//! A is taken from the operator column by column (A e_j) and kept as sparse rows; rows that
+//! are identically zero (the missing pixels of inpainting) are dropped, because their y
+//! entries are pure noise independent of x. The m×m system (m = the rows that remain:
+//! observed pixels, or the low-resolution pixels of SR) is solved by Cholesky.
 
 use anyhow::{bail, Result};
 use tweedie_core::ForwardOperator;
