@@ -29,7 +29,7 @@ fn check_pair(reference: &[f32], estimate: &[f32]) -> Result<(), Error> {
 }
 
 /// `10·log10(max² / mse)`; +∞ when mse = 0.
-fn psnr_of_mse(max: f64, mse: f64) -> f64 {
+pub fn psnr_of_mse(max: f64, mse: f64) -> f64 {
     if mse == 0.0 {
         f64::INFINITY
     } else {

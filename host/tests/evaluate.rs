@@ -322,3 +322,100 @@ fn real_mnist_nearest_and_restoration() {
     let t = restoration(&data, "inpaint", &dir.join("t.json"), &[]);
     check_table(&t, 2);
 }
+
+/// `evaluate posterior` on a synthetic folder: its measurement, Gaussian MMSE and network
+/// chains are `evaluate restoration`'s (same seeds), its exact-Gaussian half runs the
+/// `gaussian-fit` weights, and `--max-excess-db` turns a miss into exit 1.
+#[test]
+fn posterior_diagnosis_on_a_synthetic_folder() {
+    let dir = scratch("posterior");
+    let data = dir.join("mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    fake_mnist(&data, &random_images(300, 11), &random_images(2, 12));
+    let (d, out) = (s(&data), dir.join("post.json"));
+    let o = s(&out);
+    let common = [
+        "--data",
+        &d,
+        "--task",
+        "sr4",
+        "--count",
+        "2",
+        "--samples",
+        "2",
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        "--quiet",
+    ];
+    let mut args = vec!["evaluate", "posterior"];
+    args.extend(GAUSSIAN);
+    args.extend(common);
+    args.extend(["--out", &o]);
+    ok(&args);
+    let post = json(&out);
+    let table = restoration(&data, "sr4", &dir.join("rest.json"), &["--sigma-y", "0.2"]);
+    for (i, digit) in post["digits"].as_array().unwrap().iter().enumerate() {
+        let (p, r) = (&digit["diagnosis"], &table["digits"][i]["psnr"]);
+        for (a, b) in [
+            ("exact_mean", "gaussian_mmse"),
+            ("back_projection", "back_projection"),
+            ("network_mean", "mean"),
+            ("network_sample", "sample_average"),
+        ] {
+            assert_eq!(p[a], r[b], "digit {i}: {a} vs {b}");
+        }
+        let ratio = p["variance_ratio_median"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{ratio}");
+    }
+    assert!(post["exact_model"]["weights"]
+        .as_str()
+        .unwrap()
+        .starts_with("gaussian-fit:"));
+    // An impossible tolerance fails with exit 1; a bad flag is an error (exit 2).
+    args.extend(["--max-excess-db", "-100"]);
+    args.retain(|a| *a != "--out" && *a != o.as_str());
+    let miss = host(&args);
+    let err = String::from_utf8_lossy(&miss.stderr);
+    assert_eq!(miss.status.code(), Some(1), "{err}");
+    assert!(err.contains("below the Monte Carlo floor"), "{err}");
+    let mut one_chain = common;
+    one_chain[7] = "1";
+    let mut bad = vec!["evaluate", "posterior"];
+    bad.extend(GAUSSIAN);
+    bad.extend(one_chain);
+    let e = host(&bad);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--samples at least 2"));
+    // gaussian-fit weights in the restoration table, and their flag checks.
+    let fit = format!("gaussian-fit:{d}");
+    ok(&[
+        "evaluate",
+        "restoration",
+        "--weights",
+        &fit,
+        "--data",
+        &d,
+        "--task",
+        "inpaint",
+        "--count",
+        "1",
+        "--samples",
+        "2",
+        "--steps",
+        "5",
+        "--quiet",
+    ]);
+    let e = host(&[
+        "sample",
+        "--weights",
+        &fit,
+        "--channels",
+        "1",
+        "--out",
+        &s(&dir.join("x")),
+    ]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("drop --channels"));
+}

@@ -1,8 +1,12 @@
-//! Pieces shared by subcommands: choosing the model config, thread count, precision.
+//! Pieces shared by subcommands: choosing the model config, thread count, precision, and
+//! reading MNIST onto a model's shape.
 
-use anyhow::{Context, Result};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 
 use crate::errln;
+use tweedie_nn::data::{DataRange, Dataset, MnistSplit, Preprocess};
 use tweedie_nn::model::config::{ModelConfig, BUILTIN_NAMES};
 use tweedie_nn::weights::{Precision, WeightsMeta};
 
@@ -61,6 +65,33 @@ pub fn grouped(n: u64) -> String {
         out.push(ch);
     }
     out
+}
+
+/// The MNIST split in `dir` (IDX files); errors start with `flag`, the option that named it.
+pub fn load_mnist(dir: &Path, split: MnistSplit, flag: &str) -> Result<Dataset> {
+    Dataset::mnist(dir, split, false)
+        .with_context(|| format!("{flag}: MNIST files (scripts/fetch-mnist.sh)"))
+}
+
+/// The preprocessing that maps `ds` onto a C×size×size model in `range`: centred padding.
+pub fn preprocess(
+    ds: &Dataset,
+    channels: usize,
+    size: usize,
+    range: DataRange,
+) -> Result<Preprocess> {
+    let (h, w) = (ds.height, ds.width);
+    if channels != ds.channels || h != w || size < h || !(size - h).is_multiple_of(2) {
+        bail!(
+            "the data are {}x{h}x{w} images; a {channels}x{size}x{size} model needs the same \
+             channels and a size that pads them evenly",
+            ds.channels
+        );
+    }
+    Ok(Preprocess {
+        range,
+        pad: (size - h) / 2,
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The model flags: `--weights W.safetensors` (a network, with its `tweedie.*` metadata and the
-//! override flags of formats.md §3), `--weights bundled:NAME` or `--weights gaussian:MEAN,STD`
-//! (the closed-form Gaussian prior, for tests and demos), resolved once into a [`Model`].
+//! override flags of formats.md §3), `--weights bundled:NAME`, `--weights gaussian:MEAN,STD`
+//! (the closed-form isotropic Gaussian prior, for tests and demos) or `--weights
+//! gaussian-fit:DATA` (the full-covariance Gaussian fitted to MNIST's training split: an exact
+//! denoiser whose inverse-problem posteriors are known), resolved once into a [`Model`].
 
 use std::path::Path;
 
@@ -21,17 +23,24 @@ use tweedie_nn::tensors::SafetensorsFile;
 use tweedie_nn::weights::meta::{DataRange, Kind, NetOutput};
 use tweedie_nn::weights::{Weights, WeightsMeta};
 
-use super::common::{precision, resolve_config};
+use super::common::{load_mnist, precision, preprocess, resolve_config, threads};
 use crate::bundled;
 use crate::errln;
+use crate::eval::gaussian_fit::{fit, GaussianFit};
+use tweedie_nn::data::MnistSplit;
 
 /// The model flags shared by `sample`, `restore`, `denoise` (and `schedule`, without weights).
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ModelArgs {
     /// Weights: a safetensors file, `bundled:NAME` for a model compiled into the binary
-    /// (default: bundled:mnist-vp), or `gaussian:MEAN,STD` for the closed-form Gaussian prior
-    /// (shape from --size/--channels, scale from --kind).
-    #[arg(long, value_name = "W.safetensors|bundled:NAME|gaussian:MEAN,STD")]
+    /// (default: bundled:mnist-vp), `gaussian:MEAN,STD` for the closed-form Gaussian prior
+    /// (shape from --size/--channels, scale from --kind), or `gaussian-fit:DIR` for the
+    /// Gaussian fitted to the MNIST training split in DIR (padded to --size, default 32; scale
+    /// from --kind, default vp).
+    #[arg(
+        long,
+        value_name = "W.safetensors|bundled:NAME|gaussian:MEAN,STD|gaussian-fit:DIR"
+    )]
     pub weights: Option<String>,
     /// Model config: a JSON file or a built-in name (adm-ffhq256, ncsnpp-ffhq256). Overrides
     /// the weights' `tweedie.config`.
@@ -60,12 +69,12 @@ pub struct ModelArgs {
     /// Weights set recorded in the metadata: ema, model or raw (informational).
     #[arg(long, value_name = "ema|model|raw")]
     pub weights_set: Option<String>,
-    /// Image side for `gaussian:` weights.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
-    pub size: u64,
-    /// Image channels (1 or 3) for `gaussian:` weights.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3))]
-    pub channels: u64,
+    /// Image side for `gaussian:` (default 8) and `gaussian-fit:` weights (default 32).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub size: Option<u64>,
+    /// Image channels (1 or 3) for `gaussian:` weights (default 3).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3))]
+    pub channels: Option<u64>,
     /// Store conv and linear weights as f16.
     #[arg(long)]
     pub f16: bool,
@@ -132,6 +141,9 @@ impl ModelArgs {
         if let Some(rest) = spec.strip_prefix("gaussian:") {
             return self.gaussian(spec, rest);
         }
+        if let Some(dir) = spec.strip_prefix("gaussian-fit:") {
+            return self.gaussian_fit(spec, Path::new(dir));
+        }
         let file = match spec.strip_prefix(bundled::PREFIX) {
             Some(name) => {
                 let model = bundled::find(name).with_context(|| {
@@ -156,11 +168,9 @@ impl ModelArgs {
         self.gaussian("gaussian:0,1", "0,1")
     }
 
-    fn gaussian(&self, spec: &str, rest: &str) -> Result<Model> {
-        let oracle = parse_gaussian(rest)?;
-        let kind = self.kind_flag()?.unwrap_or(Kind::Ve);
-        let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
-        let sigma_range = match kind {
+    /// The σ range of a closed-form prior: the flags, else the kind's usual range.
+    fn prior_sigma_range(&self, kind: Kind) -> (f64, f64) {
+        match kind {
             Kind::Vp => (
                 self.sigma_min.unwrap_or(vp::SIGMA_MIN),
                 self.sigma_max.unwrap_or(vp::SIGMA_MAX),
@@ -169,8 +179,16 @@ impl ModelArgs {
                 self.sigma_min.unwrap_or(tweedie_core::plan::VE_SIGMA_MIN),
                 self.sigma_max.unwrap_or(tweedie_core::plan::VE_SIGMA_MAX),
             ),
-        };
-        let (channels, size) = (self.channels as usize, self.size as usize);
+        }
+    }
+
+    fn gaussian(&self, spec: &str, rest: &str) -> Result<Model> {
+        let oracle = parse_gaussian(rest)?;
+        let kind = self.kind_flag()?.unwrap_or(Kind::Ve);
+        let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
+        let sigma_range = self.prior_sigma_range(kind);
+        let channels = self.channels.unwrap_or(3) as usize;
+        let size = self.size.unwrap_or(8) as usize;
         if channels == 2 {
             bail!("--channels 2: images have 1 or 3 channels");
         }
@@ -187,6 +205,56 @@ impl ModelArgs {
                 "gaussian_mean": oracle.mean, "gaussian_std": oracle.std,
                 "channels": channels, "size": size,
             }),
+        ))
+    }
+
+    /// `gaussian-fit:DIR`: fits N(μ, Σ) to the MNIST training split in the model's range.
+    fn gaussian_fit(&self, spec: &str, dir: &Path) -> Result<Model> {
+        if self.channels.is_some() {
+            bail!("--weights {spec}: the channels come from the data; drop --channels");
+        }
+        let kind = self.kind_flag()?.unwrap_or(Kind::Vp);
+        let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
+        let train = load_mnist(dir, MnistSplit::Train, &format!("--weights {spec}"))?;
+        let size = self.size.unwrap_or(32) as usize;
+        let pre = preprocess(&train, train.channels, size, data_range)?;
+        let prior = fit(&train, pre, threads(None))?;
+        self.fitted_model(spec, &prior, kind, data_range, train.channels, size)
+    }
+
+    /// The exact denoiser of an already fitted Gaussian as a model (`host evaluate posterior`
+    /// reuses its fit); `spec` labels it.
+    pub fn fitted_model(
+        &self,
+        spec: &str,
+        prior: &GaussianFit,
+        kind: Kind,
+        data_range: DataRange,
+        channels: usize,
+        size: usize,
+    ) -> Result<Model> {
+        if prior.dim != channels * size * size {
+            bail!(
+                "{spec}: the fit has {} elements, not {channels}x{size}x{size}",
+                prior.dim
+            );
+        }
+        let sigma_range = self.prior_sigma_range(kind);
+        let full = prior.denoiser(kind)?;
+        let description = json!({
+            "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
+            "gaussian_fit_images": prior.count, "rank": full.rank(),
+            "channels": channels, "size": size,
+        });
+        Ok(Model::new(
+            kind,
+            data_range,
+            Some(sigma_range),
+            channels,
+            size,
+            Source::FullGaussian(Box::new(full)),
+            spec.to_string(),
+            description,
         ))
     }
 

@@ -3,20 +3,20 @@
 //!
 //! - [`FeatureStats`]: mean and (unbiased) covariance of a set of feature vectors, in f64.
 //! - [`frechet_distance`]: ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^½ Σ₂ Σ₁^½)^½ (Heusel et al.
-//!   2017; the last trace equals tr (Σ₁Σ₂)^½ and stays symmetric, so [`symmetric_eigen`] does
+//!   2017; the last trace equals tr (Σ₁Σ₂)^½ and stays symmetric, so [`eigen`] does
 //!   all of it). Biased upward at small n: always state n.
 //! - [`inception_score`]: exp E_x KL(p(y|x) ‖ p(y)) from the logits (Salimans et al. 2016).
 //! - [`precision_recall`]: Kynkäänniemi et al. 2019 with k nearest neighbours: a sample counts
 //!   for precision when it lies within the k-NN radius of some real feature vector, a real one
 //!   for recall when it lies within the k-NN radius of some sample.
 //!
-//! [`symmetric_eigen`]: super::symmetric_eigen
+//! [`eigen`]: super::eigen
 
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 
+use super::eigen::{matmul, sqrt_psd, symmetric};
 use super::nearest::squared_distance;
-use super::symmetric_eigen::{eigen, matmul, sqrt_psd};
 use tweedie_nn::backend::part;
 
 /// Mean and covariance of `n` feature vectors of `dim` elements.
@@ -99,7 +99,7 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
             inner[j * m + i] = v;
         }
     }
-    let cross: f64 = eigen(&inner, m)?
+    let cross: f64 = symmetric(&inner, m)?
         .values
         .iter()
         .map(|&l| l.max(0.0).sqrt())

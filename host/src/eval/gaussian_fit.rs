@@ -1,5 +1,6 @@
 //! The Gaussian fitted to a dataset in the model's data range: mean μ and (population)
-//! covariance Σ of the preprocessed images (padded, formats §1), in f64.
+//! covariance Σ of the preprocessed images (padded, formats §1), in f64, and its exact
+//! denoiser (`--weights gaussian-fit:DATA`).
 //!
 //! The byte images are affine images of the model's values (v = a·u + b, u ∈ 0..=255), so the
 //! moments are accumulated on the bytes, exactly: products u·u' ≤ 65025 summed over at most
@@ -9,6 +10,10 @@
 use anyhow::{bail, Result};
 
 use tweedie_nn::data::{u8_to_model, Dataset, Preprocess};
+use tweedie_nn::denoiser::full_gaussian::FullGaussian;
+use tweedie_nn::weights::meta::Kind;
+
+use super::eigen;
 
 /// Images per exact f32 accumulation: 256 · 255² < 2²⁴.
 pub const EXACT_CHUNK: usize = 256;
@@ -115,6 +120,35 @@ pub fn fit(ds: &Dataset, pre: Preprocess, threads: usize) -> Result<GaussianFit>
     })
 }
 
+impl GaussianFit {
+    /// The exact denoiser of this Gaussian (`--weights gaussian-fit:DATA`): one symmetric
+    /// eigendecomposition of Σ restricted to its support (elements with Σ_ii > 0; the rest
+    /// are constant, D = μ there), negative rounding-level eigenvalues clamped to 0.
+    pub fn denoiser(&self, kind: Kind) -> Result<FullGaussian> {
+        let n = self.dim;
+        let support: Vec<usize> = (0..n).filter(|&i| self.cov[i * n + i] > 0.0).collect();
+        let s = support.len();
+        let (mut vectors, mut values) = (Vec::new(), Vec::new());
+        if s > 0 {
+            let mut sub = vec![0.0f64; s * s];
+            for (a, &i) in support.iter().enumerate() {
+                for (b, &j) in support.iter().enumerate() {
+                    sub[a * s + b] = self.cov[i * n + j];
+                }
+            }
+            let e = eigen::symmetric(&sub, s)?;
+            vectors = vec![0.0f64; s * n];
+            for (row, v) in vectors.chunks_exact_mut(n).zip(e.vectors.chunks_exact(s)) {
+                for (&i, &x) in support.iter().zip(v) {
+                    row[i] = x;
+                }
+            }
+            values = e.values.iter().map(|&l| l.max(0.0)).collect();
+        }
+        FullGaussian::new(kind, &self.mean, &vectors, &values)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +208,56 @@ mod tests {
             // The border (row 0 of channel 0) is the background -1 with no variance.
             assert_eq!(g.mean[0], -1.0);
             assert!(g.cov[..dim].iter().all(|&v| v == 0.0));
+        }
+    }
+
+    /// D(x, σ) of the fitted Gaussian solves (Σ + σ² I)(D − μ) = Σ (x − μ), and is μ on the
+    /// constant border.
+    #[test]
+    fn its_denoiser_is_the_gaussian_posterior_mean() {
+        use tweedie_core::plan::PlanStep;
+        use tweedie_core::Denoiser;
+        use tweedie_nn::denoiser::full_gaussian::FullGaussianDenoiser;
+        let (n, c, h, w) = (300, 1, 3, 3);
+        let ds = Dataset::new(bytes(n * c * h * w), None, c, h, w).unwrap();
+        let pre = Preprocess {
+            range: DataRange::MinusOneOne,
+            pad: 1,
+        };
+        let g = fit(&ds, pre, 1).unwrap();
+        let prior = g.denoiser(Kind::Ve).unwrap();
+        let dim = g.dim;
+        assert_eq!(prior.rank(), 9);
+        let x: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        for sigma in [0.05, 0.6, 4.0] {
+            let step = PlanStep {
+                k: 0,
+                sigma,
+                sigma_net: sigma,
+                t: f64::NAN,
+                gamma: 0.0,
+                temperature: 0.0,
+            };
+            let mut d = vec![0.0f32; dim];
+            FullGaussianDenoiser::new(&prior)
+                .denoise(&x, 1, &step, &mut d)
+                .unwrap();
+            for i in 0..dim {
+                let lhs: f64 = (0..dim)
+                    .map(|j| {
+                        let a = g.cov[i * dim + j] + if i == j { sigma * sigma } else { 0.0 };
+                        a * (f64::from(d[j]) - g.mean[j])
+                    })
+                    .sum();
+                let rhs: f64 = (0..dim)
+                    .map(|j| g.cov[i * dim + j] * (f64::from(x[j]) - g.mean[j]))
+                    .sum();
+                assert!(
+                    (lhs - rhs).abs() < 1e-5,
+                    "sigma {sigma} element {i}: {lhs} vs {rhs}"
+                );
+            }
+            assert_eq!(d[0], -1.0);
         }
     }
 }

@@ -1,12 +1,13 @@
-//! The posterior mean of x ~ N(μ, Σ) given y = A x + σ_y·n, n ~ N(0, I):
+//! The posterior of x ~ N(μ, Σ) given y = A x + σ_y·n, n ~ N(0, I): its mean
 //!
 //! x̂ = μ + Σ Aᵀ (A Σ Aᵀ + σ_y² I)⁻¹ (y − A μ),
 //!
 //! the MMSE estimate under the Gaussian prior and the best linear estimate for any prior with
-//! that mean and covariance. A is taken from the operator column by column (A e_j) and kept as
-//! sparse rows; rows that are identically zero (the missing pixels of inpainting) are dropped,
-//! because their y entries are pure noise independent of x. The m×m system (m = the rows that
-//! remain: observed pixels, or the low-resolution pixels of SR) is solved by Cholesky.
+//! that mean and covariance, and its per-element variance diag(Σ − Σ Aᵀ (A Σ Aᵀ + σ_y² I)⁻¹ A Σ).
+//! A is taken from the operator column by column (A e_j) and kept as sparse rows; rows that
+//! are identically zero (the missing pixels of inpainting) are dropped, because their y
+//! entries are pure noise independent of x. The m×m system (m = the rows that remain:
+//! observed pixels, or the low-resolution pixels of SR) is solved by Cholesky.
 
 use anyhow::{bail, Result};
 use tweedie_core::ForwardOperator;
@@ -76,14 +77,8 @@ impl SparseRows {
     }
 }
 
-/// x̂ = μ + Σ Aᵀ (A Σ Aᵀ + σ_y² I)⁻¹ (y − A μ) for the measurement `y` (all of y; the entries
-/// of dropped rows are ignored).
-pub fn posterior_mean(
-    prior: &GaussianFit,
-    a: &SparseRows,
-    y: &[f32],
-    sigma_y: f64,
-) -> Result<Vec<f64>> {
+/// B = A Σ (m × n, the kept rows) and the Cholesky factor of S = A Σ Aᵀ + σ_y² I (m × m).
+fn gain_parts(prior: &GaussianFit, a: &SparseRows, sigma_y: f64) -> Result<(Vec<f64>, Vec<f64>)> {
     let n = prior.dim;
     if a.input_len != n {
         bail!(
@@ -91,13 +86,8 @@ pub fn posterior_mean(
             a.input_len
         );
     }
-    if let Some(&last) = a.y_index.last() {
-        if last >= y.len() {
-            bail!("y has {} entries, the operator {}", y.len(), last + 1);
-        }
-    }
     let m = a.rows.len();
-    // B = A Σ (m × n): row r is Σ_j A[r, j] Σ[j, :] (Σ symmetric).
+    // Row r of B is Σ_j A[r, j] Σ[j, :] (Σ symmetric).
     let mut b = vec![0.0f64; m * n];
     for (r, brow) in b.chunks_exact_mut(n).enumerate() {
         for &(j, v) in &a.rows[r] {
@@ -106,7 +96,6 @@ pub fn posterior_mean(
             }
         }
     }
-    // S = B Aᵀ + σ_y² I (m × m).
     let mut s = vec![0.0f64; m * m];
     for r in 0..m {
         for q in 0..m {
@@ -114,10 +103,28 @@ pub fn posterior_mean(
         }
         s[r * m + r] += sigma_y * sigma_y;
     }
+    Ok((b, cholesky::factor(&s, m)?))
+}
+
+/// x̂ = μ + Σ Aᵀ (A Σ Aᵀ + σ_y² I)⁻¹ (y − A μ) for the measurement `y` (all of y; the entries
+/// of dropped rows are ignored).
+pub fn posterior_mean(
+    prior: &GaussianFit,
+    a: &SparseRows,
+    y: &[f32],
+    sigma_y: f64,
+) -> Result<Vec<f64>> {
+    if let Some(&last) = a.y_index.last() {
+        if last >= y.len() {
+            bail!("y has {} entries, the operator {}", y.len(), last + 1);
+        }
+    }
+    let (b, l) = gain_parts(prior, a, sigma_y)?;
+    let (n, m) = (prior.dim, a.rows.len());
     let residual: Vec<f64> = (0..m)
         .map(|r| f64::from(y[a.y_index[r]]) - a.apply_row(r, &prior.mean))
         .collect();
-    let w = cholesky::solve(&cholesky::factor(&s, m)?, m, &residual);
+    let w = cholesky::solve(&l, m, &residual);
     // x̂ = μ + Bᵀ w.
     let mut x = prior.mean.clone();
     for (brow, &wr) in b.chunks_exact(n).zip(&w) {
@@ -126,6 +133,34 @@ pub fn posterior_mean(
         }
     }
     Ok(x)
+}
+
+/// The posterior's per-element variance, diag(Σ − Σ Aᵀ (A Σ Aᵀ + σ_y² I)⁻¹ A Σ): with
+/// S = L Lᵀ and Z = L⁻¹ B, element i is Σ_ii − Σ_r Z[r, i]² (independent of y).
+pub fn posterior_variance(prior: &GaussianFit, a: &SparseRows, sigma_y: f64) -> Result<Vec<f64>> {
+    let (mut z, l) = gain_parts(prior, a, sigma_y)?;
+    let (n, m) = (prior.dim, a.rows.len());
+    // Forward substitution on all columns at once, row by row.
+    for r in 0..m {
+        let (done, rest) = z.split_at_mut(r * n);
+        let row = &mut rest[..n];
+        for (k, zk) in done.chunks_exact(n).enumerate() {
+            let f = l[r * m + k];
+            for (o, &v) in row.iter_mut().zip(zk) {
+                *o -= f * v;
+            }
+        }
+        let d = l[r * m + r];
+        row.iter_mut().for_each(|v| *v /= d);
+    }
+    let mut var: Vec<f64> = (0..n).map(|i| prior.cov[i * n + i]).collect();
+    for zr in z.chunks_exact(n) {
+        for (o, &v) in var.iter_mut().zip(zr) {
+            *o -= v * v;
+        }
+    }
+    // Rounding can leave −1e−17 where the variance is 0.
+    Ok(var.into_iter().map(|v| v.max(0.0)).collect())
 }
 
 #[cfg(test)]
@@ -221,9 +256,15 @@ mod tests {
             }
             rhs[i] += (0..m).map(|r| a[r * n + i] * f64::from(y[r])).sum::<f64>() / (sy * sy);
         }
+        let cov_post = inverse(&lhs, n);
         let want = gauss_solve(lhs, rhs, n);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-10, "{got:?} vs {want:?}");
+        }
+        // The posterior covariance is (Σ⁻¹ + AᵀA/σ²)⁻¹.
+        let var = posterior_variance(&prior, &rows, sy).unwrap();
+        for (i, v) in var.iter().enumerate() {
+            assert!((v - cov_post[i * n + i]).abs() < 1e-10, "variance {i}");
         }
     }
 
@@ -254,6 +295,16 @@ mod tests {
             let mi = f64::from(mask[i % (h * w)]);
             let want = prior.mean[i] + gain * mi * (f64::from(y[i]) - mi * prior.mean[i]);
             assert!((got[i] - want).abs() < 1e-12, "pixel {i}");
+        }
+        // Variance: s² σ_y²/(s² + σ_y²) where observed, s² where missing.
+        let var = posterior_variance(&prior, &rows, sy).unwrap();
+        for (i, v) in var.iter().enumerate() {
+            let want = if mask[i % (h * w)] == 1.0 {
+                s2 * sy * sy / (s2 + sy * sy)
+            } else {
+                s2
+            };
+            assert!((v - want).abs() < 1e-12, "variance {i}");
         }
     }
 

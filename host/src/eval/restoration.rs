@@ -11,10 +11,10 @@ use tweedie_core::ForwardOperator;
 use super::gaussian_fit::GaussianFit;
 use super::gaussian_mmse::{posterior_mean, SparseRows};
 use crate::image_io::range_width;
-use crate::run::measurement::{MeasureOptions, Measurement, Task};
+use crate::run::measurement::{AnyOperator, MeasureOptions, Measurement, Task};
 use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
 use crate::run::progress::Progress;
-use crate::run::runner::{run_chains, Job};
+use crate::run::runner::{run_chains, Job, RunOutput};
 use tweedie_nn::denoiser::Model;
 
 /// What every image is evaluated with.
@@ -35,8 +35,20 @@ pub struct Setup<'a> {
     pub batch: usize,
     /// Threads.
     pub threads: usize,
-    /// Start the chains at the Gaussian-prior MMSE estimate (x₀ = x̂ + s·n).
-    pub warm_start: bool,
+    /// Where the chains start.
+    pub start: Start,
+}
+
+/// Where the chains start: x₀ = s·n from the plan's law, or shifted by an estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Start {
+    /// x₀ = s·n.
+    Noise,
+    /// x₀ = back-projection of y + s·n.
+    BackProjection,
+    /// x₀ = the Gaussian-prior MMSE estimate + s·n.
+    GaussianMmse,
 }
 
 /// PSNR (dB) of each method on one image.
@@ -130,6 +142,32 @@ impl Setup<'_> {
         )
     }
 
+    /// Runs the chains on a measurement (`start` shifts x₀, [`Start`]), with moments.
+    pub fn chains(
+        &self,
+        m: &Measurement,
+        op: &AnyOperator<'_>,
+        start: Option<&[f32]>,
+        seed: u64,
+    ) -> Result<RunOutput> {
+        let plan = self.plan(m)?;
+        let job = Job {
+            plan: &plan,
+            n: self.samples,
+            first_chain: 0,
+            batch: self.batch,
+            seed,
+            final_denoise: self.plan_args.final_denoise,
+            snapshot_every: None,
+            start,
+            likelihood: Some((op, &m.y, m.sigma_y)),
+            truth: None,
+            moments: true,
+            threads: self.threads,
+        };
+        run_chains(&job, self.model, &Progress::new(0, true))
+    }
+
     /// Scores every method on `truth` (C×H×W in the model's range); `seed` drives the
     /// measurement noise, the mask and the chains, as `host restore --seed` does.
     pub fn evaluate(&self, prior: &GaussianFit, truth: &[f32], seed: u64) -> Result<Evaluated> {
@@ -144,22 +182,12 @@ impl Setup<'_> {
             .iter()
             .map(|&v| v as f32)
             .collect();
-        let plan = self.plan(&m)?;
-        let job = Job {
-            plan: &plan,
-            n: self.samples,
-            first_chain: 0,
-            batch: self.batch,
-            seed,
-            final_denoise: self.plan_args.final_denoise,
-            snapshot_every: None,
-            start: self.warm_start.then_some(mmse.as_slice()),
-            likelihood: Some((&op, &m.y, m.sigma_y)),
-            truth: None,
-            moments: true,
-            threads: self.threads,
+        let start = match self.start {
+            Start::Noise => None,
+            Start::BackProjection => Some(back.as_slice()),
+            Start::GaussianMmse => Some(mmse.as_slice()),
         };
-        let run = run_chains(&job, model, &Progress::new(0, true))?;
+        let run = self.chains(&m, &op, start, seed)?;
         let len = model.chain_len();
         let per_chain = run
             .samples

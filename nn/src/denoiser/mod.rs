@@ -1,10 +1,11 @@
 //! Denoisers for the sampler: a network (ADM or NCSN++) with its weights and parameterization,
-//! or the closed-form Gaussian prior.
+//! or a closed-form Gaussian prior (isotropic, or full covariance by its eigendecomposition).
 //!
 //! A [`Model`] is resolved once (the command line does that from `--weights` and the metadata);
 //! [`Model::make`] hands each worker thread its own `tweedie_core::Denoiser` (the network's
 //! weights are shared, read-only).
 
+pub mod full_gaussian;
 pub mod gaussian;
 pub mod ncsnpp;
 pub mod network;
@@ -19,6 +20,7 @@ use crate::model::adm::AdmArch;
 use crate::model::ncsnpp::{NcsnppArch, NcsnppModel};
 use crate::weights::meta::{DataRange, Kind};
 use crate::weights::Weights;
+use full_gaussian::{FullGaussian, FullGaussianDenoiser};
 use gaussian::GaussianPrior;
 use ncsnpp::NcsnppDenoiser;
 use network::{AdmDenoiser, NoiseInputKind};
@@ -27,6 +29,8 @@ use network::{AdmDenoiser, NoiseInputKind};
 pub enum Source {
     /// The closed-form Gaussian prior.
     Gaussian(GaussianPrior),
+    /// The closed-form denoiser of N(μ, V Λ Vᵀ) (a Gaussian fitted to data).
+    FullGaussian(Box<FullGaussian>),
     /// guided-diffusion's ADM U-Net.
     Adm {
         /// Architecture.
@@ -112,7 +116,7 @@ impl Model {
     /// copy of the activations).
     pub fn split_threads(&self, threads: usize, batches: usize) -> (usize, usize) {
         match self.source {
-            Source::Gaussian(_) => (threads.min(batches).max(1), 1),
+            Source::Gaussian(_) | Source::FullGaussian(_) => (threads.min(batches).max(1), 1),
             Source::Adm { .. } | Source::Ncsnpp { .. } => (1, threads.max(1)),
         }
     }
@@ -121,6 +125,7 @@ impl Model {
     pub fn make(&self, threads: usize) -> Box<dyn Denoiser + Send + '_> {
         match &self.source {
             Source::Gaussian(g) => Box::new(*g),
+            Source::FullGaussian(g) => Box::new(FullGaussianDenoiser::new(g)),
             Source::Adm {
                 arch,
                 weights,
