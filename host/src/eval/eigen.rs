@@ -221,10 +221,13 @@ pub fn apply(e: &Eigen, f: impl Fn(f64) -> f64) -> Vec<f64> {
     out
 }
 
-/// The symmetric square root of a positive semi-definite matrix; eigenvalues below zero
-/// (rounding of a singular covariance) count as zero.
+/// The symmetric square root of a positive semi-definite matrix. Eigenvalues within rounding of
+/// zero (below n·ε·max|λ|: a singular covariance's zeros come out as ±1e-16-sized values) count
+/// as zero, so they add nothing rather than their square root (≈ 1e-8).
 pub fn sqrt_psd(a: &[f64], n: usize) -> Result<Vec<f64>> {
-    Ok(apply(&symmetric(a, n)?, |l| l.max(0.0).sqrt()))
+    let e = symmetric(a, n)?;
+    let floor = e.values.iter().fold(0.0f64, |m, l| m.max(l.abs())) * n as f64 * f64::EPSILON;
+    Ok(apply(&e, |l| if l > floor { l.sqrt() } else { 0.0 }))
 }
 
 /// Row-major product of two n×n matrices.
