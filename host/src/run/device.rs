@@ -17,7 +17,7 @@ use tweedie_core::tweedie::Parameterization;
 use super::plan::AnyPlan;
 use super::progress::Progress;
 use super::runner::{Job, RunOutput};
-use tweedie_nn::backend::ops::{DeviceOps, UpdateStep};
+use tweedie_nn::backend::ops::{Chains, DeviceOps, NetReadout, UpdateStep};
 use tweedie_nn::denoiser::network::NoiseInputKind;
 use tweedie_nn::denoiser::{Model, Source};
 use tweedie_nn::model::adm::device::DeviceAdm;
@@ -97,8 +97,9 @@ impl<'o, O: DeviceOps> DeviceSampler<'o, O> {
         if !(std.is_finite() && std > 0.0) {
             bail!("device sampling: initial std {std} is not a positive number");
         }
+        let chains = Chains { n, chain_len: len };
         self.ops
-            .init_state(&mut self.x, n, len, std as f32, seed, first_chain)?;
+            .init_state(&mut self.x, chains, std as f32, seed, first_chain)?;
         for k in 0..plan.len() {
             self.step(plan, k, batch, first_chain, seed)?;
             after_step(k);
@@ -127,15 +128,13 @@ impl<'o, O: DeviceOps> DeviceSampler<'o, O> {
         };
         let len = self.chain_len();
         let check = (k + 1).is_multiple_of(CHECK_EVERY) || k + 1 == plan.len();
-        let nonfinite = self.ops.template_update(
-            &mut self.x,
-            &self.denoised,
-            None,
-            batch * len,
-            len,
-            &update,
-            check,
-        )?;
+        let chains = Chains {
+            n: batch * len,
+            chain_len: len,
+        };
+        let nonfinite =
+            self.ops
+                .template_update(&mut self.x, &self.denoised, None, chains, &update, check)?;
         if nonfinite {
             bail!("the sampling state became NaN/Inf by step {k}; try a smaller --c or another schedule");
         }
@@ -155,16 +154,14 @@ impl<'o, O: DeviceOps> DeviceSampler<'o, O> {
         self.net
             .forward(&self.net_in, &t, &mut self.net_out, batch)?;
         let coef = self.param.output_coefficient(sigma).map_err(core)?;
-        self.ops.denoised_from_output(
-            &mut self.denoised,
-            &self.x,
-            &self.net_out,
-            n,
-            len,
+        let readout = NetReadout {
             stride,
-            self.param.output,
-            coef.unwrap_or(0.0),
-        )
+            output: self.param.output,
+            coef: coef.unwrap_or(0.0),
+        };
+        let chains = Chains { n, chain_len: len };
+        self.ops
+            .denoised_from_output(&mut self.denoised, &self.x, &self.net_out, chains, readout)
     }
 }
 

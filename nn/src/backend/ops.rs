@@ -25,6 +25,95 @@ pub struct UpdateStep {
     pub counter: u64,
 }
 
+/// A batch of maps of one size, `[batch, ·, h, w]`: what a convolution runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapBatch {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Map height.
+    pub h: usize,
+    /// Map width.
+    pub w: usize,
+}
+
+/// A GroupNorm over x `[batch, channels, hw]`, then FiLM if given, then SiLU if `silu`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupNormOp {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Channels per image.
+    pub channels: usize,
+    /// Pixels per channel.
+    pub hw: usize,
+    /// Groups (dividing `channels`).
+    pub groups: usize,
+    /// The variance's ε.
+    pub eps: f32,
+    /// Whether SiLU follows.
+    pub silu: bool,
+}
+
+/// A linear layer `y[b] = W·x[b] + bias`, W `[out_features, in_features]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearOp {
+    /// Rows of x.
+    pub batch: usize,
+    /// Input features.
+    pub in_features: usize,
+    /// Output features.
+    pub out_features: usize,
+}
+
+/// A multi-head attention core: qkv `[batch, 3·channels, t]` → out `[batch, channels, t]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionOp {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Channels of the output.
+    pub channels: usize,
+    /// Tokens (pixels).
+    pub t: usize,
+    /// Heads (dividing `channels`).
+    pub heads: usize,
+    /// How q, k and v are interleaved in qkv.
+    pub order: QkvOrder,
+}
+
+/// `dst[b, first + c, ·] = src[b, c, ·]`: src `[batch, src_c, hw]`, dst `[batch, dst_c, hw]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelCopy {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Channels of the source.
+    pub src_c: usize,
+    /// Channels of the destination.
+    pub dst_c: usize,
+    /// The destination channel of the source's first.
+    pub first: usize,
+    /// Pixels per channel.
+    pub hw: usize,
+}
+
+/// The first `n` floats of a sampler state, chains of `chain_len` floats each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chains {
+    /// Floats covered (a multiple of `chain_len`).
+    pub n: usize,
+    /// Floats per chain.
+    pub chain_len: usize,
+}
+
+/// How the denoised estimate is read from a network's output buffer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NetReadout {
+    /// Floats between the starts of consecutive chains in the network's output.
+    pub stride: usize,
+    /// What the network predicts.
+    pub output: NetOutput,
+    /// `Parameterization::output_coefficient` (ignored for a denoised output).
+    pub coef: f64,
+}
+
 /// Device operations over buffers of `f32` ([`DeviceOps::Buf`]) and conv/linear weights stored
 /// as f32 or f16 ([`DeviceOps::Weights`]).
 ///
@@ -68,47 +157,35 @@ pub trait DeviceOps {
     ) -> Result<()>;
 
     /// [`DeviceOps::conv2d`] without its checks (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
     fn conv2d_raw(
         &self,
         conv: &Conv2d,
+        at: MapBatch,
         x: &Self::Buf,
-        h: usize,
-        w: usize,
         weight: &Self::Weights,
         bias: &Self::Buf,
         out: &mut Self::Buf,
-        batch: usize,
     ) -> Result<()>;
 
     /// [`DeviceOps::group_norm`] without its checks (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
     fn group_norm_raw(
         &self,
+        op: &GroupNormOp,
         x: &Self::Buf,
         gamma: &Self::Buf,
         beta: &Self::Buf,
         film: Option<&Self::Buf>,
         out: &mut Self::Buf,
-        batch: usize,
-        channels: usize,
-        hw: usize,
-        groups: usize,
-        eps: f32,
-        silu: bool,
     ) -> Result<()>;
 
     /// [`DeviceOps::linear`] without its checks (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
     fn linear_raw(
         &self,
+        op: LinearOp,
         x: &Self::Buf,
         w: &Self::Weights,
         bias: &Self::Buf,
         y: &mut Self::Buf,
-        batch: usize,
-        in_features: usize,
-        out_features: usize,
     ) -> Result<()>;
 
     /// [`DeviceOps::silu`] without its checks (sizes already checked).
@@ -121,17 +198,12 @@ pub trait DeviceOps {
     /// Floats of scratch [`DeviceOps::attention`] needs.
     fn attention_scratch_len(&self, batch: usize, heads: usize, t: usize) -> usize;
     /// [`DeviceOps::attention`] without its checks (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
     fn attention_raw(
         &self,
+        op: &AttentionOp,
         qkv: &Self::Buf,
         scratch: &mut Self::Buf,
         out: &mut Self::Buf,
-        batch: usize,
-        channels: usize,
-        t: usize,
-        heads: usize,
-        order: QkvOrder,
     ) -> Result<()>;
 
     /// [`DeviceOps::upsample2x`] without its checks (sizes already checked).
@@ -153,19 +225,13 @@ pub trait DeviceOps {
         w: usize,
     ) -> Result<()>;
     /// [`DeviceOps::copy_channels`] without its checks (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
     fn copy_channels_raw(
         &self,
+        op: ChannelCopy,
         dst: &mut Self::Buf,
         src: &Self::Buf,
-        batch: usize,
-        src_c: usize,
-        dst_c: usize,
-        first: usize,
-        hw: usize,
     ) -> Result<()>;
     /// [`DeviceOps::add_channel_bias`] without its checks (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
     fn add_channel_bias_raw(
         &self,
         x: &mut Self::Buf,
@@ -186,38 +252,30 @@ pub trait DeviceOps {
     ) -> Result<()>;
 
     /// [`DeviceOps::init_state`] without its checks (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
     fn init_state_raw(
         &self,
         x: &mut Self::Buf,
-        n: usize,
-        chain_len: usize,
+        chains: Chains,
         std: f32,
         seed: u64,
         first_chain: u64,
     ) -> Result<()>;
     /// [`DeviceOps::denoised_from_output`] without its checks (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
     fn denoised_from_output_raw(
         &self,
         d: &mut Self::Buf,
         x: &Self::Buf,
         net: &Self::Buf,
-        n: usize,
-        chain_len: usize,
-        net_stride: usize,
-        output: NetOutput,
-        coef: f64,
+        chains: Chains,
+        readout: NetReadout,
     ) -> Result<()>;
     /// [`DeviceOps::template_update`] without its checks (sizes already checked).
-    #[allow(clippy::too_many_arguments)]
     fn template_update_raw(
         &self,
         x: &mut Self::Buf,
         denoised: &Self::Buf,
         lik_grad: Option<&Self::Buf>,
-        n: usize,
-        chain_len: usize,
+        chains: Chains,
         step: &UpdateStep,
         check: bool,
     ) -> Result<bool>;
@@ -251,18 +309,16 @@ pub trait DeviceOps {
     }
 
     /// `out = conv(x)` for x `[batch, c_in, h, w]`, out `[batch, c_out, oh, ow]`.
-    #[allow(clippy::too_many_arguments)]
     fn conv2d(
         &self,
         conv: &Conv2d,
+        at: MapBatch,
         x: &Self::Buf,
-        h: usize,
-        w: usize,
         weight: &Self::Weights,
         bias: &Self::Buf,
         out: &mut Self::Buf,
-        batch: usize,
     ) -> Result<()> {
+        let MapBatch { batch, h, w } = at;
         let (oh, ow) = conv.out_size(h, w);
         if oh == 0 || ow == 0 || conv.stride == 0 || conv.kernel == 0 || batch == 0 {
             bail!("conv2d: empty output for {conv:?} on {h}x{w}, batch {batch}");
@@ -272,26 +328,27 @@ pub trait DeviceOps {
         need("conv2d bias", conv.c_out, self.len(bias))?;
         let kk = conv.c_out * conv.c_in * conv.kernel * conv.kernel;
         need("conv2d weight", kk, self.weights_len(weight))?;
-        self.conv2d_raw(conv, x, h, w, weight, bias, out, batch)
+        self.conv2d_raw(conv, at, x, weight, bias, out)
     }
 
     /// GroupNorm of x `[batch, channels, hw]`, then FiLM with `film` = `[batch, 2·channels]`
-    /// (scale, shift) if given, then SiLU if `silu`.
-    #[allow(clippy::too_many_arguments)]
+    /// (scale, shift) if given, then SiLU if `op.silu`.
     fn group_norm(
         &self,
+        op: &GroupNormOp,
         x: &Self::Buf,
         gamma: &Self::Buf,
         beta: &Self::Buf,
         film: Option<&Self::Buf>,
         out: &mut Self::Buf,
-        batch: usize,
-        channels: usize,
-        hw: usize,
-        groups: usize,
-        eps: f32,
-        silu: bool,
     ) -> Result<()> {
+        let GroupNormOp {
+            batch,
+            channels,
+            hw,
+            groups,
+            ..
+        } = *op;
         if groups == 0 || !channels.is_multiple_of(groups) || hw == 0 || batch == 0 {
             bail!("group norm: channels {channels} not a multiple of groups {groups}, or an empty input");
         }
@@ -302,23 +359,23 @@ pub trait DeviceOps {
         if let Some(f) = film {
             need("FiLM", batch * 2 * channels, self.len(f))?;
         }
-        self.group_norm_raw(
-            x, gamma, beta, film, out, batch, channels, hw, groups, eps, silu,
-        )
+        self.group_norm_raw(op, x, gamma, beta, film, out)
     }
 
     /// `y[b] = W·x[b] + bias` for W `[out_features, in_features]`.
-    #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
+        op: LinearOp,
         x: &Self::Buf,
         w: &Self::Weights,
         bias: &Self::Buf,
         y: &mut Self::Buf,
-        batch: usize,
-        in_features: usize,
-        out_features: usize,
     ) -> Result<()> {
+        let LinearOp {
+            batch,
+            in_features,
+            out_features,
+        } = op;
         need("linear input", batch * in_features, self.len(x))?;
         need("linear output", batch * out_features, self.len(y))?;
         need("linear bias", out_features, self.len(bias))?;
@@ -327,7 +384,7 @@ pub trait DeviceOps {
             out_features * in_features,
             self.weights_len(w),
         )?;
-        self.linear_raw(x, w, bias, y, batch, in_features, out_features)
+        self.linear_raw(op, x, w, bias, y)
     }
 
     /// `x[..n] ← SiLU(x[..n])`.
@@ -351,18 +408,20 @@ pub trait DeviceOps {
     }
 
     /// Multi-head attention core: qkv `[batch, 3C, T]` → out `[batch, C, T]`.
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
+        op: &AttentionOp,
         qkv: &Self::Buf,
         scratch: &mut Self::Buf,
         out: &mut Self::Buf,
-        batch: usize,
-        channels: usize,
-        t: usize,
-        heads: usize,
-        order: QkvOrder,
     ) -> Result<()> {
+        let AttentionOp {
+            batch,
+            channels,
+            t,
+            heads,
+            ..
+        } = *op;
         if heads == 0 || !channels.is_multiple_of(heads) || t == 0 {
             bail!("attention: channels {channels} not a multiple of heads {heads}, or T = 0");
         }
@@ -370,7 +429,7 @@ pub trait DeviceOps {
         need("attention output", batch * channels * t, self.len(out))?;
         let scratch_len = self.attention_scratch_len(batch, heads, t);
         need("attention scratch", scratch_len, self.len(scratch))?;
-        self.attention_raw(qkv, scratch, out, batch, channels, t, heads, order)
+        self.attention_raw(op, qkv, scratch, out)
     }
 
     /// Nearest 2× upsampling of `planes` maps of h×w.
@@ -401,24 +460,21 @@ pub trait DeviceOps {
         self.avg_pool2x2_raw(x, out, planes, h, w)
     }
 
-    /// `dst[b, first + c, ·] = src[b, c, ·]`: src `[batch, src_c, hw]`, dst `[batch, dst_c, hw]`.
-    #[allow(clippy::too_many_arguments)]
-    fn copy_channels(
-        &self,
-        dst: &mut Self::Buf,
-        src: &Self::Buf,
-        batch: usize,
-        src_c: usize,
-        dst_c: usize,
-        first: usize,
-        hw: usize,
-    ) -> Result<()> {
+    /// Copies channels between buffers ([`ChannelCopy`]).
+    fn copy_channels(&self, op: ChannelCopy, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()> {
+        let ChannelCopy {
+            batch,
+            src_c,
+            dst_c,
+            first,
+            hw,
+        } = op;
         if first + src_c > dst_c {
             bail!("copy channels: {src_c} channels at {first} exceed {dst_c}");
         }
         need("copy source", batch * src_c * hw, self.len(src))?;
         need("copy destination", batch * dst_c * hw, self.len(dst))?;
-        self.copy_channels_raw(dst, src, batch, src_c, dst_c, first, hw)
+        self.copy_channels_raw(op, dst, src)
     }
 
     /// `x[b, c, ·] += bias[b·stride + c]`.
@@ -457,59 +513,57 @@ pub trait DeviceOps {
     fn init_state(
         &self,
         x: &mut Self::Buf,
-        n: usize,
-        chain_len: usize,
+        chains: Chains,
         std: f32,
         seed: u64,
         first_chain: u64,
     ) -> Result<()> {
-        check_chains("init state", n, chain_len)?;
-        need("state", n, self.len(x))?;
-        self.init_state_raw(x, n, chain_len, std, seed, first_chain)
+        check_chains("init state", chains)?;
+        need("state", chains.n, self.len(x))?;
+        self.init_state_raw(x, chains, std, seed, first_chain)
     }
 
-    /// D from the network output for the first `n` floats of x (chains of `chain_len`; the
-    /// network's chains are `net_stride` apart), with `coef` from
-    /// `Parameterization::output_coefficient` (ignored for a denoised output).
-    #[allow(clippy::too_many_arguments)]
+    /// D from the network output for the first `chains.n` floats of x ([`NetReadout`] says
+    /// how the network's output is read).
     fn denoised_from_output(
         &self,
         d: &mut Self::Buf,
         x: &Self::Buf,
         net: &Self::Buf,
-        n: usize,
-        chain_len: usize,
-        net_stride: usize,
-        output: NetOutput,
-        coef: f64,
+        chains: Chains,
+        readout: NetReadout,
     ) -> Result<()> {
-        check_chains("denoised", n, chain_len)?;
+        check_chains("denoised", chains)?;
+        let Chains { n, chain_len } = chains;
         need("denoised", n, self.len(d))?;
         need("state", n, self.len(x))?;
-        need("network output", n / chain_len * net_stride, self.len(net))?;
-        self.denoised_from_output_raw(d, x, net, n, chain_len, net_stride, output, coef)
+        need(
+            "network output",
+            n / chain_len * readout.stride,
+            self.len(net),
+        )?;
+        self.denoised_from_output_raw(d, x, net, chains, readout)
     }
 
-    /// One fused template step for the first `n` floats of x, in place; returns whether any
-    /// result is non-finite only when `check` (reading the flag back waits for the device).
-    #[allow(clippy::too_many_arguments)]
+    /// One fused template step for the first `chains.n` floats of x, in place; returns whether
+    /// any result is non-finite only when `check` (reading the flag back waits for the device).
     fn template_update(
         &self,
         x: &mut Self::Buf,
         denoised: &Self::Buf,
         lik_grad: Option<&Self::Buf>,
-        n: usize,
-        chain_len: usize,
+        chains: Chains,
         step: &UpdateStep,
         check: bool,
     ) -> Result<bool> {
-        check_chains("template update", n, chain_len)?;
+        check_chains("template update", chains)?;
+        let n = chains.n;
         need("state", n, self.len(x))?;
         need("denoised", n, self.len(denoised))?;
         if let Some(g) = lik_grad {
             need("likelihood gradient", n, self.len(g))?;
         }
-        self.template_update_raw(x, denoised, lik_grad, n, chain_len, step, check)
+        self.template_update_raw(x, denoised, lik_grad, chains, step, check)
     }
 }
 
@@ -522,7 +576,8 @@ pub fn need(what: &str, need: usize, len: usize) -> Result<()> {
 }
 
 /// An error unless `chain_len` is positive and divides `n`.
-pub fn check_chains(what: &str, n: usize, chain_len: usize) -> Result<()> {
+pub fn check_chains(what: &str, chains: Chains) -> Result<()> {
+    let Chains { n, chain_len } = chains;
     if chain_len == 0 || !n.is_multiple_of(chain_len) {
         bail!("{what}: length {n} is not a multiple of the chain length {chain_len}");
     }

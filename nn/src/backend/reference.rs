@@ -8,9 +8,12 @@ use half::f16;
 use tweedie_core::noise;
 use tweedie_core::sampler::{update_element, ChainNoise};
 use tweedie_core::tweedie::{output_to_denoised, NetOutput};
-use tweedie_kernels::{self as k, Conv2d, KernelError, QkvOrder, WeightsRef};
+use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
 
-use super::ops::{DeviceOps, UpdateStep};
+use super::ops::{
+    AttentionOp, Chains, ChannelCopy, DeviceOps, GroupNormOp, LinearOp, MapBatch, NetReadout,
+    UpdateStep,
+};
 
 /// Weights as stored in the file.
 pub enum OwnedWeights {
@@ -101,14 +104,13 @@ impl DeviceOps for ReferenceOps {
     fn conv2d_raw(
         &self,
         conv: &Conv2d,
+        at: MapBatch,
         x: &Vec<f32>,
-        h: usize,
-        w: usize,
         weight: &OwnedWeights,
         bias: &Vec<f32>,
         out: &mut Vec<f32>,
-        batch: usize,
     ) -> Result<()> {
+        let MapBatch { batch, h, w } = at;
         let (oh, ow) = conv.out_size(h, w);
         let (per_in, per_out) = (conv.c_in * h * w, conv.c_out * oh * ow);
         let mut scratch = vec![0.0; conv.scratch_len(h, w)];
@@ -130,18 +132,21 @@ impl DeviceOps for ReferenceOps {
 
     fn group_norm_raw(
         &self,
+        op: &GroupNormOp,
         x: &Vec<f32>,
         gamma: &Vec<f32>,
         beta: &Vec<f32>,
         film: Option<&Vec<f32>>,
         out: &mut Vec<f32>,
-        batch: usize,
-        channels: usize,
-        hw: usize,
-        groups: usize,
-        eps: f32,
-        silu: bool,
     ) -> Result<()> {
+        let GroupNormOp {
+            batch,
+            channels,
+            hw,
+            groups,
+            eps,
+            silu,
+        } = *op;
         let per = channels * hw;
         for b in 0..batch {
             let film = film.map(|f| f[2 * b * channels..][..2 * channels].split_at(channels));
@@ -165,14 +170,17 @@ impl DeviceOps for ReferenceOps {
 
     fn linear_raw(
         &self,
+        op: LinearOp,
         x: &Vec<f32>,
         w: &OwnedWeights,
         bias: &Vec<f32>,
         y: &mut Vec<f32>,
-        batch: usize,
-        in_features: usize,
-        out_features: usize,
     ) -> Result<()> {
+        let LinearOp {
+            batch,
+            in_features,
+            out_features,
+        } = op;
         for b in 0..batch {
             k::linear(
                 &x[b * in_features..][..in_features],
@@ -210,15 +218,18 @@ impl DeviceOps for ReferenceOps {
 
     fn attention_raw(
         &self,
+        op: &AttentionOp,
         qkv: &Vec<f32>,
         scratch: &mut Vec<f32>,
         out: &mut Vec<f32>,
-        batch: usize,
-        channels: usize,
-        t: usize,
-        heads: usize,
-        order: QkvOrder,
     ) -> Result<()> {
+        let AttentionOp {
+            batch,
+            channels,
+            t,
+            heads,
+            order,
+        } = *op;
         let (per_in, per_out) = (3 * channels * t, channels * t);
         for b in 0..batch {
             k::qkv_attention(
@@ -260,21 +271,14 @@ impl DeviceOps for ReferenceOps {
         Ok(())
     }
 
-    fn copy_channels_raw(
-        &self,
-        dst: &mut Vec<f32>,
-        src: &Vec<f32>,
-        batch: usize,
-        src_c: usize,
-        dst_c: usize,
-        first: usize,
-        hw: usize,
-    ) -> Result<()> {
-        if first + src_c > dst_c {
-            return Err(anyhow!(
-                "copy channels: {src_c} channels at {first} exceed {dst_c}"
-            ));
-        }
+    fn copy_channels_raw(&self, op: ChannelCopy, dst: &mut Vec<f32>, src: &Vec<f32>) -> Result<()> {
+        let ChannelCopy {
+            batch,
+            src_c,
+            dst_c,
+            first,
+            hw,
+        } = op;
         for b in 0..batch {
             let s = &src[b * src_c * hw..][..src_c * hw];
             dst[(b * dst_c + first) * hw..][..src_c * hw].copy_from_slice(s);
@@ -320,12 +324,12 @@ impl DeviceOps for ReferenceOps {
     fn init_state_raw(
         &self,
         x: &mut Vec<f32>,
-        n: usize,
-        chain_len: usize,
+        chains: Chains,
         std: f32,
         seed: u64,
         first_chain: u64,
     ) -> Result<()> {
+        let Chains { n, chain_len } = chains;
         for (i, v) in x[..n].iter_mut().enumerate() {
             let (c, e) = (i / chain_len, i % chain_len);
             let z = noise::gaussian(seed, first_chain + c as u64, noise::COUNTER_INIT, e as u64);
@@ -339,14 +343,19 @@ impl DeviceOps for ReferenceOps {
         d: &mut Vec<f32>,
         x: &Vec<f32>,
         net: &Vec<f32>,
-        n: usize,
-        chain_len: usize,
-        net_stride: usize,
-        output: NetOutput,
-        coef: f64,
+        chains: Chains,
+        readout: NetReadout,
     ) -> Result<()> {
+        let (
+            Chains { n, chain_len },
+            NetReadout {
+                stride,
+                output,
+                coef,
+            },
+        ) = (chains, readout);
         for (i, v) in d[..n].iter_mut().enumerate() {
-            let y = net[i / chain_len * net_stride + i % chain_len];
+            let y = net[i / chain_len * stride + i % chain_len];
             *v = match output {
                 NetOutput::Denoised => y,
                 _ => output_to_denoised(output, x[i], y, coef),
@@ -360,11 +369,11 @@ impl DeviceOps for ReferenceOps {
         x: &mut Vec<f32>,
         denoised: &Vec<f32>,
         lik_grad: Option<&Vec<f32>>,
-        n: usize,
-        chain_len: usize,
+        chains: Chains,
         step: &UpdateStep,
         _check: bool,
     ) -> Result<bool> {
+        let Chains { n, chain_len } = chains;
         let mut nonfinite = false;
         for (i, v) in x[..n].iter_mut().enumerate() {
             let key = ChainNoise {

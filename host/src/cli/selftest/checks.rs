@@ -20,7 +20,10 @@ use super::Report;
 use crate::outln;
 use crate::run::device::DeviceSampler;
 use crate::run::plan::FirstSteps;
-use tweedie_nn::backend::ops::{DeviceOps, UpdateStep};
+use tweedie_nn::backend::ops::{
+    AttentionOp, Chains, ChannelCopy, DeviceOps, GroupNormOp, LinearOp, MapBatch, NetReadout,
+    UpdateStep,
+};
 use tweedie_nn::backend::reference::ReferenceOps;
 use tweedie_nn::denoiser::network::NoiseInputKind;
 use tweedie_nn::model::adm::device::DeviceAdm;
@@ -136,7 +139,7 @@ fn sampling_kernels<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -
     let n = batch * len;
     fn init_case<O: DeviceOps>(o: &O, n: usize, len: usize) -> Result<Vec<f32>> {
         let mut b = o.alloc(n)?;
-        o.init_state(&mut b, n, len, 80.0, 9, 10)?;
+        o.init_state(&mut b, Chains { n, chain_len: len }, 80.0, 9, 10)?;
         read(o, &b, n)
     }
     compare(
@@ -234,7 +237,11 @@ fn update_case<O: DeviceOps>(
     let mut xb = o.upload(x)?;
     let db = o.upload(d)?;
     let gb = g.map(|g| o.upload(g)).transpose()?;
-    let flag = o.template_update(&mut xb, &db, gb.as_ref(), x.len(), len, step, true)?;
+    let chains = Chains {
+        n: x.len(),
+        chain_len: len,
+    };
+    let flag = o.template_update(&mut xb, &db, gb.as_ref(), chains, step, true)?;
     Ok((read(o, &xb, x.len())?, flag))
 }
 
@@ -248,7 +255,16 @@ fn denoised_case<O: DeviceOps>(
 ) -> Result<Vec<f32>> {
     let (xb, nb) = (o.upload(x)?, o.upload(net)?);
     let mut d = o.alloc(x.len())?;
-    o.denoised_from_output(&mut d, &xb, &nb, x.len(), len, 2 * len, output, coef)?;
+    let chains = Chains {
+        n: x.len(),
+        chain_len: len,
+    };
+    let readout = NetReadout {
+        stride: 2 * len,
+        output,
+        coef,
+    };
+    o.denoised_from_output(&mut d, &xb, &nb, chains, readout)?;
     read(o, &d, x.len())
 }
 
@@ -297,7 +313,14 @@ fn elementwise<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Res
     let bias = randn(9, 2 * 20);
     fn copy_bias<O: DeviceOps>(o: &O, src: &[f32], base: &[f32], bias: &[f32]) -> Result<Vec<f32>> {
         let mut dst = o.upload(base)?;
-        o.copy_channels(&mut dst, &o.upload(src)?, 2, 3, 9, 4, 35)?;
+        let copy = ChannelCopy {
+            batch: 2,
+            src_c: 3,
+            dst_c: 9,
+            first: 4,
+            hw: 35,
+        };
+        o.copy_channels(copy, &mut dst, &o.upload(src)?)?;
         o.add_channel_bias(&mut dst, &o.upload(bias)?, 20, 2, 9, 35)?;
         read(o, &dst, base.len())
     }
@@ -341,15 +364,13 @@ fn linear<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Result<(
     ) -> Result<Vec<f32>> {
         let (batch, nin, nout) = dims;
         let mut y = o.alloc(batch * nout)?;
-        o.linear(
-            &o.upload(x)?,
-            &o.upload_weights(w)?,
-            &o.upload(bias)?,
-            &mut y,
+        let op = LinearOp {
             batch,
-            nin,
-            nout,
-        )?;
+            in_features: nin,
+            out_features: nout,
+        };
+        let (wb, bb) = (o.upload_weights(w)?, o.upload(bias)?);
+        o.linear(op, &o.upload(x)?, &wb, &bb, &mut y)?;
         read(o, &y, batch * nout)
     }
     let dims = (batch, nin, nout);
@@ -391,19 +412,16 @@ fn group_norm<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Resu
     ) -> Result<Vec<f32>> {
         let fb = f.map(|f| o.upload(f)).transpose()?;
         let mut out = o.alloc(x.len())?;
-        o.group_norm(
-            &o.upload(x)?,
-            &o.upload(g)?,
-            &o.upload(b)?,
-            fb.as_ref(),
-            &mut out,
+        let op = GroupNormOp {
             batch,
-            c,
+            channels: c,
             hw,
-            32,
-            1e-5,
-            f.is_some(),
-        )?;
+            groups: 32,
+            eps: 1e-5,
+            silu: f.is_some(),
+        };
+        let (gb, bb) = (o.upload(g)?, o.upload(b)?);
+        o.group_norm(&op, &o.upload(x)?, &gb, &bb, fb.as_ref(), &mut out)?;
         read(o, &out, x.len())
     }
     for (f, shape) in [
@@ -446,15 +464,14 @@ fn conv<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Result<()>
         let (oh, ow) = c.out_size(h, w);
         let n = batch * c.c_out * oh * ow;
         let mut out = o.alloc(n)?;
+        let (wb, bb) = (o.upload_weights(wr)?, o.upload(bias)?);
         o.conv2d(
             c,
+            MapBatch { batch, h, w },
             &o.upload(x)?,
-            h,
-            w,
-            &o.upload_weights(wr)?,
-            &o.upload(bias)?,
+            &wb,
+            &bb,
             &mut out,
-            batch,
         )?;
         read(o, &out, n)
     }
@@ -506,16 +523,14 @@ fn attention<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Resul
         let (batch, channels, t, heads) = ATTENTION;
         let mut s = o.alloc(o.attention_scratch_len(batch, heads, t))?;
         let mut out = o.alloc(batch * channels * t)?;
-        o.attention(
-            &o.upload(qkv)?,
-            &mut s,
-            &mut out,
+        let op = AttentionOp {
             batch,
             channels,
             t,
             heads,
             order,
-        )?;
+        };
+        o.attention(&op, &o.upload(qkv)?, &mut s, &mut out)?;
         read(o, &out, batch * channels * t)
     }
     for order in [QkvOrder::Legacy, QkvOrder::New] {
@@ -556,7 +571,8 @@ fn template_run<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Re
     ) -> Result<Vec<f32>> {
         let n = den.len();
         let mut x = o.alloc(n)?;
-        o.init_state(&mut x, n, len, 1.0, 123, 0)?;
+        let chains = Chains { n, chain_len: len };
+        o.init_state(&mut x, chains, 1.0, 123, 0)?;
         let db = o.upload(den)?;
         let mut first = None;
         for k in 0..steps {
@@ -566,7 +582,7 @@ fn template_run<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Re
                 first_chain: 0,
                 counter: k,
             };
-            o.template_update(&mut x, &db, None, n, len, &step, false)?;
+            o.template_update(&mut x, &db, None, chains, &step, false)?;
             if k == 0 {
                 first = Some(read(o, &x, n)?);
             }

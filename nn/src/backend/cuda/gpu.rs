@@ -16,7 +16,10 @@ use half::f16;
 use tweedie_core::tweedie::NetOutput;
 use tweedie_kernels::{Conv2d, QkvOrder, WeightsRef};
 
-use crate::backend::ops::{DeviceOps, UpdateStep};
+use crate::backend::ops::{
+    AttentionOp, Chains, ChannelCopy, DeviceOps, GroupNormOp, LinearOp, MapBatch, NetReadout,
+    UpdateStep,
+};
 
 use super::{embedded_ptx, PtxSource};
 
@@ -280,14 +283,13 @@ impl DeviceOps for CudaBackend {
     fn conv2d_raw(
         &self,
         conv: &Conv2d,
+        at: MapBatch,
         x: &CudaSlice<f32>,
-        h: usize,
-        w: usize,
         weight: &DevWeights,
         bias: &CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
-        batch: usize,
     ) -> Result<()> {
+        let MapBatch { batch, h, w } = at;
         let (oh, ow) = conv.out_size(h, w);
         let cfg = LaunchConfig {
             grid_dim: (
@@ -332,18 +334,21 @@ impl DeviceOps for CudaBackend {
 
     fn group_norm_raw(
         &self,
+        op: &GroupNormOp,
         x: &CudaSlice<f32>,
         gamma: &CudaSlice<f32>,
         beta: &CudaSlice<f32>,
         film: Option<&CudaSlice<f32>>,
         out: &mut CudaSlice<f32>,
-        batch: usize,
-        channels: usize,
-        hw: usize,
-        groups: usize,
-        eps: f32,
-        silu: bool,
     ) -> Result<()> {
+        let GroupNormOp {
+            batch,
+            channels,
+            hw,
+            groups,
+            eps,
+            silu,
+        } = *op;
         let cfg = LaunchConfig {
             grid_dim: (u32_of(groups, "groups")?, u32_of(batch, "batch")?, 1),
             block_dim: (GN_THREADS, 1, 1),
@@ -368,14 +373,17 @@ impl DeviceOps for CudaBackend {
 
     fn linear_raw(
         &self,
+        op: LinearOp,
         x: &CudaSlice<f32>,
         w: &DevWeights,
         bias: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
-        batch: usize,
-        in_features: usize,
-        out_features: usize,
     ) -> Result<()> {
+        let LinearOp {
+            batch,
+            in_features,
+            out_features,
+        } = op;
         let (b, i, o) = (
             u32_of(batch, "batch")?,
             u32_of(in_features, "in")?,
@@ -428,15 +436,18 @@ impl DeviceOps for CudaBackend {
 
     fn attention_raw(
         &self,
+        op: &AttentionOp,
         qkv: &CudaSlice<f32>,
         scratch: &mut CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
-        batch: usize,
-        channels: usize,
-        t: usize,
-        heads: usize,
-        order: QkvOrder,
     ) -> Result<()> {
+        let AttentionOp {
+            batch,
+            channels,
+            t,
+            heads,
+            order,
+        } = *op;
         let (b, c, tt, hd) = (
             u32_of(batch, "batch")?,
             u32_of(channels, "channels")?,
@@ -507,14 +518,17 @@ impl DeviceOps for CudaBackend {
 
     fn copy_channels_raw(
         &self,
+        op: ChannelCopy,
         dst: &mut CudaSlice<f32>,
         src: &CudaSlice<f32>,
-        batch: usize,
-        src_c: usize,
-        dst_c: usize,
-        first: usize,
-        hw: usize,
     ) -> Result<()> {
+        let ChannelCopy {
+            batch,
+            src_c,
+            dst_c,
+            first,
+            hw,
+        } = op;
         let a = [batch, src_c, dst_c, first, hw].map(|v| v as u32);
         u32_of(batch * dst_c * hw, "copy length")?;
         self.launch("copy_channels_f32", grid_1d(batch * src_c * hw)?, |lb| {
@@ -565,12 +579,12 @@ impl DeviceOps for CudaBackend {
     fn init_state_raw(
         &self,
         x: &mut CudaSlice<f32>,
-        n: usize,
-        chain_len: usize,
+        chains: Chains,
         std: f32,
         seed: u64,
         first_chain: u64,
     ) -> Result<()> {
+        let Chains { n, chain_len } = chains;
         let (n32, cl) = (u32_of(n, "state length")?, u32_of(chain_len, "chain_len")?);
         self.launch("init_state_f32", grid_1d(n)?, |lb| {
             lb.arg(x)
@@ -587,16 +601,21 @@ impl DeviceOps for CudaBackend {
         d: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
         net: &CudaSlice<f32>,
-        n: usize,
-        chain_len: usize,
-        net_stride: usize,
-        output: NetOutput,
-        coef: f64,
+        chains: Chains,
+        readout: NetReadout,
     ) -> Result<()> {
+        let (
+            Chains { n, chain_len },
+            NetReadout {
+                stride,
+                output,
+                coef,
+            },
+        ) = (chains, readout);
         let a = [
             u32_of(n, "state length")?,
             u32_of(chain_len, "chain_len")?,
-            u32_of(net_stride, "network stride")?,
+            u32_of(stride, "network stride")?,
             match output {
                 NetOutput::Eps => 0,
                 NetOutput::Score => 1,
@@ -617,11 +636,11 @@ impl DeviceOps for CudaBackend {
         x: &mut CudaSlice<f32>,
         denoised: &CudaSlice<f32>,
         lik_grad: Option<&CudaSlice<f32>>,
-        n: usize,
-        chain_len: usize,
+        chains: Chains,
         step: &UpdateStep,
         check: bool,
     ) -> Result<bool> {
+        let Chains { n, chain_len } = chains;
         let (n32, cl) = (u32_of(n, "state length")?, u32_of(chain_len, "chain_len")?);
         let null = 0u64;
         let c = &step.coef;

@@ -15,7 +15,7 @@ use super::arch::{AdmArch, Updown, GROUPNORM_EPS, GROUPNORM_GROUPS, MAX_PERIOD};
 use super::forward::{
     others, pair, resolve, BlockP, ConvP, LayerP, LinearP, MemoryPlan, NormP, Op,
 };
-use crate::backend::ops::DeviceOps;
+use crate::backend::ops::{AttentionOp, ChannelCopy, DeviceOps, GroupNormOp, LinearOp, MapBatch};
 use crate::weights::Weights;
 
 struct DConv<O: DeviceOps> {
@@ -34,6 +34,40 @@ struct DLinear<O: DeviceOps> {
     bias: O::Buf,
     in_features: usize,
     out_features: usize,
+}
+
+impl<O: DeviceOps> DLinear<O> {
+    fn op(&self, batch: usize) -> LinearOp {
+        LinearOp {
+            batch,
+            in_features: self.in_features,
+            out_features: self.out_features,
+        }
+    }
+}
+
+/// The ADM's GroupNorm (its groups and ε) over `[batch, channels, hw]`.
+fn adm_norm(batch: usize, channels: usize, hw: usize, silu: bool) -> GroupNormOp {
+    GroupNormOp {
+        batch,
+        channels,
+        hw,
+        groups: GROUPNORM_GROUPS,
+        eps: GROUPNORM_EPS,
+        silu,
+    }
+}
+
+/// Copies all `channels` of `[batch, channels, hw]` into the first channels of a map with
+/// `dst_c` channels, from channel `first` on.
+fn copy_into(batch: usize, channels: usize, dst_c: usize, first: usize, hw: usize) -> ChannelCopy {
+    ChannelCopy {
+        batch,
+        src_c: channels,
+        dst_c,
+        first,
+        hw,
+    }
 }
 
 struct DRes<O: DeviceOps> {
@@ -320,20 +354,13 @@ impl<'o, O: DeviceOps> DeviceAdm<'o, O> {
             batch,
         };
         let plane = h * w;
-        ops.copy_channels(
-            &mut run.work[0],
-            x,
-            batch,
-            c.in_channels,
-            c.in_channels,
-            0,
-            plane,
-        )
-        .map_err(|e| anyhow!("network input: {e:#}"))?;
+        let input = copy_into(batch, c.in_channels, c.in_channels, 0, plane);
+        ops.copy_channels(input, &mut run.work[0], x)
+            .map_err(|e| anyhow!("network input: {e:#}"))?;
         for (blk, skip) in self.input_blocks.iter().zip(&mut a.skips) {
             run.block(blk)?;
             let (ch, hw) = (blk.c_out, (h / blk.ds_out) * (w / blk.ds_out));
-            ops.copy_channels(skip, &run.work[run.cur], batch, ch, ch, 0, hw)?;
+            ops.copy_channels(copy_into(batch, ch, ch, 0, hw), skip, &run.work[run.cur])?;
         }
         run.block(&self.middle)?;
         for (blk, skip) in self.output_blocks.iter().zip(a.skips.iter().rev()) {
@@ -341,8 +368,8 @@ impl<'o, O: DeviceOps> DeviceAdm<'o, O> {
             let (cs, ck) = (blk.c_state, blk.skip_channels);
             let [dst, _] = others(run.cur);
             let (src, cat) = pair(run.work, run.cur, dst);
-            ops.copy_channels(cat, src, batch, cs, cs + ck, 0, hw)?;
-            ops.copy_channels(cat, skip, batch, ck, cs + ck, cs, hw)?;
+            ops.copy_channels(copy_into(batch, cs, cs + ck, 0, hw), cat, src)?;
+            ops.copy_channels(copy_into(batch, ck, cs + ck, cs, hw), cat, skip)?;
             run.cur = dst;
             run.block(blk).map_err(|e| anyhow!("{}: {e:#}", blk.name))?;
         }
@@ -351,22 +378,24 @@ impl<'o, O: DeviceOps> DeviceAdm<'o, O> {
         let (src, dst) = pair(run.work, run.cur, tmp);
         let n = &self.out_norm;
         ops.group_norm(
+            &adm_norm(batch, ch, plane, true),
             src,
             &n.gamma,
             &n.beta,
             None,
             dst,
-            batch,
-            ch,
-            plane,
-            GROUPNORM_GROUPS,
-            GROUPNORM_EPS,
-            true,
         )
         .map_err(|e| anyhow!("out.0: {e:#}"))?;
         let oc = &self.out_conv;
-        ops.conv2d(&oc.conv, dst, h, w, &oc.weight, &oc.bias, out, batch)
-            .map_err(|e| anyhow!("out.2: {e:#}"))
+        ops.conv2d(
+            &oc.conv,
+            MapBatch { batch, h, w },
+            dst,
+            &oc.weight,
+            &oc.bias,
+            out,
+        )
+        .map_err(|e| anyhow!("out.2: {e:#}"))
     }
 
     /// emb = time_embed(timestep_embedding(t)), then SiLU(emb) in place: every ResBlock's
@@ -378,24 +407,20 @@ impl<'o, O: DeviceOps> DeviceAdm<'o, O> {
         ops.timestep_embedding(&a.t, &mut a.emb_sin, batch, mc, MAX_PERIOD)?;
         let [l0, l1] = &self.time;
         ops.linear(
+            l0.op(batch),
             &a.emb_sin,
             &l0.weight,
             &l0.bias,
             &mut a.emb_hidden,
-            batch,
-            l0.in_features,
-            l0.out_features,
         )
         .map_err(|e| anyhow!("time_embed.0: {e:#}"))?;
         ops.silu(&mut a.emb_hidden, batch * l0.out_features)?;
         ops.linear(
+            l1.op(batch),
             &a.emb_hidden,
             &l1.weight,
             &l1.bias,
             &mut a.emb,
-            batch,
-            l1.in_features,
-            l1.out_features,
         )
         .map_err(|e| anyhow!("time_embed.2: {e:#}"))?;
         ops.silu(&mut a.emb, batch * l1.out_features)
@@ -457,39 +482,31 @@ impl<O: DeviceOps> Runner<'_, O> {
 
     fn conv(&mut self, c: &DConv<O>, src: usize, dst: usize, h: usize, w: usize) -> Result<()> {
         let (x, out) = pair(self.work, src, dst);
-        self.ops
-            .conv2d(&c.conv, x, h, w, &c.weight, &c.bias, out, self.batch)
+        let at = MapBatch {
+            batch: self.batch,
+            h,
+            w,
+        };
+        self.ops.conv2d(&c.conv, at, x, &c.weight, &c.bias, out)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `dst = norm(src)` over `[batch, channels, hw]` (FiLM from the ResBlock's embedding if
+    /// `film`, then SiLU if `silu`).
     fn norm(
         &mut self,
         n: &DNorm<O>,
         src: usize,
         dst: usize,
-        channels: usize,
-        hw: usize,
+        map: (usize, usize),
         film: bool,
         silu: bool,
     ) -> Result<()> {
         let (x, out) = pair(self.work, src, dst);
         let film = film.then_some(&*self.film);
-        self.ops.group_norm(
-            x,
-            &n.gamma,
-            &n.beta,
-            film,
-            out,
-            self.batch,
-            channels,
-            hw,
-            GROUPNORM_GROUPS,
-            GROUPNORM_EPS,
-            silu,
-        )
+        let op = adm_norm(self.batch, map.0, map.1, silu);
+        self.ops.group_norm(&op, x, &n.gamma, &n.beta, film, out)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn resample(
         &mut self,
         r: Updown,
@@ -505,8 +522,8 @@ impl<O: DeviceOps> Runner<'_, O> {
             Updown::Up => self.ops.upsample2x(x, out, planes, h, w),
             Updown::Down => self.ops.avg_pool2x2(x, out, planes, h, w),
             Updown::None => {
-                self.ops
-                    .copy_channels(out, x, self.batch, channels, channels, 0, h * w)
+                let all = copy_into(self.batch, channels, channels, 0, h * w);
+                self.ops.copy_channels(all, out, x)
             }
         }
     }
@@ -523,16 +540,9 @@ impl<O: DeviceOps> Runner<'_, O> {
         let (ho, wo) = r.updown.resampled(h, w);
         let (hw, hwo) = (h * w, ho * wo);
         let e = &r.emb;
-        self.ops.linear(
-            self.emb,
-            &e.weight,
-            &e.bias,
-            self.film,
-            self.batch,
-            e.in_features,
-            e.out_features,
-        )?;
-        self.norm(&r.in_norm, x, a, r.c_in, hw, false, true)?;
+        self.ops
+            .linear(e.op(self.batch), self.emb, &e.weight, &e.bias, self.film)?;
+        self.norm(&r.in_norm, x, a, (r.c_in, hw), false, true)?;
         let (hb, fb) = if r.updown == Updown::None {
             self.conv(&r.in_conv, a, b, h, w)?;
             (b, a)
@@ -546,7 +556,7 @@ impl<O: DeviceOps> Runner<'_, O> {
             let (_, hbuf) = pair(self.work, fb, hb);
             ops.add_channel_bias(hbuf, self.film, e.out_features, self.batch, r.c_out, hwo)?;
         }
-        self.norm(&r.out_norm, hb, fb, r.c_out, hwo, r.scale_shift, true)?;
+        self.norm(&r.out_norm, hb, fb, (r.c_out, hwo), r.scale_shift, true)?;
         self.conv(&r.out_conv, fb, hb, ho, wo)?;
         let mut skip_src = x;
         if r.updown != Updown::None {
@@ -570,20 +580,18 @@ impl<O: DeviceOps> Runner<'_, O> {
         let x = self.cur;
         let [a, b] = others(x);
         let (c, t) = (at.channels, h * w);
-        self.norm(&at.norm, x, a, c, t, false, false)?;
+        self.norm(&at.norm, x, a, (c, t), false, false)?;
         self.conv(&at.qkv, a, b, h, w)?;
         {
             let (qkv, dst) = pair(self.work, b, a);
-            self.ops.attention(
-                qkv,
-                self.attn_scratch,
-                dst,
-                self.batch,
-                c,
+            let op = AttentionOp {
+                batch: self.batch,
+                channels: c,
                 t,
-                at.heads,
-                at.order,
-            )?;
+                heads: at.heads,
+                order: at.order,
+            };
+            self.ops.attention(&op, qkv, self.attn_scratch, dst)?;
         }
         self.conv(&at.proj, a, b, h, w)?;
         self.add(x, b, c * t)?;
