@@ -14,36 +14,15 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
 use cortex_m_rt::{entry, exception, ExceptionFrame};
-use cortex_m_semihosting::{debug, hio, nr};
-use tweedie_firmware_checks::fault::{self, Fault};
-use tweedie_firmware_checks::{run_all, Clock, Failure, Line, Report};
+use cortex_m_semihosting as semihosting;
+use tweedie_firmware_checks::{Clock, Report};
 
-/// Semihosting stdout (lines that cannot be written are lost: QEMU's host side is gone).
-struct Host(Option<hio::HostStream>);
+#[path = "../../common/semihosting_host.rs"]
+mod host;
+use host::{fail, finish, run_requested, Host};
 
-impl Report for Host {
-    fn line(&mut self, line: &[u8]) {
-        if let Some(out) = self.0.as_mut() {
-            let _ = out.write_all(line);
-            let _ = out.write_all(b"\n");
-        }
-    }
-}
-
-#[cfg(feature = "fmt")]
-impl core::fmt::Write for Host {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        match self.0.as_mut() {
-            Some(out) => out.write_all(s.as_bytes()).map_err(|_| core::fmt::Error),
-            None => Ok(()),
-        }
-    }
-}
-
-fn fail(msg: &[u8]) -> ! {
-    Host(hio::hstdout().ok()).line(msg);
-    debug::exit(debug::EXIT_FAILURE);
-    // Only reached without a debugger/QEMU to take the exit.
+/// Stops here for good (only reached without a debugger/QEMU to take the exit).
+fn halt() -> ! {
     loop {
         cortex_m::asm::bkpt();
     }
@@ -136,10 +115,7 @@ fn peak_stack() -> u64 {
 #[entry]
 fn main() -> ! {
     paint_stack();
-    let mut host = Host(hio::hstdout().ok());
-    if host.0.is_none() {
-        fail(b"error: no semihosting stdout");
-    }
+    let mut host = Host::open();
     let Some(mut core) = cortex_m::Peripherals::take() else {
         fail(b"error: core peripherals taken");
     };
@@ -159,63 +135,8 @@ fn main() -> ! {
         "systick.ticks-per-1M-instructions",
         clock.ticks_per_calibration,
     );
-
-    let mut buf = [0u8; 128];
-    let result = match fault::requested(cmdline(&mut buf)) {
-        Some(Fault::Panic) => panic!("fault=panic on the command line"),
-        Some(Fault::Error) => fault::short_scratch(),
-        None => run_all(&mut host, &mut clock),
-    };
-    finish(&mut host, result)
-}
-
-/// Reports the outcome and exits QEMU: success only for `Ok`.
-fn finish(host: &mut Host, result: Result<(), Failure>) -> ! {
-    match result {
-        Ok(()) => {
-            host.cost("stack.peak-bytes", peak_stack());
-            host.line(b"ok");
-            debug::exit(debug::EXIT_SUCCESS);
-        }
-        Err(failure) => {
-            let mut line = Line::new();
-            line.text("error: check ")
-                .text(failure.check)
-                .text(" returned Err");
-            host.line(line.as_bytes());
-            #[cfg(feature = "fmt")]
-            {
-                use core::fmt::Write;
-                let _ = writeln!(host, "{}", failure.error);
-            }
-            debug::exit(debug::EXIT_FAILURE);
-        }
-    }
-    loop {
-        cortex_m::asm::bkpt();
-    }
-}
-
-/// The QEMU command line (`-append`; semihosting `SYS_GET_CMDLINE`), empty if there is none.
-fn cmdline(buf: &mut [u8; 128]) -> &[u8] {
-    let mut block = [buf.as_mut_ptr() as usize, buf.len()];
-    // SAFETY: the host writes at most block[1] bytes to buf, then the length to block[1].
-    let rc =
-        unsafe { cortex_m_semihosting::syscall1(nr::GET_CMDLINE, block.as_mut_ptr() as usize) };
-    if rc != 0 {
-        return &[];
-    }
-    &buf[..block[1].min(buf.len())]
-}
-
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    #[cfg(feature = "fmt")]
-    {
-        use core::fmt::Write;
-        let _ = writeln!(Host(hio::hstdout().ok()), "panic: {_info}");
-    }
-    fail(b"error: panic")
+    let result = run_requested(&mut host, &mut clock);
+    finish(&mut host, result, peak_stack)
 }
 
 #[exception]
