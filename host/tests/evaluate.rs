@@ -122,6 +122,17 @@ fn check_table(t: &Value, count: usize) {
         let se = (var / v.len() as f64).sqrt();
         assert!((m["se"].as_f64().unwrap() - se).abs() < 1e-9, "{name}");
         assert!(v.iter().all(|p| p.is_finite() && *p > 0.0), "{name}: {v:?}");
+        let s: Vec<f64> = digits
+            .iter()
+            .map(|d| d["ssim"][name].as_f64().unwrap())
+            .collect();
+        let mean = s.iter().sum::<f64>() / s.len() as f64;
+        assert!(
+            (m["ssim_mean"].as_f64().unwrap() - mean).abs() < 1e-12,
+            "{name}"
+        );
+        assert!(m["ssim_se"].as_f64().unwrap() >= 0.0, "{name}");
+        assert!(s.iter().all(|v| *v > -1.0 && *v <= 1.0), "{name}: {s:?}");
     }
 }
 
@@ -159,6 +170,12 @@ fn restoration_table_on_a_synthetic_folder() {
             assert!(
                 (got - want).abs() < 1e-4,
                 "{task} digit {i}: {got} vs {want}"
+            );
+            let want = tweedie_core::metrics::ssim(&x, &mu, (1, 32, 32), 2.0).unwrap();
+            let got = d["ssim"]["gaussian_mmse"].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-6,
+                "{task} digit {i}: SSIM {got} vs {want}"
             );
         }
         // Threads and batching never change a score; --first shifts the digits.

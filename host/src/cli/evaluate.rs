@@ -441,8 +441,8 @@ fn time_call(
     Ok(last)
 }
 
-/// One evaluated digit: test index, label, seed, scores.
-type Digit = (usize, Option<u8>, u64, Scores);
+/// One evaluated digit: test index, label, seed, PSNR and SSIM scores.
+type Digit = (usize, Option<u8>, u64, Scores, Scores);
 
 /// A shard's digits and the title line of the table.
 const SHARD_DIGITS: &str = "digits.json";
@@ -450,23 +450,27 @@ const SHARD_DIGITS: &str = "digits.json";
 const SHARD_FIGURE: &str = "figure.safetensors";
 
 fn digit_json(d: &Digit) -> serde_json::Value {
-    json!({"test_index": d.0, "label": d.1, "seed": d.2, "psnr": d.3})
+    json!({"test_index": d.0, "label": d.1, "seed": d.2, "psnr": d.3, "ssim": d.4})
+}
+
+fn scores_from_json(v: &serde_json::Value) -> Option<Scores> {
+    let get = |k: &str| v[k].as_f64();
+    Some(Scores {
+        back_projection: get("back_projection")?,
+        gaussian_mmse: get("gaussian_mmse")?,
+        sample: get("sample")?,
+        sample_average: get("sample_average")?,
+        mean: get("mean")?,
+    })
 }
 
 fn digit_from_json(v: &serde_json::Value) -> Option<Digit> {
-    let p = &v["psnr"];
-    let get = |k: &str| p[k].as_f64();
     Some((
         v["test_index"].as_u64()? as usize,
         v["label"].as_u64().map(|l| l as u8),
         v["seed"].as_u64()?,
-        Scores {
-            back_projection: get("back_projection")?,
-            gaussian_mmse: get("gaussian_mmse")?,
-            sample: get("sample")?,
-            sample_average: get("sample_average")?,
-            mean: get("mean")?,
-        },
+        scores_from_json(&v["psnr"])?,
+        scores_from_json(&v["ssim"])?,
     ))
 }
 
@@ -488,17 +492,30 @@ impl Table<'_> {
         let table: Vec<_> = METHODS
             .iter()
             .map(|&(name, label)| {
-                let v: Vec<f64> = self.digits.iter().map(|d| d.3.get(name)).collect();
-                (name, label, mean_se(&v))
+                let p: Vec<f64> = self.digits.iter().map(|d| d.3.get(name)).collect();
+                let s: Vec<f64> = self.digits.iter().map(|d| d.4.get(name)).collect();
+                (name, label, mean_se(&p), mean_se(&s))
             })
             .collect();
         outln!("{}\n", self.title)?;
-        outln!("| method | PSNR (dB), mean ± s.e. |\n|---|---|")?;
-        for (_, label, m) in &table {
-            outln!("| {label} | {:.2} ± {:.2} |", m.mean, m.se)?;
+        outln!("| method | PSNR (dB), mean ± s.e. | SSIM, mean ± s.e. |\n|---|---|---|")?;
+        for (_, label, p, s) in &table {
+            outln!(
+                "| {label} | {:.2} ± {:.2} | {:.3} ± {:.3} |",
+                p.mean,
+                p.se,
+                s.mean,
+                s.se
+            )?;
         }
         let mut json = self.run.clone();
-        json["methods"] = table.iter().map(|(name, label, m)| json!({"name": name, "label": label, "mean": m.mean, "se": m.se, "n": m.n})).collect();
+        json["methods"] = table
+            .iter()
+            .map(|(name, label, p, s)| {
+                json!({"name": name, "label": label, "mean": p.mean, "se": p.se, "n": p.n,
+                       "ssim_mean": s.mean, "ssim_se": s.se})
+            })
+            .collect();
         json["digits"] = self.digits.iter().map(digit_json).collect();
         json["timings"] = self.timings.clone();
         if let Some(path) = figure {
@@ -625,7 +642,11 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         let index = args.first + i;
         let seed = args.seed.wrapping_add(i as u64);
         test.fill_batch(&[index], pre, &mut truth)?;
-        let Evaluated { scores, figure_row } = setup.evaluate(&prior, &truth, seed)?;
+        let Evaluated {
+            scores,
+            ssim,
+            figure_row,
+        } = setup.evaluate(&prior, &truth, seed)?;
         if i < FIGURE_DIGITS {
             figure.extend_from_slice(&figure_row);
         }
@@ -642,7 +663,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
             human_seconds(elapsed),
             human_seconds(eta)
         ));
-        digits.push((index, labels.map(|l| l[index]), seed, scores));
+        digits.push((index, labels.map(|l| l[index]), seed, scores, ssim));
     }
     let title = format!(
         "{} on {} MNIST test digits (#{}..#{}), sigma_y {} in {}, {} chains, K = {steps}, model {}:",

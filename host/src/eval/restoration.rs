@@ -1,11 +1,12 @@
 //! One ground-truth image through every method of the restoration table: the measurement
 //! y = A x + σ_y·n (host measure's code), its back-projection, the Gaussian-prior MMSE
 //! estimate, and conditional diffusion sampling (host restore's runner): one sample and the
-//! mean of N. Each image is scored by PSNR with MAX = the data-range width.
+//! mean of N. Each image is scored by PSNR with MAX = the data-range width and by SSIM
+//! (skimage's defaults, the same data range).
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tweedie_core::metrics::psnr;
+use tweedie_core::metrics::{psnr, ssim};
 use tweedie_core::ForwardOperator;
 
 use super::gaussian_fit::GaussianFit;
@@ -51,7 +52,7 @@ pub enum Start {
     GaussianMmse,
 }
 
-/// PSNR (dB) of each method on one image.
+/// One metric (PSNR in dB, or SSIM) of each method on one image.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Scores {
     /// Zero-fill (inpainting: Aᵀ y) or nearest ×4 upsampling (SR) of y.
@@ -86,8 +87,10 @@ pub const FIGURE_SAMPLES: usize = 4;
 
 /// What [`Setup::evaluate`] gives for one image.
 pub struct Evaluated {
-    /// The scores.
+    /// PSNR (dB).
     pub scores: Scores,
+    /// SSIM.
+    pub ssim: Scores,
     /// Truth, back-projection, Gaussian MMSE, diffusion mean and the first
     /// [`FIGURE_SAMPLES`] chains (fewer when there are fewer), back to back.
     pub figure_row: Vec<f32>,
@@ -173,7 +176,12 @@ impl Setup<'_> {
     pub fn evaluate(&self, prior: &GaussianFit, truth: &[f32], seed: u64) -> Result<Evaluated> {
         let model = self.model;
         let width = range_width(model.data_range);
-        let score = |x: &[f32]| psnr(truth, x, width).map_err(|e| anyhow::anyhow!("psnr: {e}"));
+        let shape = (model.channels, model.size, model.size);
+        let score = |x: &[f32]| -> Result<(f64, f64)> {
+            let p = psnr(truth, x, width).map_err(|e| anyhow::anyhow!("psnr: {e}"))?;
+            let s = ssim(truth, x, shape, width).map_err(|e| anyhow::anyhow!("ssim: {e}"))?;
+            Ok((p, s))
+        };
         let m = self.measure(truth, seed)?;
         let op = m.operator()?;
         let back = back_projection(&m, &op)?;
@@ -193,19 +201,34 @@ impl Setup<'_> {
             .samples
             .chunks_exact(len)
             .map(score)
-            .collect::<Result<Vec<f64>>>()?;
+            .collect::<Result<Vec<(f64, f64)>>>()?;
         let (mean, _) = run.moments.context("moments missing")?;
         let mean: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+        let (back_s, mmse_s, mean_s) = (score(&back)?, score(&mmse)?, score(&mean)?);
+        let average = |f: fn(&(f64, f64)) -> f64| {
+            per_chain.iter().map(f).sum::<f64>() / per_chain.len() as f64
+        };
         let scores = Scores {
-            back_projection: score(&back)?,
-            gaussian_mmse: score(&mmse)?,
-            sample: per_chain[0],
-            sample_average: per_chain.iter().sum::<f64>() / per_chain.len() as f64,
-            mean: score(&mean)?,
+            back_projection: back_s.0,
+            gaussian_mmse: mmse_s.0,
+            sample: per_chain[0].0,
+            sample_average: average(|s| s.0),
+            mean: mean_s.0,
+        };
+        let ssim = Scores {
+            back_projection: back_s.1,
+            gaussian_mmse: mmse_s.1,
+            sample: per_chain[0].1,
+            sample_average: average(|s| s.1),
+            mean: mean_s.1,
         };
         let shown = FIGURE_SAMPLES.min(self.samples) * len;
         let figure_row = [truth, &back, &mmse, &mean, &run.samples[..shown]].concat();
-        Ok(Evaluated { scores, figure_row })
+        Ok(Evaluated {
+            scores,
+            ssim,
+            figure_row,
+        })
     }
 }
 
