@@ -181,6 +181,12 @@ fn print_scores(s: &Scores, source: &str, judge: &Judge, split: Split) -> anyhow
         pr.samples,
         pr.recall
     )?;
+    outln!(
+        "| diversity: mean pairwise feature distance (samples / {} real) | {:.3} / {:.3} |",
+        pr.real,
+        s.diversity.samples,
+        s.diversity.real
+    )?;
     let counts: Vec<String> = s.class_counts.iter().map(|c| c.to_string()).collect();
     outln!("| classes 0 … 9 | {} |", counts.join(" "))?;
     if let Some(c) = s.class_balance {

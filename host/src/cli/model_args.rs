@@ -2,7 +2,9 @@
 //! override flags of formats.md §3), `--weights bundled:NAME`, `--weights gaussian:MEAN,STD`
 //! (the closed-form isotropic Gaussian prior, for tests and demos) or `--weights
 //! gaussian-fit:DATA` (the full-covariance Gaussian fitted to MNIST's training split: an exact
-//! denoiser whose inverse-problem posteriors are known), resolved once into a [`Model`].
+//! denoiser whose inverse-problem posteriors are known) or `--weights gaussian-mixture-fit:DATA`
+//! (one such Gaussian per digit class, mixed by class proportions: an exact multi-modal
+//! denoiser), resolved once into a [`Model`].
 
 use std::path::Path;
 
@@ -26,7 +28,7 @@ use tweedie_nn::weights::{Weights, WeightsMeta};
 use super::common::{load_mnist, precision, preprocess, resolve_config, threads};
 use crate::bundled;
 use crate::errln;
-use crate::eval::gaussian_fit::{fit, GaussianFit};
+use crate::eval::gaussian_fit::{fit, fit_per_class, mixture, GaussianFit};
 use tweedie_nn::data::MnistSplit;
 
 /// The model flags shared by `sample`, `restore`, `denoise` (and `schedule`, without weights).
@@ -34,12 +36,13 @@ use tweedie_nn::data::MnistSplit;
 pub struct ModelArgs {
     /// Weights: a safetensors file, `bundled:NAME` for a model compiled into the binary
     /// (default: bundled:mnist-vp), `gaussian:MEAN,STD` for the closed-form Gaussian prior
-    /// (shape from --size/--channels, scale from --kind), or `gaussian-fit:DIR` for the
+    /// (shape from --size/--channels, scale from --kind), `gaussian-fit:DIR` for the
     /// Gaussian fitted to the MNIST training split in DIR (padded to --size, default 32; scale
-    /// from --kind, default vp).
+    /// from --kind, default vp), or `gaussian-mixture-fit:DIR` for the mixture of one such
+    /// Gaussian per digit class (weights: the class proportions).
     #[arg(
         long,
-        value_name = "W.safetensors|bundled:NAME|gaussian:MEAN,STD|gaussian-fit:DIR"
+        value_name = "W.safetensors|bundled:NAME|gaussian:MEAN,STD|gaussian-fit:DIR|gaussian-mixture-fit:DIR"
     )]
     pub weights: Option<String>,
     /// Model config: a JSON file or a built-in name (adm-ffhq256, ncsnpp-ffhq256). Overrides
@@ -144,6 +147,9 @@ impl ModelArgs {
         if let Some(dir) = spec.strip_prefix("gaussian-fit:") {
             return self.gaussian_fit(spec, Path::new(dir));
         }
+        if let Some(dir) = spec.strip_prefix("gaussian-mixture-fit:") {
+            return self.gaussian_mixture_fit(spec, Path::new(dir));
+        }
         let file = match spec.strip_prefix(bundled::PREFIX) {
             Some(name) => {
                 let model = bundled::find(name).with_context(|| {
@@ -220,6 +226,39 @@ impl ModelArgs {
         let pre = preprocess(&train, train.channels, size, data_range)?;
         let prior = fit(&train, pre, threads(None))?;
         self.fitted_model(spec, &prior, kind, data_range, train.channels, size)
+    }
+
+    /// `gaussian-mixture-fit:DIR`: one N(μₖ, Σₖ) per class of the MNIST training split, mixed
+    /// by the class proportions.
+    fn gaussian_mixture_fit(&self, spec: &str, dir: &Path) -> Result<Model> {
+        if self.channels.is_some() {
+            bail!("--weights {spec}: the channels come from the data; drop --channels");
+        }
+        let kind = self.kind_flag()?.unwrap_or(Kind::Vp);
+        let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
+        let train = load_mnist(dir, MnistSplit::Train, &format!("--weights {spec}"))?;
+        let size = self.size.unwrap_or(32) as usize;
+        let pre = preprocess(&train, train.channels, size, data_range)?;
+        let fits = fit_per_class(&train, pre, threads(None))?;
+        let mix = mixture(&fits, kind)?;
+        let classes: Vec<_> = fits
+            .iter()
+            .map(|(label, f)| json!({"label": label, "images": f.count}))
+            .collect();
+        let description = json!({
+            "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
+            "classes": classes, "channels": train.channels, "size": size,
+        });
+        Ok(Model::new(
+            kind,
+            data_range,
+            Some(self.prior_sigma_range(kind)),
+            train.channels,
+            size,
+            Source::GaussianMixture(Box::new(mix)),
+            spec.to_string(),
+            description,
+        ))
     }
 
     /// The exact denoiser of an already fitted Gaussian as a model (`host evaluate posterior`

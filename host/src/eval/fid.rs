@@ -9,6 +9,9 @@
 //! - [`precision_recall`]: Kynkäänniemi et al. 2019 with k nearest neighbours: a sample counts
 //!   for precision when it lies within the k-NN radius of some real feature vector, a real one
 //!   for recall when it lies within the k-NN radius of some sample.
+//! - [`mean_pairwise_distance`]: the diversity of a set, the mean Euclidean distance between
+//!   two of its vectors (compared with the same count of real digits: a collapsed sampler
+//!   scores lower).
 //!
 //! [`eigen`]: super::eigen
 
@@ -260,9 +263,38 @@ pub fn precision_recall(
     })
 }
 
+/// The mean Euclidean distance over all pairs of distinct vectors of `set` (`count·dim`
+/// values, count ≥ 2), summed in f64 per row (each row's sum is independent of the thread
+/// split, so the result is too).
+pub fn mean_pairwise_distance(set: &[f32], dim: usize, threads: usize) -> Result<f64> {
+    if dim == 0 || !set.len().is_multiple_of(dim) || set.len() < 2 * dim {
+        bail!("mean pairwise distance: need at least two vectors of {dim} values");
+    }
+    let n = set.len() / dim;
+    let rows = parallel_map(n, threads, |i| {
+        let q = &set[i * dim..(i + 1) * dim];
+        set.chunks_exact(dim)
+            .skip(i + 1)
+            .map(|v| f64::from(squared_distance(q, v)).sqrt())
+            .sum::<f64>()
+    })?;
+    Ok(rows.iter().sum::<f64>() / (n * (n - 1) / 2) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_pairwise_distance_of_known_points() {
+        // Corners of a 3-4-5 right triangle: (3 + 4 + 5) / 3.
+        let set = [0.0f32, 0.0, 3.0, 0.0, 0.0, 4.0];
+        for threads in [1, 2, 5] {
+            let d = mean_pairwise_distance(&set, 2, threads).unwrap();
+            assert!((d - 4.0).abs() < 1e-12, "{d}");
+        }
+        assert!(mean_pairwise_distance(&set[..2], 2, 1).is_err());
+    }
 
     fn stats(mean: Vec<f64>, cov: Vec<f64>) -> FeatureStats {
         FeatureStats {

@@ -1,6 +1,7 @@
 //! The Gaussian fitted to a dataset in the model's data range: mean μ and (population)
 //! covariance Σ of the preprocessed images (padded, formats §1), in f64, and its exact
-//! denoiser (`--weights gaussian-fit:DATA`).
+//! denoiser (`--weights gaussian-fit:DATA`); one such Gaussian per class makes the mixture of
+//! `--weights gaussian-mixture-fit:DATA`.
 //!
 //! The byte images are affine images of the model's values (v = a·u + b, u ∈ 0..=255), so the
 //! moments are accumulated on the bytes, exactly: products u·u' ≤ 65025 summed over at most
@@ -11,6 +12,7 @@ use anyhow::{bail, Result};
 
 use tweedie_nn::data::{u8_to_model, Dataset, Preprocess};
 use tweedie_nn::denoiser::full_gaussian::FullGaussian;
+use tweedie_nn::denoiser::gaussian_mixture::GaussianMixture;
 use tweedie_nn::weights::meta::Kind;
 
 use super::eigen;
@@ -120,6 +122,40 @@ pub fn fit(ds: &Dataset, pre: Preprocess, threads: usize) -> Result<GaussianFit>
     })
 }
 
+/// One [`fit`] per label of `ds` (labels in increasing order), each on that label's images.
+pub fn fit_per_class(
+    ds: &Dataset,
+    pre: Preprocess,
+    threads: usize,
+) -> Result<Vec<(u8, GaussianFit)>> {
+    let Some(labels) = ds.labels() else {
+        bail!("gaussian mixture fit: the dataset has no labels");
+    };
+    let mut classes: Vec<u8> = labels.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    let mut fits = Vec::with_capacity(classes.len());
+    for class in classes {
+        let mut pixels = Vec::new();
+        for (i, _) in labels.iter().enumerate().filter(|(_, &l)| l == class) {
+            pixels.extend_from_slice(ds.image(i));
+        }
+        let subset = Dataset::new(pixels, None, ds.channels, ds.height, ds.width)?;
+        fits.push((class, fit(&subset, pre, threads)?));
+    }
+    Ok(fits)
+}
+
+/// The mixture of the per-class Gaussians, weighted by their image counts.
+pub fn mixture(fits: &[(u8, GaussianFit)], kind: Kind) -> Result<GaussianMixture> {
+    let components = fits
+        .iter()
+        .map(|(_, f)| f.denoiser(kind))
+        .collect::<Result<Vec<_>>>()?;
+    let weights: Vec<f64> = fits.iter().map(|(_, f)| f.count as f64).collect();
+    GaussianMixture::new(components, &weights)
+}
+
 impl GaussianFit {
     /// The exact denoiser of this Gaussian (`--weights gaussian-fit:DATA`): one symmetric
     /// eigendecomposition of Σ restricted to its support (elements with Σ_ii > 0; the rest
@@ -209,6 +245,54 @@ mod tests {
             assert_eq!(g.mean[0], -1.0);
             assert!(g.cov[..dim].iter().all(|&v| v == 0.0));
         }
+    }
+
+    /// Per class: each fit is the plain fit of that class's images; the mixture weighs the
+    /// classes by their counts (a point x equal to a class's constant image is denoised to it
+    /// at small σ).
+    #[test]
+    fn per_class_fits_are_the_fits_of_each_class() {
+        use tweedie_core::plan::PlanStep;
+        use tweedie_core::Denoiser;
+        use tweedie_nn::denoiser::gaussian_mixture::GaussianMixtureDenoiser;
+        let (n, c, h, w) = (90, 1, 2, 3);
+        let pixels = bytes(n * c * h * w);
+        let labels: Vec<u8> = (0..n).map(|i| [7, 2, 7][i % 3]).collect();
+        let pre = Preprocess {
+            range: DataRange::ZeroOne,
+            pad: 0,
+        };
+        let ds = Dataset::new(pixels.clone(), Some(labels.clone()), c, h, w).unwrap();
+        let fits = fit_per_class(&ds, pre, 2).unwrap();
+        assert_eq!(fits.iter().map(|f| f.0).collect::<Vec<_>>(), [2, 7]);
+        for (label, f) in &fits {
+            let mut own = Vec::new();
+            for (i, _) in labels.iter().enumerate().filter(|(_, l)| *l == label) {
+                own.extend_from_slice(&pixels[i * 6..][..6]);
+            }
+            let direct = fit(&Dataset::new(own, None, c, h, w).unwrap(), pre, 1).unwrap();
+            assert_eq!(*f, direct);
+        }
+        assert_eq!((fits[0].1.count, fits[1].1.count), (30, 60));
+        // Two constant classes: Σ = 0 each, so D is the weighted average of the two images.
+        let (a, b) = ([0u8; 6], [255u8; 6]);
+        let two = Dataset::new([a, b, b].concat(), Some(vec![0, 1, 1]), c, h, w).unwrap();
+        let mix = mixture(&fit_per_class(&two, pre, 1).unwrap(), Kind::Ve).unwrap();
+        let step = |sigma: f64| PlanStep {
+            k: 0,
+            sigma,
+            sigma_net: sigma,
+            t: f64::NAN,
+            gamma: 0.0,
+            temperature: 0.0,
+        };
+        let mut out = [0.0f32; 6];
+        let mut den = GaussianMixtureDenoiser::new(&mix);
+        den.denoise(&[0.5; 6], 1, &step(0.3), &mut out).unwrap();
+        // Equidistant from both: weights 1/3 and 2/3.
+        assert!(out.iter().all(|&v| (v - 2.0 / 3.0).abs() < 1e-6), "{out:?}");
+        den.denoise(&[0.1; 6], 1, &step(0.05), &mut out).unwrap();
+        assert!(out.iter().all(|&v| v.abs() < 1e-6), "{out:?}");
     }
 
     /// D(x, σ) of the fitted Gaussian solves (Σ + σ² I)(D − μ) = Σ (x − μ), and is μ on the

@@ -21,7 +21,8 @@ use safetensors::Dtype;
 use serde::Serialize;
 
 use super::fid::{
-    frechet_distance, inception_score, precision_recall, FeatureStats, PrecisionRecall,
+    frechet_distance, inception_score, mean_pairwise_distance, precision_recall, FeatureStats,
+    PrecisionRecall,
 };
 use super::stats::{chi_square, ChiSquare};
 use tweedie_nn::data::order::epoch_permutation;
@@ -288,6 +289,17 @@ pub struct Scores {
     pub class_balance: Option<ChiSquare>,
     /// Precision and recall (k = [`K`]) against the first min(n, stored) reference vectors.
     pub precision_recall: PrecisionRecall,
+    /// Mean pairwise feature distance of the samples, and of the same reference vectors.
+    pub diversity: Diversity,
+}
+
+/// Diversity: the mean Euclidean distance between two feature vectors of a set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Diversity {
+    /// Of the samples.
+    pub samples: f64,
+    /// Of the first min(n, stored) reference vectors (real digits).
+    pub real: f64,
 }
 
 impl Judge {
@@ -314,6 +326,10 @@ impl Judge {
             class_balance: chi_square(&class_counts, &self.train.label_counts),
             class_counts,
             precision_recall: precision_recall(real, &out.features, FEATURES, K, threads)?,
+            diversity: Diversity {
+                samples: mean_pairwise_distance(&out.features, FEATURES, threads)?,
+                real: mean_pairwise_distance(real, FEATURES, threads)?,
+            },
         })
     }
 }
@@ -375,6 +391,10 @@ mod tests {
             (1.0, 1.0, n, n)
         );
         assert!(s.inception_score >= 1.0 && s.inception_score <= 10.0);
+        // The samples are the reference (stored rounded): the same diversity.
+        let d = s.diversity;
+        assert!((d.samples - d.real).abs() < 1e-4 * d.real, "{d:?}");
+        assert!(s.diversity.samples > 0.0);
         assert!(judge.score(&images[..9 * PIXELS], Split::Test, 1).is_err());
     }
 }

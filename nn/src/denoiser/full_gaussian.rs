@@ -72,26 +72,46 @@ impl FullGaussian {
     /// D(x, σ) for each chain of `x` (batch × dim) into `out`; `coef` is scratch of `rank`.
     fn apply(&self, x: &[f32], sigma: f64, coef: &mut [f32], out: &mut [f32]) {
         let dim = self.dim();
-        let s2 = sigma * sigma;
         for (xc, oc) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-            // oc = x − μ, then the coefficients gᵢ vᵢᵀ (x − μ).
-            for ((o, &v), &m) in oc.iter_mut().zip(xc).zip(&self.mean) {
-                *o = v - m;
-            }
-            for ((c, v), &l) in coef
-                .iter_mut()
-                .zip(self.vectors.chunks_exact(dim))
-                .zip(&self.values)
-            {
-                *c = (dot(v, oc) * (l / (l + s2))) as f32;
-            }
-            oc.copy_from_slice(&self.mean);
-            for (&c, v) in coef.iter().zip(self.vectors.chunks_exact(dim)) {
-                for (o, &e) in oc.iter_mut().zip(v) {
-                    *o += c * e;
-                }
+            self.denoise_chain(xc, sigma, coef, oc);
+        }
+    }
+
+    /// D(x, σ) of one chain `x` (dim) into `out`, and ln N(x; μ, Σ + σ²I) + (dim/2)·ln 2π, the
+    /// log density of the noisy law at x without its constant (a mixture weighs its
+    /// components by it). `coef` is scratch of `rank`.
+    ///
+    /// With r = x − μ and zᵢ = vᵢᵀ r: the quadratic form is Σ zᵢ²/(λᵢ + σ²) plus the part of
+    /// r off Σ's range, (‖r‖² − Σ zᵢ²)/σ²; the log determinant Σ ln(λᵢ + σ²) + (dim − rank)·ln σ².
+    pub fn denoise_chain(&self, x: &[f32], sigma: f64, coef: &mut [f32], out: &mut [f32]) -> f64 {
+        let dim = self.dim();
+        let s2 = sigma * sigma;
+        // out = x − μ, then the coefficients gᵢ vᵢᵀ (x − μ).
+        for ((o, &v), &m) in out.iter_mut().zip(x).zip(&self.mean) {
+            *o = v - m;
+        }
+        let r2: f64 = out.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let (mut on_range, mut quad, mut log_det) = (0.0f64, 0.0f64, 0.0f64);
+        for ((c, v), &l) in coef
+            .iter_mut()
+            .zip(self.vectors.chunks_exact(dim))
+            .zip(&self.values)
+        {
+            let z = dot(v, out);
+            on_range += z * z;
+            quad += z * z / (l + s2);
+            log_det += (l + s2).ln();
+            *c = (z * (l / (l + s2))) as f32;
+        }
+        quad += (r2 - on_range).max(0.0) / s2;
+        log_det += (dim - self.rank()) as f64 * s2.ln();
+        out.copy_from_slice(&self.mean);
+        for (&c, v) in coef.iter().zip(self.vectors.chunks_exact(dim)) {
+            for (o, &e) in out.iter_mut().zip(v) {
+                *o += c * e;
             }
         }
+        -0.5 * (quad + log_det)
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod full_gaussian;
 pub mod gaussian;
+pub mod gaussian_mixture;
 pub mod ncsnpp;
 pub mod network;
 
@@ -22,6 +23,7 @@ use crate::weights::meta::{DataRange, Kind};
 use crate::weights::Weights;
 use full_gaussian::{FullGaussian, FullGaussianDenoiser};
 use gaussian::GaussianPrior;
+use gaussian_mixture::{GaussianMixture, GaussianMixtureDenoiser};
 use ncsnpp::NcsnppDenoiser;
 use network::{AdmDenoiser, NoiseInputKind};
 
@@ -31,6 +33,8 @@ pub enum Source {
     Gaussian(GaussianPrior),
     /// The closed-form denoiser of N(μ, V Λ Vᵀ) (a Gaussian fitted to data).
     FullGaussian(Box<FullGaussian>),
+    /// The closed-form denoiser of a mixture of such Gaussians (one fitted per class).
+    GaussianMixture(Box<GaussianMixture>),
     /// guided-diffusion's ADM U-Net.
     Adm {
         /// Architecture.
@@ -116,7 +120,9 @@ impl Model {
     /// copy of the activations).
     pub fn split_threads(&self, threads: usize, batches: usize) -> (usize, usize) {
         match self.source {
-            Source::Gaussian(_) | Source::FullGaussian(_) => (threads.min(batches).max(1), 1),
+            Source::Gaussian(_) | Source::FullGaussian(_) | Source::GaussianMixture(_) => {
+                (threads.min(batches).max(1), 1)
+            }
             Source::Adm { .. } | Source::Ncsnpp { .. } => (1, threads.max(1)),
         }
     }
@@ -126,6 +132,7 @@ impl Model {
         match &self.source {
             Source::Gaussian(g) => Box::new(*g),
             Source::FullGaussian(g) => Box::new(FullGaussianDenoiser::new(g)),
+            Source::GaussianMixture(g) => Box::new(GaussianMixtureDenoiser::new(g)),
             Source::Adm {
                 arch,
                 weights,
