@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""The results report (issue 23): runs every section's `host` commands, caches their outputs,
+and renders each section's table.
+
+    report.py --host H --data D --cache C --out DIR [--quick] [--sections 1,2,...] [--plan]
+
+Full mode renders the tables between `<!-- results:NAME:begin -->` and `end` markers of
+docs/results.md (the prose around them is written by hand from the numbers). Quick mode runs
+every section at tiny sizes into --out and renders there, never touching docs/.
+
+Caching: each job is a `host` command; its outputs go to CACHE/<job>-<key>/ where key is the
+sha256 of the command line and of the host binary. A job runs into a `.partial` folder that is
+renamed when it succeeds, so an interrupted report resumes at the first unfinished job and
+never reads half-written outputs. Rebuilding `host` from other sources invalidates the cache.
+
+Only the standard library: CI machines have python3, nothing else is installed for this.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Network evaluations per second of the bundled 1.2 M-parameter models on 2 cores (batch 8),
+# for the time estimates only.
+EVALS_PER_SECOND = 100.0
+
+
+class Job:
+    """One `host` command whose outputs land in a cached folder."""
+
+    def __init__(self, name, argv, evals, kind):
+        self.name = name  # unique, file-name safe
+        self.argv = argv  # without the binary; "{out}" stands for the job's folder
+        self.evals = evals  # network evaluations (estimate)
+        self.kind = kind  # "sample", "restoration", "posterior"
+
+    def key(self, host_sha):
+        text = json.dumps([self.argv, host_sha])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Runner:
+    def __init__(self, host, cache, host_sha, dry):
+        self.host, self.cache, self.host_sha, self.dry = host, Path(cache), host_sha, dry
+
+    def folder(self, job):
+        return self.cache / f"{job.name}-{job.key(self.host_sha)}"
+
+    def run(self, job, then=()):
+        """Runs `job` (and the follow-up commands `then`, same folder) unless cached."""
+        done = self.folder(job)
+        if (done / "done").exists():
+            return done
+        if self.dry:
+            return None
+        partial = done.with_name(done.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        t = time.time()
+        for i, argv in enumerate([job.argv, *then]):
+            cmd = [self.host] + [a.replace("{out}", str(partial)) for a in argv]
+            print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+            with open(partial / f"stdout-{i}.md", "wb") as stdout:
+                subprocess.run(cmd, check=True, stdout=stdout)
+        (partial / "command.json").write_text(json.dumps(
+            {"argv": [job.argv, *then], "seconds": time.time() - t}, indent=1))
+        (partial / "done").write_text("")
+        if done.exists():
+            shutil.rmtree(done)
+        partial.rename(done)
+        return done
+
+
+def sample_job(name, flags, n, evals_per_chain, data):
+    """`host sample` into {out}/samples, then FID and the nearest-training check."""
+    job = Job(name, ["sample", *flags, "--n", str(n), "--seed", "0", "--quiet",
+                     "--out", "{out}/samples"], n * evals_per_chain, "sample")
+    then = [
+        ["evaluate", "fid", "--samples", "{out}/samples", "--n", str(n), "--out",
+         "{out}/fid.json"],
+        ["evaluate", "nearest", "--samples", "{out}/samples/samples.safetensors", "--data",
+         data, "--out", "{out}/nearest.json"],
+    ]
+    return job, then
+
+
+def sections(quick, data):
+    """Every section's rows: (section, row label, job, follow-ups, the flags shown)."""
+    n = 16 if quick else 1000
+    k = (lambda full: 4 if quick else full)
+    vp = ["--weights", "bundled:mnist-vp"]
+    ve = ["--weights", "bundled:mnist-ve"]
+    rows = []
+
+    def add(section, label, name, flags, evals_per_chain):
+        job, then = sample_job(f"s{section}-{name}", flags, n, evals_per_chain, data)
+        rows.append((section, label, job, then, flags))
+
+    # 1. Schedules at equal and at the paper's cost.
+    add(1, "pretrained, K = 1000 (paper's c, T0)", "pretrained-1000",
+        vp + ["--preset", "vp-uncond-pretrained", "--steps", str(k(1000))], k(1000))
+    for steps in (100, 30):
+        for schedule in ("sigmoid", "linear", "geometric", "karras"):
+            add(1, f"{schedule}, K = {steps}", f"{schedule}-{steps}",
+                vp + ["--preset", "vp-uncond-sigmoid", "--schedule", schedule,
+                      "--steps", str(k(steps))], k(steps))
+    # 2. Temperature (T_k linear from T0 to 1: T0 = 1 is the constant T = 1).
+    for t0 in ("0.1", "0.3", "0.5", "0.7", "1"):
+        add(2, f"network, T0 = {t0}", f"t0-{t0}",
+            vp + ["--preset", "vp-uncond-sigmoid", "--t0", t0, "--steps", str(k(100))],
+            k(100))
+    for t0 in ("0.1", "0.5", "1"):
+        add(2, f"class-Gaussian mixture (exact), T0 = {t0}", f"mixture-t0-{t0}",
+            ["--weights", f"gaussian-mixture-fit:{data}", "--preset", "vp-uncond-sigmoid",
+             "--t0", t0, "--steps", str(k(100))], 0)
+    # 3. VP vs VE networks and the classic instances.
+    add(3, "VP network, vp-uncond-sigmoid", "vp-sigmoid",
+        vp + ["--preset", "vp-uncond-sigmoid", "--steps", str(k(100))], k(100))
+    add(3, "VE network, ve-uncond", "ve-uncond",
+        ve + ["--preset", "ve-uncond", "--steps", str(k(1000))], k(1000))
+    # DDPM is always K = 1000: --quick runs it with the cheap exact Gaussian denoiser.
+    ddpm_weights = ["--weights", f"gaussian-fit:{data}"] if quick else vp
+    for var in ("beta", "beta-tilde"):
+        add(3, f"DDPM (VP), K = 1000, variance {var}", f"ddpm-{var}",
+            ddpm_weights + ["--sampler", "ddpm", "--ddpm-variance", var], 0 if quick else 1000)
+    add(3, "NCSN (VE), L = 10, T = 100, eps = 2e-5", "ncsn",
+        ve + ["--sampler", "ncsn", "--ncsn-levels", "10", "--steps-per-level",
+              str(2 if quick else 100), "--ncsn-eps", "2e-5"], 20 if quick else 1000)
+    add(3, "VE predictor-corrector (VE)", "ve-pc",
+        ve + ["--sampler", "ve-pc", "--steps", str(k(1000))], 2 * k(1000))
+    return rows
+
+
+def restoration_rows(quick, data):
+    """Section 4: the paper's inverse-problem presets on test digits."""
+    count, samples = (2, 4) if quick else (100, 32)
+    rows = []
+    for preset, task, weights, steps in (
+        ("vp-inpaint", "inpaint", "bundled:mnist-vp", 750),
+        ("vp-sr4", "sr4", "bundled:mnist-vp", 750),
+        ("ve-inpaint", "inpaint", "bundled:mnist-ve", 1000),
+        ("ve-sr4", "sr4", "bundled:mnist-ve", 1000),
+    ):
+        k = 4 if quick else steps
+        flags = ["--weights", weights, "--preset", preset, "--task", task, "--sigma-y", "0.2",
+                 "--steps", str(k), "--count", str(count), "--samples", str(samples)]
+        job = Job(f"s4-{preset}", ["evaluate", "restoration", *flags, "--data", data,
+                                   "--seed", "0", "--quiet", "--out", "{out}/table.json"],
+                  count * samples * k, "restoration")
+        rows.append((4, preset, job, [], flags))
+    return rows
+
+
+def posterior_rows(quick, data):
+    """Section 5: gaussian-fit against the closed-form posterior, then the network."""
+    count, samples = (1, 4) if quick else (100, 8)
+    rows = []
+    for preset, task in (("vp-inpaint", "inpaint"), ("vp-sr4", "sr4")):
+        k = 8 if quick else 750
+        flags = ["--preset", preset, "--task", task, "--steps", str(k), "--count", str(count),
+                 "--samples", str(samples)]
+        job = Job(f"s5-{preset}", ["evaluate", "posterior", *flags, "--data", data,
+                                   "--quiet", "--out", "{out}/posterior.json"],
+                  count * samples * k, "posterior")
+        rows.append((5, preset, job, [], flags))
+    return rows
+
+
+def fmt(v, digits=2):
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def table_samples(rows, runner):
+    out = ["| row | flags | FID (n) | χ² p | diversity (samples / real) | nearest-training "
+           "distance, median | NFE per sample | s per sample |", "|" + "---|" * 8]
+    for _, label, job, _, flags in rows:
+        d = runner.folder(job)
+        if not (d / "done").exists():
+            out.append(f"| {label} | `{' '.join(flags)}` | not run | | | | | |")
+            continue
+        fid = json.loads((d / "fid.json").read_text())["scores"]
+        near = json.loads((d / "nearest.json").read_text())
+        run = json.loads((d / "samples" / "run.json").read_text())
+        n = fid["n"]
+        t = run["timings"]
+        cb = fid.get("class_balance") or {}
+        div = fid.get("diversity") or {}
+        out.append(
+            f"| {label} | `{' '.join(flags)}` | {fmt(fid['fid'])} ({n}) | {fmt(cb.get('p'), 3)} "
+            f"| {fmt(div.get('samples'), 3)} / {fmt(div.get('real'), 3)} "
+            f"| {fmt(near['sample_distance']['median'])} "
+            f"| {t['denoiser_evaluations'] / n:.0f} | {t['total_s'] / n:.3f} |")
+    return "\n".join(out)
+
+
+def table_restoration(rows, runner):
+    out = ["| preset | flags | back-projection | Gaussian MMSE | one sample | mean of samples "
+           "| s per digit |", "|" + "---|" * 7]
+    for _, label, job, _, flags in rows:
+        d = runner.folder(job)
+        if not (d / "done").exists():
+            out.append(f"| {label} | `{' '.join(flags)}` | not run | | | | |")
+            continue
+        t = json.loads((d / "table.json").read_text())
+        m = {x["name"]: x for x in t["methods"]}
+        cell = lambda k: (f"{m[k]['mean']:.2f} ± {m[k]['se']:.2f} dB, "
+                          f"SSIM {m[k]['ssim_mean']:.3f} ± {m[k]['ssim_se']:.3f}")
+        secs = json.loads((d / "command.json").read_text())["seconds"] / len(t["digits"])
+        out.append(f"| {label} | `{' '.join(flags)}` | {cell('back_projection')} "
+                   f"| {cell('gaussian_mmse')} | {cell('sample_average')} | {cell('mean')} "
+                   f"| {secs:.1f} |")
+    return "\n".join(out)
+
+
+def table_posterior(rows, runner):
+    out = []
+    for _, label, job, _, flags in rows:
+        d = runner.folder(job)
+        out.append(f"**{label}** (`{' '.join(flags)}`):\n")
+        if not (d / "done").exists():
+            out.append("not run\n")
+            continue
+        out.append((d / "stdout-0.md").read_text())
+    return "\n".join(out)
+
+
+def render(marker, text, doc):
+    begin, end = f"<!-- results:{marker}:begin -->", f"<!-- results:{marker}:end -->"
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"error: docs/results.md has no {begin} … {end} markers")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{text}\n{end}{tail}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--out", required=True, help="docs/results.md (full) or a folder (quick)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sections", default="1,2,3,4,5")
+    ap.add_argument("--plan", action="store_true", help="list the jobs and the time left")
+    args = ap.parse_args()
+    wanted = {int(s) for s in args.sections.split(",")}
+    host_sha = sha256_file(args.host)
+    runner = Runner(args.host, args.cache, host_sha, args.plan)
+    sample_rows = sections(args.quick, args.data)
+    rest = restoration_rows(args.quick, args.data) + posterior_rows(args.quick, args.data)
+    every = [r for r in sample_rows + rest if r[0] in wanted]
+    left = [r for r in every if not (runner.folder(r[2]) / "done").exists()]
+    hours = sum(r[2].evals for r in left) / EVALS_PER_SECOND / 3600
+    print(f"results: {len(every)} jobs, {len(left)} to run, about {hours:.1f} h of network "
+          f"evaluations on 2 cores", file=sys.stderr)
+    if args.plan:
+        for r in left:
+            print(f"  {r[2].name}: {r[2].evals} evaluations", file=sys.stderr)
+        return
+    for _, _, job, then, _ in every:
+        runner.run(job, then)
+    tables = {}
+    for s in (1, 2, 3):
+        if s in wanted:
+            tables[f"section{s}"] = table_samples([r for r in sample_rows if r[0] == s], runner)
+    if 4 in wanted:
+        tables["section4"] = table_restoration([r for r in rest if r[0] == 4], runner)
+    if 5 in wanted:
+        tables["section5"] = table_posterior([r for r in rest if r[0] == 5], runner)
+    if args.quick:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in tables.items():
+            (out / f"{name}.md").write_text(text + "\n")
+            if "not run" in text or text.count("\n") < 2:
+                raise SystemExit(f"error: {name} has rows that did not run")
+        print(f"results --quick: {len(tables)} section tables in {out}", file=sys.stderr)
+    else:
+        doc = Path(args.out).read_text()
+        for name, text in tables.items():
+            doc = render(name, text, doc)
+        tmp = Path(args.out + ".tmp")
+        tmp.write_text(doc)
+        os.replace(tmp, args.out)
+        print(f"results: tables written to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
