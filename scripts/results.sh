@@ -5,9 +5,11 @@
 #                                FID row, 100 test digits per restoration row): tens of hours
 #                                of network evaluations on 2 cores (`--plan` prints the
 #                                estimate); resumable, each finished command is cached in
-#                                target/results-cache, so rerun it after an interruption
+#                                target/results-cache (keyed by the command, the models and
+#                                the main-job pin), so rerun it after an interruption
 #   scripts/results.sh --plan    the jobs left and their estimated time, nothing run
-#   scripts/results.sh --sections 1,2   only those sections
+#   scripts/results.sh --sections 1,2   only those sections (--only TEXT: only the jobs whose
+#                                name contains TEXT, e.g. --only mixture)
 #   scripts/results.sh --quick   the smoke check CI runs (about 2 minutes on 2 cores): every
 #                                section at tiny sizes into a temporary folder, never
 #                                touching docs/
@@ -33,7 +35,8 @@ while [ $# -gt 0 ]; do
         --quick) mode=quick ;;
         --plan) extra+=(--plan) ;;
         --sections) extra+=(--sections "$2"); shift ;;
-        *) echo "usage: scripts/results.sh [--quick | --plan] [--sections 1,2,...]" >&2; exit 2 ;;
+        --only) extra+=(--only "$2"); shift ;;
+        *) echo "usage: scripts/results.sh [--quick | --plan] [--sections 1,2,...] [--only TEXT]" >&2; exit 2 ;;
     esac
     shift
 done

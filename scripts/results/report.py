@@ -9,9 +9,12 @@ docs/results.md (the prose around them is written by hand from the numbers). Qui
 every section at tiny sizes into --out and renders there, never touching docs/.
 
 Caching: each job is a `host` command; its outputs go to CACHE/<job>-<key>/ where key is the
-sha256 of the command line and of the host binary. A job runs into a `.partial` folder that is
-renamed when it succeeds, so an interrupted report resumes at the first unfinished job and
-never reads half-written outputs. Rebuilding `host` from other sources invalidates the cache.
+sha256 of the command line and of what decides its numbers: the bundled models it names and the frozen
+judge (models/*.safetensors), the inference arithmetic (the main-job pin of
+host/tests/main_job_pin.rs, which changes whenever a bit of sampling does) and REPORT_VERSION
+(bump it when an evaluation command's own code changes). So the cache survives rebuilds across
+sessions, and a job runs into a `.partial` folder renamed when it succeeds: an interrupted
+report resumes at the first unfinished job and never reads half-written outputs.
 
 Only the standard library: CI machines have python3, nothing else is installed for this.
 """
@@ -20,11 +23,15 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# Bump when `host evaluate …` code changes what a cached job would report.
+REPORT_VERSION = 1
 
 # Network evaluations per second of the bundled 1.2 M-parameter models on 2 cores (batch 8),
 # for the time estimates only.
@@ -40,25 +47,29 @@ class Job:
         self.evals = evals  # network evaluations (estimate)
         self.kind = kind  # "sample", "restoration", "posterior"
 
-    def key(self, host_sha):
-        text = json.dumps([self.argv, host_sha])
+    def key(self, repo):
+        text = json.dumps([self.argv, identity(repo, self.argv)])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+def identity(repo, argv):
+    """What decides a cached job's numbers besides its command (see the module doc): the
+    judge, every bundled model the command names, the main-job pin and REPORT_VERSION."""
+    h = hashlib.sha256(f"report {REPORT_VERSION}\n".encode())
+    models = ["mnist-classifier"] + [a[len("bundled:"):] for a in argv if a.startswith("bundled:")]
+    for name in models:
+        h.update(name.encode() + b"\0" + (repo / "models" / f"{name}.safetensors").read_bytes())
+    pin = (repo / "host" / "tests" / "main_job_pin.rs").read_text()
+    h.update("".join(re.findall(r"[0-9a-f]{64}", pin)).encode())
     return h.hexdigest()
 
 
 class Runner:
-    def __init__(self, host, cache, host_sha, dry):
-        self.host, self.cache, self.host_sha, self.dry = host, Path(cache), host_sha, dry
+    def __init__(self, host, cache, repo, dry):
+        self.host, self.cache, self.repo, self.dry = host, Path(cache), repo, dry
 
     def folder(self, job):
-        return self.cache / f"{job.name}-{job.key(self.host_sha)}"
+        return self.cache / f"{job.name}-{job.key(self.repo)}"
 
     def run(self, job, then=()):
         """Runs `job` (and the follow-up commands `then`, same folder) unless cached."""
@@ -257,13 +268,14 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sections", default="1,2,3,4,5")
     ap.add_argument("--plan", action="store_true", help="list the jobs and the time left")
+    ap.add_argument("--only", default="", help="run only the jobs whose name contains this")
     args = ap.parse_args()
     wanted = {int(s) for s in args.sections.split(",")}
-    host_sha = sha256_file(args.host)
-    runner = Runner(args.host, args.cache, host_sha, args.plan)
+    repo = Path(__file__).resolve().parents[2]
+    runner = Runner(args.host, args.cache, repo, args.plan)
     sample_rows = sections(args.quick, args.data)
     rest = restoration_rows(args.quick, args.data) + posterior_rows(args.quick, args.data)
-    every = [r for r in sample_rows + rest if r[0] in wanted]
+    every = [r for r in sample_rows + rest if r[0] in wanted and args.only in r[2].name]
     left = [r for r in every if not (runner.folder(r[2]) / "done").exists()]
     hours = sum(r[2].evals for r in left) / EVALS_PER_SECOND / 3600
     print(f"results: {len(every)} jobs, {len(left)} to run, about {hours:.1f} h of network "
