@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::common::threads;
 use crate::cli::device::{self, Device, DeviceArgs};
-use crate::cli::model_args::ModelArgs;
+use crate::cli::model_args::{conv_json, ModelArgs};
 use crate::errln;
 use crate::image_io::{grid_planes, png_from_planes, to_planes};
 use crate::run::manifest::{Manifest, MANIFEST};
@@ -287,6 +287,7 @@ pub fn run_json(
         "command": command,
         "arguments": args,
         "model": model.description,
+        "conv": conv_json(model).unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
         "plan": plan_args.describe(plan),
         "build": build_info(),
         "timings": {

@@ -22,6 +22,7 @@ use tweedie_nn::denoiser::network::NoiseInputKind;
 use tweedie_nn::denoiser::{Model, Source};
 use tweedie_nn::model::adm::device::DeviceAdm;
 use tweedie_nn::model::adm::AdmArch;
+use tweedie_nn::model::layers::ConvPolicy;
 use tweedie_nn::weights::Weights;
 
 /// Steps between reads of the non-finite flag (each read waits for the device).
@@ -174,6 +175,9 @@ impl<'o, O: DeviceOps> DeviceSampler<'o, O> {
 pub fn unsupported(job: &Job<'_>, model: &Model) -> Option<&'static str> {
     if !matches!(model.source, Source::Adm { .. }) {
         return Some("only ADM networks run on the device");
+    }
+    if model.conv == ConvPolicy::Winograd {
+        return Some("--conv winograd runs on the CPU only (the device convolutions are direct)");
     }
     if matches!(job.plan, AnyPlan::VePc { .. }) {
         return Some("the VE predictor-corrector sampler does not run on the device");
