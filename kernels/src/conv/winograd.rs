@@ -274,6 +274,54 @@ impl Winograd {
             }
     }
 
+    /// Floats of the transformed weights the forward alone needs: only the packed copy when
+    /// there is one (then half of [`Winograd::weights_len`]), else the n² matrices.
+    pub fn forward_weights_len(&self) -> usize {
+        if self.one_block() {
+            self.packed_len()
+        } else {
+            self.weights_len()
+        }
+    }
+
+    /// [`Winograd::transform_weights`] keeping only what the forward reads
+    /// ([`Winograd::forward_weights_len`] floats in `u`); `scratch` takes the
+    /// [`Winograd::weights_len`] floats of the whole transform.
+    pub fn transform_forward_weights(
+        &self,
+        weight: &[f32],
+        u: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        check_len(
+            "winograd forward weight",
+            self.forward_weights_len(),
+            u.len(),
+        )?;
+        check_min_len("winograd weight scratch", self.weights_len(), scratch.len())?;
+        let whole = &mut scratch[..self.weights_len()];
+        self.transform_weights(weight, whole)?;
+        u.copy_from_slice(&whole[self.weights_len() - u.len()..]);
+        Ok(())
+    }
+
+    /// The n² plain matrices and the packed copy of transformed weights `u` of either length
+    /// ([`Winograd::weights_len`], [`Winograd::forward_weights_len`]; the plain part is
+    /// empty in the second when there is a packed copy).
+    fn forward_parts<'u>(&self, u: &'u [f32]) -> (&'u [f32], &'u [f32]) {
+        let plain = self.positions() * self.c_out * self.c_in;
+        if self.one_block() && u.len() == self.packed_len() {
+            (&[], u)
+        } else {
+            u.split_at(plain)
+        }
+    }
+
+    /// Whether `len` floats are transformed weights the forward takes.
+    fn forward_weights_fit(&self, len: usize) -> bool {
+        len == self.weights_len() || len == self.forward_weights_len()
+    }
+
     /// `u[p·c_out·c_in + o·c_in + c] = (G·W[o, c]·Gᵀ)[p]` for the 3 × 3 filters of `weight`
     /// ([c_out, c_in, 3, 3]), then their packed copy; done once per weight update, so the
     /// forward, run once per sample, never packs.
@@ -320,6 +368,13 @@ impl Winograd {
         }
     }
 
+    fn check_forward_weights(&self, u: &[f32]) -> Result<(), KernelError> {
+        if self.forward_weights_fit(u.len()) {
+            return Ok(());
+        }
+        check_len("winograd transformed weight", self.weights_len(), u.len())
+    }
+
     /// Whether each product's A operand (c_out × c_in) is one block of the GEMM (depth ≤ KC,
     /// rows ≤ MC_MAX): then the weights are packed once and B is read in place.
     fn one_block(&self) -> bool {
@@ -363,8 +418,8 @@ impl Winograd {
     }
 
     /// The convolution of `inp` [c_in, h, w] with the weights `u` transformed by
-    /// [`Winograd::transform_weights`]: `out` [c_out, h, w] = bias + conv(inp) when `bias` is
-    /// given, else `out` += conv(inp).
+    /// [`Winograd::transform_weights`] (or [`Winograd::transform_forward_weights`]): `out`
+    /// [c_out, h, w] = bias + conv(inp) when `bias` is given, else `out` += conv(inp).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -379,7 +434,7 @@ impl Winograd {
     ) -> Result<(), KernelError> {
         let (ci, co) = (self.c_in, self.c_out);
         check_len("winograd input", ci * h * w, inp.len())?;
-        check_len("winograd transformed weight", self.weights_len(), u.len())?;
+        self.check_forward_weights(u)?;
         check_len("winograd output", co * h * w, out.len())?;
         if let Some(b) = bias {
             check_len("winograd bias", co, b.len())?;
@@ -413,7 +468,7 @@ impl Winograd {
     ) -> Result<(), KernelError> {
         let (ci, co) = (self.c_in, self.c_out);
         check_len("winograd input", ci * h * w, inp.len())?;
-        check_len("winograd transformed weight", self.weights_len(), u.len())?;
+        self.check_forward_weights(u)?;
         check_len("winograd bias", co, bias.len())?;
         check_range("winograd: pixel range outside 0..h·w", &px, h * w)?;
         let band = self.pixels_per_tile_row(w).max(1);
@@ -508,14 +563,13 @@ impl Winograd {
         let (positions, chunk) = (N * N, forward_chunk::<N>());
         let ld = channel_ld::<N>(chunk);
         let one_block = self.one_block();
-        let (u, packed) = u.split_at(positions * co * ci);
+        let (u, packed) = self.forward_parts(u);
         let a_len = round_up(co, MR) * ci;
         let t = b;
         for t0 in (0..t.n()).step_by(chunk) {
             let nt = chunk.min(t.n() - t0);
             input_transform::<N>(isa, t, (t0, chunk), ci, padded, v);
             for p in 0..positions {
-                let u_p = &u[p * co * ci..][..co * ci];
                 let v_p = &v[p * chunk..];
                 if one_block {
                     let a_p = &packed[p * a_len..][..a_len];
@@ -524,6 +578,7 @@ impl Winograd {
                     chunk_product(isa, a_p, b, co, nt, (&mut m[p * chunk..], ld), spare, zeros);
                     continue;
                 }
+                let u_p = &u[p * co * ci..][..co * ci];
                 let m_p = Out::Strided {
                     c: &mut m[p * chunk..],
                     ld,
@@ -1792,6 +1847,12 @@ mod tests {
                     let mut whole = vec![f32::NAN; co * h * w];
                     wg.forward(isa, &x, h, w, &u, Some(&b), &mut whole, &mut s)
                         .unwrap();
+                    // The forward's own copy of the weights gives the same bits.
+                    let mut only = vec![0.0; wg.forward_weights_len()];
+                    let mut ws = vec![0.0; wg.weights_len()];
+                    wg.transform_forward_weights(&wt, &mut only, &mut ws)
+                        .unwrap();
+                    let u = only;
                     let band = wg.pixels_per_tile_row(w);
                     let tile_rows = h.div_ceil(wg.tile());
                     for parts in [1, 2, 3, tile_rows] {

@@ -32,7 +32,7 @@ pub struct ConvP<'w> {
 pub struct WinoWeights {
     /// The form.
     pub wg: Winograd,
-    /// [`Winograd::transform_weights`] of the layer's weights (widened to f32).
+    /// [`Winograd::transform_forward_weights`] of the layer's weights (widened to f32).
     pub u: Arc<[f32]>,
 }
 
@@ -42,8 +42,8 @@ pub struct WinoWeights {
 pub enum ConvPolicy {
     /// The direct convolution everywhere (the bits of the forward before Winograd).
     Direct,
-    /// Winograd wherever it can compute the layer: [`ConvForm::rule`]'s form where it names
-    /// one, else F(2×2) (thin and small layers included; for tests and comparisons).
+    /// Winograd wherever it can compute the layer ([`ConvForm::chosen`]: thin, small and
+    /// wide layers included; for tests and comparisons).
     Winograd,
     /// [`ConvForm::rule`].
     #[default]
@@ -73,34 +73,41 @@ pub enum ConvForm {
     F4x4,
 }
 
-/// Most input channels of an F(4×4) layer: its filter transform's 1/6 and 1/24 and its
-/// output transform's factors up to 8 make the error grow with the sum's length; above this
-/// [`ConvForm::rule`] takes F(2×2) (see the f64-reference test of `tests/winograd_accuracy.rs`).
-pub const F4X4_MAX_C_IN: usize = usize::MAX;
+/// Most channel pairs (c_in·c_out) of a layer [`ConvForm::rule`] runs in Winograd form: its
+/// transformed weights take 4× (F(4×4)) or 1.8× (F(2×2)) the memory of its weights, which the
+/// wide, low-resolution layers do not repay: in the FFHQ-256 ADM, the 512 × 512 and
+/// 1024 × 512 layers at 16×16 and 8×8 hold 55 M of its 94 M weights and 4 % of its
+/// multiply-adds; their transform would add 590 MB for 1.5 % of the forward's work saved.
+/// With this bound the FFHQ-256 ADM keeps 278 MB of transformed weights (forward ≤ 1 GB).
+pub const WINOGRAD_MAX_PAIRS: usize = 1 << 17;
 
 impl ConvForm {
     /// The auto rule, a function of the layer's shape and input map only (never of the ISA,
     /// the thread count or the batch, so a model's bits are the same everywhere): a 3×3,
-    /// stride-1, padding-1 convolution with 8 channels or more in and out runs in F(4×4) on
-    /// maps of 16 tiles of 4×4 or more (16×16) with at most [`F4X4_MAX_C_IN`] input
-    /// channels, else in F(2×2) on maps of 16 tiles of 2×2 or more (8×8); every other one
-    /// runs direct ([`Winograd::for_map`], the trainer's rule for its forward).
+    /// stride-1, padding-1 convolution with 8 channels or more in and out and at most
+    /// [`WINOGRAD_MAX_PAIRS`] channel pairs runs in F(4×4) on maps of 16 tiles of 4×4 or
+    /// more (16×16), else in F(2×2) on maps of 16 tiles of 2×2 or more (8×8); every other
+    /// one runs direct. (The map and channel thresholds are [`Winograd::for_map`]'s, the
+    /// trainer's rule for its forward.)
     pub fn rule(conv: &Conv2d, h: usize, w: usize) -> ConvForm {
-        match Winograd::for_map(conv, h, w) {
-            Some(wg) if wg.tile() == 4 && conv.c_in > F4X4_MAX_C_IN => ConvForm::F2x2,
-            Some(wg) => ConvForm::of(&wg),
-            None => ConvForm::Direct,
+        if conv.c_in * conv.c_out > WINOGRAD_MAX_PAIRS {
+            return ConvForm::Direct;
         }
+        Winograd::for_map(conv, h, w).map_or(ConvForm::Direct, |wg| ConvForm::of(&wg))
     }
 
-    /// The form `policy` gives a convolution on an h × w map.
+    /// The form `policy` gives a convolution on an h × w map: under
+    /// [`ConvPolicy::Winograd`], [`Winograd::for_map`]'s form (whatever the channel pairs)
+    /// where it names one, else F(2×2) where Winograd applies at all.
     pub fn chosen(policy: ConvPolicy, conv: &Conv2d, h: usize, w: usize) -> ConvForm {
-        match (policy, ConvForm::rule(conv, h, w)) {
-            (ConvPolicy::Direct, _) => ConvForm::Direct,
-            (ConvPolicy::Winograd, ConvForm::Direct) if Winograd::of(conv).is_some() => {
-                ConvForm::F2x2
-            }
-            (_, form) => form,
+        match policy {
+            ConvPolicy::Direct => ConvForm::Direct,
+            ConvPolicy::Auto => ConvForm::rule(conv, h, w),
+            ConvPolicy::Winograd => match (Winograd::for_map(conv, h, w), Winograd::of(conv)) {
+                (Some(wg), _) => ConvForm::of(&wg),
+                (None, Some(_)) => ConvForm::F2x2,
+                (None, None) => ConvForm::Direct,
+            },
         }
     }
 
@@ -139,8 +146,9 @@ impl ConvP<'_> {
                     WeightsRef::F32(w) => w.to_vec(),
                     WeightsRef::F16(w) => w.iter().map(|v| v.to_f32()).collect(),
                 };
-                let mut u = vec![0.0; wg.weights_len()];
-                wg.transform_weights(&wide, &mut u)
+                let mut u = vec![0.0; wg.forward_weights_len()];
+                let mut whole = vec![0.0; wg.weights_len()];
+                wg.transform_forward_weights(&wide, &mut u, &mut whole)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 Some(WinoWeights { wg, u: u.into() })
             }
