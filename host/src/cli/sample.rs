@@ -387,7 +387,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     write_samples(&mut out, std::path::Path::new(""), &model, &result, n)?;
-    let info = run_json(
+    let mut info = run_json(
         "sample",
         args,
         &model,
@@ -396,6 +396,9 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         &result,
         start.elapsed().as_secs_f64(),
     );
+    if backend != "cpu" {
+        info["conv"] = json!({"policy": "direct", "forms": null, "backend": backend});
+    }
     out.write("run.json", &json_bytes(&info)?)?;
     out.commit();
     if !args.run.quiet {

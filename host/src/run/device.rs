@@ -278,7 +278,9 @@ mod tests {
         let (batch, len, seed) = (2, 3 * 32 * 32, 9);
 
         let error = Mutex::new(None);
-        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, 1, &error);
+        // The device convolutions are direct: so is the CPU sampler they must equal.
+        let split = (1, ConvPolicy::Direct);
+        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, split, &error);
         let chains = Chains {
             batch,
             first_chain: 5,
@@ -307,8 +309,14 @@ mod tests {
     /// batches of 2 and 1 (global chain indices), and the progress counts every chain step.
     #[test]
     fn a_sample_job_on_the_reference_ops_equals_the_cpu_run() {
-        let (model, plan) =
-            crate::cli::sample::model_and_plan(&["--preset", "vp-uncond-sigmoid", "--steps", "3"]);
+        let (model, plan) = crate::cli::sample::model_and_plan(&[
+            "--preset",
+            "vp-uncond-sigmoid",
+            "--steps",
+            "3",
+            "--conv",
+            "direct",
+        ]);
         let job = Job {
             plan: &plan,
             n: 3,
@@ -324,6 +332,8 @@ mod tests {
             threads: 1,
         };
         assert_eq!(unsupported(&job, &model), None);
+        let (winograd, _) = crate::cli::sample::model_and_plan(&["--conv", "winograd"]);
+        assert!(unsupported(&job, &winograd).is_some());
         let quiet = Progress::new(9, true);
         let cpu = crate::run::runner::run_chains(&job, &model, &quiet).unwrap();
         let dev = run_chains_on(&ReferenceOps, &job, &model, &quiet).unwrap();

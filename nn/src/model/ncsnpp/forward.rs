@@ -728,7 +728,7 @@ impl Runner<'_, '_> {
                     &self.arena.x_scaled,
                     res,
                     res,
-                    &cv,
+                    cv,
                     &mut self.arena.work[o][..cv.conv.c_out * hw(res)],
                 )
                 .map_err(|e| anyhow!("all_modules.{i}: {e}"))?;
@@ -767,7 +767,7 @@ impl Runner<'_, '_> {
             }
             Op::InputSkip(i) => {
                 let cv = conv_p(params, i)?;
-                self.input_skip(i, &cv, observe)
+                self.input_skip(i, cv, observe)
                     .map_err(|e| anyhow!("all_modules.{i}: {e}"))?
             }
             Op::OutputHead { norm, conv, first } => {
@@ -775,7 +775,7 @@ impl Runner<'_, '_> {
                     bail!("all_modules.{norm}: expected the head GroupNorm");
                 };
                 let cv = conv_p(params, conv)?;
-                self.output_head((norm, np), (conv, &cv), first, observe)
+                self.output_head((norm, np), (conv, cv), first, observe)
                     .map_err(|e| anyhow!("all_modules.{norm}/{conv} (output head): {e}"))?
             }
         }
