@@ -1,12 +1,15 @@
-//! The ADM forward pass on the CPU (random weights of the right shapes):
+//! The ADM forward pass on the CPU (random weights of the right shapes), with the 3×3
+//! convolutions direct and in their default (`--conv auto`, Winograd) forms:
 //! - `adm_small`: the golden small config, 32×32, batch 2 (PyTorch ≈ 20 ms);
-//! - `ffhq256`: the DPS FFHQ-256 network, 256×256, batch 1, f32 and f16 weight storage.
+//! - `ffhq256`: the DPS FFHQ-256 network, 256×256, batch 1 and 8 (f32 weights), batch 1 with
+//!   f16 weight storage.
 //!
-//! Throughput is reported in FLOP (2 × MACs of the config) per second. The FFHQ group uses
-//! 10 flat samples of one forward each (criterion warns that they exceed the 20 s target;
-//! a larger target would make it run several forwards per sample), so the whole bench takes
-//! ~2 minutes:
-//! `cargo bench -p tweedie-benches --bench adm_forward`.
+//! Throughput is reported in FLOP (2 × MACs of the config, direct-equivalent) per second. The
+//! FFHQ group uses 10 flat samples of one forward each (criterion warns that they exceed the
+//! 20 s target; a larger target would make it run several forwards per sample), so the whole
+//! bench takes ~10 minutes; filter with e.g. `-- ffhq256/f32-auto`:
+//! `cargo bench -p tweedie-benches --bench adm_forward`. The side-by-side comparison with
+//! PyTorch is `scripts/pytorch/compare.sh` (and `sampling.sh` for whole sampling runs).
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use criterion::{
 };
 use tweedie_nn::model::adm::{AdmArch, AdmConfig, AdmModel, Input};
 use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::model::layers::ConvPolicy;
 use tweedie_nn::weights::{Precision, Weights};
 
 fn threads() -> usize {
@@ -37,12 +41,12 @@ fn run(
     id: &str,
     config: &AdmConfig,
     size: usize,
-    batch: usize,
-    precision: Precision,
+    (batch, precision, policy): (usize, Precision, ConvPolicy),
 ) {
     let arch = AdmArch::new(config).expect("a valid architecture");
     let weights = Weights::random(&arch.state_dict(), precision, 0);
-    let mut model = AdmModel::new(&arch, &weights, size, size, threads()).expect("a model");
+    let mut model =
+        AdmModel::with_policy(&arch, &weights, size, size, threads(), policy).expect("a model");
     let x: Vec<f32> = (0..batch * config.in_channels * size * size)
         .map(|i| tweedie_core::noise::gaussian(1, 0, tweedie_core::noise::COUNTER_INIT, i as u64))
         .collect();
@@ -73,22 +77,34 @@ fn run(
     g.finish();
 }
 
+const POLICIES: [(&str, ConvPolicy); 2] =
+    [("direct", ConvPolicy::Direct), ("auto", ConvPolicy::Auto)];
+
 fn adm_small(c: &mut Criterion) {
-    run(
-        c,
-        "adm_small",
-        "f32",
-        &small_config(),
-        32,
-        2,
-        Precision::F32,
-    );
+    for (name, policy) in POLICIES {
+        let id = format!("f32-{name}");
+        let what = (2, Precision::F32, policy);
+        run(c, "adm_small", &id, &small_config(), 32, what);
+    }
 }
 
 fn ffhq256(c: &mut Criterion) {
     let config = AdmConfig::ffhq256();
-    run(c, "ffhq256", "f32", &config, 256, 1, Precision::F32);
-    run(c, "ffhq256", "f16", &config, 256, 1, Precision::F16);
+    for batch in [1, 8] {
+        for (name, policy) in POLICIES {
+            let id = format!("f32-{name}");
+            run(
+                c,
+                "ffhq256",
+                &id,
+                &config,
+                256,
+                (batch, Precision::F32, policy),
+            );
+        }
+    }
+    let f16 = (1, Precision::F16, ConvPolicy::Auto);
+    run(c, "ffhq256", "f16-auto", &config, 256, f16);
 }
 
 criterion_group!(benches, adm_small, ffhq256);

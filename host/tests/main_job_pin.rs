@@ -12,8 +12,13 @@ use common::{ok, s};
 
 use std::path::Path;
 
-/// sha256 of the 4 × 1 × 32 × 32 f32 samples (little-endian, row-major).
-const MAIN_JOB_SHA256: &str = "22f37e56637eb8a34d9e273291bba7056b98ca5dd98da3cb33dece364d474894";
+/// sha256 of the 4 × 1 × 32 × 32 f32 samples (little-endian, row-major), with the
+/// convolutions in their default (`--conv auto`) forms: Winograd F(4×4)/F(2×2) since issue 20.
+const MAIN_JOB_SHA256: &str = "c5d6b8f2f0c805fffc54089c9f6b457d87e021c60dfa1d2e13f25397be5a9d54";
+
+/// The same with `--conv direct`: the pin from before Winograd reached the sampler, which
+/// `--conv direct` keeps reproducing.
+const DIRECT_SHA256: &str = "22f37e56637eb8a34d9e273291bba7056b98ca5dd98da3cb33dece364d474894";
 
 fn sample(out: &Path, extra: &[&str]) {
     let o = s(out);
@@ -61,4 +66,29 @@ fn the_pin_holds_for_one_thread_and_batch_one() {
     let dir = common::scratch_in("main_job_pin", "split");
     sample(&dir, &["--threads", "1", "--batch", "1"]);
     assert_eq!(samples_sha256(&dir), MAIN_JOB_SHA256);
+}
+
+#[test]
+fn conv_direct_reproduces_the_bits_from_before_winograd() {
+    let dir = common::scratch_in("main_job_pin", "direct");
+    sample(&dir, &["--conv", "direct"]);
+    assert_eq!(samples_sha256(&dir), DIRECT_SHA256);
+}
+
+#[test]
+fn conv_winograd_keeps_a_run_off_the_gpu() {
+    let dir = common::scratch_in("main_job_pin", "winograd-cuda");
+    let o = s(&dir);
+    let args = [
+        "sample", "--steps", "2", "--n", "1", "--out", &o, "--quiet", "--conv", "winograd",
+        "--device", "cuda",
+    ];
+    let out = common::host(&args);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error:") && err.contains("--conv winograd"),
+        "{err}"
+    );
+    assert!(!dir.join("samples.safetensors").exists());
 }

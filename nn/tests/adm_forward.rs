@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use tweedie_kernels::Isa;
 use tweedie_nn::model::adm::forward::{AdmModel, Input};
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::model::layers::{ConvForm, ConvPolicy};
 use tweedie_nn::parity::{compare, TOL_ADM, TOL_F16};
 use tweedie_nn::tensors::{SafetensorsFile, TensorF32};
 use tweedie_nn::weights::{Precision, Weights};
@@ -60,18 +62,23 @@ impl Golden {
         (self.x.shape[2], self.x.shape[3])
     }
 
-    /// Runs samples `range` of the golden input; returns the output and, per stage name, the
-    /// activations of those samples back to back.
-    fn run(
+    /// Runs samples `range` of the golden input with the convolutions in the forms of
+    /// `policy`, on the microkernels of `isa` if given; returns the output and, per stage
+    /// name, the activations of those samples back to back.
+    fn run_with(
         &self,
         weights: &Weights,
         range: std::ops::Range<usize>,
         threads: usize,
+        (policy, isa): (ConvPolicy, Option<Isa>),
     ) -> (Vec<f32>, BTreeMap<String, Vec<f32>>) {
         let (h, w) = self.size();
         let per_in = self.x.data.len() / self.batch();
         let per_out = self.out.data.len() / self.batch();
-        let mut model = AdmModel::new(&self.arch, weights, h, w, threads).unwrap();
+        let mut model = AdmModel::with_policy(&self.arch, weights, h, w, threads, policy).unwrap();
+        if let Some(isa) = isa {
+            model.set_isa(isa);
+        }
         let input = Input {
             x: &self.x.data[range.start * per_in..range.end * per_in],
             t: &self.t.data[range.clone()],
@@ -136,10 +143,10 @@ fn check(
     }
 }
 
-fn parity_with_every_activation(folder: &str) {
+fn parity_with_every_activation(folder: &str, policy: ConvPolicy) {
     let g = load(folder);
     let weights = g.weights(Precision::F32);
-    let (out, acts) = g.run(&weights, 0..g.batch(), 2);
+    let (out, acts) = g.run_with(&weights, 0..g.batch(), 2, (policy, None));
     let mut failures = Vec::new();
     check("out", &out, &g.out.data, g.batch(), TOL_ADM, &mut failures);
     let stored = g.activations();
@@ -163,25 +170,58 @@ fn parity_with_every_activation(folder: &str) {
             None => failures.push(format!("act.{name}: no stage of that name was observed")),
         }
     }
-    assert!(failures.is_empty(), "{folder}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{folder} ({policy:?}):\n{}",
+        failures.join("\n")
+    );
 }
+
+const POLICIES: [ConvPolicy; 3] = [ConvPolicy::Auto, ConvPolicy::Winograd, ConvPolicy::Direct];
 
 #[test]
 fn adm_small_matches_pytorch_at_every_block() {
-    parity_with_every_activation("adm_small");
+    for policy in POLICIES {
+        parity_with_every_activation("adm_small", policy);
+    }
 }
 
 #[test]
 fn adm_variant_matches_pytorch_at_every_block() {
-    parity_with_every_activation("adm_variant");
+    for policy in POLICIES {
+        parity_with_every_activation("adm_variant", policy);
+    }
+}
+
+/// The goldens' 32×32 maps put every form to work under auto: F(4×4) at 32×32 and 16×16,
+/// F(2×2) at 8×8, direct for the thin input and output layers and at 4×4.
+#[test]
+fn auto_runs_every_form_on_the_goldens() {
+    let g = load("adm_variant");
+    let weights = g.weights(Precision::F32);
+    let model = AdmModel::new(&g.arch, &weights, 32, 32, 1).unwrap();
+    for form in [ConvForm::F4x4, ConvForm::F2x2, ConvForm::Direct] {
+        assert!(model.forms().iter().any(|l| l.form == form), "{form:?}");
+    }
+    for l in model.forms() {
+        let want = match (l.map.0, l.channels.0.min(l.channels.1) >= 8) {
+            (16.., true) => ConvForm::F4x4,
+            (8, true) => ConvForm::F2x2,
+            _ => ConvForm::Direct,
+        };
+        assert_eq!(l.form, want, "{} at {:?}", l.name, l.map);
+    }
 }
 
 #[test]
 fn f16_weight_storage_stays_within_2e_3() {
-    for folder in ["adm_small", "adm_variant"] {
+    for (folder, policy) in ["adm_small", "adm_variant"]
+        .into_iter()
+        .flat_map(|f| POLICIES.map(|p| (f, p)))
+    {
         let g = load(folder);
         let weights = g.weights(Precision::F16);
-        let (out, _) = g.run(&weights, 0..g.batch(), 2);
+        let (out, _) = g.run_with(&weights, 0..g.batch(), 2, (policy, None));
         let mut failures = Vec::new();
         check(
             "out (f16)",
@@ -191,31 +231,68 @@ fn f16_weight_storage_stays_within_2e_3() {
             TOL_F16,
             &mut failures,
         );
-        assert!(failures.is_empty(), "{folder}: {}", failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{folder} ({policy:?}): {}",
+            failures.join("\n")
+        );
     }
 }
 
+/// Same bits for any batch split and thread count, in every policy (3 threads cut the 8×8
+/// maps' four F(2×2) tile rows 1 + 1 + 2, the 16×16 maps' four F(4×4) rows likewise).
 #[test]
 fn outputs_are_bit_identical_across_batch_sizes_and_thread_counts() {
     let g = load("adm_variant");
     let weights = g.weights(Precision::F32);
-    let (all, _) = g.run(&weights, 0..3, 2);
-    let per = all.len() / 3;
-    for threads in [1, 2, 3] {
-        let (one, _) = g.run(&weights, 1..2, threads);
-        assert!(
-            one.iter()
-                .zip(&all[per..2 * per])
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "sample 1 alone on {threads} threads differs from the batch of 3 on 2 threads"
-        );
-        let (two, _) = g.run(&weights, 0..2, threads);
-        assert!(
-            two.iter()
-                .zip(&all[..2 * per])
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "batch 2 on {threads} threads differs"
-        );
+    for policy in POLICIES {
+        let run = |range, threads| g.run_with(&weights, range, threads, (policy, None)).0;
+        let all = run(0..3, 2);
+        let per = all.len() / 3;
+        for threads in [1, 2, 3, 5] {
+            let one = run(1..2, threads);
+            assert!(
+                one.iter()
+                    .zip(&all[per..2 * per])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{policy:?}: sample 1 alone on {threads} threads differs from the batch of 3"
+            );
+            let two = run(0..2, threads);
+            assert!(
+                two.iter()
+                    .zip(&all[..2 * per])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{policy:?}: batch 2 on {threads} threads differs"
+            );
+        }
+    }
+}
+
+/// The Winograd forms give the same bits on every SIMD microkernel the CPU has (AVX2 and,
+/// where present, AVX-512: both fuse the same products in the same order).
+#[test]
+fn every_simd_isa_gives_the_same_bits() {
+    let g = load("adm_small");
+    let weights = g.weights(Precision::F32);
+    tweedie_nn::backend::enable_simd();
+    let simd: Vec<Isa> = Isa::available().filter(|i| i.is_simd()).collect();
+    if simd.len() < 2 {
+        eprintln!("only {simd:?} here: nothing to compare");
+    }
+    for policy in POLICIES {
+        let outs: Vec<Vec<f32>> = simd
+            .iter()
+            .map(|&isa| g.run_with(&weights, 0..2, 2, (policy, Some(isa))).0)
+            .collect();
+        for (isa, out) in simd.iter().zip(&outs).skip(1) {
+            assert!(
+                out.iter()
+                    .zip(&outs[0])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{policy:?}: {isa:?} differs from {:?}",
+                simd[0]
+            );
+        }
     }
 }
 

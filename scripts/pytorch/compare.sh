@@ -10,7 +10,9 @@
 #
 # Usage: scripts/pytorch/compare.sh [--host PATH] [--no-host] [--config C] [--size S]
 #            [--batch B] [--iters N] [--threads T] [--rounds R] [--python PY]
-#            [--host-args "EXTRA ARGS"] [--arch auto|adm|ncsnpp]
+#            [--host-args "EXTRA ARGS"] [--arch auto|adm|ncsnpp] [--convs "direct auto"]
+# --convs: one side of ours per listed `host bench --conv` value (ours_direct, ours_auto, …),
+#          each against the faster PyTorch layout (default: one side, the host's default).
 # Defaults: --host target/release/host, --config adm-ffhq256, --size 256, --batch 1,
 #           --iters 3, --threads 2, --rounds 3, --python $TWEEDIE_TORCH_VENV/bin/python
 #           (TWEEDIE_TORCH_VENV defaults to /tmp/tweedie-torch-venv, see setup-venv.sh),
@@ -33,6 +35,7 @@ ROUNDS=3
 PY="${TWEEDIE_TORCH_VENV:-/tmp/tweedie-torch-venv}/bin/python"
 HOST_ARGS=""
 ARCH=auto
+CONVS=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -47,7 +50,8 @@ while [ $# -gt 0 ]; do
         --python) PY="$2"; shift 2 ;;
         --host-args) HOST_ARGS="$2"; shift 2 ;;
         --arch) ARCH="$2"; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --convs) CONVS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -74,7 +78,7 @@ case "$ARCH" in
 esac
 
 LOG="$(mktemp -d /tmp/tweedie-compare.XXXXXX)"
-echo "arch $ARCH ($(basename "$PY_SCRIPT")), config $CONFIG, ${SIZE}x${SIZE}, batch $BATCH, iters $ITERS, threads $THREADS, rounds $ROUNDS; logs in $LOG"
+echo "arch $ARCH ($(basename "$PY_SCRIPT")), config $CONFIG, ${SIZE}x${SIZE}, batch $BATCH, iters $ITERS, threads $THREADS, rounds $ROUNDS, load $(cut -d' ' -f1-3 /proc/loadavg); logs in $LOG"
 
 # run NAME ROUND CMD...: run one benchmark, keep its log, append its median to $LOG/NAME.medians.
 run() {
@@ -99,21 +103,29 @@ bench_py() {
 bench_host() {
     # shellcheck disable=SC2086  # HOST_ARGS is deliberately word-split
     "$HOST" bench --config "$CONFIG" --size "$SIZE" --batch "$BATCH" --iters "$ITERS" \
-        --threads "$THREADS" $HOST_ARGS
+        --threads "$THREADS" $HOST_ARGS "$@"
 }
 
 SIDES=(pytorch_nchw pytorch_channels_last)
-[ "$USE_HOST" = 1 ] && SIDES=(ours "${SIDES[@]}")
+if [ "$USE_HOST" = 1 ]; then
+    if [ -n "$CONVS" ]; then
+        for c in $CONVS; do SIDES=("ours_$c" "${SIDES[@]}"); done
+    else
+        SIDES=(ours "${SIDES[@]}")
+    fi
+fi
 for ((r = 1; r <= ROUNDS; r++)); do
     n=${#SIDES[@]}
     for ((k = 0; k < n; k++)); do
         side="${SIDES[$(((k + r - 1) % n))]}"
         case "$side" in
             ours) run ours "$r" bench_host ;;
+            ours_*) run "$side" "$r" bench_host --conv "${side#ours_}" ;;
             pytorch_nchw) run pytorch_nchw "$r" bench_py nchw ;;
             pytorch_channels_last) run pytorch_channels_last "$r" bench_py channels_last ;;
         esac
     done
+    echo "  after round $r: load $(cut -d' ' -f1-3 /proc/loadavg)"
 done
 
 "$PY" - "$LOG" "${SIDES[@]}" <<'PY'
@@ -127,6 +139,10 @@ for s in sides:
 torch_sides = [s for s in sides if s.startswith("pytorch")]
 best = min(torch_sides, key=med.get)
 print(f"faster PyTorch layout: {best[len('pytorch_'):]}")
-if "ours" in med:
-    print(f"ratio ours/pytorch = {med['ours'] / med[best]:.3f}  (< 1: ours faster)")
+rounds = {s: [float(v) for v in open(f"{log}/{s}.medians").read().split()] for s in sides}
+for ours in [s for s in sides if s == "ours" or s.startswith("ours_")]:
+    per = " ".join(f"{o / min(rounds[t][i] for t in torch_sides):.3f}"
+                   for i, o in enumerate(rounds[ours]))
+    print(f"ratio {ours}/pytorch = {med[ours] / med[best]:.3f}  (< 1: ours faster; "
+          f"per round against that round's faster layout: {per})")
 PY

@@ -7,11 +7,13 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::common::{grouped, precision, threads};
+use crate::cli::model_args::ConvArg;
 use crate::outln;
 use tweedie_nn::backend::profile;
 use tweedie_nn::model::adm::forward::{AdmModel, Input};
 use tweedie_nn::model::adm::{AdmArch, AdmConfig};
 use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::model::layers::{ConvForm, LayerForm};
 use tweedie_nn::model::ncsnpp::{self, NcsnppArch, NcsnppConfig, NcsnppModel};
 use tweedie_nn::weights::Weights;
 
@@ -43,6 +45,10 @@ pub struct BenchArgs {
     /// Worker threads (default: all available cores).
     #[arg(long, value_name = "J", value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
+    /// How the forward computes its 3×3 convolutions (auto, winograd or direct; see `host
+    /// help sample`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub conv: ConvArg,
 }
 
 /// Runs `host bench`.
@@ -101,8 +107,8 @@ fn bench_adm(
         width: size,
     };
     let mut out = vec![0.0f32; batch * config.out_channels * size * size];
-    let mut model = AdmModel::new(&arch, &weights, size, size, jobs)?;
-    print_arena(model.arena_bytes())?;
+    let mut model = AdmModel::with_policy(&arch, &weights, size, size, jobs, args.conv.into())?;
+    print_memory(model.arena_bytes(), model.wino_bytes(), model.forms())?;
     timed(args, jobs, macs, &mut out, &mut |out| {
         model.forward(&input, out)
     })
@@ -131,17 +137,26 @@ fn bench_ncsnpp(
         batch,
     };
     let mut out = vec![0.0f32; x.len()];
-    let mut model = NcsnppModel::new(&arch, &weights, jobs)?;
-    print_arena(model.arena_bytes())?;
+    let mut model = NcsnppModel::with_policy(&arch, &weights, jobs, args.conv.into())?;
+    print_memory(model.arena_bytes(), model.wino_bytes(), model.forms())?;
     timed(args, jobs, macs, &mut out, &mut |out| {
         model.forward(&input, ncsnpp::Output::Score, out)
     })
 }
 
-fn print_arena(bytes: usize) -> anyhow::Result<()> {
+/// The arena, the transformed Winograd weights and how many 3×3 layers take each form.
+fn print_memory(arena: usize, wino: usize, forms: &[LayerForm]) -> anyhow::Result<()> {
     outln!(
         "arena: {:.1} MB of activations and scratch",
-        bytes as f64 / 1e6
+        arena as f64 / 1e6
+    )?;
+    let count = |f: ConvForm| forms.iter().filter(|l| l.form == f).count();
+    outln!(
+        "conv forms: {} F4x4, {} F2x2, {} direct; {:.1} MB of transformed weights",
+        count(ConvForm::F4x4),
+        count(ConvForm::F2x2),
+        count(ConvForm::Direct),
+        wino as f64 / 1e6
     )?;
     Ok(())
 }

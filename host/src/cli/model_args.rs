@@ -20,6 +20,7 @@ use tweedie_nn::denoiser::network::NoiseInputKind;
 use tweedie_nn::denoiser::{default_range, Model, Source};
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::model::layers::ConvPolicy;
 use tweedie_nn::model::ncsnpp::{NcsnppArch, NcsnppModel};
 use tweedie_nn::tensors::SafetensorsFile;
 use tweedie_nn::weights::meta::{DataRange, Kind, NetOutput};
@@ -81,6 +82,48 @@ pub struct ModelArgs {
     /// Store conv and linear weights as f16.
     #[arg(long)]
     pub f16: bool,
+    /// How a network's CPU forward computes its 3×3 convolutions: auto (Winograd F(4×4) or
+    /// F(2×2) where the layer's shape makes it pay, else direct; run.json lists each layer's
+    /// form), winograd (every layer it can compute) or direct (the bits before Winograd).
+    /// The GPU always runs direct: --conv winograd keeps a run on the CPU.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub conv: ConvArg,
+}
+
+/// `--conv`: how the CPU forward computes the 3×3 'same' convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvArg {
+    /// Winograd where the layer's shape makes it pay, else direct.
+    Auto,
+    /// Winograd wherever it can compute the layer.
+    Winograd,
+    /// The direct convolution everywhere.
+    Direct,
+}
+
+impl From<ConvArg> for ConvPolicy {
+    fn from(c: ConvArg) -> ConvPolicy {
+        match c {
+            ConvArg::Auto => ConvPolicy::Auto,
+            ConvArg::Winograd => ConvPolicy::Winograd,
+            ConvArg::Direct => ConvPolicy::Direct,
+        }
+    }
+}
+
+/// run.json's record of the convolutions: the policy and every 3×3 layer's form.
+pub fn conv_json(model: &Model) -> Result<serde_json::Value> {
+    let forms = model.conv_forms()?.map(|forms| {
+        forms
+            .iter()
+            .map(|f| {
+                json!({"layer": f.name, "map": [f.map.0, f.map.1],
+                       "channels": [f.channels.0, f.channels.1], "form": f.form.name()})
+            })
+            .collect::<Vec<_>>()
+    });
+    Ok(json!({"policy": format!("{:?}", model.conv).to_lowercase(), "forms": forms}))
 }
 
 fn parse_flag<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T> {
@@ -162,7 +205,9 @@ impl ModelArgs {
             }
             None => SafetensorsFile::open(Path::new(spec))?,
         };
-        self.network(spec, file)
+        let mut model = self.network(spec, file)?;
+        model.conv = self.conv.into();
+        Ok(model)
     }
 
     /// A model without weights (for `host schedule`): kind and σ range from the flags.
@@ -375,7 +420,8 @@ impl ModelArgs {
             }
             let arch = NcsnppArch::new(c)?;
             let weights = Weights::load(&file, &arch.state_dict(), precision(self.f16))?;
-            NcsnppModel::new(&arch, &weights, 1)?; // resolves every tensor once, up front
+            // Resolves every tensor once, up front.
+            NcsnppModel::with_policy(&arch, &weights, 1, ConvPolicy::Direct)?;
             let description = json!({
                 "weights": spec, "arch": "ncsnpp", "config": config.to_json(), "kind": "ve",
                 "output": "score", "noise_input": "sigma", "data_range": "0,1",

@@ -9,8 +9,9 @@ use clap::Args;
 
 use super::common::{grouped, precision, resolve_config, threads};
 use super::EXIT_CHECK_FAILED;
+use crate::cli::model_args::ConvArg;
 use crate::{errln, outln};
-use tweedie_nn::model::adm::forward::{forward, Input};
+use tweedie_nn::model::adm::forward::{AdmModel, Input};
 use tweedie_nn::model::adm::{AdmArch, AdmConfig};
 use tweedie_nn::model::config::ModelConfig;
 use tweedie_nn::model::ncsnpp::{self, NcsnppArch, NcsnppConfig, NcsnppModel};
@@ -50,6 +51,10 @@ pub struct ParityArgs {
     /// Worker threads (default: all available cores).
     #[arg(long, value_name = "J", value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
+    /// How the forward computes its 3×3 convolutions (auto, winograd or direct; see `host
+    /// help sample`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub conv: ConvArg,
 }
 
 /// The reference tensors of an io file, shape-checked against the model. `cond` is the
@@ -166,7 +171,9 @@ fn run_adm(
         width: reference.width,
     };
     let mut ours = vec![0.0f32; reference.out.data.len()];
-    forward(&arch, &weights, &input, jobs, &mut ours)?;
+    let (h, w) = (reference.height, reference.width);
+    AdmModel::with_policy(&arch, &weights, h, w, jobs, args.conv.into())?
+        .forward(&input, &mut ours)?;
     Ok((ours, reference))
 }
 
@@ -193,7 +200,11 @@ fn run_ncsnpp(
         batch: reference.batch,
     };
     let mut ours = vec![0.0f32; reference.out.data.len()];
-    NcsnppModel::new(&arch, &weights, jobs)?.forward(&input, ncsnpp::Output::Score, &mut ours)?;
+    NcsnppModel::with_policy(&arch, &weights, jobs, args.conv.into())?.forward(
+        &input,
+        ncsnpp::Output::Score,
+        &mut ours,
+    )?;
     Ok((ours, reference))
 }
 

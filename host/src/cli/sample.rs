@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::common::threads;
 use crate::cli::device::{self, Device, DeviceArgs};
-use crate::cli::model_args::ModelArgs;
+use crate::cli::model_args::{conv_json, ModelArgs};
 use crate::errln;
 use crate::image_io::{grid_planes, png_from_planes, to_planes};
 use crate::run::manifest::{Manifest, MANIFEST};
@@ -287,6 +287,7 @@ pub fn run_json(
         "command": command,
         "arguments": args,
         "model": model.description,
+        "conv": conv_json(model).unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
         "plan": plan_args.describe(plan),
         "build": build_info(),
         "timings": {
@@ -386,7 +387,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     write_samples(&mut out, std::path::Path::new(""), &model, &result, n)?;
-    let info = run_json(
+    let mut info = run_json(
         "sample",
         args,
         &model,
@@ -395,6 +396,9 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         &result,
         start.elapsed().as_secs_f64(),
     );
+    if backend != "cpu" {
+        info["conv"] = json!({"policy": "direct", "forms": null, "backend": backend});
+    }
     out.write("run.json", &json_bytes(&info)?)?;
     out.commit();
     if !args.run.quiet {

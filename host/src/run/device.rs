@@ -22,6 +22,7 @@ use tweedie_nn::denoiser::network::NoiseInputKind;
 use tweedie_nn::denoiser::{Model, Source};
 use tweedie_nn::model::adm::device::DeviceAdm;
 use tweedie_nn::model::adm::AdmArch;
+use tweedie_nn::model::layers::ConvPolicy;
 use tweedie_nn::weights::Weights;
 
 /// Steps between reads of the non-finite flag (each read waits for the device).
@@ -172,6 +173,9 @@ pub fn unsupported(job: &Job<'_>, model: &Model) -> Option<&'static str> {
     if !matches!(model.source, Source::Adm { .. }) {
         return Some("only ADM networks run on the device");
     }
+    if model.conv == ConvPolicy::Winograd {
+        return Some("--conv winograd runs on the CPU only (the device convolutions are direct)");
+    }
     if matches!(job.plan, AnyPlan::VePc { .. }) {
         return Some("the VE predictor-corrector sampler does not run on the device");
     }
@@ -271,7 +275,9 @@ mod tests {
         let (batch, len, seed) = (2, 3 * 32 * 32, 9);
 
         let error = Mutex::new(None);
-        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, 1, &error);
+        // The device convolutions are direct: so is the CPU sampler they must equal.
+        let split = (1, ConvPolicy::Direct);
+        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, split, &error);
         let chains = Chains {
             batch,
             first_chain: 5,
@@ -300,8 +306,14 @@ mod tests {
     /// batches of 2 and 1 (global chain indices), and the progress counts every chain step.
     #[test]
     fn a_sample_job_on_the_reference_ops_equals_the_cpu_run() {
-        let (model, plan) =
-            crate::cli::sample::model_and_plan(&["--preset", "vp-uncond-sigmoid", "--steps", "3"]);
+        let (model, plan) = crate::cli::sample::model_and_plan(&[
+            "--preset",
+            "vp-uncond-sigmoid",
+            "--steps",
+            "3",
+            "--conv",
+            "direct",
+        ]);
         let job = Job {
             plan: &plan,
             n: 3,
@@ -317,6 +329,8 @@ mod tests {
             threads: 1,
         };
         assert_eq!(unsupported(&job, &model), None);
+        let (winograd, _) = crate::cli::sample::model_and_plan(&["--conv", "winograd"]);
+        assert!(unsupported(&job, &winograd).is_some());
         let quiet = Progress::new(9, true);
         let cpu = crate::run::runner::run_chains(&job, &model, &quiet).unwrap();
         let dev = run_chains_on(&ReferenceOps, &job, &model, &quiet).unwrap();

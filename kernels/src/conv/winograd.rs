@@ -32,7 +32,7 @@ use super::{
     first_terms, gemm, gemm_scratch_len, microkernel, pack_a, pack_rows, round_up, sum_f64,
     tile_with_spare, Isa, Out, KC, LINE, MC_MAX, MR, NR,
 };
-use crate::{check_len, check_min_len, KernelError};
+use crate::{check_len, check_min_len, check_range, KernelError};
 use core::array::from_fn;
 use core::ops::{Add, Mul, Neg, Sub};
 
@@ -105,6 +105,15 @@ impl Tiles {
         self.th * self.tw
     }
 
+    /// The first `rows` rows of tiles as a map of their own (`rows` ≤ th).
+    fn band(&self, rows: usize) -> Tiles {
+        Tiles {
+            h: self.h.min(self.m * rows),
+            th: rows,
+            ..*self
+        }
+    }
+
     /// Floats of one phase of a de-interleaved, zero-padded input row: tw + 1 (padded column
     /// q in phase q % m at q / m; the last window reaches q = m·tw + 1).
     fn input_len(&self) -> usize {
@@ -119,6 +128,43 @@ impl Tiles {
     /// Floats of one de-interleaved output-gradient plane: m·th rows of m phases of tw.
     fn output_plane(&self) -> usize {
         self.m * self.th * self.m * self.tw
+    }
+}
+
+/// Tiles the forward de-interleaves and transforms per band of whole tile rows: bands bound
+/// the scratch (and keep a band's padded input in L2) whatever the map, at the price of
+/// copying two halo rows per band. The bits do not depend on it (every tile is computed alone).
+const BAND_TILES: usize = 256;
+
+/// Rows of tiles per band of the forward on maps `tw` tiles wide (at least one).
+fn band_rows(tw: usize) -> usize {
+    BAND_TILES.div_ceil(tw.max(1))
+}
+
+/// The output planes the forward writes: where channel o's rows lie.
+trait Planes {
+    /// Channel o's output, from the first row the call computes.
+    fn plane(&mut self, o: usize) -> &mut [f32];
+}
+
+/// c_out whole planes of `len` floats, back to back.
+struct Contiguous<'a> {
+    out: &'a mut [f32],
+    len: usize,
+}
+
+impl Planes for Contiguous<'_> {
+    fn plane(&mut self, o: usize) -> &mut [f32] {
+        &mut self.out[o * self.len..][..self.len]
+    }
+}
+
+/// One slice per channel (a pixel range of each plane).
+struct Pieces<'a, 'b>(&'a mut [&'b mut [f32]]);
+
+impl Planes for Pieces<'_, '_> {
+    fn plane(&mut self, o: usize) -> &mut [f32] {
+        self.0[o]
     }
 }
 
@@ -228,6 +274,54 @@ impl Winograd {
             }
     }
 
+    /// Floats of the transformed weights the forward alone needs: only the packed copy when
+    /// there is one (then half of [`Winograd::weights_len`]), else the n² matrices.
+    pub fn forward_weights_len(&self) -> usize {
+        if self.one_block() {
+            self.packed_len()
+        } else {
+            self.weights_len()
+        }
+    }
+
+    /// [`Winograd::transform_weights`] keeping only what the forward reads
+    /// ([`Winograd::forward_weights_len`] floats in `u`); `scratch` takes the
+    /// [`Winograd::weights_len`] floats of the whole transform.
+    pub fn transform_forward_weights(
+        &self,
+        weight: &[f32],
+        u: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        check_len(
+            "winograd forward weight",
+            self.forward_weights_len(),
+            u.len(),
+        )?;
+        check_min_len("winograd weight scratch", self.weights_len(), scratch.len())?;
+        let whole = &mut scratch[..self.weights_len()];
+        self.transform_weights(weight, whole)?;
+        u.copy_from_slice(&whole[self.weights_len() - u.len()..]);
+        Ok(())
+    }
+
+    /// The n² plain matrices and the packed copy of transformed weights `u` of either length
+    /// ([`Winograd::weights_len`], [`Winograd::forward_weights_len`]; the plain part is
+    /// empty in the second when there is a packed copy).
+    fn forward_parts<'u>(&self, u: &'u [f32]) -> (&'u [f32], &'u [f32]) {
+        let plain = self.positions() * self.c_out * self.c_in;
+        if self.one_block() && u.len() == self.packed_len() {
+            (&[], u)
+        } else {
+            u.split_at(plain)
+        }
+    }
+
+    /// Whether `len` floats are transformed weights the forward takes.
+    fn forward_weights_fit(&self, len: usize) -> bool {
+        len == self.weights_len() || len == self.forward_weights_len()
+    }
+
     /// `u[p·c_out·c_in + o·c_in + c] = (G·W[o, c]·Gᵀ)[p]` for the 3 × 3 filters of `weight`
     /// ([c_out, c_in, 3, 3]), then their packed copy; done once per weight update, so the
     /// forward, run once per sample, never packs.
@@ -274,6 +368,13 @@ impl Winograd {
         }
     }
 
+    fn check_forward_weights(&self, u: &[f32]) -> Result<(), KernelError> {
+        if self.forward_weights_fit(u.len()) {
+            return Ok(());
+        }
+        check_len("winograd transformed weight", self.weights_len(), u.len())
+    }
+
     /// Whether each product's A operand (c_out × c_in) is one block of the GEMM (depth ≤ KC,
     /// rows ≤ MC_MAX): then the weights are packed once and B is read in place.
     fn one_block(&self) -> bool {
@@ -299,18 +400,26 @@ impl Winograd {
         }
     }
 
-    /// Scratch floats [`Winograd::forward`] needs for an h × w map.
+    /// Scratch floats [`Winograd::forward`] and [`Winograd::forward_pixels`] need for an
+    /// h × w map (one band of at most [`band_rows`] tile rows at a time, whatever the range).
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
         let t = Tiles::new(h, w, self.m);
+        let band = t.band(band_rows(t.tw).min(t.th));
         self.c_out
-            + self.c_in * t.input_plane()
+            + self.c_in * band.input_plane()
             + self.channel_lds().0 * (self.c_in + self.c_out)
             + gemm_scratch_len(self.c_out, self.c_in)
     }
 
+    /// Output pixels of one row of tiles of a map `w` wide (m·w): the granule of the pixel
+    /// ranges [`Winograd::forward_pixels`] takes.
+    pub fn pixels_per_tile_row(&self, w: usize) -> usize {
+        self.m * w
+    }
+
     /// The convolution of `inp` [c_in, h, w] with the weights `u` transformed by
-    /// [`Winograd::transform_weights`]: `out` [c_out, h, w] = bias + conv(inp) when `bias` is
-    /// given, else `out` += conv(inp).
+    /// [`Winograd::transform_weights`] (or [`Winograd::transform_forward_weights`]): `out`
+    /// [c_out, h, w] = bias + conv(inp) when `bias` is given, else `out` += conv(inp).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -325,7 +434,7 @@ impl Winograd {
     ) -> Result<(), KernelError> {
         let (ci, co) = (self.c_in, self.c_out);
         check_len("winograd input", ci * h * w, inp.len())?;
-        check_len("winograd transformed weight", self.weights_len(), u.len())?;
+        self.check_forward_weights(u)?;
         check_len("winograd output", co * h * w, out.len())?;
         if let Some(b) = bias {
             check_len("winograd bias", co, b.len())?;
@@ -334,7 +443,53 @@ impl Winograd {
         if h == 0 || w == 0 {
             return Ok(());
         }
-        by_form!(self.forward_n(isa, inp, (h, w), u, bias, out, scratch));
+        let mut planes = Contiguous { out, len: h * w };
+        let rows = 0..h.div_ceil(self.m);
+        by_form!(self.forward_n(isa, inp, (h, w), u, bias, rows, &mut planes, scratch));
+        Ok(())
+    }
+
+    /// [`Winograd::forward`] (with bias) for the output pixels `px` (numbered y·w + x) only:
+    /// `rows[o]` receives out[o, px]. `px` must start and end on whole rows of tiles
+    /// (multiples of [`Winograd::pixels_per_tile_row`], or the map's end). Every tile is
+    /// computed as by [`Winograd::forward`], so threads splitting a map this way get its bits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_pixels(
+        &self,
+        isa: Isa,
+        inp: &[f32],
+        h: usize,
+        w: usize,
+        u: &[f32],
+        bias: &[f32],
+        px: core::ops::Range<usize>,
+        rows: &mut [&mut [f32]],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (ci, co) = (self.c_in, self.c_out);
+        check_len("winograd input", ci * h * w, inp.len())?;
+        self.check_forward_weights(u)?;
+        check_len("winograd bias", co, bias.len())?;
+        check_range("winograd: pixel range outside 0..h·w", &px, h * w)?;
+        let band = self.pixels_per_tile_row(w).max(1);
+        let whole = |p: usize| p.is_multiple_of(band) || p == h * w;
+        if !(whole(px.start) && whole(px.end)) {
+            return Err(KernelError::Shape(
+                "winograd: pixel range does not cover whole rows of tiles",
+            ));
+        }
+        check_len("winograd output rows", co, rows.len())?;
+        for r in rows.iter() {
+            check_len("winograd output row", px.len(), r.len())?;
+        }
+        check_min_len("winograd scratch", self.scratch_len(h, w), scratch.len())?;
+        if px.is_empty() {
+            return Ok(());
+        }
+        let tile_rows = px.start / band..px.end.div_ceil(band);
+        let mut planes = Pieces(rows);
+        let bias = Some(bias);
+        by_form!(self.forward_n(isa, inp, (h, w), u, bias, tile_rows, &mut planes, scratch));
         Ok(())
     }
 
@@ -346,35 +501,75 @@ impl Winograd {
         (h, w): (usize, usize),
         u: &[f32],
         bias: Option<&[f32]>,
-        out: &mut [f32],
+        tile_rows: core::ops::Range<usize>,
+        out: &mut dyn Planes,
         scratch: &mut [f32],
     ) {
         let (ci, co) = (self.c_in, self.c_out);
-        let (positions, chunk) = (N * N, forward_chunk::<N>());
-        let ld = channel_ld::<N>(chunk);
+        let ld = channel_ld::<N>(forward_chunk::<N>());
         let t = Tiles::new(h, w, N - 2);
+        let most = band_rows(t.tw).min(t.th);
         let (zeros, rest) = scratch.split_at_mut(co);
-        let (padded, rest) = rest.split_at_mut(ci * t.input_plane());
+        let (padded, rest) = rest.split_at_mut(ci * t.band(most).input_plane());
         let (v, rest) = rest.split_at_mut(ld * ci);
         let (m, gs) = rest.split_at_mut(ld * co);
         zeros.fill(0.0);
-        let one_block = self.one_block();
-        let (u, packed) = u.split_at(positions * co * ci);
-        let a_len = round_up(co, MR) * ci;
         let mut offs = [0u32; KC];
-        if one_block {
+        if self.one_block() {
             // Row c of position p's B lies at c·ld from p·chunk: read in place.
             for (c, o) in offs[..ci].iter_mut().enumerate() {
                 *o = (c * ld) as u32;
             }
         }
-        let rows = t.m * t.th + 2;
-        deinterleave::<N>(isa, inp, (h, w), 1, t.input_len(), rows, padded);
+        let first = tile_rows.start;
+        for r0 in tile_rows.clone().step_by(most) {
+            // The band of tile rows r0 .. r1: padded rows m·r0 .. m·r1 + 2 of the input.
+            let r1 = (r0 + most).min(tile_rows.end);
+            let b = Tiles {
+                h: h.min(t.m * r1) - t.m * r0,
+                th: r1 - r0,
+                ..t
+            };
+            let rows = b.m * b.th + 2;
+            let padded = &mut padded[..ci * b.input_plane()];
+            deinterleave::<N>(isa, inp, (h, w), (t.m * r0, 1), b.input_len(), rows, padded);
+            let at = t.m * (r0 - first);
+            self.band_n::<N>(
+                isa,
+                &b,
+                u,
+                bias,
+                (padded, &offs),
+                (zeros, v, m, gs),
+                (out, at),
+            );
+        }
+    }
+
+    /// The tiles of band `b` (its input de-interleaved in `padded`) into `out`'s planes from
+    /// row `at`, chunk after chunk.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn band_n<const N: usize>(
+        &self,
+        isa: Isa,
+        b: &Tiles,
+        u: &[f32],
+        bias: Option<&[f32]>,
+        (padded, offs): (&[f32], &[u32; KC]),
+        (zeros, v, m, gs): (&[f32], &mut [f32], &mut [f32], &mut [f32]),
+        (out, at): (&mut dyn Planes, usize),
+    ) {
+        let (ci, co) = (self.c_in, self.c_out);
+        let (positions, chunk) = (N * N, forward_chunk::<N>());
+        let ld = channel_ld::<N>(chunk);
+        let one_block = self.one_block();
+        let (u, packed) = self.forward_parts(u);
+        let a_len = round_up(co, MR) * ci;
+        let t = b;
         for t0 in (0..t.n()).step_by(chunk) {
             let nt = chunk.min(t.n() - t0);
-            input_transform::<N>(isa, &t, (t0, chunk), ci, padded, v);
+            input_transform::<N>(isa, t, (t0, chunk), ci, padded, v);
             for p in 0..positions {
-                let u_p = &u[p * co * ci..][..co * ci];
                 let v_p = &v[p * chunk..];
                 if one_block {
                     let a_p = &packed[p * a_len..][..a_len];
@@ -383,6 +578,7 @@ impl Winograd {
                     chunk_product(isa, a_p, b, co, nt, (&mut m[p * chunk..], ld), spare, zeros);
                     continue;
                 }
+                let u_p = &u[p * co * ci..][..co * ci];
                 let m_p = Out::Strided {
                     c: &mut m[p * chunk..],
                     ld,
@@ -399,7 +595,7 @@ impl Winograd {
                     gs,
                 );
             }
-            output_transform::<N>(isa, &t, (t0, chunk), co, m, bias, out);
+            output_transform::<N>(isa, t, (t0, chunk), co, m, bias, (out, at));
         }
     }
 
@@ -510,8 +706,8 @@ impl Winograd {
         let (dm, gs) = rest.split_at_mut(ld * co);
         let du_ld = position_ld(co * ci);
         let rows = t.m * t.th;
-        deinterleave::<N>(isa, inp, (h, w), 1, t.input_len(), rows + 2, padded);
-        deinterleave::<N>(isa, dout, (h, w), 0, t.tw, rows, dsplit);
+        deinterleave::<N>(isa, inp, (h, w), (0, 1), t.input_len(), rows + 2, padded);
+        deinterleave::<N>(isa, dout, (h, w), (0, 0), t.tw, rows, dsplit);
         // The sum over tiles is the products' depth: chunk after chunk onto the running sums
         // in `du` (the same chain of fused multiply-adds as one pass over every tile).
         for t0 in (0..t.n()).step_by(chunk) {
@@ -885,33 +1081,39 @@ macro_rules! by_isa {
     }};
 }
 
-/// Copies each h × w plane of `src` into `rows` rows of m = n − 2 phases of `len` floats
-/// (zero elsewhere), shifted by `off` (0 or 1) rows and columns: pixel (y, x) goes to row
-/// y + off, column q = x + off, into phase q % m at q / m. Needs rows ≥ h + off and
+/// Copies rows top .. top + `rows` of each h × w plane of `src`, shifted by `off` (0 or 1)
+/// rows and columns, into `rows` rows of m = n − 2 phases of `len` floats (zero elsewhere):
+/// pixel (y, x) goes to row y + off − top, column q = x + off, into phase q % m at q / m.
+/// Needs rows ≥ h + off − top (all of the plane from top on) or a band inside it, and
 /// len ≥ ⌈(w + off) / m⌉.
 fn deinterleave<const N: usize>(
     isa: Isa,
     src: &[f32],
     hw: (usize, usize),
-    off: usize,
+    top_off: (usize, usize),
     len: usize,
     rows: usize,
     dst: &mut [f32],
 ) {
-    by_isa!(isa, deinterleave_with::<N>(src: &[f32], hw: (usize, usize), off: usize, len: usize, rows: usize, dst: &mut [f32]))
+    by_isa!(isa, deinterleave_with::<N>(src: &[f32], hw: (usize, usize), top_off: (usize, usize), len: usize, rows: usize, dst: &mut [f32]))
 }
 
 #[inline(always)]
 fn deinterleave_with<L: Lanes, const N: usize>(
     src: &[f32],
     (h, w): (usize, usize),
-    off: usize,
+    (top, off): (usize, usize),
     len: usize,
     rows: usize,
     dst: &mut [f32],
 ) {
     let m = N - 2;
-    assert!(off < m && rows >= h + off && m * len >= w + off);
+    assert!(off < m && m * len >= w + off);
+    // Source rows y0 .. y1 land at rows y + off − top of 0 .. rows.
+    let y0 = top.saturating_sub(off).min(h);
+    let y1 = (top + rows).saturating_sub(off).clamp(y0, h);
+    let (lead, end) = (y0 + off - top.min(y0 + off), y1 + off - top.min(y1 + off));
+    assert!(end <= rows);
     // Phase r holds columns q = m·i + r; the pixels land at off ≤ q < w + off, i.e. at
     // i in lo[r] .. hi[r].
     let lo: [usize; 4] = from_fn(|r| off.saturating_sub(r).div_ceil(m));
@@ -922,10 +1124,11 @@ fn deinterleave_with<L: Lanes, const N: usize>(
     {
         // Zeros where no pixel lands (the rows outside, and each row's phase ends), not a
         // fill of the whole plane before it is written.
-        out[..off * m * len].fill(0.0);
-        out[(h + off) * m * len..].fill(0.0);
-        for (y, line) in plane.chunks_exact(w).enumerate() {
-            let row = &mut out[(y + off) * m * len..][..m * len];
+        out[..lead * m * len].fill(0.0);
+        out[end * m * len..].fill(0.0);
+        let lines = plane[y0 * w..y1 * w].chunks_exact(w.max(1));
+        for (y, line) in lines.enumerate() {
+            let row = &mut out[(lead + y) * m * len..][..m * len];
             for r in 0..m {
                 for i in (0..lo[r]).chain(hi[r]..len) {
                     row[r * len + i] = 0.0;
@@ -1170,9 +1373,9 @@ unsafe fn input_tiles<L: Lanes, const N: usize>(
     }
 }
 
-/// out[o][m·ty + a][m·tx + b] = init + (Aᵀ·M·A)[a][b] for M[p] = m[o][p][g] and the valid
-/// tiles t0 + g = ty·tw + tx of the chunk from t0 ([`at`]); init is bias[o], or the value in
-/// `out` when there is no bias.
+/// out[o][at + m·ty + a][m·tx + b] = init + (Aᵀ·M·A)[a][b] for M[p] = m[o][p][g] and the
+/// valid tiles t0 + g = ty·tw + tx of the chunk from t0 ([`at`]), out[o] being plane o of
+/// the [`Planes`]; init is bias[o], or the value in `out` when there is no bias.
 fn output_transform<const N: usize>(
     isa: Isa,
     t: &Tiles,
@@ -1180,9 +1383,9 @@ fn output_transform<const N: usize>(
     c: usize,
     m: &[f32],
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: (&mut dyn Planes, usize),
 ) {
-    by_isa!(isa, output_transform_with::<N>(t: &Tiles, t0: (usize, usize), c: usize, m: &[f32], bias: Option<&[f32]>, out: &mut [f32]))
+    by_isa!(isa, output_transform_with::<N>(t: &Tiles, t0: (usize, usize), c: usize, m: &[f32], bias: Option<&[f32]>, out: (&mut dyn Planes, usize)))
 }
 
 #[inline(always)]
@@ -1192,15 +1395,15 @@ fn output_transform_with<L: Lanes, const N: usize>(
     c: usize,
     mt: &[f32],
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    (out, at): (&mut dyn Planes, usize),
 ) {
     let (h, w, m) = (t.h, t.w, N - 2);
     let ld = channel_ld::<N>(chunk);
-    assert!(t.m == m && mt.len() >= c * ld && out.len() >= c * h * w);
+    assert!(t.m == m && mt.len() >= c * ld);
     for o in 0..c {
         let init = bias.map(|b| b[o]);
         let src = mt[o * ld..][..N * N * chunk].as_ptr();
-        let plane = &mut out[o * h * w..][..h * w];
+        let plane = &mut out.plane(o)[at * w..][..h * w];
         for_runs::<L>(t, t0, chunk, |g, ty, tx, lanes| {
             let lines = m.min(h - m * ty);
             let dst = plane[m * ty * w..][..lines * w].as_mut_ptr();
@@ -1467,8 +1670,9 @@ mod tests {
         }
     }
 
-    const SHAPES: [(usize, usize, usize, usize); 8] = [
+    const SHAPES: [(usize, usize, usize, usize); 9] = [
         // c_in, c_out, h, w
+        (9, 13, 70, 130), // several bands of tile rows, the last one ragged
         (1, 1, 1, 1),
         (6, 10, 24, 24),
         (3, 5, 5, 7),
@@ -1626,6 +1830,54 @@ mod tests {
                     &mut s[..short]
                 )
                 .is_err());
+        }
+    }
+
+    /// Splitting a map into pixel ranges of whole tile rows (as threads do) gives the bits of
+    /// the whole map, on every ISA, in maps of one band and of several (ragged) bands.
+    #[test]
+    fn pixel_ranges_give_the_bits_of_the_whole_map() {
+        for isa in super::super::tests::isas() {
+            for (ci, co, h, w) in [(24, 20, 37, 64), (9, 13, 70, 130), (8, 12, 11, 14)] {
+                for (wg, _) in forms(&conv3(ci, co)) {
+                    let (x, wt, b) = (data(ci * h * w, 1), data(co * ci * 9, 2), data(co, 3));
+                    let mut u = vec![0.0; wg.weights_len()];
+                    wg.transform_weights(&wt, &mut u).unwrap();
+                    let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
+                    let mut whole = vec![f32::NAN; co * h * w];
+                    wg.forward(isa, &x, h, w, &u, Some(&b), &mut whole, &mut s)
+                        .unwrap();
+                    // The forward's own copy of the weights gives the same bits.
+                    let mut only = vec![0.0; wg.forward_weights_len()];
+                    let mut ws = vec![0.0; wg.weights_len()];
+                    wg.transform_forward_weights(&wt, &mut only, &mut ws)
+                        .unwrap();
+                    let u = only;
+                    let band = wg.pixels_per_tile_row(w);
+                    let tile_rows = h.div_ceil(wg.tile());
+                    for parts in [1, 2, 3, tile_rows] {
+                        let mut got = vec![f32::NAN; co * h * w];
+                        for j in 0..parts {
+                            let cut = |j: usize| (tile_rows * j / parts * band).min(h * w);
+                            let px = cut(j)..cut(j + 1);
+                            let mut rows: Vec<&mut [f32]> = got
+                                .chunks_exact_mut(h * w)
+                                .map(|p| &mut p[px.clone()])
+                                .collect();
+                            wg.forward_pixels(isa, &x, h, w, &u, &b, px, &mut rows, &mut s)
+                                .unwrap();
+                        }
+                        assert_eq!(got, whole, "{ci}->{co} at {h}x{w}, {parts} parts");
+                    }
+                    // A range that cuts a tile row is refused, not computed.
+                    let mut rows: Vec<&mut [f32]> = whole
+                        .chunks_exact_mut(h * w)
+                        .map(|p| &mut p[1..band])
+                        .collect();
+                    let r = wg.forward_pixels(isa, &x, h, w, &u, &b, 1..band, &mut rows, &mut s);
+                    assert!(r.is_err());
+                }
+            }
         }
     }
 

@@ -18,6 +18,7 @@ use tweedie_core::tweedie::Parameterization;
 use tweedie_core::Denoiser;
 
 use crate::model::adm::AdmArch;
+use crate::model::layers::{ConvPolicy, LayerForm};
 use crate::model::ncsnpp::{NcsnppArch, NcsnppModel};
 use crate::weights::meta::{DataRange, Kind};
 use crate::weights::Weights;
@@ -73,6 +74,8 @@ pub struct Model {
     pub label: String,
     /// A JSON description for run.json.
     pub description: serde_json::Value,
+    /// How a network's CPU forward computes its 3×3 convolutions (`--conv`).
+    pub conv: ConvPolicy,
     error: Mutex<Option<String>>,
 }
 
@@ -106,6 +109,7 @@ impl Model {
             source,
             label,
             description,
+            conv: ConvPolicy::Auto,
             error: Mutex::new(None),
         }
     }
@@ -143,12 +147,12 @@ impl Model {
                 weights,
                 *param,
                 *noise_input,
-                threads,
+                (threads, self.conv),
                 &self.error,
             )),
             // Checked at load: the model resolves (only threads = 0 could fail, excluded).
             Source::Ncsnpp { arch, weights } => {
-                match NcsnppModel::new(arch, weights, threads.max(1)) {
+                match NcsnppModel::with_policy(arch, weights, threads.max(1), self.conv) {
                     Ok(model) => Box::new(NcsnppDenoiser::new(model, &self.error)),
                     Err(e) => {
                         *self.error.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -158,6 +162,20 @@ impl Model {
                 }
             }
         }
+    }
+
+    /// The form of each 3×3 'same' convolution of a network's CPU forward under
+    /// [`Model::conv`] (None for the closed-form denoisers).
+    pub fn conv_forms(&self) -> Result<Option<Vec<LayerForm>>> {
+        Ok(match &self.source {
+            Source::Gaussian(_) | Source::FullGaussian(_) => None,
+            Source::Adm { arch, weights, .. } => Some(crate::model::adm::forward::conv_forms(
+                arch, weights, self.size, self.size, self.conv,
+            )?),
+            Source::Ncsnpp { arch, weights } => Some(crate::model::ncsnpp::forward::conv_forms(
+                arch, weights, self.conv,
+            )?),
+        })
     }
 
     /// The network's own message for the last failed step, if any.

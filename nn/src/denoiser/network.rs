@@ -16,6 +16,7 @@ use tweedie_core::{Denoiser, Error, TimeMap};
 
 use crate::model::adm::forward::{AdmModel, Input};
 use crate::model::adm::AdmArch;
+use crate::model::layers::ConvPolicy;
 use crate::weights::Weights;
 
 /// What the network's noise input is (`tweedie.noise_input`).
@@ -92,6 +93,8 @@ pub struct AdmDenoiser<'a> {
     pub noise_input: NoiseInputKind,
     /// Threads for the forward pass.
     pub threads: usize,
+    /// How the forward computes its 3×3 convolutions.
+    pub conv: ConvPolicy,
     /// Where a failing forward leaves its message.
     pub error: &'a Mutex<Option<String>>,
     /// Built on the first call (arena and worker pool), then reused for every step.
@@ -107,7 +110,7 @@ impl<'a> AdmDenoiser<'a> {
         weights: &'a Weights,
         param: Parameterization,
         noise_input: NoiseInputKind,
-        threads: usize,
+        (threads, conv): (usize, ConvPolicy),
         error: &'a Mutex<Option<String>>,
     ) -> Self {
         AdmDenoiser {
@@ -116,6 +119,7 @@ impl<'a> AdmDenoiser<'a> {
             param,
             noise_input,
             threads,
+            conv,
             error,
             model: None,
             input: Vec::new(),
@@ -156,7 +160,8 @@ impl Denoiser for AdmDenoiser<'_> {
             width: size,
         };
         if self.model.is_none() {
-            match AdmModel::new(self.arch, self.weights, size, size, self.threads) {
+            let (arch, weights, threads) = (self.arch, self.weights, self.threads);
+            match AdmModel::with_policy(arch, weights, size, size, threads, self.conv) {
                 Ok(m) => self.model = Some(m),
                 Err(e) => return Err(self.fail(format!("{e:#}"))),
             }
@@ -242,7 +247,8 @@ mod tests {
         let (batch, c, hw) = (2, 3, 32 * 32);
         let param = Parameterization::new(NetKind::Vp, NetOutput::Eps);
         let error = Mutex::new(None);
-        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, 2, &error);
+        let split = (2, ConvPolicy::Auto);
+        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, split, &error);
         let step = Preset::VpUncondPretrained.plan().step(500).unwrap();
         let x: Vec<f32> = (0..batch * c * hw)
             .map(|i| step.sigma * tweedie_core::noise::gaussian(7, 0, 0, i as u64) as f64)

@@ -5,17 +5,17 @@
 //! Every split only decides which thread computes which outputs; the kernels compute each
 //! element in the same order whatever range they get, so no split changes a bit.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
+use tweedie_kernels::{self as k, Conv2d, Isa, KernelError, WeightsRef, Winograd};
 
 use crate::backend::profile::{self, Kind};
 use crate::backend::Pool;
 use crate::weights::Weights;
 
 /// A convolution with its weights.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConvP<'w> {
     /// Shape.
     pub conv: Conv2d,
@@ -23,6 +23,169 @@ pub struct ConvP<'w> {
     pub weight: WeightsRef<'w>,
     /// Bias, one per output channel.
     pub bias: &'w [f32],
+    /// The Winograd form the CPU forward runs it in, if any ([`ConvP::set_form`]).
+    pub wino: Option<WinoWeights>,
+}
+
+/// A convolution's Winograd form and its weights transformed for it (once per model load).
+#[derive(Debug, Clone)]
+pub struct WinoWeights {
+    /// The form.
+    pub wg: Winograd,
+    /// [`Winograd::transform_forward_weights`] of the layer's weights (widened to f32).
+    pub u: Arc<[f32]>,
+}
+
+/// How the CPU forward computes its 3×3 'same' convolutions (`--conv`). The device backends
+/// always run the direct convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvPolicy {
+    /// The direct convolution everywhere (the bits of the forward before Winograd).
+    Direct,
+    /// Winograd wherever it can compute the layer ([`ConvForm::chosen`]: thin, small and
+    /// wide layers included; for tests and comparisons).
+    Winograd,
+    /// [`ConvForm::rule`].
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for ConvPolicy {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<ConvPolicy> {
+        match s {
+            "direct" => Ok(ConvPolicy::Direct),
+            "winograd" => Ok(ConvPolicy::Winograd),
+            "auto" => Ok(ConvPolicy::Auto),
+            _ => anyhow::bail!("{s}: expected direct, winograd or auto"),
+        }
+    }
+}
+
+/// The form one convolution of the CPU forward takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvForm {
+    /// The direct convolution (implicit GEMM or the small-map direct path).
+    Direct,
+    /// Winograd F(2×2, 3×3): 2.25× fewer products.
+    F2x2,
+    /// Winograd F(4×4, 3×3): 4× fewer products.
+    F4x4,
+}
+
+/// Most channel pairs (c_in·c_out) of a layer [`ConvForm::rule`] runs in Winograd form: its
+/// transformed weights take 4× (F(4×4)) or 1.8× (F(2×2)) the memory of its weights, which the
+/// wide, low-resolution layers do not repay: in the FFHQ-256 ADM, the 512 × 512 and
+/// 1024 × 512 layers at 16×16 and 8×8 hold 55 M of its 94 M weights and 4 % of its
+/// multiply-adds; their transform would add 590 MB for 1.5 % of the forward's work saved.
+/// With this bound the FFHQ-256 ADM keeps 278 MB of transformed weights (forward ≤ 1 GB).
+pub const WINOGRAD_MAX_PAIRS: usize = 1 << 17;
+
+impl ConvForm {
+    /// The auto rule, a function of the layer's shape and input map only (never of the ISA,
+    /// the thread count or the batch, so a model's bits are the same everywhere): a 3×3,
+    /// stride-1, padding-1 convolution with 8 channels or more in and out and at most
+    /// [`WINOGRAD_MAX_PAIRS`] channel pairs runs in F(4×4) on maps of 16 tiles of 4×4 or
+    /// more (16×16), else in F(2×2) on maps of 16 tiles of 2×2 or more (8×8); every other
+    /// one runs direct. (The map and channel thresholds are [`Winograd::for_map`]'s, the
+    /// trainer's rule for its forward.)
+    pub fn rule(conv: &Conv2d, h: usize, w: usize) -> ConvForm {
+        if conv.c_in * conv.c_out > WINOGRAD_MAX_PAIRS {
+            return ConvForm::Direct;
+        }
+        Winograd::for_map(conv, h, w).map_or(ConvForm::Direct, |wg| ConvForm::of(&wg))
+    }
+
+    /// The form `policy` gives a convolution on an h × w map: under
+    /// [`ConvPolicy::Winograd`], [`Winograd::for_map`]'s form (whatever the channel pairs)
+    /// where it names one, else F(2×2) where Winograd applies at all.
+    pub fn chosen(policy: ConvPolicy, conv: &Conv2d, h: usize, w: usize) -> ConvForm {
+        match policy {
+            ConvPolicy::Direct => ConvForm::Direct,
+            ConvPolicy::Auto => ConvForm::rule(conv, h, w),
+            ConvPolicy::Winograd => match (Winograd::for_map(conv, h, w), Winograd::of(conv)) {
+                (Some(wg), _) => ConvForm::of(&wg),
+                (None, Some(_)) => ConvForm::F2x2,
+                (None, None) => ConvForm::Direct,
+            },
+        }
+    }
+
+    fn of(wg: &Winograd) -> ConvForm {
+        if wg.tile() == 4 {
+            ConvForm::F4x4
+        } else {
+            ConvForm::F2x2
+        }
+    }
+
+    /// The name run.json records: `direct`, `F2x2` or `F4x4`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvForm::Direct => "direct",
+            ConvForm::F2x2 => "F2x2",
+            ConvForm::F4x4 => "F4x4",
+        }
+    }
+}
+
+impl ConvP<'_> {
+    /// Sets the form the CPU forward runs this convolution in on an h × w input map (by
+    /// `policy`), transforming its weights when that is a Winograd form.
+    pub fn set_form(&mut self, policy: ConvPolicy, h: usize, w: usize) -> Result<ConvForm> {
+        let form = ConvForm::chosen(policy, &self.conv, h, w);
+        self.wino = match (form, Winograd::of(&self.conv)) {
+            (ConvForm::Direct, _) | (_, None) => None,
+            (form, Some(wg)) => {
+                let wg = if form == ConvForm::F4x4 {
+                    wg.with_4x4_tiles()
+                } else {
+                    wg
+                };
+                let wide: Vec<f32> = match self.weight {
+                    WeightsRef::F32(w) => w.to_vec(),
+                    WeightsRef::F16(w) => w.iter().map(|v| v.to_f32()).collect(),
+                };
+                let mut u = vec![0.0; wg.forward_weights_len()];
+                let mut whole = vec![0.0; wg.weights_len()];
+                wg.transform_forward_weights(&wide, &mut u, &mut whole)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Some(WinoWeights { wg, u: u.into() })
+            }
+        };
+        Ok(self.form())
+    }
+
+    /// The form the CPU forward runs it in.
+    pub fn form(&self) -> ConvForm {
+        self.wino
+            .as_ref()
+            .map_or(ConvForm::Direct, |w| ConvForm::of(&w.wg))
+    }
+
+    /// Scratch floats one thread needs for it on an h × w input.
+    pub fn scratch_len(&self, h: usize, w: usize) -> usize {
+        let wino = self.wino.as_ref().map_or(0, |t| t.wg.scratch_len(h, w));
+        self.conv.scratch_len(h, w).max(wino)
+    }
+
+    /// Bytes of its transformed weights.
+    pub fn wino_bytes(&self) -> usize {
+        self.wino.as_ref().map_or(0, |w| 4 * w.u.len())
+    }
+}
+
+/// One convolution's form in a model, as run.json records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerForm {
+    /// The PyTorch name of the convolution.
+    pub name: String,
+    /// Input map height and width.
+    pub map: (usize, usize),
+    /// Channels in and out.
+    pub channels: (usize, usize),
+    /// Its form.
+    pub form: ConvForm,
 }
 
 /// A GroupNorm layer: its shape and affine parameters.
@@ -87,6 +250,7 @@ impl<'w> ParamResolver<'w> {
             conv,
             weight: self.any(&format!("{p}.weight"), len)?,
             bias: self.f32(&format!("{p}.bias"), conv.c_out)?,
+            wino: None,
         })
     }
 
@@ -127,13 +291,16 @@ pub fn group_norm(
     })
 }
 
-/// A convolution of an `h`×`w` input split between threads: a map with more pixels than
-/// output channels by pixel ranges (each thread then packs only its own im2col columns),
-/// others by output channels in multiples of the microkernel's rows. `scratch` holds one
-/// buffer per thread.
+/// A convolution of an `h`×`w` input split between threads with the microkernels of `isa`:
+/// in its Winograd form ([`ConvP::wino`]) by pixel ranges of whole tile rows; else a map with
+/// more pixels than output channels by pixel ranges (each thread then packs only its own
+/// im2col columns), others by output channels in multiples of the microkernel's rows.
+/// `scratch` holds one buffer per thread.
+#[allow(clippy::too_many_arguments)]
 pub fn conv(
     pool: &Pool,
     scratch: &[Mutex<Vec<f32>>],
+    isa: Isa,
     x: &[f32],
     h: usize,
     w: usize,
@@ -147,9 +314,15 @@ pub fn conv(
     };
     let k_total = p.conv.c_in * p.conv.kernel * p.conv.kernel;
     let _p = profile::scope(kind, (out.len() * k_total) as u64);
+    if let Some(WinoWeights { wg, u }) = &p.wino {
+        let band = wg.pixels_per_tile_row(w);
+        return pool.split_columns(out, p.conv.c_out, band, |i, px, rows| {
+            let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+            wg.forward_pixels(isa, x, h, w, u, p.bias, px, rows, &mut s)
+        });
+    }
     let (oh, ow) = p.conv.out_size(h, w);
     if oh * ow >= 2 * p.conv.c_out {
-        let isa = k::Isa::detected();
         return pool.split_columns(out, p.conv.c_out, k::conv::NR, |i, px, rows| {
             let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
             p.conv
@@ -158,6 +331,7 @@ pub fn conv(
     }
     pool.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
         let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-        p.conv.forward(x, h, w, p.weight, p.bias, co, piece, &mut s)
+        p.conv
+            .forward_with(isa, x, h, w, p.weight, p.bias, co, piece, &mut s)
     })
 }

@@ -606,6 +606,7 @@ mod tests {
     use crate::backend::reference::ReferenceOps;
     use crate::model::adm::{AdmConfig, AdmModel, Input};
     use crate::model::config::ModelConfig;
+    use crate::model::layers::ConvPolicy;
     use crate::tensors::SafetensorsFile;
     use crate::testdata::golden;
     use crate::weights::Precision;
@@ -625,7 +626,7 @@ mod tests {
         v
     }
 
-    /// The CPU forward, sample by sample.
+    /// The CPU forward, sample by sample, with the direct convolution (the device's).
     fn cpu(arch: &AdmArch, weights: &Weights, size: usize, x: &[f32], t: &[f32]) -> Vec<f32> {
         let c = &arch.config;
         let mut out = vec![0.0; t.len() * c.out_channels * size * size];
@@ -636,7 +637,8 @@ mod tests {
             height: size,
             width: size,
         };
-        let mut model = AdmModel::new(arch, weights, size, size, 2).unwrap();
+        let direct = ConvPolicy::Direct;
+        let mut model = AdmModel::with_policy(arch, weights, size, size, 2, direct).unwrap();
         model.forward(&input, &mut out).unwrap();
         out
     }

@@ -17,14 +17,16 @@
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
-use tweedie_kernels::{self as k, Conv2d, KernelError};
+use tweedie_kernels::{self as k, Conv2d, Isa, KernelError};
 
 use super::arch::{
     conv3x3, AdmArch, Block, Layer, QkvOrder, Updown, GROUPNORM_EPS, GROUPNORM_GROUPS, MAX_PERIOD,
 };
 use crate::backend::profile::{self, Kind};
 use crate::backend::Pool;
-use crate::model::layers::{conv, group_norm, linear, ParamResolver};
+use crate::model::layers::{
+    conv, group_norm, linear, ConvForm, ConvPolicy, LayerForm, ParamResolver,
+};
 pub(super) use crate::model::layers::{ConvP, LinearP, NormP};
 use crate::weights::Weights;
 
@@ -175,6 +177,10 @@ pub struct AdmModel<'w> {
     out_conv: ConvP<'w>,
     arena: Arena,
     pool: Pool,
+    /// The microkernels of the convolutions.
+    isa: Isa,
+    /// Every 3×3 'same' convolution's form, in layer order.
+    forms: Vec<LayerForm>,
 }
 
 /// Resolves the ADM's layers by their PyTorch names.
@@ -317,7 +323,7 @@ impl Needs {
     }
 
     fn conv(&mut self, c: &ConvP, h: usize, w: usize) {
-        self.scratch = self.scratch.max(c.conv.scratch_len(h, w));
+        self.scratch = self.scratch.max(c.scratch_len(h, w));
         let (oh, ow) = c.conv.out_size(h, w);
         self.work(c.conv.c_in * h * w);
         self.work(c.conv.c_out * oh * ow);
@@ -391,6 +397,89 @@ pub(super) fn resolve<'w>(arch: &AdmArch, weights: &'w Weights) -> Result<Resolv
     })
 }
 
+impl Resolved<'_> {
+    /// Calls `f(name, conv, h, w)` for every convolution with the size of its input map,
+    /// in layer order, for `height`×`width` inputs.
+    fn for_each_conv(
+        &mut self,
+        height: usize,
+        width: usize,
+        f: &mut dyn FnMut(&str, &mut ConvP, usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        let blocks = self
+            .input_blocks
+            .iter_mut()
+            .chain([&mut self.middle])
+            .chain(self.output_blocks.iter_mut());
+        for l in blocks.flat_map(|b| b.layers.iter_mut()) {
+            let (h, w) = (height / l.ds, width / l.ds);
+            let n = &l.name;
+            match &mut l.op {
+                Op::Conv(c) => f(n, c, h, w)?,
+                Op::Res(r) => {
+                    let (ho, wo) = r.updown.resampled(h, w);
+                    f(&format!("{n}.in_layers.2"), &mut r.in_conv, ho, wo)?;
+                    f(&format!("{n}.out_layers.3"), &mut r.out_conv, ho, wo)?;
+                    if let Some(s) = &mut r.skip {
+                        f(&format!("{n}.skip_connection"), s, ho, wo)?;
+                    }
+                }
+                Op::Attn(a) => {
+                    f(&format!("{n}.qkv"), &mut a.qkv, h, w)?;
+                    f(&format!("{n}.proj_out"), &mut a.proj, h, w)?;
+                }
+                Op::Down { conv: Some(c), .. } => f(&format!("{n}.op"), c, h, w)?,
+                Op::Up { conv: Some(c), .. } => f(&format!("{n}.conv"), c, 2 * h, 2 * w)?,
+                Op::Down { .. } | Op::Up { .. } => {}
+            }
+        }
+        f("out.2", &mut self.out_conv, height, width)
+    }
+
+    /// Sets every convolution's form by `policy` (transforming the Winograd layers' weights)
+    /// and lists the 3×3 'same' ones; with `transform` false, only lists what the forms
+    /// would be.
+    fn set_forms(
+        &mut self,
+        height: usize,
+        width: usize,
+        policy: ConvPolicy,
+        transform: bool,
+    ) -> Result<Vec<LayerForm>> {
+        let mut forms = Vec::new();
+        self.for_each_conv(height, width, &mut |name, c, h, w| {
+            let form = if transform {
+                c.set_form(policy, h, w)?
+            } else {
+                ConvForm::chosen(policy, &c.conv, h, w)
+            };
+            if k::Winograd::of(&c.conv).is_some() {
+                forms.push(LayerForm {
+                    name: name.to_string(),
+                    map: (h, w),
+                    channels: (c.conv.c_in, c.conv.c_out),
+                    form,
+                });
+            }
+            Ok(())
+        })?;
+        Ok(forms)
+    }
+}
+
+/// The form of every 3×3 'same' convolution of `arch` under `policy` for `height`×`width`
+/// inputs, in layer order (what [`AdmModel::forms`] will be), without transforming weights.
+pub fn conv_forms(
+    arch: &AdmArch,
+    weights: &Weights,
+    height: usize,
+    width: usize,
+    policy: ConvPolicy,
+) -> Result<Vec<LayerForm>> {
+    arch.check_input_size(height, width)?;
+    resolve(arch, weights)?.set_forms(height, width, policy, false)
+}
+
 /// Activation sizes of one sample at one input size: the work buffers, conv scratch and FiLM
 /// ([`Needs`]), and where each encoder output sits in the skip stack.
 pub(super) struct MemoryPlan {
@@ -430,13 +519,27 @@ impl MemoryPlan {
 
 impl<'w> AdmModel<'w> {
     /// Resolves the weights of `arch`, allocates the arena for `height`×`width` inputs and
-    /// starts `threads − 1` workers. Also enables the AVX2+FMA kernels where the CPU has them.
+    /// starts `threads − 1` workers, with the convolutions in the forms of
+    /// [`ConvPolicy::Auto`]. Also enables the AVX2+FMA kernels where the CPU has them.
     pub fn new(
         arch: &AdmArch,
         weights: &'w Weights,
         height: usize,
         width: usize,
         threads: usize,
+    ) -> Result<AdmModel<'w>> {
+        AdmModel::with_policy(arch, weights, height, width, threads, ConvPolicy::Auto)
+    }
+
+    /// [`AdmModel::new`] with the convolutions in the forms of `policy` (their Winograd
+    /// weights transformed once, here).
+    pub fn with_policy(
+        arch: &AdmArch,
+        weights: &'w Weights,
+        height: usize,
+        width: usize,
+        threads: usize,
+        policy: ConvPolicy,
     ) -> Result<AdmModel<'w>> {
         if threads == 0 {
             bail!("forward: threads must be at least 1");
@@ -445,7 +548,8 @@ impl<'w> AdmModel<'w> {
         crate::backend::enable_simd();
         let c = &arch.config;
         let ted = arch.time_embed_dim;
-        let resolved = resolve(arch, weights)?;
+        let mut resolved = resolve(arch, weights)?;
+        let forms = resolved.set_forms(height, width, policy, true)?;
         let MemoryPlan {
             needs,
             skip_at,
@@ -485,12 +589,44 @@ impl<'w> AdmModel<'w> {
             out_conv,
             arena,
             pool: Pool::new(threads),
+            isa: Isa::detected(),
+            forms,
         })
     }
 
     /// The architecture.
     pub fn arch(&self) -> &AdmArch {
         &self.arch
+    }
+
+    /// Every 3×3 'same' convolution's form, in layer order.
+    pub fn forms(&self) -> &[LayerForm] {
+        &self.forms
+    }
+
+    /// Runs the convolutions with the microkernels of `isa` instead of [`Isa::detected`]'s
+    /// (for tests comparing them: every SIMD path gives the same bits).
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa;
+    }
+
+    /// Bytes of the transformed Winograd weights.
+    pub fn wino_bytes(&self) -> usize {
+        let mut bytes = self.out_conv.wino_bytes();
+        let blocks = self
+            .input_blocks
+            .iter()
+            .chain([&self.middle])
+            .chain(&self.output_blocks);
+        for l in blocks.flat_map(|b| &b.layers) {
+            bytes += match &l.op {
+                Op::Conv(c) => c.wino_bytes(),
+                Op::Res(r) => r.in_conv.wino_bytes() + r.out_conv.wino_bytes(),
+                Op::Up { conv: Some(c), .. } => c.wino_bytes(),
+                _ => 0,
+            };
+        }
+        bytes
     }
 
     /// The input (height, width) the arena was planned for.
@@ -591,8 +727,10 @@ impl<'w> AdmModel<'w> {
         a.emb_silu.copy_from_slice(&a.emb);
         k::silu_inplace(&mut a.emb_silu);
 
+        let isa = self.isa;
         let mut run = Runner {
             pool,
+            isa,
             work: &mut a.work,
             scratch: &a.scratch,
             film: &mut a.film,
@@ -642,6 +780,7 @@ impl<'w> AdmModel<'w> {
         conv(
             pool,
             run.scratch,
+            isa,
             &dst[..ch * hw],
             height,
             width,
@@ -674,6 +813,7 @@ pub(super) fn pair<B>(work: &mut [B; 3], src: usize, dst: usize) -> (&B, &mut B)
 /// Walks the layers of one sample through the three work buffers.
 struct Runner<'a> {
     pool: &'a Pool,
+    isa: Isa,
     work: &'a mut [Vec<f32>; 3],
     scratch: &'a [Mutex<Vec<f32>>],
     film: &'a mut [f32],
@@ -743,6 +883,7 @@ impl Runner<'_> {
         conv(
             self.pool,
             self.scratch,
+            self.isa,
             &x[..c.conv.c_in * h * w],
             h,
             w,

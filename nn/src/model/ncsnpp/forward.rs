@@ -17,11 +17,13 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
-use tweedie_kernels::{self as k, Conv2d, KernelError, WeightsRef};
+use tweedie_kernels::{self as k, Conv2d, Isa, KernelError, WeightsRef};
 
 use super::arch::{groupnorm_groups, Module, NcsnppArch, Op, ResBlock, Updown, GROUPNORM_EPS};
 use crate::backend::{enable_simd, Pool};
-use crate::model::layers::{conv, group_norm, linear, ConvP, LinearP, NormP, ParamResolver};
+use crate::model::layers::{
+    conv, group_norm, linear, ConvForm, ConvP, ConvPolicy, LayerForm, LinearP, NormP, ParamResolver,
+};
 use crate::weights::Weights;
 
 /// A batch of network inputs, NCHW, in the data range the network was trained on
@@ -272,6 +274,10 @@ pub struct NcsnppModel<'w> {
     params: Vec<ModP<'w>>,
     arena: Arena,
     pool: Pool,
+    /// The microkernels of the convolutions.
+    isa: Isa,
+    /// Every 3×3 'same' convolution's form, in program order.
+    forms: Vec<LayerForm>,
 }
 
 /// Sizes the arena needs, from a dry run of the program.
@@ -289,7 +295,7 @@ impl Needs {
     }
 
     fn conv(&mut self, c: &ConvP, res: usize) {
-        self.scratch = self.scratch.max(c.conv.scratch_len(res, res));
+        self.scratch = self.scratch.max(c.scratch_len(res, res));
         self.work(c.conv.c_in * res * res);
         self.work(c.conv.c_out * res * res);
     }
@@ -299,19 +305,23 @@ impl<'w> NcsnppModel<'w> {
     /// Resolves the weights of `arch` and allocates the arena for `threads` threads. Also
     /// enables the AVX2+FMA convolution where the CPU has it.
     pub fn new(arch: &NcsnppArch, weights: &'w Weights, threads: usize) -> Result<Self> {
+        NcsnppModel::with_policy(arch, weights, threads, ConvPolicy::Auto)
+    }
+
+    /// [`NcsnppModel::new`] with the convolutions in the forms of `policy` (their Winograd
+    /// weights transformed once, here; [`NcsnppModel::new`]: [`ConvPolicy::Auto`]).
+    pub fn with_policy(
+        arch: &NcsnppArch,
+        weights: &'w Weights,
+        threads: usize,
+        policy: ConvPolicy,
+    ) -> Result<Self> {
         if threads == 0 {
             bail!("forward: threads must be at least 1");
         }
         enable_simd();
-        let r = Resolver {
-            params: ParamResolver { weights },
-        };
-        let params = arch
-            .modules
-            .iter()
-            .enumerate()
-            .map(|(i, m)| r.module(i, m, arch.temb_dim))
-            .collect::<Result<Vec<_>>>()?;
+        let mut params = resolve(arch, weights)?;
+        let forms = set_forms(arch, &mut params, policy, true)?;
         let needs = plan(arch, &params)?;
         let (ch, s) = (arch.channels(), arch.config.image_size);
         let image = ch * s * s;
@@ -339,7 +349,33 @@ impl<'w> NcsnppModel<'w> {
             params,
             arena,
             pool: Pool::new(threads),
+            isa: Isa::detected(),
+            forms,
         })
+    }
+
+    /// Every 3×3 'same' convolution's form, in program order.
+    pub fn forms(&self) -> &[LayerForm] {
+        &self.forms
+    }
+
+    /// Runs the convolutions with the microkernels of `isa` instead of [`Isa::detected`]'s
+    /// (for tests comparing them: every SIMD path gives the same bits).
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa;
+    }
+
+    /// Bytes of the transformed Winograd weights.
+    pub fn wino_bytes(&self) -> usize {
+        let mut bytes = 0;
+        for p in &self.params {
+            bytes += match p {
+                ModP::Conv(c) => c.wino_bytes(),
+                ModP::Res(r) => r.conv0.wino_bytes() + r.conv1.wino_bytes(),
+                _ => 0,
+            };
+        }
+        bytes
     }
 
     /// The architecture.
@@ -451,6 +487,7 @@ impl<'w> NcsnppModel<'w> {
         let s = self.arch.config.image_size;
         let mut run = Runner {
             pool,
+            isa: self.isa,
             params: p,
             arena: a,
             skip_rescale: self.arch.config.skip_rescale,
@@ -487,6 +524,74 @@ impl<'w> NcsnppModel<'w> {
         }
         Ok(())
     }
+}
+
+/// Every module of `arch` resolved by name and size.
+fn resolve<'w>(arch: &NcsnppArch, weights: &'w Weights) -> Result<Vec<ModP<'w>>> {
+    let r = Resolver {
+        params: ParamResolver { weights },
+    };
+    arch.modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| r.module(i, m, arch.temb_dim))
+        .collect()
+}
+
+/// The form of every 3×3 'same' convolution of `arch` under `policy`, in program order
+/// (what [`NcsnppModel::forms`] will be), without transforming weights.
+pub fn conv_forms(
+    arch: &NcsnppArch,
+    weights: &Weights,
+    policy: ConvPolicy,
+) -> Result<Vec<LayerForm>> {
+    set_forms(arch, &mut resolve(arch, weights)?, policy, false)
+}
+
+/// Sets every convolution's form by `policy` at the width of its input in the program
+/// (transforming the Winograd layers' weights) and lists the 3×3 'same' ones; with
+/// `transform` false, only lists what the forms would be.
+fn set_forms(
+    arch: &NcsnppArch,
+    params: &mut [ModP],
+    policy: ConvPolicy,
+    transform: bool,
+) -> Result<Vec<LayerForm>> {
+    let mut forms = Vec::new();
+    let mut form = |name: String, c: &mut ConvP, res: usize| -> Result<()> {
+        let f = if transform {
+            c.set_form(policy, res, res)?
+        } else {
+            ConvForm::chosen(policy, &c.conv, res, res)
+        };
+        if k::Winograd::of(&c.conv).is_some() {
+            forms.push(LayerForm {
+                name,
+                map: (res, res),
+                channels: (c.conv.c_in, c.conv.c_out),
+                form: f,
+            });
+        }
+        Ok(())
+    };
+    let mut res = arch.config.image_size;
+    for &op in &arch.program {
+        let i = match op {
+            Op::InputConv(i) | Op::InputSkip(i) | Op::OutputHead { conv: i, .. } => i,
+            Op::Res(i) => i,
+            _ => continue,
+        };
+        match &mut params[i] {
+            ModP::Conv(c) => form(format!("all_modules.{i}"), c, res)?,
+            ModP::Res(r) => {
+                res = r.block.res_out();
+                form(format!("all_modules.{i}.Conv_0"), &mut r.conv0, res)?;
+                form(format!("all_modules.{i}.Conv_1"), &mut r.conv1, res)?;
+            }
+            _ => bail!("all_modules.{i}: expected a conv or a ResBlock"),
+        }
+    }
+    Ok(forms)
 }
 
 /// Dry run of the program: work-buffer size, scratch, Dense width and the skip-stack slots.
@@ -588,6 +693,7 @@ fn others(i: usize) -> [usize; 3] {
 /// Walks the program for one sample.
 struct Runner<'a, 'w> {
     pool: &'a Pool,
+    isa: Isa,
     params: &'a [ModP<'w>],
     arena: &'a mut Arena,
     skip_rescale: bool,
@@ -618,10 +724,11 @@ impl Runner<'_, '_> {
                 conv(
                     self.pool,
                     &self.arena.scratch,
+                    self.isa,
                     &self.arena.x_scaled,
                     res,
                     res,
-                    &cv,
+                    cv,
                     &mut self.arena.work[o][..cv.conv.c_out * hw(res)],
                 )
                 .map_err(|e| anyhow!("all_modules.{i}: {e}"))?;
@@ -660,7 +767,7 @@ impl Runner<'_, '_> {
             }
             Op::InputSkip(i) => {
                 let cv = conv_p(params, i)?;
-                self.input_skip(i, &cv, observe)
+                self.input_skip(i, cv, observe)
                     .map_err(|e| anyhow!("all_modules.{i}: {e}"))?
             }
             Op::OutputHead { norm, conv, first } => {
@@ -668,7 +775,7 @@ impl Runner<'_, '_> {
                     bail!("all_modules.{norm}: expected the head GroupNorm");
                 };
                 let cv = conv_p(params, conv)?;
-                self.output_head((norm, np), (conv, &cv), first, observe)
+                self.output_head((norm, np), (conv, cv), first, observe)
                     .map_err(|e| anyhow!("all_modules.{norm}/{conv} (output head): {e}"))?
             }
         }
@@ -688,6 +795,7 @@ impl Runner<'_, '_> {
         conv(
             self.pool,
             &self.arena.scratch,
+            self.isa,
             &x[..c.conv.c_in * res * res],
             res,
             res,
@@ -887,6 +995,7 @@ impl Runner<'_, '_> {
             conv(
                 self.pool,
                 &a.scratch,
+                self.isa,
                 pyr,
                 self.res,
                 self.res,
@@ -933,6 +1042,7 @@ impl Runner<'_, '_> {
             conv(
                 self.pool,
                 &a.scratch,
+                self.isa,
                 &a.work[o][..n],
                 res,
                 res,
@@ -968,9 +1078,9 @@ impl Runner<'_, '_> {
 }
 
 /// The conv of module `i`.
-fn conv_p<'w>(params: &[ModP<'w>], i: usize) -> Result<ConvP<'w>> {
+fn conv_p<'a, 'w>(params: &'a [ModP<'w>], i: usize) -> Result<&'a ConvP<'w>> {
     match &params[i] {
-        ModP::Conv(c) => Ok(*c),
+        ModP::Conv(c) => Ok(c),
         _ => bail!("all_modules.{i}: expected a conv"),
     }
 }
@@ -1036,8 +1146,32 @@ mod tests {
         SafetensorsFile::open(&golden("ncsnpp_small").join("io.safetensors")).unwrap()
     }
 
+    const POLICIES: [ConvPolicy; 3] = [ConvPolicy::Auto, ConvPolicy::Winograd, ConvPolicy::Direct];
+
     #[test]
     fn golden_small_out_and_every_activation_within_tolerance() {
+        for policy in POLICIES {
+            golden_small_within_tolerance(policy);
+        }
+    }
+
+    /// The golden's 32×32 maps put the forms to work under auto: F(4×4) at 32×32 and 16×16,
+    /// F(2×2) at 8×8, direct for the thin input and output convolutions (and at 4×4).
+    #[test]
+    fn auto_runs_every_form_on_the_golden() {
+        let arch = golden_arch();
+        let weights = golden_weights(&arch, Precision::F32);
+        let forms = NcsnppModel::new(&arch, &weights, 1).unwrap().forms;
+        for form in [ConvForm::F4x4, ConvForm::F2x2, ConvForm::Direct] {
+            assert!(forms.iter().any(|l| l.form == form), "{form:?}");
+        }
+        assert_eq!(
+            forms,
+            conv_forms(&arch, &weights, ConvPolicy::Auto).unwrap()
+        );
+    }
+
+    fn golden_small_within_tolerance(policy: ConvPolicy) {
         // formats.md §7: per sample, max |ours − ref| ≤ 2e-4 · max(1, max |ref|), for `out`
         // and every recorded `act.*` tensor.
         let arch = golden_arch();
@@ -1048,7 +1182,7 @@ mod tests {
             io.tensor_f32("sigma").unwrap(),
             io.tensor_f32("out").unwrap(),
         );
-        let mut model = NcsnppModel::new(&arch, &weights, 2).unwrap();
+        let mut model = NcsnppModel::with_policy(&arch, &weights, 2, policy).unwrap();
         let input = Input {
             x: &x.data,
             sigma: &sigma.data,
@@ -1067,7 +1201,11 @@ mod tests {
             if s.rel > worst.1 {
                 worst = (format!("{name}[{sample}]"), s.rel);
             }
-            assert!(s.pass, "{name} sample {sample}: rel err {:.3e}", s.rel);
+            assert!(
+                s.pass,
+                "{policy:?}: {name} sample {sample}: rel err {:.3e}",
+                s.rel
+            );
             if name == "out" {
                 eprintln!(
                     "out[{sample}]: max abs err {:.3e}, rel {:.3e}",
@@ -1102,7 +1240,10 @@ mod tests {
             .count();
         assert_eq!(seen.len(), file_acts);
         assert_eq!(seen.len(), 37 + 1 + 8 + 1);
-        eprintln!("worst relative error: {} {:.3e}", worst.0, worst.1);
+        eprintln!(
+            "{policy:?}: worst relative error {} {:.3e}",
+            worst.0, worst.1
+        );
     }
 
     #[test]
@@ -1125,18 +1266,29 @@ mod tests {
             sigma: &sigma.data,
             batch: 2,
         };
-        forward(&arch, &weights, &input, 1, &mut out).unwrap();
-        for (i, s) in compare(&out, &reference.data, 2, TOL_F16)
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
-            assert!(s.pass, "sample {i}: rel err {:.3e}", s.rel);
+        for policy in POLICIES {
+            NcsnppModel::with_policy(&arch, &weights, 1, policy)
+                .unwrap()
+                .forward(&input, Output::Score, &mut out)
+                .unwrap();
+            for (i, s) in compare(&out, &reference.data, 2, TOL_F16)
+                .unwrap()
+                .iter()
+                .enumerate()
+            {
+                assert!(s.pass, "{policy:?} sample {i}: rel err {:.3e}", s.rel);
+            }
         }
     }
 
     #[test]
     fn batch_and_threads_do_not_change_a_bit_and_denoised_is_tweedie() {
+        for policy in POLICIES {
+            batch_and_threads_do_not_change_a_bit(policy);
+        }
+    }
+
+    fn batch_and_threads_do_not_change_a_bit(policy: ConvPolicy) {
         let arch = golden_arch();
         let weights = golden_weights(&arch, Precision::F32);
         let io = io();
@@ -1148,11 +1300,11 @@ mod tests {
             batch: 2,
         };
         let mut a = vec![0f32; 2 * per];
-        NcsnppModel::new(&arch, &weights, 1)
+        NcsnppModel::with_policy(&arch, &weights, 1, policy)
             .unwrap()
             .forward(&both, Output::Score, &mut a)
             .unwrap();
-        let mut model3 = NcsnppModel::new(&arch, &weights, 3).unwrap();
+        let mut model3 = NcsnppModel::with_policy(&arch, &weights, 3, policy).unwrap();
         let second = Input {
             x: &x.data[per..],
             sigma: &sigma.data[1..],
@@ -1166,7 +1318,7 @@ mod tests {
             "batch 2 / 1 thread vs batch 1 / 3 threads"
         );
         // The pool persists across calls: a second and third forward on 2 threads agree too.
-        let mut model2 = NcsnppModel::new(&arch, &weights, 2).unwrap();
+        let mut model2 = NcsnppModel::with_policy(&arch, &weights, 2, policy).unwrap();
         for _ in 0..2 {
             let mut c = vec![0f32; 2 * per];
             model2.forward(&both, Output::Score, &mut c).unwrap();
