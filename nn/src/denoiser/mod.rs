@@ -168,7 +168,7 @@ impl Model {
     /// [`Model::conv`] (None for the closed-form denoisers).
     pub fn conv_forms(&self) -> Result<Option<Vec<LayerForm>>> {
         Ok(match &self.source {
-            Source::Gaussian(_) | Source::FullGaussian(_) => None,
+            Source::Gaussian(_) | Source::FullGaussian(_) | Source::GaussianMixture(_) => None,
             Source::Adm { arch, weights, .. } => Some(crate::model::adm::forward::conv_forms(
                 arch, weights, self.size, self.size, self.conv,
             )?),
