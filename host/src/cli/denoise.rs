@@ -79,8 +79,8 @@ pub fn run(args: &DenoiseArgs) -> Result<ExitCode> {
     let mut d = vec![0.0f32; x.len()];
     let mut denoiser = model.make(threads(args.threads.map(|j| j as usize)));
     if let Err(e) = denoiser.denoise(&x, 1, &step, &mut d) {
-        match model.take_error() {
-            Some(net) => bail!("denoiser failed: {net}"),
+        match denoiser.take_failure() {
+            Some(net) => bail!("denoiser failed: {net:#}"),
             None => bail!("denoiser failed at sigma {}: {e}", args.sigma),
         }
     }

@@ -247,7 +247,6 @@ pub fn run_chains_on<O: DeviceOps>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
 
     use super::*;
     use crate::run::plan::FirstSteps;
@@ -274,10 +273,9 @@ mod tests {
         let plan = FirstSteps(Preset::VpUncondPretrained.plan(), 4);
         let (batch, len, seed) = (2, 3 * 32 * 32, 9);
 
-        let error = Mutex::new(None);
         // The device convolutions are direct: so is the CPU sampler they must equal.
         let split = (1, ConvPolicy::Direct);
-        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, split, &error);
+        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, split);
         let chains = Chains {
             batch,
             first_chain: 5,

@@ -215,7 +215,13 @@ fn assemble(
     })
 }
 
-fn core_error(e: Error, model: &Model, x: &[f32], first: usize, len: usize) -> anyhow::Error {
+fn core_error(
+    e: Error,
+    denoiser: &mut Boxed<'_>,
+    x: &[f32],
+    first: usize,
+    len: usize,
+) -> anyhow::Error {
     match e {
         Error::NonFiniteState { step } => {
             let bad = x
@@ -227,8 +233,8 @@ fn core_error(e: Error, model: &Model, x: &[f32], first: usize, len: usize) -> a
                 first + bad
             )
         }
-        Error::Denoiser(msg) => match model.take_error() {
-            Some(net) => anyhow::anyhow!("denoiser failed: {net}"),
+        Error::Denoiser(msg) => match denoiser.0.take_failure() {
+            Some(net) => anyhow::anyhow!("denoiser failed: {net:#}"),
             None => anyhow::anyhow!("denoiser failed: {msg}"),
         },
         other => anyhow::anyhow!("sampling failed: {other}"),
@@ -315,11 +321,11 @@ fn run_batch(
             }
         }
     });
-    result.map_err(|e| core_error(e, model, &x, first, len))?;
+    result.map_err(|e| core_error(e, denoiser, &x, first, len))?;
     if job.final_denoise {
         let out = &mut scratch[..x.len()];
         final_denoise(denoiser, plan, &x, count, out)
-            .map_err(|e| core_error(e, model, &x, first, len))?;
+            .map_err(|e| core_error(e, denoiser, &x, first, len))?;
         x.copy_from_slice(out);
         if let Some(bad) = x
             .chunks_exact(len)

@@ -11,8 +11,6 @@ pub mod gaussian_mixture;
 pub mod ncsnpp;
 pub mod network;
 
-use std::sync::Mutex;
-
 use anyhow::{Context, Result};
 use tweedie_core::tweedie::Parameterization;
 use tweedie_core::Denoiser;
@@ -76,7 +74,6 @@ pub struct Model {
     pub description: serde_json::Value,
     /// How a network's CPU forward computes its 3×3 convolutions (`--conv`).
     pub conv: ConvPolicy,
-    error: Mutex<Option<String>>,
 }
 
 /// formats.md §1: VP models work on [-1, 1], VE models on [0, 1].
@@ -110,7 +107,6 @@ impl Model {
             label,
             description,
             conv: ConvPolicy::Auto,
-            error: Mutex::new(None),
         }
     }
 
@@ -132,7 +128,7 @@ impl Model {
     }
 
     /// A denoiser for one worker thread.
-    pub fn make(&self, threads: usize) -> Box<dyn Denoiser + Send + '_> {
+    pub fn make(&self, threads: usize) -> Box<dyn ModelDenoiser + '_> {
         match &self.source {
             Source::Gaussian(g) => Box::new(*g),
             Source::FullGaussian(g) => Box::new(FullGaussianDenoiser::new(g)),
@@ -148,17 +144,12 @@ impl Model {
                 *param,
                 *noise_input,
                 (threads, self.conv),
-                &self.error,
             )),
             // Checked at load: the model resolves (only threads = 0 could fail, excluded).
             Source::Ncsnpp { arch, weights } => {
                 match NcsnppModel::with_policy(arch, weights, threads.max(1), self.conv) {
-                    Ok(model) => Box::new(NcsnppDenoiser::new(model, &self.error)),
-                    Err(e) => {
-                        *self.error.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(format!("{e:#}"));
-                        Box::new(Unavailable)
-                    }
+                    Ok(model) => Box::new(NcsnppDenoiser::new(model)),
+                    Err(e) => Box::new(Unavailable(format!("{e:#}"))),
                 }
             }
         }
@@ -178,11 +169,6 @@ impl Model {
         })
     }
 
-    /// The network's own message for the last failed step, if any.
-    pub fn take_error(&self) -> Option<String> {
-        self.error.lock().ok().and_then(|mut e| e.take())
-    }
-
     /// The σ range or an error naming the flags (VE schedules need it).
     pub fn require_sigma_range(&self) -> Result<(f64, f64)> {
         self.sigma_range.with_context(|| {
@@ -194,8 +180,28 @@ impl Model {
     }
 }
 
-/// Stands in for a network that could not be built (its message is in `Model::take_error`).
-struct Unavailable;
+/// A worker's denoiser as [`Model::make`] hands it out: core's `Error::Denoiser` carries only
+/// static text, so a denoiser that fails for a reason of its own (a network's forward) keeps
+/// the full error, and the caller takes it after the failed step.
+pub trait ModelDenoiser: Denoiser + Send {
+    /// The full error behind the last failed call, if any (taken: asked again, None).
+    fn take_failure(&mut self) -> Option<anyhow::Error> {
+        None
+    }
+}
+
+impl ModelDenoiser for GaussianPrior {}
+impl ModelDenoiser for FullGaussianDenoiser<'_> {}
+impl ModelDenoiser for GaussianMixtureDenoiser<'_> {}
+
+/// Stands in for a network that could not be built (why: its message).
+struct Unavailable(String);
+
+impl ModelDenoiser for Unavailable {
+    fn take_failure(&mut self) -> Option<anyhow::Error> {
+        Some(anyhow::anyhow!("{}", self.0))
+    }
+}
 
 impl Denoiser for Unavailable {
     fn denoise(
@@ -212,7 +218,7 @@ impl Denoiser for Unavailable {
 }
 
 /// Adapts a boxed denoiser to core's generic drivers (`&mut impl Denoiser` needs a sized type).
-pub struct Boxed<'a>(pub Box<dyn Denoiser + Send + 'a>);
+pub struct Boxed<'a>(pub Box<dyn ModelDenoiser + 'a>);
 
 impl Denoiser for Boxed<'_> {
     fn denoise(

@@ -2,27 +2,27 @@
 //! `noise_input = sigma`, data range [0, 1]): D(x, σ) = x + σ²·s(x, σ), evaluated at the plan
 //! step's network noise level σ_net (which the score was conditioned on).
 
-use std::sync::Mutex;
-
 use tweedie_core::{Denoiser, Error, PlanStep};
 
-use super::network::record_failure;
 use crate::model::ncsnpp::forward::{Input, NcsnppModel, Output};
 
 /// An [`NcsnppModel`] behind [`tweedie_core::Denoiser`]. The chains are run one at a time
-/// (batch-invariant by construction), nothing is allocated per call. A failing forward leaves
-/// its full message in `error` (the slot the ADM denoiser uses too, read by
-/// `Model::take_error`); core's error only carries a static summary.
+/// (batch-invariant by construction), nothing is allocated per call. A failing forward keeps
+/// its full error for [`super::ModelDenoiser::take_failure`]; core's error only carries a
+/// static summary.
 #[derive(Debug)]
 pub struct NcsnppDenoiser<'w> {
     model: NcsnppModel<'w>,
-    error: &'w Mutex<Option<String>>,
+    failure: Option<anyhow::Error>,
 }
 
 impl<'w> NcsnppDenoiser<'w> {
-    /// Wraps a model; failures are reported into `error`.
-    pub fn new(model: NcsnppModel<'w>, error: &'w Mutex<Option<String>>) -> Self {
-        NcsnppDenoiser { model, error }
+    /// Wraps a model.
+    pub fn new(model: NcsnppModel<'w>) -> Self {
+        NcsnppDenoiser {
+            model,
+            failure: None,
+        }
     }
 
     /// The wrapped model.
@@ -67,15 +67,18 @@ impl Denoiser for NcsnppDenoiser<'_> {
                 batch: 1,
             };
             if let Err(e) = self.model.forward(&input, Output::Denoised, oc) {
-                let message = format!("NCSN++ forward at sigma {sigma}: {e:#}");
-                return Err(record_failure(
-                    self.error,
-                    message,
-                    "the NCSN++ forward pass failed",
-                ));
+                self.failure
+                    .get_or_insert(e.context(format!("NCSN++ forward at sigma {sigma}")));
+                return Err(Error::Denoiser("the NCSN++ forward pass failed"));
             }
         }
         Ok(())
+    }
+}
+
+impl super::ModelDenoiser for NcsnppDenoiser<'_> {
+    fn take_failure(&mut self) -> Option<anyhow::Error> {
+        self.failure.take()
     }
 }
 
@@ -102,8 +105,7 @@ mod tests {
             io.tensor_f32("out").unwrap(),
         );
         let per = x.data.len() / 2;
-        let slot = Mutex::new(None);
-        let mut d = NcsnppDenoiser::new(NcsnppModel::new(&arch, &weights, 2).unwrap(), &slot);
+        let mut d = NcsnppDenoiser::new(NcsnppModel::new(&arch, &weights, 2).unwrap());
         for i in 0..2 {
             let step = PlanStep {
                 k: 0,
@@ -151,7 +153,8 @@ mod tests {
             d.denoise(&x.data[..per], 2, &step, &mut out),
             Err(Error::LengthMismatch { .. })
         ));
-        // Argument errors are core errors of their own; only a failing forward fills the slot.
-        assert_eq!(*slot.lock().unwrap(), None);
+        // Argument errors are core errors of their own; only a failing forward keeps one.
+        use crate::denoiser::ModelDenoiser;
+        assert!(d.take_failure().is_none());
     }
 }

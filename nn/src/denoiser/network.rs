@@ -4,11 +4,8 @@
 //! the network runs, its first C output channels are the output (ε, score or D), and core's
 //! `Parameterization` turns them into D on the VE scale.
 //!
-//! Core's error type carries only static text, so a network's own error is kept in a shared
-//! slot ([`record_failure`]) that the runner reads (`Model::take_error`) when a step fails; the
-//! ADM and NCSN++ denoisers both report through it.
-
-use std::sync::Mutex;
+//! Core's error type carries only static text, so a failing forward keeps its full error and
+//! the runner takes it (`super::ModelDenoiser::take_failure`) when a step fails.
 
 use tweedie_core::plan::PlanStep;
 use tweedie_core::tweedie::{self, Parameterization};
@@ -68,19 +65,6 @@ impl NoiseInputKind {
     }
 }
 
-/// Keeps `message` (a network's full error) in the model's error `slot` unless an earlier one
-/// is there, and returns core's short `Error::Denoiser(summary)`, the error a step returns.
-pub fn record_failure(
-    slot: &Mutex<Option<String>>,
-    message: String,
-    summary: &'static str,
-) -> Error {
-    slot.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_or_insert(message);
-    Error::Denoiser(summary)
-}
-
 /// The ADM U-Net as a denoiser; buffers grow to the largest batch seen.
 pub struct AdmDenoiser<'a> {
     /// Architecture.
@@ -95,8 +79,8 @@ pub struct AdmDenoiser<'a> {
     pub threads: usize,
     /// How the forward computes its 3×3 convolutions.
     pub conv: ConvPolicy,
-    /// Where a failing forward leaves its message.
-    pub error: &'a Mutex<Option<String>>,
+    /// The full error of the first failed call, until taken.
+    failure: Option<anyhow::Error>,
     /// Built on the first call (arena and worker pool), then reused for every step.
     model: Option<AdmModel<'a>>,
     input: Vec<f32>,
@@ -111,7 +95,6 @@ impl<'a> AdmDenoiser<'a> {
         param: Parameterization,
         noise_input: NoiseInputKind,
         (threads, conv): (usize, ConvPolicy),
-        error: &'a Mutex<Option<String>>,
     ) -> Self {
         AdmDenoiser {
             arch,
@@ -120,15 +103,23 @@ impl<'a> AdmDenoiser<'a> {
             noise_input,
             threads,
             conv,
-            error,
+            failure: None,
             model: None,
             input: Vec::new(),
             output: Vec::new(),
         }
     }
 
-    fn fail(&self, message: String) -> Error {
-        record_failure(self.error, message, "the network forward pass failed")
+    /// Keeps `e` (unless an earlier failure is kept) and returns core's short error.
+    fn fail(&mut self, e: anyhow::Error) -> Error {
+        self.failure.get_or_insert(e);
+        Error::Denoiser("the network forward pass failed")
+    }
+}
+
+impl super::ModelDenoiser for AdmDenoiser<'_> {
+    fn take_failure(&mut self) -> Option<anyhow::Error> {
+        self.failure.take()
     }
 }
 
@@ -163,7 +154,7 @@ impl Denoiser for AdmDenoiser<'_> {
             let (arch, weights, threads) = (self.arch, self.weights, self.threads);
             match AdmModel::with_policy(arch, weights, size, size, threads, self.conv) {
                 Ok(m) => self.model = Some(m),
-                Err(e) => return Err(self.fail(format!("{e:#}"))),
+                Err(e) => return Err(self.fail(e)),
             }
         }
         let result = match self.model.as_mut() {
@@ -171,7 +162,7 @@ impl Denoiser for AdmDenoiser<'_> {
             None => return Err(Error::Denoiser("the network could not be built")),
         };
         if let Err(e) = result {
-            return Err(self.fail(format!("{e:#}")));
+            return Err(self.fail(e));
         }
         // Channels 0..C of each sample are ε / score / D (learn_sigma adds C more).
         for (o, n) in out
@@ -209,27 +200,9 @@ mod log_sigma_x250_tests {
 }
 
 #[cfg(test)]
-mod record_failure_tests {
-    use super::*;
-
-    #[test]
-    fn the_first_message_is_kept_and_the_short_error_returned() {
-        let slot = Mutex::new(None);
-        assert_eq!(
-            record_failure(&slot, "all_modules.7: shape".into(), "failed"),
-            Error::Denoiser("failed")
-        );
-        record_failure(&slot, "a later failure".into(), "failed");
-        assert_eq!(
-            slot.lock().unwrap().as_deref(),
-            Some("all_modules.7: shape")
-        );
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::denoiser::ModelDenoiser;
     use crate::model::config::ModelConfig;
     use crate::tensors::SafetensorsFile;
     use crate::testdata::golden;
@@ -246,9 +219,8 @@ mod tests {
         let weights = Weights::load(&file, &arch.state_dict(), Precision::F32).unwrap();
         let (batch, c, hw) = (2, 3, 32 * 32);
         let param = Parameterization::new(NetKind::Vp, NetOutput::Eps);
-        let error = Mutex::new(None);
         let split = (2, ConvPolicy::Auto);
-        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, split, &error);
+        let mut den = AdmDenoiser::new(&arch, &weights, param, NoiseInputKind::Time, split);
         let step = Preset::VpUncondPretrained.plan().step(500).unwrap();
         let x: Vec<f32> = (0..batch * c * hw)
             .map(|i| step.sigma * tweedie_core::noise::gaussian(7, 0, 0, i as u64) as f64)
@@ -284,7 +256,24 @@ mod tests {
                 );
             }
         }
-        assert!(error.lock().unwrap().is_none());
+        assert!(den.take_failure().is_none());
+        // A forward that cannot run keeps its full error for the runner, once; the step
+        // returns core's short one.
+        let mut broken = AdmDenoiser::new(
+            &arch,
+            &weights,
+            param,
+            NoiseInputKind::Time,
+            (0, ConvPolicy::Auto),
+        );
+        let e = broken.denoise(&x, batch, &step, &mut d).unwrap_err();
+        assert_eq!(e, Error::Denoiser("the network forward pass failed"));
+        let full = broken.take_failure().expect("the forward's error");
+        assert!(
+            format!("{full:#}").contains("threads must be at least 1"),
+            "{full:#}"
+        );
+        assert!(broken.take_failure().is_none());
         // A step without a VP time gets t(σ) from the exact time map.
         let untimed = PlanStep {
             t: f64::NAN,
