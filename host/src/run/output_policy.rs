@@ -194,11 +194,31 @@ fn remove_stale(stale: &Path, want_folder: bool) -> Result<()> {
         );
     }
     let removed = if want_folder {
-        fs::remove_dir_all(stale)
+        remove_marked(stale)
     } else {
         fs::remove_file(stale)
     };
     removed.with_context(|| format!("cannot remove the stale {}", stale.display()))
+}
+
+/// Deletes a staging folder so that a kill at any moment leaves it recognisably ours: the
+/// mark is written first and removed last, when nothing else is left.
+fn remove_marked(dir: &Path) -> std::io::Result<()> {
+    let mark = dir.join(STAGING_MARK);
+    fs::write(&mark, b"")?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == STAGING_MARK {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    fs::remove_file(&mark)?;
+    fs::remove_dir(dir)
 }
 
 /// A claimed folder output: the new run is written into its staging folder and swapped in by
@@ -308,7 +328,7 @@ impl OutputDir {
 impl Drop for OutputDir {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = fs::remove_dir_all(&self.staging);
+            let _ = remove_marked(&self.staging);
         }
     }
 }
@@ -318,7 +338,7 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
 }
 
 fn remove_all(dir: &Path) -> Result<()> {
-    fs::remove_dir_all(dir).with_context(|| format!("cannot remove the old run {}", dir.display()))
+    remove_marked(dir).with_context(|| format!("cannot remove the old run {}", dir.display()))
 }
 
 /// renameat2(RENAME_EXCHANGE): swaps two paths atomically.
