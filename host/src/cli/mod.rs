@@ -100,8 +100,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(bytes) = cli.max_memory {
         crate::run::memory::set_limit(bytes);
     }
-    // Training handles its signals itself (checkpoint, then stop).
-    if !matches!(cli.command, Command::Train(_) | Command::TrainClassifier(_)) {
+    // The commands that write outputs stop at their next poll and remove what they staged.
+    // The others keep the default action (they stage nothing), and training handles its
+    // signals itself (checkpoint, then stop).
+    if matches!(
+        cli.command,
+        Command::Sample(_)
+            | Command::Restore(_)
+            | Command::Measure(_)
+            | Command::Denoise(_)
+            | Command::Schedule(_)
+            | Command::Convert(_)
+            | Command::Evaluate(_)
+            | Command::Merge(_)
+    ) {
         crate::run::interrupt::install()?;
     }
     match cli.command {
