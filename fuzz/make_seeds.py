@@ -99,3 +99,21 @@ write("image", "gray1.png", png(1, 1, 0, 8, [b"\x80"]))
 write("image", "rgb3.png", png(3, 2, 2, 8, [bytes(range(9)), bytes(range(9, 18))]))
 write("image", "rgba2.png", png(2, 2, 6, 8, [bytes(range(8)), bytes(range(8, 16))]))
 write("image", "gray16.png", png(2, 1, 0, 16, [b"\x12\x34\xff\xff"]))
+
+# Decompression bombs and oversized headers (issue 22): refused from the header, before any
+# decoding; the real bomb is ~170 KB of zlib that inflates to 169 MB of 13000x13000 gray.
+def png_stream(w, h, color, depth, data):
+    def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, color, 0, 0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+def zeros_zlib(w, h):
+    z = zlib.compressobj(9); row = b"\x00" * (w + 1)
+    return b"".join(z.compress(row) for _ in range(h)) + z.flush()
+write("image", "bomb13000.png", png_stream(13000, 13000, 0, 8, zeros_zlib(13000, 13000)))
+write("image", "header13000rgb.png", png_stream(13000, 13000, 2, 8, zlib.compress(b"\x00")))
+write("image", "wide1e8.png", png_stream(100_000_000, 1, 0, 8, zlib.compress(b"\x00")))
+write("image", "cap_plus_one_row.png", png_stream(8192, 8193, 0, 8, zlib.compress(b"\x00")))
+write("image", "cap_truncated.png", png_stream(8192, 8192, 2, 8, zlib.compress(b"\x00" * 64)))
+# A baseline JPEG whose SOF0 claims 65500x65500 (then ends).
+sof = struct.pack(">BHHB", 8, 65500, 65500, 1) + b"\x01\x11\x00"
+write("image", "jpeg65500.jpg", b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9")

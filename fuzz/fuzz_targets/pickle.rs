@@ -1,22 +1,7 @@
-//! The pickle interpreter alone (no zip, so no CRC stands between the fuzzer and the
-//! opcodes), then the checkpoint interpretation of whatever it returns.
+//! libFuzzer entry of fuzz/targets/pickle.rs.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use tweedie_host::convert::checkpoint::interpret;
-use tweedie_host::convert::pickle::{unpickle, Limits};
-use tweedie_nn::weights::meta::WeightsSet;
+#[path = "../targets/pickle.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let limits = Limits {
-        storage_bytes: 1 << 16,
-    };
-    let Ok(pickle) = unpickle(data, limits) else {
-        return;
-    };
-    if let Ok(contents) = interpret(&pickle) {
-        for set in [WeightsSet::Model, WeightsSet::Ema] {
-            let _ = contents.select(set);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));
