@@ -197,12 +197,13 @@ def fmt(v, digits=2):
 
 
 def table_samples(rows, runner):
-    out = ["| row | flags | FID (n) | χ² p | diversity (samples / real) | nearest-training "
-           "distance, median | NFE per sample | s per sample |", "|" + "---|" * 8]
+    out = ["| row | flags | FID (n) | classes 0 … 9 | χ² (p) | diversity (samples / real) "
+           "| nearest-training distance, median | NFE per sample | s per sample |",
+           "|" + "---|" * 9]
     for _, label, job, _, flags in rows:
         d = runner.folder(job)
         if not (d / "done").exists():
-            out.append(f"| {label} | `{' '.join(flags)}` | not run | | | | | |")
+            out.append(f"| {label} | `{' '.join(flags)}` | not run | | | | | | |")
             continue
         fid = json.loads((d / "fid.json").read_text())["scores"]
         near = json.loads((d / "nearest.json").read_text())
@@ -212,7 +213,9 @@ def table_samples(rows, runner):
         cb = fid.get("class_balance") or {}
         div = fid.get("diversity") or {}
         out.append(
-            f"| {label} | `{' '.join(flags)}` | {fmt(fid['fid'])} ({n}) | {fmt(cb.get('p'), 3)} "
+            f"| {label} | `{' '.join(flags)}` | {fmt(fid['fid'])} ({n}) "
+            f"| {' '.join(str(c) for c in fid['class_counts'])} "
+            f"| {fmt(cb.get('chi2'), 1)} ({fmt(cb.get('p'), 3)}) "
             f"| {fmt(div.get('samples'), 3)} / {fmt(div.get('real'), 3)} "
             f"| {fmt(near['sample_distance']['median'])} "
             f"| {t['denoiser_evaluations'] / n:.0f} | {t['total_s'] / n:.3f} |")
