@@ -271,7 +271,8 @@ impl PlanArgs {
     /// when given; VE: the weights' metadata or those flags).
     fn range(model: &Model) -> Result<(f64, f64)> {
         match (model.kind, model.sigma_range) {
-            (Kind::Vp, Some((lo, hi))) => Ok((lo.max(vp::SIGMA_MIN), hi.min(vp::SIGMA_MAX))),
+            // On the table: the model flags refuse a VP range that leaves it.
+            (Kind::Vp, Some(range)) => Ok(range),
             (Kind::Vp, None) => Ok((vp::SIGMA_MIN, vp::SIGMA_MAX)),
             (Kind::Ve, _) => model.require_sigma_range(),
         }
@@ -549,7 +550,7 @@ mod tests {
     }
 
     /// A VP model's schedules span the DDPM table unless --sigma-min/--sigma-max narrow it
-    /// (a run that starts at a lower noise level); flags outside the table are clipped to it.
+    /// (a run that starts at a lower noise level); flags outside the table are an error.
     #[test]
     fn vp_schedules_honour_a_narrowed_sigma_range() {
         let first = |args: &[&str]| match build(args, Purpose::Unconditional).unwrap() {
@@ -565,7 +566,10 @@ mod tests {
             (hi - 1.0).abs() < 1e-6 && (lo - 0.05).abs() < 1e-6,
             "{hi} {lo}"
         );
-        let wide = [&base[..], &["--sigma-max", "1000"]].concat();
-        assert!((first(&wide).0 - vp::SIGMA_MAX).abs() < 1e-9 * vp::SIGMA_MAX);
+        for flag in [["--sigma-max", "1000"], ["--sigma-min", "0.001"]] {
+            let wide = [&base[..], &flag[..]].concat();
+            let e = format!("{:#}", build(&wide, Purpose::Unconditional).unwrap_err());
+            assert!(e.contains("leaves the VP table"), "{e}");
+        }
     }
 }
