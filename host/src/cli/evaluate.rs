@@ -85,7 +85,7 @@ pub struct NearestArgs {
     #[arg(long, default_value_t = 200)]
     pub baseline: usize,
     /// Distances below this (L2 in the data range over the whole image) count as copies.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub copy_threshold: f64,
     /// Threads (default: all cores).
     #[arg(long)]
@@ -288,6 +288,12 @@ fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
 
 fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
     let start = Instant::now();
+    if !(args.copy_threshold.is_finite() && args.copy_threshold >= 0.0) {
+        bail!(
+            "--copy-threshold {}: must be a finite distance >= 0",
+            args.copy_threshold
+        );
+    }
     if let Some(out) = &args.out {
         Outputs::check_file(out, "--out")?;
     }
