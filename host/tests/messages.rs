@@ -1,4 +1,4 @@
-//! Misleading messages and silent acceptance (issue 22 item 9): every case is refused
+//! Misleading messages and silent acceptance (issue 22 items 8 and 9): every case is refused
 //! with one `error:` line naming the cause (exit 2), or, where the input is fine, says the
 //! right thing: user-facing words in warnings, the bundled VP model as `host schedule`'s
 //! default, identical bytes from identical `measure` runs.
@@ -236,6 +236,19 @@ fn nan_weights_and_measurements_are_named() {
             &out,
         ],
         "--task sr4 contradicts",
+    );
+    // Item 8: DDPM's own steps diverge under the likelihood step; refused up front.
+    fails_with(
+        &[
+            "restore",
+            "--measurement",
+            &s(&y),
+            "--sampler",
+            "ddpm",
+            "--out",
+            &out,
+        ],
+        "--sampler ddpm is unconditional only",
     );
     assert!(!dir.join("restored").exists());
 }

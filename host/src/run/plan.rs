@@ -37,9 +37,11 @@ pub enum ScheduleName {
 pub enum SamplerName {
     /// The paper's template (eq. 11 / 24).
     Template,
-    /// DDPM ancestral sampling (Ho et al. Alg. 2, K = 1000) as a template instance.
+    /// DDPM ancestral sampling (Ho et al. Alg. 2, K = 1000) as a template instance
+    /// (host sample only: its fixed steps diverge under eq. 24's likelihood term).
     Ddpm,
-    /// NCSN annealed Langevin (Song & Ermon Alg. 1): --ncsn-levels × --steps-per-level steps.
+    /// NCSN annealed Langevin (Song & Ermon Alg. 1): --ncsn-levels × --steps-per-level steps
+    /// (host sample only, as DDPM).
     Ncsn,
     /// score_sde's VE predictor–corrector sampler (--snr), K = --steps levels.
     VePc,
@@ -283,6 +285,27 @@ impl PlanArgs {
         if self.steps == Some(0) {
             bail!("--steps 0: the number of steps K must be at least 1");
         }
+        if let (
+            Purpose::Conditional {
+                sigma_y, norm_sq, ..
+            },
+            SamplerName::Ddpm | SamplerName::Ncsn,
+        ) = (purpose, self.sampler)
+        {
+            bail!(
+                "--sampler {} is unconditional only: its step sizes γ_k are fixed by the \
+                 algorithm (DDPM: β_t/ᾱ_t, up to 495; NCSN: ε σ²/(2σ_L²)), far above the \
+                 likelihood step's stability bound σ_y²/‖A‖² = {:.3e}, so eq. 24 diverges; \
+                 clipping γ_k (spec §10.2) breaks the algorithm's own start law. Use \
+                 --sampler template with host restore",
+                if self.sampler == SamplerName::Ddpm {
+                    "ddpm"
+                } else {
+                    "ncsn"
+                },
+                sigma_y * sigma_y / norm_sq
+            );
+        }
         let plan = match self.sampler {
             SamplerName::Template => AnyPlan::Template(self.template(model, purpose)?),
             SamplerName::Ddpm => AnyPlan::Ddpm(Ddpm {
@@ -310,7 +333,7 @@ impl PlanArgs {
             }
             SamplerName::VePc => {
                 if !matches!(purpose, Purpose::Unconditional) {
-                    bail!("--sampler ve-pc is unconditional only (use template with host restore)");
+                    bail!("--sampler ve-pc is unconditional only (use --sampler template with host restore)");
                 }
                 let (lo, hi) = Self::range(model)?;
                 AnyPlan::VePc {
@@ -547,6 +570,26 @@ mod tests {
         assert!(e(&["--kind", "vp", "--c", "-1"]).contains("step constant c"));
         assert!(e(&["--kind", "vp", "--preset", "nope"]).contains("--preset nope: unknown"));
         assert!(e(&["--kind", "vp", "--step-rule", "code"]).contains("needs a measurement"));
+    }
+
+    /// DDPM and NCSN fix γ_k themselves; under eq. 24 they diverge, so restore refuses them.
+    #[test]
+    fn fixed_step_samplers_are_refused_for_restoration() {
+        let cond = Purpose::Conditional {
+            sigma_y: 0.05,
+            norm_sq: 1.0,
+            sr: false,
+        };
+        for sampler in ["ddpm", "ncsn"] {
+            let args = ["--kind", "vp", "--sampler", sampler];
+            let e = format!("{:#}", build(&args, cond).unwrap_err());
+            assert!(
+                e.contains(&format!("--sampler {sampler} is unconditional only"))
+                    && e.contains("2.500e-3"),
+                "{e}"
+            );
+            assert!(build(&args, Purpose::Unconditional).is_ok());
+        }
     }
 
     /// A VP model's schedules span the DDPM table unless --sigma-min/--sigma-max narrow it
