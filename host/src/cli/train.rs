@@ -48,7 +48,10 @@ const EXAMPLE: &str = "\
 Example:
   host train --data data/mnist --preset vp --config models/mnist-vp.json --steps 20000 \\
     --batch 64 --lr 2e-4 --warmup 500 --ema-decay 0.999 --seed 1 --out mnist-vp.safetensors \\
-    --checkpoint-every 1000";
+    --checkpoint-every 1000
+
+Ctrl-C or SIGTERM (any number of times): the run finishes its step, writes the checkpoint and
+exits 130 (SIGINT) or 143 (SIGTERM); continue it with --resume M.ckpt.safetensors.";
 
 /// Arguments of `host train`.
 #[derive(Debug, Args)]
