@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, GenericImageView, ImageEncoder};
+use tweedie_nn::input;
 
 use tweedie_nn::weights::meta::DataRange;
 
@@ -112,10 +113,9 @@ pub fn read_image(
     resize: bool,
 ) -> Result<LoadedImage> {
     let label = path.display();
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read image {label}"))?;
+    let bytes = input::read_capped(path, "image file", input::MAX_IMAGE_BYTES)?;
     check_jpeg_complete(&bytes).with_context(|| format!("{label}"))?;
-    let decoded = image::load_from_memory(&bytes)
-        .map_err(|e| anyhow::anyhow!("{label} is not a readable PNG or JPEG image: {e}"))?;
+    let decoded = input::decode_image(&bytes, &label.to_string())?;
     let image = convert(&decoded, range, channels, size, resize)
         .with_context(|| format!("image {label}"))?;
     Ok(LoadedImage {
@@ -132,10 +132,9 @@ pub fn read_image_native(
     size: Option<usize>,
 ) -> Result<LoadedImage> {
     let label = path.display();
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read image {label}"))?;
+    let bytes = input::read_capped(path, "image file", input::MAX_IMAGE_BYTES)?;
     check_jpeg_complete(&bytes).with_context(|| format!("{label}"))?;
-    let decoded = image::load_from_memory(&bytes)
-        .map_err(|e| anyhow::anyhow!("{label} is not a readable PNG or JPEG image: {e}"))?;
+    let decoded = input::decode_image(&bytes, &label.to_string())?;
     let c = file_channels(&decoded);
     let image = match size {
         Some(s) => convert(&decoded, range, c, s, true),

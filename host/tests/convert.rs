@@ -253,7 +253,7 @@ fn config_is_required_or_inferred_and_checked() {
     let out = host(&[
         "convert", "--from", &from, "--to", &from, "--config", &config,
     ]);
-    assert_error(&out, "is the checkpoint itself");
+    assert_error(&out, "is an input");
 }
 
 // ---- hand-made checkpoints -------------------------------------------------------------

@@ -193,7 +193,7 @@ fn grids_and_bad_inputs_are_refused() {
     std::fs::write(&junk, b"not a png").unwrap();
     refused(
         &["evaluate", "fid", "--samples", &s(&junk)],
-        "not a readable image",
+        "not a readable PNG or JPEG image",
     );
     let bare = dir.join("bare.safetensors");
     let x = vec![0.0f32; 12 * PIXELS];

@@ -399,6 +399,17 @@ fn bad_settings_and_outputs_leave_no_files() {
     assert!(stderr(&out).contains("m.safetensors"), "{}", stderr(&out));
     assert_eq!(listing(&dir), before);
     std::fs::remove_dir(&out_dir).unwrap();
+    // A symlink at the weights path, or --out naming the config (an input): refused.
+    std::os::unix::fs::symlink("elsewhere", &out_dir).unwrap();
+    let before = listing(&dir);
+    fails_with(&run(&train_args(&dir, 3, &[])), "is a symlink");
+    assert_eq!(listing(&dir), before);
+    std::fs::remove_file(&out_dir).unwrap();
+    let config = s(&dir.join("tiny.json"));
+    fails_with(
+        &run(&train_args(&dir, 3, &["--out", &config])),
+        "is an input",
+    );
     // A fresh run over an earlier run's checkpoint: refused, the checkpoint untouched.
     std::fs::write(dir.join("m.ckpt.safetensors"), b"earlier").unwrap();
     fails_with(&run(&train_args(&dir, 3, &[])), "pass --resume");
@@ -407,12 +418,23 @@ fn bad_settings_and_outputs_leave_no_files() {
         b"earlier"
     );
     std::fs::remove_file(dir.join("m.ckpt.safetensors")).unwrap();
-    // The first checkpoint cannot be written (its temporary name is taken by a folder): the
-    // run fails and removes the loss log it started.
-    std::fs::create_dir(dir.join("m.ckpt.safetensors.tmp")).unwrap();
+    // The first checkpoint cannot be written (ulimit -f: the file size limit stops it, as a
+    // full disk would): the run fails and removes the loss log it started.
+    let args = train_args(&dir, 3, &[]);
     let before = listing(&dir);
-    let out = run(&train_args(&dir, 3, &[]));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_host"))
+        .args(&args)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("m.ckpt.safetensors"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(listing(&dir), before);
 }
 

@@ -3,6 +3,7 @@
 //! The networks and everything that runs them, as a library: no command line, no terminal
 //! output. Layer order (each module uses only those above it):
 //!
+//! - [`input`]: opening input files (regular files only, reads capped by format).
 //! - [`tensors`]: reading safetensors files (inputs, references) with one-line errors.
 //! - [`parity`]: the formats.md §7 comparison criterion.
 //! - [`weights`]: strict safetensors loading into f32 or f16 storage, `tweedie.*` metadata.
@@ -19,6 +20,7 @@
 pub mod backend;
 pub mod data;
 pub mod denoiser;
+pub mod input;
 pub mod model;
 pub mod parity;
 pub mod tensors;

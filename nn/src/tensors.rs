@@ -28,7 +28,11 @@ impl SafetensorsFile {
     /// Reads and validates `path`.
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
         let label = path.display().to_string();
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {label}"))?;
+        let bytes = crate::input::read_capped(
+            path,
+            "safetensors file",
+            crate::input::MAX_SAFETENSORS_BYTES,
+        )?;
         Self::from_bytes(bytes, label)
     }
 

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::common::{grouped, precision, threads};
 use crate::outln;
+use crate::run::memory;
 use tweedie_nn::backend::profile;
 use tweedie_nn::model::adm::forward::{AdmModel, Input};
 use tweedie_nn::model::adm::{AdmArch, AdmConfig};
@@ -83,6 +84,12 @@ fn bench_adm(
 ) -> Result<ExitCode> {
     let arch = AdmArch::new(config)?;
     arch.check_input_size(size, size)?;
+    memory::check(
+        "this forward",
+        memory::weights_bytes(arch.parameter_count() as u64, precision(args.f16)).saturating_add(
+            memory::adm_forward_bytes(&arch, size as u64, batch as u64, jobs as u64),
+        ),
+    )?;
     let weights = Weights::random(&arch.state_dict(), precision(args.f16), 0);
     let macs = arch.macs(size, size) * batch as u64;
     describe(
@@ -119,6 +126,20 @@ fn bench_ncsnpp(
     let arch = NcsnppArch::new(config)?;
     arch.check_input_size(size, size)
         .map_err(|e| anyhow::anyhow!("--size {size}: {e}"))?;
+    let side = size as u64;
+    let activations = memory::product(&[arch.channels() as u64, side, side, 64 + jobs as u64, 4]);
+    memory::check(
+        "this forward",
+        memory::weights_bytes(arch.parameter_count() as u64, precision(args.f16))
+            .saturating_add(activations)
+            .saturating_add(memory::product(&[
+                arch.channels() as u64,
+                side,
+                side,
+                batch as u64,
+                8,
+            ])),
+    )?;
     let weights = Weights::random(&arch.state_dict(), precision(args.f16), 0);
     let macs = arch.macs() * batch as u64;
     let channels = arch.channels();

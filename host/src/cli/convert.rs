@@ -9,8 +9,9 @@ use anyhow::Result;
 use clap::Args;
 
 use super::common::grouped;
-use crate::convert::{convert, write_verified, Checkpoint, ConvertOptions};
+use crate::convert::{convert, verify_written, Checkpoint, ConvertOptions};
 use crate::outln;
+use crate::run::output_policy::Outputs;
 use tweedie_nn::weights::meta::{Kind, WeightsSet};
 
 const EXAMPLE: &str = "\
@@ -71,16 +72,7 @@ pub fn run(args: &ConvertArgs) -> Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--kind: {e}"))
         })
         .transpose()?;
-    let same = std::fs::canonicalize(&args.to)
-        .ok()
-        .zip(std::fs::canonicalize(&args.from).ok())
-        .is_some_and(|(a, b)| a == b);
-    if same {
-        anyhow::bail!(
-            "--to {} is the checkpoint itself; choose another output path",
-            args.to.display()
-        );
-    }
+    Outputs::check_file(&args.to, "--to", &[&args.from])?;
     let ckpt = Checkpoint::open(&args.from)?;
     let source = args.from.file_name().map_or_else(
         || args.from.display().to_string(),
@@ -95,7 +87,10 @@ pub fn run(args: &ConvertArgs) -> Result<ExitCode> {
     };
     let converted = convert(&ckpt, &opts)?;
     drop(ckpt);
-    write_verified(&args.to, &converted.bytes, &converted.spec)?;
+    let mut out = Outputs::files();
+    out.write(&args.to, &converted.bytes)?;
+    verify_written(&out.root().join(out.staged(&args.to)?), &converted.spec)?;
+    out.commit()?;
     outln!(
         "wrote {}: {} config {}, {} tensors, {} parameters, {} weights{}, {:.1} MB",
         args.to.display(),

@@ -13,7 +13,8 @@ use tweedie_core::plan::PlanStep;
 use super::common::threads;
 use crate::cli::model_args::ModelArgs;
 use crate::image_io::{png_from_planes, read_image, to_planes};
-use crate::run::output::Outputs;
+use crate::run::memory;
+use crate::run::output_policy::Outputs;
 
 const EXAMPLE: &str = "\
 Example:
@@ -52,7 +53,9 @@ pub fn run(args: &DenoiseArgs) -> Result<ExitCode> {
     if !(args.sigma.is_finite() && args.sigma > 0.0) {
         bail!("--sigma {}: must be a finite number > 0", args.sigma);
     }
-    Outputs::check_file(&args.output, "output")?;
+    let mut inputs = vec![args.input.as_path()];
+    inputs.extend(args.model.weights_file());
+    Outputs::check_file(&args.output, "output", &inputs)?;
     let model = args.model.load()?;
     let img = read_image(
         &args.input,
@@ -76,8 +79,14 @@ pub fn run(args: &DenoiseArgs) -> Result<ExitCode> {
         gamma: 0.0,
         temperature: 0.0,
     };
+    let jobs = threads(args.threads.map(|j| j as usize)) as u64;
+    memory::check(
+        "this denoiser call",
+        memory::denoiser_bytes(&model, 1, jobs)
+            .saturating_add(jobs.saturating_mul(memory::THREAD_BYTES)),
+    )?;
     let mut d = vec![0.0f32; x.len()];
-    let mut denoiser = model.make(threads(args.threads.map(|j| j as usize)));
+    let mut denoiser = model.make(jobs as usize);
     if let Err(e) = denoiser.denoise(&x, 1, &step, &mut d) {
         match model.take_error() {
             Some(net) => bail!("denoiser failed: {net}"),
@@ -93,6 +102,6 @@ pub fn run(args: &DenoiseArgs) -> Result<ExitCode> {
         &args.output,
         &png_from_planes(&to_planes(&d, model.data_range), model.channels, s, s)?,
     )?;
-    out.commit();
+    out.commit()?;
     Ok(ExitCode::SUCCESS)
 }

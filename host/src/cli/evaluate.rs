@@ -30,7 +30,8 @@ use crate::eval::stats::{chi_square, mean_se, spread};
 use crate::image_io::{grid_planes_in_columns, png_from_planes, to_planes};
 use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
 use crate::run::measurement::Task;
-use crate::run::output::{build_info, json_bytes, Outputs};
+use crate::run::output::{build_info, json_bytes};
+use crate::run::output_policy::Outputs;
 use crate::run::plan::PlanArgs;
 use crate::run::progress::human_seconds;
 use crate::run::shard::{parse_shard_arg, ShardArg};
@@ -281,7 +282,7 @@ fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
     if let Some(path) = path {
         let mut out = Outputs::files();
         out.write(path, &json_bytes(value)?)?;
-        out.commit();
+        out.commit()?;
     }
     Ok(())
 }
@@ -295,7 +296,7 @@ fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
         );
     }
     if let Some(out) = &args.out {
-        Outputs::check_file(out, "--out")?;
+        Outputs::check_file(out, "--out", &[&args.samples])?;
     }
     let path = if args.samples.is_dir() {
         args.samples.join("samples.safetensors")
@@ -535,12 +536,15 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         let Some(dir) = &args.out else {
             bail!("--shard needs --out DIR: the shard folder `host merge` reads");
         };
-        shard_out = Some((shard, Outputs::in_folder(dir)?));
+        shard_out = Some((shard, Outputs::in_folder(dir, &[&args.data])?));
     } else if let Some(out) = &args.out {
-        Outputs::check_file(out, "--out")?;
+        Outputs::check_file(out, "--out", &[&args.data])?;
     }
     if let Some(figure) = &args.figure {
-        Outputs::check_file(figure, "--figure")?;
+        Outputs::check_file(figure, "--figure", &[&args.data])?;
+        if args.out.as_ref() == Some(figure) {
+            bail!("--figure {}: is also --out", figure.display());
+        }
     }
     if args.count == 0 || args.samples == 0 {
         bail!("--count and --samples must be at least 1");
@@ -720,7 +724,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         )?;
         manifest.hash_files(&out)?;
         out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
-        out.commit();
+        out.commit()?;
         say(&format!(
             "wrote {} ({}) in {}",
             shard.label(),
@@ -740,7 +744,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
     };
     let mut out = Outputs::files();
     table.write(&mut out, args.out.as_deref(), args.figure.as_deref())?;
-    out.commit();
+    out.commit()?;
     say(&format!(
         "done in {}",
         human_seconds(start.elapsed().as_secs_f64())
@@ -784,9 +788,11 @@ pub fn merge_restoration(
     let mut with_figure = false;
     for (dir, m) in shards {
         let path = dir.join(SHARD_DIGITS);
-        let v: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
-        )
+        let v: serde_json::Value = serde_json::from_slice(&tweedie_nn::input::read_capped(
+            &path,
+            "JSON file",
+            tweedie_nn::input::MAX_JSON_BYTES,
+        )?)
         .with_context(|| format!("{}: not JSON", path.display()))?;
         let records = v["digits"].as_array().map(Vec::as_slice).unwrap_or(&[]);
         if records.len() != m.block().len() {
@@ -876,7 +882,7 @@ const POSTERIOR_ROWS: [Row; 9] = [
 fn run_posterior(args: &PosteriorArgs) -> Result<ExitCode> {
     let start = Instant::now();
     if let Some(out) = &args.out {
-        Outputs::check_file(out, "--out")?;
+        Outputs::check_file(out, "--out", &[&args.data])?;
     }
     if args.count == 0 || args.samples < 2 {
         bail!("--count must be at least 1 and --samples at least 2");

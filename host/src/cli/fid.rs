@@ -7,7 +7,7 @@
 //! - `fid-calibrate`: the same statistics for real training digits at several n (the noise
 //!   floor) and for degraded real digits (models/README.md's calibration table).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -22,7 +22,8 @@ use crate::eval::fid_calibration::{calibrate, Plan, Row, TrainingDigits};
 use crate::eval::judge::{Judge, Scores, Split, K};
 use crate::image_io::sha256_hex;
 use crate::outln;
-use crate::run::output::{build_info, json_bytes, Outputs};
+use crate::run::output::{build_info, json_bytes};
+use crate::run::output_policy::Outputs;
 use tweedie_nn::data::{Dataset, MnistSplit};
 use tweedie_nn::model::classifier::{padded_images, PIXELS};
 
@@ -104,7 +105,7 @@ fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
     if let Some(path) = path {
         let mut out = Outputs::files();
         out.write(path, &json_bytes(value)?)?;
-        out.commit();
+        out.commit()?;
     }
     Ok(())
 }
@@ -121,7 +122,7 @@ fn judge_facts(judge: &Judge) -> serde_json::Value {
 pub fn run_fid(args: &FidArgs) -> Result<ExitCode> {
     let start = Instant::now();
     if let Some(out) = &args.out {
-        Outputs::check_file(out, "--out")?;
+        Outputs::check_file(out, "--out", &[Path::new(&args.samples)])?;
     }
     let mut digits = read_digits(&args.samples)?;
     if let Some(n) = args.n {
@@ -198,7 +199,7 @@ fn print_scores(s: &Scores, source: &str, judge: &Judge, split: Split) -> anyhow
 pub fn run_calibrate(args: &CalibrateArgs) -> Result<ExitCode> {
     let start = Instant::now();
     if let Some(out) = &args.out {
-        Outputs::check_file(out, "--out")?;
+        Outputs::check_file(out, "--out", &[&args.data])?;
     }
     if args.repeats == 0 || args.floor_n.contains(&0) || args.degraded_n == 0 {
         bail!("--repeats, --floor-n and --degraded-n must be at least 1");

@@ -1,8 +1,8 @@
 //! `host measure`: y = A x + σ_y n from a ground-truth image (formats.md §4), in the model's
 //! data range (`--range=-1,1` for VP, `--range 0,1` for VE). With --sigma-y 0, exactly A x.
-//! Writes the safetensors file and a PNG preview of y next to it (same name, `.png`).
+//! Writes the safetensors file and a PNG preview of y next to it ([`preview_path`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -11,7 +11,7 @@ use clap::Args;
 use crate::image_io::{png_from_planes, read_image_native, to_planes};
 use crate::outln;
 use crate::run::measurement::{MeasureOptions, Measurement, Task};
-use crate::run::output::Outputs;
+use crate::run::output_policy::Outputs;
 use tweedie_nn::weights::meta::DataRange;
 
 const EXAMPLE: &str = "\
@@ -52,6 +52,19 @@ pub struct MeasureArgs {
     pub out: PathBuf,
 }
 
+/// The preview's path: `--out` with the extension `.png` (`y.preview.png` when `--out` is
+/// itself a `.png`, so the preview never replaces the measurement).
+pub fn preview_path(out: &Path) -> PathBuf {
+    if out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        out.with_extension("preview.png")
+    } else {
+        out.with_extension("png")
+    }
+}
+
 /// Runs `host measure`.
 pub fn run(args: &MeasureArgs) -> Result<ExitCode> {
     let range = match args.range.as_str() {
@@ -61,8 +74,9 @@ pub fn run(args: &MeasureArgs) -> Result<ExitCode> {
             .parse::<DataRange>()
             .with_context(|| format!("--range {r}"))?,
     };
-    Outputs::check_file(&args.out, "--out")?;
-    let preview = args.out.with_extension("png");
+    let preview = preview_path(&args.out);
+    Outputs::check_file(&args.out, "--out", &[&args.input])?;
+    Outputs::check_file(&preview, "the preview", &[&args.input])?;
     let img = read_image_native(&args.input, range, args.size)?;
     let im = &img.image;
     let opts = MeasureOptions::new(
@@ -87,7 +101,7 @@ pub fn run(args: &MeasureArgs) -> Result<ExitCode> {
         &preview,
         &png_from_planes(&to_planes(&m.y, range), shape[1], shape[2], shape[3])?,
     )?;
-    out.commit();
+    out.commit()?;
     outln!(
         "wrote {} (y {:?}, task {}, sigma_y {}) and {}",
         args.out.display(),

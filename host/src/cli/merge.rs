@@ -14,12 +14,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
+use tweedie_nn::input::MAX_JSON_BYTES;
 
 use super::restore::{write_estimates, ImageFacts, SHARD_IMAGE, SHARD_TRUTH};
 use super::sample::SHARD_CHAINS;
 use crate::errln;
 use crate::run::manifest::{check_set, Manifest};
-use crate::run::output::{json_bytes, Outputs};
+use crate::run::output::json_bytes;
+use crate::run::output_policy::Outputs;
 use crate::run::progress::human_seconds;
 use crate::run::stream::{write_grid, write_samples_tensor, ChainFiles, ChainsFile};
 use tweedie_nn::tensors::SafetensorsFile;
@@ -63,7 +65,8 @@ pub fn run(args: &MergeArgs) -> Result<ExitCode> {
     for (dir, m) in &shards {
         m.verify_files(dir)?;
     }
-    let mut out = Outputs::in_folder(&args.out)?;
+    let inputs: Vec<&Path> = args.shards.iter().map(PathBuf::as_path).collect();
+    let mut out = Outputs::in_folder(&args.out, &inputs)?;
     let first = &shards[0].1;
     match (first.command.as_str(), first.units.as_str()) {
         ("sample", "chains") => merge_chains(&mut out, &shards, false, start)?,
@@ -77,7 +80,7 @@ pub fn run(args: &MergeArgs) -> Result<ExitCode> {
             shards[0].0.display()
         ),
     }
-    out.commit();
+    out.commit()?;
     if !args.quiet {
         errln!(
             "merged {} shards ({} {}) into {} in {}",
@@ -159,10 +162,11 @@ fn merge_chains(
             out.copy_from(name, &first_dir.join(name))?;
         }
         let facts_path = first_dir.join(SHARD_IMAGE);
-        let facts: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&facts_path)
-                .with_context(|| format!("cannot read {}", facts_path.display()))?,
-        )
+        let facts: serde_json::Value = serde_json::from_slice(&tweedie_nn::input::read_capped(
+            &facts_path,
+            "JSON file",
+            MAX_JSON_BYTES,
+        )?)
         .with_context(|| format!("{}: not JSON", facts_path.display()))?;
         let truth_path = first_dir.join(SHARD_TRUTH);
         let truth = if truth_path.exists() {
@@ -227,8 +231,7 @@ fn merge_images(out: &mut Outputs, shards: &[(PathBuf, Manifest)], start: Instan
                 let rel = Path::new(name).join(base);
                 if base == "run.json" {
                     let run: serde_json::Value = serde_json::from_slice(
-                        &std::fs::read(&file)
-                            .with_context(|| format!("cannot read {}", file.display()))?,
+                        &tweedie_nn::input::read_capped(&file, "JSON file", MAX_JSON_BYTES)?,
                     )
                     .with_context(|| format!("{}: not JSON", file.display()))?;
                     out.write(rel, &json_bytes(&merged_run_json(&run, shards, start))?)?;

@@ -1,7 +1,8 @@
 //! The `host` command line (clap derive): one module per subcommand.
 //!
 //! Exit codes: 0 success, 1 a check failed (parity outside tolerance), 2 an error (bad
-//! arguments, unreadable or mismatched files, unimplemented step).
+//! arguments, unreadable or mismatched files, unimplemented step), 130/143 stopped by
+//! SIGINT/SIGTERM (outputs left as they were; `run::interrupt`).
 
 pub mod bench;
 pub mod common;
@@ -51,6 +52,11 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Memory a run may plan to use (e.g. 16G): each command estimates its need before
+    /// allocating and refuses above this (default: 80% of the smaller of the available memory
+    /// and the cgroup's memory.max).
+    #[arg(long, global = true, value_name = "BYTES", value_parser = crate::run::memory::parse_bytes)]
+    pub max_memory: Option<u64>,
 }
 
 /// The subcommands.
@@ -91,6 +97,13 @@ pub const EXIT_ERROR: u8 = 2;
 
 /// Runs a parsed command line; `Ok` carries the exit code.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(bytes) = cli.max_memory {
+        crate::run::memory::set_limit(bytes);
+    }
+    // Training handles its signals itself (checkpoint, then stop).
+    if !matches!(cli.command, Command::Train(_) | Command::TrainClassifier(_)) {
+        crate::run::interrupt::install()?;
+    }
     match cli.command {
         Command::Parity(args) => parity::run(&args),
         Command::Bench(args) => bench::run(&args),

@@ -27,6 +27,7 @@ use super::common::{load_mnist, precision, preprocess, resolve_config, threads};
 use crate::bundled;
 use crate::errln;
 use crate::eval::gaussian_fit::{fit, GaussianFit};
+use crate::run::memory;
 use tweedie_nn::data::MnistSplit;
 
 /// The model flags shared by `sample`, `restore`, `denoise` (and `schedule`, without weights).
@@ -157,6 +158,15 @@ impl ModelArgs {
         Ok(())
     }
 
+    /// The weights file `--weights` names, if it names a file (an input no output may replace).
+    pub fn weights_file(&self) -> Option<&Path> {
+        let spec = self.weights.as_deref()?;
+        let special = spec.starts_with(bundled::PREFIX)
+            || spec.starts_with("gaussian:")
+            || spec.starts_with("gaussian-fit:");
+        (!special).then(|| Path::new(spec))
+    }
+
     /// Loads the model `--weights` names; without `--weights`, the bundled default model.
     pub fn load(&self) -> Result<Model> {
         let default = format!("{}{}", bundled::PREFIX, bundled::DEFAULT);
@@ -223,10 +233,15 @@ impl ModelArgs {
         let sigma_range = self.prior_sigma_range(kind);
         check_vp_range(kind, sigma_range, &self.range_source(spec))?;
         let channels = self.channels.unwrap_or(3) as usize;
-        let size = self.size.unwrap_or(8) as usize;
+        let size = self.size.unwrap_or(8);
         if channels == 2 {
             bail!("--channels 2: images have 1 or 3 channels");
         }
+        memory::check(
+            &format!("one {channels}x{size}x{size} image"),
+            memory::product(&[channels as u64, size, size, 4]),
+        )?;
+        let size = usize::try_from(size).context("--size")?;
         Ok(Model::new(
             kind,
             data_range,
@@ -253,6 +268,12 @@ impl ModelArgs {
         let train = load_mnist(dir, MnistSplit::Train, &format!("--weights {spec}"))?;
         let size = self.size.unwrap_or(32) as usize;
         let pre = preprocess(&train, train.channels, size, data_range)?;
+        // Σ and its eigenvectors, in f64.
+        let dim = (train.channels * size * size) as u64;
+        memory::check(
+            &format!("the {dim}x{dim} covariance"),
+            memory::product(&[dim, dim, 8, 3]),
+        )?;
         let prior = fit(&train, pre, threads(None))?;
         self.fitted_model(spec, &prior, kind, data_range, train.channels, size)
     }
@@ -292,6 +313,14 @@ impl ModelArgs {
             spec.to_string(),
             description,
         ))
+    }
+
+    /// Refuses a network whose weights alone would not fit the memory limit.
+    fn check_weights_memory(&self, label: &str, parameters: usize) -> Result<()> {
+        memory::check(
+            &format!("the network of {label} ({parameters} parameters)"),
+            memory::weights_bytes(parameters as u64, precision(self.f16)),
+        )
     }
 
     fn network(&self, spec: &str, file: SafetensorsFile) -> Result<Model> {
@@ -380,6 +409,7 @@ impl ModelArgs {
                 bail!("{label}: NCSN++ runs as kind ve, output score, noise input sigma, data range 0,1");
             }
             let arch = NcsnppArch::new(c)?;
+            self.check_weights_memory(&label, arch.parameter_count())?;
             let weights = Weights::load(&file, &arch.state_dict(), precision(self.f16))?;
             NcsnppModel::new(&arch, &weights, 1)?; // resolves every tensor once, up front
             let description = json!({
@@ -404,6 +434,7 @@ impl ModelArgs {
         }
         let config = config.adm()?.clone();
         let arch = AdmArch::new(&config)?;
+        self.check_weights_memory(&label, arch.parameter_count())?;
         let weights = Weights::load(&file, &arch.state_dict(), precision(self.f16))?;
         let net_kind = match kind {
             Kind::Vp => NetKind::Vp,

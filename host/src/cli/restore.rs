@@ -24,7 +24,8 @@ use crate::errln;
 use crate::image_io::{png_from_planes, range_width, read_image, to_planes};
 use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
 use crate::run::measurement::{MeasureOptions, Measurement, Task};
-use crate::run::output::{json_bytes, safetensors_bytes, Outputs};
+use crate::run::output::{json_bytes, safetensors_bytes};
+use crate::run::output_policy::Outputs;
 use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
 use crate::run::progress::{human_seconds, Progress};
 use crate::run::runner::{run_chains, Job, RunOutput};
@@ -206,7 +207,8 @@ pub fn scores(truth: &[f32], estimate: &[f32], shape: ImageShape) -> Result<serd
     };
     Ok(json!({
         "psnr": psnr(truth, estimate, width).map_err(e)?,
-        "psnr_minmax": psnr_minmax(truth, estimate).map_err(e)?,
+        // Undefined (null) when either image is constant: min-max normalisation divides by 0.
+        "psnr_minmax": psnr_minmax(truth, estimate).ok(),
         "ssim": ssim_value,
     }))
 }
@@ -216,7 +218,13 @@ pub fn run(args: &RestoreArgs) -> Result<ExitCode> {
     let start = std::time::Instant::now();
     args.run.validate()?;
     let shard = args.run.shard()?;
-    let mut out = Outputs::in_folder(&args.run.out)?;
+    let inputs = [
+        args.input.as_deref(),
+        args.measurement.as_deref(),
+        args.model.weights_file(),
+    ];
+    let inputs: Vec<&Path> = inputs.into_iter().flatten().collect();
+    let mut out = Outputs::in_folder(&args.run.out, &inputs)?;
     let model = args.model.load()?;
     let problems = problems(args, &model)?;
     if let Some(shard) = shard {
@@ -225,7 +233,7 @@ pub fn run(args: &RestoreArgs) -> Result<ExitCode> {
     for problem in &problems {
         restore_one(args, &model, problem, &mut out, start)?;
     }
-    out.commit();
+    out.commit()?;
     if !args.run.quiet {
         errln!(
             "restored {} image(s) into {} in {}",
@@ -269,6 +277,7 @@ fn sample_problem(
     };
     let plan = args.plan.build(model, purpose)?;
     let n = chains.len();
+    args.run.check_memory(model, n, plan_len(&plan))?;
     let job = Job {
         plan: &plan,
         n,
@@ -399,7 +408,7 @@ fn run_shard(
     )?;
     manifest.hash_files(&out)?;
     out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
-    out.commit();
+    out.commit()?;
     if !args.run.quiet {
         errln!(
             "wrote {} ({}) to {}",
@@ -493,7 +502,7 @@ pub fn write_estimates(
         "std": "population std over the chains (m2/N), per pixel; std.png = round(std * std_png_scale)",
         "psnr_conventions": {
             "psnr": "10 log10(MAX^2/MSE), MAX = data-range width (2 for [-1,1], 1 for [0,1])",
-            "psnr_minmax": "both images min-max normalised first (official code, spec 11.1)",
+            "psnr_minmax": "both images min-max normalised first (official code, spec 11.1); null where undefined (a constant image)",
             "ssim": "skimage defaults, data_range = range width (null below 7x7)",
         },
     });

@@ -2,7 +2,7 @@
 //! ([N, C, H, W] final float state), grid.png, snapshots/step_KKKKK.png with
 //! --snapshot-every, and run.json (formats.md §5).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -16,7 +16,9 @@ use crate::cli::model_args::ModelArgs;
 use crate::errln;
 use crate::image_io::{grid_planes, png_from_planes, to_planes};
 use crate::run::manifest::{Manifest, MANIFEST};
-use crate::run::output::{build_info, json_bytes, Outputs};
+use crate::run::memory;
+use crate::run::output::{build_info, json_bytes};
+use crate::run::output_policy::Outputs;
 use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
 use crate::run::progress::{human_seconds, Progress};
 use crate::run::runner::{run_chains, Job, RunOutput};
@@ -146,6 +148,21 @@ impl RunArgs {
     /// The batch size.
     pub fn batch(&self) -> usize {
         self.batch.unwrap_or(self.n.min(4)).max(1)
+    }
+
+    /// Refuses a run of `chains` chains of `steps` steps whose estimated memory is above the
+    /// limit (run::memory).
+    pub fn check_memory(&self, model: &Model, chains: usize, steps: usize) -> Result<()> {
+        let snapshots = self.snapshot_every.map_or(0, |k| steps as u64 / k);
+        let threads = threads(self.threads.map(|j| j as usize)) as u64;
+        let bytes = memory::sampling_bytes(
+            model,
+            chains as u64,
+            self.batch().min(chains.max(1)) as u64,
+            threads,
+            snapshots,
+        );
+        memory::check(&format!("sampling {chains} chains"), bytes)
     }
 
     /// Checks N and the batch.
@@ -303,11 +320,14 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
     let start = std::time::Instant::now();
     args.run.validate()?;
     let shard = args.run.shard()?;
-    let mut out = Outputs::in_folder(&args.run.out)?;
+    let weights: Vec<&Path> = args.model.weights_file().into_iter().collect();
+    let mut out = Outputs::in_folder(&args.run.out, &weights)?;
     let model = args.model.load()?;
     let plan = args.plan.build(&model, Purpose::Unconditional)?;
     let n = args.run.n;
     let block = shard.map_or(0..n, |s| s.block(n));
+    args.run
+        .check_memory(&model, block.len(), plan_len(&plan))?;
     let job = Job {
         plan: &plan,
         n: block.len(),
@@ -374,7 +394,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         )?;
         manifest.hash_files(&out)?;
         out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
-        out.commit();
+        out.commit()?;
         if !args.run.quiet {
             errln!(
                 "wrote {} ({}) to {}",
@@ -396,7 +416,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
         start.elapsed().as_secs_f64(),
     );
     out.write("run.json", &json_bytes(&info)?)?;
-    out.commit();
+    out.commit()?;
     if !args.run.quiet {
         errln!(
             "wrote {n} samples to {} in {}",

@@ -13,7 +13,7 @@ use tweedie_core::plan::{PlanStep, StepPlan};
 use crate::cli::model_args::ModelArgs;
 use crate::outln;
 use crate::run::measurement::Task;
-use crate::run::output::Outputs;
+use crate::run::output_policy::{OutputFile, Outputs};
 use crate::run::plan::{PlanArgs, Purpose, PRESETS};
 
 const EXAMPLE: &str = "\
@@ -75,8 +75,15 @@ fn purpose(args: &ScheduleArgs) -> Result<Purpose> {
 
 /// Runs `host schedule`.
 pub fn run(args: &ScheduleArgs) -> Result<ExitCode> {
-    for path in [&args.out, &args.plot].into_iter().flatten() {
-        Outputs::check_file(path, "output")?;
+    let text_out = args.out.as_deref().filter(|p| !OutputFile::is_stdout(p));
+    if let Some(path) = text_out {
+        Outputs::check_file(path, "--out", &[])?;
+    }
+    if let Some(path) = &args.plot {
+        Outputs::check_file(path, "--plot", &[])?;
+        if text_out == Some(path.as_path()) {
+            bail!("--plot {}: is also --out", path.display());
+        }
     }
     let model = args.model.schedule_only()?;
     let plan = args.plan.build(&model, purpose(args)?)?;
@@ -91,7 +98,7 @@ pub fn run(args: &ScheduleArgs) -> Result<ExitCode> {
         ));
     }
     let mut out = Outputs::files();
-    match &args.out {
+    match text_out {
         Some(path) => out.write(path, csv.as_bytes())?,
         None => outln!("{}", csv.trim_end_matches('\n'))?,
     }
@@ -100,7 +107,7 @@ pub fn run(args: &ScheduleArgs) -> Result<ExitCode> {
         plot(&steps).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
         out.write(path, &png)?;
     }
-    out.commit();
+    out.commit()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,7 @@
 //! that fails before its first checkpoint removes the loss log it started.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -22,15 +22,15 @@ use safetensors::Dtype;
 
 use super::common::threads;
 use crate::errln;
-use crate::run::output::Outputs;
+use crate::run::output_policy::OutputFile;
 use crate::run::progress::human_seconds;
 use tweedie_nn::data::{file_sha256, Dataset, MnistSplit};
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::model::config::ModelConfig;
 use tweedie_nn::tensors::{serialize_sorted, TensorBytes};
 use tweedie_nn::train::adm_run::{AdmRun, Preset, RunConfig, RESUME_RULE};
-use tweedie_nn::train::checkpoint::{write_atomic, Integrity, TrainState};
-use tweedie_nn::train::log::{plot_loss_curve, read_column, LossCsv};
+use tweedie_nn::train::checkpoint::{Integrity, TrainState};
+use tweedie_nn::train::log::{loss_curve_png, read_column, LossCsv};
 use tweedie_nn::train::optim::AdamWConfig;
 use tweedie_nn::train::params::ParamLayout;
 use tweedie_nn::train::signal::StopFlag;
@@ -250,20 +250,62 @@ impl Drop for StartedLog {
     }
 }
 
+/// The files of a run, claimed before any work by the output policy (absent or regular
+/// files only, none of them an input) and each replaced whole when written; the loss log is
+/// appended in place (LossCsv).
+struct TrainFiles {
+    weights: OutputFile,
+    ckpt: OutputFile,
+    curve: OutputFile,
+    csv: PathBuf,
+}
+
+impl TrainFiles {
+    fn claim(args: &TrainArgs) -> Result<TrainFiles> {
+        let config = Path::new(&args.config);
+        // The checkpoint may be the one --resume reads: it is not counted as an input.
+        let inputs = [args.data.as_path(), config];
+        let with_resume: Vec<&Path> = inputs.into_iter().chain(args.resume.as_deref()).collect();
+        let csv = sibling(&args.out, "loss.csv");
+        OutputFile::claim(&csv, "the loss log", &with_resume)?;
+        Ok(TrainFiles {
+            weights: OutputFile::claim(&args.out, "--out", &with_resume)?,
+            ckpt: OutputFile::claim(
+                &sibling(&args.out, "ckpt.safetensors"),
+                "the checkpoint",
+                &inputs,
+            )?,
+            curve: OutputFile::claim(
+                &sibling(&args.out, "loss.png"),
+                "the loss curve",
+                &with_resume,
+            )?,
+            csv,
+        })
+    }
+}
+
+/// Writes `bytes` to the output's staging file, syncs it and renames it over the output (a
+/// crash leaves the old file or the new one); a failed write removes the staging file.
+fn write_whole(file: &OutputFile, bytes: &[u8]) -> Result<()> {
+    let staged = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(file.staging())?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = staged {
+        let _ = std::fs::remove_file(file.staging());
+        return Err(e).with_context(|| format!("cannot write {}", file.path().display()));
+    }
+    file.commit()
+}
+
 /// Runs `host train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let mut run_config = run_config(args)?;
     let preset = run_config.preset;
-    let ckpt = sibling(&args.out, "ckpt.safetensors");
-    let csv_path = sibling(&args.out, "loss.csv");
-    for (path, what) in [
-        (&args.out, "--out"),
-        (&ckpt, "checkpoint"),
-        (&csv_path, "loss log"),
-        (&sibling(&args.out, "loss.png"), "loss curve"),
-    ] {
-        Outputs::check_file(path, what)?;
-    }
+    let files = TrainFiles::claim(args)?;
+    let (ckpt, csv_path) = (files.ckpt.path().to_path_buf(), files.csv.clone());
     check_fresh_start(args, &ckpt, &csv_path)?;
     let config = ModelConfig::load(&args.config)?.adm()?.clone();
     let arch = AdmArch::new(&config)?;
@@ -322,17 +364,17 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         ])
     };
     let save = |run: &AdmRun| -> Result<()> {
-        run.state.save(&ckpt, &layout)?;
-        export(
-            &args.out,
+        write_whole(&files.ckpt, &run.state.to_bytes(&layout)?)?;
+        let weights = export_bytes(
             &layout,
             &arch,
             run.state.ema.weights(),
             &meta(run.state.step),
             args.f16,
         )?;
+        write_whole(&files.weights, &weights)?;
         let points = read_column(&csv_path, "loss")?;
-        plot_loss_curve(&sibling(&args.out, "loss.png"), &points, 50, 800, 400)
+        write_whole(&files.curve, &loss_curve_png(&points, 50, 800, 400)?)
     };
     let start = Instant::now();
     let first = run.state.step;
@@ -445,7 +487,11 @@ fn sample_grid(args: &TrainArgs, preset: Preset, step: u64, threads: usize) -> R
     ];
     let cli = <super::Cli as clap::Parser>::try_parse_from(argv)
         .context("--sample-every: building the sample command")?;
-    super::run(cli).context("--sample-every: sampling the exported weights")?;
+    // Straight to `sample`: the training run keeps its own signal handling (checkpoint first).
+    let super::Command::Sample(sample) = cli.command else {
+        bail!("--sample-every: the sample command line did not parse as `sample`");
+    };
+    super::sample::run(&sample).context("--sample-every: sampling the exported weights")?;
     let grid = dir.join(format!("step_{step:06}.png"));
     std::fs::rename(scratch.join("grid.png"), &grid)
         .with_context(|| format!("cannot write {}", grid.display()))?;
@@ -453,16 +499,15 @@ fn sample_grid(args: &TrainArgs, preset: Preset, step: u64, threads: usize) -> R
     Ok(grid)
 }
 
-/// Writes the weights with `tweedie.*` metadata; with `f16`, conv and linear weights become
-/// f16 (biases and GroupNorm parameters stay f32, as the loader's f16 policy). Atomic.
-pub fn export(
-    path: &Path,
+/// The weights file with `tweedie.*` metadata; with `f16`, conv and linear weights become
+/// f16 (biases and GroupNorm parameters stay f32, as the loader's f16 policy).
+fn export_bytes(
     layout: &ParamLayout,
     arch: &AdmArch,
     values: &[f32],
     metadata: &BTreeMap<String, String>,
     f16_weights: bool,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     layout.check_buffer(values.len())?;
     let specs = arch.state_dict();
     let bytes: Vec<Vec<u8>> = layout
@@ -494,6 +539,5 @@ pub fn export(
             (v.name.clone(), dtype, v.shape.clone(), &b[..])
         })
         .collect();
-    let out = serialize_sorted(&tensors, metadata).context("cannot serialise weights")?;
-    write_atomic(path, &out)
+    serialize_sorted(&tensors, metadata).context("cannot serialise weights")
 }

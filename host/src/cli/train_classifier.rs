@@ -16,7 +16,8 @@ use serde_json::json;
 use super::common::threads;
 use crate::eval::judge::{Judge, Reference};
 use crate::image_io::sha256_hex;
-use crate::run::output::{build_info, Outputs};
+use crate::run::output::build_info;
+use crate::run::output_policy::Outputs;
 use crate::run::progress::human_seconds;
 use crate::{errln, outln};
 use tweedie_nn::data::{file_sha256, Dataset, MnistSplit};
@@ -69,7 +70,7 @@ pub struct TrainClassifierArgs {
 /// Runs `host train-classifier`.
 pub fn run(args: &TrainClassifierArgs) -> Result<ExitCode> {
     let start = Instant::now();
-    Outputs::check_file(&args.out, "--out")?;
+    Outputs::check_file(&args.out, "--out", &[&args.data])?;
     let threads = threads(args.threads);
     let cfg = ClassifyConfig {
         epochs: args.epochs,
@@ -166,7 +167,7 @@ pub fn run(args: &TrainClassifierArgs) -> Result<ExitCode> {
     let bytes = judge.to_bytes(metadata)?;
     let mut out = Outputs::files();
     out.write(&args.out, &bytes)?;
-    out.commit();
+    out.commit()?;
     outln!(
         "test accuracy {:.2} % ({} of {}), training accuracy {:.2} %",
         100.0 * test_accuracy,

@@ -62,7 +62,11 @@ impl Checkpoint {
     /// Reads `path` whole and opens it.
     pub fn open(path: &Path) -> Result<Checkpoint> {
         let label = path.display().to_string();
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {label}"))?;
+        let bytes = tweedie_nn::input::read_capped(
+            path,
+            "PyTorch checkpoint",
+            tweedie_nn::input::MAX_CHECKPOINT_BYTES,
+        )?;
         Self::from_bytes(bytes, label)
     }
 

@@ -4,7 +4,6 @@
 //! atomically after loading it back with the same strict loader `host sample` uses.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -322,33 +321,11 @@ fn serialize(
     safetensors::serialize(views, Some(meta.to_map())).context("cannot serialise the weights")
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file next to it, flushed, loaded back
-/// strictly against `spec` (as `host sample` will), then renamed over `path`.
-pub fn write_verified(path: &Path, bytes: &[u8], spec: &[TensorSpec]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .context("the output path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        drop(f);
-        let file = SafetensorsFile::open(&tmp)?;
-        WeightsMeta::parse(&file.metadata()?)?;
-        Weights::load(&file, spec, Precision::F32)?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Loads the written weights file `path` back strictly against `spec`, as `host sample`
+/// will (before it is renamed into place).
+pub fn verify_written(path: &Path, spec: &[TensorSpec]) -> Result<()> {
+    let file = SafetensorsFile::open(path)?;
+    WeightsMeta::parse(&file.metadata()?)?;
+    Weights::load(&file, spec, Precision::F32)?;
+    Ok(())
 }

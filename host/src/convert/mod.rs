@@ -15,4 +15,4 @@ pub mod pickle;
 pub mod zip;
 
 pub use checkpoint::{Checkpoint, Contents, Layout};
-pub use export::{convert, write_verified, ConvertOptions, Converted};
+pub use export::{convert, verify_written, ConvertOptions, Converted};

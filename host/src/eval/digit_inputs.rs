@@ -144,9 +144,7 @@ fn read_pngs(files: &[PathBuf], source: String) -> Result<Digits> {
 /// One digit image into `out` (32×32 bytes).
 fn read_png(path: &Path, out: &mut [u8]) -> Result<()> {
     let label = path.display();
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {label}"))?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| anyhow::anyhow!("{label} is not a readable image: {e}"))?;
+    let img = tweedie_nn::input::read_image(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let gray = match &img {
         DynamicImage::ImageLuma8(g) => g.as_raw().clone(),

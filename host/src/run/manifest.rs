@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::output::Outputs;
+use super::output_policy::Outputs;
 use super::shard::Shard;
 use super::stream::ImageShape;
 
@@ -83,8 +83,7 @@ pub struct Manifest {
 
 /// sha256 of a file, streamed.
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = tweedie_nn::input::open_regular(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -258,7 +257,7 @@ impl Manifest {
                 dir.display()
             );
         }
-        let text = std::fs::read_to_string(&path).with_context(|| {
+        let text = tweedie_nn::input::read_text(&path, "shard manifest").with_context(|| {
             format!(
                 "{}: not a shard folder (no readable {MANIFEST})",
                 dir.display()

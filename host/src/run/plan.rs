@@ -232,6 +232,9 @@ fn core(e: Error, what: &str) -> anyhow::Error {
     anyhow::anyhow!("{what}: {e}")
 }
 
+/// Memory per plan step: the step (σ, σ_net, t, γ, T) and its tables, with room to spare.
+const PLAN_STEP_BYTES: u64 = 128;
+
 impl PlanArgs {
     fn preset(&self, kind: Kind, purpose: Purpose) -> Result<(String, Preset)> {
         let name = match (&self.preset, kind, purpose) {
@@ -306,6 +309,14 @@ impl PlanArgs {
                 sigma_y * sigma_y / norm_sq
             );
         }
+        let steps = self
+            .steps
+            .unwrap_or(0)
+            .max(self.ncsn_levels.saturating_mul(self.steps_per_level));
+        super::memory::check(
+            &format!("a plan of {steps} steps"),
+            super::memory::product(&[steps as u64, PLAN_STEP_BYTES]),
+        )?;
         let plan = match self.sampler {
             SamplerName::Template => AnyPlan::Template(self.template(model, purpose)?),
             SamplerName::Ddpm => AnyPlan::Ddpm(Ddpm {

@@ -103,6 +103,9 @@ impl Observer for Watch<'_> {
         if self.abort.load(Ordering::Relaxed) {
             return Err(Error::Denoiser("stopped: another batch failed"));
         }
+        if super::interrupt::requested() {
+            return Err(Error::Denoiser("stopped by a signal"));
+        }
         self.progress.advance(self.batch as u64);
         let done = step.k + 1;
         if let Some(every) = self.every {
@@ -160,6 +163,7 @@ pub fn run_chains(job: &Job<'_>, model: &Model, progress: &Progress) -> Result<R
             });
         }
     });
+    super::interrupt::check()?;
     if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }

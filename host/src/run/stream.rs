@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::output::{f32_safetensors_header, Outputs};
+use super::output::f32_safetensors_header;
+use super::output_policy::Outputs;
 use crate::image_io::to_planes;
 use anyhow::{bail, Context, Result};
 use tweedie_nn::weights::meta::DataRange;
@@ -270,7 +271,7 @@ impl ChainsFile {
     /// `shape`.
     pub fn open(path: &Path, shape: ImageShape) -> Result<ChainsFile> {
         let label = path.display();
-        let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {label}"))?;
+        let mut f = tweedie_nn::input::open_regular(path)?;
         let mut n8 = [0u8; 8];
         f.read_exact(&mut n8)
             .with_context(|| format!("{label}: not a safetensors file"))?;
@@ -316,8 +317,7 @@ impl ChainsFile {
     /// Calls `f` with every chain in the file, reading one chain at a time.
     pub fn each(&self, f: &mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()> {
         let label = self.path.display();
-        let mut file =
-            std::fs::File::open(&self.path).with_context(|| format!("cannot open {label}"))?;
+        let mut file = tweedie_nn::input::open_regular(&self.path)?;
         file.seek(SeekFrom::Start(self.data_start))
             .with_context(|| format!("cannot read {label}"))?;
         let mut r = std::io::BufReader::new(file);

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 /// Magic of a 3-D unsigned-byte IDX file (images).
 pub const MAGIC_IMAGES: u32 = 0x0000_0803;
@@ -56,7 +56,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read IDX file {}", path.display()))
+    crate::input::read_capped(path, "IDX file", crate::input::MAX_IDX_BYTES)
 }
 
 /// Checks the header of an unsigned-byte IDX file with `ndims` dimensions and returns the

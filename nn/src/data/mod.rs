@@ -255,8 +255,7 @@ impl Preprocess {
 
 /// The lowercase hex sha256 of a file (streamed).
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = crate::input::open_regular(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

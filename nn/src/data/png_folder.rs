@@ -64,12 +64,7 @@ fn png_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn decode(path: &Path) -> Result<DynamicImage> {
-    image::ImageReader::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .decode()
-        .with_context(|| format!("{} is not a readable image", path.display()))
+    crate::input::read_image(path)
 }
 
 /// (channels, height, width) of an 8-bit grayscale or RGB image; anything else is an error.

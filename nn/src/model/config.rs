@@ -31,7 +31,7 @@ impl ModelConfig {
             return Ok(ModelConfig::Ncsnpp(NcsnppConfig::ffhq256()));
         }
         let path = Path::new(spec);
-        let text = std::fs::read_to_string(path).with_context(|| {
+        let text = crate::input::read_text(path, "config file").with_context(|| {
             format!(
                 "cannot read config file {spec} (built-in names: {})",
                 BUILTIN_NAMES.join(", ")

@@ -158,6 +158,17 @@ pub fn plot_loss_curve(
     width: u32,
     height: u32,
 ) -> Result<()> {
+    let bytes = loss_curve_png(points, window, width, height)?;
+    super::checkpoint::write_atomic(path, &bytes)
+}
+
+/// The loss curve of [`plot_loss_curve`] as PNG bytes.
+pub fn loss_curve_png(
+    points: &[(u64, f64)],
+    window: usize,
+    width: u32,
+    height: u32,
+) -> Result<Vec<u8>> {
     let img = render_loss_curve(points, window, width, height)?;
     let mut bytes = Vec::new();
     img.write_to(
@@ -165,7 +176,7 @@ pub fn plot_loss_curve(
         image::ImageFormat::Png,
     )
     .context("cannot encode the loss curve PNG")?;
-    super::checkpoint::write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// The loss-curve image (see [`plot_loss_curve`]).

@@ -1,21 +1,26 @@
-//! The stop flag of a training run: SIGINT (Ctrl-C) and SIGTERM record themselves; the loop
-//! polls [`StopFlag::signal`] between steps, finishes the checkpoint and exits with
+//! The stop flag of a run: SIGINT (Ctrl-C) and SIGTERM set it and record which signal came;
+//! loops poll [`StopFlag::requested`], finish what must be finished and exit with
 //! [`StopFlag::exit_code`] (130 for SIGINT, 143 for SIGTERM, as shells report them).
 //!
-//! Further signals change nothing: a second SIGTERM a few milliseconds after the first (as
-//! process supervisors send) must not cost the run its checkpoint. SIGKILL still ends a run at
-//! once; checkpoints are written atomically, so the previous one stays intact.
+//! [`StopFlag::install`] (training): further signals change nothing. A second SIGTERM a few
+//! milliseconds after the first (as process supervisors send) must not cost the run its
+//! checkpoint; SIGKILL still ends a run at once, and checkpoints are written atomically, so
+//! the previous one stays intact. [`StopFlag::install_escalating`] (commands with nothing to
+//! save, `host::run::interrupt`): a second signal ends the process at once, 128 + its number.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::flag;
 
-/// A shared "please stop" flag holding the number of the signal that set it (0: none).
+/// A shared "please stop" flag and the number of the last signal that set it (0: none).
 #[derive(Debug, Clone, Default)]
-pub struct StopFlag(Arc<AtomicUsize>);
+pub struct StopFlag {
+    set: Arc<AtomicBool>,
+    signal: Arc<AtomicUsize>,
+}
 
 impl StopFlag {
     /// A flag that only [`request`](Self::request) sets (tests, embedding).
@@ -23,32 +28,50 @@ impl StopFlag {
         StopFlag::default()
     }
 
-    /// A flag set by SIGINT and SIGTERM (registering again adds handlers; call once).
+    /// A flag set by SIGINT and SIGTERM; every further signal only records itself
+    /// (registering again adds handlers; call once).
     pub fn install() -> Result<StopFlag> {
+        Self::register(false)
+    }
+
+    /// A flag set by SIGINT and SIGTERM; a signal arriving while the flag is already set
+    /// ends the process at once with 128 + its number.
+    pub fn install_escalating() -> Result<StopFlag> {
+        Self::register(true)
+    }
+
+    fn register(escalate: bool) -> Result<StopFlag> {
         let stop = StopFlag::new();
         for sig in [SIGINT, SIGTERM] {
-            flag::register_usize(sig, Arc::clone(&stop.0), sig as usize)
-                .context("cannot install the signal handlers")?;
+            let context = "cannot install the signal handlers";
+            if escalate {
+                // Before the flag is set by this signal: only a later one exits.
+                flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop.set))
+                    .context(context)?;
+            }
+            flag::register_usize(sig, Arc::clone(&stop.signal), sig as usize).context(context)?;
+            flag::register(sig, Arc::clone(&stop.set)).context(context)?;
         }
         Ok(stop)
     }
 
     /// Whether a stop was requested.
     pub fn requested(&self) -> bool {
-        self.signal().is_some()
+        self.set.load(Ordering::SeqCst)
     }
 
     /// The signal that requested the stop (the last one when several arrived).
     pub fn signal(&self) -> Option<i32> {
-        match self.0.load(Ordering::SeqCst) {
+        match self.signal.load(Ordering::SeqCst) {
             0 => None,
-            s => Some(s as i32),
+            s => i32::try_from(s).ok(),
         }
     }
 
     /// The exit status of a run stopped by this flag: 128 + the signal number.
     pub fn exit_code(&self) -> Option<u8> {
-        self.signal().map(|s| (128 + s).clamp(0, 255) as u8)
+        self.signal()
+            .map(|s| u8::try_from(128 + s).unwrap_or(u8::MAX))
     }
 
     /// The signal's name for messages.
@@ -62,7 +85,9 @@ impl StopFlag {
 
     /// Requests a stop as `signal` would.
     pub fn request(&self, signal: i32) {
-        self.0.store(signal.max(1) as usize, Ordering::SeqCst);
+        self.signal
+            .store(usize::try_from(signal).unwrap_or(0), Ordering::SeqCst);
+        self.set.store(true, Ordering::SeqCst);
     }
 }
 

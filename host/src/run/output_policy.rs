@@ -1,0 +1,686 @@
+//! The output policy of every command: what `host` may replace, and how a run's files appear
+//! (all at once, or not at all).
+//!
+//! Rules (issue 22):
+//! - A **folder output** (`--out DIR` of sample, restore, merge, a shard) must be absent, empty,
+//!   or a folder `host` wrote earlier (it holds a `run.json`, `shard.json` or `table.json` whose
+//!   JSON has a `"command"`). Anything else in it is an error naming the first such entry. The
+//!   new run is written into the marked staging folder `.NAME.host-staging` beside it and
+//!   swapped in as a unit at [`Outputs::commit`] (an atomic exchange of the two folders; where
+//!   the file system cannot exchange, the old folder is moved aside to `.NAME.host-old` first).
+//!   The old run is then deleted: a rerun with a smaller `--n` leaves no stale files.
+//! - A **file output** (`denoise OUT`, `measure --out`, `schedule --out/--plot`, `evaluate
+//!   --out`…) replaces only a regular file: a folder, symlink, FIFO, device node or socket at
+//!   that path is an error naming it. It is written to `.NAME.host-staging` beside it and
+//!   renamed over the path at commit. `-` is stdout, for text outputs only
+//!   ([`OutputFile::is_stdout`]; the command prints the text itself).
+//! - An output that **is an input** (the same file, or a folder holding an input) is an error.
+//! - A set of outputs dropped without [`Outputs::commit`] (an error, a signal turned into an
+//!   error) removes its staging entries; the paths keep what they held before.
+//! - After SIGKILL at most one staging entry per output remains (its name is fixed), and the
+//!   next claim of that output removes it — only when it is recognisably ours.
+//!
+//! API: claim every output before the work (so a bad path fails in milliseconds), write during
+//! the run, commit at the end:
+//! ```ignore
+//! let mut out = Outputs::in_folder(&args.out, &[&input])?;   // folder output, or
+//! let mut out = Outputs::files(); Outputs::check_file(&path, "--out", &[&input])?;
+//! out.write("run.json", &bytes)?;         // relative to the folder (file mode: the path)
+//! out.write_with("big.safetensors", |w| { … })?;
+//! out.commit()?;                          // swap in the folder / rename the files
+//! ```
+//! [`OutputDir`] and [`OutputFile`] are the two claims on their own, for commands (train) that
+//! manage their writes themselves.
+
+use std::ffi::OsString;
+use std::fs::{self, FileType};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Suffix of the staging entry beside an output (`.NAME.host-staging`).
+pub const STAGING_SUFFIX: &str = ".host-staging";
+/// Suffix of an old folder output moved aside during a non-atomic swap (`.NAME.host-old`).
+const ASIDE_SUFFIX: &str = ".host-old";
+/// Marker file inside a staging folder while it is being written.
+const STAGING_MARK: &str = ".host-staging-mark";
+/// Files that make a folder one `host` wrote: run.json, a shard manifest, a merged table.
+const RUN_RECORDS: [&str; 3] = ["run.json", "shard.json", "table.json"];
+
+/// What is at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Absent,
+    File,
+    Folder,
+    /// Something `host` never replaces: symlink, FIFO, device node, socket.
+    Special(&'static str),
+}
+
+fn kind_of(t: FileType) -> Found {
+    if t.is_symlink() {
+        Found::Special("symlink")
+    } else if t.is_dir() {
+        Found::Folder
+    } else if t.is_file() {
+        Found::File
+    } else if t.is_fifo() {
+        Found::Special("FIFO")
+    } else if t.is_char_device() {
+        Found::Special("character device")
+    } else if t.is_block_device() {
+        Found::Special("block device")
+    } else if t.is_socket() {
+        Found::Special("socket")
+    } else {
+        Found::Special("special file")
+    }
+}
+
+/// What is at `path` (not following a symlink).
+fn inspect(path: &Path) -> Result<Found> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(kind_of(m.file_type())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Absent),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+}
+
+/// `path`'s folder ("." for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// `.NAME{suffix}` beside `path`.
+fn beside(path: &Path, suffix: &str) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("output {} has no file name", path.display()))?;
+    let mut hidden = OsString::from(".");
+    hidden.push(name);
+    hidden.push(suffix);
+    Ok(parent_of(path).join(hidden))
+}
+
+/// The staging entry of output `path`.
+pub fn staging_path(path: &Path) -> Result<PathBuf> {
+    beside(path, STAGING_SUFFIX)
+}
+
+fn check_parent(path: &Path, flag: &str) -> Result<()> {
+    let parent = parent_of(path);
+    if !parent.is_dir() {
+        bail!(
+            "{flag} {}: folder {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether folder `dir` holds a run record that `host` wrote.
+fn is_host_run(dir: &Path) -> bool {
+    RUN_RECORDS.iter().any(|name| {
+        let path = dir.join(name);
+        matches!(inspect(&path), Ok(Found::File))
+            && fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v.get("command").is_some_and(|c| c.is_string()))
+    })
+}
+
+/// The first entry of `dir` in name order, if any.
+fn first_entry(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut names = fs::read_dir(dir)
+        .with_context(|| format!("cannot read folder {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("cannot read folder {}", dir.display()))?;
+    names.sort();
+    Ok(names.first().map(|n| dir.join(n)))
+}
+
+/// Whether `input` is `output` or lies inside it (same file by device and inode, else by path).
+fn overlaps(output: &Path, input: &Path) -> bool {
+    let (Ok(o), Ok(i)) = (fs::canonicalize(output), fs::canonicalize(input)) else {
+        return false;
+    };
+    if i.starts_with(&o) {
+        return true;
+    }
+    match (fs::metadata(output), fs::metadata(input)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+fn check_inputs(path: &Path, flag: &str, inputs: &[&Path]) -> Result<()> {
+    if let Some(input) = inputs.iter().find(|i| overlaps(path, i)) {
+        bail!(
+            "{flag} {}: is an input ({}); write the output elsewhere",
+            path.display(),
+            input.display()
+        );
+    }
+    Ok(())
+}
+
+/// Removes a staging (or moved-aside) entry a killed run left at `stale`, when it is ours:
+/// a regular file, or a folder that is empty, marked, or a `host` run. Anything else is an
+/// error naming it.
+fn remove_stale(stale: &Path, want_folder: bool) -> Result<()> {
+    let ours = match inspect(stale)? {
+        Found::Absent => return Ok(()),
+        Found::File => !want_folder,
+        Found::Folder => {
+            want_folder
+                && (stale.join(STAGING_MARK).is_file()
+                    || is_host_run(stale)
+                    || first_entry(stale)?.is_none())
+        }
+        Found::Special(_) => false,
+    };
+    if !ours {
+        bail!(
+            "{} is in the way: not a staging entry host left; move it away",
+            stale.display()
+        );
+    }
+    let removed = if want_folder {
+        fs::remove_dir_all(stale)
+    } else {
+        fs::remove_file(stale)
+    };
+    removed.with_context(|| format!("cannot remove the stale {}", stale.display()))
+}
+
+/// A claimed folder output: the new run is written into its staging folder and swapped in by
+/// [`OutputDir::commit`]; dropped uncommitted, the staging folder is removed.
+#[derive(Debug)]
+pub struct OutputDir {
+    path: PathBuf,
+    staging: PathBuf,
+    committed: bool,
+}
+
+impl OutputDir {
+    /// Claims folder `path` for `flag` (see the module rules), clears what a killed run left
+    /// beside it and creates the staging folder. `inputs` may not lie inside `path`.
+    pub fn claim(path: &Path, flag: &str, inputs: &[&Path]) -> Result<OutputDir> {
+        check_parent(path, flag)?;
+        let staging = staging_path(path)?;
+        let aside = beside(path, ASIDE_SUFFIX)?;
+        // A run killed between moving the old folder aside and renaming the new one in.
+        if inspect(path)? == Found::Absent && inspect(&aside)? == Found::Folder {
+            fs::rename(&aside, path)
+                .with_context(|| format!("cannot restore {}", path.display()))?;
+        }
+        match inspect(path)? {
+            Found::Absent => {}
+            Found::Folder => {
+                if let Some(entry) = first_entry(path)? {
+                    if !is_host_run(path) {
+                        bail!(
+                            "{flag} {}: {} is in the way (the folder is not empty and host did \
+                             not write it); choose a new folder or empty this one",
+                            path.display(),
+                            entry.display()
+                        );
+                    }
+                }
+            }
+            Found::File => bail!("{flag} {}: a file is in the way", path.display()),
+            Found::Special(what) => bail!("{flag} {}: a {what} is in the way", path.display()),
+        }
+        check_inputs(path, flag, inputs)?;
+        remove_stale(&staging, true)?;
+        remove_stale(&aside, true)?;
+        fs::create_dir(&staging)
+            .with_context(|| format!("cannot create folder {}", staging.display()))?;
+        let dir = OutputDir {
+            path: path.to_path_buf(),
+            staging,
+            committed: false,
+        };
+        fs::write(dir.staging.join(STAGING_MARK), b"")
+            .with_context(|| format!("cannot write in {}", dir.staging.display()))?;
+        Ok(dir)
+    }
+
+    /// The final folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the files are written until commit.
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Puts the staged run at the folder's path and deletes the run it replaces.
+    pub fn commit(mut self) -> Result<()> {
+        let mark = self.staging.join(STAGING_MARK);
+        fs::remove_file(&mark).with_context(|| format!("cannot remove {}", mark.display()))?;
+        match inspect(&self.path)? {
+            Found::Absent => rename(&self.staging, &self.path)?,
+            Found::Folder if first_entry(&self.path)?.is_none() || is_host_run(&self.path) => {
+                self.swap_in()?
+            }
+            _ => bail!(
+                "{}: changed during the run and is no longer a folder host wrote; the new run \
+                 is in {}",
+                self.path.display(),
+                self.staging.display()
+            ),
+        }
+        self.committed = true;
+        Ok(())
+    }
+
+    /// Exchanges the staging folder with the old one (the old run then sits at the staging
+    /// name, and is deleted); without exchange support, moves the old folder aside first.
+    fn swap_in(&self) -> Result<()> {
+        match exchange(&self.staging, &self.path) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                let aside = beside(&self.path, ASIDE_SUFFIX)?;
+                rename(&self.path, &aside)?;
+                rename(&self.staging, &self.path)?;
+                return remove_all(&aside);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot move the new run into {}", self.path.display())
+                })
+            }
+        }
+        remove_all(&self.staging)
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).with_context(|| format!("cannot rename to {}", to.display()))
+}
+
+fn remove_all(dir: &Path) -> Result<()> {
+    fs::remove_dir_all(dir).with_context(|| format!("cannot remove the old run {}", dir.display()))
+}
+
+/// renameat2(RENAME_EXCHANGE): swaps two paths atomically.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A claimed file output: absent or a regular file, not an input, its folder existing.
+#[derive(Debug, Clone)]
+pub struct OutputFile {
+    path: PathBuf,
+    staging: PathBuf,
+}
+
+impl OutputFile {
+    /// `-`: the text goes to stdout.
+    pub fn is_stdout(path: &Path) -> bool {
+        path.as_os_str() == "-"
+    }
+
+    /// Claims file `path` for `flag` (see the module rules) and removes a staging file a
+    /// killed run left beside it.
+    pub fn claim(path: &Path, flag: &str, inputs: &[&Path]) -> Result<OutputFile> {
+        if Self::is_stdout(path) {
+            bail!("{flag} -: this output is not text; give a file name");
+        }
+        check_parent(path, flag)?;
+        match inspect(path)? {
+            Found::Absent | Found::File => {}
+            Found::Folder => bail!("{flag} {}: is a folder", path.display()),
+            Found::Special(what) => bail!(
+                "{flag} {}: is a {what}; host replaces only regular files",
+                path.display()
+            ),
+        }
+        check_inputs(path, flag, inputs)?;
+        let staging = staging_path(path)?;
+        remove_stale(&staging, false)?;
+        Ok(OutputFile {
+            path: path.to_path_buf(),
+            staging,
+        })
+    }
+
+    /// The output's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the bytes are written until commit.
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Renames the staged bytes over the path, after checking again that only a regular file
+    /// is replaced.
+    pub fn commit(&self) -> Result<()> {
+        match inspect(&self.path)? {
+            Found::Absent | Found::File => {}
+            Found::Folder => bail!("{}: became a folder during the run", self.path.display()),
+            Found::Special(what) => bail!(
+                "{}: became a {what} during the run; not replaced",
+                self.path.display()
+            ),
+        }
+        rename(&self.staging, &self.path)
+    }
+}
+
+/// The output files of one command, all-or-nothing: a folder output or single files.
+#[derive(Debug)]
+pub struct Outputs {
+    dir: Option<OutputDir>,
+    files: Vec<OutputFile>,
+    /// The files written, as given to `write` (relative to the folder).
+    written: Vec<PathBuf>,
+    committed: bool,
+}
+
+impl Outputs {
+    /// Outputs under folder `dir` (flag `--out`), claimed now, before any work; `inputs` may
+    /// not lie inside it.
+    pub fn in_folder(dir: &Path, inputs: &[&Path]) -> Result<Outputs> {
+        Ok(Outputs {
+            dir: Some(OutputDir::claim(dir, "--out", inputs)?),
+            files: Vec::new(),
+            written: Vec::new(),
+            committed: false,
+        })
+    }
+
+    /// Outputs that are single files anywhere (claim each early with [`Outputs::check_file`]).
+    pub fn files() -> Outputs {
+        Outputs {
+            dir: None,
+            files: Vec::new(),
+            written: Vec::new(),
+            committed: false,
+        }
+    }
+
+    /// Checks now, before any work, that file output `path` of `flag` may be written later.
+    pub fn check_file(path: &Path, flag: &str, inputs: &[&Path]) -> Result<()> {
+        OutputFile::claim(path, flag, inputs).map(drop)
+    }
+
+    /// Where the files written so far are (the staging folder until commit).
+    pub fn root(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map_or(Path::new(""), |d| d.staging.as_path())
+    }
+
+    /// Every file written so far, relative to the root, in order.
+    pub fn written_files(&self) -> &[PathBuf] {
+        &self.written
+    }
+
+    /// Where the written output `rel` sits until commit (relative to [`Outputs::root`]).
+    pub fn staged(&self, rel: &Path) -> Result<PathBuf> {
+        if self.dir.is_some() {
+            return Ok(rel.to_path_buf());
+        }
+        self.files
+            .iter()
+            .find(|f| f.path == rel)
+            .map(|f| f.staging.clone())
+            .with_context(|| format!("{} was not written", rel.display()))
+    }
+
+    /// Where `rel` is staged; creates its sub-folders in the staging folder.
+    fn stage(&mut self, rel: &Path) -> Result<PathBuf> {
+        if let Some(dir) = &self.dir {
+            let path = dir.staging.join(rel);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create folder {}", parent.display()))?;
+            }
+            return Ok(path);
+        }
+        if self.files.iter().any(|f| f.path == rel) {
+            bail!("{} is named twice as an output", rel.display());
+        }
+        let file = OutputFile::claim(rel, "output", &[])?;
+        let staging = file.staging.clone();
+        self.files.push(file);
+        Ok(staging)
+    }
+
+    /// Writes `bytes` to `rel` (relative to the folder; in file mode, the file's path).
+    pub fn write(&mut self, rel: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+        self.write_with(rel, |w| Ok(w.write_all(bytes)?))
+    }
+
+    /// Writes `rel` as [`Outputs::write`] does, from a writer `fill` streams into (so a large
+    /// file never sits in memory).
+    pub fn write_with(
+        &mut self,
+        rel: impl AsRef<Path>,
+        fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+    ) -> Result<()> {
+        let rel = rel.as_ref();
+        super::interrupt::check()?;
+        let staged = self.stage(rel)?;
+        let shown = self
+            .dir
+            .as_ref()
+            .map_or(rel.to_path_buf(), |d| d.path.join(rel));
+        let file = fs::File::create(&staged)
+            .with_context(|| format!("cannot write {}", shown.display()))?;
+        let mut w = BufWriter::new(file);
+        fill(&mut w).with_context(|| format!("cannot write {}", shown.display()))?;
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot write {}", shown.display()))?;
+        self.written.push(rel.to_path_buf());
+        Ok(())
+    }
+
+    /// Copies the file `src` to `rel`, streamed.
+    pub fn copy_from(&mut self, rel: impl AsRef<Path>, src: &Path) -> Result<()> {
+        let mut file = tweedie_nn::input::open_regular(src)?;
+        self.write_with(rel, |w| {
+            std::io::copy(&mut file, w)
+                .with_context(|| format!("cannot read {}", src.display()))?;
+            Ok(())
+        })
+    }
+
+    /// Puts every output in place: the folder as a unit, the files each by one rename.
+    pub fn commit(mut self) -> Result<()> {
+        super::interrupt::check()?;
+        if let Some(dir) = self.dir.take() {
+            dir.commit()?;
+        }
+        for file in &self.files {
+            file.commit()?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        if !self.committed {
+            for file in &self.files {
+                let _ = fs::remove_file(&file.staging);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let base =
+            std::env::temp_dir().join(format!("tweedie-policy-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir(&base).unwrap();
+        base
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    const RUN: &[u8] = b"{\"command\": \"sample\"}";
+
+    #[test]
+    fn dropped_outputs_leave_nothing_and_committed_ones_stay() {
+        let base = scratch("drop");
+        let dir = base.join("run");
+        {
+            let mut o = Outputs::in_folder(&dir, &[]).unwrap();
+            o.write("a.txt", b"1").unwrap();
+            o.write("sub/b.txt", b"2").unwrap();
+            assert!(!dir.exists(), "nothing appears before commit");
+        }
+        assert!(names(&base).is_empty(), "a failed run leaves nothing");
+        let mut o = Outputs::in_folder(&dir, &[]).unwrap();
+        o.write("a.txt", b"1").unwrap();
+        o.commit().unwrap();
+        assert_eq!(names(&dir), ["a.txt"]);
+        assert_eq!(names(&base), ["run"]);
+        let e = Outputs::in_folder(&base.join("missing/run"), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("does not exist"));
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_host_run_is_replaced_as_a_unit_and_foreign_folders_are_refused() {
+        let base = scratch("replace");
+        let dir = base.join("run");
+        let mut o = Outputs::in_folder(&dir, &[]).unwrap();
+        o.write("run.json", RUN).unwrap();
+        o.write("sample_0001.png", b"old").unwrap();
+        o.commit().unwrap();
+        let mut o = Outputs::in_folder(&dir, &[]).unwrap();
+        o.write("run.json", RUN).unwrap();
+        o.commit().unwrap();
+        assert_eq!(names(&dir), ["run.json"], "no stale files of the old run");
+        assert_eq!(names(&base), ["run"]);
+
+        let foreign = base.join("mine");
+        fs::create_dir(&foreign).unwrap();
+        fs::write(foreign.join("sample_0000.png"), b"old").unwrap();
+        let e = format!("{:#}", Outputs::in_folder(&foreign, &[]).unwrap_err());
+        assert!(e.contains("mine/sample_0000.png is in the way"), "{e}");
+        assert_eq!(fs::read(foreign.join("sample_0000.png")).unwrap(), b"old");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_killed_runs_staging_is_removed_by_the_next_claim() {
+        let base = scratch("stale");
+        let dir = base.join("run");
+        let o = Outputs::in_folder(&dir, &[]).unwrap();
+        std::mem::forget(o); // as SIGKILL would
+        assert_eq!(names(&base), [".run.host-staging"]);
+        let mut o = Outputs::in_folder(&dir, &[]).unwrap();
+        o.write("run.json", RUN).unwrap();
+        o.commit().unwrap();
+        assert_eq!(names(&base), ["run"]);
+        // Something foreign under the staging name is not touched.
+        fs::create_dir(base.join(".run.host-staging")).unwrap();
+        fs::write(base.join(".run.host-staging/x"), b"").unwrap();
+        let e = format!("{:#}", Outputs::in_folder(&dir, &[]).unwrap_err());
+        assert!(e.contains(".run.host-staging is in the way"), "{e}");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn file_outputs_replace_only_regular_files_and_never_inputs() {
+        let base = scratch("files");
+        let link = base.join("link");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        let e = format!(
+            "{:#}",
+            Outputs::check_file(&link, "--out", &[]).unwrap_err()
+        );
+        assert!(e.contains("is a symlink"), "{e}");
+        let e = format!(
+            "{:#}",
+            Outputs::check_file(&base, "--out", &[]).unwrap_err()
+        );
+        assert!(e.contains("is a folder"), "{e}");
+        let e = format!(
+            "{:#}",
+            Outputs::check_file(Path::new("/dev/null"), "--out", &[]).unwrap_err()
+        );
+        assert!(e.contains("is a character device"), "{e}");
+        let input = base.join("in.png");
+        fs::write(&input, b"x").unwrap();
+        let e = format!(
+            "{:#}",
+            Outputs::check_file(&input, "out", &[&input]).unwrap_err()
+        );
+        assert!(e.contains("is an input"), "{e}");
+
+        let path = base.join("y.csv");
+        fs::write(&path, b"old").unwrap();
+        {
+            let mut o = Outputs::files();
+            o.write(&path, b"new").unwrap();
+            assert_eq!(fs::read(&path).unwrap(), b"old", "replaced only at commit");
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        let mut o = Outputs::files();
+        o.write(&path, b"new").unwrap();
+        assert!(o.write(&path, b"again").is_err(), "one path, one output");
+        o.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(names(&base), ["in.png", "link", "y.csv"]);
+        fs::remove_dir_all(&base).unwrap();
+    }
+}
