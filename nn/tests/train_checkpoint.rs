@@ -78,7 +78,7 @@ fn load_rewritten(tag: &str, edit: impl Fn(&mut Tensors, &mut HashMap<String, St
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
     std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
-    match TrainState::load(&path, &layout()) {
+    match TrainState::load(&path, &layout(), 5) {
         Ok(_) => panic!("{tag}: tampered checkpoint was accepted"),
         Err(e) => format!("{e:#}"),
     }
@@ -94,7 +94,7 @@ fn round_trip_and_atomic_write() {
     s.save(&path, &layout()).unwrap();
     s.save(&path, &layout()).unwrap(); // overwriting is fine
     assert_eq!(
-        TrainState::load(&path, &layout()).unwrap(),
+        TrainState::load(&path, &layout(), 5).unwrap(),
         (s.clone(), Integrity::Verified)
     );
     // One byte form: the same state writes the same bytes (sorted header keys).
@@ -217,7 +217,7 @@ fn format_1_loads_unverified() {
     let views: Vec<(String, TensorView<'_>)> = st.iter().map(|(n, t)| (n.to_string(), t)).collect();
     std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
     assert_eq!(
-        TrainState::load(&path, &layout()).unwrap(),
+        TrainState::load(&path, &layout(), 5).unwrap(),
         (state(), Integrity::Unverified)
     );
 }
@@ -227,13 +227,13 @@ fn wrong_files_and_layouts_are_refused() {
     let path = dir().join("layout.safetensors");
     state().save(&path, &layout()).unwrap();
     let other = ParamLayout::new([("w", vec![2, 3]), ("c", vec![2])]).unwrap();
-    let e = format!("{:#}", TrainState::load(&path, &other).unwrap_err());
+    let e = format!("{:#}", TrainState::load(&path, &other, 5).unwrap_err());
     assert!(e.contains("unexpected tensors"), "{e}");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-    let e = format!("{:#}", TrainState::load(&path, &layout()).unwrap_err());
+    let e = format!("{:#}", TrainState::load(&path, &layout(), 5).unwrap_err());
     assert!(e.contains("not a valid safetensors file"), "{e}");
-    assert!(TrainState::load(&dir().join("absent"), &layout()).is_err());
+    assert!(TrainState::load(&dir().join("absent"), &layout(), 5).is_err());
     // Buffers that do not match the layout, or reserved metadata keys, are not saved.
     let mut bad = state();
     bad.params.pop();
@@ -241,6 +241,17 @@ fn wrong_files_and_layouts_are_refused() {
     let mut bad = state();
     bad.metadata.insert("tweedie.step".into(), "9".into());
     assert!(bad.save(&path, &layout()).is_err());
+    // A state with NaN is not written (the file on disk stays the previous one).
+    let before = std::fs::read(&path).unwrap();
+    let mut bad = state();
+    bad.params[3] = f32::NAN;
+    let e = format!("{:#}", bad.save(&path, &layout()).unwrap_err());
+    assert!(e.contains("the weights hold NaN at element 3"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // Another data set size: refused before the data order is rebuilt.
+    state().save(&path, &layout()).unwrap();
+    let e = format!("{:#}", TrainState::load(&path, &layout(), 6).unwrap_err());
+    assert!(e.contains("covers 5 examples, the data set has 6"), "{e}");
 }
 
 #[test]
@@ -267,7 +278,7 @@ fn fuzz_seeds_follow_the_documented_hash() {
         .unwrap()
         .map(|e| {
             let path = e.unwrap().path();
-            match TrainState::load(&path, &layout()) {
+            match TrainState::load(&path, &layout(), 5) {
                 Ok((s, integrity)) => format!("ok {integrity:?} step {}", s.step),
                 Err(e) => {
                     let e = format!("{e:#}");

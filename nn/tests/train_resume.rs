@@ -172,7 +172,7 @@ fn resume_is_bit_exact() {
     drop(first);
 
     // Fresh process: load, then the rest.
-    let (mut second, integrity) = TrainState::load(&ckpt, &layout).unwrap();
+    let (mut second, integrity) = TrainState::load(&ckpt, &layout, ds.len()).unwrap();
     assert_eq!(integrity, Integrity::Verified);
     assert_eq!(second.step, STEPS / 2);
     assert_eq!(second.metadata["tweedie.train"], r#"{"preset":"toy"}"#);
@@ -189,6 +189,9 @@ fn resume_is_bit_exact() {
 
     // A save/load round trip of the final state is exact too.
     straight.save(&ckpt, &layout).unwrap();
-    assert_same(&straight, &TrainState::load(&ckpt, &layout).unwrap().0);
+    assert_same(
+        &straight,
+        &TrainState::load(&ckpt, &layout, ds.len()).unwrap().0,
+    );
     std::fs::remove_dir_all(ckpt.parent().unwrap()).unwrap();
 }

@@ -210,10 +210,15 @@ fn check_fresh_start(args: &TrainArgs, ckpt: &Path, csv: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads `--resume`: integrity-checked (a format-1 file with a warning) and at most at the
-/// step `--steps` asks for.
-fn load_checkpoint(path: &Path, layout: &ParamLayout, steps: u64) -> Result<TrainState> {
-    let (state, integrity) = TrainState::load(path, layout)?;
+/// Reads `--resume` for `data`: integrity-checked (a format-1 file with a warning) and at
+/// most at the step `--steps` asks for.
+fn load_checkpoint(
+    path: &Path,
+    layout: &ParamLayout,
+    data: &Dataset,
+    steps: u64,
+) -> Result<TrainState> {
+    let (state, integrity) = TrainState::load(path, layout, data.len())?;
     if integrity == Integrity::Unverified {
         errln!(
             "warning: {} predates checkpoint format 2: no integrity hash and no data hash to \
@@ -314,7 +319,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let threads = threads(args.threads);
     let layout = ParamLayout::from_specs(&arch.state_dict())?;
     let resume = match &args.resume {
-        Some(p) => Some(load_checkpoint(p, &layout, args.steps)?),
+        Some(p) => Some(load_checkpoint(p, &layout, &data, args.steps)?),
         None => None,
     };
     let mut run = AdmRun::new(&arch, &data, run_config.clone(), threads, resume).with_context(

@@ -543,7 +543,7 @@ mod tests {
             let path = dir.join(format!("{}.ckpt", preset.name()));
             let layout = first.model().layout().clone();
             first.state.save(&path, &layout).unwrap();
-            let (loaded, integrity) = TrainState::load(&path, &layout).unwrap();
+            let (loaded, integrity) = TrainState::load(&path, &layout, ds.len()).unwrap();
             assert_eq!(integrity, Integrity::Verified);
             let mut second = AdmRun::new(&arch, &ds, cfg.clone(), 2, Some(loaded)).unwrap();
             for _ in 0..3 {
@@ -566,7 +566,7 @@ mod tests {
             );
             // Another seed is refused on resume.
             let other = RunConfig { seed: 1, ..cfg };
-            let (loaded, _) = TrainState::load(&path, &layout).unwrap();
+            let (loaded, _) = TrainState::load(&path, &layout, ds.len()).unwrap();
             let e = AdmRun::new(&arch, &ds, other, 1, Some(loaded))
                 .err()
                 .unwrap();
@@ -608,14 +608,14 @@ mod tests {
         let layout = first.model().layout().clone();
         let old =
             SafetensorsFile::from_bytes(as_format_1(&first.state, &layout), "old".into()).unwrap();
-        let (loaded, integrity) = TrainState::from_file(&old, &layout).unwrap();
+        let (loaded, integrity) = TrainState::from_file(&old, &layout, ds.len()).unwrap();
         assert_eq!(integrity, Integrity::Unverified);
         let mut second = AdmRun::new(&arch, &ds, cfg.clone(), 1, Some(loaded)).unwrap();
         second.step().unwrap();
         let again =
             SafetensorsFile::from_bytes(second.state.to_bytes(&layout).unwrap(), "new".into())
                 .unwrap();
-        let (loaded, integrity) = TrainState::from_file(&again, &layout).unwrap();
+        let (loaded, integrity) = TrainState::from_file(&again, &layout, ds.len()).unwrap();
         assert_eq!(integrity, Integrity::Verified);
         let mut third = AdmRun::new(&arch, &ds, cfg, 1, Some(loaded)).unwrap();
         third.step().unwrap();

@@ -150,6 +150,21 @@ impl TrainState {
     /// The checkpoint file's bytes (see [`save`](Self::save)).
     pub fn to_bytes(&self, layout: &ParamLayout) -> Result<Vec<u8>> {
         self.check(layout)?;
+        for (what, buffer) in [
+            ("weights", &self.params[..]),
+            ("EMA", self.ema.weights()),
+            ("first moments", self.optimizer.exp_avg()),
+            ("second moments", self.optimizer.exp_avg_sq()),
+        ] {
+            if let Some(i) = buffer.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "step {}: the {what} hold {} at element {i}; no checkpoint is written \
+                     (the previous one is kept)",
+                    self.step,
+                    buffer[i]
+                );
+            }
+        }
         let buffers = [
             le_bytes(&self.params),
             le_bytes(self.ema.weights()),
@@ -195,17 +210,22 @@ impl TrainState {
         meta
     }
 
-    /// Reads a checkpoint written by [`save`](Self::save) for this layout, strictly (see the
-    /// module docs); says whether its hash was checked.
-    pub fn load(path: &Path, layout: &ParamLayout) -> Result<(TrainState, Integrity)> {
+    /// Reads a checkpoint written by [`save`](Self::save) for this layout and a data set of
+    /// `data_len` examples, strictly (see the module docs); says whether its hash was checked.
+    pub fn load(
+        path: &Path,
+        layout: &ParamLayout,
+        data_len: usize,
+    ) -> Result<(TrainState, Integrity)> {
         let file = SafetensorsFile::open(path)?;
-        Self::from_file(&file, layout)
+        Self::from_file(&file, layout, data_len)
     }
 
     /// [`load`](Self::load) of a file already in memory.
     pub fn from_file(
         file: &SafetensorsFile,
         layout: &ParamLayout,
+        data_len: usize,
     ) -> Result<(TrainState, Integrity)> {
         let label = file.label().to_string();
         let meta = Meta {
@@ -228,6 +248,14 @@ impl TrainState {
                      its tensors or metadata changed after it was written"
                 );
             }
+        }
+        // Before the data order is rebuilt: its permutation has one entry per example.
+        let stored: usize = meta.parse(KEY_DATA_LEN)?;
+        if stored != data_len {
+            bail!(
+                "{label}: the checkpoint's data order covers {stored} examples, the data set \
+                 has {data_len}"
+            );
         }
         let state = Self::from_parts(&meta, buffers)?;
         Ok((state, integrity))
