@@ -159,6 +159,24 @@ fn flag_values_are_checked_with_clear_words() {
         "--copy-threshold NaN",
     );
     let y = s(&dir.join("y.safetensors"));
+    fails_with(
+        &[
+            "measure",
+            "--task",
+            "sr4",
+            "--input",
+            &p,
+            "--out",
+            &y,
+            "--sigma-y",
+            "inf",
+        ],
+        "--sigma-y inf: must be a finite number >= 0",
+    );
+    fails_with(
+        &["schedule", "--preset", "vp-sr4", "--sigma-y", "inf"],
+        "--sigma-y inf: must be a finite number > 0",
+    );
     for (flag, value) in [("--p", "0.5"), ("--box", "1,1,4,4")] {
         fails_with(
             &[

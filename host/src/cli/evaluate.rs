@@ -550,7 +550,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         bail!("--count and --samples must be at least 1");
     }
     if !(args.sigma_y.is_finite() && args.sigma_y > 0.0) {
-        bail!("--sigma-y {}: must be > 0", args.sigma_y);
+        bail!("--sigma-y {}: must be a finite number > 0", args.sigma_y);
     }
     let say = |line: &str| {
         if !args.quiet {
@@ -888,7 +888,7 @@ fn run_posterior(args: &PosteriorArgs) -> Result<ExitCode> {
         bail!("--count must be at least 1 and --samples at least 2");
     }
     if !(args.sigma_y.is_finite() && args.sigma_y > 0.0) {
-        bail!("--sigma-y {}: must be > 0", args.sigma_y);
+        bail!("--sigma-y {}: must be a finite number > 0", args.sigma_y);
     }
     let say = |line: &str| {
         if !args.quiet {

@@ -105,7 +105,7 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 fn check_sigma_y(s: f64) -> Result<()> {
     if !(s.is_finite() && s > 0.0) {
         bail!(
-            "--sigma-y {s}: restore needs sigma_y > 0 (the likelihood step divides by sigma_y^2)"
+            "--sigma-y {s}: restore needs a finite sigma_y > 0 (the likelihood step divides by sigma_y^2)"
         );
     }
     Ok(())

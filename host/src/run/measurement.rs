@@ -223,7 +223,7 @@ impl Measurement {
         source_sha256: Option<String>,
     ) -> Result<Measurement> {
         if !(opts.sigma_y.is_finite() && opts.sigma_y >= 0.0) {
-            bail!("--sigma-y {}: must be a number >= 0", opts.sigma_y);
+            bail!("--sigma-y {}: must be a finite number >= 0", opts.sigma_y);
         }
         let (_, h, w) = shape;
         let mut m = Measurement {
