@@ -117,3 +117,42 @@ write("image", "cap_truncated.png", png_stream(8192, 8192, 2, 8, zlib.compress(b
 # A baseline JPEG whose SOF0 claims 65500x65500 (then ends).
 sof = struct.pack(">BHHB", 8, 65500, 65500, 1) + b"\x01\x11\x00"
 write("image", "jpeg65500.jpg", b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9")
+# Training checkpoints (train_checkpoint target; layout w [2, 3], b [2]): format 2 with its
+# integrity hash (nn/src/train/checkpoint.rs), format 1 without, and damaged variants.
+import hashlib
+def train_ckpt(fmt=2, edit_meta=None, edit_tensors=None):
+    layout = [("w", [2, 3]), ("b", [2])]
+    values = {"model.": [0.1 * i for i in range(8)], "ema.": [0.05 * i for i in range(8)],
+              "exp_avg.": [0.01] * 8, "exp_avg_sq.": [1e-4] * 8}
+    tensors = {}
+    for prefix in ["model.", "ema.", "exp_avg.", "exp_avg_sq."]:
+        v, at = values[prefix], 0
+        for name, shape in layout:
+            n = shape[0] * (shape[1] if len(shape) > 1 else 1)
+            tensors[prefix + name] = ("F32", shape, struct.pack("<%df" % n, *v[at:at + n]))
+            at += n
+    if edit_tensors: edit_tensors(tensors)
+    meta = {"tweedie.checkpoint": str(fmt), "tweedie.step": "3", "tweedie.adam.steps": "3",
+            "tweedie.adam.betas": "0.9,0.999", "tweedie.adam.eps": "0.00000001",
+            "tweedie.adam.weight_decay": "0", "tweedie.ema.decay": "0.999",
+            "tweedie.data.seed": "3", "tweedie.data.epoch": "1", "tweedie.data.position": "2",
+            "tweedie.data.len": "5", "tweedie.run": json.dumps({"batch": 1, "seed": 3})}
+    if edit_meta: edit_meta(meta)
+    if fmt == 2:
+        h = hashlib.sha256()
+        field = lambda b: h.update(struct.pack("<Q", len(b)) + b)
+        for k in sorted(meta):
+            field(k.encode()); field(meta[k].encode())
+        for name, (_, _, raw) in tensors.items():
+            field(name.encode()); h.update(raw)
+        meta["tweedie.sha256"] = h.hexdigest()
+    return safetensors(tensors, meta)
+nan = struct.pack("<f", float("nan"))
+def nan_ema(t): t["ema.b"] = ("F32", [2], nan + t["ema.b"][2][4:])
+write("train_checkpoint", "v2.safetensors", train_ckpt())
+write("train_checkpoint", "v1.safetensors", train_ckpt(fmt=1))
+v2 = train_ckpt()
+write("train_checkpoint", "v2_flipped_moment.safetensors", v2[:-1] + bytes([v2[-1] ^ 0x10]))
+write("train_checkpoint", "v1_nan_ema.safetensors", train_ckpt(fmt=1, edit_tensors=nan_ema))
+write("train_checkpoint", "v1_step_mismatch.safetensors",
+      train_ckpt(fmt=1, edit_meta=lambda m: m.update({"tweedie.step": "4"})))

@@ -47,6 +47,7 @@ fn train_step(c: &mut Criterion) {
         grad_clip: Some(1.0),
         seed: 1,
         adam: AdamWConfig::default(),
+        data_sha256: String::new(),
     };
     let mut run = AdmRun::new(&arch, &data, run_config, threads(), None).expect("a run");
     let mut g = c.benchmark_group("train_step");

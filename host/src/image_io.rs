@@ -88,6 +88,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Errors when `bytes` is a JPEG cut short: no end-of-image marker (FF D9) after its last
+/// start-of-scan (FF DA). The decoder would fill the missing rows with grey and succeed.
+/// (Entropy-coded data byte-stuffs FF as FF 00, so FF D9 there is the real marker.)
+pub fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Ok(());
+    }
+    let marker = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
+    match (marker(0xDA), marker(0xD9)) {
+        (Some(sos), Some(eoi)) if eoi > sos => Ok(()),
+        _ => bail!("the JPEG is truncated (no end-of-image marker after its image data)"),
+    }
+}
+
 /// Reads a PNG or JPEG and returns it as `channels`×`size`×`size` in `range`. A size or
 /// channel count that differs is an error unless `resize` (center crop to a square, area
 /// resize, gray ↔ RGB conversion).
@@ -100,6 +114,7 @@ pub fn read_image(
 ) -> Result<LoadedImage> {
     let label = path.display();
     let bytes = input::read_capped(path, "image file", input::MAX_IMAGE_BYTES)?;
+    check_jpeg_complete(&bytes).with_context(|| format!("{label}"))?;
     let decoded = input::decode_image(&bytes, &label.to_string())?;
     let image = convert(&decoded, range, channels, size, resize)
         .with_context(|| format!("image {label}"))?;
@@ -118,6 +133,7 @@ pub fn read_image_native(
 ) -> Result<LoadedImage> {
     let label = path.display();
     let bytes = input::read_capped(path, "image file", input::MAX_IMAGE_BYTES)?;
+    check_jpeg_complete(&bytes).with_context(|| format!("{label}"))?;
     let decoded = input::decode_image(&bytes, &label.to_string())?;
     let c = file_channels(&decoded);
     let image = match size {
@@ -341,6 +357,21 @@ pub fn grid_png(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncated_jpegs_are_refused() {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb([(x * 8) as u8, (y * 8) as u8, 77])
+        }));
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+        let jpeg = jpeg.into_inner();
+        check_jpeg_complete(&jpeg).unwrap();
+        let cut = &jpeg[..jpeg.len() * 2 / 3];
+        let e = check_jpeg_complete(cut).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        check_jpeg_complete(b"\x89PNG not a jpeg").unwrap();
+    }
 
     #[test]
     fn png_mapping_round_trips_every_u8() {

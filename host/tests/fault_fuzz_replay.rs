@@ -14,6 +14,8 @@ mod checkpoint;
 mod image_target;
 #[path = "../../fuzz/targets/pickle.rs"]
 mod pickle;
+#[path = "../../fuzz/targets/train_checkpoint.rs"]
+mod train_checkpoint;
 #[path = "../../fuzz/targets/weights.rs"]
 mod weights;
 
@@ -21,10 +23,11 @@ mod weights;
 type Body = fn(&[u8]);
 
 /// The targets and their bodies.
-const TARGETS: [(&str, Body); 4] = [
+const TARGETS: [(&str, Body); 5] = [
     ("checkpoint", checkpoint::run),
     ("image", image_target::run),
     ("pickle", pickle::run),
+    ("train_checkpoint", train_checkpoint::run),
     ("weights", weights::run),
 ];
 

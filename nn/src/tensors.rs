@@ -1,11 +1,12 @@
 //! Reading safetensors files (weights, network inputs, references) with one-line errors:
 //! a missing, truncated or corrupt file is refused when opened, before anything runs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use half::f16;
+use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 
 /// A whole safetensors file in memory, already validated (header, offsets, sizes).
@@ -152,6 +153,53 @@ fn fill<'a, T>(out: &mut [T], chunks: impl Iterator<Item = &'a [u8]>, f: impl Fn
     }
 }
 
+/// One tensor to write: name, dtype, shape and its little-endian bytes.
+pub type TensorBytes<'a> = (String, Dtype, Vec<usize>, &'a [u8]);
+
+/// A safetensors file with one byte form: the data in the given order, the header's JSON keys
+/// sorted (`safetensors::serialize` writes the metadata in HashMap order, which changes from
+/// process to process, so identical runs would write different bytes).
+pub fn serialize_sorted(
+    tensors: &[TensorBytes<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut offset = 0usize;
+    let mut infos = Vec::with_capacity(tensors.len());
+    for (name, dtype, shape, bytes) in tensors {
+        let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let expected = elements.and_then(|n| n.checked_mul(dtype.bitsize()));
+        if expected != Some(8 * bytes.len()) {
+            bail!(
+                "tensor {name}: shape {shape:?} does not hold {} bytes of {dtype:?}",
+                bytes.len()
+            );
+        }
+        let data_offsets = (offset, offset + bytes.len());
+        offset += bytes.len();
+        infos.push((
+            name.clone(),
+            TensorInfo {
+                dtype: *dtype,
+                shape: shape.clone(),
+                data_offsets,
+            },
+        ));
+    }
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let header = Metadata::new((!meta.is_empty()).then_some(meta), infos)
+        .context("cannot build the safetensors header")?;
+    // Through serde_json::Value, whose maps are sorted by key.
+    let mut json = serde_json::to_string(&serde_json::to_value(&header)?)?.into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for (_, _, _, bytes) in tensors {
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +267,32 @@ mod tests {
             .err()
             .unwrap();
         assert!(format!("{e:#}").starts_with("cannot read /nonexistent/w.safetensors"));
+    }
+
+    #[test]
+    fn sorted_serialisation_has_one_byte_form_and_reads_back() {
+        let a: Vec<u8> = [1.0f32, -2.5]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let h: Vec<u8> = [f16::from_f32(0.5)]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let meta: BTreeMap<String, String> = (0..12)
+            .map(|i| (format!("key{i}"), format!("v{i}")))
+            .collect();
+        let tensors = [
+            ("zeta".to_string(), Dtype::F32, vec![2], &a[..]),
+            ("alpha".to_string(), Dtype::F16, vec![1, 1], &h[..]),
+        ];
+        let bytes = serialize_sorted(&tensors, &meta).unwrap();
+        assert_eq!(serialize_sorted(&tensors, &meta).unwrap(), bytes);
+        let file = SafetensorsFile::from_bytes(bytes, "x".into()).unwrap();
+        assert_eq!(file.tensor_f32("zeta").unwrap().data, vec![1.0, -2.5]);
+        assert_eq!(file.tensor_f32("alpha").unwrap().data, vec![0.5]);
+        assert_eq!(file.metadata().unwrap().len(), 12);
+        let short = [("x".to_string(), Dtype::F32, vec![3], &a[..])];
+        assert!(serialize_sorted(&short, &meta).is_err());
     }
 }

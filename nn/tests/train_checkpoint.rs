@@ -1,5 +1,7 @@
 //! Checkpoint files are read strictly: every tampered variant of a valid checkpoint is a
-//! clear error naming what is wrong; writes are atomic and leave no temporary file.
+//! clear error naming what is wrong (the integrity hash catches any change to a format-2 file;
+//! the structural checks are exercised on format-1 files, which carry no hash); writes are
+//! atomic and leave no temporary file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -8,7 +10,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use tweedie_nn::data::DataOrder;
 use tweedie_nn::tensors::SafetensorsFile;
-use tweedie_nn::train::checkpoint::{export_weights, write_atomic, TrainState};
+use tweedie_nn::train::checkpoint::{export_weights, write_atomic, Integrity, TrainState};
 use tweedie_nn::train::ema::Ema;
 use tweedie_nn::train::optim::{AdamW, AdamWConfig};
 use tweedie_nn::train::params::ParamLayout;
@@ -42,8 +44,18 @@ fn dir() -> PathBuf {
 
 type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
 
-/// Rewrites a valid checkpoint with `edit` applied to its tensors and metadata, then loads it.
+/// Rewrites a valid checkpoint as format 1 (no hash) with `edit` applied to its tensors and
+/// metadata, then loads it.
 fn load_edited(tag: &str, edit: impl Fn(&mut Tensors, &mut HashMap<String, String>)) -> String {
+    load_rewritten(tag, |t, m| {
+        m.remove("tweedie.sha256");
+        m.insert("tweedie.checkpoint".into(), "1".into());
+        edit(t, m)
+    })
+}
+
+/// Rewrites a valid checkpoint with `edit` applied to its tensors and metadata, then loads it.
+fn load_rewritten(tag: &str, edit: impl Fn(&mut Tensors, &mut HashMap<String, String>)) -> String {
     let path = dir().join(format!("{tag}.safetensors"));
     state().save(&path, &layout()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -66,7 +78,7 @@ fn load_edited(tag: &str, edit: impl Fn(&mut Tensors, &mut HashMap<String, Strin
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
     std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
-    match TrainState::load(&path, &layout()) {
+    match TrainState::load(&path, &layout(), 5) {
         Ok(_) => panic!("{tag}: tampered checkpoint was accepted"),
         Err(e) => format!("{e:#}"),
     }
@@ -81,7 +93,14 @@ fn round_trip_and_atomic_write() {
     let s = state();
     s.save(&path, &layout()).unwrap();
     s.save(&path, &layout()).unwrap(); // overwriting is fine
-    assert_eq!(TrainState::load(&path, &layout()).unwrap(), s);
+    assert_eq!(
+        TrainState::load(&path, &layout(), 5).unwrap(),
+        (s.clone(), Integrity::Verified)
+    );
+    // One byte form: the same state writes the same bytes (sorted header keys).
+    let bytes = std::fs::read(&path).unwrap();
+    s.save(&path, &layout()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
     let leftovers: Vec<_> = std::fs::read_dir(&own)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -129,13 +148,78 @@ fn tampered_checkpoints_are_refused() {
     });
     assert!(e.contains("data position 5 out of range"), "{e}");
     let e = load_edited("format", |_, m| {
-        m.insert("tweedie.checkpoint".into(), "2".into());
+        m.insert("tweedie.checkpoint".into(), "3".into());
     });
-    assert!(e.contains("format 2"), "{e}");
+    assert!(e.contains("format 3"), "{e}");
+    let e = load_edited("steps", |_, m| {
+        m.insert("tweedie.step".into(), "2".into());
+    });
+    assert!(
+        e.contains("`tweedie.step` = 2 but `tweedie.adam.steps` = 1"),
+        "{e}"
+    );
+    let nan = f32::NAN.to_le_bytes().to_vec();
+    for (tag, tensor) in [("nan-ema", "ema.w"), ("nan-moment", "exp_avg_sq.b")] {
+        let e = load_edited(tag, |t, _| {
+            t.iter_mut().find(|x| x.0 == tensor).unwrap().3[4..8].copy_from_slice(&nan);
+        });
+        assert!(
+            e.contains(&format!("`{tensor}` holds NaN at element 1")),
+            "{e}"
+        );
+    }
+    let e = load_edited("negative-moment", |t, _| {
+        let x = t.iter_mut().find(|x| x.0 == "exp_avg_sq.w").unwrap();
+        x.3[..4].copy_from_slice(&(-1.0f32).to_le_bytes());
+    });
+    assert!(e.contains("`exp_avg_sq.w` holds -1 at element 0"), "{e}");
     let e = load_edited("decay", |_, m| {
         m.insert("tweedie.ema.decay".into(), "2".into());
     });
     assert!(e.contains("EMA"), "{e}");
+}
+
+/// Format 2: one flipped bit in any tensor, or any edited metadata value, fails the hash.
+#[test]
+fn integrity_hash_catches_bit_flips_and_edits() {
+    for tensor in ["model.w", "ema.b", "exp_avg.w", "exp_avg_sq.b"] {
+        let e = load_rewritten(&format!("flip-{tensor}"), |t, _| {
+            t.iter_mut().find(|x| x.0 == tensor).unwrap().3[1] ^= 0x10;
+        });
+        assert!(e.contains("integrity check failed"), "{tensor}: {e}");
+    }
+    for (key, value) in [
+        ("tweedie.step", "0"),
+        ("tweedie.adam.steps", "7"),
+        ("tweedie.train", "{\"lr\":1}"),
+    ] {
+        let e = load_rewritten(&format!("edit-{key}"), |_, m| {
+            m.insert(key.into(), value.into());
+        });
+        assert!(e.contains("integrity check failed"), "{key}: {e}");
+    }
+    let e = load_rewritten("no-hash", |_, m| {
+        m.remove("tweedie.sha256");
+    });
+    assert!(e.contains("`tweedie.sha256` is missing"), "{e}");
+}
+
+/// A format-1 file (the committed checkpoints) loads unverified, with the same state.
+#[test]
+fn format_1_loads_unverified() {
+    let path = dir().join("v1.safetensors");
+    state().save(&path, &layout()).unwrap();
+    let file = SafetensorsFile::open(&path).unwrap();
+    let mut meta = file.metadata().unwrap();
+    meta.remove("tweedie.sha256");
+    meta.insert("tweedie.checkpoint".into(), "1".into());
+    let st = file.view().unwrap();
+    let views: Vec<(String, TensorView<'_>)> = st.iter().map(|(n, t)| (n.to_string(), t)).collect();
+    std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    assert_eq!(
+        TrainState::load(&path, &layout(), 5).unwrap(),
+        (state(), Integrity::Unverified)
+    );
 }
 
 #[test]
@@ -143,13 +227,13 @@ fn wrong_files_and_layouts_are_refused() {
     let path = dir().join("layout.safetensors");
     state().save(&path, &layout()).unwrap();
     let other = ParamLayout::new([("w", vec![2, 3]), ("c", vec![2])]).unwrap();
-    let e = format!("{:#}", TrainState::load(&path, &other).unwrap_err());
+    let e = format!("{:#}", TrainState::load(&path, &other, 5).unwrap_err());
     assert!(e.contains("unexpected tensors"), "{e}");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-    let e = format!("{:#}", TrainState::load(&path, &layout()).unwrap_err());
+    let e = format!("{:#}", TrainState::load(&path, &layout(), 5).unwrap_err());
     assert!(e.contains("not a valid safetensors file"), "{e}");
-    assert!(TrainState::load(&dir().join("absent"), &layout()).is_err());
+    assert!(TrainState::load(&dir().join("absent"), &layout(), 5).is_err());
     // Buffers that do not match the layout, or reserved metadata keys, are not saved.
     let mut bad = state();
     bad.params.pop();
@@ -157,6 +241,17 @@ fn wrong_files_and_layouts_are_refused() {
     let mut bad = state();
     bad.metadata.insert("tweedie.step".into(), "9".into());
     assert!(bad.save(&path, &layout()).is_err());
+    // A state with NaN is not written (the file on disk stays the previous one).
+    let before = std::fs::read(&path).unwrap();
+    let mut bad = state();
+    bad.params[3] = f32::NAN;
+    let e = format!("{:#}", bad.save(&path, &layout()).unwrap_err());
+    assert!(e.contains("the weights hold NaN at element 3"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // Another data set size: refused before the data order is rebuilt.
+    state().save(&path, &layout()).unwrap();
+    let e = format!("{:#}", TrainState::load(&path, &layout(), 6).unwrap_err());
+    assert!(e.contains("covers 5 examples, the data set has 6"), "{e}");
 }
 
 #[test]
@@ -171,4 +266,40 @@ fn exported_weights_use_state_dict_names() {
     assert_eq!(w.data, s.ema.weights()[..6].to_vec());
     assert_eq!(f.metadata().unwrap()["tweedie.weights_set"], "ema");
     assert!(export_weights(&path, &layout(), &[0.0; 3], &meta).is_err());
+}
+
+/// The fuzz seeds of `train_checkpoint` (written by fuzz/make_seeds.py in Python, from the
+/// module docs' definition of the hash) load as intended: this pins the hash definition.
+#[test]
+fn fuzz_seeds_follow_the_documented_hash() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/train_checkpoint");
+    let mut outcomes: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            match TrainState::load(&path, &layout(), 5) {
+                Ok((s, integrity)) => format!("ok {integrity:?} step {}", s.step),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    ["integrity check failed", "holds NaN", "`tweedie.step` = 4"]
+                        .into_iter()
+                        .find(|n| e.contains(n))
+                        .unwrap_or(&e)
+                        .to_string()
+                }
+            }
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            "`tweedie.step` = 4",
+            "holds NaN",
+            "integrity check failed",
+            "ok Unverified step 3",
+            "ok Verified step 3"
+        ]
+    );
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tweedie_core::training::{draw_noise, perturb_with, NoiseDistribution};
 use tweedie_nn::data::{DataRange, Dataset, Preprocess};
-use tweedie_nn::train::checkpoint::TrainState;
+use tweedie_nn::train::checkpoint::{Integrity, TrainState};
 use tweedie_nn::train::clip::clip_grad_norm;
 use tweedie_nn::train::log::{read_column, LossCsv};
 use tweedie_nn::train::optim::AdamWConfig;
@@ -105,9 +105,9 @@ fn run(
     log: &mut LossCsv,
 ) {
     while state.step < until {
-        let step = state.step;
         let loss = train_step(state, ds);
-        log.append(step, &[loss]).unwrap();
+        // Row s is the loss of the step that completed update s (as `host train` logs).
+        log.append(state.step, &[loss]).unwrap();
         if stop.requested() {
             state.save(ckpt, &layout()).unwrap();
             return;
@@ -166,13 +166,14 @@ fn resume_is_bit_exact() {
     let mut first = fresh_state(&layout, ds.len());
     let stop = StopFlag::new();
     run(&mut first, &ds, STEPS / 2 - 1, &never, &ckpt, &mut log);
-    stop.request();
+    stop.request(15);
     run(&mut first, &ds, STEPS, &stop, &ckpt, &mut log);
     assert_eq!(first.step, STEPS / 2);
     drop(first);
 
     // Fresh process: load, then the rest.
-    let mut second = TrainState::load(&ckpt, &layout).unwrap();
+    let (mut second, integrity) = TrainState::load(&ckpt, &layout, ds.len()).unwrap();
+    assert_eq!(integrity, Integrity::Verified);
     assert_eq!(second.step, STEPS / 2);
     assert_eq!(second.metadata["tweedie.train"], r#"{"preset":"toy"}"#);
     let mut log = LossCsv::open(&resumed_log, &["loss"], second.step).unwrap();
@@ -188,6 +189,9 @@ fn resume_is_bit_exact() {
 
     // A save/load round trip of the final state is exact too.
     straight.save(&ckpt, &layout).unwrap();
-    assert_same(&straight, &TrainState::load(&ckpt, &layout).unwrap());
+    assert_same(
+        &straight,
+        &TrainState::load(&ckpt, &layout, ds.len()).unwrap().0,
+    );
     std::fs::remove_dir_all(ckpt.parent().unwrap()).unwrap();
 }

@@ -51,7 +51,7 @@ pub struct DenoiseArgs {
 /// Runs `host denoise`.
 pub fn run(args: &DenoiseArgs) -> Result<ExitCode> {
     if !(args.sigma.is_finite() && args.sigma > 0.0) {
-        bail!("--sigma {}: must be a number > 0", args.sigma);
+        bail!("--sigma {}: must be a finite number > 0", args.sigma);
     }
     let mut inputs = vec![args.input.as_path()];
     inputs.extend(args.model.weights_file());

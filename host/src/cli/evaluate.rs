@@ -86,7 +86,7 @@ pub struct NearestArgs {
     #[arg(long, default_value_t = 200)]
     pub baseline: usize,
     /// Distances below this (L2 in the data range over the whole image) count as copies.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub copy_threshold: f64,
     /// Threads (default: all cores).
     #[arg(long)]
@@ -289,6 +289,12 @@ fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
 
 fn run_nearest(args: &NearestArgs) -> Result<ExitCode> {
     let start = Instant::now();
+    if !(args.copy_threshold.is_finite() && args.copy_threshold >= 0.0) {
+        bail!(
+            "--copy-threshold {}: must be a finite distance >= 0",
+            args.copy_threshold
+        );
+    }
     if let Some(out) = &args.out {
         Outputs::check_file(out, "--out", &[&args.samples])?;
     }
@@ -561,7 +567,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         bail!("--count and --samples must be at least 1");
     }
     if !(args.sigma_y.is_finite() && args.sigma_y > 0.0) {
-        bail!("--sigma-y {}: must be > 0", args.sigma_y);
+        bail!("--sigma-y {}: must be a finite number > 0", args.sigma_y);
     }
     let say = |line: &str| {
         if !args.quiet {
@@ -903,7 +909,7 @@ fn run_posterior(args: &PosteriorArgs) -> Result<ExitCode> {
         bail!("--count must be at least 1 and --samples at least 2");
     }
     if !(args.sigma_y.is_finite() && args.sigma_y > 0.0) {
-        bail!("--sigma-y {}: must be > 0", args.sigma_y);
+        bail!("--sigma-y {}: must be a finite number > 0", args.sigma_y);
     }
     let say = |line: &str| {
         if !args.quiet {

@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::image_io::{png_from_planes, read_image_native, to_planes};
 use crate::outln;
-use crate::run::measurement::{parse_box, MeasureOptions, Measurement, Task};
+use crate::run::measurement::{MeasureOptions, Measurement, Task};
 use crate::run::output_policy::Outputs;
 use tweedie_nn::weights::meta::DataRange;
 
@@ -38,9 +38,9 @@ pub struct MeasureArgs {
     /// Data range: `-1,1` (VP models) or `0,1` (VE models).
     #[arg(long, default_value = "-1,1", allow_hyphen_values = true)]
     pub range: String,
-    /// Missing fraction for --task inpaint.
-    #[arg(long, default_value_t = 0.92)]
-    pub p: f64,
+    /// Missing fraction for --task inpaint (default 0.92).
+    #[arg(long)]
+    pub p: Option<f64>,
     /// Box x,y,w,h for --task inpaint-box (default: the centered half-size box).
     #[arg(long, value_name = "x,y,w,h")]
     pub r#box: Option<String>,
@@ -79,13 +79,13 @@ pub fn run(args: &MeasureArgs) -> Result<ExitCode> {
     Outputs::check_file(&preview, "the preview", &[&args.input])?;
     let img = read_image_native(&args.input, range, args.size)?;
     let im = &img.image;
-    let opts = MeasureOptions {
-        task: args.task,
-        sigma_y: args.sigma_y,
-        seed: args.seed,
-        p: args.p,
-        rect: args.r#box.as_deref().map(parse_box).transpose()?,
-    };
+    let opts = MeasureOptions::new(
+        args.task,
+        args.sigma_y,
+        args.seed,
+        args.p,
+        args.r#box.as_deref(),
+    )?;
     let m = Measurement::make(
         &im.data,
         (im.c, im.h, im.w),

@@ -23,7 +23,7 @@ use tweedie_nn::model::config::ModelConfig;
 use tweedie_nn::model::layers::ConvPolicy;
 use tweedie_nn::model::ncsnpp::{NcsnppArch, NcsnppModel};
 use tweedie_nn::tensors::SafetensorsFile;
-use tweedie_nn::weights::meta::{DataRange, Kind, NetOutput};
+use tweedie_nn::weights::meta::{DataRange, Kind, NetOutput, WeightsSet};
 use tweedie_nn::weights::{Weights, WeightsMeta};
 
 use super::common::{load_mnist, precision, preprocess, resolve_config, threads};
@@ -131,8 +131,26 @@ fn parse_flag<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> 
     parse(value).with_context(|| format!("--{flag} {value}: not an accepted value"))
 }
 
+/// Errors unless a VP model's σ range lies on the DDPM table (formats §3: a VP network is
+/// defined only there); `source` names where the range came from.
+fn check_vp_range(kind: Kind, range: (f64, f64), source: &str) -> Result<()> {
+    // The table's ends, with room for a decimal rounding of them in metadata.
+    let (lo, hi) = (vp::SIGMA_MIN * (1.0 - 1e-6), vp::SIGMA_MAX * (1.0 + 1e-6));
+    if kind == Kind::Vp && (range.0 < lo || range.1 > hi) {
+        bail!(
+            "{source}: σ range [{}, {}] leaves the VP table [{}, {}]; a VP network is only \
+             defined on it (pass --sigma-min/--sigma-max inside it)",
+            range.0,
+            range.1,
+            vp::SIGMA_MIN,
+            vp::SIGMA_MAX
+        );
+    }
+    Ok(())
+}
+
 /// The flag if given (warning when it differs from the metadata), else the metadata value.
-fn pick<T: PartialEq + Copy + std::fmt::Debug>(
+fn pick<T: PartialEq + Copy + std::fmt::Display>(
     flag_name: &str,
     flag: Option<T>,
     meta: Option<T>,
@@ -141,7 +159,9 @@ fn pick<T: PartialEq + Copy + std::fmt::Debug>(
 ) -> Option<T> {
     if let (Some(f), Some(m)) = (flag, meta) {
         if f != m {
-            errln!("warning: --{flag_name} {f:?} differs from {key} {m:?} in {label}; using --{flag_name}");
+            errln!(
+                "warning: --{flag_name} {f} differs from {key} {m} in {label}; using --{flag_name}"
+            );
         }
     }
     flag.or(meta)
@@ -166,11 +186,15 @@ impl ModelArgs {
             .transpose()
     }
 
-    fn sigma_flags(&self) -> Result<()> {
+    /// The flags that need no model to check: σ bounds and --weights-set.
+    fn check_flags(&self) -> Result<()> {
         for (name, v) in [("sigma-min", self.sigma_min), ("sigma-max", self.sigma_max)] {
             if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
-                bail!("--{name} {v}: must be a number > 0");
+                bail!("--{name} {v}: must be a finite number > 0");
             }
+        }
+        if let Some(set) = &self.weights_set {
+            parse_flag("weights-set", set, |s| s.parse::<WeightsSet>().ok())?;
         }
         if let (Some(lo), Some(hi)) = (self.sigma_min, self.sigma_max) {
             if lo >= hi {
@@ -193,7 +217,7 @@ impl ModelArgs {
     pub fn load(&self) -> Result<Model> {
         let default = format!("{}{}", bundled::PREFIX, bundled::DEFAULT);
         let spec = self.weights.as_deref().unwrap_or(&default);
-        self.sigma_flags()?;
+        self.check_flags()?;
         if let Some(rest) = spec.strip_prefix("gaussian:") {
             return self.gaussian(spec, rest);
         }
@@ -220,13 +244,23 @@ impl ModelArgs {
         Ok(model)
     }
 
-    /// A model without weights (for `host schedule`): kind and σ range from the flags.
+    /// The model of `host schedule`: `--weights` (default: the bundled VP model, as for
+    /// every command) or, with `--kind` and no `--weights`, a weightless model of that kind
+    /// whose σ range comes from the flags.
     pub fn schedule_only(&self) -> Result<Model> {
-        if self.weights.is_some() {
+        if self.weights.is_some() || self.kind.is_none() {
             return self.load();
         }
-        self.sigma_flags()?;
+        self.check_flags()?;
         self.gaussian("gaussian:0,1", "0,1")
+    }
+
+    /// Where the σ range comes from, for errors: the flags, else the weights `label`.
+    fn range_source(&self, label: &str) -> String {
+        match (self.sigma_min, self.sigma_max) {
+            (None, None) => format!("{label} (tweedie.sigma_min/tweedie.sigma_max)"),
+            _ => "--sigma-min/--sigma-max".to_string(),
+        }
     }
 
     /// The σ range of a closed-form prior: the flags, else the kind's usual range.
@@ -248,6 +282,7 @@ impl ModelArgs {
         let kind = self.kind_flag()?.unwrap_or(Kind::Ve);
         let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
         let sigma_range = self.prior_sigma_range(kind);
+        check_vp_range(kind, sigma_range, &self.range_source(spec))?;
         let channels = self.channels.unwrap_or(3) as usize;
         let size = self.size.unwrap_or(8);
         if channels == 2 {
@@ -352,6 +387,7 @@ impl ModelArgs {
             );
         }
         let sigma_range = self.prior_sigma_range(kind);
+        check_vp_range(kind, sigma_range, &self.range_source(spec))?;
         let full = prior.denoiser(kind)?;
         let description = json!({
             "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
@@ -444,9 +480,18 @@ impl ModelArgs {
         let sigma_range = match (kind, sigma_min, sigma_max) {
             (_, Some(lo), Some(hi)) if lo < hi => Some((lo, hi)),
             (_, Some(lo), Some(hi)) => bail!("sigma_min {lo} is not below sigma_max {hi}"),
-            (Kind::Vp, _, _) => Some((vp::SIGMA_MIN, vp::SIGMA_MAX)),
+            (Kind::Vp, lo, hi) => {
+                let (lo, hi) = (lo.unwrap_or(vp::SIGMA_MIN), hi.unwrap_or(vp::SIGMA_MAX));
+                if lo >= hi {
+                    bail!("sigma_min {lo} is not below sigma_max {hi}");
+                }
+                Some((lo, hi))
+            }
             (Kind::Ve, _, _) => None,
         };
+        if let Some(range) = sigma_range {
+            check_vp_range(kind, range, &self.range_source(&label))?;
+        }
         if let ModelConfig::Ncsnpp(c) = &config {
             // The NCSN++ forward itself forms the score of a VE network conditioned on σ.
             if (kind, output, noise_name.as_str(), data_range)

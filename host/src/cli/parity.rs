@@ -211,7 +211,7 @@ fn run_ncsnpp(
 /// Runs `host parity`.
 pub fn run(args: &ParityArgs) -> Result<ExitCode> {
     if let Some(tol) = args.tol.filter(|t| !(*t >= 0.0 && t.is_finite())) {
-        bail!("--tol: must be a non-negative number, got {tol}");
+        bail!("--tol {tol}: must be a finite number >= 0");
     }
     let file = SafetensorsFile::open(&args.weights)?;
     let meta = WeightsMeta::parse(&file.metadata()?)

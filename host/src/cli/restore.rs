@@ -23,7 +23,7 @@ use crate::cli::model_args::ModelArgs;
 use crate::errln;
 use crate::image_io::{png_from_planes, range_width, read_image, to_planes};
 use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
-use crate::run::measurement::{parse_box, MeasureOptions, Measurement, Task};
+use crate::run::measurement::{MeasureOptions, Measurement, Task};
 use crate::run::output::{json_bytes, safetensors_bytes};
 use crate::run::output_policy::Outputs;
 use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
@@ -64,9 +64,9 @@ pub struct RestoreArgs {
     /// Measurement noise σ_y in data-range units (default 0.2; must be > 0).
     #[arg(allow_hyphen_values = true, long, value_name = "S")]
     pub sigma_y: Option<f64>,
-    /// Missing fraction for --task inpaint.
-    #[arg(long, default_value_t = 0.92)]
-    pub p: f64,
+    /// Missing fraction for --task inpaint (default 0.92).
+    #[arg(long)]
+    pub p: Option<f64>,
     /// Box x,y,w,h for --task inpaint-box (default: the centered half-size box).
     #[arg(long, value_name = "x,y,w,h")]
     pub r#box: Option<String>,
@@ -105,7 +105,7 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 fn check_sigma_y(s: f64) -> Result<()> {
     if !(s.is_finite() && s > 0.0) {
         bail!(
-            "--sigma-y {s}: restore needs sigma_y > 0 (the likelihood step divides by sigma_y^2)"
+            "--sigma-y {s}: restore needs a finite sigma_y > 0 (the likelihood step divides by sigma_y^2)"
         );
     }
     Ok(())
@@ -127,6 +127,17 @@ fn problems(args: &RestoreArgs, model: &Model) -> Result<Vec<Problem>> {
                     m.data_range.as_str(),
                     model.data_range.as_str()
                 );
+            }
+            if let Some(task) = args.task.filter(|t| *t != m.task) {
+                bail!(
+                    "--task {} contradicts {} (tweedie.task {}); drop --task",
+                    task.name(),
+                    path.display(),
+                    m.task.name()
+                );
+            }
+            if args.p.is_some() || args.r#box.is_some() {
+                bail!("--p and --box make a measurement from --input; --measurement has its own");
             }
             let mut m = m;
             if let Some(s) = args.sigma_y.filter(|s| *s != m.sigma_y) {
@@ -150,13 +161,8 @@ fn problems(args: &RestoreArgs, model: &Model) -> Result<Vec<Problem>> {
                 .context("--task inpaint|inpaint-box|sr4|denoise is required with --input")?;
             let sigma_y = args.sigma_y.unwrap_or(tweedie_core::plan::PRESET_SIGMA_Y);
             check_sigma_y(sigma_y)?;
-            let opts = MeasureOptions {
-                task,
-                sigma_y,
-                seed: args.run.seed,
-                p: args.p,
-                rect: args.r#box.as_deref().map(parse_box).transpose()?,
-            };
+            let opts =
+                MeasureOptions::new(task, sigma_y, args.run.seed, args.p, args.r#box.as_deref())?;
             let (files, folder) = if input.is_dir() {
                 (image_files(input)?, true)
             } else {

@@ -58,7 +58,7 @@ fn purpose(args: &ScheduleArgs) -> Result<Purpose> {
     }
     let sigma_y = args.sigma_y.unwrap_or(tweedie_core::plan::PRESET_SIGMA_Y);
     if !(sigma_y.is_finite() && sigma_y > 0.0) {
-        bail!("--sigma-y {sigma_y}: must be > 0");
+        bail!("--sigma-y {sigma_y}: must be a finite number > 0");
     }
     let sr = args.task == Some(Task::Sr4)
         || args

@@ -4,9 +4,13 @@
 //! Files next to `--out M.safetensors`: `M.ckpt.safetensors` (checkpoint, atomic, also
 //! written on Ctrl-C / SIGTERM), `M.loss.csv` (step, loss, grad_norm, lr), `M.loss.png` and,
 //! with `--sample-every`, sample grids in `M.samples/`.
+//!
+//! Every setting and output path is checked before the first file is written. A run stopped
+//! by SIGINT or SIGTERM finishes its step, writes the checkpoint and exits 130 or 143; a run
+//! that fails before its first checkpoint removes the loss log it started.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -14,28 +18,40 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use half::f16;
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::common::threads;
 use crate::errln;
+use crate::run::output_policy::OutputFile;
 use crate::run::progress::human_seconds;
 use tweedie_nn::data::{file_sha256, Dataset, MnistSplit};
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::model::config::ModelConfig;
-use tweedie_nn::train::adm_run::{AdmRun, Preset, RunConfig};
-use tweedie_nn::train::checkpoint::{write_atomic, TrainState};
-use tweedie_nn::train::log::{plot_loss_curve, read_column, LossCsv};
+use tweedie_nn::tensors::{serialize_sorted, TensorBytes};
+use tweedie_nn::train::adm_run::{AdmRun, Preset, RunConfig, RESUME_RULE};
+use tweedie_nn::train::checkpoint::{Integrity, TrainState};
+use tweedie_nn::train::log::{loss_curve_png, read_column, LossCsv};
 use tweedie_nn::train::optim::AdamWConfig;
 use tweedie_nn::train::params::ParamLayout;
 use tweedie_nn::train::signal::StopFlag;
 use tweedie_nn::weights::spec::ParamKind;
 
+fn resume_help() -> String {
+    format!(
+        "Continue from a checkpoint (M.ckpt.safetensors). {RESUME_RULE} The checkpoint's \
+         integrity hash is checked; one written before checkpoint format 2 (no hash) resumes \
+         with a warning."
+    )
+}
+
 const EXAMPLE: &str = "\
 Example:
   host train --data data/mnist --preset vp --config models/mnist-vp.json --steps 20000 \\
     --batch 64 --lr 2e-4 --warmup 500 --ema-decay 0.999 --seed 1 --out mnist-vp.safetensors \\
-    --checkpoint-every 1000";
+    --checkpoint-every 1000
+
+Ctrl-C or SIGTERM (any number of times): the run finishes its step, writes the checkpoint and
+exits 130 (SIGINT) or 143 (SIGTERM); continue it with --resume M.ckpt.safetensors.";
 
 /// Arguments of `host train`.
 #[derive(Debug, Args)]
@@ -59,25 +75,25 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Learning rate (AdamW).
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 2e-4, allow_hyphen_values = true)]
     pub lr: f64,
     /// Linear learning-rate warm-up steps.
     #[arg(long, default_value_t = 500)]
     pub warmup: u64,
     /// EMA decay of the exported weights.
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.999)]
     pub ema_decay: f64,
     /// Global gradient-norm clip (0: off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub grad_clip: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// VE: smallest σ.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.01)]
     pub sigma_min: f64,
     /// VE: largest σ.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 50.0)]
     pub sigma_max: f64,
     /// Seed of the initial weights, the noise and the data order.
     #[arg(long, default_value_t = 0)]
@@ -86,7 +102,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "M.safetensors")]
     pub out: PathBuf,
     /// Continue from a checkpoint (same settings required).
-    #[arg(long, value_name = "CKPT")]
+    #[arg(long, value_name = "CKPT", long_help = resume_help())]
     pub resume: Option<PathBuf>,
     /// Write a checkpoint (and the weights) every M steps (0: only at the end / on a stop).
     #[arg(long, default_value_t = 1000)]
@@ -121,7 +137,9 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(format!("{stem}.{suffix}"))
 }
 
-/// Loads `--data`: MNIST IDX files if present, else PNGs.
+/// Loads `--data` and its sha256: MNIST IDX files if present (the sha256 of the images file,
+/// as pinned in data.md), else a folder of PNGs (the sha256 of the decoded images in example
+/// order, [`Dataset::pixels_sha256`]).
 fn load_data(path: &Path) -> Result<(Dataset, String)> {
     let [(images, _), _] = MnistSplit::Train.files();
     if path.join(images).exists() {
@@ -131,7 +149,8 @@ fn load_data(path: &Path) -> Result<(Dataset, String)> {
     }
     if path.is_dir() {
         let ds = tweedie_nn::data::png_folder::read_png_folder(path)?;
-        return Ok((ds, String::new()));
+        let sha = ds.pixels_sha256();
+        return Ok((ds, sha));
     }
     bail!(
         "--data {}: neither a folder with MNIST's {images} nor a PNG folder",
@@ -139,50 +158,178 @@ fn load_data(path: &Path) -> Result<(Dataset, String)> {
     )
 }
 
-/// Runs `host train`.
-pub fn run(args: &TrainArgs) -> Result<ExitCode> {
+/// The settings of `args`, validated (the data hash is filled in once the data is read).
+fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     let preset = match args.preset.as_str() {
         "vp" => Preset::Vp,
-        "ve" => {
-            if !(args.sigma_min > 0.0 && args.sigma_min < args.sigma_max) {
-                bail!("--sigma-min must be > 0 and below --sigma-max");
-            }
-            Preset::Ve {
-                sigma_min: args.sigma_min,
-                sigma_max: args.sigma_max,
-            }
-        }
+        "ve" => Preset::Ve {
+            sigma_min: args.sigma_min,
+            sigma_max: args.sigma_max,
+        },
         other => bail!("--preset {other}: expected vp or ve"),
     };
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let config = ModelConfig::load(&args.config)?.adm()?.clone();
-    let arch = AdmArch::new(&config)?;
-    let (data, data_sha) = load_data(&args.data)?;
-    let run_config = RunConfig {
+    let config = RunConfig {
         preset,
         batch: args.batch,
         lr: args.lr,
         warmup: args.warmup,
         ema_decay: args.ema_decay,
-        grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
+        // 0 turns clipping off; anything else (negative, NaN) is validated below.
+        grad_clip: (args.grad_clip != 0.0).then_some(args.grad_clip),
         seed: args.seed,
         adam: AdamWConfig {
             weight_decay: args.weight_decay,
             ..AdamWConfig::default()
         },
+        data_sha256: String::new(),
     };
+    config.validate()?;
+    Ok(config)
+}
+
+/// A fresh run refuses to start over a checkpoint or loss log of an earlier run (it would
+/// replace them); resuming is what those files are for.
+fn check_fresh_start(args: &TrainArgs, ckpt: &Path, csv: &Path) -> Result<()> {
+    if args.resume.is_some() {
+        return Ok(());
+    }
+    for path in [ckpt, csv] {
+        if std::fs::symlink_metadata(path).is_ok() {
+            bail!(
+                "{} exists (an earlier run's): pass --resume {} to continue that run, or \
+                 remove it (and {}) to start over",
+                path.display(),
+                ckpt.display(),
+                csv.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads `--resume` for `data`: integrity-checked (a format-1 file with a warning) and at
+/// most at the step `--steps` asks for.
+fn load_checkpoint(
+    path: &Path,
+    layout: &ParamLayout,
+    data: &Dataset,
+    steps: u64,
+) -> Result<TrainState> {
+    let (state, integrity) = TrainState::load(path, layout, data.len())?;
+    if integrity == Integrity::Unverified {
+        errln!(
+            "warning: {} predates checkpoint format 2: no integrity hash and no data hash to \
+             check; resuming unverified (the next checkpoint carries both)",
+            path.display()
+        );
+    }
+    if steps < state.step {
+        bail!(
+            "--steps {steps} is below the checkpoint's step {}: --steps is the total to reach \
+             (at least {}). {RESUME_RULE}",
+            state.step,
+            state.step
+        );
+    }
+    Ok(state)
+}
+
+/// Removes the loss log a fresh run started unless the run reached a checkpoint (after which
+/// log and checkpoint belong together).
+struct StartedLog(Option<PathBuf>);
+
+impl StartedLog {
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StartedLog {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The files of a run, claimed before any work by the output policy (absent or regular
+/// files only, none of them an input) and each replaced whole when written; the loss log is
+/// appended in place (LossCsv).
+struct TrainFiles {
+    weights: OutputFile,
+    ckpt: OutputFile,
+    curve: OutputFile,
+    csv: PathBuf,
+}
+
+impl TrainFiles {
+    fn claim(args: &TrainArgs) -> Result<TrainFiles> {
+        let config = Path::new(&args.config);
+        // The checkpoint may be the one --resume reads: it is not counted as an input.
+        let inputs = [args.data.as_path(), config];
+        let with_resume: Vec<&Path> = inputs.into_iter().chain(args.resume.as_deref()).collect();
+        let csv = sibling(&args.out, "loss.csv");
+        OutputFile::claim(&csv, "the loss log", &with_resume)?;
+        Ok(TrainFiles {
+            weights: OutputFile::claim(&args.out, "--out", &with_resume)?,
+            ckpt: OutputFile::claim(
+                &sibling(&args.out, "ckpt.safetensors"),
+                "the checkpoint",
+                &inputs,
+            )?,
+            curve: OutputFile::claim(
+                &sibling(&args.out, "loss.png"),
+                "the loss curve",
+                &with_resume,
+            )?,
+            csv,
+        })
+    }
+}
+
+/// Writes `bytes` to the output's staging file, syncs it and renames it over the output (a
+/// crash leaves the old file or the new one); a failed write removes the staging file.
+fn write_whole(file: &OutputFile, bytes: &[u8]) -> Result<()> {
+    let staged = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(file.staging())?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = staged {
+        let _ = std::fs::remove_file(file.staging());
+        return Err(e).with_context(|| format!("cannot write {}", file.path().display()));
+    }
+    file.commit()
+}
+
+/// Runs `host train`.
+pub fn run(args: &TrainArgs) -> Result<ExitCode> {
+    let mut run_config = run_config(args)?;
+    let preset = run_config.preset;
+    let files = TrainFiles::claim(args)?;
+    let (ckpt, csv_path) = (files.ckpt.path().to_path_buf(), files.csv.clone());
+    check_fresh_start(args, &ckpt, &csv_path)?;
+    let config = ModelConfig::load(&args.config)?.adm()?.clone();
+    let arch = AdmArch::new(&config)?;
+    let (data, data_sha) = load_data(&args.data)?;
+    run_config.data_sha256 = data_sha;
     let threads = threads(args.threads);
     let layout = ParamLayout::from_specs(&arch.state_dict())?;
     let resume = match &args.resume {
-        Some(p) => Some(TrainState::load(p, &layout)?),
+        Some(p) => Some(load_checkpoint(p, &layout, &data, args.steps)?),
         None => None,
     };
-    let mut run = AdmRun::new(&arch, &data, run_config.clone(), threads, resume)?;
+    let mut run = AdmRun::new(&arch, &data, run_config.clone(), threads, resume).with_context(
+        || match &args.resume {
+            Some(p) => format!("cannot resume {}", p.display()),
+            None => "cannot start the run".to_string(),
+        },
+    )?;
     let stop = StopFlag::install()?;
-    let ckpt = sibling(&args.out, "ckpt.safetensors");
-    let csv_path = sibling(&args.out, "loss.csv");
+    let mut started = StartedLog(args.resume.is_none().then(|| csv_path.clone()));
     let mut csv = LossCsv::open(&csv_path, &["loss", "grad_norm", "lr"], run.state.step)?;
     let macs = arch.macs(config.image_size, config.image_size);
     errln!(
@@ -201,7 +348,6 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         let mut train = run_config.to_json();
         train["steps"] = step.into();
         train["data"] = args.data.display().to_string().into();
-        train["data_sha256"] = data_sha.clone().into();
         train["images"] = data.len().into();
         BTreeMap::from([
             ("tweedie.config".into(), config.to_json().to_string()),
@@ -223,17 +369,17 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         ])
     };
     let save = |run: &AdmRun| -> Result<()> {
-        run.state.save(&ckpt, &layout)?;
-        export(
-            &args.out,
+        write_whole(&files.ckpt, &run.state.to_bytes(&layout)?)?;
+        let weights = export_bytes(
             &layout,
             &arch,
             run.state.ema.weights(),
             &meta(run.state.step),
             args.f16,
         )?;
+        write_whole(&files.weights, &weights)?;
         let points = read_column(&csv_path, "loss")?;
-        plot_loss_curve(&sibling(&args.out, "loss.png"), &points, 50, 800, 400)
+        write_whole(&files.curve, &loss_curve_png(&points, 50, 800, 400)?)
     };
     let start = Instant::now();
     let first = run.state.step;
@@ -278,6 +424,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         let grid = args.sample_every > 0 && step % args.sample_every == 0;
         if checkpoint || grid {
             save(&run)?;
+            started.keep();
         }
         if grid {
             let path = sample_grid(args, preset, step, threads)?;
@@ -287,17 +434,22 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
                 None => errln!("{line}"),
             }
         }
-        if stop.requested() {
-            errln!("train: stop requested; writing a checkpoint at step {step}");
+        if let (Some(code), Some(name)) = (stop.exit_code(), stop.signal_name()) {
+            errln!("train: {name} received; writing a checkpoint at step {step}");
             save(&run)?;
-            errln!("train: resume with --resume {}", ckpt.display());
-            return Ok(ExitCode::SUCCESS);
+            started.keep();
+            errln!(
+                "train: stopped at step {step}; resume with --resume {}",
+                ckpt.display()
+            );
+            return Ok(ExitCode::from(code));
         }
     }
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
     save(&run)?;
+    started.keep();
     errln!(
         "train: done, {} steps in {}; weights {} (EMA), checkpoint {}",
         run.state.step - first,
@@ -340,7 +492,11 @@ fn sample_grid(args: &TrainArgs, preset: Preset, step: u64, threads: usize) -> R
     ];
     let cli = <super::Cli as clap::Parser>::try_parse_from(argv)
         .context("--sample-every: building the sample command")?;
-    super::run(cli).context("--sample-every: sampling the exported weights")?;
+    // Straight to `sample`: the training run keeps its own signal handling (checkpoint first).
+    let super::Command::Sample(sample) = cli.command else {
+        bail!("--sample-every: the sample command line did not parse as `sample`");
+    };
+    super::sample::run(&sample).context("--sample-every: sampling the exported weights")?;
     let grid = dir.join(format!("step_{step:06}.png"));
     std::fs::rename(scratch.join("grid.png"), &grid)
         .with_context(|| format!("cannot write {}", grid.display()))?;
@@ -348,16 +504,15 @@ fn sample_grid(args: &TrainArgs, preset: Preset, step: u64, threads: usize) -> R
     Ok(grid)
 }
 
-/// Writes the weights with `tweedie.*` metadata; with `f16`, conv and linear weights become
-/// f16 (biases and GroupNorm parameters stay f32, as the loader's f16 policy). Atomic.
-pub fn export(
-    path: &Path,
+/// The weights file with `tweedie.*` metadata; with `f16`, conv and linear weights become
+/// f16 (biases and GroupNorm parameters stay f32, as the loader's f16 policy).
+fn export_bytes(
     layout: &ParamLayout,
     arch: &AdmArch,
     values: &[f32],
     metadata: &BTreeMap<String, String>,
     f16_weights: bool,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     layout.check_buffer(values.len())?;
     let specs = arch.state_dict();
     let bytes: Vec<Vec<u8>> = layout
@@ -375,16 +530,19 @@ pub fn export(
             }
         })
         .collect();
-    let mut tensors = Vec::with_capacity(bytes.len());
-    for ((v, s), b) in layout.views().iter().zip(&specs).zip(&bytes) {
-        let dtype = if f16_weights && matches!(s.kind, ParamKind::Weight { .. }) {
-            Dtype::F16
-        } else {
-            Dtype::F32
-        };
-        tensors.push((v.name.clone(), TensorView::new(dtype, v.shape.clone(), b)?));
-    }
-    let meta: std::collections::HashMap<String, String> = metadata.clone().into_iter().collect();
-    let out = safetensors::serialize(tensors, Some(meta)).context("cannot serialise weights")?;
-    write_atomic(path, &out)
+    let tensors: Vec<TensorBytes<'_>> = layout
+        .views()
+        .iter()
+        .zip(&specs)
+        .zip(&bytes)
+        .map(|((v, s), b)| {
+            let dtype = if f16_weights && matches!(s.kind, ParamKind::Weight { .. }) {
+                Dtype::F16
+            } else {
+                Dtype::F32
+            };
+            (v.name.clone(), dtype, v.shape.clone(), &b[..])
+        })
+        .collect();
+    serialize_sorted(&tensors, metadata).context("cannot serialise weights")
 }

@@ -42,13 +42,13 @@ pub struct TrainClassifierArgs {
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Peak learning rate (AdamW), decayed linearly to 0.
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 2e-3, allow_hyphen_values = true)]
     pub lr: f64,
     /// Warm-up steps.
     #[arg(long, default_value_t = 200)]
     pub warmup: u64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_hyphen_values = true)]
     pub weight_decay: f64,
     /// Seed of the initialisation and the data order.
     #[arg(long, default_value_t = 0)]
@@ -72,6 +72,16 @@ pub fn run(args: &TrainClassifierArgs) -> Result<ExitCode> {
     let start = Instant::now();
     Outputs::check_file(&args.out, "--out", &[&args.data])?;
     let threads = threads(args.threads);
+    let cfg = ClassifyConfig {
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        warmup: args.warmup,
+        weight_decay: args.weight_decay,
+        seed: args.seed,
+        threads,
+    };
+    cfg.validate()?;
     let load = |split| {
         Dataset::mnist(&args.data, split, true).with_context(|| {
             format!(
@@ -95,15 +105,6 @@ pub fn run(args: &TrainClassifierArgs) -> Result<ExitCode> {
     let test_set = Labelled {
         images: &test_images,
         labels: &test_labels,
-    };
-    let cfg = ClassifyConfig {
-        epochs: args.epochs,
-        batch: args.batch,
-        lr: args.lr,
-        warmup: args.warmup,
-        weight_decay: args.weight_decay,
-        seed: args.seed,
-        threads,
     };
     errln!(
         "training the digit classifier ({} parameters) on {} images, {} epochs, {threads} threads",

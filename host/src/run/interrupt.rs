@@ -50,7 +50,7 @@ impl std::error::Error for Interrupted {}
 /// Installs the handlers (once per process; later calls do nothing).
 pub fn install() -> Result<()> {
     if STOP.get().is_none() {
-        let flag = StopFlag::install()?;
+        let flag = StopFlag::install_escalating()?;
         let _ = STOP.set(flag);
     }
     Ok(())

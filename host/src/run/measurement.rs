@@ -132,6 +132,38 @@ pub struct MeasureOptions {
     pub rect: Option<(usize, usize, usize, usize)>,
 }
 
+/// `--p` when not given: the official inpainting configs' missing fraction.
+pub const DEFAULT_P: f64 = 0.92;
+
+impl MeasureOptions {
+    /// The options of `--task`, `--sigma-y`, `--seed`, `--p` and `--box`; a flag the task has
+    /// no use for is an error (it would be silently ignored).
+    pub fn new(
+        task: Task,
+        sigma_y: f64,
+        seed: u64,
+        p: Option<f64>,
+        rect: Option<&str>,
+    ) -> Result<MeasureOptions> {
+        if p.is_some() && task != Task::Inpaint {
+            bail!("--p applies to --task inpaint only, not {}", task.name());
+        }
+        if rect.is_some() && task != Task::InpaintBox {
+            bail!(
+                "--box applies to --task inpaint-box only, not {}",
+                task.name()
+            );
+        }
+        Ok(MeasureOptions {
+            task,
+            sigma_y,
+            seed,
+            p: p.unwrap_or(DEFAULT_P),
+            rect: rect.map(parse_box).transpose()?,
+        })
+    }
+}
+
 /// Parses `x,y,w,h`.
 pub fn parse_box(s: &str) -> Result<(usize, usize, usize, usize)> {
     let v: Vec<usize> = s
@@ -191,7 +223,7 @@ impl Measurement {
         source_sha256: Option<String>,
     ) -> Result<Measurement> {
         if !(opts.sigma_y.is_finite() && opts.sigma_y >= 0.0) {
-            bail!("--sigma-y {}: must be a number >= 0", opts.sigma_y);
+            bail!("--sigma-y {}: must be a finite number >= 0", opts.sigma_y);
         }
         let (_, h, w) = shape;
         let mut m = Measurement {
@@ -285,6 +317,12 @@ impl Measurement {
             .unwrap_or(0);
         let rect = meta.get("tweedie.box").map(|b| parse_box(b)).transpose()?;
         let y = file.tensor_f32("y")?;
+        if let Some(i) = y.data.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{label}: y holds {} at element {i}; a measurement must be finite",
+                y.data[i]
+            );
+        }
         let mut m = Measurement {
             task,
             shape: (channels, size, size),

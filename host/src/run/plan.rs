@@ -37,9 +37,11 @@ pub enum ScheduleName {
 pub enum SamplerName {
     /// The paper's template (eq. 11 / 24).
     Template,
-    /// DDPM ancestral sampling (Ho et al. Alg. 2, K = 1000) as a template instance.
+    /// DDPM ancestral sampling (Ho et al. Alg. 2, K = 1000) as a template instance
+    /// (host sample only: its fixed steps diverge under eq. 24's likelihood term).
     Ddpm,
-    /// NCSN annealed Langevin (Song & Ermon Alg. 1): --ncsn-levels × --steps-per-level steps.
+    /// NCSN annealed Langevin (Song & Ermon Alg. 1): --ncsn-levels × --steps-per-level steps
+    /// (host sample only, as DDPM).
     Ncsn,
     /// score_sde's VE predictor–corrector sampler (--snr), K = --steps levels.
     VePc,
@@ -274,7 +276,8 @@ impl PlanArgs {
     /// when given; VE: the weights' metadata or those flags).
     fn range(model: &Model) -> Result<(f64, f64)> {
         match (model.kind, model.sigma_range) {
-            (Kind::Vp, Some((lo, hi))) => Ok((lo.max(vp::SIGMA_MIN), hi.min(vp::SIGMA_MAX))),
+            // On the table: the model flags refuse a VP range that leaves it.
+            (Kind::Vp, Some(range)) => Ok(range),
             (Kind::Vp, None) => Ok((vp::SIGMA_MIN, vp::SIGMA_MAX)),
             (Kind::Ve, _) => model.require_sigma_range(),
         }
@@ -284,6 +287,27 @@ impl PlanArgs {
     pub fn build(&self, model: &Model, purpose: Purpose) -> Result<AnyPlan> {
         if self.steps == Some(0) {
             bail!("--steps 0: the number of steps K must be at least 1");
+        }
+        if let (
+            Purpose::Conditional {
+                sigma_y, norm_sq, ..
+            },
+            SamplerName::Ddpm | SamplerName::Ncsn,
+        ) = (purpose, self.sampler)
+        {
+            bail!(
+                "--sampler {} is unconditional only: its step sizes γ_k are fixed by the \
+                 algorithm (DDPM: β_t/ᾱ_t, up to 495; NCSN: ε σ²/(2σ_L²)), far above the \
+                 likelihood step's stability bound σ_y²/‖A‖² = {:.3e}, so eq. 24 diverges; \
+                 clipping γ_k (spec §10.2) breaks the algorithm's own start law. Use \
+                 --sampler template with host restore",
+                if self.sampler == SamplerName::Ddpm {
+                    "ddpm"
+                } else {
+                    "ncsn"
+                },
+                sigma_y * sigma_y / norm_sq
+            );
         }
         let steps = self
             .steps
@@ -320,7 +344,7 @@ impl PlanArgs {
             }
             SamplerName::VePc => {
                 if !matches!(purpose, Purpose::Unconditional) {
-                    bail!("--sampler ve-pc is unconditional only (use template with host restore)");
+                    bail!("--sampler ve-pc is unconditional only (use --sampler template with host restore)");
                 }
                 let (lo, hi) = Self::range(model)?;
                 AnyPlan::VePc {
@@ -559,8 +583,28 @@ mod tests {
         assert!(e(&["--kind", "vp", "--step-rule", "code"]).contains("needs a measurement"));
     }
 
+    /// DDPM and NCSN fix γ_k themselves; under eq. 24 they diverge, so restore refuses them.
+    #[test]
+    fn fixed_step_samplers_are_refused_for_restoration() {
+        let cond = Purpose::Conditional {
+            sigma_y: 0.05,
+            norm_sq: 1.0,
+            sr: false,
+        };
+        for sampler in ["ddpm", "ncsn"] {
+            let args = ["--kind", "vp", "--sampler", sampler];
+            let e = format!("{:#}", build(&args, cond).unwrap_err());
+            assert!(
+                e.contains(&format!("--sampler {sampler} is unconditional only"))
+                    && e.contains("2.500e-3"),
+                "{e}"
+            );
+            assert!(build(&args, Purpose::Unconditional).is_ok());
+        }
+    }
+
     /// A VP model's schedules span the DDPM table unless --sigma-min/--sigma-max narrow it
-    /// (a run that starts at a lower noise level); flags outside the table are clipped to it.
+    /// (a run that starts at a lower noise level); flags outside the table are an error.
     #[test]
     fn vp_schedules_honour_a_narrowed_sigma_range() {
         let first = |args: &[&str]| match build(args, Purpose::Unconditional).unwrap() {
@@ -576,7 +620,10 @@ mod tests {
             (hi - 1.0).abs() < 1e-6 && (lo - 0.05).abs() < 1e-6,
             "{hi} {lo}"
         );
-        let wide = [&base[..], &["--sigma-max", "1000"]].concat();
-        assert!((first(&wide).0 - vp::SIGMA_MAX).abs() < 1e-9 * vp::SIGMA_MAX);
+        for flag in [["--sigma-max", "1000"], ["--sigma-min", "0.001"]] {
+            let wide = [&base[..], &flag[..]].concat();
+            let e = format!("{:#}", build(&wide, Purpose::Unconditional).unwrap_err());
+            assert!(e.contains("leaves the VP table"), "{e}");
+        }
     }
 }

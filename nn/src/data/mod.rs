@@ -158,6 +158,24 @@ impl Dataset {
         self.labels.as_deref()
     }
 
+    /// Lowercase hex SHA-256 of the images as training sees them: the ASCII line
+    /// `N C H W\n`, then every image's bytes (planar, NCHW) in example order. For a PNG
+    /// folder this notices a changed, added, removed or reordered image (not a renamed file
+    /// that keeps its place).
+    pub fn pixels_sha256(&self) -> String {
+        let mut h = Sha256::new();
+        let shape = format!(
+            "{} {} {} {}\n",
+            self.len(),
+            self.channels,
+            self.height,
+            self.width
+        );
+        h.update(shape.as_bytes());
+        h.update(&self.pixels);
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Fills `out` (`indices.len()` examples of [`Preprocess::example_len`]) with the given
     /// images converted by `pre`, NCHW.
     pub fn fill_batch(&self, indices: &[usize], pre: Preprocess, out: &mut [f32]) -> Result<()> {

@@ -144,4 +144,22 @@ mod tests {
         assert_eq!((ds.len(), ds.channels), (1, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn pixel_hash_notices_a_changed_image_but_not_a_rewrite() {
+        let dir = tmp_dir("hash");
+        let img = image::GrayImage::from_fn(4, 4, |x, y| image::Luma([(x * 16 + y) as u8]));
+        img.save(dir.join("a.png")).unwrap();
+        image::GrayImage::new(4, 4).save(dir.join("b.png")).unwrap();
+        let before = read_png_folder(&dir).unwrap().pixels_sha256();
+        assert_eq!(before.len(), 64);
+        // Same pixels written again (new file, new mtime): same hash.
+        img.save(dir.join("a.png")).unwrap();
+        assert_eq!(read_png_folder(&dir).unwrap().pixels_sha256(), before);
+        let mut changed = img.clone();
+        changed.put_pixel(3, 3, image::Luma([200]));
+        changed.save(dir.join("a.png")).unwrap();
+        assert_ne!(read_png_folder(&dir).unwrap().pixels_sha256(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -149,9 +149,67 @@ pub struct RunConfig {
     pub seed: u64,
     /// AdamW β, ε, weight decay.
     pub adam: AdamWConfig,
+    /// SHA-256 of the training data (its definition is the data loader's).
+    pub data_sha256: String,
 }
 
+/// What `--resume` allows, for the help text and the error that refuses a mismatch.
+pub const RESUME_RULE: &str = "On --resume these must match the checkpoint: --config, \
+--preset (and --sigma-min/--sigma-max for ve), --batch, --lr, --warmup, --ema-decay, \
+--grad-clip, --weight-decay, --seed and the data (its sha256). These may change: --steps \
+(the total to reach; the learning rate is warm-up then constant, so only the schedule's end \
+moves) and the output, logging, sampling and thread flags.";
+
+/// The `tweedie.run` keys and the flags that set them.
+const RUN_FLAGS: [(&str, &str); 13] = [
+    ("preset", "--preset"),
+    ("batch", "--batch"),
+    ("lr", "--lr"),
+    ("warmup", "--warmup"),
+    ("ema_decay", "--ema-decay"),
+    ("grad_clip", "--grad-clip"),
+    ("seed", "--seed"),
+    ("sigma_min", "--sigma-min"),
+    ("sigma_max", "--sigma-max"),
+    ("adam_betas", "AdamW betas"),
+    ("adam_eps", "AdamW eps"),
+    ("weight_decay", "--weight-decay"),
+    ("data_sha256", "--data (sha256)"),
+];
+
 impl RunConfig {
+    /// Errors unless every setting is usable (each message names its flag).
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr {}: must be a finite number > 0", self.lr);
+        }
+        if !(self.ema_decay.is_finite() && (0.0..1.0).contains(&self.ema_decay)) {
+            bail!("--ema-decay {}: must lie in [0, 1)", self.ema_decay);
+        }
+        if let Some(c) = self.grad_clip.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            bail!("--grad-clip {c}: must be a finite number > 0 (0 turns clipping off)");
+        }
+        let wd = self.adam.weight_decay;
+        if !(wd.is_finite() && wd >= 0.0) {
+            bail!("--weight-decay {wd}: must be a finite number >= 0");
+        }
+        if let Preset::Ve {
+            sigma_min,
+            sigma_max,
+        } = self.preset
+        {
+            if !(sigma_min > 0.0 && sigma_min < sigma_max && sigma_max.is_finite()) {
+                bail!(
+                    "--sigma-min {sigma_min} / --sigma-max {sigma_max}: need 0 < min < max < inf"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The `tweedie.train` JSON (without the step count, which the caller adds).
     pub fn to_json(&self) -> serde_json::Value {
         let (lo, hi) = self.preset.sigma_range();
@@ -160,13 +218,107 @@ impl RunConfig {
             "warmup": self.warmup, "ema_decay": self.ema_decay, "grad_clip": self.grad_clip,
             "seed": self.seed, "sigma_min": lo, "sigma_max": hi,
             "adam_betas": [self.adam.betas.0, self.adam.betas.1], "adam_eps": self.adam.eps,
-            "weight_decay": self.adam.weight_decay,
+            "weight_decay": self.adam.weight_decay, "data_sha256": self.data_sha256,
         })
+    }
+
+    /// Errors unless the `tweedie.run` JSON of a checkpoint matches these settings; each
+    /// difference is named by its flag. A checkpoint of format 1 has no data hash: it is
+    /// not compared (the caller warns that the file is unverified).
+    pub fn check_resume(&self, stored: &str) -> Result<()> {
+        let stored: serde_json::Value = serde_json::from_str(stored)
+            .map_err(|e| anyhow::anyhow!("the checkpoint's {KEY_RUN} is not JSON: {e}"))?;
+        let Some(stored) = stored.as_object() else {
+            bail!("the checkpoint's {KEY_RUN} is not a JSON object");
+        };
+        // Both sides through the same text → Value parse (serde_json's float parsing is not
+        // exactly round-trip, so a freshly built Value can differ in the last bit).
+        let now = reparse(&self.to_json());
+        let mut diffs = Vec::new();
+        for (key, flag) in RUN_FLAGS {
+            match (stored.get(key), &now[key]) {
+                (None, _) if key == "data_sha256" => {}
+                (Some(a), b) if a == b => {}
+                (a, b) => diffs.push(format!(
+                    "{flag} {} in the checkpoint, {b} now",
+                    a.map_or("(absent)".to_string(), |a| a.to_string())
+                )),
+            }
+        }
+        for key in stored
+            .keys()
+            .filter(|k| !RUN_FLAGS.iter().any(|(r, _)| r == k))
+        {
+            diffs.push(format!("unknown setting `{key}` in the checkpoint"));
+        }
+        if !diffs.is_empty() {
+            bail!(
+                "the settings differ from the checkpoint's: {}. {RESUME_RULE}",
+                diffs.join("; ")
+            );
+        }
+        Ok(())
     }
 }
 
 /// Metadata key holding [`RunConfig::to_json`] in checkpoints.
 pub const KEY_RUN: &str = "tweedie.run";
+/// Metadata key holding the model config JSON in checkpoints.
+const KEY_MODEL_CONFIG: &str = "tweedie.config";
+
+/// `value` as it reads back from its JSON text.
+fn reparse(value: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(&value.to_string()).unwrap_or(serde_json::Value::Null)
+}
+
+/// Errors unless checkpoint `s` can continue a run of `config` on `data` with model `c`:
+/// the same settings and model, and internally consistent step and data position.
+fn check_resume(
+    s: &TrainState,
+    config: &RunConfig,
+    c: &crate::model::adm::AdmConfig,
+    data: &Dataset,
+    layout: &super::params::ParamLayout,
+) -> Result<()> {
+    s.check(layout)?;
+    let Some(run) = s.metadata.get(KEY_RUN) else {
+        bail!("the checkpoint has no {KEY_RUN} metadata");
+    };
+    config.check_resume(run)?;
+    let stored: Option<serde_json::Value> = s
+        .metadata
+        .get(KEY_MODEL_CONFIG)
+        .and_then(|j| serde_json::from_str(j).ok());
+    if stored.as_ref() != Some(&reparse(&c.to_json())) {
+        bail!("--config: the model config differs from the checkpoint's. {RESUME_RULE}");
+    }
+    if s.data.len() != data.len() || s.data.seed() != config.seed {
+        bail!(
+            "the checkpoint's data order ({} examples, seed {}) does not match this data set \
+             ({} examples) and --seed {}",
+            s.data.len(),
+            s.data.seed(),
+            data.len(),
+            config.seed
+        );
+    }
+    let consumed = s.data.epoch() as u128 * s.data.len() as u128 + s.data.position() as u128;
+    if consumed != s.step as u128 * config.batch as u128 {
+        bail!(
+            "the checkpoint is inconsistent: step {} with batch {} means {} examples drawn, \
+             its data order says {consumed} (epoch {}, position {})",
+            s.step,
+            config.batch,
+            s.step as u128 * config.batch as u128,
+            s.data.epoch(),
+            s.data.position()
+        );
+    }
+    if s.ema.decay() != config.ema_decay || *s.optimizer.config() != config.adam {
+        bail!("the checkpoint is inconsistent: its EMA/AdamW settings differ from its {KEY_RUN}");
+    }
+    Ok(())
+}
 
 /// A training run in memory: model, data, state, buffers.
 pub struct AdmRun<'d> {
@@ -218,34 +370,24 @@ impl<'d> AdmRun<'d> {
                 c.image_size
             );
         }
-        if config.batch == 0 {
-            bail!("--batch must be at least 1");
-        }
         let pre = Preprocess {
             range: config.preset.data_range(),
             pad,
         };
         let model = AdmTrainer::new(arch, c.image_size, c.image_size, threads)?;
-        let run_json = config.to_json().to_string();
+        config.validate()?;
         let state = match resume {
-            Some(s) => {
-                s.check(model.layout())?;
-                match s.metadata.get(KEY_RUN) {
-                    Some(j) if *j == run_json => {}
-                    Some(j) => bail!(
-                        "the checkpoint was written by a run with other settings: {j} (now {run_json})"
-                    ),
-                    None => bail!("the checkpoint has no {KEY_RUN} metadata"),
-                }
-                if s.data.len() != data.len() || s.data.seed() != config.seed {
-                    bail!("the checkpoint's data order does not match this data set and seed");
-                }
+            Some(mut s) => {
+                check_resume(&s, &config, c, data, model.layout())?;
+                // A format-1 checkpoint had no data hash: the next one records it.
+                s.metadata
+                    .insert(KEY_RUN.to_string(), config.to_json().to_string());
                 s
             }
             None => {
                 let mut meta = BTreeMap::new();
-                meta.insert(KEY_RUN.to_string(), run_json);
-                meta.insert("tweedie.config".to_string(), c.to_json().to_string());
+                meta.insert(KEY_RUN.to_string(), config.to_json().to_string());
+                meta.insert(KEY_MODEL_CONFIG.to_string(), c.to_json().to_string());
                 TrainState::new(
                     model.init_params(config.seed),
                     config.adam,
@@ -335,6 +477,8 @@ impl<'d> AdmRun<'d> {
 mod tests {
     use super::*;
     use crate::model::config::ModelConfig;
+    use crate::tensors::SafetensorsFile;
+    use crate::train::checkpoint::Integrity;
 
     fn tiny() -> AdmArch {
         let json = serde_json::json!({"arch": "adm", "image_size": 8, "num_channels": 32,
@@ -365,6 +509,7 @@ mod tests {
                 weight_decay: 0.0,
                 ..AdamWConfig::default()
             },
+            data_sha256: "d1".into(),
         }
     }
 
@@ -398,7 +543,8 @@ mod tests {
             let path = dir.join(format!("{}.ckpt", preset.name()));
             let layout = first.model().layout().clone();
             first.state.save(&path, &layout).unwrap();
-            let loaded = TrainState::load(&path, &layout).unwrap();
+            let (loaded, integrity) = TrainState::load(&path, &layout, ds.len()).unwrap();
+            assert_eq!(integrity, Integrity::Verified);
             let mut second = AdmRun::new(&arch, &ds, cfg.clone(), 2, Some(loaded)).unwrap();
             for _ in 0..3 {
                 second.step().unwrap();
@@ -420,10 +566,136 @@ mod tests {
             );
             // Another seed is refused on resume.
             let other = RunConfig { seed: 1, ..cfg };
-            let loaded = TrainState::load(&path, &layout).unwrap();
-            assert!(AdmRun::new(&arch, &ds, other, 1, Some(loaded)).is_err());
+            let (loaded, _) = TrainState::load(&path, &layout, ds.len()).unwrap();
+            let e = AdmRun::new(&arch, &ds, other, 1, Some(loaded))
+                .err()
+                .unwrap();
+            assert!(
+                format!("{e:#}").contains("--seed 42 in the checkpoint, 1 now"),
+                "{e:#}"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A checkpoint as the format-1 code wrote it: no hash, no data hash in `tweedie.run`.
+    fn as_format_1(state: &TrainState, layout: &crate::train::params::ParamLayout) -> Vec<u8> {
+        let file =
+            SafetensorsFile::from_bytes(state.to_bytes(layout).unwrap(), "v2".into()).unwrap();
+        let mut meta = file.metadata().unwrap();
+        meta.remove("tweedie.sha256");
+        meta.insert("tweedie.checkpoint".into(), "1".into());
+        let mut run: serde_json::Value = serde_json::from_str(&meta[KEY_RUN]).unwrap();
+        run.as_object_mut().unwrap().remove("data_sha256");
+        meta.insert(KEY_RUN.into(), run.to_string());
+        let st = file.view().unwrap();
+        safetensors::serialize(st.iter(), Some(meta)).unwrap()
+    }
+
+    /// A format-1 checkpoint (the committed ones) resumes unverified and continues bit for
+    /// bit; one saved again is format 2 and resumes verified, also bit for bit.
+    #[test]
+    fn format_1_checkpoints_resume_bit_exactly() {
+        let (arch, ds) = (tiny(), data());
+        let cfg = config(Preset::Vp);
+        let mut straight = AdmRun::new(&arch, &ds, cfg.clone(), 1, None).unwrap();
+        for _ in 0..5 {
+            straight.step().unwrap();
+        }
+        let mut first = AdmRun::new(&arch, &ds, cfg.clone(), 1, None).unwrap();
+        first.step().unwrap();
+        first.step().unwrap();
+        let layout = first.model().layout().clone();
+        let old =
+            SafetensorsFile::from_bytes(as_format_1(&first.state, &layout), "old".into()).unwrap();
+        let (loaded, integrity) = TrainState::from_file(&old, &layout, ds.len()).unwrap();
+        assert_eq!(integrity, Integrity::Unverified);
+        let mut second = AdmRun::new(&arch, &ds, cfg.clone(), 1, Some(loaded)).unwrap();
+        second.step().unwrap();
+        let again =
+            SafetensorsFile::from_bytes(second.state.to_bytes(&layout).unwrap(), "new".into())
+                .unwrap();
+        let (loaded, integrity) = TrainState::from_file(&again, &layout, ds.len()).unwrap();
+        assert_eq!(integrity, Integrity::Verified);
+        let mut third = AdmRun::new(&arch, &ds, cfg, 1, Some(loaded)).unwrap();
+        third.step().unwrap();
+        third.step().unwrap();
+        assert!(third.state == straight.state, "resumed state differs");
+    }
+
+    /// Resume refuses other settings (naming each flag), another model config, and a
+    /// checkpoint whose step disagrees with its data position.
+    #[test]
+    fn resume_checks_settings_and_consistency() {
+        let (arch, ds) = (tiny(), data());
+        let cfg = config(Preset::Vp);
+        let mut run = AdmRun::new(&arch, &ds, cfg.clone(), 1, None).unwrap();
+        run.step().unwrap();
+        let state = run.state.clone();
+        let resume = |c: RunConfig, s: TrainState| {
+            format!(
+                "{:#}",
+                AdmRun::new(&arch, &ds, c, 1, Some(s)).err().unwrap()
+            )
+        };
+        let other = RunConfig {
+            batch: 4,
+            lr: 2e-3,
+            data_sha256: "d2".into(),
+            ..cfg.clone()
+        };
+        let e = resume(other, state.clone());
+        for part in [
+            "--batch 3 in the checkpoint, 4 now",
+            "--lr 0.001 in the checkpoint, 0.002 now",
+            "--data (sha256) \"d1\" in the checkpoint, \"d2\" now",
+            "These may change: --steps",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        let mut tampered = state.clone();
+        tampered.step = 2;
+        let e = resume(cfg.clone(), tampered);
+        assert!(
+            e.contains("step 2 with batch 3 means 6 examples drawn"),
+            "{e}"
+        );
+        let mut tampered = state.clone();
+        tampered
+            .metadata
+            .insert(KEY_MODEL_CONFIG.into(), "{\"arch\":\"adm\"}".into());
+        assert!(resume(cfg.clone(), tampered).contains("--config"));
+        let bad = RunConfig {
+            lr: f64::NAN,
+            ..cfg.clone()
+        };
+        assert!(resume(bad, state).contains("--lr NaN"));
+        for (bad, flag) in [
+            (
+                RunConfig {
+                    grad_clip: Some(-1.0),
+                    ..cfg.clone()
+                },
+                "--grad-clip -1",
+            ),
+            (
+                RunConfig {
+                    ema_decay: 1.0,
+                    ..cfg.clone()
+                },
+                "--ema-decay 1",
+            ),
+            (
+                RunConfig {
+                    lr: f64::INFINITY,
+                    ..cfg.clone()
+                },
+                "--lr inf",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
     }
 
     /// A few hundred steps on a tiny problem make the loss fall.

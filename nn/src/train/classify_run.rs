@@ -39,6 +39,25 @@ pub struct ClassifyConfig {
 }
 
 impl ClassifyConfig {
+    /// Errors unless every setting is usable (each message names its flag).
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || !self.batch.is_multiple_of(GROUP) || self.epochs == 0 {
+            bail!(
+                "--batch must be a positive multiple of {GROUP} and --epochs at least 1 (got {} and {})",
+                self.batch,
+                self.epochs
+            );
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr {}: must be a finite number > 0", self.lr);
+        }
+        let wd = self.weight_decay;
+        if !(wd.is_finite() && wd >= 0.0) {
+            bail!("--weight-decay {wd}: must be a finite number >= 0");
+        }
+        Ok(())
+    }
+
     /// The learning rate of step `step` (0-based) of `total`: linear warm-up, then a linear
     /// decay to 0 at `total`.
     pub fn lr_at(&self, step: u64, total: u64) -> f64 {
@@ -112,13 +131,7 @@ pub fn train_classifier(
 ) -> Result<(Classifier, Vec<EpochReport>)> {
     train.check("training set")?;
     test.check("test set")?;
-    if cfg.batch == 0 || !cfg.batch.is_multiple_of(GROUP) || cfg.epochs == 0 {
-        bail!(
-            "--batch must be a positive multiple of {GROUP} and --epochs at least 1 (got {} and {})",
-            cfg.batch,
-            cfg.epochs
-        );
-    }
+    cfg.validate()?;
     let mut model = Classifier::init(cfg.seed);
     let adamw = AdamWConfig {
         weight_decay: cfg.weight_decay,
@@ -301,5 +314,34 @@ mod tests {
         assert_eq!(c.lr_at(3, 100), 0.97);
         assert_eq!(c.lr_at(50, 100), 0.5);
         assert_eq!(c.lr_at(100, 100), 0.0);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let ok = ClassifyConfig {
+            epochs: 1,
+            batch: GROUP,
+            lr: 1e-3,
+            warmup: 0,
+            weight_decay: 0.0,
+            seed: 0,
+            threads: 1,
+        };
+        ok.validate().unwrap();
+        for (bad, flag) in [
+            (ClassifyConfig { lr: f64::NAN, ..ok }, "--lr NaN"),
+            (ClassifyConfig { lr: -1.0, ..ok }, "--lr -1"),
+            (
+                ClassifyConfig {
+                    weight_decay: f64::INFINITY,
+                    ..ok
+                },
+                "--weight-decay inf",
+            ),
+            (ClassifyConfig { batch: 3, ..ok }, "--batch"),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
     }
 }

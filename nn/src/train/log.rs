@@ -20,8 +20,9 @@ pub struct LossCsv {
 impl LossCsv {
     /// Opens `path` for a run resuming at step `from_step` (0 for a new run): a missing or
     /// empty file gets the header; an existing one must have the same header, and rows with
-    /// step ≥ `from_step` (written after the checkpoint being resumed) are dropped first, so
-    /// the log never holds a step twice.
+    /// step > `from_step` (written after the checkpoint being resumed) are dropped first, so
+    /// the log never holds a step twice. Row `s` is the step that completed the s-th update,
+    /// written before the checkpoint at step s, so that row stays.
     pub fn open(path: &Path, columns: &[&str], from_step: u64) -> Result<LossCsv> {
         let header = std::iter::once("step")
             .chain(columns.iter().copied())
@@ -80,7 +81,7 @@ fn keep_rows_before(text: &str, header: &str, from_step: u64, path: &Path) -> Re
     let mut out = format!("{header}\n");
     for line in lines.filter(|l| !l.is_empty()) {
         let step = row_step(line, path)?;
-        if step < from_step {
+        if step <= from_step {
             out.push_str(line);
             out.push('\n');
         }
@@ -157,6 +158,17 @@ pub fn plot_loss_curve(
     width: u32,
     height: u32,
 ) -> Result<()> {
+    let bytes = loss_curve_png(points, window, width, height)?;
+    super::checkpoint::write_atomic(path, &bytes)
+}
+
+/// The loss curve of [`plot_loss_curve`] as PNG bytes.
+pub fn loss_curve_png(
+    points: &[(u64, f64)],
+    window: usize,
+    width: u32,
+    height: u32,
+) -> Result<Vec<u8>> {
     let img = render_loss_curve(points, window, width, height)?;
     let mut bytes = Vec::new();
     img.write_to(
@@ -164,7 +176,7 @@ pub fn plot_loss_curve(
         image::ImageFormat::Png,
     )
     .context("cannot encode the loss curve PNG")?;
-    super::checkpoint::write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// The loss-curve image (see [`plot_loss_curve`]).
@@ -348,11 +360,15 @@ mod tests {
         }
         assert!(log.append(5, &[1.0]).is_err());
         drop(log);
-        // Resume from the checkpoint at step 3: rows 3 and 4 are dropped, then rewritten.
+        // Resume from the checkpoint at step 3 (written after row 3): row 4 is dropped, then
+        // rewritten; row 3 stays.
         let mut log = LossCsv::open(&path, &["loss", "lr"], 3).unwrap();
-        log.append(3, &[0.125, 1e-4]).unwrap();
+        log.append(4, &[0.125, 1e-4]).unwrap();
         let rows = read_column(&path, "loss").unwrap();
-        assert_eq!(rows, vec![(0, 1.0), (1, 0.5), (2, 1.0 / 3.0), (3, 0.125)]);
+        assert_eq!(
+            rows,
+            vec![(0, 1.0), (1, 0.5), (2, 1.0 / 3.0), (3, 0.25), (4, 0.125)]
+        );
         assert!(LossCsv::open(&path, &["other"], 0).is_err());
         assert!(read_column(&path, "nope").is_err());
         std::fs::remove_file(&path).unwrap();

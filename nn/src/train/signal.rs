@@ -1,7 +1,12 @@
-//! The stop flag of a training run: SIGINT (Ctrl-C) and SIGTERM set it; the loop polls
-//! [`StopFlag::requested`] between steps, writes a checkpoint and exits. A second SIGINT or
-//! SIGTERM while the flag is already set terminates the process at once (exit code 1), so a
-//! stuck run can still be killed from the keyboard.
+//! The stop flag of a run: SIGINT (Ctrl-C) and SIGTERM set it and record which signal came;
+//! loops poll [`StopFlag::requested`], finish what must be finished and exit with
+//! [`StopFlag::exit_code`] (130 for SIGINT, 143 for SIGTERM, as shells report them).
+//!
+//! [`StopFlag::install`] (training): further signals change nothing. A second SIGTERM a few
+//! milliseconds after the first (as process supervisors send) must not cost the run its
+//! checkpoint; SIGKILL still ends a run at once, and checkpoints are written atomically, so
+//! the previous one stays intact. [`StopFlag::install_escalating`] (commands with nothing to
+//! save, `host::run::interrupt`): a second signal ends the process at once, 128 + its number.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,9 +15,12 @@ use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::flag;
 
-/// A shared "please stop" flag, and the number of the last signal that set it (0: none).
+/// A shared "please stop" flag and the number of the last signal that set it (0: none).
 #[derive(Debug, Clone, Default)]
-pub struct StopFlag(Arc<AtomicBool>, Arc<AtomicUsize>);
+pub struct StopFlag {
+    set: Arc<AtomicBool>,
+    signal: Arc<AtomicUsize>,
+}
 
 impl StopFlag {
     /// A flag that only [`request`](Self::request) sets (tests, embedding).
@@ -20,38 +28,66 @@ impl StopFlag {
         StopFlag::default()
     }
 
-    /// A flag set by SIGINT and SIGTERM (registering again adds handlers; call once).
+    /// A flag set by SIGINT and SIGTERM; every further signal only records itself
+    /// (registering again adds handlers; call once).
     pub fn install() -> Result<StopFlag> {
+        Self::register(false)
+    }
+
+    /// A flag set by SIGINT and SIGTERM; a signal arriving while the flag is already set
+    /// ends the process at once with 128 + its number.
+    pub fn install_escalating() -> Result<StopFlag> {
+        Self::register(true)
+    }
+
+    fn register(escalate: bool) -> Result<StopFlag> {
         let stop = StopFlag::new();
         for sig in [SIGINT, SIGTERM] {
-            // Order matters: the shutdown action checks the flag *before* this signal sets it,
-            // so the first signal only sets the flag and the second one exits.
-            flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop.0))
-                .context("cannot install the signal handlers")?;
-            flag::register_usize(sig, Arc::clone(&stop.1), sig as usize)
-                .context("cannot install the signal handlers")?;
-            flag::register(sig, Arc::clone(&stop.0))
-                .context("cannot install the signal handlers")?;
+            let context = "cannot install the signal handlers";
+            if escalate {
+                // Before the flag is set by this signal: only a later one exits.
+                flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop.set))
+                    .context(context)?;
+            }
+            flag::register_usize(sig, Arc::clone(&stop.signal), sig as usize).context(context)?;
+            flag::register(sig, Arc::clone(&stop.set)).context(context)?;
         }
         Ok(stop)
     }
 
     /// Whether a stop was requested.
     pub fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.set.load(Ordering::SeqCst)
     }
 
-    /// The signal that requested the stop (SIGINT 2, SIGTERM 15), if one did.
+    /// The signal that requested the stop (the last one when several arrived).
     pub fn signal(&self) -> Option<i32> {
-        match self.1.load(Ordering::SeqCst) {
+        match self.signal.load(Ordering::SeqCst) {
             0 => None,
-            sig => i32::try_from(sig).ok(),
+            s => i32::try_from(s).ok(),
         }
     }
 
-    /// Requests a stop (as a signal would).
-    pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
+    /// The exit status of a run stopped by this flag: 128 + the signal number.
+    pub fn exit_code(&self) -> Option<u8> {
+        self.signal()
+            .map(|s| u8::try_from(128 + s).unwrap_or(u8::MAX))
+    }
+
+    /// The signal's name for messages.
+    pub fn signal_name(&self) -> Option<&'static str> {
+        self.signal().map(|s| match s {
+            SIGINT => "SIGINT",
+            SIGTERM => "SIGTERM",
+            _ => "a signal",
+        })
+    }
+
+    /// Requests a stop as `signal` would.
+    pub fn request(&self, signal: i32) {
+        self.signal
+            .store(usize::try_from(signal).unwrap_or(0), Ordering::SeqCst);
+        self.set.store(true, Ordering::SeqCst);
     }
 }
 
@@ -64,7 +100,12 @@ mod tests {
         let stop = StopFlag::new();
         let seen_by_loop = stop.clone();
         assert!(!seen_by_loop.requested());
-        stop.request();
+        assert_eq!(seen_by_loop.exit_code(), None);
+        stop.request(SIGTERM);
         assert!(seen_by_loop.requested());
+        assert_eq!(seen_by_loop.exit_code(), Some(143));
+        assert_eq!(seen_by_loop.signal_name(), Some("SIGTERM"));
+        stop.request(SIGINT);
+        assert_eq!(seen_by_loop.exit_code(), Some(130));
     }
 }

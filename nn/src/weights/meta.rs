@@ -63,6 +63,12 @@ macro_rules! string_enum {
                 match self { $($ty::$variant => $s,)+ }
             }
         }
+        impl std::fmt::Display for $ty {
+            /// The user-facing string form (never the Rust variant name).
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
     };
 }
 

@@ -117,13 +117,28 @@ impl Weights {
         for entry in &weights.entries {
             let view = st.tensor(&entry.spec.name)?;
             let range = entry.offset..entry.offset + entry.spec.numel();
-            match entry.dtype {
+            // A NaN or ∞ weight would surface later as a diverging sampler: name it here.
+            let bad = match entry.dtype {
                 StoredDtype::F32 => {
-                    decode_f32(view.dtype(), view.data(), &mut weights.storage.f32[range])?
+                    let out = &mut weights.storage.f32[range];
+                    decode_f32(view.dtype(), view.data(), out)?;
+                    out.iter()
+                        .position(|v| !v.is_finite())
+                        .map(|i| (out[i], ""))
                 }
                 StoredDtype::F16 => {
-                    decode_f16(view.dtype(), view.data(), &mut weights.storage.f16[range])?
+                    let out = &mut weights.storage.f16[range];
+                    decode_f16(view.dtype(), view.data(), out)?;
+                    let bad = out.iter().position(|v| !v.is_finite());
+                    bad.map(|i| (out[i].to_f32(), " as f16 (drop --f16)"))
                 }
+            };
+            if let Some((v, how)) = bad {
+                bail!(
+                    "{}: tensor `{}` holds {v}{how}; the weights are unusable",
+                    file.label(),
+                    entry.spec.name
+                );
             }
         }
         Ok(weights)
@@ -375,6 +390,23 @@ mod tests {
             t("conv.bias", vec![2], ParamKind::Bias),
             t("norm.weight", vec![2], ParamKind::NormWeight),
         ]
+    }
+
+    #[test]
+    fn non_finite_weights_are_named() {
+        let file = synthetic(&specs(), |t| {
+            t[1].3[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+        });
+        assert!(load_err(&file).contains("tensor `conv.bias` holds NaN"));
+        let file = synthetic(&specs(), |t| {
+            t[0].3[..4].copy_from_slice(&1e6f32.to_le_bytes());
+        });
+        Weights::load(&file, &specs(), Precision::F32).unwrap();
+        let e = format!(
+            "{:#}",
+            Weights::load(&file, &specs(), Precision::F16).unwrap_err()
+        );
+        assert!(e.contains("`conv.weight` holds inf as f16"), "{e}");
     }
 
     fn load_err(file: &SafetensorsFile) -> String {
