@@ -75,10 +75,11 @@ pub enum ConvForm {
 
 /// Most channel pairs (c_in·c_out) of a layer [`ConvForm::rule`] runs in Winograd form: its
 /// transformed weights take 4× (F(4×4)) or 1.8× (F(2×2)) the memory of its weights, which the
-/// wide, low-resolution layers do not repay: in the FFHQ-256 ADM, the 512 × 512 and
-/// 1024 × 512 layers at 16×16 and 8×8 hold 55 M of its 94 M weights and 4 % of its
-/// multiply-adds; their transform would add 590 MB for 1.5 % of the forward's work saved.
-/// With this bound the FFHQ-256 ADM keeps 278 MB of transformed weights (forward ≤ 1 GB).
+/// wide, low-resolution layers repay least: in the FFHQ-256 ADM, the layers of 512 × 512
+/// pairs and more (at 16×16 and 8×8) hold 60 M of its 77 M 3×3 weights and 7.5 % of its
+/// multiply-adds; transforming them would add 660 MB to save 5.4 % of the multiply-adds and
+/// break the 1 GB bound of its forward. With this bound it keeps 278 MB of transformed
+/// weights (peak 946 MiB at batch 1, 2 threads).
 pub const WINOGRAD_MAX_PAIRS: usize = 1 << 17;
 
 impl ConvForm {
