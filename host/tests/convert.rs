@@ -102,6 +102,13 @@ fn adm_state_dict_converts_bit_exactly_and_passes_parity() {
     let (to, ours) = convert_to("adm.safetensors", &["--from", &from, "--config", &config]);
     let expected = std::fs::read(golden("adm_small", "weights.safetensors")).unwrap();
     assert_same_tensors(&ours, &expected, &[], &[]);
+    // One byte form: a second conversion (another process, another HashMap order) writes the
+    // same bytes.
+    let (_, again) = convert_to(
+        "adm_again.safetensors",
+        &["--from", &from, "--config", &config],
+    );
+    assert!(again == ours, "two conversions wrote different bytes");
     let m = meta(&ours);
     for (k, v) in [
         ("tweedie.kind", "vp"),

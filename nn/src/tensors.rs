@@ -163,8 +163,6 @@ pub fn serialize_sorted(
     tensors: &[TensorBytes<'_>],
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let mut offset = 0usize;
-    let mut infos = Vec::with_capacity(tensors.len());
     for (name, dtype, shape, bytes) in tensors {
         let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let expected = elements.and_then(|n| n.checked_mul(dtype.bitsize()));
@@ -174,16 +172,42 @@ pub fn serialize_sorted(
                 bytes.len()
             );
         }
-        let data_offsets = (offset, offset + bytes.len());
-        offset += bytes.len();
+    }
+    let layout: Vec<(&str, Dtype, &[usize])> = tensors
+        .iter()
+        .map(|(n, d, s, _)| (n.as_str(), *d, &s[..]))
+        .collect();
+    let mut out = sorted_header(&layout, metadata)?;
+    for (_, _, _, bytes) in tensors {
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
+
+/// The header of [`serialize_sorted`] alone (8-byte length, then the JSON with sorted keys
+/// padded to 8 bytes) for tensors `(name, dtype, shape)` whose data follow in the given order:
+/// what a writer that streams the data needs first.
+pub fn sorted_header(
+    tensors: &[(&str, Dtype, &[usize])],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut offset = 0usize;
+    let mut infos = Vec::with_capacity(tensors.len());
+    for &(name, dtype, shape) in tensors {
+        let bits = shape
+            .iter()
+            .try_fold(dtype.bitsize(), |a, &d| a.checked_mul(d))
+            .with_context(|| format!("tensor {name}: shape {shape:?} overflows"))?;
+        let bytes = bits / 8;
         infos.push((
-            name.clone(),
+            name.to_string(),
             TensorInfo {
-                dtype: *dtype,
-                shape: shape.clone(),
-                data_offsets,
+                dtype,
+                shape: shape.to_vec(),
+                data_offsets: (offset, offset + bytes),
             },
         ));
+        offset += bytes;
     }
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
     let header = Metadata::new((!meta.is_empty()).then_some(meta), infos)
@@ -191,12 +215,9 @@ pub fn serialize_sorted(
     // Through serde_json::Value, whose maps are sorted by key.
     let mut json = serde_json::to_string(&serde_json::to_value(&header)?)?.into_bytes();
     json.resize(json.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    let mut out = Vec::with_capacity(8 + json.len());
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(&json);
-    for (_, _, _, bytes) in tensors {
-        out.extend_from_slice(bytes);
-    }
     Ok(out)
 }
 

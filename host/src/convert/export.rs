@@ -8,7 +8,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use half::f16;
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use tweedie_core::vp;
 
@@ -18,7 +17,7 @@ use super::zip::printable;
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::model::config::{ModelConfig, BUILTIN_NAMES};
 use tweedie_nn::model::ncsnpp::NcsnppArch;
-use tweedie_nn::tensors::{decode_f16, SafetensorsFile};
+use tweedie_nn::tensors::{decode_f16, serialize_sorted, SafetensorsFile};
 use tweedie_nn::weights::meta::{DataRange, Kind, NetOutput, WeightsSet};
 use tweedie_nn::weights::spec::{parameter_count, TensorSpec};
 use tweedie_nn::weights::{Precision, StoredDtype, Weights, WeightsMeta, IGNORED_BUFFERS};
@@ -314,11 +313,15 @@ fn serialize(
         let (dtype, bytes) = encode(dtype, bytes, out)?;
         encoded.push((name, dtype, t.shape.clone(), bytes));
     }
-    let views = encoded
+    // Sorted by name as safetensors::serialize lays the data out; nn's one byte form keeps
+    // the header keys sorted too, so a conversion always writes the same bytes.
+    encoded.sort_by_key(|e| e.0);
+    let views: Vec<_> = encoded
         .iter()
-        .map(|(n, d, s, b)| Ok((*n, TensorView::new(*d, s.clone(), b)?)))
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, Some(meta.to_map())).context("cannot serialise the weights")
+        .map(|(n, d, s, b)| (n.to_string(), *d, s.clone(), &b[..]))
+        .collect();
+    serialize_sorted(&views, &meta.to_map().into_iter().collect())
+        .context("cannot serialise the weights")
 }
 
 /// Loads the written weights file `path` back strictly against `spec`, as `host sample`

@@ -2,24 +2,22 @@
 //! same content, and the build facts of run.json. Where and how files are written is
 //! [`super::output_policy`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Result};
-use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::Dtype;
+use tweedie_nn::tensors::{serialize_sorted, sorted_header};
 
-/// A safetensors file of f32 tensors (name, shape, values) with string metadata, laid out as
-/// `safetensors::serialize` lays it out (data sorted by name) but with the header's JSON keys
-/// in sorted order, so the same tensors always give the same bytes (serialize writes the
-/// metadata in HashMap order, which changes from process to process).
+/// A safetensors file of f32 tensors (name, shape, values) with string metadata, the data
+/// sorted by name, in nn's one byte form (`serialize_sorted`: header keys sorted), so the
+/// same tensors always give the same bytes.
 pub fn safetensors_bytes(
     tensors: &[(&str, Vec<usize>, &[f32])],
     metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
     let mut order: Vec<&(&str, Vec<usize>, &[f32])> = tensors.iter().collect();
     order.sort_by_key(|t| t.0);
-    let shapes: Vec<(&str, &[usize])> = order.iter().map(|t| (t.0, &t.1[..])).collect();
-    let mut out = f32_safetensors_header(&shapes, metadata)?;
+    let mut encoded = Vec::with_capacity(order.len());
     for (name, shape, values) in order {
         if shape.iter().product::<usize>() != values.len() {
             bail!(
@@ -27,38 +25,26 @@ pub fn safetensors_bytes(
                 values.len()
             );
         }
-        out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        encoded.push((name.to_string(), shape.clone(), bytes));
     }
-    Ok(out)
+    let views: Vec<_> = encoded
+        .iter()
+        .map(|(n, s, b)| (n.clone(), Dtype::F32, s.clone(), &b[..]))
+        .collect();
+    serialize_sorted(&views, &metadata.into_iter().collect())
 }
 
-/// The header (8-byte length, JSON with sorted keys padded to 8 bytes) of a safetensors file
-/// of f32 tensors `(name, shape)` whose data follow in the given order.
+/// The header of [`safetensors_bytes`] for f32 tensors `(name, shape)` whose data follow in
+/// the given order (a streaming writer writes it first).
 pub fn f32_safetensors_header(
     tensors: &[(&str, &[usize])],
     metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let mut offset = 0;
-    let infos = tensors
-        .iter()
-        .map(|(name, shape)| {
-            let bytes = shape.iter().product::<usize>() * 4;
-            offset += bytes;
-            let info = TensorInfo {
-                dtype: Dtype::F32,
-                shape: shape.to_vec(),
-                data_offsets: (offset - bytes, offset),
-            };
-            (name.to_string(), info)
-        })
-        .collect();
-    let meta = Metadata::new((!metadata.is_empty()).then_some(metadata), infos)?;
-    // Through serde_json::Value, whose maps are sorted by key.
-    let mut json = serde_json::to_string(&serde_json::to_value(&meta)?)?.into_bytes();
-    json.resize(json.len().next_multiple_of(8), b' ');
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&json);
-    Ok(out)
+    let layout: Vec<(&str, Dtype, &[usize])> =
+        tensors.iter().map(|&(n, s)| (n, Dtype::F32, s)).collect();
+    let metadata: BTreeMap<String, String> = metadata.into_iter().collect();
+    sorted_header(&layout, &metadata)
 }
 
 /// JSON text with a trailing newline.

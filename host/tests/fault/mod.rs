@@ -133,31 +133,6 @@ pub fn results(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     files
 }
 
-/// A safetensors file as its parsed content (metadata and tensors in name order), so two
-/// files with the same content compare equal whatever their header's key order; other bytes
-/// as they are.
-pub fn safetensors_content(bytes: &[u8]) -> Vec<u8> {
-    let Ok(st) = safetensors::SafeTensors::deserialize(bytes) else {
-        return bytes.to_vec();
-    };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
-    let meta: BTreeMap<String, String> = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let mut out = format!("{meta:?}").into_bytes();
-    let mut names = st.names();
-    names.sort();
-    for name in names {
-        let t = st.tensor(name).unwrap();
-        out.extend(format!("{name} {:?} {:?}", t.dtype(), t.shape()).bytes());
-        out.extend_from_slice(t.data());
-    }
-    out
-}
-
 /// Names in `dir` that a run stages (`.NAME.host-staging`, `.NAME.host-old`).
 pub fn staging_entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
