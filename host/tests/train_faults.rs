@@ -464,7 +464,7 @@ fn identical_runs_write_identical_bytes() {
     }
 }
 
-/// The committed VP checkpoint (format 1, step 7660) resumes with the warning, and 2 steps
+/// The committed VP checkpoint (format 1, at the step it records) resumes with the warning, and 2 steps
 /// from it give the same bits whether or not the run stops after the first (which writes a
 /// format-2 checkpoint in between).
 #[test]
@@ -475,6 +475,13 @@ fn committed_checkpoint_resumes_bit_exactly() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let committed = root.join("models/training/mnist-vp.ckpt.safetensors");
     let config = root.join("models/mnist-vp.json");
+    // The checkpoint moves on as the bundled model trains: read its step.
+    let bytes = std::fs::read(&committed).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let step: u64 = header.metadata().as_ref().unwrap()["tweedie.step"]
+        .parse()
+        .unwrap();
+    let (one, two) = ((step + 1).to_string(), (step + 2).to_string());
     let args = |out: &Path, resume: &Path, steps: &str| -> Vec<String> {
         [
             "train",
@@ -510,15 +517,15 @@ fn committed_checkpoint_resumes_bit_exactly() {
         .collect()
     };
     let straight = scratch("committed_straight").join("m.safetensors");
-    let out = run(&args(&straight, &committed, "7662"));
+    let out = run(&args(&straight, &committed, &two));
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("predates checkpoint format 2"), "{err}");
     let split = scratch("committed_split").join("m.safetensors");
     let ckpt = split.with_file_name("m.ckpt.safetensors");
-    let out = run(&args(&split, &committed, "7661"));
+    let out = run(&args(&split, &committed, &one));
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&args(&split, &ckpt, "7662"));
+    let out = run(&args(&split, &ckpt, &two));
     let err = stderr(&out);
     assert!(out.status.success() && !err.contains("warning"), "{err}");
     assert_eq!(
@@ -527,6 +534,6 @@ fn committed_checkpoint_resumes_bit_exactly() {
     );
     assert_eq!(
         logged_steps(&split.with_file_name("m.loss.csv")),
-        [7661, 7662]
+        [step + 1, step + 2]
     );
 }
