@@ -43,6 +43,7 @@ fn train_step(c: &mut Criterion) {
         batch: BATCH,
         lr: 2e-4,
         warmup: 0,
+        lr_decay: None,
         ema_decay: 0.999,
         grad_clip: Some(1.0),
         seed: 1,

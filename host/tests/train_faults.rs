@@ -355,6 +355,32 @@ fn damaged_and_mismatched_checkpoints_are_refused() {
     let err = stderr(&out);
     assert!(err.contains("--seed 3 in the checkpoint, 4 now"), "{err}");
     assert!(err.contains("must match the checkpoint: --config"), "{err}");
+    // --change-settings: the EMA decay and a learning-rate decay change from step 2 on and
+    // the weights' tweedie.train records it; without the flag the same resume is refused.
+    let changed = ["--ema-decay", "0.95", "--lr-decay", "2:6"];
+    fails_with(
+        &resume(&changed),
+        "--ema-decay 0.999 in the checkpoint, 0.95 now",
+    );
+    let mut args = train_args(
+        &dir,
+        4,
+        &[&["--resume", s(&ckpt).as_str()][..], &changed].concat(),
+    );
+    args.push("--change-settings".into());
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(dir.join("m.safetensors")).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let train: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["tweedie.train"]).unwrap();
+    assert_eq!(
+        train["changes"],
+        serde_json::json!([{"step": 2, "ema_decay": [0.999, 0.95], "lr_decay": [null, [2, 6]]}]),
+        "{train}"
+    );
+    assert_eq!(train["lr_decay"], serde_json::json!([2, 6]));
+    std::fs::write(&ckpt, &good).unwrap();
     // A changed training image changes the data hash (train_args writes the fixture first).
     let args = train_args(&dir, 4, &["--resume", ckpt.to_str().unwrap()]);
     image::GrayImage::new(6, 6)
@@ -384,6 +410,9 @@ fn bad_settings_and_outputs_leave_no_files() {
         (vec!["--grad-clip", "nan"], "--grad-clip NaN"),
         (vec!["--ema-decay", "1"], "--ema-decay 1"),
         (vec!["--weight-decay", "-0.1"], "--weight-decay -0.1"),
+        (vec!["--lr-decay", "5:5"], "expected START:END"),
+        (vec!["--lr-decay", "10"], "expected START:END"),
+        (vec!["--change-settings", "--f16"], "required arguments"),
     ] {
         let args = train_args(&dir, 3, &flags);
         let before = listing(&dir);

@@ -80,6 +80,10 @@ pub struct TrainArgs {
     /// Linear learning-rate warm-up steps.
     #[arg(long, default_value_t = 500)]
     pub warmup: u64,
+    /// Cosine learning-rate decay START:END: from the full rate at step START down to 0 at
+    /// step END (default: constant after the warm-up).
+    #[arg(long, value_name = "START:END", value_parser = parse_decay)]
+    pub lr_decay: Option<(u64, u64)>,
     /// EMA decay of the exported weights.
     #[arg(long, allow_hyphen_values = true, default_value_t = 0.999)]
     pub ema_decay: f64,
@@ -104,6 +108,11 @@ pub struct TrainArgs {
     /// Continue from a checkpoint (same settings required).
     #[arg(long, value_name = "CKPT", long_help = resume_help())]
     pub resume: Option<PathBuf>,
+    /// With --resume: let --lr, --warmup, --lr-decay and --ema-decay differ from the
+    /// checkpoint's, from its step on; the change is recorded in the weights' tweedie.train
+    /// (`changes`).
+    #[arg(long, requires = "resume")]
+    pub change_settings: bool,
     /// Write a checkpoint (and the weights) every M steps (0: only at the end / on a stop).
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: u64,
@@ -127,6 +136,20 @@ pub struct TrainArgs {
     /// Store conv and linear weights as f16 in the exported file.
     #[arg(long)]
     pub f16: bool,
+}
+
+/// `START:END` of `--lr-decay`.
+fn parse_decay(s: &str) -> std::result::Result<(u64, u64), String> {
+    let bad = || format!("`{s}`: expected START:END, two step numbers with START < END");
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    let (a, b) = (
+        a.trim().parse::<u64>().map_err(|_| bad())?,
+        b.trim().parse::<u64>().map_err(|_| bad())?,
+    );
+    if a >= b {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
@@ -176,6 +199,7 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
         batch: args.batch,
         lr: args.lr,
         warmup: args.warmup,
+        lr_decay: args.lr_decay,
         ema_decay: args.ema_decay,
         // 0 turns clipping off; anything else (negative, NaN) is validated below.
         grad_clip: (args.grad_clip != 0.0).then_some(args.grad_clip),
@@ -322,12 +346,16 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         Some(p) => Some(load_checkpoint(p, &layout, &data, args.steps)?),
         None => None,
     };
-    let mut run = AdmRun::new(&arch, &data, run_config.clone(), threads, resume).with_context(
-        || match &args.resume {
-            Some(p) => format!("cannot resume {}", p.display()),
-            None => "cannot start the run".to_string(),
-        },
-    )?;
+    let run = match resume {
+        Some(state) if args.change_settings => {
+            AdmRun::resume_changing(&arch, &data, run_config, threads, state)
+        }
+        resume => AdmRun::new(&arch, &data, run_config, threads, resume),
+    };
+    let mut run = run.with_context(|| match &args.resume {
+        Some(p) => format!("cannot resume {}", p.display()),
+        None => "cannot start the run".to_string(),
+    })?;
     let stop = StopFlag::install()?;
     let mut started = StartedLog(args.resume.is_none().then(|| csv_path.clone()));
     let mut csv = LossCsv::open(&csv_path, &["loss", "grad_norm", "lr"], run.state.step)?;
@@ -343,9 +371,8 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         run.state.step,
         args.steps
     );
-    let meta = |step: u64| -> BTreeMap<String, String> {
+    let meta = |step: u64, mut train: serde_json::Value| -> BTreeMap<String, String> {
         let (lo, hi) = preset.sigma_range();
-        let mut train = run_config.to_json();
         train["steps"] = step.into();
         train["data"] = args.data.display().to_string().into();
         train["images"] = data.len().into();
@@ -374,7 +401,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             &layout,
             &arch,
             run.state.ema.weights(),
-            &meta(run.state.step),
+            &meta(run.state.step, run.run_json()),
             args.f16,
         )?;
         write_whole(&files.weights, &weights)?;

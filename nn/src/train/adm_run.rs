@@ -26,7 +26,7 @@ use tweedie_core::tweedie;
 use super::checkpoint::TrainState;
 use super::clip::{clip_grad_norm, grad_norm};
 use super::optim::AdamWConfig;
-use super::schedule::{LrSchedule, Warmup};
+use super::schedule::{LrSchedule, Warmup, WarmupCosine};
 use crate::data::{Dataset, Preprocess};
 use crate::model::adm::AdmArch;
 use crate::train::adm_trainer::AdmTrainer;
@@ -141,6 +141,9 @@ pub struct RunConfig {
     pub lr: f64,
     /// Linear warm-up steps.
     pub warmup: u64,
+    /// Cosine decay of the rate from step `.0` to 0 at step `.1` (None: constant after the
+    /// warm-up).
+    pub lr_decay: Option<(u64, u64)>,
     /// EMA decay.
     pub ema_decay: f64,
     /// Global gradient-norm clip (None: off).
@@ -155,17 +158,27 @@ pub struct RunConfig {
 
 /// What `--resume` allows, for the help text and the error that refuses a mismatch.
 pub const RESUME_RULE: &str = "On --resume these must match the checkpoint: --config, \
---preset (and --sigma-min/--sigma-max for ve), --batch, --lr, --warmup, --ema-decay, \
---grad-clip, --weight-decay, --seed and the data (its sha256). These may change: --steps \
-(the total to reach; the learning rate is warm-up then constant, so only the schedule's end \
-moves) and the output, logging, sampling and thread flags.";
+--preset (and --sigma-min/--sigma-max for ve), --batch, --lr, --warmup, --lr-decay, \
+--ema-decay, --grad-clip, --weight-decay, --seed and the data (its sha256). These may change: \
+--steps (the total to reach; it does not move the learning-rate schedule) and the output, \
+logging, sampling and thread flags. With --change-settings, --lr, --warmup, --lr-decay and \
+--ema-decay may change too, from the checkpoint's step on (the change is recorded under \
+`changes` in the weights' tweedie.train).";
+
+/// The settings `--change-settings` lets a resumed run change.
+const CHANGEABLE: [&str; 4] = ["lr", "warmup", "lr_decay", "ema_decay"];
+
+/// The `tweedie.run` key listing the changes made on resume: `[{"step": S, "<key>": [old,
+/// new], …}, …]`, oldest first.
+const KEY_CHANGES: &str = "changes";
 
 /// The `tweedie.run` keys and the flags that set them.
-const RUN_FLAGS: [(&str, &str); 13] = [
+const RUN_FLAGS: [(&str, &str); 14] = [
     ("preset", "--preset"),
     ("batch", "--batch"),
     ("lr", "--lr"),
     ("warmup", "--warmup"),
+    ("lr_decay", "--lr-decay"),
     ("ema_decay", "--ema-decay"),
     ("grad_clip", "--grad-clip"),
     ("seed", "--seed"),
@@ -185,6 +198,11 @@ impl RunConfig {
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr {}: must be a finite number > 0", self.lr);
+        }
+        if let Some((start, end)) = self.lr_decay {
+            if start >= end {
+                bail!("--lr-decay {start}:{end}: the start must be below the end");
+            }
         }
         if !(self.ema_decay.is_finite() && (0.0..1.0).contains(&self.ema_decay)) {
             bail!("--ema-decay {}: must lie in [0, 1)", self.ema_decay);
@@ -210,44 +228,87 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The `tweedie.train` JSON (without the step count, which the caller adds).
+    /// The `tweedie.train` JSON (without the step count, which the caller adds). `lr_decay`
+    /// appears only when set, so runs without one keep the JSON they always had.
     pub fn to_json(&self) -> serde_json::Value {
         let (lo, hi) = self.preset.sigma_range();
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "preset": self.preset.name(), "batch": self.batch, "lr": self.lr,
             "warmup": self.warmup, "ema_decay": self.ema_decay, "grad_clip": self.grad_clip,
             "seed": self.seed, "sigma_min": lo, "sigma_max": hi,
             "adam_betas": [self.adam.betas.0, self.adam.betas.1], "adam_eps": self.adam.eps,
             "weight_decay": self.adam.weight_decay, "data_sha256": self.data_sha256,
-        })
+        });
+        if let Some((start, end)) = self.lr_decay {
+            json["lr_decay"] = serde_json::json!([start, end]);
+        }
+        json
     }
 
-    /// Errors unless the `tweedie.run` JSON of a checkpoint matches these settings; each
-    /// difference is named by its flag. A checkpoint of format 1 has no data hash: it is
-    /// not compared (the caller warns that the file is unverified).
-    pub fn check_resume(&self, stored: &str) -> Result<()> {
+    /// The learning rate of step `step` (0-based).
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let warmup = Warmup {
+            lr: self.lr,
+            warmup: self.warmup,
+        };
+        match self.lr_decay {
+            None => warmup.lr(step),
+            Some((start, end)) => WarmupCosine { warmup, start, end }.lr(step),
+        }
+    }
+
+    /// Compares these settings with the `tweedie.run` JSON of a checkpoint taken at `step`.
+    /// Without `allow_change`, any difference is an error naming each flag. With it, the
+    /// [`CHANGEABLE`] settings may differ: the result is then that JSON's change history
+    /// plus one entry `{"step", key: [old, new], …}` (unchanged history when nothing
+    /// differs). A checkpoint of format 1 has no data hash: it is not compared (the caller
+    /// warns that the file is unverified).
+    pub fn check_resume(
+        &self,
+        stored: &str,
+        step: u64,
+        allow_change: bool,
+    ) -> Result<Vec<serde_json::Value>> {
         let stored: serde_json::Value = serde_json::from_str(stored)
             .map_err(|e| anyhow::anyhow!("the checkpoint's {KEY_RUN} is not JSON: {e}"))?;
         let Some(stored) = stored.as_object() else {
             bail!("the checkpoint's {KEY_RUN} is not a JSON object");
         };
+        let mut history = match stored.get(KEY_CHANGES) {
+            None => Vec::new(),
+            Some(serde_json::Value::Array(h)) => h.clone(),
+            Some(_) => bail!("the checkpoint's {KEY_RUN} `{KEY_CHANGES}` is not a list"),
+        };
         // Both sides through the same text → Value parse (serde_json's float parsing is not
         // exactly round-trip, so a freshly built Value can differ in the last bit).
         let now = reparse(&self.to_json());
         let mut diffs = Vec::new();
+        let mut change = serde_json::Map::new();
         for (key, flag) in RUN_FLAGS {
-            match (stored.get(key), &now[key]) {
+            let (a, b) = (stored.get(key), now.get(key));
+            match (a, b) {
                 (None, _) if key == "data_sha256" => {}
-                (Some(a), b) if a == b => {}
-                (a, b) => diffs.push(format!(
-                    "{flag} {} in the checkpoint, {b} now",
-                    a.map_or("(absent)".to_string(), |a| a.to_string())
-                )),
+                (a, b) if a == b => {}
+                (a, b) if allow_change && CHANGEABLE.contains(&key) => {
+                    let old = a.cloned().unwrap_or(serde_json::Value::Null);
+                    let new = b.cloned().unwrap_or(serde_json::Value::Null);
+                    change.insert(key.to_string(), serde_json::json!([old, new]));
+                }
+                (a, b) => {
+                    let show = |v: Option<&serde_json::Value>| {
+                        v.map_or("(absent)".to_string(), |v| v.to_string())
+                    };
+                    diffs.push(format!(
+                        "{flag} {} in the checkpoint, {} now",
+                        show(a),
+                        show(b)
+                    ))
+                }
             }
         }
         for key in stored
             .keys()
-            .filter(|k| !RUN_FLAGS.iter().any(|(r, _)| r == k))
+            .filter(|k| *k != KEY_CHANGES && !RUN_FLAGS.iter().any(|(r, _)| r == k))
         {
             diffs.push(format!("unknown setting `{key}` in the checkpoint"));
         }
@@ -257,7 +318,11 @@ impl RunConfig {
                 diffs.join("; ")
             );
         }
-        Ok(())
+        if !change.is_empty() {
+            change.insert("step".to_string(), step.into());
+            history.push(serde_json::Value::Object(change));
+        }
+        Ok(history)
     }
 }
 
@@ -266,25 +331,41 @@ pub const KEY_RUN: &str = "tweedie.run";
 /// Metadata key holding the model config JSON in checkpoints.
 const KEY_MODEL_CONFIG: &str = "tweedie.config";
 
+/// `config`'s JSON plus its change history (omitted when empty).
+fn run_json(config: &RunConfig, changes: &[serde_json::Value]) -> serde_json::Value {
+    let mut json = config.to_json();
+    if !changes.is_empty() {
+        json[KEY_CHANGES] = serde_json::Value::Array(changes.to_vec());
+    }
+    json
+}
+
 /// `value` as it reads back from its JSON text.
 fn reparse(value: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(&value.to_string()).unwrap_or(serde_json::Value::Null)
 }
 
 /// Errors unless checkpoint `s` can continue a run of `config` on `data` with model `c`:
-/// the same settings and model, and internally consistent step and data position.
+/// the same settings (but for those `allow_change` lets change) and model, and internally
+/// consistent step and data position. Returns the run's change history
+/// ([`RunConfig::check_resume`]).
 fn check_resume(
     s: &TrainState,
     config: &RunConfig,
+    allow_change: bool,
     c: &crate::model::adm::AdmConfig,
     data: &Dataset,
     layout: &super::params::ParamLayout,
-) -> Result<()> {
+) -> Result<Vec<serde_json::Value>> {
     s.check(layout)?;
     let Some(run) = s.metadata.get(KEY_RUN) else {
         bail!("the checkpoint has no {KEY_RUN} metadata");
     };
-    config.check_resume(run)?;
+    let history = config.check_resume(run, s.step, allow_change)?;
+    // Compared as JSON values: both sides through the same text → Value parse.
+    let stored_ema = serde_json::from_str::<serde_json::Value>(run)
+        .map(|v| v["ema_decay"].clone())
+        .unwrap_or(serde_json::Value::Null);
     let stored: Option<serde_json::Value> = s
         .metadata
         .get(KEY_MODEL_CONFIG)
@@ -314,10 +395,10 @@ fn check_resume(
             s.data.position()
         );
     }
-    if s.ema.decay() != config.ema_decay || *s.optimizer.config() != config.adam {
+    if reparse(&s.ema.decay().into()) != stored_ema || *s.optimizer.config() != config.adam {
         bail!("the checkpoint is inconsistent: its EMA/AdamW settings differ from its {KEY_RUN}");
     }
-    Ok(())
+    Ok(history)
 }
 
 /// A training run in memory: model, data, state, buffers.
@@ -328,6 +409,8 @@ pub struct AdmRun<'d> {
     pre: Preprocess,
     /// Weights, EMA, moments, step, data position.
     pub state: TrainState,
+    /// Settings changed on resume (`--change-settings`), oldest first.
+    changes: Vec<serde_json::Value>,
     grads: Vec<f32>,
     indices: Vec<usize>,
     x0: Vec<f32>,
@@ -345,6 +428,30 @@ impl<'d> AdmRun<'d> {
         config: RunConfig,
         threads: usize,
         resume: Option<TrainState>,
+    ) -> Result<AdmRun<'d>> {
+        AdmRun::build(arch, data, config, threads, resume, false)
+    }
+
+    /// Continues `state` with `config`, whose learning-rate settings and EMA decay may differ
+    /// from the checkpoint's (`--change-settings`): they apply from the checkpoint's step on,
+    /// every step before it stays as it was, and the change joins the run's history.
+    pub fn resume_changing(
+        arch: &AdmArch,
+        data: &'d Dataset,
+        config: RunConfig,
+        threads: usize,
+        state: TrainState,
+    ) -> Result<AdmRun<'d>> {
+        AdmRun::build(arch, data, config, threads, Some(state), true)
+    }
+
+    fn build(
+        arch: &AdmArch,
+        data: &'d Dataset,
+        config: RunConfig,
+        threads: usize,
+        resume: Option<TrainState>,
+        allow_change: bool,
     ) -> Result<AdmRun<'d>> {
         let c = &arch.config;
         if data.channels != c.in_channels {
@@ -376,12 +483,16 @@ impl<'d> AdmRun<'d> {
         };
         let model = AdmTrainer::new(arch, c.image_size, c.image_size, threads)?;
         config.validate()?;
+        let mut changes = Vec::new();
         let state = match resume {
             Some(mut s) => {
-                check_resume(&s, &config, c, data, model.layout())?;
+                changes = check_resume(&s, &config, allow_change, c, data, model.layout())?;
+                if s.ema.decay() != config.ema_decay {
+                    s.ema = s.ema.with_decay(config.ema_decay)?;
+                }
                 // A format-1 checkpoint had no data hash: the next one records it.
                 s.metadata
-                    .insert(KEY_RUN.to_string(), config.to_json().to_string());
+                    .insert(KEY_RUN.to_string(), run_json(&config, &changes).to_string());
                 s
             }
             None => {
@@ -401,6 +512,7 @@ impl<'d> AdmRun<'d> {
         let per = pre.example_len(data);
         let b = config.batch;
         Ok(AdmRun {
+            changes,
             grads: model.layout().zeros(),
             model,
             config,
@@ -423,6 +535,12 @@ impl<'d> AdmRun<'d> {
     /// The run configuration.
     pub fn config(&self) -> &RunConfig {
         &self.config
+    }
+
+    /// The `tweedie.train` JSON of this run: its settings and, if any, the settings changed on
+    /// resume (`changes`).
+    pub fn run_json(&self) -> serde_json::Value {
+        run_json(&self.config, &self.changes)
     }
 
     /// One optimizer step; returns (loss, gradient norm before clipping, learning rate).
@@ -459,11 +577,7 @@ impl<'d> AdmRun<'d> {
             Some(c) => clip_grad_norm(&mut self.grads, c)?,
             None => grad_norm(&self.grads),
         };
-        let lr = Warmup {
-            lr: cfg.lr,
-            warmup: cfg.warmup,
-        }
-        .lr(step);
+        let lr = cfg.lr_at(step);
         self.state
             .optimizer
             .step(&mut self.state.params, &self.grads, lr)?;
@@ -502,6 +616,7 @@ mod tests {
             batch: 3,
             lr: 1e-3,
             warmup: 2,
+            lr_decay: None,
             ema_decay: 0.9,
             grad_clip: Some(1.0),
             seed: 42,
@@ -696,6 +811,81 @@ mod tests {
             let e = bad.validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{flag}: {e}");
         }
+    }
+
+    /// `--change-settings`: steps before the checkpoint keep their bits; after it the new
+    /// EMA decay and learning-rate decay apply exactly as in a run that had them from that
+    /// step; the change is recorded (and kept by a later plain resume); settings outside
+    /// the changeable four are still refused.
+    #[test]
+    fn resume_changing_applies_and_records_new_settings() {
+        let (arch, ds) = (tiny(), data());
+        let cfg = config(Preset::Vp);
+        let mut run = AdmRun::new(&arch, &ds, cfg.clone(), 1, None).unwrap();
+        for _ in 0..3 {
+            run.step().unwrap();
+        }
+        let at3 = run.state.clone();
+        let changed = RunConfig {
+            ema_decay: 0.99,
+            lr_decay: Some((3, 7)),
+            ..cfg.clone()
+        };
+        // Refused without --change-settings, naming the flags.
+        let e = format!(
+            "{:#}",
+            AdmRun::new(&arch, &ds, changed.clone(), 1, Some(at3.clone()))
+                .err()
+                .unwrap()
+        );
+        assert!(
+            e.contains("--ema-decay 0.9 in the checkpoint, 0.99 now"),
+            "{e}"
+        );
+        assert!(
+            e.contains("--lr-decay (absent) in the checkpoint, [3,7] now"),
+            "{e}"
+        );
+        let mut resumed =
+            AdmRun::resume_changing(&arch, &ds, changed.clone(), 1, at3.clone()).unwrap();
+        assert_eq!(resumed.state.ema.decay(), 0.99);
+        let lrs: Vec<f64> = (0..5).map(|_| resumed.step().unwrap().2).collect();
+        assert_eq!(lrs[0], 1e-3);
+        assert!((lrs[2] - 5e-4).abs() < 1e-15, "{lrs:?}");
+        assert_eq!(lrs[4], 0.0);
+        // The same as applying the new settings by hand from step 3.
+        let mut by_hand = AdmRun::new(&arch, &ds, cfg.clone(), 1, Some(at3.clone())).unwrap();
+        by_hand.state.ema = by_hand.state.ema.clone().with_decay(0.99).unwrap();
+        by_hand.config.warmup = 0;
+        for step in 3..8 {
+            by_hand.config.lr = changed.lr_at(step);
+            by_hand.step().unwrap();
+        }
+        assert_eq!(bits(&by_hand.state.params), bits(&resumed.state.params));
+        let ema = |r: &AdmRun| bits(r.state.ema.weights());
+        assert_eq!(ema(&by_hand), ema(&resumed));
+        // Recorded in the run's JSON and in the checkpoint; a plain resume keeps it.
+        let json = resumed.run_json();
+        assert_eq!(
+            json["changes"],
+            serde_json::json!([{"step": 3, "ema_decay": [0.9, 0.99],
+                "lr_decay": [null, [3, 7]]}])
+        );
+        let again =
+            AdmRun::new(&arch, &ds, changed.clone(), 1, Some(resumed.state.clone())).unwrap();
+        assert_eq!(again.run_json()["changes"], json["changes"]);
+        // Only the four learning-rate/EMA settings may change.
+        let other = RunConfig {
+            batch: 4,
+            ..changed
+        };
+        let e = format!(
+            "{:#}",
+            AdmRun::resume_changing(&arch, &ds, other, 1, at3)
+                .err()
+                .unwrap()
+        );
+        assert!(e.contains("--batch 3 in the checkpoint, 4 now"), "{e}");
     }
 
     /// A few hundred steps on a tiny problem make the loss fall.

@@ -30,6 +30,11 @@ impl Ema {
         Ok(Ema { decay, weights })
     }
 
+    /// The same average continuing with another decay rate (a setting changed on resume).
+    pub fn with_decay(self, decay: f64) -> Result<Ema> {
+        Ema::from_weights(decay, self.weights)
+    }
+
     /// The decay rate.
     pub fn decay(&self) -> f64 {
         self.decay

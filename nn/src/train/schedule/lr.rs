@@ -38,6 +38,33 @@ impl LrSchedule for Warmup {
     }
 }
 
+/// [`Warmup`], then from step `start` a half-cosine from the base rate down to 0 at step
+/// `end` (0 after it). Before `start` the rate is exactly [`Warmup`]'s, so a run that adopts
+/// a decay on resume keeps the bits of every step it already took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WarmupCosine {
+    /// Warm-up and base rate.
+    pub warmup: Warmup,
+    /// First step of the decay (rate still the base rate there).
+    pub start: u64,
+    /// Step at which the rate reaches 0.
+    pub end: u64,
+}
+
+impl LrSchedule for WarmupCosine {
+    fn lr(&self, step: u64) -> f64 {
+        let base = self.warmup.lr(step);
+        if step <= self.start {
+            return base;
+        }
+        if step >= self.end {
+            return 0.0;
+        }
+        let t = (step - self.start) as f64 / (self.end - self.start) as f64;
+        base * 0.5 * (1.0 + (core::f64::consts::PI * t).cos())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +86,31 @@ mod tests {
         };
         assert_eq!(none.lr(0), 1e-3);
         assert_eq!(Constant(3e-4).lr(7), 3e-4);
+    }
+
+    #[test]
+    fn cosine_keeps_warmup_bits_then_halves_at_midpoint() {
+        let warmup = Warmup {
+            lr: 1e-3,
+            warmup: 100,
+        };
+        let s = WarmupCosine {
+            warmup,
+            start: 1000,
+            end: 3000,
+        };
+        for step in [0, 1, 50, 100, 999, 1000] {
+            assert_eq!(s.lr(step).to_bits(), warmup.lr(step).to_bits());
+        }
+        assert!((s.lr(2000) - 5e-4).abs() < 1e-18);
+        assert!((s.lr(1500) - 1e-3 * (0.5 + 0.5 * 0.5f64.sqrt())).abs() < 1e-15);
+        assert!(s.lr(2999) > 0.0 && s.lr(2999) < 1e-8);
+        assert_eq!(s.lr(3000), 0.0);
+        assert_eq!(s.lr(10_000), 0.0);
+        let mut last = f64::INFINITY;
+        for step in 1000..3001 {
+            assert!(s.lr(step) <= last);
+            last = s.lr(step);
+        }
     }
 }

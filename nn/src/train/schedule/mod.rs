@@ -4,4 +4,4 @@
 
 pub mod lr;
 
-pub use lr::{LrSchedule, Warmup};
+pub use lr::{LrSchedule, Warmup, WarmupCosine};
