@@ -21,6 +21,7 @@ use serde_json::json;
 use tweedie_core::plan::StepPlan;
 
 use super::common::{load_mnist, preprocess, threads};
+use super::plan_args::PlanArgs;
 use crate::cli::model_args::ModelArgs;
 use crate::eval::gaussian_fit::fit;
 use crate::eval::nearest::{nearest, Neighbour};
@@ -32,7 +33,6 @@ use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
 use crate::run::measurement::Task;
 use crate::run::output::{build_info, json_bytes};
 use crate::run::output_policy::Outputs;
-use crate::run::plan::PlanArgs;
 use crate::run::progress::human_seconds;
 use crate::run::shard::{parse_shard_arg, ShardArg};
 use crate::run::stream::{ImageShape, InMemory};
@@ -605,7 +605,8 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
     let batch = args.batch.unwrap_or(args.samples.min(8)).max(1);
     let setup = Setup {
         model: &model,
-        plan_args: &plan_args,
+        plans: &plan_args,
+        final_denoise: plan_args.final_denoise,
         task,
         sigma_y: args.sigma_y,
         p: args.p,
@@ -958,7 +959,8 @@ fn run_posterior(args: &PosteriorArgs) -> Result<ExitCode> {
     };
     let setup = |model, batch| Setup {
         model,
-        plan_args: &args.plan,
+        plans: &args.plan,
+        final_denoise: args.plan.final_denoise,
         task,
         sigma_y: args.sigma_y,
         p: args.p,

@@ -14,6 +14,27 @@ use crate::run::measurement::{MeasureOptions, Measurement, Task};
 use crate::run::output_policy::Outputs;
 use tweedie_nn::weights::meta::DataRange;
 
+/// `--task`: the metadata names of [`Task`] (formats §4).
+impl clap::ValueEnum for Task {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Task::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            Task::Inpaint => {
+                "Random inpainting: a fraction --p of pixel locations missing (seeded mask)"
+            }
+            Task::InpaintBox => {
+                "A missing rectangle (--box x,y,w,h; default the centered half-size box)"
+            }
+            Task::Sr4 => "4× bicubic super-resolution (the DPS resizer)",
+            Task::Denoise => "Denoising: A = I",
+        };
+        Some(clap::builder::PossibleValue::new(self.name()).help(help))
+    }
+}
+
 const EXAMPLE: &str = "\
 Examples:
   host measure --task sr4 --input gt.png --sigma-y 0.2 --seed 1 --out y.safetensors

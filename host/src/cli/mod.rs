@@ -16,6 +16,7 @@ pub mod measure;
 pub mod merge;
 pub mod model_args;
 pub mod parity;
+pub mod plan_args;
 pub mod restore;
 pub mod sample;
 pub mod schedule;

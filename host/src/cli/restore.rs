@@ -16,6 +16,7 @@ use tweedie_core::metrics::{psnr, psnr_minmax, ssim, SSIM_WIN};
 use tweedie_core::ForwardOperator;
 
 use super::common::threads;
+use super::plan_args::PlanArgs;
 use super::sample::{
     image_shape, no_chains, plan_len, run_json, write_chain_shard, write_samples, RunArgs,
 };
@@ -26,7 +27,7 @@ use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
 use crate::run::measurement::{MeasureOptions, Measurement, Task};
 use crate::run::output::{json_bytes, safetensors_bytes};
 use crate::run::output_policy::Outputs;
-use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
+use crate::run::plan::{AnyPlan, Purpose};
 use crate::run::progress::{human_seconds, Progress};
 use crate::run::runner::{run_chains, Job, RunOutput};
 use crate::run::shard::Shard;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::common::threads;
+use super::plan_args::PlanArgs;
 use crate::cli::device::{self, Device, DeviceArgs};
 use crate::cli::model_args::{conv_json, ModelArgs};
 use crate::errln;
@@ -19,7 +20,7 @@ use crate::run::manifest::{Manifest, MANIFEST};
 use crate::run::memory;
 use crate::run::output::{build_info, json_bytes};
 use crate::run::output_policy::Outputs;
-use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
+use crate::run::plan::{AnyPlan, Purpose};
 use crate::run::progress::{human_seconds, Progress};
 use crate::run::runner::{run_chains, Job, RunOutput};
 use crate::run::shard::{parse_shard_arg, Shard, ShardArg};

@@ -10,11 +10,12 @@ use clap::Args;
 use image::{Rgb, RgbImage};
 use tweedie_core::plan::{PlanStep, StepPlan};
 
+use super::plan_args::PlanArgs;
 use crate::cli::model_args::ModelArgs;
 use crate::outln;
 use crate::run::measurement::Task;
 use crate::run::output_policy::{OutputFile, Outputs};
-use crate::run::plan::{PlanArgs, Purpose, PRESETS};
+use crate::run::plan::{Purpose, PRESETS};
 
 const EXAMPLE: &str = "\
 Examples:

@@ -13,7 +13,7 @@ use super::gaussian_fit::GaussianFit;
 use super::gaussian_mmse::{posterior_mean, SparseRows};
 use crate::image_io::range_width;
 use crate::run::measurement::{AnyOperator, MeasureOptions, Measurement, Task};
-use crate::run::plan::{AnyPlan, PlanArgs, Purpose};
+use crate::run::plan::{AnyPlan, PlanSource, Purpose};
 use crate::run::progress::Progress;
 use crate::run::runner::{run_chains, Job, RunOutput};
 use tweedie_nn::denoiser::Model;
@@ -22,8 +22,10 @@ use tweedie_nn::denoiser::Model;
 pub struct Setup<'a> {
     /// The denoiser.
     pub model: &'a Model,
-    /// Schedule and sampler flags (as host restore takes them).
-    pub plan_args: &'a PlanArgs,
+    /// Builds each measurement's plan (host restore's schedule and sampler flags).
+    pub plans: &'a dyn PlanSource,
+    /// Output D(x_K, σ_{K−1}) instead of x_K (--final-denoise).
+    pub final_denoise: bool,
     /// `Inpaint` or `Sr4`.
     pub task: Task,
     /// σ_y in data-range units.
@@ -135,7 +137,7 @@ impl Setup<'_> {
     /// The sampling plan for a measurement (host restore's rule).
     pub fn plan(&self, measurement: &Measurement) -> Result<AnyPlan> {
         let op = measurement.operator()?;
-        self.plan_args.build(
+        self.plans.build(
             self.model,
             Purpose::Conditional {
                 sigma_y: measurement.sigma_y,
@@ -160,7 +162,7 @@ impl Setup<'_> {
             first_chain: 0,
             batch: self.batch,
             seed,
-            final_denoise: self.plan_args.final_denoise,
+            final_denoise: self.final_denoise,
             snapshot_every: None,
             start,
             likelihood: Some((op, &m.y, m.sigma_y)),

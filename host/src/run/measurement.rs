@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use serde::Serialize;
 use tweedie_core::operator::{
     fill_random_mask, BoxInpainting, Identity, Inpainting, SuperResolution4,
@@ -18,8 +17,8 @@ use super::output::safetensors_bytes;
 use tweedie_nn::tensors::SafetensorsFile;
 use tweedie_nn::weights::meta::DataRange;
 
-/// Inverse problems.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+/// Inverse problems (the command line's `--task`: `cli::measure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
     /// Random inpainting: a fraction --p of pixel locations missing (seeded mask).
@@ -33,6 +32,9 @@ pub enum Task {
 }
 
 impl Task {
+    /// Every task, in the command line's order.
+    pub const ALL: [Task; 4] = [Task::Inpaint, Task::InpaintBox, Task::Sr4, Task::Denoise];
+
     /// The metadata name (formats §4).
     pub fn name(self) -> &'static str {
         match self {
@@ -44,9 +46,7 @@ impl Task {
     }
 
     fn from_name(s: &str) -> Option<Task> {
-        [Task::Inpaint, Task::InpaintBox, Task::Sr4, Task::Denoise]
-            .into_iter()
-            .find(|t| t.name() == s)
+        Task::ALL.into_iter().find(|t| t.name() == s)
     }
 }
 
