@@ -3,5 +3,6 @@
 pub mod adm;
 pub mod classifier;
 pub mod config;
+mod config_fields;
 pub mod layers;
 pub mod ncsnpp;

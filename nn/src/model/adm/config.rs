@@ -9,6 +9,8 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
+use crate::model::config_fields::{check_keys, opt_bool, opt_f64, opt_int, opt_usize, req_usize};
+
 /// The `create_model` keyword names (plus `in_channels`) accepted in a flat or nested config.
 const CREATE_MODEL_KEYS: &[&str] = &[
     "image_size",
@@ -101,7 +103,7 @@ impl AdmConfig {
         match top.get("create_model_kwargs") {
             Some(kwargs) => Self::from_nested(top, kwargs),
             None => {
-                check_keys(top, &[CREATE_MODEL_KEYS, FLAT_EXTRA_KEYS], "")?;
+                check_keys(top, &[CREATE_MODEL_KEYS, FLAT_EXTRA_KEYS], "ADM", "")?;
                 let in_channels = opt_usize(top, "in_channels", "")?.unwrap_or(3);
                 Self::from_create_model(top, in_channels, "")
             }
@@ -114,7 +116,7 @@ impl AdmConfig {
         let kwargs = kwargs
             .as_object()
             .context("create_model_kwargs: must be a JSON object")?;
-        check_keys(kwargs, &[CREATE_MODEL_KEYS], ctx)?;
+        check_keys(kwargs, &[CREATE_MODEL_KEYS], "ADM", ctx)?;
         let derived = match top.get("unet_model_kwargs_derived") {
             Some(d) => Some(
                 d.as_object()
@@ -355,41 +357,6 @@ fn attention_resolutions(
     Ok(res)
 }
 
-/// Refuses keys outside the allowed lists (a typo would otherwise silently become a default).
-fn check_keys(obj: &Map<String, Value>, allowed: &[&[&str]], ctx: &str) -> Result<()> {
-    for key in obj.keys() {
-        if !allowed.iter().any(|list| list.contains(&key.as_str())) {
-            bail!("{ctx}{key}: unknown ADM config field");
-        }
-    }
-    Ok(())
-}
-
-fn opt_int(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<Option<i64>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_i64() {
-            Some(i) => Ok(Some(i)),
-            // Python configs sometimes write 4.0 for 4.
-            None => match v.as_f64() {
-                Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => Ok(Some(f as i64)),
-                _ => bail!("{ctx}{key}: expected an integer, got {v}"),
-            },
-        },
-    }
-}
-
-fn opt_usize(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<Option<usize>> {
-    match opt_int(obj, key, ctx)? {
-        Some(i) if i < 0 => bail!("{ctx}{key}: must not be negative, got {i}"),
-        other => Ok(other.map(|i| i as usize)),
-    }
-}
-
-fn req_usize(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<usize> {
-    opt_usize(obj, key, ctx)?.with_context(|| format!("{ctx}{key}: required field is missing"))
-}
-
 fn positive(value: usize, key: &str, ctx: &str) -> Result<()> {
     if value == 0 {
         bail!("{ctx}{key}: must be positive, got 0");
@@ -403,24 +370,6 @@ fn minus_one_or_positive(obj: &Map<String, Value>, key: &str, ctx: &str) -> Resu
         None | Some(-1) => Ok(None),
         Some(i) if i >= 1 => Ok(Some(i as usize)),
         Some(i) => bail!("{ctx}{key}: must be -1 or a positive integer, got {i}"),
-    }
-}
-
-fn opt_bool(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<Option<bool>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => bail!("{ctx}{key}: expected true or false, got {v}"),
-    }
-}
-
-fn opt_f64(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<Option<f64>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .with_context(|| format!("{ctx}{key}: expected a number, got {v}")),
     }
 }
 

@@ -13,6 +13,8 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
+use crate::model::config_fields::{check_keys, opt_bool, opt_f64, opt_usize, req_usize};
+
 /// The name of the built-in score_sde FFHQ-256 configuration (ncsnpp.md §1).
 pub const NCSNPP_FFHQ256: &str = "ncsnpp-ffhq256";
 
@@ -169,7 +171,7 @@ impl NcsnppConfig {
                         .with_context(|| format!("config.{name}: must be a JSON object"))
                 };
                 let (model, data) = (section("model")?, section("data")?);
-                check_keys(model, MODEL_KEYS, "config.model.")?;
+                check_keys(model, &[MODEL_KEYS], "NCSN++", "config.model.")?;
                 Self::from_fields(model, "config.model.", data, "config.data.")
             }
             None => {
@@ -320,14 +322,6 @@ impl NcsnppConfig {
     }
 }
 
-/// Refuses keys outside the allowed list (a typo would otherwise silently become a default).
-fn check_keys(obj: &Map<String, Value>, allowed: &[&str], ctx: &str) -> Result<()> {
-    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(key) => bail!("{ctx}{key}: unknown NCSN++ config field"),
-        None => Ok(()),
-    }
-}
-
 /// A list of non-negative integers: a JSON list, a comma-separated string or one integer.
 fn list(value: &Value, key: &str, ctx: &str) -> Result<Vec<usize>> {
     let one = |v: &Value| -> Result<usize> {
@@ -357,38 +351,6 @@ fn req_list(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<Vec<usize>
         .get(key)
         .with_context(|| format!("{ctx}{key}: required field is missing"))?;
     list(v, key, ctx)
-}
-
-fn opt_usize(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<Option<usize>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_f64() {
-            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 1e15 => Ok(Some(f as usize)),
-            _ => bail!("{ctx}{key}: expected a non-negative integer, got {v}"),
-        },
-    }
-}
-
-fn req_usize(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<usize> {
-    opt_usize(obj, key, ctx)?.with_context(|| format!("{ctx}{key}: required field is missing"))
-}
-
-fn opt_bool(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<Option<bool>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => bail!("{ctx}{key}: expected true or false, got {v}"),
-    }
-}
-
-fn opt_f64(obj: &Map<String, Value>, key: &str, ctx: &str) -> Result<Option<f64>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .with_context(|| format!("{ctx}{key}: expected a number, got {v}")),
-    }
 }
 
 #[cfg(test)]
