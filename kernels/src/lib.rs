@@ -85,6 +85,7 @@ pub mod fir;
 pub mod fourier;
 #[cfg(test)]
 mod gradcheck;
+pub mod isa;
 pub mod linear;
 pub mod nin;
 pub mod norm;
@@ -97,13 +98,14 @@ pub use attention::{
     attention_backward_scratch_len, attention_scratch_len, qkv_attention, qkv_attention_backward,
     QkvOrder,
 };
-#[cfg(target_arch = "x86_64")]
-pub use conv::enable_avx2_fma;
-pub use conv::{Conv2d, Isa, Winograd};
+pub use conv::{Conv2d, Winograd};
 pub use elementwise::{add_inplace, silu, silu_backward, silu_grad, silu_inplace};
 pub use embedding::timestep_embedding;
 pub use fir::{fir_downsample2x, fir_upsample2x};
 pub use fourier::gaussian_fourier_projection;
+#[cfg(target_arch = "x86_64")]
+pub use isa::enable_avx2_fma;
+pub use isa::Isa;
 pub use linear::{linear, linear_backward_input, linear_backward_params};
 pub use nin::nin;
 pub use norm::{group_norm, group_norm_backward};

@@ -15,7 +15,9 @@
 
 use core::ops::Range;
 
-use super::{first_terms, pad_planes, tile_product, Isa, Out, KC, LINE, MC_MAX, MR, NR};
+use super::gemm::{first_terms, tile_product, Out, KC, LINE, MC_MAX, MR, NR};
+use super::pack::pad_planes;
+use crate::Isa;
 
 /// Largest padded copy (floats) the direct path takes on; bigger maps use the packed path.
 const MAX_PADDED: usize = 1 << 18;

@@ -9,7 +9,10 @@
 //! input pixel), so the bits depend only on the inputs and the ISA, not on how the caller
 //! splits the input channels.
 
-use super::{gemm, gemm_scratch_len, pack_rows, Conv2d, Isa, Out, MR};
+use super::gemm::{gemm, gemm_scratch_len, Out, MR};
+use super::pack::pack_rows;
+use super::Conv2d;
+use crate::Isa;
 
 /// Floats of scratch [`input_gradient`] needs for `channels` input channels and an output of
 /// `n` pixels: the columns, zero initial sums for their rows, and the GEMM's packing.
