@@ -3,11 +3,11 @@
 //! GEMM driver and microkernels.
 
 use super::direct::Direct;
-use super::gemm::{gemm, gemm_scratch_len, round_up, Out, MR, NR};
+use super::gemm::{gemm, gemm_scratch_len, round_up, Block, Lhs, Out, MR, NR};
 use super::pack::{pack_a, pack_b, pad_planes, Geometry};
 #[cfg(target_arch = "x86_64")]
 use super::transpose;
-use super::{strided, Conv2d, DIRECT_MAX_ROWS};
+use super::{strided, Conv2d, ConvGrads, Map, MapMut, DIRECT_MAX_ROWS};
 use crate::{check_len, check_min_len, check_range, Isa, KernelError, Weight, WeightsRef};
 
 /// Backward (training). Both products reuse the forward's packed GEMM and microkernel:
@@ -77,7 +77,8 @@ impl Conv2d {
         Ok((oh, ow))
     }
 
-    /// dinp += ∂L/∂inp for the input channels `ci` (`dinp.len() == ci.len()·h·w`), given the
+    /// dinp += ∂L/∂inp for the input channels `ci` of an h × w input (`dinp` = planes of that
+    /// size, `dinp.data.len() == ci.len()·h·w`), given the
     /// whole `dout` = ∂L/∂out [c_out, oh, ow]:
     /// dinp[c, y, x] += Σ_{o, ky, kx} W[o, c, ky, kx]·dout[o, (y + pad − ky)/stride, (x + pad − kx)/stride]
     /// over the terms whose quotients are exact and inside dout. Term order per element:
@@ -86,50 +87,39 @@ impl Conv2d {
     /// useful work (the ADM U-Net has no strided convolution: it downsamples by pooling).
     /// A caller that runs many backward passes with the same weights should flip them once
     /// ([`Conv2d::flip_weights`]) and call [`Conv2d::backward_input_flipped`]: same bits.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward_input(
         &self,
         isa: Isa,
-        dinp: &mut [f32],
+        dinp: MapMut,
         dout: &[f32],
         weight: WeightsRef,
-        h: usize,
-        w: usize,
         ci: core::ops::Range<usize>,
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
         let (c_in, k) = (self.c_in, self.kernel);
         check_len("conv2d weight", self.c_out * c_in * k * k, weight.len())?;
-        let dims = (h, w);
         match weight {
-            WeightsRef::F32(wt) => self.backward_input_of(isa, dinp, dout, wt, dims, ci, scratch),
-            WeightsRef::F16(wt) => self.backward_input_of(isa, dinp, dout, wt, dims, ci, scratch),
+            WeightsRef::F32(wt) => self.backward_input_of(isa, dinp, dout, wt, ci, scratch),
+            WeightsRef::F16(wt) => self.backward_input_of(isa, dinp, dout, wt, ci, scratch),
         }
     }
 
     /// [`Conv2d::backward_input`] for weights stored as `W` (length checked).
-    #[allow(clippy::too_many_arguments)]
     fn backward_input_of<W: Weight>(
         &self,
         isa: Isa,
-        dinp: &mut [f32],
+        dinp: MapMut,
         dout: &[f32],
         wt: &[W],
-        dims: (usize, usize),
         ci: core::ops::Range<usize>,
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
         let (c_in, k, row0) = (self.c_in, self.kernel, ci.start);
-        self.backward_input_with(
-            isa,
-            dinp,
-            dout,
-            dims,
-            ci,
-            scratch,
-            |m0, mc, k0, kc, a| pack_a_flipped(wt, c_in, k, row0 + m0, mc, k0, kc, a),
-            |c, o, q| wt[(o * c_in + c) * k * k + q].to_f32(),
-        )
+        let weight = FlippedWeight {
+            pack: |blk: Block, a: &mut [f32]| pack_a_flipped(wt, c_in, k, blk.shifted(row0), a),
+            tap: |c: usize, o: usize, q: usize| wt[(o * c_in + c) * k * k + q].to_f32(),
+        };
+        self.backward_input_with(isa, dinp, dout, ci, scratch, weight)
     }
 
     /// Floats of [`Conv2d::flip_weights`]'s output: as many as the weight.
@@ -160,48 +150,38 @@ impl Conv2d {
 
     /// [`Conv2d::backward_input`] with the weight already flipped by
     /// [`Conv2d::flip_weights`]: packing its rows is a plain copy (bit-identical result).
-    #[allow(clippy::too_many_arguments)]
     pub fn backward_input_flipped(
         &self,
         isa: Isa,
-        dinp: &mut [f32],
+        dinp: MapMut,
         dout: &[f32],
         flipped: &[f32],
-        h: usize,
-        w: usize,
         ci: core::ops::Range<usize>,
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
         check_len("conv2d flipped weight", self.flipped_len(), flipped.len())?;
         let (co, k2) = (self.c_out, self.kernel * self.kernel);
         let (depth, row0) = (co * k2, ci.start);
-        self.backward_input_with(
-            isa,
-            dinp,
-            dout,
-            (h, w),
-            ci,
-            scratch,
-            |m0, mc, k0, kc, a| pack_a(isa, flipped, depth, row0 + m0, mc, k0, kc, a),
-            |c, o, q| flipped[(c * co + o) * k2 + k2 - 1 - q],
-        )
+        let weight = FlippedWeight {
+            pack: |blk: Block, a: &mut [f32]| pack_a(isa, flipped, depth, blk.shifted(row0), a),
+            tap: |c: usize, o: usize, q: usize| flipped[(c * co + o) * k2 + k2 - 1 - q],
+        };
+        self.backward_input_with(isa, dinp, dout, ci, scratch, weight)
     }
 
     /// The input gradient: for stride 1, the transposed convolution's GEMM with A (the flipped
-    /// weight rows of `ci`) packed by `pack_a`; for larger strides, the GEMM into columns and
-    /// col2im of `conv/strided.rs`, reading `tap(c, o, ky·k + kx)` = W[o, c, ky, kx].
-    #[allow(clippy::too_many_arguments)]
+    /// weight rows of `ci`) packed by `weight.pack`; for larger strides, the GEMM into columns
+    /// and col2im of `conv/strided.rs`, reading `weight.tap`.
     fn backward_input_with(
         &self,
         isa: Isa,
-        dinp: &mut [f32],
+        dinp: MapMut,
         dout: &[f32],
-        (h, w): (usize, usize),
         ci: core::ops::Range<usize>,
         scratch: &mut [f32],
-        pack_a: impl FnMut(usize, usize, usize, usize, &mut [f32]),
-        tap: impl Fn(usize, usize, usize) -> f32,
+        weight: FlippedWeight<impl FnMut(Block, &mut [f32]), impl Fn(usize, usize, usize) -> f32>,
     ) -> Result<(), KernelError> {
+        let (h, w) = (dinp.h, dinp.w);
         let (oh, ow) = self.check_backward(h, w, dout)?;
         if self.pad >= self.kernel {
             return Err(KernelError::Shape("conv2d backward: pad must be < kernel"));
@@ -211,28 +191,24 @@ impl Conv2d {
             &ci,
             self.c_in,
         )?;
-        check_len("conv2d backward dinp", ci.len() * h * w, dinp.len())?;
+        check_len("conv2d backward dinp", ci.len() * h * w, dinp.data.len())?;
         check_min_len(
             "conv2d backward scratch",
             self.backward_packed_len(h, w),
             scratch.len(),
         )?;
         if self.stride > 1 {
-            strided::input_gradient(self, isa, dinp, dout, (h, w), ci, scratch, tap);
+            strided::input_gradient(self, isa, dinp, dout, ci, scratch, weight.tap);
             return Ok(());
         }
         if let Some(d) = self.direct_input(h, w) {
             if scratch.len() >= d.scratch_len(ci.len()) {
-                d.run(
-                    isa,
-                    ci.len(),
-                    None,
-                    pack_a,
-                    dout,
-                    0..h,
-                    Out::Dense(dinp),
-                    scratch,
-                );
+                let a = Lhs {
+                    m: ci.len(),
+                    init: None,
+                    pack: weight.pack,
+                };
+                d.run(isa, a, dout, 0..h, Out::Dense(dinp.data), scratch);
                 return Ok(());
             }
         }
@@ -252,39 +228,33 @@ impl Conv2d {
             real_w: ow,
         };
         let depth = self.c_out * self.kernel * self.kernel;
-        gemm(
-            isa,
-            None,
-            ci.len(),
-            h * w,
-            depth,
-            pack_a,
-            |k0, kc, n0, nc, b| pack_b(&geo, dout, k0, kc, n0, nc, b),
-            Out::Dense(dinp),
-            scratch,
-        );
+        let a = Lhs {
+            m: ci.len(),
+            init: None,
+            pack: weight.pack,
+        };
+        let pack_b = |blk: Block, b: &mut [f32]| pack_b(&geo, dout, blk, b);
+        gemm(isa, a, h * w, depth, pack_b, Out::Dense(dinp.data), scratch);
         Ok(())
     }
 
-    /// dweight += ∂L/∂W and dbias += ∂L/∂b for the output channels `co` (`dweight` holds
-    /// rows co of W, `co.len()·c_in·k·k`; `dbias.len() == co.len()`), given the whole `inp`
-    /// [c_in, h, w] and `dout` [c_out, oh, ow]:
+    /// dweight += ∂L/∂W and dbias += ∂L/∂b for the output channels `co` (`grads.dweight`
+    /// holds rows co of W, `co.len()·c_in·k·k`; `grads.dbias.len() == co.len()`), given the
+    /// whole `inp` [c_in, h, w] and `dout` [c_out, oh, ow]:
     /// dW[o, k] += Σ_n dout[o, n]·im2col(inp)[k, n], terms in pixel order n = 0, 1, … onto the
     /// value in `dweight`; `db[o] += Σ_n dout[o, n]`, summed in f64 (8 interleaved lanes) and
     /// added once.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward_params(
         &self,
         isa: Isa,
-        dweight: &mut [f32],
-        dbias: &mut [f32],
+        grads: ConvGrads,
         dout: &[f32],
-        inp: &[f32],
-        h: usize,
-        w: usize,
+        inp: Map,
         co: core::ops::Range<usize>,
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
+        let ConvGrads { dweight, dbias } = grads;
+        let Map { data: inp, h, w } = inp;
         let (oh, ow) = self.check_backward(h, w, dout)?;
         let k_total = self.k_total();
         check_len("conv2d input", self.c_in * h * w, inp.len())?;
@@ -330,19 +300,23 @@ impl Conv2d {
                 padded
             }
         };
-        gemm(
-            isa,
-            None,
-            co.len(),
-            k_total,
-            n,
-            |m0, mc, k0, kc, a| pack_a(isa, rows, n, m0, mc, k0, kc, a),
-            |k0, kc, n0, nc, b| pack_b_t(isa, &geo, padded, k0, kc, n0, nc, b),
-            Out::Dense(dweight),
-            scratch,
-        );
+        let a = Lhs {
+            m: co.len(),
+            init: None,
+            pack: |blk: Block, a: &mut [f32]| pack_a(isa, rows, n, blk, a),
+        };
+        let pack_b = |blk: Block, b: &mut [f32]| pack_b_t(isa, &geo, padded, blk, b);
+        gemm(isa, a, k_total, n, pack_b, Out::Dense(dweight), scratch);
         Ok(())
     }
+}
+
+/// How the input gradient reads the transposed, flipped weight: packed rows for the GEMM
+/// (`pack(block, a)`, as [`pack_a`] lays them out) and single taps for the strided path
+/// (`tap(c, o, ky·k + kx)` = W[o, c, ky, kx]).
+struct FlippedWeight<P, T> {
+    pack: P,
+    tap: T,
 }
 
 /// Σ x in f64 with 8 interleaved lanes (a fixed order), combined as a balanced tree.
@@ -362,19 +336,16 @@ pub(super) fn sum_f64(x: &[f32]) -> f64 {
     s
 }
 
-/// [`pack_a`] of the transposed, flipped weight of the input gradient:
+/// [`pack_a`] of the transposed, flipped weight of the input gradient (`blk`: at = row0,
+/// len = mc):
 /// A[c, (o·k + ky')·k + kx'] = W[o, c, k−1−ky', k−1−kx'] for the rows c = row0 .. row0+mc.
-#[allow(clippy::too_many_arguments)]
-fn pack_a_flipped<W: Weight>(
-    weight: &[W],
-    c_in: usize,
-    k: usize,
-    row0: usize,
-    mc: usize,
-    k0: usize,
-    kc: usize,
-    a: &mut [f32],
-) {
+fn pack_a_flipped<W: Weight>(weight: &[W], c_in: usize, k: usize, blk: Block, a: &mut [f32]) {
+    let Block {
+        at: row0,
+        len: mc,
+        k0,
+        kc,
+    } = blk;
     let k2 = k * k;
     for (t, panel) in a.chunks_exact_mut(kc * MR).enumerate() {
         for i in 0..MR {
@@ -407,17 +378,14 @@ fn pack_a_flipped<W: Weight>(
 /// p0 + kk = (oy, ox) and row r0 + j = (ci, ky, kx) (0 in the padding and past rc), read from
 /// `padded`, the input's planes zero-padded by `pad` ([`pad_planes`]). With SIMD and stride 1,
 /// eight rows at a time are moved as 8 × 8 register transposes (a pure copy: same values).
-#[allow(clippy::too_many_arguments)]
-fn pack_b_t(
-    isa: Isa,
-    geo: &Geometry,
-    padded: &[f32],
-    p0: usize,
-    pc: usize,
-    r0: usize,
-    rc: usize,
-    b: &mut [f32],
-) {
+fn pack_b_t(isa: Isa, geo: &Geometry, padded: &[f32], blk: Block, b: &mut [f32]) {
+    // Depth: output pixels p0 .. p0+pc; columns: im2col rows r0 .. r0+rc.
+    let Block {
+        at: r0,
+        len: rc,
+        k0: p0,
+        kc: pc,
+    } = blk;
     let (k, s) = (geo.kernel, geo.stride);
     let wp = geo.w + 2 * geo.pad;
     let plane_len = (geo.h + 2 * geo.pad) * wp;

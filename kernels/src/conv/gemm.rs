@@ -3,7 +3,7 @@
 //! and where its result goes ([`Out`]). Operands are packed by the caller's closures
 //! (`conv/pack.rs`); each MR × NR tile is one call of the microkernel (`conv/microkernel.rs`).
 
-use super::microkernel::{microkernel, BRows, Packed, Tile};
+use super::microkernel::{microkernel, BRows, Packed, Panels, Tile};
 use crate::Isa;
 
 /// Rows of the microkernel (output channels).
@@ -39,23 +39,54 @@ pub(super) fn gemm_scratch_len(m: usize, depth: usize) -> usize {
     mc * kc + kc * NC + MR * NR
 }
 
+/// A block of one GEMM operand to pack: rows (of A) or columns (of B) `at .. at + len`, depth
+/// `k0 .. k0 + kc`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Block {
+    pub(super) at: usize,
+    pub(super) len: usize,
+    pub(super) k0: usize,
+    pub(super) kc: usize,
+}
+
+impl Block {
+    /// The same block `by` rows or columns further on (a caller's operand starting there).
+    pub(super) fn shifted(self, by: usize) -> Block {
+        Block {
+            at: self.at + by,
+            ..self
+        }
+    }
+}
+
+/// The A operand of a product: `m` rows, packed block by block by `pack(block, a)` as
+/// [`super::pack::pack_a`] lays them out, and the sums' first terms `init` (one per row; `None`:
+/// the values already in the output).
+pub(super) struct Lhs<'i, P> {
+    pub(super) m: usize,
+    pub(super) init: Option<&'i [f32]>,
+    pub(super) pack: P,
+}
+
 /// The blocked GEMM driver, shared by the forward and both backward products:
 /// out[i, j] = init[i] + Σ_k A[i, k]·B[k, j] for an m × n `out` (row stride n), terms added in
-/// k order onto `init[i]`, or onto the value already in `out` when `init` is `None`. `pack_a(m0, mc, k0, kc, a)` packs rows m0 .. m0+mc,
-/// depth k0 .. k0+kc of A as [`pack_a`] does; `pack_b(k0, kc, n0, nc, b)` packs depth
-/// k0 .. k0+kc, columns n0 .. n0+nc of B as [`pack_b`] does.
-#[allow(clippy::too_many_arguments)]
+/// k order onto `init[i]`, or onto the value already in `out` when `init` is `None`. A is `a`;
+/// `pack_b(block, b)` packs depth k0 .. k0+kc, columns at .. at+len of B as
+/// [`super::pack::pack_b`] does.
 pub(super) fn gemm(
     isa: Isa,
-    init: Option<&[f32]>,
-    m: usize,
+    a: Lhs<impl FnMut(Block, &mut [f32])>,
     n: usize,
     depth: usize,
-    mut pack_a: impl FnMut(usize, usize, usize, usize, &mut [f32]),
-    mut pack_b: impl FnMut(usize, usize, usize, usize, &mut [f32]),
+    mut pack_b: impl FnMut(Block, &mut [f32]),
     mut out: Out,
     scratch: &mut [f32],
 ) {
+    let Lhs {
+        m,
+        init,
+        pack: mut pack_a,
+    } = a;
     if m == 0 || n == 0 {
         return;
     }
@@ -72,11 +103,13 @@ pub(super) fn gemm(
         for m0 in (0..m).step_by(mc_step) {
             let mc = mc_step.min(m - m0);
             let a_blk = &mut a_buf[..round_up(mc, MR) * kc];
-            pack_a(m0, mc, k0, kc, a_blk);
+            let (at, len) = (m0, mc);
+            pack_a(Block { at, len, k0, kc }, a_blk);
             for n0 in (0..n).step_by(NC) {
                 let nc = NC.min(n - n0);
                 let b_blk = &mut b_buf[..round_up(nc, NR) * kc];
-                pack_b(k0, kc, n0, nc, b_blk);
+                let (at, len) = (n0, nc);
+                pack_b(Block { at, len, k0, kc }, b_blk);
                 for (nt, b_pan) in b_blk.chunks_exact(kc * NR).enumerate() {
                     let nj = n0 + nt * NR;
                     let nr = NR.min(n - nj);
@@ -87,9 +120,14 @@ pub(super) fn gemm(
                         // The C tile's rows are far apart (cache-unfriendly); fetch the next
                         // tile's while this one computes.
                         out.prefetch(n, i0 + MR, nj);
-                        let b = (b_pan, Packed);
+                        let panels = Panels {
+                            kc,
+                            a: a_pan,
+                            b: b_pan,
+                            b_rows: Packed,
+                        };
                         let at = (n, i0, mr, nj, nr);
-                        tile_product(isa, kc, a_pan, b, &mut out, at, tmp, start.as_ref());
+                        tile_product(isa, panels, &mut out, at, tmp, start.as_ref());
                     }
                 }
             }
@@ -113,16 +151,13 @@ pub(super) fn first_terms(
     })
 }
 
-/// The product of one A micro-panel and one B micro-panel (`b`: its floats and where its rows
-/// lie) into the tile of `out` (row stride n) at rows i0 .. i0+mr, columns nj .. nj+nr: in
-/// place for a full tile, else on a copy of the valid part in `tmp` (MR·NR floats).
-#[allow(clippy::too_many_arguments)]
+/// The product of one A micro-panel and one B micro-panel (`p`) into the tile of `out` (row
+/// stride n) at rows i0 .. i0+mr, columns nj .. nj+nr: in place for a full tile, else on a copy
+/// of the valid part in `tmp` (MR·NR floats).
 #[inline(always)]
 pub(super) fn tile_product<R: BRows>(
     isa: Isa,
-    kc: usize,
-    a_pan: &[f32],
-    (b_pan, b_rows): (&[f32], R),
+    p: Panels<R>,
     out: &mut Out,
     (n, i0, mr, nj, nr): (usize, usize, usize, usize, usize),
     tmp: &mut [f32],
@@ -130,18 +165,18 @@ pub(super) fn tile_product<R: BRows>(
 ) {
     if mr == MR && nr == NR {
         let mut c = out.tile(n, i0, nj);
-        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, (MR, NR));
+        microkernel(isa, p, &mut c, start, (MR, NR));
     } else if let Some(mut c) = (nr == NR)
         .then(|| out.short_tile(n, i0, nj, mr, tmp))
         .flatten()
     {
-        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, (mr, NR));
+        microkernel(isa, p, &mut c, start, (mr, NR));
     } else {
         for (i, t) in tmp.chunks_exact_mut(NR).take(mr).enumerate() {
             t[..nr].copy_from_slice(&out.row(n, i0 + i)[nj..nj + nr]);
         }
         let mut c = tile_of(tmp, NR, 0);
-        microkernel(isa, kc, a_pan, b_pan, b_rows, &mut c, start, (mr, nr));
+        microkernel(isa, p, &mut c, start, (mr, nr));
         for (i, t) in tmp.chunks_exact(NR).take(mr).enumerate() {
             out.row(n, i0 + i)[nj..nj + nr].copy_from_slice(&t[..nr]);
         }
@@ -151,7 +186,7 @@ pub(super) fn tile_product<R: BRows>(
 /// Where [`gemm`] writes its m × n result: one dense block (row stride n), one slice of
 /// n floats per row (the rows of a pixel range of a larger map, see
 /// [`Conv2d::forward_pixels`]), or rows `ld` floats apart (interleaved with other products:
-/// the Winograd positions of `conv/winograd.rs`).
+/// the Winograd positions of `conv/winograd/`).
 pub(super) enum Out<'o, 'r> {
     Dense(&'o mut [f32]),
     Rows(&'o mut [&'r mut [f32]]),

@@ -57,23 +57,30 @@ impl BRows for &[u32] {
     }
 }
 
+/// The operands of one microkernel call: `kc` rows of an A micro-panel (MR values each) and of
+/// a B micro-panel (NR values each, where `b_rows` says).
+#[derive(Clone, Copy)]
+pub(super) struct Panels<'p, R> {
+    pub(super) kc: usize,
+    pub(super) a: &'p [f32],
+    pub(super) b: &'p [f32],
+    pub(super) b_rows: R,
+}
+
 /// c[i][j] = s_i + Σ_kk a[kk·MR + i]·b[row(kk) + j] for an MR × NR tile, terms added in kk
 /// order onto s_i = init[i], or onto the value in c when `init` is `None`. Only the first
 /// `rows` rows and `cols` columns are needed (the others may be left anything): AVX2 then
 /// skips whole sub-tiles (a column block of 16 tiles, as 8 × 8 maps give in Winograd form,
 /// computes one half of the tile).
-#[allow(clippy::too_many_arguments)]
 #[inline]
 pub(super) fn microkernel<R: BRows>(
     isa: Isa,
-    kc: usize,
-    a: &[f32],
-    b: &[f32],
-    b_rows: R,
+    p: Panels<R>,
     c: &mut Tile,
     init: Option<&[f32; MR]>,
     (rows, cols): (usize, usize),
 ) {
+    let Panels { kc, a, b, b_rows } = p;
     assert!(a.len() >= kc * MR && b.len() >= b_rows.reach(kc));
     match isa.kind() {
         IsaKind::Portable => microkernel_portable(kc, a, b, b_rows, c, init),

@@ -41,7 +41,7 @@ mod strided;
 mod transpose;
 mod winograd;
 use direct::Direct;
-use gemm::{gemm, gemm_scratch_len, Out};
+use gemm::{gemm, gemm_scratch_len, Block, Lhs, Out};
 pub use gemm::{MR, NR};
 use pack::{pack_a, pack_b, Geometry};
 pub use winograd::Winograd;
@@ -50,6 +50,64 @@ pub use winograd::Winograd;
 /// serves all output rows, so wide layers amortise the packing, and the direct path's extra
 /// columns (6–12 % more products) would cost them more than it saves.
 const DIRECT_MAX_ROWS: usize = 128;
+
+/// Input planes with their size: `data` holds the layer's channels of h × w floats each,
+/// channel-major (`[c, h, w]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Map<'a> {
+    /// The planes.
+    pub data: &'a [f32],
+    /// Rows per plane.
+    pub h: usize,
+    /// Columns per plane.
+    pub w: usize,
+}
+
+impl<'a> Map<'a> {
+    /// `data` as planes of h × w.
+    pub fn new(data: &'a [f32], h: usize, w: usize) -> Map<'a> {
+        Map { data, h, w }
+    }
+}
+
+/// Planes a call writes (or accumulates into), with their size, as [`Map`].
+#[derive(Debug)]
+pub struct MapMut<'a> {
+    /// The planes.
+    pub data: &'a mut [f32],
+    /// Rows per plane.
+    pub h: usize,
+    /// Columns per plane.
+    pub w: usize,
+}
+
+impl<'a> MapMut<'a> {
+    /// `data` as planes of h × w.
+    pub fn new(data: &'a mut [f32], h: usize, w: usize) -> MapMut<'a> {
+        MapMut { data, h, w }
+    }
+}
+
+/// A convolution's parameters as its kernel reads them: the weight (`W`: [`WeightsRef`] in
+/// PyTorch's layout [c_out, c_in, k, k] for [`Conv2d`]; the transformed weights for
+/// [`Winograd::forward_pixels`]) and the bias `[c_out]`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvParams<'a, W = WeightsRef<'a>> {
+    /// The weight.
+    pub weight: W,
+    /// The bias.
+    pub bias: &'a [f32],
+}
+
+/// The parameter gradients a convolution's backward accumulates (`+=`) into.
+#[derive(Debug)]
+pub struct ConvGrads<'a> {
+    /// ∂L/∂W (the rows of the call's output channels; transformed for
+    /// [`Winograd::backward_params_transformed`]).
+    pub dweight: &'a mut [f32],
+    /// ∂L/∂bias (the call's output channels).
+    pub dbias: &'a mut [f32],
+}
 
 /// A 2-D convolution layer's shape (PyTorch `nn.Conv2d(c_in, c_out, kernel, stride, pad)`,
 /// square kernel, zero padding, no dilation or groups).
@@ -105,62 +163,51 @@ impl Conv2d {
             .flatten()
     }
 
-    /// out = conv(inp) + bias for the output channels `co` (`out.len() == co.len()·oh·ow`),
-    /// with PyTorch semantics (cross-correlation, weight [c_out, c_in, k, k], bias `[c_out]`), using
-    /// the microkernel chosen by [`Isa::detected`].
-    #[allow(clippy::too_many_arguments)]
+    /// out = conv(x) + bias for the output channels `co` (`out.len() == co.len()·oh·ow`),
+    /// with PyTorch semantics (cross-correlation, weight [c_out, c_in, k, k], bias `[c_out]`),
+    /// using the microkernel chosen by [`Isa::detected`].
     pub fn forward(
         &self,
-        inp: &[f32],
-        h: usize,
-        w: usize,
-        weight: WeightsRef,
-        bias: &[f32],
+        x: Map,
+        p: ConvParams,
         co: core::ops::Range<usize>,
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        self.forward_with(Isa::detected(), inp, h, w, weight, bias, co, out, scratch)
+        self.forward_with(Isa::detected(), x, p, co, out, scratch)
     }
 
     /// [`Conv2d::forward`] with an explicit microkernel (all threads of one layer must use the
     /// same `isa` for split-invariant results).
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_with(
         &self,
         isa: Isa,
-        inp: &[f32],
-        h: usize,
-        w: usize,
-        weight: WeightsRef,
-        bias: &[f32],
+        x: Map,
+        p: ConvParams,
         co: core::ops::Range<usize>,
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        let geo = self.check_forward(inp, h, w, weight, bias, scratch)?;
+        let geo = self.check_forward(x, &p, scratch)?;
         check_range(
             "conv2d: output channel range outside 0..c_out",
             &co,
             self.c_out,
         )?;
         check_len("conv2d output", co.len() * geo.n, out.len())?;
-        if let Some(d) = self.direct(h, w) {
+        let f = Forward {
+            isa,
+            inp: x.data,
+            p,
+        };
+        if let Some(d) = self.direct(x.h, x.w) {
             if scratch.len() >= d.scratch_len(co.len()) {
                 let ys = 0..geo.n / d.ow();
-                direct_forward(isa, &d, inp, weight, bias, co, ys, Out::Dense(out), scratch);
+                f.direct(&d, co, ys, Out::Dense(out), scratch);
                 return Ok(());
             }
         }
-        let px = 0..geo.n;
-        match weight {
-            WeightsRef::F32(wt) => {
-                conv_gemm(isa, &geo, inp, wt, bias, co, px, Out::Dense(out), scratch)
-            }
-            WeightsRef::F16(wt) => {
-                conv_gemm(isa, &geo, inp, wt, bias, co, px, Out::Dense(out), scratch)
-            }
-        }
+        f.gemm(&geo, co, 0..geo.n, Out::Dense(out), scratch);
         Ok(())
     }
 
@@ -169,27 +216,28 @@ impl Conv2d {
     /// `px.len()` long). Lets threads split a large map by pixels, each packing only its own
     /// im2col columns; every element is computed in the same order as by
     /// [`Conv2d::forward_with`], so the bits are the same for any split.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_pixels(
         &self,
         isa: Isa,
-        inp: &[f32],
-        h: usize,
-        w: usize,
-        weight: WeightsRef,
-        bias: &[f32],
+        x: Map,
+        p: ConvParams,
         px: core::ops::Range<usize>,
         rows: &mut [&mut [f32]],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        let geo = self.check_forward(inp, h, w, weight, bias, scratch)?;
+        let geo = self.check_forward(x, &p, scratch)?;
         check_range("conv2d: pixel range outside 0..oh·ow", &px, geo.n)?;
         check_len("conv2d output rows", self.c_out, rows.len())?;
         for r in rows.iter() {
             check_len("conv2d output row", px.len(), r.len())?;
         }
         let co = 0..self.c_out;
-        if let Some(d) = self.direct(h, w) {
+        let f = Forward {
+            isa,
+            inp: x.data,
+            p,
+        };
+        if let Some(d) = self.direct(x.h, x.w) {
             // Whole output rows only (the threads' pixel ranges usually are).
             let ow = d.ow();
             if scratch.len() >= d.scratch_len(co.len())
@@ -197,31 +245,22 @@ impl Conv2d {
                 && px.end.is_multiple_of(ow)
             {
                 let ys = px.start / ow..px.end / ow;
-                direct_forward(isa, &d, inp, weight, bias, co, ys, Out::Rows(rows), scratch);
+                f.direct(&d, co, ys, Out::Rows(rows), scratch);
                 return Ok(());
             }
         }
-        match weight {
-            WeightsRef::F32(wt) => {
-                conv_gemm(isa, &geo, inp, wt, bias, co, px, Out::Rows(rows), scratch)
-            }
-            WeightsRef::F16(wt) => {
-                conv_gemm(isa, &geo, inp, wt, bias, co, px, Out::Rows(rows), scratch)
-            }
-        }
+        f.gemm(&geo, co, px, Out::Rows(rows), scratch);
         Ok(())
     }
 
     /// Checks what both forwards share; returns the im2col geometry.
     fn check_forward(
         &self,
-        inp: &[f32],
-        h: usize,
-        w: usize,
-        weight: WeightsRef,
-        bias: &[f32],
+        x: Map,
+        p: &ConvParams,
         scratch: &[f32],
     ) -> Result<Geometry, KernelError> {
+        let (h, w) = (x.h, x.w);
         if self.kernel == 0 || self.stride == 0 || self.c_in == 0 {
             return Err(KernelError::Shape(
                 "conv2d: kernel, stride and c_in must be ≥ 1",
@@ -233,9 +272,9 @@ impl Conv2d {
                 "conv2d: kernel larger than the padded input",
             ));
         }
-        check_len("conv2d input", self.c_in * h * w, inp.len())?;
-        check_len("conv2d weight", self.c_out * self.k_total(), weight.len())?;
-        check_len("conv2d bias", self.c_out, bias.len())?;
+        check_len("conv2d input", self.c_in * h * w, x.data.len())?;
+        check_len("conv2d weight", self.c_out * self.k_total(), p.weight.len())?;
+        check_len("conv2d bias", self.c_out, p.bias.len())?;
         let packed = gemm_scratch_len(self.c_out, self.k_total());
         check_min_len("conv2d scratch", packed, scratch.len())?;
         Ok(Geometry {
@@ -254,73 +293,74 @@ impl Conv2d {
     }
 }
 
-/// The forward's GEMM: out = bias + W[co, :]·im2col(inp)[:, px]; shapes were checked by the
-/// caller.
-#[allow(clippy::too_many_arguments)]
-fn conv_gemm<W: Weight>(
+/// One checked forward call: the microkernels, the input planes and the parameters.
+struct Forward<'a> {
     isa: Isa,
-    geo: &Geometry,
-    inp: &[f32],
-    weight: &[W],
-    bias: &[f32],
-    co: core::ops::Range<usize>,
-    px: core::ops::Range<usize>,
-    out: Out,
-    scratch: &mut [f32],
-) {
-    let k_total = geo.k_total();
-    let row0 = co.start;
-    // The running sums start at the bias (first term of every element's chain): the first K
-    // block starts its registers there instead of a separate pass filling `out`.
-    gemm(
-        isa,
-        Some(&bias[co.clone()]),
-        co.len(),
-        px.len(),
-        k_total,
-        |m0, mc, k0, kc, a| pack_a(isa, weight, k_total, row0 + m0, mc, k0, kc, a),
-        |k0, kc, n0, nc, b| pack_b(geo, inp, k0, kc, px.start + n0, nc, b),
-        out,
-        scratch,
-    );
+    inp: &'a [f32],
+    p: ConvParams<'a>,
 }
 
-/// The forward on the direct path: output rows `ys` of channels `co`, from the bias.
-#[allow(clippy::too_many_arguments)]
-fn direct_forward(
-    isa: Isa,
-    d: &Direct,
-    inp: &[f32],
-    weight: WeightsRef,
-    bias: &[f32],
-    co: core::ops::Range<usize>,
-    ys: core::ops::Range<usize>,
-    out: Out,
-    scratch: &mut [f32],
-) {
-    let (k_total, row0, m) = (d.depth(), co.start, co.len());
-    let bias = Some(&bias[co]);
-    match weight {
-        WeightsRef::F32(wt) => d.run(
-            isa,
-            m,
-            bias,
-            |m0, mc, k0, kc, a| pack_a(isa, wt, k_total, row0 + m0, mc, k0, kc, a),
-            inp,
-            ys,
-            out,
-            scratch,
-        ),
-        WeightsRef::F16(wt) => d.run(
-            isa,
-            m,
-            bias,
-            |m0, mc, k0, kc, a| pack_a(isa, wt, k_total, row0 + m0, mc, k0, kc, a),
-            inp,
-            ys,
-            out,
-            scratch,
-        ),
+impl Forward<'_> {
+    /// The packed path: out = bias + W[co, :]·im2col(inp)[:, px].
+    fn gemm(
+        &self,
+        geo: &Geometry,
+        co: core::ops::Range<usize>,
+        px: core::ops::Range<usize>,
+        out: Out,
+        scratch: &mut [f32],
+    ) {
+        match self.p.weight {
+            WeightsRef::F32(wt) => self.gemm_of(wt, geo, co, px, out, scratch),
+            WeightsRef::F16(wt) => self.gemm_of(wt, geo, co, px, out, scratch),
+        }
+    }
+
+    /// [`Forward::gemm`] for weights stored as `W`.
+    fn gemm_of<W: Weight>(
+        &self,
+        weight: &[W],
+        geo: &Geometry,
+        co: core::ops::Range<usize>,
+        px: core::ops::Range<usize>,
+        out: Out,
+        scratch: &mut [f32],
+    ) {
+        let (isa, k_total, row0) = (self.isa, geo.k_total(), co.start);
+        // The running sums start at the bias (first term of every element's chain): the first
+        // K block starts its registers there instead of a separate pass filling `out`.
+        let a = Lhs {
+            m: co.len(),
+            init: Some(&self.p.bias[co.clone()]),
+            pack: |blk: Block, a: &mut [f32]| pack_a(isa, weight, k_total, blk.shifted(row0), a),
+        };
+        let pack_b = |blk: Block, b: &mut [f32]| pack_b(geo, self.inp, blk.shifted(px.start), b);
+        gemm(isa, a, px.len(), k_total, pack_b, out, scratch);
+    }
+
+    /// The direct path: output rows `ys` of channels `co`, from the bias.
+    fn direct(
+        &self,
+        d: &Direct,
+        co: core::ops::Range<usize>,
+        ys: core::ops::Range<usize>,
+        out: Out,
+        scratch: &mut [f32],
+    ) {
+        let (isa, k_total, row0) = (self.isa, d.depth(), co.start);
+        let (m, init) = (co.len(), Some(&self.p.bias[co]));
+        match self.p.weight {
+            WeightsRef::F32(wt) => {
+                let pack =
+                    |blk: Block, a: &mut [f32]| pack_a(isa, wt, k_total, blk.shifted(row0), a);
+                d.run(isa, Lhs { m, init, pack }, self.inp, ys, out, scratch)
+            }
+            WeightsRef::F16(wt) => {
+                let pack =
+                    |blk: Block, a: &mut [f32]| pack_a(isa, wt, k_total, blk.shifted(row0), a);
+                d.run(isa, Lhs { m, init, pack }, self.inp, ys, out, scratch)
+            }
+        }
     }
 }
 

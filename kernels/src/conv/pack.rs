@@ -2,7 +2,7 @@
 //! im2col columns (B, NR wide) read straight from the input maps, without materialising
 //! im2col.
 
-use super::gemm::{MR, NC, NR};
+use super::gemm::{Block, MR, NC, NR};
 #[cfg(target_arch = "x86_64")]
 use super::transpose;
 use crate::{Isa, Weight};
@@ -50,19 +50,16 @@ pub(super) fn pad_planes(inp: &[f32], h: usize, w: usize, pad: usize, out: &mut 
     }
 }
 
-/// Packs W[row0 .. row0+mc, k0 .. k0+kc] as MR-row micro-panels, k-major inside a panel:
+/// Packs the block W[row0 .. row0+mc, k0 .. k0+kc] (`blk`: at = row0, len = mc) of the
+/// row-major W (row stride `k_total`) as MR-row micro-panels, k-major inside a panel:
 /// a[t·kc·MR + kk·MR + i] = W[row0 + t·MR + i, k0 + kk] (zero rows past mc).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn pack_a<W: Weight>(
-    isa: Isa,
-    weight: &[W],
-    k_total: usize,
-    row0: usize,
-    mc: usize,
-    k0: usize,
-    kc: usize,
-    a: &mut [f32],
-) {
+pub(super) fn pack_a<W: Weight>(isa: Isa, weight: &[W], k_total: usize, blk: Block, a: &mut [f32]) {
+    let Block {
+        at: row0,
+        len: mc,
+        k0,
+        kc,
+    } = blk;
     for (t, panel) in a.chunks_exact_mut(kc * MR).enumerate() {
         let mut done = [0; MR]; // depth already packed, per row of this panel
         #[cfg(target_arch = "x86_64")]
@@ -106,17 +103,16 @@ pub(super) fn pack_a<W: Weight>(
     }
 }
 
-/// Packs rows k0 .. k0+kc, columns n0 .. n0+nc of the row-major `src` (row stride `ld`) as
-/// NR-wide micro-panels: b[(j/NR)·kc·NR + kk·NR + j%NR] = src[k0 + kk, n0 + j] (zero past nc).
-pub(super) fn pack_rows(
-    src: &[f32],
-    ld: usize,
-    k0: usize,
-    kc: usize,
-    n0: usize,
-    nc: usize,
-    b: &mut [f32],
-) {
+/// Packs rows k0 .. k0+kc, columns n0 .. n0+nc (`blk`: at = n0, len = nc) of the row-major
+/// `src` (row stride `ld`) as NR-wide micro-panels:
+/// b[(j/NR)·kc·NR + kk·NR + j%NR] = src[k0 + kk, n0 + j] (zero past nc).
+pub(super) fn pack_rows(src: &[f32], ld: usize, blk: Block, b: &mut [f32]) {
+    let Block {
+        at: n0,
+        len: nc,
+        k0,
+        kc,
+    } = blk;
     for (pi, panel) in b.chunks_exact_mut(kc * NR).enumerate() {
         let j0 = n0 + pi * NR;
         let width = NR.min(n0 + nc - j0);
@@ -137,19 +133,18 @@ struct Run {
     len: usize,
 }
 
-/// Packs im2col rows k0 .. k0+kc for output pixels n0 .. n0+nc as NR-wide micro-panels:
+/// Packs im2col rows k0 .. k0+kc for output pixels n0 .. n0+nc (`blk`: at = n0, len = nc) as
+/// NR-wide micro-panels:
 /// b[(j/NR)·kc·NR + kk·NR + j%NR] = x[ci, oy·s + ky − pad, ox·s + kx − pad] (0 in the padding
 /// and in the columns past nc of the last panel). Row by row (k outer), so each row of the
 /// input is read as one forward stretch.
-pub(super) fn pack_b(
-    geo: &Geometry,
-    inp: &[f32],
-    k0: usize,
-    kc: usize,
-    n0: usize,
-    nc: usize,
-    b: &mut [f32],
-) {
+pub(super) fn pack_b(geo: &Geometry, inp: &[f32], blk: Block, b: &mut [f32]) {
+    let Block {
+        at: n0,
+        len: nc,
+        k0,
+        kc,
+    } = blk;
     // Cut the block into runs along output rows and tile boundaries.
     let mut runs = [Run::default(); NC];
     let mut n_runs = 0;

@@ -57,21 +57,12 @@ fn reference(
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    isa: Isa,
-    conv: &Conv2d,
-    x: &[f32],
-    h: usize,
-    w: usize,
-    wt: WeightsRef,
-    b: &[f32],
-    co: core::ops::Range<usize>,
-) -> Vec<f32> {
+fn run(isa: Isa, conv: &Conv2d, x: Map, p: ConvParams, co: core::ops::Range<usize>) -> Vec<f32> {
+    let (h, w) = (x.h, x.w);
     let (oh, ow) = conv.out_size(h, w);
     let mut out = vec![f32::NAN; co.len() * oh * ow];
     let mut scratch = vec![f32::NAN; conv.scratch_len(h, w)];
-    conv.forward_with(isa, x, h, w, wt, b, co, &mut out, &mut scratch)
+    conv.forward_with(isa, x, p, co, &mut out, &mut scratch)
         .unwrap();
     out
 }
@@ -114,11 +105,11 @@ fn portable_is_bit_exact_to_direct_formula() {
         let got = run(
             Isa::PORTABLE,
             &conv,
-            &x,
-            h,
-            w,
-            WeightsRef::F32(&wt),
-            &b,
+            Map::new(&x, h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt),
+                bias: &b,
+            },
             0..co,
         );
         assert_eq!(got, want, "shape {:?}", (ci, co, k, s, p, h, w));
@@ -142,7 +133,16 @@ fn simd_is_bit_exact_to_fused_formula() {
             let wt = data(co * ci * k * k, 5);
             let b = data(co, 6);
             let want = reference(&conv, &x, h, w, &wt, &b, |acc, a, v| a.mul_add(v, acc));
-            let got = run(isa, &conv, &x, h, w, WeightsRef::F32(&wt), &b, 0..co);
+            let got = run(
+                isa,
+                &conv,
+                Map::new(&x, h, w),
+                ConvParams {
+                    weight: WeightsRef::F32(&wt),
+                    bias: &b,
+                },
+                0..co,
+            );
             assert_eq!(got, want, "{isa:?} shape {:?}", (ci, co, k, s, p, h, w));
         }
     }
@@ -166,7 +166,16 @@ fn close_to_f64_convolution() {
         (acc as f64 + a as f64 * v as f64) as f32
     });
     for isa in isas() {
-        let got = run(isa, &conv, &x, h, w, WeightsRef::F32(&wt), &b, 0..9);
+        let got = run(
+            isa,
+            &conv,
+            Map::new(&x, h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt),
+                bias: &b,
+            },
+            0..9,
+        );
         for (g, e) in got.iter().zip(&exact) {
             assert!((g - e).abs() < 1e-4, "{g} vs {e}");
         }
@@ -190,11 +199,11 @@ fn hand_computed_box_filter() {
             run(
                 isa,
                 &conv,
-                &x,
-                3,
-                3,
-                WeightsRef::F32(&[1.0; 9]),
-                &[0.0],
+                Map::new(&x, 3, 3),
+                ConvParams {
+                    weight: WeightsRef::F32(&[1.0; 9]),
+                    bias: &[0.0]
+                },
                 0..1
             ),
             want
@@ -202,7 +211,16 @@ fn hand_computed_box_filter() {
         // Stride 2 (+ bias 1): the windows centred on input pixels (0,0), (0,2), (2,0), (2,2).
         let s2 = Conv2d { stride: 2, ..conv };
         assert_eq!(
-            run(isa, &s2, &x, 3, 3, WeightsRef::F32(&[1.0; 9]), &[1.0], 0..1),
+            run(
+                isa,
+                &s2,
+                Map::new(&x, 3, 3),
+                ConvParams {
+                    weight: WeightsRef::F32(&[1.0; 9]),
+                    bias: &[1.0]
+                },
+                0..1
+            ),
             [13.0, 17.0, 25.0, 29.0]
         );
     }
@@ -219,11 +237,11 @@ fn hand_computed_box_filter() {
         run(
             Isa::PORTABLE,
             &c1,
-            &x,
-            1,
-            3,
-            WeightsRef::F32(&[2.0, -1.0]),
-            &[0.5],
+            Map::new(&x, 1, 3),
+            ConvParams {
+                weight: WeightsRef::F32(&[2.0, -1.0]),
+                bias: &[0.5]
+            },
             0..1
         ),
         [-7.5, -15.5, -23.5]
@@ -257,12 +275,31 @@ fn direct_and_packed_paths_give_the_same_bits() {
         let packed_len = gemm_scratch_len(co, conv.k_total());
         for isa in isas() {
             for co_r in [0..co, 1..co - 1] {
-                let direct = run(isa, &conv, &x, h, w, WeightsRef::F32(&wt), &b, co_r.clone());
+                let direct = run(
+                    isa,
+                    &conv,
+                    Map::new(&x, h, w),
+                    ConvParams {
+                        weight: WeightsRef::F32(&wt),
+                        bias: &b,
+                    },
+                    co_r.clone(),
+                );
                 let mut out = vec![f32::NAN; co_r.len() * oh * ow];
                 let mut s = vec![f32::NAN; packed_len];
                 let wr = WeightsRef::F32(&wt);
-                conv.forward_with(isa, &x, h, w, wr, &b, co_r.clone(), &mut out, &mut s)
-                    .unwrap();
+                conv.forward_with(
+                    isa,
+                    Map::new(&x, h, w),
+                    ConvParams {
+                        weight: wr,
+                        bias: &b,
+                    },
+                    co_r.clone(),
+                    &mut out,
+                    &mut s,
+                )
+                .unwrap();
                 assert_eq!(direct, out, "{isa:?} {:?} {co_r:?}", (ci, co, k, p, h, w));
             }
         }
@@ -284,7 +321,16 @@ fn every_split_gives_the_same_bits() {
         let wt = data(co * ci * k * k, 11);
         let b = data(co, 12);
         for isa in isas() {
-            let whole = run(isa, &conv, &x, h, w, WeightsRef::F32(&wt), &b, 0..co);
+            let whole = run(
+                isa,
+                &conv,
+                Map::new(&x, h, w),
+                ConvParams {
+                    weight: WeightsRef::F32(&wt),
+                    bias: &b,
+                },
+                0..co,
+            );
             // Cuts that put channels in different microkernel rows and M blocks.
             for cuts in [&[1usize][..], &[co / 2], &[1, 2, 7], &[5, 11, 97, 193]] {
                 let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < co).collect();
@@ -295,11 +341,11 @@ fn every_split_gives_the_same_bits() {
                     split.extend(run(
                         isa,
                         &conv,
-                        &x,
-                        h,
-                        w,
-                        WeightsRef::F32(&wt),
-                        &b,
+                        Map::new(&x, h, w),
+                        ConvParams {
+                            weight: WeightsRef::F32(&wt),
+                            bias: &b,
+                        },
                         r[0]..r[1],
                     ));
                 }
@@ -338,7 +384,16 @@ fn every_pixel_split_gives_the_same_bits() {
             WeightsRef::F32(&data(co * ci * k * k, 17)),
         ] {
             for isa in isas() {
-                let whole = run(isa, &conv, &x, h, w, wt, &b, 0..co);
+                let whole = run(
+                    isa,
+                    &conv,
+                    Map::new(&x, h, w),
+                    ConvParams {
+                        weight: wt,
+                        bias: &b,
+                    },
+                    0..co,
+                );
                 // Cuts inside a column tile, at tile edges and inside an output row, and
                 // at row starts (the direct path's row ranges).
                 for cuts in [
@@ -360,11 +415,11 @@ fn every_pixel_split_gives_the_same_bits() {
                         let mut scratch = vec![f32::NAN; conv.scratch_len(h, w)];
                         conv.forward_pixels(
                             isa,
-                            &x,
-                            h,
-                            w,
-                            wt,
-                            &b,
+                            Map::new(&x, h, w),
+                            ConvParams {
+                                weight: wt,
+                                bias: &b,
+                            },
                             r[0]..r[1],
                             &mut rows,
                             &mut scratch,
@@ -393,22 +448,52 @@ fn forward_pixels_rejects_bad_rows() {
     let wr = WeightsRef::F32(&wt);
     let mut rows: Vec<&mut [f32]> = out.chunks_exact_mut(16).map(|r| &mut r[4..12]).collect();
     assert!(c
-        .forward_pixels(Isa::PORTABLE, &x, 4, 4, wr, &b, 4..12, &mut rows, &mut s)
+        .forward_pixels(
+            Isa::PORTABLE,
+            Map::new(&x, 4, 4),
+            ConvParams {
+                weight: wr,
+                bias: &b
+            },
+            4..12,
+            &mut rows,
+            &mut s
+        )
         .is_ok());
     assert!(c
-        .forward_pixels(Isa::PORTABLE, &x, 4, 4, wr, &b, 4..11, &mut rows, &mut s)
-        .is_err());
-    assert!(c
-        .forward_pixels(Isa::PORTABLE, &x, 4, 4, wr, &b, 12..20, &mut rows, &mut s)
+        .forward_pixels(
+            Isa::PORTABLE,
+            Map::new(&x, 4, 4),
+            ConvParams {
+                weight: wr,
+                bias: &b
+            },
+            4..11,
+            &mut rows,
+            &mut s
+        )
         .is_err());
     assert!(c
         .forward_pixels(
             Isa::PORTABLE,
-            &x,
-            4,
-            4,
-            wr,
-            &b,
+            Map::new(&x, 4, 4),
+            ConvParams {
+                weight: wr,
+                bias: &b
+            },
+            12..20,
+            &mut rows,
+            &mut s
+        )
+        .is_err());
+    assert!(c
+        .forward_pixels(
+            Isa::PORTABLE,
+            Map::new(&x, 4, 4),
+            ConvParams {
+                weight: wr,
+                bias: &b
+            },
             4..12,
             &mut rows[1..],
             &mut s
@@ -434,8 +519,26 @@ fn f16_weights_equal_their_f32_values() {
         let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
         let b = data(co, 15);
         for isa in isas() {
-            let a = run(isa, &conv, &x, h, w, WeightsRef::F16(&w16), &b, 0..co);
-            let c = run(isa, &conv, &x, h, w, WeightsRef::F32(&w32), &b, 0..co);
+            let a = run(
+                isa,
+                &conv,
+                Map::new(&x, h, w),
+                ConvParams {
+                    weight: WeightsRef::F16(&w16),
+                    bias: &b,
+                },
+                0..co,
+            );
+            let c = run(
+                isa,
+                &conv,
+                Map::new(&x, h, w),
+                ConvParams {
+                    weight: WeightsRef::F32(&w32),
+                    bias: &b,
+                },
+                0..co,
+            );
             assert_eq!(a, c);
         }
     }
@@ -487,15 +590,24 @@ fn out_size_and_errors() {
     let mut out = vec![0f32; 3 * 4];
     let mut s = vec![0f32; c.scratch_len(h, w)];
     assert!(c
-        .forward(&x, h, w, WeightsRef::F32(&wt), &b, 0..3, &mut out, &mut s)
+        .forward(
+            Map::new(&x, h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt),
+                bias: &b
+            },
+            0..3,
+            &mut out,
+            &mut s
+        )
         .is_ok());
     assert!(c
         .forward(
-            &x[1..],
-            h,
-            w,
-            WeightsRef::F32(&wt),
-            &b,
+            Map::new(&x[1..], h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt),
+                bias: &b
+            },
             0..3,
             &mut out,
             &mut s
@@ -503,11 +615,11 @@ fn out_size_and_errors() {
         .is_err());
     assert!(c
         .forward(
-            &x,
-            h,
-            w,
-            WeightsRef::F32(&wt[1..]),
-            &b,
+            Map::new(&x, h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt[1..]),
+                bias: &b
+            },
             0..3,
             &mut out,
             &mut s
@@ -515,29 +627,47 @@ fn out_size_and_errors() {
         .is_err());
     assert!(c
         .forward(
-            &x,
-            h,
-            w,
-            WeightsRef::F32(&wt),
-            &b[1..],
+            Map::new(&x, h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt),
+                bias: &b[1..]
+            },
             0..3,
             &mut out,
             &mut s
         )
         .is_err());
     assert!(c
-        .forward(&x, h, w, WeightsRef::F32(&wt), &b, 0..4, &mut out, &mut s)
-        .is_err());
-    assert!(c
-        .forward(&x, h, w, WeightsRef::F32(&wt), &b, 0..2, &mut out, &mut s)
+        .forward(
+            Map::new(&x, h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt),
+                bias: &b
+            },
+            0..4,
+            &mut out,
+            &mut s
+        )
         .is_err());
     assert!(c
         .forward(
-            &x,
-            h,
-            w,
-            WeightsRef::F32(&wt),
-            &b,
+            Map::new(&x, h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt),
+                bias: &b
+            },
+            0..2,
+            &mut out,
+            &mut s
+        )
+        .is_err());
+    assert!(c
+        .forward(
+            Map::new(&x, h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt),
+                bias: &b
+            },
             0..3,
             &mut out,
             &mut s[1..]
@@ -545,6 +675,15 @@ fn out_size_and_errors() {
         .is_err());
     let bad = Conv2d { stride: 0, ..c };
     assert!(bad
-        .forward(&x, h, w, WeightsRef::F32(&wt), &b, 0..3, &mut out, &mut s)
+        .forward(
+            Map::new(&x, h, w),
+            ConvParams {
+                weight: WeightsRef::F32(&wt),
+                bias: &b
+            },
+            0..3,
+            &mut out,
+            &mut s
+        )
         .is_err());
 }

@@ -87,17 +87,8 @@ struct Grads {
 }
 
 /// Backward over the whole layer, starting from `init` in every gradient buffer.
-#[allow(clippy::too_many_arguments)]
-fn backward(
-    isa: Isa,
-    c: &Conv2d,
-    x: &[f32],
-    h: usize,
-    w: usize,
-    wt: &[f32],
-    dout: &[f32],
-    init: f32,
-) -> Grads {
+fn backward(isa: Isa, c: &Conv2d, x: Map, wt: &[f32], dout: &[f32], init: f32) -> Grads {
+    let Map { data: x, h, w } = x;
     let mut g = Grads {
         dx: vec![init; x.len()],
         dw: vec![init; wt.len()],
@@ -105,10 +96,27 @@ fn backward(
     };
     let mut s = vec![f32::NAN; c.backward_scratch_len(h, w)];
     let wr = WeightsRef::F32(wt);
-    c.backward_input(isa, &mut g.dx, dout, wr, h, w, 0..c.c_in, &mut s)
-        .unwrap();
-    c.backward_params(isa, &mut g.dw, &mut g.db, dout, x, h, w, 0..c.c_out, &mut s)
-        .unwrap();
+    c.backward_input(
+        isa,
+        MapMut::new(&mut g.dx, h, w),
+        dout,
+        wr,
+        0..c.c_in,
+        &mut s,
+    )
+    .unwrap();
+    c.backward_params(
+        isa,
+        ConvGrads {
+            dweight: &mut g.dw,
+            dbias: &mut g.db,
+        },
+        dout,
+        Map::new(x, h, w),
+        0..c.c_out,
+        &mut s,
+    )
+    .unwrap();
     g
 }
 
@@ -128,7 +136,7 @@ fn gradients_match_finite_differences_of_f64_forward() {
         let want_dw = fd_grad(&w64, 1e-3, |v| dot64(&r, &conv64(&c, &x64, h, w, v, &b64)));
         let want_db = fd_grad(&b64, 1e-3, |v| dot64(&r, &conv64(&c, &x64, h, w, &w64, v)));
         for isa in isas() {
-            let g = backward(isa, &c, &x, h, w, &wt, &r, 0.0);
+            let g = backward(isa, &c, Map::new(&x, h, w), &wt, &r, 0.0);
             let what = format!("{isa:?} {shape:?}");
             assert_grad(&g.dx, &want_dx, 1e-5, &format!("dx {what}"));
             assert_grad(&g.dw, &want_dw, 1e-5, &format!("dw {what}"));
@@ -139,17 +147,15 @@ fn gradients_match_finite_differences_of_f64_forward() {
 
 /// The documented term orders, with `step(acc, a, b)` = acc + a·b (portable) or
 /// fma(a, b, acc) (SIMD).
-#[allow(clippy::too_many_arguments)]
 fn reference_orders(
     c: &Conv2d,
-    x: &[f32],
-    h: usize,
-    w: usize,
+    x: Map,
     wt: &[f32],
     dout: &[f32],
     init: f32,
     step: impl Fn(f32, f32, f32) -> f32,
 ) -> (Vec<f32>, Vec<f32>) {
+    let Map { data: x, h, w } = x;
     let (oh, ow) = c.out_size(h, w);
     let k = c.kernel;
     let (s, p) = (c.stride as isize, c.pad as isize);
@@ -237,8 +243,8 @@ fn bit_exact_to_documented_term_order_and_accumulate() {
                 }
             };
             // Starting from 0.5 checks that gradients accumulate onto the buffer.
-            let (dx, dw) = reference_orders(&c, &x, h, w, &wt, &dout, 0.5, step);
-            let g = backward(isa, &c, &x, h, w, &wt, &dout, 0.5);
+            let (dx, dw) = reference_orders(&c, Map::new(&x, h, w), &wt, &dout, 0.5, step);
+            let g = backward(isa, &c, Map::new(&x, h, w), &wt, &dout, 0.5);
             assert_eq!(g.dx, dx, "dx {isa:?} {shape:?}");
             assert_eq!(g.dw, dw, "dw {isa:?} {shape:?}");
         }
@@ -262,9 +268,9 @@ fn strided_input_gradient_in_blocks_keeps_the_term_order() {
             true => a.mul_add(b, acc),
             false => acc + a * b,
         };
-        let (dx, _) = reference_orders(&c, &x, h, w, &wt, &dout, 0.5, step);
+        let (dx, _) = reference_orders(&c, Map::new(&x, h, w), &wt, &dout, 0.5, step);
         assert_eq!(
-            backward(isa, &c, &x, h, w, &wt, &dout, 0.5).dx,
+            backward(isa, &c, Map::new(&x, h, w), &wt, &dout, 0.5).dx,
             dx,
             "{isa:?}"
         );
@@ -283,7 +289,7 @@ fn every_split_gives_the_same_bits() {
         let dout = data(c.c_out * oh * ow, 10);
         let mut s = vec![0f32; c.backward_scratch_len(h, w)];
         for isa in isas() {
-            let whole = backward(isa, &c, &x, h, w, &wt, &dout, 0.25);
+            let whole = backward(isa, &c, Map::new(&x, h, w), &wt, &dout, 0.25);
             for cuts in [&[1usize][..], &[2, 3], &[1, 7, 100, 193]] {
                 let bounds = |n: usize| {
                     let mut b: Vec<usize> = cuts.iter().copied().filter(|&v| v < n).collect();
@@ -296,11 +302,9 @@ fn every_split_gives_the_same_bits() {
                     let part = &mut dx[r[0] * h * w..r[1] * h * w];
                     c.backward_input(
                         isa,
-                        part,
+                        MapMut::new(part, h, w),
                         &dout,
                         WeightsRef::F32(&wt),
-                        h,
-                        w,
                         r[0]..r[1],
                         &mut s,
                     )
@@ -313,20 +317,27 @@ fn every_split_gives_the_same_bits() {
                 let mut dx = vec![0.25f32; x.len()];
                 for r in bounds(c.c_in).windows(2) {
                     let part = &mut dx[r[0] * h * w..r[1] * h * w];
-                    c.backward_input_flipped(isa, part, &dout, &flipped, h, w, r[0]..r[1], &mut s)
-                        .unwrap();
+                    c.backward_input_flipped(
+                        isa,
+                        MapMut::new(part, h, w),
+                        &dout,
+                        &flipped,
+                        r[0]..r[1],
+                        &mut s,
+                    )
+                    .unwrap();
                 }
                 assert_eq!(dx, whole.dx, "flipped dx {isa:?} {shape:?} {cuts:?}");
                 let (mut dw, mut db) = (vec![0.25f32; wt.len()], vec![0.25f32; c.c_out]);
                 for r in bounds(c.c_out).windows(2) {
                     c.backward_params(
                         isa,
-                        &mut dw[r[0] * kk..r[1] * kk],
-                        &mut db[r[0]..r[1]],
+                        ConvGrads {
+                            dweight: &mut dw[r[0] * kk..r[1] * kk],
+                            dbias: &mut db[r[0]..r[1]],
+                        },
                         &dout,
-                        &x,
-                        h,
-                        w,
+                        Map::new(&x, h, w),
                         r[0]..r[1],
                         &mut s,
                     )
@@ -362,7 +373,7 @@ fn input_gradient_direct_and_packed_paths_give_the_same_bits() {
                 for (dx, len) in both.iter_mut().zip(lens) {
                     let mut s = vec![f32::NAN; len];
                     let wr = WeightsRef::F32(&wt);
-                    c.backward_input(isa, dx, &dout, wr, h, w, ci.clone(), &mut s)
+                    c.backward_input(isa, MapMut::new(dx, h, w), &dout, wr, ci.clone(), &mut s)
                         .unwrap();
                 }
                 assert_eq!(both[0], both[1], "{isa:?} {shape:?} {ci:?}");
@@ -387,22 +398,18 @@ fn f16_weights_and_errors() {
     let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
     c.backward_input(
         Isa::PORTABLE,
-        &mut a,
+        MapMut::new(&mut a, h, w),
         &dout,
         WeightsRef::F16(&w16),
-        h,
-        w,
         0..3,
         &mut s,
     )
     .unwrap();
     c.backward_input(
         Isa::PORTABLE,
-        &mut b,
+        MapMut::new(&mut b, h, w),
         &dout,
         WeightsRef::F32(&w32),
-        h,
-        w,
         0..3,
         &mut s,
     )
@@ -414,60 +421,115 @@ fn f16_weights_and_errors() {
     let mut flipped = vec![0f32; c.flipped_len()];
     c.flip_weights(WeightsRef::F16(&w16), &mut flipped).unwrap();
     let mut f = vec![0f32; x.len()];
-    c.backward_input_flipped(p, &mut f, &dout, &flipped, h, w, 0..3, &mut s)
+    c.backward_input_flipped(p, MapMut::new(&mut f, h, w), &dout, &flipped, 0..3, &mut s)
         .unwrap();
     assert_eq!(f, b);
     assert!(c
-        .backward_input_flipped(p, &mut f, &dout, &flipped[1..], h, w, 0..3, &mut s)
+        .backward_input_flipped(
+            p,
+            MapMut::new(&mut f, h, w),
+            &dout,
+            &flipped[1..],
+            0..3,
+            &mut s
+        )
         .is_err());
     assert!(c.flip_weights(wr, &mut flipped[1..]).is_err());
     assert!(c
         .flip_weights(WeightsRef::F32(&w32[1..]), &mut flipped)
         .is_err());
     assert!(c
-        .backward_input(p, &mut a, &dout[1..], wr, h, w, 0..3, &mut s)
+        .backward_input(p, MapMut::new(&mut a, h, w), &dout[1..], wr, 0..3, &mut s)
         .is_err());
     assert!(c
-        .backward_input(p, &mut a, &dout, wr, h, w, 0..4, &mut s)
+        .backward_input(p, MapMut::new(&mut a, h, w), &dout, wr, 0..4, &mut s)
         .is_err());
     assert!(c
-        .backward_input(p, &mut a[1..], &dout, wr, h, w, 0..3, &mut s)
+        .backward_input(p, MapMut::new(&mut a[1..], h, w), &dout, wr, 0..3, &mut s)
         .is_err());
     assert!(c
         .backward_input(
             p,
-            &mut a,
+            MapMut::new(&mut a, h, w),
             &dout,
             WeightsRef::F32(&w32[1..]),
-            h,
-            w,
             0..3,
             &mut s
         )
         .is_err());
     assert!(c
-        .backward_input(p, &mut a, &dout, wr, h, w, 0..3, &mut s[1..])
+        .backward_input(p, MapMut::new(&mut a, h, w), &dout, wr, 0..3, &mut s[1..])
         .is_err());
     let big_pad = Conv2d { pad: 3, ..c };
     let (oh, ow) = big_pad.out_size(h, w);
     let d2 = vec![0f32; c.c_out * oh * ow];
     assert!(big_pad
-        .backward_input(p, &mut a, &d2, wr, h, w, 0..3, &mut s)
+        .backward_input(p, MapMut::new(&mut a, h, w), &d2, wr, 0..3, &mut s)
         .is_err());
     let (mut dw, mut db) = (vec![0f32; w32.len()], vec![0f32; c.c_out]);
     assert!(c
-        .backward_params(p, &mut dw, &mut db, &dout, &x, h, w, 0..5, &mut s)
+        .backward_params(
+            p,
+            ConvGrads {
+                dweight: &mut dw,
+                dbias: &mut db
+            },
+            &dout,
+            Map::new(&x, h, w),
+            0..5,
+            &mut s
+        )
         .is_ok());
     assert!(c
-        .backward_params(p, &mut dw, &mut db[1..], &dout, &x, h, w, 0..5, &mut s)
+        .backward_params(
+            p,
+            ConvGrads {
+                dweight: &mut dw,
+                dbias: &mut db[1..]
+            },
+            &dout,
+            Map::new(&x, h, w),
+            0..5,
+            &mut s
+        )
         .is_err());
     assert!(c
-        .backward_params(p, &mut dw[1..], &mut db, &dout, &x, h, w, 0..5, &mut s)
+        .backward_params(
+            p,
+            ConvGrads {
+                dweight: &mut dw[1..],
+                dbias: &mut db
+            },
+            &dout,
+            Map::new(&x, h, w),
+            0..5,
+            &mut s
+        )
         .is_err());
     assert!(c
-        .backward_params(p, &mut dw, &mut db, &dout, &x[1..], h, w, 0..5, &mut s)
+        .backward_params(
+            p,
+            ConvGrads {
+                dweight: &mut dw,
+                dbias: &mut db
+            },
+            &dout,
+            Map::new(&x[1..], h, w),
+            0..5,
+            &mut s
+        )
         .is_err());
     assert!(c
-        .backward_params(p, &mut dw, &mut db, &dout, &x, h, w, 0..6, &mut s)
+        .backward_params(
+            p,
+            ConvGrads {
+                dweight: &mut dw,
+                dbias: &mut db
+            },
+            &dout,
+            Map::new(&x, h, w),
+            0..6,
+            &mut s
+        )
         .is_err());
 }

@@ -28,12 +28,14 @@
 
 use super::backward::sum_f64;
 use super::gemm::{
-    first_terms, gemm, gemm_scratch_len, round_up, tile_with_spare, Out, KC, LINE, MC_MAX, MR, NR,
+    first_terms, gemm, gemm_scratch_len, round_up, tile_with_spare, Block, Lhs, Out, KC, LINE,
+    MC_MAX, MR, NR,
 };
-use super::microkernel::microkernel;
+use super::microkernel::{microkernel, Panels};
 use super::pack::{pack_a, pack_rows};
 #[cfg(target_arch = "x86_64")]
 use super::transpose;
+use super::{ConvGrads, ConvParams, Map};
 use crate::Isa;
 use crate::{check_len, check_min_len, check_range, KernelError};
 use core::array::from_fn;
@@ -363,16 +365,14 @@ impl Winograd {
         }
         let a_len = round_up(co, MR) * ci;
         for (p, a) in packed.chunks_exact_mut(a_len).enumerate() {
-            pack_a(
-                Isa::detected(), // a copy: the same values on any path
-                &plain[p * pairs..][..pairs],
-                ci,
-                0,
-                co,
-                0,
-                ci,
-                a,
-            );
+            let all = Block {
+                at: 0,
+                len: co,
+                k0: 0,
+                kc: ci,
+            };
+            // A copy: the same values on any path.
+            pack_a(Isa::detected(), &plain[p * pairs..][..pairs], ci, all, a);
         }
     }
 
@@ -425,21 +425,19 @@ impl Winograd {
         self.m * w
     }
 
-    /// The convolution of `inp` [c_in, h, w] with the weights `u` transformed by
+    /// The convolution of `x` [c_in, h, w] with the weights `u` transformed by
     /// [`Winograd::transform_weights`] (or [`Winograd::transform_forward_weights`]): `out`
-    /// [c_out, h, w] = bias + conv(inp) when `bias` is given, else `out` += conv(inp).
-    #[allow(clippy::too_many_arguments)]
+    /// [c_out, h, w] = bias + conv(x) when `bias` is given, else `out` += conv(x).
     pub fn forward(
         &self,
         isa: Isa,
-        inp: &[f32],
-        h: usize,
-        w: usize,
+        x: Map,
         u: &[f32],
         bias: Option<&[f32]>,
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
+        let Map { data: inp, h, w } = x;
         let (ci, co) = (self.c_in, self.c_out);
         check_len("winograd input", ci * h * w, inp.len())?;
         self.check_forward_weights(u)?;
@@ -453,27 +451,27 @@ impl Winograd {
         }
         let mut planes = Contiguous { out, len: h * w };
         let rows = 0..h.div_ceil(self.m);
-        by_form!(self.forward_n(isa, inp, (h, w), u, bias, rows, &mut planes, scratch));
+        let f = WinoForward { isa, x, u, bias };
+        by_form!(self.forward_n(&f, rows, &mut planes, scratch));
         Ok(())
     }
 
-    /// [`Winograd::forward`] (with bias) for the output pixels `px` (numbered y·w + x) only:
-    /// `rows[o]` receives out[o, px]. `px` must start and end on whole rows of tiles
-    /// (multiples of [`Winograd::pixels_per_tile_row`], or the map's end). Every tile is
-    /// computed as by [`Winograd::forward`], so threads splitting a map this way get its bits.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Winograd::forward`] (with bias; `p.weight` = the transformed weights `u`) for the
+    /// output pixels `px` (numbered y·w + x) only: `rows[o]` receives out[o, px]. `px` must
+    /// start and end on whole rows of tiles (multiples of [`Winograd::pixels_per_tile_row`], or
+    /// the map's end). Every tile is computed as by [`Winograd::forward`], so threads splitting
+    /// a map this way get its bits.
     pub fn forward_pixels(
         &self,
         isa: Isa,
-        inp: &[f32],
-        h: usize,
-        w: usize,
-        u: &[f32],
-        bias: &[f32],
+        x: Map,
+        p: ConvParams<&[f32]>,
         px: core::ops::Range<usize>,
         rows: &mut [&mut [f32]],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
+        let ConvParams { weight: u, bias } = p;
+        let Map { data: inp, h, w } = x;
         let (ci, co) = (self.c_in, self.c_out);
         check_len("winograd input", ci * h * w, inp.len())?;
         self.check_forward_weights(u)?;
@@ -496,23 +494,24 @@ impl Winograd {
         }
         let tile_rows = px.start / band..px.end.div_ceil(band);
         let mut planes = Pieces(rows);
-        let bias = Some(bias);
-        by_form!(self.forward_n(isa, inp, (h, w), u, bias, tile_rows, &mut planes, scratch));
+        let f = WinoForward {
+            isa,
+            x,
+            u,
+            bias: Some(bias),
+        };
+        by_form!(self.forward_n(&f, tile_rows, &mut planes, scratch));
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn forward_n<const N: usize>(
         &self,
-        isa: Isa,
-        inp: &[f32],
-        (h, w): (usize, usize),
-        u: &[f32],
-        bias: Option<&[f32]>,
+        f: &WinoForward,
         tile_rows: core::ops::Range<usize>,
         out: &mut dyn Planes,
         scratch: &mut [f32],
     ) {
+        let (isa, Map { data: inp, h, w }) = (f.isa, f.x);
         let (ci, co) = (self.c_in, self.c_out);
         let ld = channel_ld::<N>(forward_chunk::<N>());
         let t = Tiles::new(h, w, N - 2);
@@ -542,31 +541,22 @@ impl Winograd {
             let padded = &mut padded[..ci * b.input_plane()];
             deinterleave::<N>(isa, inp, (h, w), (t.m * r0, 1), b.input_len(), rows, padded);
             let at = t.m * (r0 - first);
-            self.band_n::<N>(
-                isa,
-                &b,
-                u,
-                bias,
-                (padded, &offs),
-                (zeros, v, m, gs),
-                (out, at),
-            );
+            self.band_n::<N>(f, &b, (padded, &offs), (zeros, v, m, gs), (out, at));
         }
     }
 
     /// The tiles of band `b` (its input de-interleaved in `padded`) into `out`'s planes from
     /// row `at`, chunk after chunk.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[allow(clippy::type_complexity)]
     fn band_n<const N: usize>(
         &self,
-        isa: Isa,
+        f: &WinoForward,
         b: &Tiles,
-        u: &[f32],
-        bias: Option<&[f32]>,
         (padded, offs): (&[f32], &[u32; KC]),
         (zeros, v, m, gs): (&[f32], &mut [f32], &mut [f32], &mut [f32]),
         (out, at): (&mut dyn Planes, usize),
     ) {
+        let (isa, u, bias) = (f.isa, f.u, f.bias);
         let (ci, co) = (self.c_in, self.c_out);
         let (positions, chunk) = (N * N, forward_chunk::<N>());
         let ld = channel_ld::<N>(chunk);
@@ -583,7 +573,8 @@ impl Winograd {
                     let a_p = &packed[p * a_len..][..a_len];
                     let b = (v_p, &offs[..ci]);
                     let spare = &mut gs[..MR * NR];
-                    chunk_product(isa, a_p, b, co, nt, (&mut m[p * chunk..], ld), spare, zeros);
+                    let out = (&mut m[p * chunk..], ld);
+                    chunk_product(isa, a_p, b, (co, nt), out, spare, zeros);
                     continue;
                 }
                 let u_p = &u[p * co * ci..][..co * ci];
@@ -591,17 +582,13 @@ impl Winograd {
                     c: &mut m[p * chunk..],
                     ld,
                 };
-                gemm(
-                    isa,
-                    Some(zeros),
-                    co,
-                    nt,
-                    ci,
-                    |m0, mc, k0, kc, a| pack_a(isa, u_p, ci, m0, mc, k0, kc, a),
-                    |k0, kc, n0, nc, b| pack_rows(v_p, ld, k0, kc, n0, nc, b),
-                    m_p,
-                    gs,
-                );
+                let a = Lhs {
+                    m: co,
+                    init: Some(zeros),
+                    pack: |blk: Block, a: &mut [f32]| pack_a(isa, u_p, ci, blk, a),
+                };
+                let pack_b = |blk: Block, b: &mut [f32]| pack_rows(v_p, ld, blk, b);
+                gemm(isa, a, nt, ci, pack_b, m_p, gs);
             }
             output_transform::<N>(isa, t, (t0, chunk), co, m, bias, (out, at));
         }
@@ -629,18 +616,16 @@ impl Winograd {
     /// ∂L/∂W (this sample's gradient computed whole, then added), `dbias[o] += Σ dout[o]` (in
     /// f64, as [`super::Conv2d::backward_params`]). The two steps of
     /// [`Winograd::backward_params_transformed`] and [`Winograd::weight_gradient`] in one.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward_params(
         &self,
         isa: Isa,
-        dweight: &mut [f32],
-        dbias: &mut [f32],
+        grads: ConvGrads,
         dout: &[f32],
-        inp: &[f32],
-        h: usize,
-        w: usize,
+        x: Map,
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
+        let ConvGrads { dweight, dbias } = grads;
+        let (h, w) = (x.h, x.w);
         check_len(
             "winograd dweight",
             9 * self.c_out * self.c_in,
@@ -653,7 +638,8 @@ impl Winograd {
         )?;
         let (du, rest) = scratch.split_at_mut(self.weight_gradient_len());
         du.fill(0.0);
-        self.backward_params_transformed(isa, du, dbias, dout, inp, h, w, rest)?;
+        let transformed = ConvGrads { dweight: du, dbias };
+        self.backward_params_transformed(isa, transformed, dout, x, rest)?;
         self.weight_gradient(du, dweight)
     }
 
@@ -663,18 +649,16 @@ impl Winograd {
     /// taking [`Winograd::weight_gradient`] once costs one adjoint filter transform per weight
     /// instead of one per sample. `scratch`: [`Winograd::backward_scratch_len`] less
     /// [`Winograd::weight_gradient_len`] floats suffice.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward_params_transformed(
         &self,
         isa: Isa,
-        du: &mut [f32],
-        dbias: &mut [f32],
+        grads: ConvGrads,
         dout: &[f32],
-        inp: &[f32],
-        h: usize,
-        w: usize,
+        x: Map,
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
+        let ConvGrads { dweight: du, dbias } = grads;
+        let Map { data: inp, h, w } = x;
         let (ci, co) = (self.c_in, self.c_out);
         check_len("winograd input", ci * h * w, inp.len())?;
         check_len("winograd dout", co * h * w, dout.len())?;
@@ -724,17 +708,14 @@ impl Winograd {
             dout_transform::<N>(isa, &t, (t0, chunk), co, dsplit, dm);
             for p in 0..N * N {
                 let (dm_p, v_p) = (&dm[p * chunk..], &v[p * chunk..]);
-                gemm(
-                    isa,
-                    None,
-                    co,
-                    ci,
-                    nt,
-                    |m0, mc, k0, kc, a| pack_a(isa, dm_p, ld, m0, mc, k0, kc, a),
-                    |k0, kc, n0, nc, b| pack_rows_t(isa, v_p, ld, k0, kc, n0, nc, b),
-                    Out::Dense(&mut du[p * du_ld..][..co * ci]),
-                    gs,
-                );
+                let a = Lhs {
+                    m: co,
+                    init: None,
+                    pack: |blk: Block, a: &mut [f32]| pack_a(isa, dm_p, ld, blk, a),
+                };
+                let pack_b = |blk: Block, b: &mut [f32]| pack_rows_t(isa, v_p, ld, blk, b);
+                let out = Out::Dense(&mut du[p * du_ld..][..co * ci]);
+                gemm(isa, a, ci, nt, pack_b, out, gs);
             }
         }
     }
@@ -764,19 +745,26 @@ impl Winograd {
     }
 }
 
+/// One checked forward call: the microkernels, the input planes, the transformed weights and
+/// the bias (`None`: accumulate onto the output).
+struct WinoForward<'a> {
+    isa: Isa,
+    x: Map<'a>,
+    u: &'a [f32],
+    bias: Option<&'a [f32]>,
+}
+
 /// out[i·ld + g] = Σ_k A[i, k]·B[k, g] for the m rows of the packed A (one block: depth
 /// `offs.len()` ≤ KC, m ≤ MC_MAX) and the nt ≤ NR columns of B, whose rows lie at `offs`
 /// (the chunk's transformed tiles, read in place): the one-panel case of [`gemm`], with
 /// every element's terms in the same order (zero, then k = 0, 1, …). Computed in place in
 /// `out` (a chunk buffer: every row has NR columns, those past nt are scratch), with the
 /// rows past m of the last panel in `spare` (MR·NR floats), so no tile is copied.
-#[allow(clippy::too_many_arguments)]
 fn chunk_product(
     isa: Isa,
     a: &[f32],
     b: (&[f32], &[u32]),
-    m: usize,
-    nt: usize,
+    (m, nt): (usize, usize),
     (out, ld): (&mut [f32], usize),
     spare: &mut [f32],
     zeros: &[f32],
@@ -787,33 +775,26 @@ fn chunk_product(
         let mr = MR.min(m - i0);
         let start = first_terms(Some(zeros), 0, i0, mr);
         let mut c = tile_with_spare(&mut out[i0 * ld..], ld, mr, spare);
-        microkernel(
-            isa,
-            depth,
-            a_pan,
-            b.0,
-            b.1,
-            &mut c,
-            start.as_ref(),
-            (mr, nt),
-        );
+        let panels = Panels {
+            kc: depth,
+            a: a_pan,
+            b: b.0,
+            b_rows: b.1,
+        };
+        microkernel(isa, panels, &mut c, start.as_ref(), (mr, nt));
     }
 }
 
-/// [`pack_rows`] of the transpose of `src` (row stride `ld`):
+/// [`pack_rows`] of the transpose of `src` (row stride `ld`; `blk`: at = n0, len = nc):
 /// b[(j/NR)·kc·NR + kk·NR + j%NR] = src[n0 + j, k0 + kk], eight columns at a time as 8 × 8
 /// register transposes where the CPU has AVX2 (a pure copy: same values).
-#[allow(clippy::too_many_arguments)]
-fn pack_rows_t(
-    isa: Isa,
-    src: &[f32],
-    ld: usize,
-    k0: usize,
-    kc: usize,
-    n0: usize,
-    nc: usize,
-    b: &mut [f32],
-) {
+fn pack_rows_t(isa: Isa, src: &[f32], ld: usize, blk: Block, b: &mut [f32]) {
+    let Block {
+        at: n0,
+        len: nc,
+        k0,
+        kc,
+    } = blk;
     for j0 in (0..round_up(nc, NR)).step_by(8) {
         let base = (j0 / NR) * kc * NR + j0 % NR;
         let mut done = 0;

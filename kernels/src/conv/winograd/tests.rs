@@ -4,7 +4,7 @@
 use super::super::Conv2d;
 use super::*;
 use crate::isa::tests::isas;
-use crate::WeightsRef;
+use crate::{MapMut, WeightsRef};
 extern crate std;
 use std::vec;
 use std::vec::Vec;
@@ -74,11 +74,11 @@ fn forward_matches_the_direct_convolution() {
             let mut s = vec![0.0; conv.scratch_len(h, w)];
             conv.forward_with(
                 isa,
-                &x,
-                h,
-                w,
-                WeightsRef::F32(&wt),
-                &b,
+                Map::new(&x, h, w),
+                ConvParams {
+                    weight: WeightsRef::F32(&wt),
+                    bias: &b,
+                },
                 0..co,
                 &mut want,
                 &mut s,
@@ -89,14 +89,14 @@ fn forward_matches_the_direct_convolution() {
                 wg.transform_weights(&wt, &mut u).unwrap();
                 let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
                 let mut got = vec![f32::NAN; co * h * w];
-                wg.forward(isa, &x, h, w, &u, Some(&b), &mut got, &mut s)
+                wg.forward(isa, Map::new(&x, h, w), &u, Some(&b), &mut got, &mut s)
                     .unwrap();
                 let tol = slack * 2e-6 * (ci as f32 * 9.0).sqrt();
                 assert_close(&got, &want, tol, "forward");
                 // Without bias it adds onto `out`.
                 let before = data(co * h * w, 4);
                 let mut acc = before.clone();
-                wg.forward(isa, &x, h, w, &u, None, &mut acc, &mut s)
+                wg.forward(isa, Map::new(&x, h, w), &u, None, &mut acc, &mut s)
                     .unwrap();
                 for o in 0..co {
                     for i in 0..h * w {
@@ -124,11 +124,9 @@ fn input_gradient_through_the_transposed_form() {
             let mut s = vec![0.0; conv.backward_scratch_len(h, w)];
             conv.backward_input(
                 isa,
-                &mut want,
+                MapMut::new(&mut want, h, w),
                 &dy,
                 WeightsRef::F32(&wt),
-                h,
-                w,
                 0..ci,
                 &mut s,
             )
@@ -142,7 +140,7 @@ fn input_gradient_through_the_transposed_form() {
                 wg.transform_weights(&flipped, &mut u).unwrap();
                 let mut got = start.clone();
                 let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
-                wg.forward(isa, &dy, h, w, &u, None, &mut got, &mut s)
+                wg.forward(isa, Map::new(&dy, h, w), &u, None, &mut got, &mut s)
                     .unwrap();
                 let tol = slack * (2e-6 * (co as f32 * 9.0).sqrt() + 1e-6);
                 assert_close(&got, &want, tol, "dx");
@@ -160,13 +158,32 @@ fn weight_gradient_matches_the_direct_convolution() {
             let (dw0, db0) = (data(co * ci * 9, 10), data(co, 11));
             let (mut want_w, mut want_b) = (dw0.clone(), db0.clone());
             let mut s = vec![0.0; conv.backward_scratch_len(h, w)];
-            conv.backward_params(isa, &mut want_w, &mut want_b, &dy, &x, h, w, 0..co, &mut s)
-                .unwrap();
+            conv.backward_params(
+                isa,
+                ConvGrads {
+                    dweight: &mut want_w,
+                    dbias: &mut want_b,
+                },
+                &dy,
+                Map::new(&x, h, w),
+                0..co,
+                &mut s,
+            )
+            .unwrap();
             for (wg, slack) in forms(&conv) {
                 let (mut got_w, mut got_b) = (dw0.clone(), db0.clone());
                 let mut s = vec![f32::NAN; wg.backward_scratch_len(h, w)];
-                wg.backward_params(isa, &mut got_w, &mut got_b, &dy, &x, h, w, &mut s)
-                    .unwrap();
+                wg.backward_params(
+                    isa,
+                    ConvGrads {
+                        dweight: &mut got_w,
+                        dbias: &mut got_b,
+                    },
+                    &dy,
+                    Map::new(&x, h, w),
+                    &mut s,
+                )
+                .unwrap();
                 assert_eq!(got_b, want_b, "the bias gradient is the same sum");
                 let tol = slack * 3e-6 * ((h * w) as f32).sqrt();
                 assert_close(&got_w, &want_w, tol, "dweight");
@@ -189,10 +206,28 @@ fn transformed_weight_gradients_add_across_samples() {
         let (mut got_w, mut got_b) = (want_w.clone(), want_b.clone());
         let mut du = vec![0.0; wg.weight_gradient_len()];
         for (x, dy) in xs.iter().zip(&dys) {
-            wg.backward_params(isa, &mut want_w, &mut want_b, dy, x, h, w, &mut s)
-                .unwrap();
-            wg.backward_params_transformed(isa, &mut du, &mut got_b, dy, x, h, w, &mut s)
-                .unwrap();
+            wg.backward_params(
+                isa,
+                ConvGrads {
+                    dweight: &mut want_w,
+                    dbias: &mut want_b,
+                },
+                dy,
+                Map::new(x, h, w),
+                &mut s,
+            )
+            .unwrap();
+            wg.backward_params_transformed(
+                isa,
+                ConvGrads {
+                    dweight: &mut du,
+                    dbias: &mut got_b,
+                },
+                dy,
+                Map::new(x, h, w),
+                &mut s,
+            )
+            .unwrap();
         }
         wg.weight_gradient(&du, &mut got_w).unwrap();
         assert_eq!(got_b, want_b);
@@ -202,12 +237,12 @@ fn transformed_weight_gradients_add_across_samples() {
         assert!(wg
             .backward_params_transformed(
                 isa,
-                &mut du,
-                &mut got_b,
+                ConvGrads {
+                    dweight: &mut du,
+                    dbias: &mut got_b
+                },
                 &dys[0],
-                &xs[0],
-                h,
-                w,
+                Map::new(&xs[0], h, w),
                 &mut s[..short]
             )
             .is_err());
@@ -226,7 +261,7 @@ fn pixel_ranges_give_the_bits_of_the_whole_map() {
                 wg.transform_weights(&wt, &mut u).unwrap();
                 let mut s = vec![f32::NAN; wg.scratch_len(h, w)];
                 let mut whole = vec![f32::NAN; co * h * w];
-                wg.forward(isa, &x, h, w, &u, Some(&b), &mut whole, &mut s)
+                wg.forward(isa, Map::new(&x, h, w), &u, Some(&b), &mut whole, &mut s)
                     .unwrap();
                 // The forward's own copy of the weights gives the same bits.
                 let mut only = vec![0.0; wg.forward_weights_len()];
@@ -245,8 +280,18 @@ fn pixel_ranges_give_the_bits_of_the_whole_map() {
                             .chunks_exact_mut(h * w)
                             .map(|p| &mut p[px.clone()])
                             .collect();
-                        wg.forward_pixels(isa, &x, h, w, &u, &b, px, &mut rows, &mut s)
-                            .unwrap();
+                        wg.forward_pixels(
+                            isa,
+                            Map::new(&x, h, w),
+                            ConvParams {
+                                weight: &u,
+                                bias: &b,
+                            },
+                            px,
+                            &mut rows,
+                            &mut s,
+                        )
+                        .unwrap();
                     }
                     assert_eq!(got, whole, "{ci}->{co} at {h}x{w}, {parts} parts");
                 }
@@ -255,7 +300,17 @@ fn pixel_ranges_give_the_bits_of_the_whole_map() {
                     .chunks_exact_mut(h * w)
                     .map(|p| &mut p[1..band])
                     .collect();
-                let r = wg.forward_pixels(isa, &x, h, w, &u, &b, 1..band, &mut rows, &mut s);
+                let r = wg.forward_pixels(
+                    isa,
+                    Map::new(&x, h, w),
+                    ConvParams {
+                        weight: &u,
+                        bias: &b,
+                    },
+                    1..band,
+                    &mut rows,
+                    &mut s,
+                );
                 assert!(r.is_err());
             }
         }
@@ -273,11 +328,20 @@ fn isas_give_the_same_bits() {
         let run = |isa: Isa| {
             let mut s = vec![0.0; wg.scratch_len(h, w).max(wg.backward_scratch_len(h, w))];
             let mut y = vec![0.0; co * h * w];
-            wg.forward(isa, &x, h, w, &u, Some(&b), &mut y, &mut s)
+            wg.forward(isa, Map::new(&x, h, w), &u, Some(&b), &mut y, &mut s)
                 .unwrap();
             let (mut dw, mut db) = (vec![0.0; co * ci * 9], vec![0.0; co]);
-            wg.backward_params(isa, &mut dw, &mut db, &y, &x, h, w, &mut s)
-                .unwrap();
+            wg.backward_params(
+                isa,
+                ConvGrads {
+                    dweight: &mut dw,
+                    dbias: &mut db,
+                },
+                &y,
+                Map::new(&x, h, w),
+                &mut s,
+            )
+            .unwrap();
             (y, dw)
         };
         let simd: Vec<_> = isas
@@ -321,16 +385,23 @@ fn errors_not_panics() {
     let mut out = vec![0.0; 3 * 16];
     let x = vec![0.0; 2 * 16];
     assert!(wg
-        .forward(isa, &x[1..], 4, 4, &u, None, &mut out, &mut s)
+        .forward(isa, Map::new(&x[1..], 4, 4), &u, None, &mut out, &mut s)
         .is_err());
     assert!(wg
-        .forward(isa, &x, 4, 4, &u[1..], None, &mut out, &mut s)
+        .forward(isa, Map::new(&x, 4, 4), &u[1..], None, &mut out, &mut s)
         .is_err());
     assert!(wg
-        .forward(isa, &x, 4, 4, &u, Some(&[0.0; 2]), &mut out, &mut s)
+        .forward(
+            isa,
+            Map::new(&x, 4, 4),
+            &u,
+            Some(&[0.0; 2]),
+            &mut out,
+            &mut s
+        )
         .is_err());
     assert!(wg
-        .forward(isa, &x, 4, 4, &u, None, &mut out, &mut s[1..])
+        .forward(isa, Map::new(&x, 4, 4), &u, None, &mut out, &mut s[1..])
         .is_err());
     assert!(wg
         .transform_weights(&[0.0; 5], &mut vec![0.0; wg.weights_len()])
@@ -339,15 +410,51 @@ fn errors_not_panics() {
     let mut db = vec![0.0; 3];
     let mut s = vec![0.0; wg.backward_scratch_len(4, 4)];
     assert!(wg
-        .backward_params(isa, &mut dw, &mut db, &out[1..], &x, 4, 4, &mut s)
+        .backward_params(
+            isa,
+            ConvGrads {
+                dweight: &mut dw,
+                dbias: &mut db
+            },
+            &out[1..],
+            Map::new(&x, 4, 4),
+            &mut s
+        )
         .is_err());
     assert!(wg
-        .backward_params(isa, &mut dw[1..], &mut db, &out, &x, 4, 4, &mut s)
+        .backward_params(
+            isa,
+            ConvGrads {
+                dweight: &mut dw[1..],
+                dbias: &mut db
+            },
+            &out,
+            Map::new(&x, 4, 4),
+            &mut s
+        )
         .is_err());
     assert!(wg
-        .backward_params(isa, &mut dw, &mut db, &out, &x, 4, 4, &mut s[1..])
+        .backward_params(
+            isa,
+            ConvGrads {
+                dweight: &mut dw,
+                dbias: &mut db
+            },
+            &out,
+            Map::new(&x, 4, 4),
+            &mut s[1..]
+        )
         .is_err());
     assert!(wg
-        .backward_params(isa, &mut dw, &mut db, &out, &x, 4, 4, &mut s)
+        .backward_params(
+            isa,
+            ConvGrads {
+                dweight: &mut dw,
+                dbias: &mut db
+            },
+            &out,
+            Map::new(&x, 4, 4),
+            &mut s
+        )
         .is_ok());
 }
