@@ -23,7 +23,7 @@ pub(crate) enum IsaKind {
 #[cfg(target_arch = "x86_64")]
 static AVX2_FMA: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-/// Lets [`Isa::detected`] (and so [`Conv2d::forward`]) use the AVX2+FMA microkernel, or the
+/// Lets [`Isa::detected`] (and so [`crate::Conv2d::forward`]) use the AVX2+FMA microkernel, or the
 /// AVX-512F one where CPUID and XCR0 show the CPU and the OS support it (checked here). The
 /// host calls this once, before starting worker threads, after
 /// `is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")`.

@@ -23,7 +23,7 @@
 //! - [`conv`]: [`Conv2d`] as an implicit GEMM (`gemm`, `pack`, `microkernel`, `direct`,
 //!   `backward`, `strided` inside) and its Winograd form ([`Winograd`], `conv/winograd/`);
 //! - [`norm`]: GroupNorm (+FiLM, +SiLU); [`attention`]: the QKV attention core;
-//! - [`linear`], [`nin`], [`embedding`], [`fourier`], [`elementwise`], [`resample`], [`fir`],
+//! - [`linear`](mod@linear), [`nin`](mod@nin), [`embedding`], [`fourier`], [`elementwise`], [`resample`], [`fir`],
 //!   [`rescale`]: the other layers;
 //! - `ptx` (NVPTX builds only): the GPU entry points, over the same per-element bodies.
 //!

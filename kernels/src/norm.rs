@@ -158,7 +158,8 @@ pub struct NormAffine<'a> {
 }
 
 /// The gradients [`GroupNorm::backward`] accumulates into: the slices for the channels of its
-/// groups (`dx` [channels·hw], the others [channels]); `dfilm` exactly when the forward had FiLM.
+/// groups (`dx` `[channels·hw]`, the others `[channels]`); `dfilm` exactly when the forward
+/// had FiLM.
 #[derive(Debug)]
 pub struct NormGrads<'a> {
     /// ∂L/∂x.

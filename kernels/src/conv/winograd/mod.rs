@@ -25,6 +25,11 @@
 //!
 //! The transforms are generic over n (`const N`: 4 or 6); a [`Winograd`] holds m and picks
 //! the instance at run time.
+//!
+//! This file is the [`Winograd`] layer and its drivers (bands and chunks of tiles, the n²
+//! products on `conv/gemm.rs`); `filter.rs` the filter transform and its adjoint;
+//! `transform.rs` the input, output and output-gradient transforms and the de-interleaving;
+//! `lanes.rs` the f32 / eight-lane AVX2 arithmetic they are written in.
 
 use super::backward::sum_f64;
 use super::gemm::{
