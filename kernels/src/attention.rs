@@ -15,7 +15,7 @@ pub enum QkvOrder {
     New,
 }
 
-/// Scratch floats [`qkv_attention`] needs for `t` positions: one row of attention weights.
+/// Scratch floats [`QkvAttention::forward`] needs for `t` positions: one row of attention weights.
 pub fn attention_scratch_len(t: usize) -> usize {
     t
 }
@@ -33,51 +33,87 @@ pub(crate) fn head_rows(
     }
 }
 
-/// Multi-head attention over T positions for the heads `h`: with ch = channels/heads and
-/// s = ch^(−1/4) applied to q and k before their product (as the original, for f16 stability),
-/// `w[t, ·] = softmax_s(Σ_c (q[c,t]·s)(k[c,s]·s))` in f32 and `a[c, t] = Σ_s w[t,s]·v[c,s]`;
-/// `out` = [h.len()·ch, T], head-major (output channel = head·ch + c, relative to h.start).
-#[allow(clippy::too_many_arguments)]
-pub fn qkv_attention(
-    qkv: &[f32],
-    channels: usize,
-    t: usize,
-    heads: usize,
-    order: QkvOrder,
-    h: core::ops::Range<usize>,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<(), KernelError> {
-    if heads == 0 || !channels.is_multiple_of(heads) || t == 0 {
-        return Err(KernelError::Shape(
-            "attention: channels must be a nonzero multiple of heads, T > 0",
-        ));
+/// The shape of one multi-head attention: `qkv` = [3·channels, t] → out [channels, t] with
+/// `heads` heads of ch = channels/heads channels, q, k and v split as `order` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QkvAttention {
+    /// Channels of the output (a third of qkv's rows).
+    pub channels: usize,
+    /// Positions (pixels).
+    pub t: usize,
+    /// Heads (dividing `channels`).
+    pub heads: usize,
+    /// How the rows of qkv are split into heads and q/k/v.
+    pub order: QkvOrder,
+}
+
+impl QkvAttention {
+    /// Multi-head attention over T positions for the heads `h`: with ch = channels/heads and
+    /// s = ch^(−1/4) applied to q and k before their product (as the original, for f16
+    /// stability), `w[t, ·] = softmax_s(Σ_c (q[c,t]·s)(k[c,s]·s))` in f32 and
+    /// `a[c, t] = Σ_s w[t,s]·v[c,s]`; `out` = [h.len()·ch, T], head-major (output channel =
+    /// head·ch + c, relative to h.start).
+    pub fn forward(
+        &self,
+        qkv: &[f32],
+        h: core::ops::Range<usize>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (ch, t) = self.check(qkv)?;
+        check_range("attention: head range outside 0..heads", &h, self.heads)?;
+        check_len("attention output", h.len() * ch * t, out.len())?;
+        check_min_len("attention scratch", attention_scratch_len(t), scratch.len())?;
+        dispatch!(attend, attend_avx2, (qkv, *self, h, out, &mut scratch[..t]));
+        Ok(())
     }
-    let ch = channels / heads;
-    check_len("attention qkv", 3 * channels * t, qkv.len())?;
-    check_range("attention: head range outside 0..heads", &h, heads)?;
-    check_len("attention output", h.len() * ch * t, out.len())?;
-    check_min_len("attention scratch", attention_scratch_len(t), scratch.len())?;
-    let shape = Heads {
-        channels,
-        t,
-        heads,
-        order,
-    };
-    dispatch!(attend, attend_avx2, (qkv, shape, h, out, &mut scratch[..t]));
-    Ok(())
-}
 
-/// The checked shape of an attention call.
-#[derive(Clone, Copy)]
-struct Heads {
-    channels: usize,
-    t: usize,
-    heads: usize,
-    order: QkvOrder,
-}
+    /// Backward of [`QkvAttention::forward`] for the heads `h`: dqkv += ∂L/∂qkv, given the
+    /// whole `qkv` [3C, T] and the whole `dout` = ∂L/∂a [C, T] (head-major like the forward's
+    /// output). The softmax weights w are recomputed row by row exactly as the forward
+    /// computes them (nothing saved). Per target t, with s = ch^(−1/4) (so d logit/dq =
+    /// s·(k·s)): dw[t, ·] = Σ_c da[c, t]·v[c, ·]; dv[c, ·] += w[t, ·]·da[c, t];
+    /// dℓ = w ⊙ (dw − ⟨w, dw⟩) (softmax backward); dq[c, t] += (Σ_s' dℓ[s']·k[c, s'])·s·s;
+    /// dk[c, ·] += dℓ·(q[c, t]·s·s).
+    /// Only the rows of the heads `h` in `dqkv` (whole [3C, T]) are touched, each accumulated
+    /// in target order t = 0, 1, …, so calling head ranges one after another gives the bits of
+    /// one call. (The rows of a head are not contiguous in the `New` order, so threads share
+    /// the buffer by splitting the batch, not the heads; attention is < 0.2 % of the U-Net's
+    /// work.)
+    pub fn backward(
+        &self,
+        dqkv: &mut [f32],
+        dout: &[f32],
+        qkv: &[f32],
+        h: core::ops::Range<usize>,
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (_, t) = self.check(qkv)?;
+        check_len("attention dqkv", 3 * self.channels * t, dqkv.len())?;
+        check_len("attention dout", self.channels * t, dout.len())?;
+        check_range("attention: head range outside 0..heads", &h, self.heads)?;
+        check_min_len(
+            "attention backward scratch",
+            attention_backward_scratch_len(t),
+            scratch.len(),
+        )?;
+        let args = (dqkv, dout, qkv, *self, h, &mut scratch[..2 * t]);
+        dispatch!(attend_backward, attend_backward_avx2, args);
+        Ok(())
+    }
 
-impl Heads {
+    /// Checks the shape and the length of qkv; returns (ch, t).
+    fn check(&self, qkv: &[f32]) -> Result<(usize, usize), KernelError> {
+        let (channels, t, heads) = (self.channels, self.t, self.heads);
+        if heads == 0 || !channels.is_multiple_of(heads) || t == 0 {
+            return Err(KernelError::Shape(
+                "attention: channels must be a nonzero multiple of heads, T > 0",
+            ));
+        }
+        check_len("attention qkv", 3 * channels * t, qkv.len())?;
+        Ok((channels / heads, t))
+    }
+
     /// Channels per head and s = ch^(−1/4).
     #[inline(always)]
     fn ch_scale(&self) -> (usize, f32) {
@@ -89,7 +125,7 @@ impl Heads {
 /// Arguments of [`attend`]: qkv, shape, heads, out, one row of scratch.
 type AttendArgs<'a> = (
     &'a [f32],
-    Heads,
+    QkvAttention,
     core::ops::Range<usize>,
     &'a mut [f32],
     &'a mut [f32],
@@ -101,10 +137,10 @@ unsafe fn attend_avx2(args: AttendArgs) {
     attend(args)
 }
 
-/// The body of [`qkv_attention`] (shapes checked).
+/// The body of [`QkvAttention::forward`] (shapes checked).
 #[inline(always)]
 fn attend((qkv, shape, h, out, row): AttendArgs) {
-    let Heads {
+    let QkvAttention {
         channels, t, order, ..
     } = shape;
     let (ch, scale) = shape.ch_scale();
@@ -123,58 +159,10 @@ fn attend((qkv, shape, h, out, row): AttendArgs) {
     }
 }
 
-/// Scratch floats [`qkv_attention_backward`] needs for `t` positions: one row of attention
+/// Scratch floats [`QkvAttention::backward`] needs for `t` positions: one row of attention
 /// weights and one of their gradients.
 pub fn attention_backward_scratch_len(t: usize) -> usize {
     2 * t
-}
-
-/// Backward of [`qkv_attention`] for the heads `h`: dqkv += ∂L/∂qkv, given the whole `qkv`
-/// [3C, T] and the whole `dout` = ∂L/∂a [C, T] (head-major like the forward's output). The
-/// softmax weights w are recomputed row by row exactly as the forward computes them (nothing
-/// saved). Per target t, with s = ch^(−1/4) (so d logit/dq = s·(k·s)):
-/// dw[t, ·] = Σ_c da[c, t]·v[c, ·]; dv[c, ·] += w[t, ·]·da[c, t];
-/// dℓ = w ⊙ (dw − ⟨w, dw⟩) (softmax backward); dq[c, t] += (Σ_s' dℓ[s']·k[c, s'])·s·s;
-/// dk[c, ·] += dℓ·(q[c, t]·s·s).
-/// Only the rows of the heads `h` in `dqkv` (whole [3C, T]) are touched, each accumulated in
-/// target order t = 0, 1, …, so calling head ranges one after another gives the bits of one
-/// call. (The rows of a head are not contiguous in the `New` order, so threads share the
-/// buffer by splitting the batch, not the heads; attention is < 0.2 % of the U-Net's work.)
-#[allow(clippy::too_many_arguments)]
-pub fn qkv_attention_backward(
-    dqkv: &mut [f32],
-    dout: &[f32],
-    qkv: &[f32],
-    channels: usize,
-    t: usize,
-    heads: usize,
-    order: QkvOrder,
-    h: core::ops::Range<usize>,
-    scratch: &mut [f32],
-) -> Result<(), KernelError> {
-    if heads == 0 || !channels.is_multiple_of(heads) || t == 0 {
-        return Err(KernelError::Shape(
-            "attention: channels must be a nonzero multiple of heads, T > 0",
-        ));
-    }
-    check_len("attention qkv", 3 * channels * t, qkv.len())?;
-    check_len("attention dqkv", 3 * channels * t, dqkv.len())?;
-    check_len("attention dout", channels * t, dout.len())?;
-    check_range("attention: head range outside 0..heads", &h, heads)?;
-    check_min_len(
-        "attention backward scratch",
-        attention_backward_scratch_len(t),
-        scratch.len(),
-    )?;
-    let shape = Heads {
-        channels,
-        t,
-        heads,
-        order,
-    };
-    let args = (dqkv, dout, qkv, shape, h, &mut scratch[..2 * t]);
-    dispatch!(attend_backward, attend_backward_avx2, args);
-    Ok(())
 }
 
 /// Arguments of [`attend_backward`]: dqkv, dout, qkv, shape, heads, two rows of scratch.
@@ -182,7 +170,7 @@ type BackwardArgs<'a> = (
     &'a mut [f32],
     &'a [f32],
     &'a [f32],
-    Heads,
+    QkvAttention,
     core::ops::Range<usize>,
     &'a mut [f32],
 );
@@ -193,10 +181,10 @@ unsafe fn attend_backward_avx2(args: BackwardArgs) {
     attend_backward(args)
 }
 
-/// The body of [`qkv_attention_backward`] (shapes checked).
+/// The body of [`QkvAttention::backward`] (shapes checked).
 #[inline(always)]
 fn attend_backward((dqkv, dout, qkv, shape, h, scratch): BackwardArgs) {
-    let Heads {
+    let QkvAttention {
         channels, t, order, ..
     } = shape;
     let (ch, scale) = shape.ch_scale();
@@ -376,7 +364,14 @@ mod tests {
         let ch = c / heads;
         let mut out = vec![f32::NAN; h.len() * ch * t];
         let mut scratch = vec![0f32; attention_scratch_len(t)];
-        qkv_attention(qkv, c, t, heads, order, h, &mut out, &mut scratch).unwrap();
+        QkvAttention {
+            channels: c,
+            t,
+            heads,
+            order,
+        }
+        .forward(qkv, h, &mut out, &mut scratch)
+        .unwrap();
         out
     }
 
@@ -466,13 +461,46 @@ mod tests {
         let qkv = [0f32; 24];
         let mut out = [0f32; 8];
         let mut s = [0f32; 2];
-        assert!(qkv_attention(&qkv, 4, 2, 3, QkvOrder::Legacy, 0..1, &mut out, &mut s).is_err());
-        assert!(qkv_attention(&qkv, 4, 2, 2, QkvOrder::Legacy, 0..3, &mut out, &mut s).is_err());
-        assert!(
-            qkv_attention(&qkv, 4, 2, 2, QkvOrder::Legacy, 0..2, &mut out, &mut s[..1]).is_err()
-        );
-        assert!(qkv_attention(&qkv, 4, 2, 2, QkvOrder::Legacy, 0..1, &mut out, &mut s).is_err());
-        assert!(qkv_attention(&qkv, 4, 2, 2, QkvOrder::Legacy, 0..2, &mut out, &mut s).is_ok());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 3,
+            order: QkvOrder::Legacy
+        }
+        .forward(&qkv, 0..1, &mut out, &mut s)
+        .is_err());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 2,
+            order: QkvOrder::Legacy
+        }
+        .forward(&qkv, 0..3, &mut out, &mut s)
+        .is_err());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 2,
+            order: QkvOrder::Legacy
+        }
+        .forward(&qkv, 0..2, &mut out, &mut s[..1])
+        .is_err());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 2,
+            order: QkvOrder::Legacy
+        }
+        .forward(&qkv, 0..1, &mut out, &mut s)
+        .is_err());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 2,
+            order: QkvOrder::Legacy
+        }
+        .forward(&qkv, 0..2, &mut out, &mut s)
+        .is_ok());
     }
 
     /// The forward in f64 over f64 inputs (for finite differences).
@@ -515,8 +543,14 @@ mod tests {
                 });
                 let mut dqkv = vec![0f32; qkv.len()];
                 let mut s = vec![f32::NAN; attention_backward_scratch_len(t)];
-                qkv_attention_backward(&mut dqkv, &r, &qkv, c, t, heads, order, 0..heads, &mut s)
-                    .unwrap();
+                QkvAttention {
+                    channels: c,
+                    t,
+                    heads,
+                    order,
+                }
+                .backward(&mut dqkv, &r, &qkv, 0..heads, &mut s)
+                .unwrap();
                 assert_grad(
                     &dqkv,
                     &want,
@@ -525,21 +559,23 @@ mod tests {
                 );
                 // Head by head, onto a nonzero start, gives the same bits as one call.
                 let mut whole = vec![0.5f32; qkv.len()];
-                qkv_attention_backward(&mut whole, &r, &qkv, c, t, heads, order, 0..heads, &mut s)
-                    .unwrap();
+                QkvAttention {
+                    channels: c,
+                    t,
+                    heads,
+                    order,
+                }
+                .backward(&mut whole, &r, &qkv, 0..heads, &mut s)
+                .unwrap();
                 let mut split = vec![0.5f32; qkv.len()];
                 for hh in (0..heads).rev() {
-                    qkv_attention_backward(
-                        &mut split,
-                        &r,
-                        &qkv,
-                        c,
+                    QkvAttention {
+                        channels: c,
                         t,
                         heads,
                         order,
-                        hh..hh + 1,
-                        &mut s,
-                    )
+                    }
+                    .backward(&mut split, &r, &qkv, hh..hh + 1, &mut s)
                     .unwrap();
                 }
                 assert_eq!(split, whole);
@@ -548,14 +584,16 @@ mod tests {
         // A single position: a = v, so dv = da and dq = dk = 0.
         let mut d = [0f32; 6];
         let mut s = [0f32; 2];
-        qkv_attention_backward(
+        QkvAttention {
+            channels: 2,
+            t: 1,
+            heads: 2,
+            order: QkvOrder::Legacy,
+        }
+        .backward(
             &mut d,
             &[7.0, 8.0],
             &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-            2,
-            1,
-            2,
-            QkvOrder::Legacy,
             0..2,
             &mut s,
         )
@@ -567,12 +605,54 @@ mod tests {
         let r = [0f32; 8];
         let o = QkvOrder::New;
         let mut s = [0f32; 4];
-        assert!(qkv_attention_backward(&mut dq, &r, &q, 4, 2, 2, o, 0..2, &mut s).is_ok());
-        assert!(qkv_attention_backward(&mut dq, &r, &q, 4, 2, 3, o, 0..1, &mut s).is_err());
-        assert!(qkv_attention_backward(&mut dq, &r, &q, 4, 2, 2, o, 0..3, &mut s).is_err());
-        assert!(qkv_attention_backward(&mut dq, &r[1..], &q, 4, 2, 2, o, 0..2, &mut s).is_err());
-        assert!(qkv_attention_backward(&mut dq[1..], &r, &q, 4, 2, 2, o, 0..2, &mut s).is_err());
-        assert!(qkv_attention_backward(&mut dq, &r, &q, 4, 2, 2, o, 0..2, &mut s[..3]).is_err());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 2,
+            order: o
+        }
+        .backward(&mut dq, &r, &q, 0..2, &mut s)
+        .is_ok());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 3,
+            order: o
+        }
+        .backward(&mut dq, &r, &q, 0..1, &mut s)
+        .is_err());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 2,
+            order: o
+        }
+        .backward(&mut dq, &r, &q, 0..3, &mut s)
+        .is_err());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 2,
+            order: o
+        }
+        .backward(&mut dq, &r[1..], &q, 0..2, &mut s)
+        .is_err());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 2,
+            order: o
+        }
+        .backward(&mut dq[1..], &r, &q, 0..2, &mut s)
+        .is_err());
+        assert!(QkvAttention {
+            channels: 4,
+            t: 2,
+            heads: 2,
+            order: o
+        }
+        .backward(&mut dq, &r, &q, 0..2, &mut s[..3])
+        .is_err());
     }
 
     /// The AVX2 twins compute the portable bodies' bits (no FMA, same order), so attention
@@ -588,7 +668,7 @@ mod tests {
         let qkv = data(3 * c * t, 41);
         let dout = data(c * t, 42);
         for order in [QkvOrder::Legacy, QkvOrder::New] {
-            let shape = Heads {
+            let shape = QkvAttention {
                 channels: c,
                 t,
                 heads,

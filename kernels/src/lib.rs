@@ -11,7 +11,21 @@
 //! - a driver takes an output range (channels, groups or heads) and the `out` slice for exactly
 //!   that range; every output element is computed in the same order whatever the range, so any
 //!   split across threads gives bit-identical results;
-//! - bad shapes or lengths are reported as [`KernelError`], never by a panic.
+//! - bad shapes or lengths are reported as [`KernelError`], never by a panic;
+//! - a layer with more than a handful of dimensions is a shape struct ([`Conv2d`],
+//!   [`Winograd`], [`GroupNorm`], [`QkvAttention`]) whose methods take the data, with small
+//!   structs for what travels together ([`Map`]: planes and their size; [`ConvParams`],
+//!   [`NormAffine`]: a layer's parameters; [`ConvGrads`], [`NormGrads`]: its gradients).
+//!
+//! # Modules
+//!
+//! - [`isa`]: which instruction set the SIMD paths use ([`Isa`], [`enable_avx2_fma`]);
+//! - [`conv`]: [`Conv2d`] as an implicit GEMM (`gemm`, `pack`, `microkernel`, `direct`,
+//!   `backward`, `strided` inside) and its Winograd form ([`Winograd`], `conv/winograd/`);
+//! - [`norm`]: GroupNorm (+FiLM, +SiLU); [`attention`]: the QKV attention core;
+//! - [`linear`](mod@linear), [`nin`](mod@nin), [`embedding`], [`fourier`], [`elementwise`], [`resample`], [`fir`],
+//!   [`rescale`]: the other layers;
+//! - `ptx` (NVPTX builds only): the GPU entry points, over the same per-element bodies.
 //!
 //! # Backward (training)
 //!
@@ -42,7 +56,7 @@
 //!   the channel concatenation `[h, skip]` of the decoder splits its gradient into the first and
 //!   last channel blocks (slices, no copy); the timestep embedding has no parameters and its
 //!   input t is not differentiated; ResBlock's FiLM gradient comes out of
-//!   [`norm::group_norm_backward`] as dscale/dshift, to be written into the two halves of the
+//!   [`GroupNorm::backward`] as dscale/dshift, to be written into the two halves of the
 //!   emb-Linear's dout.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
@@ -85,6 +99,7 @@ pub mod fir;
 pub mod fourier;
 #[cfg(test)]
 mod gradcheck;
+pub mod isa;
 pub mod linear;
 pub mod nin;
 pub mod norm;
@@ -94,19 +109,19 @@ pub mod resample;
 pub mod rescale;
 
 pub use attention::{
-    attention_backward_scratch_len, attention_scratch_len, qkv_attention, qkv_attention_backward,
-    QkvOrder,
+    attention_backward_scratch_len, attention_scratch_len, QkvAttention, QkvOrder,
 };
-#[cfg(target_arch = "x86_64")]
-pub use conv::enable_avx2_fma;
-pub use conv::{Conv2d, Isa, Winograd};
+pub use conv::{Conv2d, ConvGrads, ConvParams, Map, MapMut, Winograd};
 pub use elementwise::{add_inplace, silu, silu_backward, silu_grad, silu_inplace};
 pub use embedding::timestep_embedding;
 pub use fir::{fir_downsample2x, fir_upsample2x};
 pub use fourier::gaussian_fourier_projection;
+#[cfg(target_arch = "x86_64")]
+pub use isa::enable_avx2_fma;
+pub use isa::Isa;
 pub use linear::{linear, linear_backward_input, linear_backward_params};
 pub use nin::nin;
-pub use norm::{group_norm, group_norm_backward};
+pub use norm::{GroupNorm, NormAffine, NormGrads};
 pub use resample::{
     avg_pool2x2, avg_pool2x2_backward, upsample_nearest2x, upsample_nearest2x_backward,
 };

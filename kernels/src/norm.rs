@@ -114,8 +114,9 @@ pub(crate) fn group_affine(mean: f64, var: f64, eps: f32) -> (f32, f32, f64) {
     (mean_hi, (mean - mean_hi as f64) as f32, rstd)
 }
 
-/// The per-element body of [`group_norm`] (shared with the GPU kernel): (v − μ)·s + β with μ
-/// split into two f32 parts (`mean_hi + mean_lo`) so the centring stays accurate when |μ| ≫ σ.
+/// The per-element body of [`GroupNorm::forward`] (shared with the GPU kernel): (v − μ)·s + β
+/// with μ split into two f32 parts (`mean_hi + mean_lo`) so the centring stays accurate when
+/// |μ| ≫ σ.
 #[inline(always)]
 pub(crate) fn normalize(v: f32, mean_hi: f32, mean_lo: f32, s: f32, b: f32) -> f32 {
     ((v - mean_hi) - mean_lo) * s + b
@@ -128,200 +129,251 @@ pub(crate) fn film_element(y: f32, factor: f32, shift: f32) -> f32 {
     y * factor + shift
 }
 
-/// GroupNorm over `x` = [channels, hw] for the groups `g` (channels g.start·cpg .. g.end·cpg,
-/// cpg = channels/groups; `out` is exactly that slice of the output):
-/// `y = (x − μ_g)/sqrt(σ²_g + eps)·gamma[c] + beta[c]` with the biased variance (statistics in
-/// f64, one pass; the centring x − μ uses μ split into two f32 parts so it stays accurate when
-/// |μ| ≫ σ, then `y = (x − μ)·s_c + beta[c]` with `s_c = rstd·gamma[c]` in f32); then, if
-/// `film = Some((scale, shift))`, `y ← y·(1 + scale[c]) + shift[c]`
-/// (ResBlock's scale-shift norm, after the affine); then, if `silu_after`, y ← SiLU(y).
-#[allow(clippy::too_many_arguments)]
-pub fn group_norm(
-    x: &[f32],
-    channels: usize,
-    hw: usize,
-    groups: usize,
-    eps: f32,
-    gamma: &[f32],
-    beta: &[f32],
-    film: Option<(&[f32], &[f32])>,
-    silu_after: bool,
-    g: core::ops::Range<usize>,
-    out: &mut [f32],
-) -> Result<(), KernelError> {
-    if groups == 0 || !channels.is_multiple_of(groups) || hw == 0 {
-        return Err(KernelError::Shape(
-            "group norm: channels must be a nonzero multiple of groups, hw > 0",
-        ));
-    }
-    let cpg = channels / groups;
-    check_len("group norm input", channels * hw, x.len())?;
-    check_len("group norm gamma", channels, gamma.len())?;
-    check_len("group norm beta", channels, beta.len())?;
-    if let Some((scale, shift)) = film {
-        check_len("group norm FiLM scale", channels, scale.len())?;
-        check_len("group norm FiLM shift", channels, shift.len())?;
-    }
-    check_range("group norm: group range outside 0..groups", &g, groups)?;
-    check_len("group norm output", g.len() * cpg * hw, out.len())?;
-
-    let group_len = cpg * hw;
-    for (gi, out_g) in g.zip(out.chunks_exact_mut(group_len)) {
-        let xg = &x[gi * group_len..(gi + 1) * group_len];
-        let (mean, var) = mean_var(xg);
-        let (mean_hi, mean_lo, rstd) = group_affine(mean, var, eps);
-        for (j, (xc, yc)) in xg
-            .chunks_exact(hw)
-            .zip(out_g.chunks_exact_mut(hw))
-            .enumerate()
-        {
-            let c = gi * cpg + j;
-            let ch = Chan {
-                s: (rstd * gamma[c] as f64) as f32,
-                b: beta[c],
-                fs: film.map_or(1.0, |(scale, _)| 1.0 + scale[c]),
-                fb: film.map_or(0.0, |(_, shift)| shift[c]),
-            };
-            let pre = Pre {
-                mean_hi,
-                mean_lo,
-                rstd: 0.0, // unused by the forward
-            };
-            let args = (&pre, &ch, film.is_some(), silu_after, xc, yc);
-            dispatch!(channel_forward, channel_forward_avx2, args);
-        }
-    }
-    Ok(())
+/// A GroupNorm layer (guided-diffusion's `GroupNorm32`) over `channels` maps of `hw` pixels in
+/// `groups` groups, then FiLM if [`NormAffine::film`] is given, then SiLU if `silu`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupNorm {
+    /// Channels (a multiple of `groups`).
+    pub channels: usize,
+    /// Pixels per channel.
+    pub hw: usize,
+    /// Groups.
+    pub groups: usize,
+    /// The variance's ε.
+    pub eps: f32,
+    /// Whether SiLU follows (the ADM U-Net's `normalization` + `SiLU` pairs).
+    pub silu: bool,
 }
 
-/// Backward of [`group_norm`] (same arguments after the gradients) for the groups `g`,
-/// recomputing the group statistics and the pre-activation exactly as the forward does, so
-/// the forward need save nothing but its input `x`. Reads the whole `dout` = ∂L/∂y
-/// [channels, hw]; accumulates (`+=`) into the slices for the groups' channels only:
-/// `dx` [g.len()·cpg·hw], `dgamma`, `dbeta` [g.len()·cpg] and, iff `film` is given,
-/// `dfilm = Some((dscale, dshift))` [g.len()·cpg]. With x̂ = (x − μ)·rstd, y₁ = x̂·γ + β,
-/// z = y₁·(1 + scale) + shift, y = SiLU(z) and n = cpg·hw:
-/// gz = dy·SiLU′(z), dy₁ = gz·(1 + scale), dscale += Σ gz·y₁, dshift += Σ gz,
-/// dγ += Σ dy₁·x̂, dβ += Σ dy₁ (sums over the channel's pixels),
-/// dx += rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) with dx̂ = dy₁·γ (means over the group).
-/// Per element all arithmetic is f32; the sums over a channel are f32 lanes per block of
-/// [`BLOCK`] pixels, accumulated in f64 (see [`channel_sums`]), then added to the f32 buffers
-/// once per call.
-#[allow(clippy::too_many_arguments)]
-pub fn group_norm_backward(
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-    mut dfilm: Option<(&mut [f32], &mut [f32])>,
-    dout: &[f32],
-    x: &[f32],
-    channels: usize,
-    hw: usize,
-    groups: usize,
-    eps: f32,
-    gamma: &[f32],
-    beta: &[f32],
-    film: Option<(&[f32], &[f32])>,
-    silu_after: bool,
-    g: core::ops::Range<usize>,
-) -> Result<(), KernelError> {
-    if groups == 0 || !channels.is_multiple_of(groups) || hw == 0 {
-        return Err(KernelError::Shape(
-            "group norm: channels must be a nonzero multiple of groups, hw > 0",
-        ));
-    }
-    let cpg = channels / groups;
-    check_len("group norm input", channels * hw, x.len())?;
-    check_len("group norm dout", channels * hw, dout.len())?;
-    check_len("group norm gamma", channels, gamma.len())?;
-    check_len("group norm beta", channels, beta.len())?;
-    check_range("group norm: group range outside 0..groups", &g, groups)?;
-    let nc = g.len() * cpg;
-    check_len("group norm dx", nc * hw, dx.len())?;
-    check_len("group norm dgamma", nc, dgamma.len())?;
-    check_len("group norm dbeta", nc, dbeta.len())?;
-    match (&film, &dfilm) {
-        (Some((scale, shift)), Some((dscale, dshift))) => {
-            check_len("group norm FiLM scale", channels, scale.len())?;
-            check_len("group norm FiLM shift", channels, shift.len())?;
-            check_len("group norm dscale", nc, dscale.len())?;
-            check_len("group norm dshift", nc, dshift.len())?;
-        }
-        (None, None) => {}
-        _ => {
+/// What scales and shifts the normalised values: the layer's γ and β (`[channels]` each) and,
+/// for ResBlock's scale-shift norm, the FiLM `(scale, shift)` (`[channels]` each).
+#[derive(Clone, Copy, Debug)]
+pub struct NormAffine<'a> {
+    /// γ.
+    pub gamma: &'a [f32],
+    /// β.
+    pub beta: &'a [f32],
+    /// FiLM (scale, shift), applied after the affine.
+    pub film: Option<(&'a [f32], &'a [f32])>,
+}
+
+/// The gradients [`GroupNorm::backward`] accumulates into: the slices for the channels of its
+/// groups (`dx` `[channels·hw]`, the others `[channels]`); `dfilm` exactly when the forward
+/// had FiLM.
+#[derive(Debug)]
+pub struct NormGrads<'a> {
+    /// ∂L/∂x.
+    pub dx: &'a mut [f32],
+    /// ∂L/∂γ.
+    pub dgamma: &'a mut [f32],
+    /// ∂L/∂β.
+    pub dbeta: &'a mut [f32],
+    /// ∂L/∂(scale, shift) of FiLM.
+    pub dfilm: Option<(&'a mut [f32], &'a mut [f32])>,
+}
+
+impl GroupNorm {
+    /// Checks the shape; returns channels per group.
+    fn check(&self) -> Result<usize, KernelError> {
+        let (channels, groups) = (self.channels, self.groups);
+        if groups == 0 || !channels.is_multiple_of(groups) || self.hw == 0 {
             return Err(KernelError::Shape(
-                "group norm backward: dfilm must be given exactly when film is",
-            ))
+                "group norm: channels must be a nonzero multiple of groups, hw > 0",
+            ));
         }
+        Ok(channels / groups)
     }
 
-    let group_len = cpg * hw;
-    let mut gz_cache = [0f32; GZ_CACHE];
-    for (gl, gi) in g.enumerate() {
-        let at = gi * group_len;
-        let xg = &x[at..at + group_len];
-        let (mean, var) = mean_var(xg);
-        let rstd = 1.0 / libm::sqrt(var + eps as f64);
-        let pre = Pre {
-            mean_hi: mean as f32,
-            mean_lo: (mean - (mean as f32) as f64) as f32,
-            rstd: rstd as f32,
-        };
-        // Pass 1: per-channel parameter gradients and the two group means of dx̂; gz is kept
-        // for pass 2 when the group fits the cache.
-        let cached = silu_after && group_len <= GZ_CACHE;
-        let (mut s1, mut s2) = (0f64, 0f64);
-        for j in 0..cpg {
-            let c = gi * cpg + j;
-            let ch = pre.channel(c, rstd, gamma, beta, film);
-            let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
-            let keep = &mut gz_cache[if cached { j * hw..(j + 1) * hw } else { 0..0 }];
-            // Σ gz·y₁, Σ gz, Σ dy₁·x̂, Σ dy₁
-            let sums = if silu_after {
-                dispatch!(
-                    channel_sums::<true>,
-                    channel_sums_avx2,
-                    (&pre, &ch, xc, dyc, keep)
-                )
-            } else {
-                dispatch!(
-                    channel_sums::<false>,
-                    channel_sums_avx2,
-                    (&pre, &ch, xc, dyc, keep)
-                )
-            };
-            let l = gl * cpg + j;
-            if let Some((dscale, dshift)) = dfilm.as_mut() {
-                dscale[l] += sums[0] as f32;
-                dshift[l] += sums[1] as f32;
-            }
-            dgamma[l] += sums[2] as f32;
-            dbeta[l] += sums[3] as f32;
-            s1 += gamma[c] as f64 * sums[3];
-            s2 += gamma[c] as f64 * sums[2];
+    /// GroupNorm over `x` = [channels, hw] for the groups `g` (channels g.start·cpg .. g.end·cpg,
+    /// cpg = channels/groups; `out` is exactly that slice of the output):
+    /// `y = (x − μ_g)/sqrt(σ²_g + eps)·gamma[c] + beta[c]` with the biased variance (statistics in
+    /// f64, one pass; the centring x − μ uses μ split into two f32 parts so it stays accurate when
+    /// |μ| ≫ σ, then `y = (x − μ)·s_c + beta[c]` with `s_c = rstd·gamma[c]` in f32); then, if
+    /// `p.film = Some((scale, shift))`, `y ← y·(1 + scale[c]) + shift[c]`
+    /// (ResBlock's scale-shift norm, after the affine); then, if `silu`, y ← SiLU(y).
+    pub fn forward(
+        &self,
+        x: &[f32],
+        p: &NormAffine,
+        g: core::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let cpg = self.check()?;
+        let GroupNorm {
+            channels,
+            hw,
+            groups,
+            eps,
+            silu: silu_after,
+        } = *self;
+        let NormAffine { gamma, beta, film } = *p;
+        check_len("group norm input", channels * hw, x.len())?;
+        check_len("group norm gamma", channels, gamma.len())?;
+        check_len("group norm beta", channels, beta.len())?;
+        if let Some((scale, shift)) = film {
+            check_len("group norm FiLM scale", channels, scale.len())?;
+            check_len("group norm FiLM shift", channels, shift.len())?;
         }
-        let m = [
-            (s1 / group_len as f64) as f32,
-            (s2 / group_len as f64) as f32,
-        ];
-        // Pass 2: dx, recomputing dy₁ (cheaper than a scratch buffer of the group's size).
-        for j in 0..cpg {
-            let c = gi * cpg + j;
-            let ch = pre.channel(c, rstd, gamma, beta, film);
-            let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
-            let dxc = &mut dx[(gl * cpg + j) * hw..][..hw];
-            let args = (&pre, &ch, gamma[c], m, xc, dyc, dxc);
-            if cached {
-                let gz = &gz_cache[j * hw..(j + 1) * hw];
-                dispatch!(channel_dx_kept, channel_dx_kept_avx2, (args, gz));
-            } else if silu_after {
-                dispatch!(channel_dx::<true>, channel_dx_avx2, args);
-            } else {
-                dispatch!(channel_dx::<false>, channel_dx_avx2, args);
+        check_range("group norm: group range outside 0..groups", &g, groups)?;
+        check_len("group norm output", g.len() * cpg * hw, out.len())?;
+
+        let group_len = cpg * hw;
+        for (gi, out_g) in g.zip(out.chunks_exact_mut(group_len)) {
+            let xg = &x[gi * group_len..(gi + 1) * group_len];
+            let (mean, var) = mean_var(xg);
+            let (mean_hi, mean_lo, rstd) = group_affine(mean, var, eps);
+            for (j, (xc, yc)) in xg
+                .chunks_exact(hw)
+                .zip(out_g.chunks_exact_mut(hw))
+                .enumerate()
+            {
+                let c = gi * cpg + j;
+                let ch = Chan {
+                    s: (rstd * gamma[c] as f64) as f32,
+                    b: beta[c],
+                    fs: film.map_or(1.0, |(scale, _)| 1.0 + scale[c]),
+                    fb: film.map_or(0.0, |(_, shift)| shift[c]),
+                };
+                let pre = Pre {
+                    mean_hi,
+                    mean_lo,
+                    rstd: 0.0, // unused by the forward
+                };
+                let args = (&pre, &ch, film.is_some(), silu_after, xc, yc);
+                dispatch!(channel_forward, channel_forward_avx2, args);
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Backward of [`GroupNorm::forward`] (same arguments after the gradients) for the groups `g`,
+    /// recomputing the group statistics and the pre-activation exactly as the forward does, so
+    /// the forward need save nothing but its input `x`. Reads the whole `dout` = ∂L/∂y
+    /// [channels, hw]; accumulates (`+=`) into the slices for the groups' channels only:
+    /// `dx` [g.len()·cpg·hw], `dgamma`, `dbeta` [g.len()·cpg] and, iff `p.film` is given,
+    /// `grads.dfilm = Some((dscale, dshift))` [g.len()·cpg]. With x̂ = (x − μ)·rstd, y₁ = x̂·γ + β,
+    /// z = y₁·(1 + scale) + shift, y = SiLU(z) and n = cpg·hw:
+    /// gz = dy·SiLU′(z), dy₁ = gz·(1 + scale), dscale += Σ gz·y₁, dshift += Σ gz,
+    /// dγ += Σ dy₁·x̂, dβ += Σ dy₁ (sums over the channel's pixels),
+    /// dx += rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) with dx̂ = dy₁·γ (means over the group).
+    /// Per element all arithmetic is f32; the sums over a channel are f32 lanes per block of
+    /// [`BLOCK`] pixels, accumulated in f64 (see [`channel_sums`]), then added to the f32 buffers
+    /// once per call.
+    pub fn backward(
+        &self,
+        grads: NormGrads,
+        dout: &[f32],
+        x: &[f32],
+        p: &NormAffine,
+        g: core::ops::Range<usize>,
+    ) -> Result<(), KernelError> {
+        let cpg = self.check()?;
+        let GroupNorm {
+            channels,
+            hw,
+            groups,
+            eps,
+            silu: silu_after,
+        } = *self;
+        let NormAffine { gamma, beta, film } = *p;
+        let NormGrads {
+            dx,
+            dgamma,
+            dbeta,
+            mut dfilm,
+        } = grads;
+        check_len("group norm input", channels * hw, x.len())?;
+        check_len("group norm dout", channels * hw, dout.len())?;
+        check_len("group norm gamma", channels, gamma.len())?;
+        check_len("group norm beta", channels, beta.len())?;
+        check_range("group norm: group range outside 0..groups", &g, groups)?;
+        let nc = g.len() * cpg;
+        check_len("group norm dx", nc * hw, dx.len())?;
+        check_len("group norm dgamma", nc, dgamma.len())?;
+        check_len("group norm dbeta", nc, dbeta.len())?;
+        match (&film, &dfilm) {
+            (Some((scale, shift)), Some((dscale, dshift))) => {
+                check_len("group norm FiLM scale", channels, scale.len())?;
+                check_len("group norm FiLM shift", channels, shift.len())?;
+                check_len("group norm dscale", nc, dscale.len())?;
+                check_len("group norm dshift", nc, dshift.len())?;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(KernelError::Shape(
+                    "group norm backward: dfilm must be given exactly when film is",
+                ))
+            }
+        }
+
+        let group_len = cpg * hw;
+        let mut gz_cache = [0f32; GZ_CACHE];
+        for (gl, gi) in g.enumerate() {
+            let at = gi * group_len;
+            let xg = &x[at..at + group_len];
+            let (mean, var) = mean_var(xg);
+            let rstd = 1.0 / libm::sqrt(var + eps as f64);
+            let pre = Pre {
+                mean_hi: mean as f32,
+                mean_lo: (mean - (mean as f32) as f64) as f32,
+                rstd: rstd as f32,
+            };
+            // Pass 1: per-channel parameter gradients and the two group means of dx̂; gz is kept
+            // for pass 2 when the group fits the cache.
+            let cached = silu_after && group_len <= GZ_CACHE;
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for j in 0..cpg {
+                let c = gi * cpg + j;
+                let ch = pre.channel(c, rstd, gamma, beta, film);
+                let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
+                let keep = &mut gz_cache[if cached { j * hw..(j + 1) * hw } else { 0..0 }];
+                // Σ gz·y₁, Σ gz, Σ dy₁·x̂, Σ dy₁
+                let sums = if silu_after {
+                    dispatch!(
+                        channel_sums::<true>,
+                        channel_sums_avx2,
+                        (&pre, &ch, xc, dyc, keep)
+                    )
+                } else {
+                    dispatch!(
+                        channel_sums::<false>,
+                        channel_sums_avx2,
+                        (&pre, &ch, xc, dyc, keep)
+                    )
+                };
+                let l = gl * cpg + j;
+                if let Some((dscale, dshift)) = dfilm.as_mut() {
+                    dscale[l] += sums[0] as f32;
+                    dshift[l] += sums[1] as f32;
+                }
+                dgamma[l] += sums[2] as f32;
+                dbeta[l] += sums[3] as f32;
+                s1 += gamma[c] as f64 * sums[3];
+                s2 += gamma[c] as f64 * sums[2];
+            }
+            let m = [
+                (s1 / group_len as f64) as f32,
+                (s2 / group_len as f64) as f32,
+            ];
+            // Pass 2: dx, recomputing dy₁ (cheaper than a scratch buffer of the group's size).
+            for j in 0..cpg {
+                let c = gi * cpg + j;
+                let ch = pre.channel(c, rstd, gamma, beta, film);
+                let (xc, dyc) = (&x[c * hw..(c + 1) * hw], &dout[c * hw..(c + 1) * hw]);
+                let dxc = &mut dx[(gl * cpg + j) * hw..][..hw];
+                let args = (&pre, &ch, gamma[c], m, xc, dyc, dxc);
+                if cached {
+                    let gz = &gz_cache[j * hw..(j + 1) * hw];
+                    dispatch!(channel_dx_kept, channel_dx_kept_avx2, (args, gz));
+                } else if silu_after {
+                    dispatch!(channel_dx::<true>, channel_dx_avx2, args);
+                } else {
+                    dispatch!(channel_dx::<false>, channel_dx_avx2, args);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Elements per block of the backward's f32 sums: each of the [`LANES`] lanes adds at most
@@ -589,17 +641,9 @@ mod tests {
     }
 
     /// Direct f64 GroupNorm (+FiLM, +SiLU) from the definition.
-    #[allow(clippy::too_many_arguments)]
-    fn reference(
-        x: &[f32],
-        c: usize,
-        hw: usize,
-        groups: usize,
-        gamma: &[f32],
-        beta: &[f32],
-        film: Option<(&[f32], &[f32])>,
-        act: bool,
-    ) -> Vec<f64> {
+    fn reference(x: &[f32], norm: &GroupNorm, p: &NormAffine) -> Vec<f64> {
+        let (c, hw, groups, act) = (norm.channels, norm.hw, norm.groups, norm.silu);
+        let NormAffine { gamma, beta, film } = *p;
         let cpg = c / groups;
         let mut y = vec![0f64; c * hw];
         for g in 0..groups {
@@ -651,18 +695,36 @@ mod tests {
                 (Some((&scale[..], &shift[..])), false),
                 (Some((&scale[..], &shift[..])), true),
             ] {
-                let want = reference(&x, c, hw, groups, &gamma, &beta, film, act);
-                let mut y = vec![0f32; c * hw];
-                group_norm(
+                let want = reference(
                     &x,
-                    c,
+                    &GroupNorm {
+                        channels: c,
+                        hw,
+                        groups,
+                        eps: 1e-5,
+                        silu: act,
+                    },
+                    &NormAffine {
+                        gamma: &gamma,
+                        beta: &beta,
+                        film,
+                    },
+                );
+                let mut y = vec![0f32; c * hw];
+                GroupNorm {
+                    channels: c,
                     hw,
                     groups,
-                    1e-5,
-                    &gamma,
-                    &beta,
-                    film,
-                    act,
+                    eps: 1e-5,
+                    silu: act,
+                }
+                .forward(
+                    &x,
+                    &NormAffine {
+                        gamma: &gamma,
+                        beta: &beta,
+                        film,
+                    },
                     0..groups,
                     &mut y,
                 )
@@ -675,16 +737,20 @@ mod tests {
                 let mut y2 = vec![0f32; c * hw];
                 for gi in 0..groups {
                     let r = gi * cpg * hw..(gi + 1) * cpg * hw;
-                    group_norm(
-                        &x,
-                        c,
+                    GroupNorm {
+                        channels: c,
                         hw,
                         groups,
-                        1e-5,
-                        &gamma,
-                        &beta,
-                        film,
-                        act,
+                        eps: 1e-5,
+                        silu: act,
+                    }
+                    .forward(
+                        &x,
+                        &NormAffine {
+                            gamma: &gamma,
+                            beta: &beta,
+                            film,
+                        },
                         gi..gi + 1,
                         &mut y2[r],
                     )
@@ -699,32 +765,40 @@ mod tests {
     fn hand_computed() {
         // One group of one channel, x = [1, 3]: mean 2, var 1, normalised ±1/sqrt(1+eps).
         let mut y = [0f32; 2];
-        group_norm(
+        GroupNorm {
+            channels: 1,
+            hw: 2,
+            groups: 1,
+            eps: 0.0,
+            silu: false,
+        }
+        .forward(
             &[1.0, 3.0],
-            1,
-            2,
-            1,
-            0.0,
-            &[2.0],
-            &[0.5],
-            None,
-            false,
+            &NormAffine {
+                gamma: &[2.0],
+                beta: &[0.5],
+                film: None,
+            },
             0..1,
             &mut y,
         )
         .unwrap();
         assert_eq!(y, [-1.5, 2.5]);
         // FiLM: (1 + 1)·y + 1.
-        group_norm(
+        GroupNorm {
+            channels: 1,
+            hw: 2,
+            groups: 1,
+            eps: 0.0,
+            silu: false,
+        }
+        .forward(
             &[1.0, 3.0],
-            1,
-            2,
-            1,
-            0.0,
-            &[2.0],
-            &[0.5],
-            Some((&[1.0], &[1.0])),
-            false,
+            &NormAffine {
+                gamma: &[2.0],
+                beta: &[0.5],
+                film: Some((&[1.0], &[1.0])),
+            },
             0..1,
             &mut y,
         )
@@ -737,25 +811,114 @@ mod tests {
         let x = [0f32; 12];
         let p = [1f32; 4];
         let mut y = [0f32; 6];
-        assert!(group_norm(&x, 4, 3, 3, 1e-5, &p, &p, None, false, 0..1, &mut y).is_err());
-        assert!(group_norm(&x, 4, 3, 2, 1e-5, &p, &p, None, false, 0..3, &mut y).is_err());
-        assert!(group_norm(&x, 4, 3, 2, 1e-5, &p, &p, None, false, 0..2, &mut y).is_err());
-        assert!(group_norm(&x, 4, 3, 2, 1e-5, &p[..3], &p, None, false, 0..1, &mut y).is_err());
-        assert!(group_norm(
+        assert!(GroupNorm {
+            channels: 4,
+            hw: 3,
+            groups: 3,
+            eps: 1e-5,
+            silu: false
+        }
+        .forward(
             &x,
-            4,
-            3,
-            2,
-            1e-5,
-            &p,
-            &p,
-            Some((&p, &p[..2])),
-            false,
+            &NormAffine {
+                gamma: &p,
+                beta: &p,
+                film: None
+            },
             0..1,
             &mut y
         )
         .is_err());
-        assert!(group_norm(&x, 4, 3, 2, 1e-5, &p, &p, None, false, 0..1, &mut y).is_ok());
+        assert!(GroupNorm {
+            channels: 4,
+            hw: 3,
+            groups: 2,
+            eps: 1e-5,
+            silu: false
+        }
+        .forward(
+            &x,
+            &NormAffine {
+                gamma: &p,
+                beta: &p,
+                film: None
+            },
+            0..3,
+            &mut y
+        )
+        .is_err());
+        assert!(GroupNorm {
+            channels: 4,
+            hw: 3,
+            groups: 2,
+            eps: 1e-5,
+            silu: false
+        }
+        .forward(
+            &x,
+            &NormAffine {
+                gamma: &p,
+                beta: &p,
+                film: None
+            },
+            0..2,
+            &mut y
+        )
+        .is_err());
+        assert!(GroupNorm {
+            channels: 4,
+            hw: 3,
+            groups: 2,
+            eps: 1e-5,
+            silu: false
+        }
+        .forward(
+            &x,
+            &NormAffine {
+                gamma: &p[..3],
+                beta: &p,
+                film: None
+            },
+            0..1,
+            &mut y
+        )
+        .is_err());
+        assert!(GroupNorm {
+            channels: 4,
+            hw: 3,
+            groups: 2,
+            eps: 1e-5,
+            silu: false
+        }
+        .forward(
+            &x,
+            &NormAffine {
+                gamma: &p,
+                beta: &p,
+                film: Some((&p, &p[..2]))
+            },
+            0..1,
+            &mut y
+        )
+        .is_err());
+        assert!(GroupNorm {
+            channels: 4,
+            hw: 3,
+            groups: 2,
+            eps: 1e-5,
+            silu: false
+        }
+        .forward(
+            &x,
+            &NormAffine {
+                gamma: &p,
+                beta: &p,
+                film: None
+            },
+            0..1,
+            &mut y
+        )
+        .is_ok());
     }
 }
 
@@ -848,78 +1011,32 @@ mod backward_tests {
         let (dbeta, rest) = rest.split_at_mut(nc);
         let (dscale, dshift) = rest.split_at_mut(nc);
         let filmv = film.then_some((&k.scale[..], &k.shift[..]));
-        group_norm_backward(
-            &mut dx,
-            dgamma,
-            dbeta,
-            film.then_some((dscale, dshift)),
+        GroupNorm {
+            channels: k.c,
+            hw: k.hw,
+            groups: k.groups,
+            eps: 1e-5,
+            silu: act,
+        }
+        .backward(
+            NormGrads {
+                dx: &mut dx,
+                dgamma,
+                dbeta,
+                dfilm: film.then_some((dscale, dshift)),
+            },
             dout,
             &k.x,
-            k.c,
-            k.hw,
-            k.groups,
-            1e-5,
-            &k.gamma,
-            &k.beta,
-            filmv,
-            act,
+            &NormAffine {
+                gamma: &k.gamma,
+                beta: &k.beta,
+                film: filmv,
+            },
             g,
         )
         .unwrap();
         dx.extend(dp);
         dx
-    }
-
-    /// Not a check: times the forward and backward (2 channels per group, FiLM, SiLU) on
-    /// `NORM_HW` pixels (default 256), `cargo test --release -p tweedie-kernels --lib
-    /// norm_throughput -- --ignored --nocapture`. The AVX2 twins run when the CPU has AVX2.
-    #[test]
-    #[ignore]
-    fn norm_throughput() {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: just detected.
-            unsafe { crate::enable_avx2_fma() };
-        }
-        let hw: usize = std::env::var("NORM_HW").map_or(256, |v| v.parse().unwrap());
-        let k = case_sized(2, hw);
-        let dout = data(k.c * hw, 9);
-        let best = |f: &mut dyn FnMut()| {
-            (0..2000)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    f();
-                    t.elapsed().as_secs_f64()
-                })
-                .fold(f64::MAX, f64::min)
-        };
-        let filmv = Some((&k.scale[..], &k.shift[..]));
-        let mut y = vec![0f32; k.c * hw];
-        let fwd = best(&mut || {
-            group_norm(
-                &k.x,
-                k.c,
-                hw,
-                k.groups,
-                1e-5,
-                &k.gamma,
-                &k.beta,
-                filmv,
-                true,
-                0..k.groups,
-                &mut y,
-            )
-            .unwrap()
-        });
-        let bwd = best(&mut || {
-            backward(&k, &dout, true, true, 0..k.groups, 0.0);
-        });
-        let n = (k.c * hw) as f64;
-        std::println!(
-            "forward {:.2} ns/element, backward {:.2} ns/element",
-            fwd / n * 1e9,
-            bwd / n * 1e9
-        );
     }
 
     #[test]
@@ -1093,21 +1210,27 @@ mod backward_tests {
                    df: Option<(&mut [f32], &mut [f32])>,
                    f,
                    dout: &[f32]| {
-            group_norm_backward(
-                dx,
-                a,
-                b,
-                df,
+            GroupNorm {
+                channels: c,
+                hw,
+                groups: k.groups,
+                eps: 1e-5,
+                silu: true,
+            }
+            .backward(
+                NormGrads {
+                    dx,
+                    dgamma: a,
+                    dbeta: b,
+                    dfilm: df,
+                },
                 dout,
                 &k.x,
-                c,
-                hw,
-                k.groups,
-                1e-5,
-                &k.gamma,
-                &k.beta,
-                f,
-                true,
+                &NormAffine {
+                    gamma: &k.gamma,
+                    beta: &k.beta,
+                    film: f,
+                },
                 0..k.groups,
             )
         };
@@ -1120,108 +1243,29 @@ mod backward_tests {
         assert!(run(&mut dx, &mut a[1..], &mut b, None, None, &r).is_err());
         assert!(run(&mut dx, &mut a, &mut b, None, None, &r[1..]).is_err());
         let mut small = vec![0f32; 2 * hw];
-        assert!(group_norm_backward(
-            &mut small,
-            &mut a[..2],
-            &mut b[..2],
-            None,
+        assert!(GroupNorm {
+            channels: c,
+            hw,
+            groups: k.groups,
+            eps: 1e-5,
+            silu: false
+        }
+        .backward(
+            NormGrads {
+                dx: &mut small,
+                dgamma: &mut a[..2],
+                dbeta: &mut b[..2],
+                dfilm: None
+            },
             &r,
             &k.x,
-            c,
-            hw,
-            k.groups,
-            1e-5,
-            &k.gamma,
-            &k.beta,
-            None,
-            false,
+            &NormAffine {
+                gamma: &k.gamma,
+                beta: &k.beta,
+                film: None
+            },
             3..4
         )
         .is_err());
-    }
-}
-
-/// Throughput of GroupNorm + FiLM + SiLU on the largest ADM map (128 × 256²):
-/// `cargo test -p tweedie-kernels --release group_norm_throughput -- --ignored --nocapture`.
-#[cfg(test)]
-mod timing {
-    use super::*;
-
-    #[test]
-    #[ignore]
-    fn group_norm_throughput() {
-        let (c, hw) = (128, 256 * 256);
-        let x: Vec<f32> = (0..c * hw)
-            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
-            .collect();
-        let p = vec![0.5f32; c];
-        let mut y = vec![0f32; c * hw];
-        for (film, act) in [(None, false), (None, false), (Some((&p[..], &p[..])), true)] {
-            let t0 = std::time::Instant::now();
-            group_norm(&x, c, hw, 32, 1e-5, &p, &p, film, act, 0..32, &mut y).unwrap();
-            let dt = t0.elapsed().as_secs_f64();
-            println!(
-                "film {} silu {act}: {dt:.4} s, {:.2} ns/element",
-                film.is_some(),
-                dt * 1e9 / (c * hw) as f64
-            );
-        }
-    }
-
-    /// GroupNorm(+FiLM+SiLU) backward on the MNIST U-Net's largest maps (32 and 64 channels of
-    /// 32² and 16²): `cargo test -p tweedie-kernels --release group_norm_backward_throughput
-    /// -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn group_norm_backward_throughput() {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::env::var_os("PORTABLE").is_none()
-        // PORTABLE=1: time the baseline build
-        {
-            // SAFETY: checked just above.
-            unsafe { crate::enable_avx2_fma() };
-        }
-        for (c, hw) in [(32, 1024), (64, 256), (64, 1024)] {
-            let x: Vec<f32> = (0..c * hw)
-                .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
-                .collect();
-            let dy: Vec<f32> = (0..c * hw)
-                .map(|i| ((i * 104_729) % 1000) as f32 * 1e-3 - 0.5)
-                .collect();
-            let p = vec![0.5f32; c];
-            let mut dx = vec![0f32; c * hw];
-            let (mut a, mut b, mut s, mut t) =
-                (vec![0f32; c], vec![0f32; c], vec![0f32; c], vec![0f32; c]);
-            let reps = 200;
-            let t0 = std::time::Instant::now();
-            for _ in 0..reps {
-                group_norm_backward(
-                    &mut dx,
-                    &mut a,
-                    &mut b,
-                    Some((&mut s, &mut t)),
-                    &dy,
-                    &x,
-                    c,
-                    hw,
-                    32,
-                    1e-5,
-                    &p,
-                    &p,
-                    Some((&p, &p)),
-                    true,
-                    0..32,
-                )
-                .unwrap();
-            }
-            let dt = t0.elapsed().as_secs_f64() / reps as f64;
-            println!(
-                "c {c} hw {hw}: {:.1} us, {:.2} ns/element",
-                dt * 1e6,
-                dt * 1e9 / (c * hw) as f64
-            );
-        }
     }
 }

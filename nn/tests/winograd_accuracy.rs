@@ -96,9 +96,7 @@ fn layer_error(l: &LayerForm, seed: u64, full: bool) -> f64 {
     let bias = vec![0.0; c_out];
     wg.forward(
         Isa::detected(),
-        &x,
-        h,
-        w,
+        tweedie_kernels::Map::new(&x, h, w),
         &u,
         Some(&bias),
         &mut ours,

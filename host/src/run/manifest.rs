@@ -148,7 +148,7 @@ pub fn arguments_hash(args: &impl Serialize) -> Result<String> {
 /// The bit class of this process: the CPU backend with the kernels' ISA.
 pub fn cpu_bit_class() -> BitClass {
     tweedie_nn::backend::enable_simd();
-    let isa = tweedie_kernels::conv::Isa::detected();
+    let isa = tweedie_kernels::Isa::detected();
     BitClass {
         backend: "cpu".into(),
         isa: format!("{isa:?}"),

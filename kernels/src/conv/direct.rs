@@ -15,7 +15,10 @@
 
 use core::ops::Range;
 
-use super::{first_terms, pad_planes, tile_product, Isa, Out, KC, LINE, MC_MAX, MR, NR};
+use super::gemm::{first_terms, tile_product, Block, Lhs, Out, KC, LINE, MC_MAX, MR, NR};
+use super::microkernel::Panels;
+use super::pack::pad_planes;
+use crate::Isa;
 
 /// Largest padded copy (floats) the direct path takes on; bigger maps use the packed path.
 const MAX_PADDED: usize = 1 << 18;
@@ -85,20 +88,22 @@ impl Direct {
 
     /// Output rows y of m channels: out[i, (y − ys.start)·ow + x] = init[i] +
     /// Σ_k A[i, k]·im2col[k, (y, x)] for y in `ys`, or accumulated onto `out` when `init` is
-    /// `None`; `pack_a` packs A as the packed path's does. `out` holds m rows of
+    /// `None`; `a` packs A as the packed path's does and holds m and init. `out` holds m rows of
     /// ys.len()·ow floats; `scratch.len() ≥ self.scratch_len(m)` (both checked by the caller).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn run(
         &self,
         isa: Isa,
-        m: usize,
-        init: Option<&[f32]>,
-        mut pack_a: impl FnMut(usize, usize, usize, usize, &mut [f32]),
+        a: Lhs<impl FnMut(Block, &mut [f32])>,
         inp: &[f32],
         ys: Range<usize>,
         mut out: Out,
         scratch: &mut [f32],
     ) {
+        let Lhs {
+            m,
+            init,
+            pack: mut pack_a,
+        } = a;
         if m == 0 || ys.is_empty() {
             return;
         }
@@ -133,15 +138,28 @@ impl Direct {
             for m0 in (0..m).step_by(mc_step) {
                 let mc = mc_step.min(m - m0);
                 let a_blk = &mut a_buf[..mc.div_ceil(MR) * MR * kc];
-                pack_a(m0, mc, k0, kc, a_blk);
+                pack_a(
+                    Block {
+                        at: m0,
+                        len: mc,
+                        k0,
+                        kc,
+                    },
+                    a_blk,
+                );
                 for nj in (0..n).step_by(NR) {
-                    let b = (&padded[nj..], &offs[..kc]);
                     for (t, a_pan) in a_blk.chunks_exact(kc * MR).enumerate() {
                         let i0 = m0 + t * MR;
                         let mr = MR.min(m - i0);
                         let start = first_terms(init, k0, i0, mr);
+                        let panels = Panels {
+                            kc,
+                            a: a_pan,
+                            b: &padded[nj..],
+                            b_rows: &offs[..kc],
+                        };
                         let at = (n, i0, mr, nj, NR);
-                        tile_product(isa, kc, a_pan, b, &mut tiles, at, tmp, start.as_ref());
+                        tile_product(isa, panels, &mut tiles, at, tmp, start.as_ref());
                     }
                 }
             }

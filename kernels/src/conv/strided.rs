@@ -9,7 +9,10 @@
 //! input pixel), so the bits depend only on the inputs and the ISA, not on how the caller
 //! splits the input channels.
 
-use super::{gemm, gemm_scratch_len, pack_rows, Conv2d, Isa, Out, MR};
+use super::gemm::{gemm, gemm_scratch_len, Block, Lhs, Out, MR};
+use super::pack::pack_rows;
+use super::{Conv2d, MapMut};
+use crate::Isa;
 
 /// Floats of scratch [`input_gradient`] needs for `channels` input channels and an output of
 /// `n` pixels: the columns, zero initial sums for their rows, and the GEMM's packing.
@@ -21,46 +24,48 @@ pub(super) fn scratch_len(conv: &Conv2d, channels: usize, n: usize) -> usize {
 /// dinp [ci.len(), h, w] += ∂L/∂inp for the input channels `ci`, given dout [c_out, oh, ow]
 /// and `tap(c, o, k)` = W[o, c, k] (k = ky·kernel + kx). The caller checked the shapes and
 /// that `scratch` holds [`scratch_len`] floats.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn input_gradient(
     conv: &Conv2d,
     isa: Isa,
-    dinp: &mut [f32],
+    dinp: MapMut,
     dout: &[f32],
-    (h, w): (usize, usize),
     ci: core::ops::Range<usize>,
     scratch: &mut [f32],
     tap: impl Fn(usize, usize, usize) -> f32,
 ) {
+    let MapMut { data: dinp, h, w } = dinp;
     let (oh, ow) = conv.out_size(h, w);
     let (n, k2) = (oh * ow, conv.kernel * conv.kernel);
     let rows = ci.len() * k2;
     let (dcol, rest) = scratch.split_at_mut(rows * n);
     let (zeros, gs) = rest.split_at_mut(rows);
     zeros.fill(0.0);
-    gemm(
-        isa,
-        Some(zeros),
-        rows,
-        n,
-        conv.c_out,
-        |m0, mc, k0, kc, a| {
-            for (t, panel) in a.chunks_exact_mut(kc * MR).enumerate() {
-                for i in 0..MR {
-                    let r = t * MR + i;
-                    for kk in 0..kc {
-                        panel[kk * MR + i] = match r < mc {
-                            true => tap(ci.start + (m0 + r) / k2, k0 + kk, (m0 + r) % k2),
-                            false => 0.0,
-                        };
-                    }
+    let pack = |blk: Block, a: &mut [f32]| {
+        let Block {
+            at: m0,
+            len: mc,
+            k0,
+            kc,
+        } = blk;
+        for (t, panel) in a.chunks_exact_mut(kc * MR).enumerate() {
+            for i in 0..MR {
+                let r = t * MR + i;
+                for kk in 0..kc {
+                    panel[kk * MR + i] = match r < mc {
+                        true => tap(ci.start + (m0 + r) / k2, k0 + kk, (m0 + r) % k2),
+                        false => 0.0,
+                    };
                 }
             }
-        },
-        |k0, kc, n0, nc, b| pack_rows(dout, n, k0, kc, n0, nc, b),
-        Out::Dense(dcol),
-        gs,
-    );
+        }
+    };
+    let a = Lhs {
+        m: rows,
+        init: Some(zeros),
+        pack,
+    };
+    let pack_b = |blk: Block, b: &mut [f32]| pack_rows(dout, n, blk, b);
+    gemm(isa, a, n, conv.c_out, pack_b, Out::Dense(dcol), gs);
     scatter(conv, dcol, (h, w), (oh, ow), dinp);
 }
 

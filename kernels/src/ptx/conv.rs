@@ -171,6 +171,7 @@ unsafe fn conv2d<W: Weight>(
 /// # Safety
 /// Buffers of those sizes; oh, ow the true output size for (h, w, kernel, stride, pad).
 #[no_mangle]
+// The ABI is fixed (scripts/ptx/entries.txt, the host's launches): one scalar per parameter.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn conv2d_f32(
     x: *const f32,
@@ -187,7 +188,7 @@ pub unsafe extern "ptx-kernel" fn conv2d_f32(
     oh: u32,
     ow: u32,
 ) {
-    let s = shape(c_in, h, w, c_out, kernel, stride, pad, oh, ow);
+    let s = shape([c_in, h, w, c_out, kernel, stride, pad, oh, ow]);
     // SAFETY: forwarded contract.
     unsafe { conv2d(x, weight, bias, out, s) }
 }
@@ -197,6 +198,7 @@ pub unsafe extern "ptx-kernel" fn conv2d_f32(
 /// # Safety
 /// As [`conv2d_f32`].
 #[no_mangle]
+// The ABI is fixed (scripts/ptx/entries.txt, the host's launches): one scalar per parameter.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn conv2d_f16w(
     x: *const f32,
@@ -213,23 +215,13 @@ pub unsafe extern "ptx-kernel" fn conv2d_f16w(
     oh: u32,
     ow: u32,
 ) {
-    let s = shape(c_in, h, w, c_out, kernel, stride, pad, oh, ow);
+    let s = shape([c_in, h, w, c_out, kernel, stride, pad, oh, ow]);
     // SAFETY: forwarded contract.
     unsafe { conv2d(x, weight, bias, out, s) }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn shape(
-    c_in: u32,
-    h: u32,
-    w: u32,
-    c_out: u32,
-    k: u32,
-    st: u32,
-    p: u32,
-    oh: u32,
-    ow: u32,
-) -> Shape {
+/// The entries' scalar arguments, in their order, as a [`Shape`].
+fn shape([c_in, h, w, c_out, k, st, p, oh, ow]: [u32; 9]) -> Shape {
     Shape {
         c_in: c_in as usize,
         h: h as usize,
@@ -415,6 +407,7 @@ unsafe fn conv2d_tc<W: Weight>(
 /// # Safety
 /// As [`conv2d_f32`].
 #[no_mangle]
+// The ABI is fixed (scripts/ptx/entries.txt, the host's launches): one scalar per parameter.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn conv2d_tc_f32w(
     x: *const f32,
@@ -431,7 +424,7 @@ pub unsafe extern "ptx-kernel" fn conv2d_tc_f32w(
     oh: u32,
     ow: u32,
 ) {
-    let s = shape(c_in, h, w, c_out, kernel, stride, pad, oh, ow);
+    let s = shape([c_in, h, w, c_out, kernel, stride, pad, oh, ow]);
     // SAFETY: forwarded contract.
     unsafe { conv2d_tc(x, weight, bias, out, s) }
 }
@@ -441,6 +434,7 @@ pub unsafe extern "ptx-kernel" fn conv2d_tc_f32w(
 /// # Safety
 /// As [`conv2d_f32`].
 #[no_mangle]
+// The ABI is fixed (scripts/ptx/entries.txt, the host's launches): one scalar per parameter.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn conv2d_tc_f16w(
     x: *const f32,
@@ -457,7 +451,7 @@ pub unsafe extern "ptx-kernel" fn conv2d_tc_f16w(
     oh: u32,
     ow: u32,
 ) {
-    let s = shape(c_in, h, w, c_out, kernel, stride, pad, oh, ow);
+    let s = shape([c_in, h, w, c_out, kernel, stride, pad, oh, ow]);
     // SAFETY: forwarded contract.
     unsafe { conv2d_tc(x, weight, bias, out, s) }
 }

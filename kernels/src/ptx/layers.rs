@@ -108,7 +108,7 @@ pub unsafe extern "ptx-kernel" fn linear_f16w(
     unsafe { linear(x, w, bias, y, batch, in_features, out_features) }
 }
 
-/// GroupNorm (+ optional FiLM, + optional SiLU) as `norm::group_norm`, one block of
+/// GroupNorm (+ optional FiLM, + optional SiLU) as `norm::GroupNorm::forward`, one block of
 /// [`GN_THREADS`] threads per (group = blockIdx.x, image = blockIdx.y). `film` is a ResBlock's
 /// `emb_layers` output `[batch, 2·channels]` (scale, then shift) or null; `out` may equal `x` (each element is read before any
 /// thread of the block writes, thanks to the barrier after the statistics).
@@ -117,6 +117,7 @@ pub unsafe extern "ptx-kernel" fn linear_f16w(
 /// `x`, `out` hold batch·channels·hw, `gamma`, `beta` channels, `film` (unless null)
 /// batch·2·channels `f32`; groups divides channels; the block has exactly GN_THREADS threads.
 #[no_mangle]
+// The ABI is fixed (scripts/ptx/entries.txt, the host's launches): one scalar per parameter.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn group_norm_f32(
     x: *const f32,
@@ -229,7 +230,7 @@ unsafe fn qkv_head<'a>(
 }
 
 /// Attention weights: for each (image, head, query) row r, `weights[r·t ..][..t]` =
-/// softmax of the scaled logits, exactly as `attention::qkv_attention` computes its row.
+/// softmax of the scaled logits, exactly as `attention::QkvAttention::forward` computes its row.
 ///
 /// # Safety
 /// `qkv` holds batch·3·channels·t, `weights` batch·heads·t·t `f32`; heads divides channels.

@@ -39,6 +39,7 @@ pub unsafe extern "ptx-kernel" fn init_state_f32(
 /// `x`, `denoised` (and `lik_grad` unless null) hold `n` `f32`; `nonfinite` one `u32`;
 /// `chain_len > 0`.
 #[no_mangle]
+// The ABI is fixed (scripts/ptx/entries.txt, the host's launches): one scalar per parameter.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn template_update_f32(
     x: *mut f32,
@@ -111,6 +112,7 @@ pub unsafe extern "ptx-kernel" fn scale_f32(dst: *mut f32, src: *const f32, n: u
 /// # Safety
 /// `d`, `x` hold `n` `f32`, `net` (n / chain_len)·net_stride; chain_len ≤ net_stride.
 #[no_mangle]
+// The ABI is fixed (scripts/ptx/entries.txt, the host's launches): one scalar per parameter.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn denoised_from_output_f32(
     d: *mut f32,

@@ -116,11 +116,11 @@ impl DeviceOps for ReferenceOps {
         let mut scratch = vec![0.0; conv.scratch_len(h, w)];
         for b in 0..batch {
             conv.forward(
-                &x[b * per_in..][..per_in],
-                h,
-                w,
-                weight.as_ref(),
-                bias,
+                k::Map::new(&x[b * per_in..][..per_in], h, w),
+                k::ConvParams {
+                    weight: weight.as_ref(),
+                    bias,
+                },
                 0..conv.c_out,
                 &mut out[b * per_out..][..per_out],
                 &mut scratch,
@@ -150,16 +150,16 @@ impl DeviceOps for ReferenceOps {
         let per = channels * hw;
         for b in 0..batch {
             let film = film.map(|f| f[2 * b * channels..][..2 * channels].split_at(channels));
-            k::group_norm(
-                &x[b * per..][..per],
+            k::GroupNorm {
                 channels,
                 hw,
                 groups,
                 eps,
-                gamma,
-                beta,
-                film,
                 silu,
+            }
+            .forward(
+                &x[b * per..][..per],
+                &k::NormAffine { gamma, beta, film },
                 0..groups,
                 &mut out[b * per..][..per],
             )
@@ -232,12 +232,14 @@ impl DeviceOps for ReferenceOps {
         } = *op;
         let (per_in, per_out) = (3 * channels * t, channels * t);
         for b in 0..batch {
-            k::qkv_attention(
-                &qkv[b * per_in..][..per_in],
+            k::QkvAttention {
                 channels,
                 t,
                 heads,
                 order,
+            }
+            .forward(
+                &qkv[b * per_in..][..per_in],
                 0..heads,
                 &mut out[b * per_out..][..per_out],
                 scratch,

@@ -286,8 +286,22 @@ pub fn group_norm(
 ) -> Result<(), KernelError> {
     let _p = profile::scope(Kind::GroupNorm, 0);
     pool.split(out, p.groups, 1, |_, g, piece| {
-        k::group_norm(
-            x, p.channels, hw, p.groups, p.eps, p.gamma, p.beta, film, silu, g, piece,
+        k::GroupNorm {
+            channels: p.channels,
+            hw,
+            groups: p.groups,
+            eps: p.eps,
+            silu,
+        }
+        .forward(
+            x,
+            &k::NormAffine {
+                gamma: p.gamma,
+                beta: p.beta,
+                film,
+            },
+            g,
+            piece,
         )
     })
 }
@@ -315,24 +329,31 @@ pub fn conv(
     };
     let k_total = p.conv.c_in * p.conv.kernel * p.conv.kernel;
     let _p = profile::scope(kind, (out.len() * k_total) as u64);
+    let map = k::Map::new(x, h, w);
+    let params = k::ConvParams {
+        weight: p.weight,
+        bias: p.bias,
+    };
     if let Some(WinoWeights { wg, u }) = &p.wino {
         let band = wg.pixels_per_tile_row(w);
         return pool.split_columns(out, p.conv.c_out, band, |i, px, rows| {
             let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-            wg.forward_pixels(isa, x, h, w, u, p.bias, px, rows, &mut s)
+            let u = k::ConvParams {
+                weight: &u[..],
+                bias: p.bias,
+            };
+            wg.forward_pixels(isa, map, u, px, rows, &mut s)
         });
     }
     let (oh, ow) = p.conv.out_size(h, w);
     if oh * ow >= 2 * p.conv.c_out {
         return pool.split_columns(out, p.conv.c_out, k::conv::NR, |i, px, rows| {
             let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-            p.conv
-                .forward_pixels(isa, x, h, w, p.weight, p.bias, px, rows, &mut s)
+            p.conv.forward_pixels(isa, map, params, px, rows, &mut s)
         });
     }
     pool.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
         let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-        p.conv
-            .forward_with(isa, x, h, w, p.weight, p.bias, co, piece, &mut s)
+        p.conv.forward_with(isa, map, params, co, piece, &mut s)
     })
 }

@@ -1041,7 +1041,13 @@ impl Runner<'_> {
             self.pool
                 .split(&mut dst[..c * t], heads, 1, |i, hr, piece| {
                     let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-                    k::qkv_attention(qkv, c, t, heads, order, hr, piece, &mut s)
+                    k::QkvAttention {
+                        channels: c,
+                        t,
+                        heads,
+                        order,
+                    }
+                    .forward(qkv, hr, piece, &mut s)
                 })?;
         }
         self.conv(&at.proj, a, b, h, w)?;

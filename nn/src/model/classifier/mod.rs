@@ -176,11 +176,8 @@ impl Classifier {
             conv(l)
                 .forward_with(
                     a.isa,
-                    inp,
-                    s,
-                    s,
-                    w,
-                    b,
+                    k::Map::new(inp, s, s),
+                    k::ConvParams { weight: w, bias: b },
                     0..c_out,
                     &mut a.pre[l],
                     &mut a.scratch,

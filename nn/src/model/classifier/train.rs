@@ -93,14 +93,31 @@ impl Classifier {
             let inp: &[f32] = if l == 0 { &a.input } else { &a.pooled[l - 1] };
             let (gw, gb) = split_pair(grads, 2 * l);
             conv(l)
-                .backward_params(a.isa, gw, gb, dconv, inp, s, s, 0..c_out, &mut a.scratch)
+                .backward_params(
+                    a.isa,
+                    k::ConvGrads {
+                        dweight: gw,
+                        dbias: gb,
+                    },
+                    dconv,
+                    k::Map::new(inp, s, s),
+                    0..c_out,
+                    &mut a.scratch,
+                )
                 .map_err(err)?;
             if l > 0 {
                 let dinp = &mut b.dpooled[..c_in * s * s];
                 dinp.fill(0.0);
                 let w = WeightsRef::F32(self.t(2 * l));
                 conv(l)
-                    .backward_input(a.isa, dinp, dconv, w, s, s, 0..c_in, &mut a.scratch)
+                    .backward_input(
+                        a.isa,
+                        k::MapMut::new(dinp, s, s),
+                        dconv,
+                        w,
+                        0..c_in,
+                        &mut a.scratch,
+                    )
                     .map_err(err)?;
             }
         }

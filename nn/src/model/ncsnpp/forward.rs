@@ -942,7 +942,13 @@ impl Runner<'_, '_> {
             let scratch = &self.arena.scratch;
             self.pool.split(&mut out[..c * t], 1, 1, |i, hr, piece| {
                 let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-                k::qkv_attention(qkv, c, t, 1, k::QkvOrder::New, hr, piece, &mut s)
+                k::QkvAttention {
+                    channels: c,
+                    t,
+                    heads: 1,
+                    order: k::QkvOrder::New,
+                }
+                .forward(qkv, hr, piece, &mut s)
             })?;
         }
         {

@@ -221,7 +221,13 @@ impl Bwd<'_> {
         dqkv.fill(0.0);
         {
             let s = &mut lock(&cx.scratch[0]);
-            k::qkv_attention_backward(dqkv, datt, qkv, c, t, a.heads, a.order, 0..a.heads, s)?;
+            k::QkvAttention {
+                channels: c,
+                t,
+                heads: a.heads,
+                order: a.order,
+            }
+            .backward(dqkv, datt, qkv, 0..a.heads, s)?;
         }
         cx.conv_params(&a.qkv, dqkv, a.n_s.of(self.tape), h, w, self.grads, self.du)?;
         let dn = &mut d2[..c * t];

@@ -88,7 +88,13 @@ pub(super) fn layer_fwd(
             cx.conv(&a.qkv, n, h, w, qkv)?;
             {
                 let s = &mut lock(&cx.scratch[0]);
-                k::qkv_attention(qkv, a.c, t, a.heads, a.order, 0..a.heads, att, s)?;
+                k::QkvAttention {
+                    channels: a.c,
+                    t,
+                    heads: a.heads,
+                    order: a.order,
+                }
+                .forward(qkv, 0..a.heads, att, s)?;
             }
             cx.conv(&a.proj, att, h, w, y)?;
             k::add_inplace(y, x);

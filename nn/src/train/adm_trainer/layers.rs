@@ -49,12 +49,18 @@ impl Ctx<'_> {
         let scratch = self.scratch;
         if let (Some(wg), Some(WinoT { u, .. })) = (winograd_at(c, h, w), c.wino) {
             let mut s = lock(&scratch[0]);
-            return wg.forward(isa, x, h, w, u.of(self.wino), Some(b), out, &mut s);
+            let x = k::Map::new(x, h, w);
+            return wg.forward(isa, x, u.of(self.wino), Some(b), out, &mut s);
         }
         self.pool
             .split(out, c.conv.c_out, k::conv::MR, |i, co, piece| {
                 let mut s = lock(&scratch[i]);
-                c.conv.forward_with(isa, x, h, w, wt, b, co, piece, &mut s)
+                let p = k::ConvParams {
+                    weight: wt,
+                    bias: b,
+                };
+                c.conv
+                    .forward_with(isa, k::Map::new(x, h, w), p, co, piece, &mut s)
             })
     }
 
@@ -71,16 +77,20 @@ impl Ctx<'_> {
     ) -> KResult {
         let (g, b, c) = (self.p(n.g), self.p(n.b), n.c);
         self.pool.split(out, GROUPNORM_GROUPS, 1, |_, gr, piece| {
-            k::group_norm(
-                x,
-                c,
+            k::GroupNorm {
+                channels: c,
                 hw,
-                GROUPNORM_GROUPS,
-                GROUPNORM_EPS,
-                g,
-                b,
-                film,
+                groups: GROUPNORM_GROUPS,
+                eps: GROUPNORM_EPS,
                 silu,
+            }
+            .forward(
+                x,
+                &k::NormAffine {
+                    gamma: g,
+                    beta: b,
+                    film,
+                },
                 gr,
                 piece,
             )
@@ -145,13 +155,22 @@ impl Ctx<'_> {
         if let (Some(_), Some(WinoT { dw, du: span, .. })) = (winograd_at(c, h, w), c.wino) {
             let mut s = lock(&scratch[0]);
             let du = &mut du[span.r()];
-            return dw.backward_params_transformed(isa, du, db, dout, x, h, w, &mut s);
+            let grads = k::ConvGrads {
+                dweight: du,
+                dbias: db,
+            };
+            let x = k::Map::new(x, h, w);
+            return dw.backward_params_transformed(isa, grads, dout, x, &mut s);
         }
         self.pool
             .split_n(c.conv.c_out, k::conv::MR, [dw, db], |i, co, [dw, db]| {
                 let mut s = lock(&scratch[i]);
+                let grads = k::ConvGrads {
+                    dweight: dw,
+                    dbias: db,
+                };
                 c.conv
-                    .backward_params(isa, dw, db, dout, x, h, w, co, &mut s)
+                    .backward_params(isa, grads, dout, k::Map::new(x, h, w), co, &mut s)
             })
     }
 
@@ -198,7 +217,7 @@ impl Ctx<'_> {
             let zeros = set.then(|| &self.zeros[..c.conv.c_in]);
             return wg
                 .transposed()
-                .forward(isa, dout, h, w, u, zeros, dx, &mut s);
+                .forward(isa, k::Map::new(dout, h, w), u, zeros, dx, &mut s);
         }
         if set {
             dx.fill(0.0);
@@ -206,8 +225,14 @@ impl Ctx<'_> {
         self.pool
             .split(dx, c.conv.c_in, k::conv::MR, |i, ci, piece| {
                 let mut s = lock(&scratch[i]);
-                c.conv
-                    .backward_input_flipped(isa, piece, dout, wt, h, w, ci, &mut s)
+                c.conv.backward_input_flipped(
+                    isa,
+                    k::MapMut::new(piece, h, w),
+                    dout,
+                    wt,
+                    ci,
+                    &mut s,
+                )
             })
     }
 
@@ -232,21 +257,27 @@ impl Ctx<'_> {
                     dg: &mut [f32],
                     db: &mut [f32],
                     df: Option<(&mut [f32], &mut [f32])>| {
-            k::group_norm_backward(
-                dx,
-                dg,
-                db,
-                df,
+            k::GroupNorm {
+                channels: c,
+                hw,
+                groups: GROUPNORM_GROUPS,
+                eps: GROUPNORM_EPS,
+                silu,
+            }
+            .backward(
+                k::NormGrads {
+                    dx,
+                    dgamma: dg,
+                    dbeta: db,
+                    dfilm: df,
+                },
                 dout,
                 x,
-                c,
-                hw,
-                GROUPNORM_GROUPS,
-                GROUPNORM_EPS,
-                g,
-                b,
-                film,
-                silu,
+                &k::NormAffine {
+                    gamma: g,
+                    beta: b,
+                    film,
+                },
                 gr,
             )
         };
