@@ -228,54 +228,63 @@ fn mean_sq_diff(a: &[f32], b: &[f32]) -> f64 {
     sum / a.len() as f64
 }
 
-/// The template loss of a batch (eq. 9 with one σ and one n per example): for each example b
-/// draw σ_b ~ p_σ and n_b, form x_σ = x + σ_b n_b, call the denoiser (batch 1, at σ_b) and
-/// average [`example_loss`] over the batch. `x` holds `batch` examples back to back;
-/// `scratch` needs `3·(x.len()/batch)` elements (x_σ, D, n).
-#[allow(clippy::too_many_arguments)]
-pub fn template_loss(
-    denoiser: &mut impl Denoiser,
-    dist: &NoiseDistribution<'_>,
-    weight: Weight,
-    x: &[f32],
-    batch: usize,
-    seed: u64,
-    step: u64,
-    scratch: &mut [f32],
-) -> Result<f64, Error> {
-    if batch == 0 || x.is_empty() || !x.len().is_multiple_of(batch) {
-        return Err(Error::Shape(
-            "training batch length is not a positive multiple of batch",
-        ));
+/// The training template (eq. 9): the law p_σ of the noise level and the weight w(σ).
+#[derive(Clone, Copy, Debug)]
+pub struct TemplateLoss<'a> {
+    /// p_σ.
+    pub dist: NoiseDistribution<'a>,
+    /// w(σ).
+    pub weight: Weight,
+}
+
+impl TemplateLoss<'_> {
+    /// The loss of a batch (eq. 9 with one σ and one n per example): for each example b
+    /// draw σ_b ~ p_σ and n_b at (`seed`, `step`), form x_σ = x + σ_b n_b, call the denoiser
+    /// (batch 1, at σ_b) and average [`example_loss`] over the batch. `x` holds `batch`
+    /// examples back to back; `scratch` needs `3·(x.len()/batch)` elements (x_σ, D, n).
+    pub fn batch_loss(
+        &self,
+        denoiser: &mut impl Denoiser,
+        x: &[f32],
+        batch: usize,
+        (seed, step): (u64, u64),
+        scratch: &mut [f32],
+    ) -> Result<f64, Error> {
+        let (dist, weight) = (&self.dist, self.weight);
+        if batch == 0 || x.is_empty() || !x.len().is_multiple_of(batch) {
+            return Err(Error::Shape(
+                "training batch length is not a positive multiple of batch",
+            ));
+        }
+        let d = x.len() / batch;
+        if scratch.len() < 3 * d {
+            return Err(Error::LengthMismatch {
+                what: "training scratch",
+                expected: 3 * d,
+                got: scratch.len(),
+            });
+        }
+        let (noisy, rest) = scratch.split_at_mut(d);
+        let (denoised, rest) = rest.split_at_mut(d);
+        let n = &mut rest[..d];
+        let mut total = 0.0;
+        for (b, xb) in x.chunks_exact(d).enumerate() {
+            let draw = dist.draw(seed, step, b as u64)?;
+            draw_noise(n, seed, step, b as u64)?;
+            perturb_with(xb, n, draw.sigma, noisy)?;
+            let plan_step = PlanStep {
+                k: 0,
+                sigma: draw.sigma,
+                sigma_net: draw.sigma,
+                t: draw.t,
+                gamma: 0.0,
+                temperature: 0.0,
+            };
+            denoiser.denoise(noisy, 1, &plan_step, denoised)?;
+            total += example_loss(denoised, xb, draw.sigma, weight)?;
+        }
+        Ok(total / batch as f64)
     }
-    let d = x.len() / batch;
-    if scratch.len() < 3 * d {
-        return Err(Error::LengthMismatch {
-            what: "training scratch",
-            expected: 3 * d,
-            got: scratch.len(),
-        });
-    }
-    let (noisy, rest) = scratch.split_at_mut(d);
-    let (denoised, rest) = rest.split_at_mut(d);
-    let n = &mut rest[..d];
-    let mut total = 0.0;
-    for (b, xb) in x.chunks_exact(d).enumerate() {
-        let draw = dist.draw(seed, step, b as u64)?;
-        draw_noise(n, seed, step, b as u64)?;
-        perturb_with(xb, n, draw.sigma, noisy)?;
-        let plan_step = PlanStep {
-            k: 0,
-            sigma: draw.sigma,
-            sigma_net: draw.sigma,
-            t: draw.t,
-            gamma: 0.0,
-            temperature: 0.0,
-        };
-        denoiser.denoise(noisy, 1, &plan_step, denoised)?;
-        total += example_loss(denoised, xb, draw.sigma, weight)?;
-    }
-    Ok(total / batch as f64)
 }
 
 #[cfg(test)]
@@ -327,16 +336,11 @@ mod tests {
         let x = data(batch, d);
         let mut scratch = vec![0.0f32; 3 * d];
         let dist = NoiseDistribution::VpTable;
-        let template = template_loss(
-            &mut VpEpsDenoiser,
-            &dist,
-            Weight::InverseSigmaSq,
-            &x,
-            batch,
-            seed,
-            step,
-            &mut scratch,
-        )
+        let template = TemplateLoss {
+            dist,
+            weight: Weight::InverseSigmaSq,
+        }
+        .batch_loss(&mut VpEpsDenoiser, &x, batch, (seed, step), &mut scratch)
         .unwrap();
         // DDPM Alg. 1 with the same draws: t_b, ε_b, x_t = sqrt(ᾱ) x₀ + sqrt(1 − ᾱ) ε.
         let mut total = 0.0;
@@ -424,28 +428,20 @@ mod tests {
         assert!(vp_noisy(&[0.0], &[0.0], 1000, &mut [0.0]).is_err());
         let mut s = [0.0f32; 5];
         let dist = NoiseDistribution::VpTable;
-        assert!(template_loss(
-            &mut VpEpsDenoiser,
-            &dist,
-            Weight::One,
-            &[0.0; 4],
-            2,
-            0,
-            0,
-            &mut s
-        )
-        .is_err());
-        assert!(template_loss(
-            &mut VpEpsDenoiser,
-            &dist,
-            Weight::One,
-            &[0.0; 4],
-            3,
-            0,
-            0,
-            &mut s
-        )
-        .is_err());
+        let one = TemplateLoss {
+            dist,
+            weight: Weight::One,
+        };
+        assert!(one
+            .batch_loss(&mut VpEpsDenoiser, &[0.0; 4], 2, (0, 0), &mut s)
+            .is_err());
+        let one = TemplateLoss {
+            dist,
+            weight: Weight::One,
+        };
+        assert!(one
+            .batch_loss(&mut VpEpsDenoiser, &[0.0; 4], 3, (0, 0), &mut s)
+            .is_err());
         // Loss gradient: finite difference of the example loss.
         let (x, dd) = ([0.5f32, -0.25], [0.75f32, 0.0]);
         let mut g = [0.0f32; 2];

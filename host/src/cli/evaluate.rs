@@ -29,7 +29,7 @@ use crate::eval::posterior::{diagnose, Diagnosis, VARIANCE_FLOOR};
 use crate::eval::restoration::{Evaluated, Scores, Setup, Start, FIGURE_SAMPLES, METHODS};
 use crate::eval::stats::{chi_square, mean_se, spread};
 use crate::image_io::{grid_planes_in_columns, png_from_planes, to_planes};
-use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
+use crate::run::manifest::{file_sha256, InputFile, Manifest, ManifestParts, MANIFEST};
 use crate::run::measurement::Task;
 use crate::run::output::{build_info, json_bytes};
 use crate::run::output_policy::Outputs;
@@ -733,16 +733,18 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         }
         let inputs = mnist_inputs(&args.data)?;
         let mut manifest = Manifest::new(
-            "evaluate restoration",
-            shard,
-            ("digits", args.count),
+            ManifestParts {
+                command: "evaluate restoration",
+                shard,
+                units: ("digits", args.count),
+                weights: args.model.weights.as_deref(),
+                inputs,
+                backend: "cpu",
+                run,
+                image: shape,
+                names: Vec::new(),
+            },
             args,
-            args.model.weights.as_deref(),
-            inputs,
-            "cpu",
-            run,
-            shape,
-            Vec::new(),
         )?;
         manifest.hash_files(&out)?;
         out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;

@@ -293,20 +293,21 @@ impl ModelArgs {
             memory::product(&[channels as u64, size, size, 4]),
         )?;
         let size = usize::try_from(size).context("--size")?;
-        Ok(Model::new(
+        Ok(Model {
             kind,
             data_range,
-            Some(sigma_range),
+            sigma_range: Some(sigma_range),
             channels,
             size,
-            Source::Gaussian(GaussianPrior { oracle, kind }),
-            spec.to_string(),
-            json!({
+            source: Source::Gaussian(GaussianPrior { oracle, kind }),
+            label: spec.to_string(),
+            description: json!({
                 "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
                 "gaussian_mean": oracle.mean, "gaussian_std": oracle.std,
                 "channels": channels, "size": size,
             }),
-        ))
+            conv: ConvPolicy::Auto,
+        })
     }
 
     /// `gaussian-fit:DIR`: fits N(μ, Σ) to the MNIST training split in the model's range.
@@ -357,16 +358,17 @@ impl ModelArgs {
             "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
             "classes": classes, "channels": train.channels, "size": size,
         });
-        Ok(Model::new(
+        Ok(Model {
             kind,
             data_range,
-            Some(self.prior_sigma_range(kind)),
-            train.channels,
+            sigma_range: Some(self.prior_sigma_range(kind)),
+            channels: train.channels,
             size,
-            Source::GaussianMixture(Box::new(mix)),
-            spec.to_string(),
+            source: Source::GaussianMixture(Box::new(mix)),
+            label: spec.to_string(),
             description,
-        ))
+            conv: ConvPolicy::Auto,
+        })
     }
 
     /// The exact denoiser of an already fitted Gaussian as a model (`host evaluate posterior`
@@ -394,16 +396,17 @@ impl ModelArgs {
             "gaussian_fit_images": prior.count, "rank": full.rank(),
             "channels": channels, "size": size,
         });
-        Ok(Model::new(
+        Ok(Model {
             kind,
             data_range,
-            Some(sigma_range),
+            sigma_range: Some(sigma_range),
             channels,
             size,
-            Source::FullGaussian(Box::new(full)),
-            spec.to_string(),
+            source: Source::FullGaussian(Box::new(full)),
+            label: spec.to_string(),
             description,
-        ))
+            conv: ConvPolicy::Auto,
+        })
     }
 
     /// Refuses a network whose weights alone would not fit the memory limit.
@@ -510,19 +513,20 @@ impl ModelArgs {
                 "sigma_range": sigma_range, "parameters": weights.parameter_count(),
                 "f16": self.f16, "source": meta.source,
             });
-            return Ok(Model::new(
+            return Ok(Model {
                 kind,
                 data_range,
                 sigma_range,
-                arch.channels(),
-                c.image_size,
-                Source::Ncsnpp {
+                channels: arch.channels(),
+                size: c.image_size,
+                source: Source::Ncsnpp {
                     arch: Box::new(arch),
                     weights: Box::new(weights),
                 },
                 label,
                 description,
-            ));
+                conv: ConvPolicy::Auto,
+            });
         }
         let config = config.adm()?.clone();
         let arch = AdmArch::new(&config)?;
@@ -543,13 +547,13 @@ impl ModelArgs {
                 .or(meta.weights_set.map(|w| w.as_str().to_string())),
             "source": meta.source,
         });
-        Ok(Model::new(
+        Ok(Model {
             kind,
             data_range,
             sigma_range,
-            config.in_channels,
-            config.image_size,
-            Source::Adm {
+            channels: config.in_channels,
+            size: config.image_size,
+            source: Source::Adm {
                 arch: Box::new(arch),
                 weights: Box::new(weights),
                 param,
@@ -557,6 +561,7 @@ impl ModelArgs {
             },
             label,
             description,
-        ))
+            conv: ConvPolicy::Auto,
+        })
     }
 }

@@ -23,7 +23,7 @@ use super::sample::{
 use crate::cli::model_args::ModelArgs;
 use crate::errln;
 use crate::image_io::{png_from_planes, range_width, read_image, to_planes};
-use crate::run::manifest::{file_sha256, InputFile, Manifest, MANIFEST};
+use crate::run::manifest::{file_sha256, InputFile, Manifest, ManifestParts, MANIFEST};
 use crate::run::measurement::{MeasureOptions, Measurement, Task};
 use crate::run::output::{json_bytes, safetensors_bytes};
 use crate::run::output_policy::Outputs;
@@ -396,16 +396,18 @@ fn run_shard(
         (("chains", n), Vec::new(), info)
     };
     let mut manifest = Manifest::new(
-        "restore",
-        shard,
-        units,
+        ManifestParts {
+            command: "restore",
+            shard,
+            units,
+            weights: args.model.weights.as_deref(),
+            inputs: input_files(args)?,
+            backend: "cpu",
+            run: info,
+            image: shape,
+            names,
+        },
         args,
-        args.model.weights.as_deref(),
-        input_files(args)?,
-        "cpu",
-        info,
-        shape,
-        names,
     )?;
     manifest.hash_files(&out)?;
     out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;

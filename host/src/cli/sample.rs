@@ -16,7 +16,7 @@ use crate::cli::device::{self, Device, DeviceArgs};
 use crate::cli::model_args::{conv_json, ModelArgs};
 use crate::errln;
 use crate::image_io::{grid_planes, png_from_planes, to_planes};
-use crate::run::manifest::{Manifest, MANIFEST};
+use crate::run::manifest::{Manifest, ManifestParts, MANIFEST};
 use crate::run::memory;
 use crate::run::output::{build_info, json_bytes};
 use crate::run::output_policy::Outputs;
@@ -383,16 +383,18 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
             start.elapsed().as_secs_f64(),
         );
         let mut manifest = Manifest::new(
-            "sample",
-            shard,
-            ("chains", n),
+            ManifestParts {
+                command: "sample",
+                shard,
+                units: ("chains", n),
+                weights: args.model.weights.as_deref(),
+                inputs: Vec::new(),
+                backend: &backend,
+                run: info,
+                image: shape,
+                names: Vec::new(),
+            },
             args,
-            args.model.weights.as_deref(),
-            Vec::new(),
-            &backend,
-            info,
-            shape,
-            Vec::new(),
         )?;
         manifest.hash_files(&out)?;
         out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;

@@ -168,21 +168,42 @@ pub fn cpu_bit_class() -> BitClass {
     }
 }
 
+/// What a shard's manifest records besides its arguments ([`Manifest::new`]).
+pub struct ManifestParts<'a> {
+    /// The subcommand (`sample`, `restore`, `evaluate restoration`).
+    pub command: &'a str,
+    /// Which shard of the run this is.
+    pub shard: Shard,
+    /// What the run is over and how many: `("chains", n)`, `("digits", count)`, ….
+    pub units: (&'a str, usize),
+    /// `--weights`, if given (its file is hashed).
+    pub weights: Option<&'a str>,
+    /// The input files (hashed).
+    pub inputs: Vec<InputFile>,
+    /// The backend that computed the bits (`cpu`, `cuda`, …).
+    pub backend: &'a str,
+    /// The run's run.json summary.
+    pub run: serde_json::Value,
+    /// The shape of the images written.
+    pub image: ImageShape,
+    /// The names of the units (inputs), when they have names.
+    pub names: Vec<String>,
+}
+
 impl Manifest {
-    /// The manifest of `shard` of a run of `units.1` `units.0` with these arguments.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        command: &str,
-        shard: Shard,
-        units: (&str, usize),
-        args: &impl Serialize,
-        weights: Option<&str>,
-        inputs: Vec<InputFile>,
-        backend: &str,
-        run: serde_json::Value,
-        image: ImageShape,
-        names: Vec<String>,
-    ) -> Result<Manifest> {
+    /// The manifest of a shard run with these arguments.
+    pub fn new(parts: ManifestParts, args: &impl Serialize) -> Result<Manifest> {
+        let ManifestParts {
+            command,
+            shard,
+            units,
+            weights,
+            inputs,
+            backend,
+            run,
+            image,
+            names,
+        } = parts;
         let block = shard.block(units.1);
         let mut bits = cpu_bit_class();
         bits.backend = backend.to_string();

@@ -85,31 +85,6 @@ pub fn default_range(kind: Kind) -> DataRange {
 }
 
 impl Model {
-    /// A resolved model; `label` names it in messages, `description` goes into run.json.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        kind: Kind,
-        data_range: DataRange,
-        sigma_range: Option<(f64, f64)>,
-        channels: usize,
-        size: usize,
-        source: Source,
-        label: String,
-        description: serde_json::Value,
-    ) -> Model {
-        Model {
-            kind,
-            data_range,
-            sigma_range,
-            channels,
-            size,
-            source,
-            label,
-            description,
-            conv: ConvPolicy::Auto,
-        }
-    }
-
     /// Elements per chain (C·H·W).
     pub fn chain_len(&self) -> usize {
         self.channels * self.size * self.size

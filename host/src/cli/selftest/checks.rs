@@ -399,37 +399,33 @@ fn group_norm<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Resu
         randn(11, channels),
         randn(12, batch * 2 * channels),
     );
-    #[allow(clippy::too_many_arguments)]
     fn case<O: DeviceOps>(
         o: &O,
+        op: &GroupNormOp,
         x: &[f32],
-        g: &[f32],
-        b: &[f32],
+        (g, b): (&[f32], &[f32]),
         f: Option<&[f32]>,
-        batch: usize,
-        c: usize,
-        hw: usize,
     ) -> Result<Vec<f32>> {
         let fb = f.map(|f| o.upload(f)).transpose()?;
         let mut out = o.alloc(x.len())?;
-        let op = GroupNormOp {
-            batch,
-            channels: c,
-            hw,
-            groups: 32,
-            eps: 1e-5,
-            silu: f.is_some(),
-        };
         let (gb, bb) = (o.upload(g)?, o.upload(b)?);
-        o.group_norm(&op, &o.upload(x)?, &gb, &bb, fb.as_ref(), &mut out)?;
+        o.group_norm(op, &o.upload(x)?, &gb, &bb, fb.as_ref(), &mut out)?;
         read(o, &out, x.len())
     }
     for (f, shape) in [
         (None, "2x64x323 g32"),
         (Some(&film[..]), "2x64x323 g32 +FiLM+SiLU"),
     ] {
-        let d = case(dev, &x, &gamma, &beta, f, batch, channels, hw)?;
-        let c = case(cpu, &x, &gamma, &beta, f, batch, channels, hw)?;
+        let op = GroupNormOp {
+            batch,
+            channels,
+            hw,
+            groups: 32,
+            eps: 1e-5,
+            silu: f.is_some(),
+        };
+        let d = case(dev, &op, &x, (&gamma, &beta), f)?;
+        let c = case(cpu, &op, &x, (&gamma, &beta), f)?;
         compare(r, "group_norm_f32", shape, &d, &c, 1e-5)?;
     }
     Ok(())
@@ -450,29 +446,19 @@ fn conv<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Result<()>
         (conv(3, 128, 3, 1, 1), 32, 32),
     ];
     let batch = 2;
-    #[allow(clippy::too_many_arguments)]
     fn case<O: DeviceOps>(
         o: &O,
         c: &Conv2d,
+        map: MapBatch,
         x: &[f32],
-        h: usize,
-        w: usize,
         wr: WeightsRef,
         bias: &[f32],
-        batch: usize,
     ) -> Result<Vec<f32>> {
-        let (oh, ow) = c.out_size(h, w);
-        let n = batch * c.c_out * oh * ow;
+        let (oh, ow) = c.out_size(map.h, map.w);
+        let n = map.batch * c.c_out * oh * ow;
         let mut out = o.alloc(n)?;
         let (wb, bb) = (o.upload_weights(wr)?, o.upload(bias)?);
-        o.conv2d(
-            c,
-            MapBatch { batch, h, w },
-            &o.upload(x)?,
-            &wb,
-            &bb,
-            &mut out,
-        )?;
+        o.conv2d(c, map, &o.upload(x)?, &wb, &bb, &mut out)?;
         read(o, &out, n)
     }
     // The tensor-core kernels round operands to f16: their tolerance is f16's, not f32's.
@@ -503,8 +489,9 @@ fn conv<O: DeviceOps>(dev: &O, cpu: &ReferenceOps, r: &mut Report) -> Result<()>
                 .into_iter()
                 .zip([WeightsRef::F32(&wt), WeightsRef::F16(&wh)])
             {
-                let d = case(dev, c, &x, h, w, wr, &bias, batch)?;
-                let cc = case(cpu, c, &x, h, w, wr, &bias, batch)?;
+                let map = MapBatch { batch, h, w };
+                let d = case(dev, c, map, &x, wr, &bias)?;
+                let cc = case(cpu, c, map, &x, wr, &bias)?;
                 compare(r, name, &shape, &d, &cc, tol)?;
             }
         }

@@ -3,8 +3,8 @@
 
 use tweedie_kernels::{self as k, WeightsRef};
 
-use super::layers::{lock, Ctx, KResult};
-use super::tape::{spans_mut, AttnT, ConvT, LayerT, LinT, NormT, OpT, ResT, Span, TimeTape};
+use super::layers::{lock, Ctx, KResult, NormIn};
+use super::tape::{spans_mut, AttnT, ConvT, HeadT, LayerT, LinT, OpT, ResT, Span, TimeTape};
 use crate::model::adm::arch::Updown;
 
 /// Backward state: the tape (read), temporaries and gradient accumulators.
@@ -29,30 +29,40 @@ impl Bwd<'_> {
         h: usize,
         w: usize,
     ) -> KResult {
-        cx.conv_params(c, dout, inp.of(self.tape), h, w, self.grads, self.du)
+        cx.conv_params(
+            c,
+            dout,
+            k::Map::new(inp.of(self.tape), h, w),
+            self.grads,
+            self.du,
+        )
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn head(
         &mut self,
         cx: &mut Ctx,
-        norm: &NormT,
-        conv: &ConvT,
-        inp: Span,
+        head: &HeadT,
         dout: &[f32],
         dx: &mut [f32],
-        h: usize,
-        w: usize,
+        (h, w): (usize, usize),
     ) -> KResult {
+        let (norm, conv, inp) = (&head.norm, &head.conv, head.inp);
         let hw = h * w;
         let x = inp.of(self.tape);
         let [t0, d1, ..] = &mut *self.work;
         let a = &mut t0[..inp.len];
-        cx.norm(norm, x, hw, None, true, a)?;
-        cx.conv_params(conv, dout, a, h, w, self.grads, self.du)?;
+        cx.norm(norm, NormIn::new(x, hw, None, true), a)?;
+        cx.conv_params(conv, dout, k::Map::new(a, h, w), self.grads, self.du)?;
         let da = &mut d1[..inp.len];
         cx.conv_input_set(conv, dout, h, w, da)?;
-        cx.norm_back(norm, dx, self.grads, None, da, x, hw, None, true)
+        cx.norm_back(
+            norm,
+            dx,
+            self.grads,
+            None,
+            da,
+            NormIn::new(x, hw, None, true),
+        )
     }
 
     /// One layer backward: `dx += ∂L/∂input` given `dy` = ∂L/∂output; parameter gradients
@@ -70,12 +80,12 @@ impl Bwd<'_> {
         let x = l.inp.of(self.tape);
         match &l.op {
             OpT::Conv(c) => {
-                cx.conv_params(c, dy, x, h, w, self.grads, self.du)?;
+                cx.conv_params(c, dy, k::Map::new(x, h, w), self.grads, self.du)?;
                 cx.conv_input(c, dy, h, w, dx)
             }
             OpT::Down { c, conv } => match conv {
                 Some(cv) => {
-                    cx.conv_params(cv, dy, x, h, w, self.grads, self.du)?;
+                    cx.conv_params(cv, dy, k::Map::new(x, h, w), self.grads, self.du)?;
                     cx.conv_input(cv, dy, h, w, dx)
                 }
                 None => cx.resample_back(Updown::Down, *c, dy, h, w, dx),
@@ -83,19 +93,24 @@ impl Bwd<'_> {
             OpT::Up { c, conv } => match conv {
                 Some((cv, u)) => {
                     let (h2, w2) = (2 * h, 2 * w);
-                    cx.conv_params(cv, dy, u.of(self.tape), h2, w2, self.grads, self.du)?;
+                    cx.conv_params(
+                        cv,
+                        dy,
+                        k::Map::new(u.of(self.tape), h2, w2),
+                        self.grads,
+                        self.du,
+                    )?;
                     let du = &mut self.work[0][..c * h2 * w2];
                     cx.conv_input_set(cv, dy, h2, w2, du)?;
                     cx.resample_back(Updown::Up, *c, du, h, w, dx)
                 }
                 None => cx.resample_back(Updown::Up, *c, dy, h, w, dx),
             },
-            OpT::Res(r) => self.res(cx, r, x, dy, dx, h, w),
-            OpT::Attn(a) => self.attn(cx, a, x, dy, dx, h, w),
+            OpT::Res(r) => self.res(cx, r, x, dy, dx, (h, w)),
+            OpT::Attn(a) => self.attn(cx, a, x, dy, dx, (h, w)),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn res(
         &mut self,
         cx: &mut Ctx,
@@ -103,8 +118,7 @@ impl Bwd<'_> {
         x: &[f32],
         dy: &[f32],
         dx: &mut [f32],
-        h: usize,
-        w: usize,
+        (h, w): (usize, usize),
     ) -> KResult {
         let (ho, wo) = r.updown.resampled(h, w);
         let (hw, hwo) = (h * w, ho * wo);
@@ -121,7 +135,7 @@ impl Bwd<'_> {
         };
         match &r.skip {
             Some(s) => {
-                cx.conv_params(s, dy, xs, ho, wo, self.grads, self.du)?;
+                cx.conv_params(s, dy, k::Map::new(xs, ho, wo), self.grads, self.du)?;
                 let dxs = &mut d0[..r.c_in * hwo];
                 cx.conv_input_set(s, dy, ho, wo, dxs)?;
                 cx.resample_back(r.updown, r.c_in, dxs, h, w, dx)?;
@@ -133,9 +147,7 @@ impl Bwd<'_> {
         cx.conv_params(
             &r.out_conv,
             dy,
-            r.a2.of(self.tape),
-            ho,
-            wo,
+            k::Map::new(r.a2.of(self.tape), ho, wo),
             self.grads,
             self.du,
         )?;
@@ -152,13 +164,17 @@ impl Bwd<'_> {
                 self.grads,
                 Some(dfilm),
                 da2,
-                hs,
-                hwo,
-                f,
-                true,
+                NormIn::new(hs, hwo, f, true),
             )?;
         } else {
-            cx.norm_back(&r.out_norm, dh, self.grads, None, da2, hs, hwo, None, true)?;
+            cx.norm_back(
+                &r.out_norm,
+                dh,
+                self.grads,
+                None,
+                da2,
+                NormIn::new(hs, hwo, None, true),
+            )?;
             // h + emb[c] broadcast: d emb[c] = Σ_pixels dh[c] (f64, pixel order).
             for (d, row) in dfilm.iter_mut().zip(dh.chunks_exact(hwo)) {
                 *d += row.iter().map(|&v| v as f64).sum::<f64>() as f32;
@@ -179,9 +195,7 @@ impl Bwd<'_> {
         cx.conv_params(
             &r.in_conv,
             dh,
-            r.a1.of(self.tape),
-            ho,
-            wo,
+            k::Map::new(r.a1.of(self.tape), ho, wo),
             self.grads,
             self.du,
         )?;
@@ -195,10 +209,16 @@ impl Bwd<'_> {
             cx.resample_back(r.updown, r.c_in, da1r, h, w, da1)?;
             da1
         };
-        cx.norm_back(&r.in_norm, dx, self.grads, None, da1, x, hw, None, true)
+        cx.norm_back(
+            &r.in_norm,
+            dx,
+            self.grads,
+            None,
+            da1,
+            NormIn::new(x, hw, None, true),
+        )
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn attn(
         &mut self,
         cx: &mut Ctx,
@@ -206,15 +226,14 @@ impl Bwd<'_> {
         x: &[f32],
         dy: &[f32],
         dx: &mut [f32],
-        h: usize,
-        w: usize,
+        (h, w): (usize, usize),
     ) -> KResult {
         let (c, t) = (a.c, h * w);
         let [_, _, d0, d1, d2] = &mut *self.work;
         k::add_inplace(dx, dy);
         let att = a.a_s.of(self.tape);
         let qkv = a.qkv_s.of(self.tape);
-        cx.conv_params(&a.proj, dy, att, h, w, self.grads, self.du)?;
+        cx.conv_params(&a.proj, dy, k::Map::new(att, h, w), self.grads, self.du)?;
         let datt = &mut d0[..c * t];
         cx.conv_input_set(&a.proj, dy, h, w, datt)?;
         let dqkv = &mut d1[..3 * c * t];
@@ -229,10 +248,23 @@ impl Bwd<'_> {
             }
             .backward(dqkv, datt, qkv, 0..a.heads, s)?;
         }
-        cx.conv_params(&a.qkv, dqkv, a.n_s.of(self.tape), h, w, self.grads, self.du)?;
+        cx.conv_params(
+            &a.qkv,
+            dqkv,
+            k::Map::new(a.n_s.of(self.tape), h, w),
+            self.grads,
+            self.du,
+        )?;
         let dn = &mut d2[..c * t];
         cx.conv_input_set(&a.qkv, dqkv, h, w, dn)?;
-        cx.norm_back(&a.norm, dx, self.grads, None, dn, x, t, None, false)
+        cx.norm_back(
+            &a.norm,
+            dx,
+            self.grads,
+            None,
+            dn,
+            NormIn::new(x, t, None, false),
+        )
     }
 
     /// The time MLP: emb = L2(SiLU(L1(sinusoid(t)))); `d[0]` holds ∂L/∂SiLU(emb), summed

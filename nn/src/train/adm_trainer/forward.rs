@@ -3,8 +3,8 @@
 
 use tweedie_kernels as k;
 
-use super::layers::{linear_fwd, lock, Ctx, KResult};
-use super::tape::{spans_mut, ConvT, LayerT, NormT, OpT, Span, TimeTape};
+use super::layers::{linear_fwd, lock, Ctx, KResult, NormIn};
+use super::tape::{spans_mut, HeadT, LayerT, OpT, TimeTape};
 use crate::model::adm::arch::Updown;
 
 /// One layer forward: reads `tape[l.inp]`, writes `tape[l.out]` and its saved extras.
@@ -49,10 +49,10 @@ pub(super) fn layer_fwd(
             let (hw, hwo) = (h * w, ho * wo);
             linear_fwd(cx.params, &r.emb, emb_s, film)?;
             if r.updown == Updown::None {
-                cx.norm(&r.in_norm, x, hw, None, true, a1r)?;
+                cx.norm(&r.in_norm, NormIn::new(x, hw, None, true), a1r)?;
             } else {
                 let a1 = &mut t0[..r.c_in * hw];
-                cx.norm(&r.in_norm, x, hw, None, true, a1)?;
+                cx.norm(&r.in_norm, NormIn::new(x, hw, None, true), a1)?;
                 cx.resample(r.updown, r.c_in, a1, h, w, a1r)?;
             }
             cx.conv(&r.in_conv, a1r, ho, wo, hs)?;
@@ -62,7 +62,7 @@ pub(super) fn layer_fwd(
                 }
             }
             let f = r.scale_shift.then(|| film.split_at(r.c_out));
-            cx.norm(&r.out_norm, hs, hwo, f, true, a2)?;
+            cx.norm(&r.out_norm, NormIn::new(hs, hwo, f, true), a2)?;
             cx.conv(&r.out_conv, a2, ho, wo, y)?;
             let xs: &[f32] = if r.updown == Updown::None {
                 x
@@ -84,7 +84,7 @@ pub(super) fn layer_fwd(
         OpT::Attn(a) => {
             let [x, y, qkv, att, n] = spans_mut(tape, [l.inp, l.out, a.qkv_s, a.a_s, a.n_s]);
             let t = h * w;
-            cx.norm(&a.norm, x, t, None, false, n)?;
+            cx.norm(&a.norm, NormIn::new(x, t, None, false), n)?;
             cx.conv(&a.qkv, n, h, w, qkv)?;
             {
                 let s = &mut lock(&cx.scratch[0]);
@@ -104,19 +104,19 @@ pub(super) fn layer_fwd(
 }
 
 /// The output head forward: out = conv(SiLU(GN(tape[inp]))).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn head_fwd(
     cx: &mut Ctx,
     tape: &[f32],
     t0: &mut [f32],
-    norm: &NormT,
-    conv: &ConvT,
-    inp: Span,
-    h: usize,
-    w: usize,
+    head: &HeadT,
+    (h, w): (usize, usize),
     out: &mut [f32],
 ) -> KResult {
-    let a = &mut t0[..inp.len];
-    cx.norm(norm, inp.of(tape), h * w, None, true, a)?;
-    cx.conv(conv, a, h, w, out)
+    let a = &mut t0[..head.inp.len];
+    cx.norm(
+        &head.norm,
+        NormIn::new(head.inp.of(tape), h * w, None, true),
+        a,
+    )?;
+    cx.conv(&head.conv, a, h, w, out)
 }

@@ -65,16 +65,8 @@ impl Ctx<'_> {
     }
 
     /// GroupNorm32 (+FiLM, +SiLU) split over groups.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn norm(
-        &self,
-        n: &NormT,
-        x: &[f32],
-        hw: usize,
-        film: Option<(&[f32], &[f32])>,
-        silu: bool,
-        out: &mut [f32],
-    ) -> KResult {
+    pub(super) fn norm(&self, n: &NormT, inp: NormIn, out: &mut [f32]) -> KResult {
+        let NormIn { x, hw, film, silu } = inp;
         let (g, b, c) = (self.p(n.g), self.p(n.b), n.c);
         self.pool.split(out, GROUPNORM_GROUPS, 1, |_, gr, piece| {
             k::GroupNorm {
@@ -139,17 +131,15 @@ impl Ctx<'_> {
 
     /// dW, db += conv weight gradients, split over output channels; for a Winograd
     /// convolution, dW in transformed form into `du` (see `Lane::du`).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn conv_params(
         &self,
         c: &ConvT,
         dout: &[f32],
-        x: &[f32],
-        h: usize,
-        w: usize,
+        x: k::Map,
         grads: &mut [f32],
         du: &mut [f32],
     ) -> KResult {
+        let k::Map { data: x, h, w } = x;
         let [dw, db] = spans_mut(grads, [c.w, c.b]);
         let (isa, scratch) = (self.isa, self.scratch);
         if let (Some(_), Some(WinoT { dw, du: span, .. })) = (winograd_at(c, h, w), c.wino) {
@@ -237,7 +227,6 @@ impl Ctx<'_> {
     }
 
     /// GroupNorm backward split over groups: dx, dγ, dβ (and the FiLM gradient) accumulate.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn norm_back(
         &self,
         n: &NormT,
@@ -245,11 +234,9 @@ impl Ctx<'_> {
         grads: &mut [f32],
         dfilm: Option<&mut [f32]>,
         dout: &[f32],
-        x: &[f32],
-        hw: usize,
-        film: Option<(&[f32], &[f32])>,
-        silu: bool,
+        inp: NormIn,
     ) -> KResult {
+        let NormIn { x, hw, film, silu } = inp;
         let (g, b, c) = (self.p(n.g), self.p(n.b), n.c);
         let [dg, db] = spans_mut(grads, [n.g, n.b]);
         let body = |gr: Range<usize>,
@@ -301,6 +288,27 @@ impl Ctx<'_> {
 }
 
 pub(super) type KResult = Result<(), KernelError>;
+
+/// What a GroupNorm forward reads: its input (planes of `hw`), the FiLM (scale, shift) of a
+/// scale-shift ResBlock and whether SiLU follows; its backward takes the same.
+#[derive(Clone, Copy)]
+pub(super) struct NormIn<'a> {
+    pub(super) x: &'a [f32],
+    pub(super) hw: usize,
+    pub(super) film: Option<(&'a [f32], &'a [f32])>,
+    pub(super) silu: bool,
+}
+
+impl<'a> NormIn<'a> {
+    pub(super) fn new(
+        x: &'a [f32],
+        hw: usize,
+        film: Option<(&'a [f32], &'a [f32])>,
+        silu: bool,
+    ) -> NormIn<'a> {
+        NormIn { x, hw, film, silu }
+    }
+}
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -52,7 +52,7 @@ use forward::{head_fwd, layer_fwd};
 pub use init::init_params;
 use layers::{linear_fwd, lock, Ctx};
 use tape::{
-    all_convs, layer_out, resolve_block, spans_mut, spans_mut_list, BlockT, ConvT, LinT, NormT,
+    all_convs, layer_out, resolve_block, spans_mut, spans_mut_list, BlockT, ConvT, HeadT, LinT,
     OpT, Planner, Span, Spans, TimeTape, WinoT,
 };
 
@@ -68,10 +68,7 @@ pub struct AdmTrainer {
     blocks: Vec<BlockT>,
     /// Number of input blocks (the first blocks of `blocks`).
     n_input: usize,
-    head_norm: NormT,
-    head_conv: ConvT,
-    /// Tape: the input of `out.0`.
-    head_in: Span,
+    head: HeadT,
     time_tape: TimeTape,
     /// Output span of every input block (its skip), on the tape.
     skip_src: Vec<Span>,
@@ -237,9 +234,11 @@ impl AdmTrainer {
             time,
             blocks,
             n_input,
-            head_norm,
-            head_conv,
-            head_in,
+            head: HeadT {
+                norm: head_norm,
+                conv: head_conv,
+                inp: head_in,
+            },
             time_tape,
             skip_src,
             dskip_at,
@@ -412,18 +411,7 @@ impl AdmTrainer {
             }
         }
         let [t0, ..] = &mut lane.work;
-        head_fwd(
-            &mut ctx_run,
-            &lane.tape,
-            t0,
-            &self.head_norm,
-            &self.head_conv,
-            self.head_in,
-            h,
-            w,
-            out,
-        )
-        .map_err(|e| ctx(e, "out"))
+        head_fwd(&mut ctx_run, &lane.tape, t0, &self.head, (h, w), out).map_err(|e| ctx(e, "out"))
     }
 
     /// Backward of the sample last run by [`AdmTrainer::forward_sample`] (same `params`):
@@ -507,19 +495,10 @@ impl AdmTrainer {
         // Head: out = conv(SiLU(GN(x))).
         let [ga, gb] = &mut lane.grad;
         let (mut g, mut gx) = (ga, gb);
-        let n_head = self.head_in.len;
+        let n_head = self.head.inp.len;
         g[..n_head].fill(0.0);
-        bw.head(
-            &mut run,
-            &self.head_norm,
-            &self.head_conv,
-            self.head_in,
-            dout,
-            &mut g[..n_head],
-            h,
-            w,
-        )
-        .map_err(|e| ctx(e, "out"))?;
+        bw.head(&mut run, &self.head, dout, &mut g[..n_head], (h, w))
+            .map_err(|e| ctx(e, "out"))?;
         let mut glen = n_head;
         for (bi, b) in self.blocks.iter().enumerate().rev() {
             if bi < self.n_input {
@@ -594,7 +573,8 @@ impl AdmTrainer {
             let samples = (j * batch).div_ceil(p)..((j + 1) * batch).div_ceil(p);
             let mut lane = lock(&this.lanes[thread]);
             let mut g = lock(&this.partials[j]);
-            let r = this.chunk_loss_grad(&mut lane, params, x, t, eps, samples, n, &mut g);
+            let batch = EpsBatch { x, t, eps };
+            let r = this.chunk_loss_grad(&mut lane, params, &batch, samples, n, &mut g);
             *lock(&losses[j]) = r;
         });
         // The partials summed in accumulator order, element ranges split over the threads.
@@ -618,18 +598,16 @@ impl AdmTrainer {
 
     /// Runs `samples` of the batch one after the other in `lane`: `g` is overwritten with
     /// their gradient of the ε-loss (normalised by `n` elements); returns their Σ(ε̂ − eps)².
-    #[allow(clippy::too_many_arguments)]
     fn chunk_loss_grad(
         &self,
         lane: &mut Lane,
         params: &[f32],
-        x: &[f32],
-        t: &[f32],
-        eps: &[f32],
+        batch: &EpsBatch,
         samples: Range<usize>,
         n: f64,
         g: &mut [f32],
     ) -> Result<f64> {
+        let EpsBatch { x, t, eps } = *batch;
         let c = &self.arch.config;
         let (ci, co) = (c.in_channels, c.out_channels);
         let hw = self.height * self.width;
@@ -653,6 +631,14 @@ impl AdmTrainer {
         self.flush_du(lane, g)?;
         Ok(total)
     }
+}
+
+/// A training batch of the ε-loss: network inputs, noise inputs and the noise to predict.
+#[derive(Clone, Copy)]
+struct EpsBatch<'a> {
+    x: &'a [f32],
+    t: &'a [f32],
+    eps: &'a [f32],
 }
 
 impl Lane {

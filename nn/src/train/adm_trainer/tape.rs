@@ -102,6 +102,15 @@ pub(super) struct LinT {
     pub(super) fin: usize,
 }
 
+/// The output head `out = conv(SiLU(GN(x)))`: `out.0` and `out.2`, and its input on the tape.
+#[derive(Debug)]
+pub(super) struct HeadT {
+    pub(super) norm: NormT,
+    pub(super) conv: ConvT,
+    /// Tape: the input of `out.0`.
+    pub(super) inp: Span,
+}
+
 #[derive(Debug)]
 pub(super) struct ResT {
     pub(super) c_in: usize,
