@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn bundled_judge_is_the_frozen_one() {
         assert_eq!(
-            crate::image_io::sha256_hex(JUDGE),
+            tweedie_nn::sha256::of_bytes(JUDGE),
             "2eacd9d90b8fc610a92642142e0060b5ab60204373340b4b4220c86bfae7957a"
         );
         let judge = crate::eval::judge::Judge::bundled().unwrap();

@@ -79,15 +79,6 @@ pub fn range_width(range: DataRange) -> f64 {
     }
 }
 
-/// sha256 of bytes as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Errors when `bytes` is a JPEG cut short: no end-of-image marker (FF D9) after its last
 /// start-of-scan (FF DA). The decoder would fill the missing rows with grey and succeed.
 /// (Entropy-coded data byte-stuffs FF as FF 00, so FF D9 there is the real marker.)
@@ -120,7 +111,7 @@ pub fn read_image(
         .with_context(|| format!("image {label}"))?;
     Ok(LoadedImage {
         image,
-        sha256: sha256_hex(&bytes),
+        sha256: tweedie_nn::sha256::of_bytes(&bytes),
     })
 }
 
@@ -143,7 +134,7 @@ pub fn read_image_native(
     .with_context(|| format!("image {label}"))?;
     Ok(LoadedImage {
         image,
-        sha256: sha256_hex(&bytes),
+        sha256: tweedie_nn::sha256::of_bytes(&bytes),
     })
 }
 

@@ -140,7 +140,7 @@ fn restore_case(gray: bool) {
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     assert!(metrics["mean"]["psnr"].as_f64().is_some(), "{metrics}");
-    let sha = tweedie_host::image_io::sha256_hex(&std::fs::read(&input).unwrap());
+    let sha = tweedie_nn::sha256::of_bytes(&std::fs::read(&input).unwrap());
     assert_eq!(metrics["source_sha256"], sha.as_str(), "{metrics}");
 
     // A folder: both JPEG extensions are picked up, each into its own sub-folder.

@@ -47,7 +47,7 @@ fn samples_sha256(dir: &Path) -> String {
     let view = file.tensor("samples").unwrap();
     assert_eq!(view.shape(), &[4, 1, 32, 32]);
     assert_eq!(view.dtype(), safetensors::Dtype::F32);
-    tweedie_host::image_io::sha256_hex(view.data())
+    tweedie_nn::sha256::of_bytes(view.data())
 }
 
 #[test]

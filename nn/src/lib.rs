@@ -23,6 +23,7 @@ pub mod denoiser;
 pub mod input;
 pub mod model;
 pub mod parity;
+pub mod sha256;
 pub mod tensors;
 pub mod train;
 pub mod weights;

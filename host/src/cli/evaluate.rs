@@ -29,7 +29,7 @@ use crate::eval::posterior::{diagnose, Diagnosis, VARIANCE_FLOOR};
 use crate::eval::restoration::{Evaluated, Scores, Setup, Start, FIGURE_SAMPLES, METHODS};
 use crate::eval::stats::{chi_square, mean_se, spread};
 use crate::image_io::{grid_planes_in_columns, png_from_planes, to_planes};
-use crate::run::manifest::{file_sha256, InputFile, Manifest, ManifestParts, MANIFEST};
+use crate::run::manifest::{InputFile, Manifest, ManifestParts, MANIFEST};
 use crate::run::measurement::Task;
 use crate::run::output::{build_info, json_bytes};
 use crate::run::output_policy::Outputs;
@@ -791,7 +791,7 @@ fn mnist_inputs(dir: &Path) -> Result<Vec<InputFile>> {
                 path: p
                     .file_name()
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                sha256: file_sha256(p)?,
+                sha256: tweedie_nn::sha256::of_file(p)?,
             })
         })
         .collect()

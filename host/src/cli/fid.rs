@@ -20,7 +20,6 @@ use super::common::threads;
 use crate::eval::digit_inputs::read_digits;
 use crate::eval::fid_calibration::{calibrate, Plan, Row, TrainingDigits};
 use crate::eval::judge::{Judge, Scores, Split, K};
-use crate::image_io::sha256_hex;
 use crate::outln;
 use crate::run::output::{build_info, json_bytes};
 use crate::run::output_policy::Outputs;
@@ -113,7 +112,7 @@ fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
 fn judge_facts(judge: &Judge) -> serde_json::Value {
     json!({
         "file": "models/mnist-classifier.safetensors (bundled)",
-        "sha256": sha256_hex(crate::bundled::JUDGE),
+        "sha256": tweedie_nn::sha256::of_bytes(crate::bundled::JUDGE),
         "test_accuracy": judge.metadata.get("tweedie.test_accuracy"),
     })
 }

@@ -23,7 +23,7 @@ use super::sample::{
 use crate::cli::model_args::ModelArgs;
 use crate::errln;
 use crate::image_io::{png_from_planes, range_width, read_image, to_planes};
-use crate::run::manifest::{file_sha256, InputFile, Manifest, ManifestParts, MANIFEST};
+use crate::run::manifest::{InputFile, Manifest, ManifestParts, MANIFEST};
 use crate::run::measurement::{MeasureOptions, Measurement, Task};
 use crate::run::output::{json_bytes, safetensors_bytes};
 use crate::run::output_policy::Outputs;
@@ -324,7 +324,7 @@ fn input_files(args: &RestoreArgs) -> Result<Vec<InputFile>> {
         .map(|f| {
             Ok(InputFile {
                 path: f.display().to_string(),
-                sha256: file_sha256(f)?,
+                sha256: tweedie_nn::sha256::of_file(f)?,
             })
         })
         .collect()

@@ -24,9 +24,10 @@ use super::common::threads;
 use crate::errln;
 use crate::run::output_policy::OutputFile;
 use crate::run::progress::human_seconds;
-use tweedie_nn::data::{file_sha256, Dataset, MnistSplit};
+use tweedie_nn::data::{Dataset, MnistSplit};
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::model::config::ModelConfig;
+use tweedie_nn::sha256;
 use tweedie_nn::tensors::{serialize_sorted, TensorBytes};
 use tweedie_nn::train::adm_run::{AdmRun, Preset, RunConfig, RESUME_RULE};
 use tweedie_nn::train::checkpoint::{Integrity, TrainState};
@@ -167,7 +168,7 @@ fn load_data(path: &Path) -> Result<(Dataset, String)> {
     let [(images, _), _] = MnistSplit::Train.files();
     if path.join(images).exists() {
         let ds = Dataset::mnist(path, MnistSplit::Train, false)?;
-        let sha = file_sha256(&path.join(images))?;
+        let sha = sha256::of_file(&path.join(images))?;
         return Ok((ds, sha));
     }
     if path.is_dir() {

@@ -15,13 +15,13 @@ use serde_json::json;
 
 use super::common::threads;
 use crate::eval::judge::{Judge, Reference};
-use crate::image_io::sha256_hex;
 use crate::run::output::build_info;
 use crate::run::output_policy::Outputs;
 use crate::run::progress::human_seconds;
 use crate::{errln, outln};
-use tweedie_nn::data::{file_sha256, Dataset, MnistSplit};
+use tweedie_nn::data::{Dataset, MnistSplit};
 use tweedie_nn::model::classifier::{padded_images, parameter_count};
+use tweedie_nn::sha256;
 use tweedie_nn::train::classify_run::{accuracy, train_classifier, ClassifyConfig, Labelled};
 
 const EXAMPLE: &str = "\
@@ -133,8 +133,8 @@ pub fn run(args: &TrainClassifierArgs) -> Result<ExitCode> {
         "command": "train-classifier",
         "arguments": args,
         "data_sha256": {
-            "train-images-idx3-ubyte": file_sha256(&args.data.join("train-images-idx3-ubyte"))?,
-            "t10k-images-idx3-ubyte": file_sha256(&args.data.join("t10k-images-idx3-ubyte"))?,
+            "train-images-idx3-ubyte": sha256::of_file(&args.data.join("train-images-idx3-ubyte"))?,
+            "t10k-images-idx3-ubyte": sha256::of_file(&args.data.join("t10k-images-idx3-ubyte"))?,
         },
         "epochs": epochs,
         "test_accuracy": test_accuracy,
@@ -179,7 +179,7 @@ pub fn run(args: &TrainClassifierArgs) -> Result<ExitCode> {
         "wrote {} ({} bytes, sha256 {}); training {}, reference statistics {}",
         args.out.display(),
         bytes.len(),
-        sha256_hex(&bytes),
+        sha256::of_bytes(&bytes),
         human_seconds(train_s),
         human_seconds(reference_s)
     )?;

@@ -5,12 +5,11 @@
 //! of shards only when all of that agrees and the blocks tile the run.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use tweedie_nn::sha256;
 
 use super::output_policy::Outputs;
 use super::shard::Shard;
@@ -81,27 +80,6 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
 }
 
-/// sha256 of a file, streamed.
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = tweedie_nn::input::open_regular(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// sha256 of what `--weights` names: the file, the bundled model's bytes, or the spec text of
 /// a closed-form prior.
 pub fn weights_sha256(spec: Option<&str>) -> Result<String> {
@@ -114,12 +92,12 @@ pub fn weights_sha256(spec: Option<&str>) -> Result<String> {
     if let Some(name) = bundled {
         let model = crate::bundled::find(name)
             .with_context(|| format!("--weights {spec}: no bundled model {name}"))?;
-        return Ok(hex(&Sha256::digest(model.bytes)));
+        return Ok(sha256::of_bytes(model.bytes));
     }
     if spec.starts_with("gaussian:") {
-        return Ok(hex(&Sha256::digest(spec.as_bytes())));
+        return Ok(sha256::of_bytes(spec.as_bytes()));
     }
-    file_sha256(Path::new(spec)).with_context(|| format!("--weights {spec}"))
+    sha256::of_file(Path::new(spec)).with_context(|| format!("--weights {spec}"))
 }
 
 /// The arguments without the [`NOT_RESULT_CHANGING`] keys, at any depth.
@@ -142,7 +120,7 @@ pub fn arguments_hash(args: &impl Serialize) -> Result<String> {
         serde_json::Value::Object(m) => m.into_iter().collect(),
         other => [(String::new(), other)].into(),
     };
-    Ok(hex(&Sha256::digest(serde_json::to_string(&sorted)?)))
+    Ok(sha256::of_bytes(serde_json::to_string(&sorted)?.as_bytes()))
 }
 
 /// The bit class of this process: the CPU backend with the kernels' ISA.
@@ -228,7 +206,7 @@ impl Manifest {
     /// Records the sha256 of every file `out` wrote (call last, before writing the manifest).
     pub fn hash_files(&mut self, out: &Outputs) -> Result<()> {
         for rel in out.written_files() {
-            let sha = file_sha256(&out.root().join(rel))?;
+            let sha = sha256::of_file(&out.root().join(rel))?;
             self.files.insert(rel.to_string_lossy().into_owned(), sha);
         }
         Ok(())
@@ -238,7 +216,7 @@ impl Manifest {
     pub fn verify_files(&self, dir: &Path) -> Result<()> {
         for (rel, sha) in &self.files {
             let path = dir.join(rel);
-            if !path.is_file() || file_sha256(&path)? != *sha {
+            if !path.is_file() || sha256::of_file(&path)? != *sha {
                 bail!(
                     "{}: missing or changed since {} wrote it (rerun that shard)",
                     path.display(),

@@ -9,10 +9,9 @@ pub mod idx;
 pub mod order;
 pub mod png_folder;
 
-use std::io::Read;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use sha2::{Digest, Sha256};
 
 pub use crate::weights::meta::DataRange;
@@ -253,29 +252,8 @@ impl Preprocess {
     }
 }
 
-/// The lowercase hex sha256 of a file (streamed).
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = crate::input::open_regular(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 fn check_sha256(path: &Path, expected: &str) -> Result<()> {
-    let got = file_sha256(path)?;
+    let got = crate::sha256::of_file(path)?;
     if got != expected {
         bail!(
             "{}: sha256 {got}, expected {expected} (re-run scripts/fetch-mnist.sh)",
@@ -355,17 +333,5 @@ mod tests {
         assert!(Dataset::new(vec![0; 5], None, 1, 2, 2).is_err());
         assert!(Dataset::new(vec![0; 4], None, 0, 2, 2).is_err());
         assert!(Dataset::new(vec![0; 8], Some(vec![1]), 1, 2, 2).is_err());
-    }
-
-    #[test]
-    fn sha256_of_a_known_file() {
-        let path = std::env::temp_dir().join(format!("tweedie-sha-{}", std::process::id()));
-        std::fs::write(&path, b"abc").unwrap();
-        // FIPS 180-2 test vector.
-        assert_eq!(
-            file_sha256(&path).unwrap(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        std::fs::remove_file(&path).unwrap();
     }
 }
