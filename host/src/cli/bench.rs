@@ -115,6 +115,7 @@ fn bench_adm(
     };
     let mut out = vec![0.0f32; batch * config.out_channels * size * size];
     let mut model = AdmModel::with_policy(&arch, &weights, size, size, jobs, args.conv.into())?;
+    model.reserve(batch);
     print_memory(model.arena_bytes(), model.wino_bytes(), model.forms())?;
     timed(args, jobs, macs, &mut out, &mut |out| {
         model.forward(&input, out)

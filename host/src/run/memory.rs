@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use anyhow::{bail, Result};
 use tweedie_nn::denoiser::{Model, Source};
 use tweedie_nn::model::adm::arch::Layer;
+use tweedie_nn::model::adm::forward::samples_per_pass;
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::weights::Precision;
 
@@ -182,10 +183,10 @@ pub fn weights_bytes(parameters: u64, precision: Precision) -> u64 {
 }
 
 /// One ADM forward on `batch` images of side `size` with `threads` threads. The network runs
-/// the images of a batch one after the other through one arena: every block output kept for
-/// the skips, a few working copies of the widest activation and the attention matrix; each
-/// thread has convolution scratch (3x3 columns of the widest input); the batch adds its
-/// input and output.
+/// the batch in passes of [`samples_per_pass`] images, layer by layer, through one arena that
+/// holds per image of a pass every block output kept for the skips, a few working copies of
+/// the widest activation and the attention matrix; each thread has convolution scratch (3x3
+/// columns of the widest input); the batch adds its input and output.
 pub fn adm_forward_bytes(arch: &AdmArch, size: u64, batch: u64, threads: u64) -> u64 {
     let side = |ds: usize| size / (ds.max(1) as u64);
     let blocks = arch
@@ -209,9 +210,11 @@ pub fn adm_forward_bytes(arch: &AdmArch, size: u64, batch: u64, threads: u64) ->
             attention = attention.max(tokens.saturating_mul(tokens));
         }
     }
+    let pass = samples_per_pass(arch, side(1) as usize, side(1) as usize, batch as usize);
     let arena = kept
         .saturating_add(widest.saturating_mul(8))
-        .saturating_add(attention);
+        .saturating_add(attention)
+        .saturating_mul(pass as u64);
     let scratch = product(&[widest, 9, threads.max(1)]);
     let io = product(&[
         (arch.config.in_channels + arch.config.out_channels) as u64,
@@ -289,5 +292,20 @@ mod tests {
         // FFHQ-256 at batch 1 keeps a few hundred megabytes to a few gigabytes.
         assert!(one > 200 << 20 && one < 8 << 30, "{}", human_bytes(one));
         assert!(adm_forward_bytes(&arch, 65_536, 1, 1) > 1 << 40);
+    }
+
+    #[test]
+    fn the_adm_arena_holds_the_samples_of_one_pass() {
+        // FFHQ's topology at 32×32 runs a few samples per pass: the arena grows with them,
+        // then only the input and output grow with the batch.
+        let arch = AdmArch::new(&tweedie_nn::model::adm::AdmConfig::ffhq256()).unwrap();
+        let io = ((arch.config.in_channels + arch.config.out_channels) * 32 * 32 * 4) as u64;
+        let pass = samples_per_pass(&arch, 32, 32, 64) as u64;
+        assert!(pass > 1 && pass < 64, "{pass}");
+        let rest = |batch: u64| adm_forward_bytes(&arch, 32, batch, 1) - batch * io;
+        let arena = rest(2) - rest(1);
+        assert!(arena > 0);
+        assert_eq!(rest(pass), rest(1) + (pass - 1) * arena);
+        assert_eq!(rest(64), rest(pass));
     }
 }

@@ -305,6 +305,186 @@ impl Pool {
     }
 }
 
+/// The batch splits: one job over every sample of a batch, so a layer on small maps is one
+/// synchronisation for the batch instead of one per sample. Each sample's `units` (rows or
+/// columns) are cut into blocks of `granule`; the blocks of all samples, sample after sample,
+/// are cut by [`part`] into one contiguous run per chunk, and a chunk calls `f` once per
+/// sample its run touches (at most two partial samples per chunk). At batch 1 this is the
+/// split of [`Pool::split`] / [`Pool::split_columns`].
+impl Pool {
+    /// Chunks of a batch split of `batch` × `blocks` blocks: one per thread (fewer when
+    /// there are fewer blocks).
+    fn batch_chunks(&self, batch: usize, blocks: usize) -> usize {
+        self.threads.min(batch.saturating_mul(blocks))
+    }
+
+    /// [`Pool::split`] over a batch: `out` holds `batch` samples of `units` equal rows,
+    /// sample after sample, and `f(thread, sample, rows, piece)` gets `piece` = rows `rows`
+    /// of sample `sample`. Returns the first error any call returned.
+    pub fn split_batch<F>(
+        &self,
+        out: &mut [f32],
+        batch: usize,
+        units: usize,
+        granule: usize,
+        f: F,
+    ) -> Result<(), KernelError>
+    where
+        F: Fn(usize, usize, Range<usize>, &mut [f32]) -> Result<(), KernelError> + Sync,
+    {
+        let rows = batch * units;
+        if rows == 0 || !out.len().is_multiple_of(rows) {
+            return Err(KernelError::Shape(
+                "split_batch: buffer is not a whole number of rows",
+            ));
+        }
+        let row = out.len() / rows;
+        let seg = Segments::new(batch, units, granule);
+        let chunks = self.batch_chunks(batch, seg.blocks);
+        // One contiguous piece per chunk (its run of rows), taken out of a cell once.
+        let mut rest = out;
+        let mut cells = Vec::with_capacity(chunks);
+        for j in 0..chunks {
+            let run = seg.rows(chunks, j);
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut(run.len() * row);
+            rest = tail;
+            cells.push(Mutex::new(Some(piece)));
+        }
+        let error = Mutex::new(None);
+        self.run(chunks, &|thread, j| {
+            let taken = cells[j].lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Some(mut piece) = taken else {
+                return;
+            };
+            // The run's samples are consecutive in `piece`.
+            for (sample, r) in seg.of(chunks, j) {
+                let (mine, tail) = std::mem::take(&mut piece).split_at_mut(r.len() * row);
+                piece = tail;
+                if let Err(e) = f(thread, sample, r, mine) {
+                    error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                    return;
+                }
+            }
+        });
+        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Pool::split_columns`] over a batch: `out` holds `batch` samples of `rows` equal rows
+    /// of columns (channels × pixels), sample after sample; the samples' columns are split,
+    /// and `f(thread, sample, cols, pieces)` gets `pieces[r]` = row r's columns `cols` of
+    /// sample `sample`. Returns the first error any call returned.
+    pub fn split_batch_columns<F>(
+        &self,
+        out: &mut [f32],
+        batch: usize,
+        rows: usize,
+        granule: usize,
+        f: F,
+    ) -> Result<(), KernelError>
+    where
+        F: Fn(usize, usize, Range<usize>, &mut [&mut [f32]]) -> Result<(), KernelError> + Sync,
+    {
+        let all_rows = batch * rows;
+        if all_rows == 0 || !out.len().is_multiple_of(all_rows) {
+            return Err(KernelError::Shape(
+                "split_batch_columns: output is not a whole number of rows",
+            ));
+        }
+        let cols = out.len() / all_rows;
+        let seg = Segments::new(batch, cols, granule);
+        let chunks = self.batch_chunks(batch, seg.blocks);
+        let base = SendPtr(out.as_mut_ptr());
+        let error = Mutex::new(None);
+        self.run(chunks, &|thread, j| {
+            for (sample, c) in seg.of(chunks, j) {
+                // SAFETY: the runs of a partition are disjoint, so every (sample, row, column
+                // range) slice is a disjoint piece of `out`, which stays mutably borrowed (and
+                // unused elsewhere) until `run` has returned.
+                let mut pieces: Vec<&mut [f32]> = (0..rows)
+                    .map(|r| unsafe {
+                        let at = (sample * rows + r) * cols + c.start;
+                        std::slice::from_raw_parts_mut(base.at(at), c.len())
+                    })
+                    .collect();
+                if let Err(e) = f(thread, sample, c, &mut pieces) {
+                    error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                    return;
+                }
+            }
+        });
+        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A batch of `batch` samples of `units` units each, in blocks of `granule` units (a
+/// sample's last block may be shorter), numbered sample after sample.
+#[derive(Clone, Copy)]
+struct Segments {
+    batch: usize,
+    units: usize,
+    granule: usize,
+    /// Blocks per sample.
+    blocks: usize,
+}
+
+impl Segments {
+    fn new(batch: usize, units: usize, granule: usize) -> Segments {
+        let granule = granule.max(1);
+        Segments {
+            batch,
+            units,
+            granule,
+            blocks: units.div_ceil(granule),
+        }
+    }
+
+    /// The blocks of chunk `j` of `chunks`.
+    fn run(&self, chunks: usize, j: usize) -> Range<usize> {
+        part(self.batch * self.blocks, chunks, 1, j)
+    }
+
+    /// Flattened unit index (sample · units + unit) where block `b` starts.
+    fn unit_at(&self, b: usize) -> usize {
+        let (sample, block) = (b / self.blocks, b % self.blocks);
+        sample * self.units + (block * self.granule).min(self.units)
+    }
+
+    /// The flattened units of chunk `j` of `chunks`.
+    fn rows(&self, chunks: usize, j: usize) -> Range<usize> {
+        let r = self.run(chunks, j);
+        self.unit_at(r.start)..self.unit_at(r.end)
+    }
+
+    /// Chunk `j`'s (sample, unit range) pieces, sample by sample.
+    fn of(&self, chunks: usize, j: usize) -> impl Iterator<Item = (usize, Range<usize>)> {
+        let r = self.run(chunks, j);
+        let s = *self;
+        let samples = if r.is_empty() {
+            0..0
+        } else {
+            r.start / s.blocks..(r.end - 1) / s.blocks + 1
+        };
+        samples.map(move |sample| {
+            let lo = r.start.max(sample * s.blocks) - sample * s.blocks;
+            let hi = r.end.min((sample + 1) * s.blocks) - sample * s.blocks;
+            let unit = |b: usize| (b * s.granule).min(s.units);
+            (sample, unit(lo)..unit(hi))
+        })
+    }
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         let s = &*self.shared;
@@ -456,6 +636,90 @@ mod tests {
         assert!(pool
             .split_columns(&mut [0.0; 7], 2, 1, |_, _, _| Ok(()))
             .is_err());
+    }
+
+    #[test]
+    fn batch_splits_hand_every_element_of_every_sample_to_exactly_one_call() {
+        for threads in [1, 2, 3, 5] {
+            let pool = Pool::new(threads);
+            for (batch, units, granule) in [(1, 37, 4), (3, 7, 3), (4, 2, 1), (2, 5, 8)] {
+                let row = 3;
+                let mut out = vec![0.0f32; batch * units * row];
+                pool.split_batch(&mut out, batch, units, granule, |_, s, r, piece| {
+                    assert!(s < batch && r.end <= units && !r.is_empty());
+                    assert!(r.start.is_multiple_of(granule));
+                    assert_eq!(piece.len(), r.len() * row);
+                    for (j, v) in piece.iter_mut().enumerate() {
+                        *v += ((s * units + r.start) * row + j) as f32;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                for (j, v) in out.iter().enumerate() {
+                    assert_eq!(*v, j as f32, "rows: threads {threads}, batch {batch}");
+                }
+                let (rows, cols) = (units, 6);
+                let mut out = vec![0.0f32; batch * rows * cols];
+                pool.split_batch_columns(&mut out, batch, rows, granule, |_, s, c, pieces| {
+                    assert!(s < batch && c.end <= cols && c.start.is_multiple_of(granule));
+                    assert_eq!(pieces.len(), rows);
+                    for (r, piece) in pieces.iter_mut().enumerate() {
+                        for (j, v) in piece.iter_mut().enumerate() {
+                            *v += ((s * rows + r) * cols + c.start + j) as f32;
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                for (j, v) in out.iter().enumerate() {
+                    assert_eq!(*v, j as f32, "columns: threads {threads}, batch {batch}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_one_splits_as_split_does() {
+        let pool = Pool::new(3);
+        let ranges = |batched: bool| {
+            let seen = Mutex::new(Vec::new());
+            let mut out = vec![0.0f32; 40];
+            if batched {
+                pool.split_batch(&mut out, 1, 40, 6, |_, _, r, _| {
+                    seen.lock().unwrap().push(r);
+                    Ok(())
+                })
+            } else {
+                pool.split(&mut out, 40, 6, |_, r, _| {
+                    seen.lock().unwrap().push(r);
+                    Ok(())
+                })
+            }
+            .unwrap();
+            let mut v = seen.into_inner().unwrap();
+            v.sort_by_key(|r| r.start);
+            v
+        };
+        assert_eq!(ranges(true), ranges(false));
+    }
+
+    #[test]
+    fn batch_splits_refuse_ragged_buffers_and_pass_errors_on() {
+        let pool = Pool::new(2);
+        assert!(pool
+            .split_batch(&mut [0.0; 7], 2, 1, 1, |_, _, _, _| Ok(()))
+            .is_err());
+        assert!(pool
+            .split_batch_columns(&mut [0.0; 9], 2, 2, 1, |_, _, _, _| Ok(()))
+            .is_err());
+        let e = pool.split_batch(&mut [0.0; 8], 4, 2, 1, |_, s, _, _| {
+            if s == 3 {
+                Err(KernelError::Shape("x"))
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(e, Err(KernelError::Shape("x")));
     }
 
     #[test]

@@ -267,10 +267,46 @@ impl<'w> ParamResolver<'w> {
 
 /// `out = linear(x)` split over output features.
 pub fn linear(pool: &Pool, x: &[f32], p: &LinearP, out: &mut [f32]) -> Result<(), KernelError> {
-    let n = out.len();
-    let _p = profile::scope(Kind::Linear, (n * p.in_features) as u64);
-    pool.split(out, n, 16, |_, o, piece| {
-        k::linear(x, p.weight, p.bias, p.in_features, o, piece)
+    linear_batch(pool, x, 1, p, out)
+}
+
+/// Output features a chunk of [`linear_batch`] runs for every sample before the next ones.
+const LINEAR_ROWS: usize = 16;
+
+/// `out[s] = linear(x[s])` for the `batch` samples of `x` `[batch, in]` into `out`
+/// `[batch, out]`: one job split over output features, each chunk running its features in
+/// blocks of [`LINEAR_ROWS`] for every sample in turn, so a block of weights is read once for
+/// the whole batch. Each output is still the kernel's dot product of one row with one sample.
+pub fn linear_batch(
+    pool: &Pool,
+    x: &[f32],
+    batch: usize,
+    p: &LinearP,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let inf = p.in_features;
+    if x.len() != batch * inf {
+        return Err(KernelError::Shape(
+            "linear: input is not batch x in_features",
+        ));
+    }
+    let _p = profile::scope(Kind::Linear, (out.len() * inf) as u64);
+    pool.split_columns(out, batch, LINEAR_ROWS, |_, o, pieces| {
+        for start in o.clone().step_by(LINEAR_ROWS) {
+            let rows = start..(start + LINEAR_ROWS).min(o.end);
+            let at = rows.start - o.start..rows.end - o.start;
+            for (xs, piece) in x.chunks_exact(inf).zip(pieces.iter_mut()) {
+                k::linear(
+                    xs,
+                    p.weight,
+                    p.bias,
+                    inf,
+                    rows.clone(),
+                    &mut piece[at.clone()],
+                )?;
+            }
+        }
+        Ok(())
     })
 }
 
@@ -306,11 +342,52 @@ pub fn group_norm(
     })
 }
 
+/// [`group_norm`] of `batch` samples (`x` and `out` `[batch, channels, hw]`) in one job split
+/// over (sample, group); `film` holds per sample 2·channels values, the scale then the shift
+/// (the ADM `emb_layers` output).
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_batch(
+    pool: &Pool,
+    x: &[f32],
+    batch: usize,
+    hw: usize,
+    p: &NormP,
+    film: Option<&[f32]>,
+    silu: bool,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let (c, per) = (p.channels, p.channels * hw);
+    if x.len() != batch * per || film.is_some_and(|f| f.len() != batch * 2 * c) {
+        return Err(KernelError::Shape(
+            "group_norm: input or FiLM is not batch x channels",
+        ));
+    }
+    let _p = profile::scope(Kind::GroupNorm, 0);
+    pool.split_batch(out, batch, p.groups, 1, |_, s, g, piece| {
+        let film = film.map(|f| f[s * 2 * c..(s + 1) * 2 * c].split_at(c));
+        let x = &x[s * per..(s + 1) * per];
+        k::GroupNorm {
+            channels: c,
+            hw,
+            groups: p.groups,
+            eps: p.eps,
+            silu,
+        }
+        .forward(
+            x,
+            &k::NormAffine {
+                gamma: p.gamma,
+                beta: p.beta,
+                film,
+            },
+            g,
+            piece,
+        )
+    })
+}
+
 /// A convolution of an `h`×`w` input split between threads with the microkernels of `isa`:
-/// in its Winograd form ([`ConvP::wino`]) by pixel ranges of whole tile rows; else a map with
-/// more pixels than output channels by pixel ranges (each thread then packs only its own
-/// im2col columns), others by output channels in multiples of the microkernel's rows.
-/// `scratch` holds one buffer per thread.
+/// [`conv_batch`] of one sample.
 #[allow(clippy::too_many_arguments)]
 pub fn conv(
     pool: &Pool,
@@ -322,6 +399,26 @@ pub fn conv(
     p: &ConvP,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    conv_batch(pool, scratch, isa, x, (1, h, w), p, out)
+}
+
+/// The convolution of `batch` samples of `h`×`w` (`x` `[batch, c_in, h, w]`, `out`
+/// `[batch, c_out, oh, ow]`) in one job with the microkernels of `isa`, split between threads
+/// over (sample, pixels or channels): in its Winograd form ([`ConvP::wino`]) by pixel ranges
+/// of whole tile rows; else a map with more pixels than output channels by pixel ranges (each
+/// thread then packs only its own im2col columns), others by output channels in multiples of
+/// the microkernel's rows. The kernels run sample by sample on their ranges. `scratch` holds
+/// one buffer per thread.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_batch(
+    pool: &Pool,
+    scratch: &[Mutex<Vec<f32>>],
+    isa: Isa,
+    x: &[f32],
+    (batch, h, w): (usize, usize, usize),
+    p: &ConvP,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     let kind = if p.conv.kernel == 1 {
         Kind::Conv1x1
     } else {
@@ -329,31 +426,40 @@ pub fn conv(
     };
     let k_total = p.conv.c_in * p.conv.kernel * p.conv.kernel;
     let _p = profile::scope(kind, (out.len() * k_total) as u64);
-    let map = k::Map::new(x, h, w);
+    let per = p.conv.c_in * h * w;
+    if x.len() != batch * per {
+        return Err(KernelError::Shape(
+            "conv2d: input is not batch x c_in x h x w",
+        ));
+    }
+    let sample = |s: usize| k::Map::new(&x[s * per..(s + 1) * per], h, w);
     let params = k::ConvParams {
         weight: p.weight,
         bias: p.bias,
     };
+    let c_out = p.conv.c_out;
     if let Some(WinoWeights { wg, u }) = &p.wino {
         let band = wg.pixels_per_tile_row(w);
-        return pool.split_columns(out, p.conv.c_out, band, |i, px, rows| {
-            let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+        return pool.split_batch_columns(out, batch, c_out, band, |i, s, px, rows| {
+            let mut sc = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
             let u = k::ConvParams {
                 weight: &u[..],
                 bias: p.bias,
             };
-            wg.forward_pixels(isa, map, u, px, rows, &mut s)
+            wg.forward_pixels(isa, sample(s), u, px, rows, &mut sc)
         });
     }
     let (oh, ow) = p.conv.out_size(h, w);
-    if oh * ow >= 2 * p.conv.c_out {
-        return pool.split_columns(out, p.conv.c_out, k::conv::NR, |i, px, rows| {
-            let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-            p.conv.forward_pixels(isa, map, params, px, rows, &mut s)
+    if oh * ow >= 2 * c_out {
+        return pool.split_batch_columns(out, batch, c_out, k::conv::NR, |i, s, px, rows| {
+            let mut sc = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+            p.conv
+                .forward_pixels(isa, sample(s), params, px, rows, &mut sc)
         });
     }
-    pool.split(out, p.conv.c_out, k::conv::MR, |i, co, piece| {
-        let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
-        p.conv.forward_with(isa, map, params, co, piece, &mut s)
+    pool.split_batch(out, batch, c_out, k::conv::MR, |i, s, co, piece| {
+        let mut sc = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+        p.conv
+            .forward_with(isa, sample(s), params, co, piece, &mut sc)
     })
 }

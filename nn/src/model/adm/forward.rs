@@ -2,17 +2,21 @@
 //!
 //! [`AdmModel`] resolves every weight of an [`AdmArch`] once, plans the activation memory for
 //! one input size (the arena) and starts a worker pool; [`AdmModel::forward`] then runs any
-//! batch without allocating. Samples run one after the other through the same arena, and
-//! every layer is split between threads by output channels, groups or heads with the fixed
-//! rule of [`crate::backend::part`]; since the kernels compute every element in the same
-//! order whatever the split, a sample's output is bit-identical at any batch size and thread
-//! count.
+//! batch, allocating only the first time the arena needs room for more samples. A batch runs
+//! in passes of up to [`samples_per_pass`] samples, layer by layer: every activation holds
+//! the pass's samples back to back (`[n, C, H, W]`) and every layer is one pool job over all
+//! of them, split between threads over (sample, pixels / output channels / groups / heads)
+//! with the fixed rule of [`crate::backend::part`] (the Linears: over output features, every
+//! sample in turn). The kernels still run sample by sample on their ranges and compute every
+//! element in the same order whatever the range, so a sample's output is bit-identical at any
+//! batch size, pass size and thread count.
 //!
-//! Memory: three work buffers of the largest activation (a block input after the skip
-//! concatenation, a GroupNorm output, a conv output), the encoder skip stack, the time
-//! embedding and one conv/attention scratch per thread. Within a layer the three buffers play
-//! the roles input / scratch / output and the output becomes the next input, so no layer
-//! allocates or copies beyond the skip push and the concatenation.
+//! Memory, per sample of a pass: three work buffers of the largest activation (a block input
+//! after the skip concatenation, a GroupNorm output, a conv output), the encoder skip stack,
+//! the time embedding and the FiLM vector; plus one conv/attention scratch per thread. Within
+//! a layer the three buffers play the roles input / scratch / output and the output becomes
+//! the next input, so no layer allocates or copies beyond the skip push and the
+//! concatenation.
 
 use std::sync::Mutex;
 
@@ -25,7 +29,7 @@ use super::arch::{
 use crate::backend::profile::{self, Kind};
 use crate::backend::Pool;
 use crate::model::layers::{
-    conv, group_norm, linear, ConvForm, ConvPolicy, LayerForm, ParamResolver,
+    conv_batch, group_norm_batch, linear_batch, ConvForm, ConvPolicy, LayerForm, ParamResolver,
 };
 pub(super) use crate::model::layers::{ConvP, LinearP, NormP};
 use crate::weights::Weights;
@@ -126,26 +130,82 @@ pub(super) struct BlockP<'w> {
     pub(super) ds_out: usize,
 }
 
-/// Activation memory for one input size, allocated once.
+/// Most floats the widest activation of one pass may take, all its samples together: a
+/// larger batch runs in passes of fewer samples ([`samples_per_pass`]). The arena holds
+/// about a dozen activations of that size, so this bounds it (for the bundled 32×32 model,
+/// passes of 16 samples and 27 MB of arena with the scratch of 2 threads).
+pub const PASS_WIDEST_FLOATS: usize = 3 << 19;
+
+/// Samples of a `batch` that one pass of the forward runs layer by layer together on
+/// `height`×`width` inputs: as many as keep the widest block input of the pass within
+/// [`PASS_WIDEST_FLOATS`], at least one (the arena is sized for that many samples).
+pub fn samples_per_pass(arch: &AdmArch, height: usize, width: usize, batch: usize) -> usize {
+    let widest = arch
+        .blocks()
+        .map(|b| {
+            b.c_in
+                .saturating_mul(height / b.ds_in)
+                .saturating_mul(width / b.ds_in)
+        })
+        .max()
+        .unwrap_or(1);
+    (PASS_WIDEST_FLOATS / widest.max(1)).clamp(1, batch.max(1))
+}
+
+/// Floats of one sample's activations in the arena.
+#[derive(Debug, Clone, Copy)]
+struct PerSample {
+    /// Each work buffer.
+    work: usize,
+    /// The skip stack.
+    skips: usize,
+    /// `emb_sin`.
+    sin: usize,
+    /// The time embedding (and its hidden layer).
+    emb: usize,
+    /// A ResBlock's `emb_layers` output.
+    film: usize,
+}
+
+/// Activation memory for one input size and up to `samples` samples per pass, allocated
+/// when the model is built and grown (once) to the largest pass it runs. Every buffer holds
+/// the pass's samples back to back, `[samples, …]`.
 #[derive(Debug)]
 struct Arena {
-    /// Three work buffers, each of `work_len` floats.
+    /// Samples every buffer has room for.
+    samples: usize,
+    per: PerSample,
+    /// Three work buffers.
     work: [Vec<f32>; 3],
-    /// The encoder outputs, back to back in push order.
+    /// The encoder outputs, block after block, each block's for all samples of the pass.
     skips: Vec<f32>,
-    /// Start of every input block's output inside `skips`.
+    /// Start of every input block's output inside one sample's share of `skips` (a pass of
+    /// n samples keeps block b at n·skip_at[b]).
     skip_at: Vec<usize>,
     emb_sin: Vec<f32>,
     emb_hidden: Vec<f32>,
     emb: Vec<f32>,
     emb_silu: Vec<f32>,
-    /// A ResBlock's `emb_layers` output.
+    /// The ResBlocks' `emb_layers` output.
     film: Vec<f32>,
     /// Per thread: conv packing panels or one row of attention weights.
     scratch: Vec<Mutex<Vec<f32>>>,
 }
 
 impl Arena {
+    /// Sizes every per-sample buffer for `samples` samples (zeroed).
+    fn reserve(&mut self, samples: usize) {
+        let (n, p) = (samples, self.per);
+        self.samples = n;
+        self.work = std::array::from_fn(|_| vec![0.0; n * p.work]);
+        self.skips = vec![0.0; n * p.skips];
+        self.emb_sin = vec![0.0; n * p.sin];
+        self.emb_hidden = vec![0.0; n * p.emb];
+        self.emb = vec![0.0; n * p.emb];
+        self.emb_silu = vec![0.0; n * p.emb];
+        self.film = vec![0.0; n * p.film];
+    }
+
     fn bytes(&self) -> usize {
         let floats = 3 * self.work[0].len()
             + self.skips.len()
@@ -566,17 +626,26 @@ impl<'w> AdmModel<'w> {
         let scratch = (0..threads)
             .map(|_| Mutex::new(vec![0.0; needs.scratch]))
             .collect();
-        let arena = Arena {
-            work: std::array::from_fn(|_| vec![0.0; needs.work]),
-            skips: vec![0.0; skip_len],
+        let mut arena = Arena {
+            samples: 0,
+            per: PerSample {
+                work: needs.work,
+                skips: skip_len,
+                sin: c.model_channels,
+                emb: ted,
+                film: needs.film,
+            },
+            work: Default::default(),
+            skips: Vec::new(),
             skip_at,
-            emb_sin: vec![0.0; c.model_channels],
-            emb_hidden: vec![0.0; ted],
-            emb: vec![0.0; ted],
-            emb_silu: vec![0.0; ted],
-            film: vec![0.0; needs.film],
+            emb_sin: Vec::new(),
+            emb_hidden: Vec::new(),
+            emb: Vec::new(),
+            emb_silu: Vec::new(),
+            film: Vec::new(),
             scratch,
         };
+        arena.reserve(1);
         Ok(AdmModel {
             arch: arch.clone(),
             height,
@@ -644,13 +713,24 @@ impl<'w> AdmModel<'w> {
         self.arena.bytes()
     }
 
+    /// Sizes the arena for passes of [`samples_per_pass`] of `batch` samples (allocating
+    /// only if it has less room). [`AdmModel::forward`] does this itself on its batch.
+    pub fn reserve(&mut self, batch: usize) {
+        let n = samples_per_pass(&self.arch, self.height, self.width, batch);
+        if n > self.arena.samples {
+            self.arena.reserve(n);
+        }
+    }
+
     /// Runs the network: `out` is `[batch, out_channels, height, width]` (channels
-    /// 0..in_channels are ε). Allocates nothing.
+    /// 0..in_channels are ε). Allocates nothing once the arena has room for the batch's
+    /// passes ([`AdmModel::reserve`]).
     pub fn forward(&mut self, input: &Input<'_>, out: &mut [f32]) -> Result<()> {
         self.forward_observed(input, out, &mut |_, _, _| {})
     }
 
-    /// [`AdmModel::forward`], calling `observer` after every top-level stage of every sample.
+    /// [`AdmModel::forward`], calling `observer` after every top-level stage for every sample
+    /// (after the stage has run for all samples of the pass, in sample order).
     pub fn forward_observed(
         &mut self,
         input: &Input<'_>,
@@ -687,45 +767,62 @@ impl<'w> AdmModel<'w> {
                 c.out_channels
             );
         }
-        for (i, ((x, &t), o)) in input
+        if let Some((i, t)) = input.t.iter().enumerate().find(|(_, t)| !t.is_finite()) {
+            bail!("forward: t[{i}] = {t} is not finite");
+        }
+        self.reserve(n);
+        let step = self.arena.samples;
+        for (first, ((x, t), o)) in input
             .x
-            .chunks_exact(per_in)
-            .zip(input.t)
-            .zip(out.chunks_exact_mut(per_out))
+            .chunks(step * per_in)
+            .zip(input.t.chunks(step))
+            .zip(out.chunks_mut(step * per_out))
             .enumerate()
         {
-            if !t.is_finite() {
-                bail!("forward: t[{i}] = {t} is not finite");
-            }
-            self.sample(x, t, o, &mut |name: &str, a: &[f32]| observer(name, i, a))?;
+            let first = first * step;
+            self.pass(x, t, o, &mut |name: &str, i: usize, a: &[f32]| {
+                observer(name, first + i, a)
+            })?;
         }
         Ok(())
     }
 
-    /// One sample through the whole network.
-    fn sample(
+    /// The samples of `t` (at most the arena's) through the whole network, layer by layer.
+    fn pass(
         &mut self,
         x: &[f32],
-        t: f32,
+        t: &[f32],
         out: &mut [f32],
-        observe: &mut dyn FnMut(&str, &[f32]),
+        observer: &mut Observer<'_>,
     ) -> Result<()> {
         let (height, width) = (self.height, self.width);
+        let n = t.len();
         let pool = &self.pool;
         let a = &mut self.arena;
         let ctx = |e: KernelError, what: &str| anyhow!("{what}: {e}");
-
-        k::timestep_embedding(t, a.emb_sin.len(), MAX_PERIOD, &mut a.emb_sin)
-            .map_err(|e| ctx(e, "timestep_embedding"))?;
-        observe("emb_sinusoidal", &a.emb_sin);
-        linear(pool, &a.emb_sin, &self.time[0], &mut a.emb_hidden)
+        // Calls the observer for each sample of `all` (n samples back to back).
+        let mut observe = |name: &str, all: &[f32]| {
+            for (i, one) in all.chunks_exact(all.len() / n).enumerate() {
+                observer(name, i, one);
+            }
+        };
+        let (sin, emb) = (a.per.sin, a.per.emb);
+        let emb_sin = &mut a.emb_sin[..n * sin];
+        for (&t, e) in t.iter().zip(emb_sin.chunks_exact_mut(sin)) {
+            k::timestep_embedding(t, sin, MAX_PERIOD, e)
+                .map_err(|e| ctx(e, "timestep_embedding"))?;
+        }
+        observe("emb_sinusoidal", emb_sin);
+        let hidden = &mut a.emb_hidden[..n * emb];
+        linear_batch(pool, emb_sin, n, &self.time[0], hidden)
             .map_err(|e| ctx(e, "time_embed.0"))?;
-        k::silu_inplace(&mut a.emb_hidden);
-        linear(pool, &a.emb_hidden, &self.time[1], &mut a.emb)
+        k::silu_inplace(hidden);
+        linear_batch(pool, hidden, n, &self.time[1], &mut a.emb[..n * emb])
             .map_err(|e| ctx(e, "time_embed.2"))?;
-        observe("emb", &a.emb);
-        a.emb_silu.copy_from_slice(&a.emb);
-        k::silu_inplace(&mut a.emb_silu);
+        observe("emb", &a.emb[..n * emb]);
+        let emb_silu = &mut a.emb_silu[..n * emb];
+        emb_silu.copy_from_slice(&a.emb[..n * emb]);
+        k::silu_inplace(emb_silu);
 
         let isa = self.isa;
         let mut run = Runner {
@@ -734,31 +831,27 @@ impl<'w> AdmModel<'w> {
             work: &mut a.work,
             scratch: &a.scratch,
             film: &mut a.film,
-            emb_silu: &a.emb_silu,
+            emb_silu,
             cur: 0,
+            batch: n,
             height,
             width,
         };
         run.work[0][..x.len()].copy_from_slice(x);
         for (b, &at) in self.input_blocks.iter().zip(&a.skip_at) {
             run.block(b)?;
-            let len = b.c_out * (height / b.ds_out) * (width / b.ds_out);
+            let len = n * b.c_out * (height / b.ds_out) * (width / b.ds_out);
             let _p = profile::scope(Kind::Copy, 0);
             let state = &run.work[run.cur][..len];
-            a.skips[at..at + len].copy_from_slice(state);
+            a.skips[n * at..n * at + len].copy_from_slice(state);
             observe(&b.name, state);
         }
         run.block(&self.middle)?;
         observe(&self.middle.name, run.state(&self.middle));
         for (b, &at) in self.output_blocks.iter().zip(a.skip_at.iter().rev()) {
-            let hw = (height / b.ds_in) * (width / b.ds_in);
-            let (state, skip) = (b.c_state * hw, b.skip_channels * hw);
             let [dst, _] = others(run.cur);
-            let p = profile::scope(Kind::Copy, 0);
-            let (src, cat) = pair(run.work, run.cur, dst);
-            cat[..state].copy_from_slice(&src[..state]);
-            cat[state..state + skip].copy_from_slice(&a.skips[at..at + skip]);
-            drop(p);
+            run.concat(b, &a.skips[n * at..], dst)
+                .map_err(|e| ctx(e, &b.name))?;
             run.cur = dst;
             run.block(b)?;
             observe(&b.name, run.state(b));
@@ -767,23 +860,24 @@ impl<'w> AdmModel<'w> {
         let ch = self.arch.out.channels;
         let [tmp, _] = others(run.cur);
         let (src, dst) = pair(run.work, run.cur, tmp);
-        group_norm(
+        let dst = &mut dst[..n * ch * hw];
+        group_norm_batch(
             pool,
-            &src[..ch * hw],
+            &src[..n * ch * hw],
+            n,
             hw,
             &self.out_norm,
             None,
             true,
-            &mut dst[..ch * hw],
+            dst,
         )
         .map_err(|e| ctx(e, "out.0"))?;
-        conv(
+        conv_batch(
             pool,
             run.scratch,
             isa,
-            &dst[..ch * hw],
-            height,
-            width,
+            dst,
+            (n, height, width),
             &self.out_conv,
             out,
         )
@@ -810,24 +904,28 @@ pub(super) fn pair<B>(work: &mut [B; 3], src: usize, dst: usize) -> (&B, &mut B)
     }
 }
 
-/// Walks the layers of one sample through the three work buffers.
+/// Walks the layers of a pass through the three work buffers, each layer one pool job over
+/// all `batch` samples (a buffer holds them back to back).
 struct Runner<'a> {
     pool: &'a Pool,
     isa: Isa,
     work: &'a mut [Vec<f32>; 3],
     scratch: &'a [Mutex<Vec<f32>>],
     film: &'a mut [f32],
+    /// SiLU(emb), `[batch, time_embed_dim]`.
     emb_silu: &'a [f32],
     /// The buffer holding the current activation.
     cur: usize,
+    /// Samples in the pass.
+    batch: usize,
     height: usize,
     width: usize,
 }
 
 impl Runner<'_> {
-    /// The block's output (in the current buffer).
+    /// The block's output (in the current buffer), all samples.
     fn state(&self, b: &BlockP) -> &[f32] {
-        let len = b.c_out * (self.height / b.ds_out) * (self.width / b.ds_out);
+        let len = self.batch * b.c_out * (self.height / b.ds_out) * (self.width / b.ds_out);
         &self.work[self.cur][..len]
     }
 
@@ -836,6 +934,33 @@ impl Runner<'_> {
             self.layer(l).map_err(|e| anyhow!("{}: {e}", l.name))?;
         }
         Ok(())
+    }
+
+    /// `work[dst]` = the decoder state (current buffer) and the encoder output `skips` (the
+    /// pass's samples back to back) concatenated along channels, sample by sample.
+    fn concat(&mut self, b: &BlockP, skips: &[f32], dst: usize) -> Result<(), KernelError> {
+        let _p = profile::scope(Kind::Copy, 0);
+        let hw = (self.height / b.ds_in) * (self.width / b.ds_in);
+        let (cs, ck) = (b.c_state, b.skip_channels);
+        let n = self.batch;
+        let (src, cat) = pair(self.work, self.cur, dst);
+        let (src, skips) = (&src[..n * cs * hw], &skips[..n * ck * hw]);
+        self.pool.split_batch(
+            &mut cat[..n * (cs + ck) * hw],
+            n,
+            cs + ck,
+            1,
+            |_, s, cr, piece| {
+                for (c, row) in cr.zip(piece.chunks_exact_mut(hw)) {
+                    let from = match c.checked_sub(cs) {
+                        None => &src[(s * cs + c) * hw..][..hw],
+                        Some(k) => &skips[(s * ck + k) * hw..][..hw],
+                    };
+                    row.copy_from_slice(from);
+                }
+                Ok(())
+            },
+        )
     }
 
     fn layer(&mut self, l: &LayerP) -> Result<(), KernelError> {
@@ -869,7 +994,7 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// `work[dst] = conv(work[src])` for an `h`×`w` input.
+    /// `work[dst] = conv(work[src])` for `h`×`w` inputs.
     fn conv(
         &mut self,
         c: &ConvP,
@@ -878,17 +1003,41 @@ impl Runner<'_> {
         h: usize,
         w: usize,
     ) -> Result<(), KernelError> {
+        let n = self.batch;
         let (oh, ow) = c.conv.out_size(h, w);
         let (x, out) = pair(self.work, src, dst);
-        conv(
+        conv_batch(
             self.pool,
             self.scratch,
             self.isa,
-            &x[..c.conv.c_in * h * w],
-            h,
-            w,
+            &x[..n * c.conv.c_in * h * w],
+            (n, h, w),
             c,
-            &mut out[..c.conv.c_out * oh * ow],
+            &mut out[..n * c.conv.c_out * oh * ow],
+        )
+    }
+
+    /// GroupNorm (+FiLM from `film`, +SiLU) of `work[src]` into `work[dst]`.
+    fn norm(
+        &mut self,
+        p: &NormP,
+        src: usize,
+        dst: usize,
+        hw: usize,
+        film: Option<&[f32]>,
+        silu: bool,
+    ) -> Result<(), KernelError> {
+        let len = self.batch * p.channels * hw;
+        let (x, out) = pair(self.work, src, dst);
+        group_norm_batch(
+            self.pool,
+            &x[..len],
+            self.batch,
+            hw,
+            p,
+            film,
+            silu,
+            &mut out[..len],
         )
     }
 
@@ -904,13 +1053,17 @@ impl Runner<'_> {
     ) -> Result<(), KernelError> {
         let (ho, wo) = r.resampled(h, w);
         let _p = profile::scope(Kind::Resample, 0);
+        let n = self.batch;
         let (x, out) = pair(self.work, src, dst);
-        let x = &x[..channels * h * w];
-        self.pool.split(
-            &mut out[..channels * ho * wo],
+        let per = channels * h * w;
+        let x = &x[..n * per];
+        self.pool.split_batch(
+            &mut out[..n * channels * ho * wo],
+            n,
             channels,
             1,
-            |_, cr, piece| {
+            |_, s, cr, piece| {
+                let x = &x[s * per..(s + 1) * per];
                 match r {
                     Updown::Up => k::upsample_nearest2x(x, h, w, cr, piece),
                     Updown::Down => k::avg_pool2x2(x, h, w, cr, piece),
@@ -921,7 +1074,7 @@ impl Runner<'_> {
         )
     }
 
-    /// `work[dst] += work[src]` over the first `channels·hw` values.
+    /// `work[dst] += work[src]` over the first `channels·hw` values of every sample.
     fn add(
         &mut self,
         src: usize,
@@ -930,10 +1083,11 @@ impl Runner<'_> {
         hw: usize,
     ) -> Result<(), KernelError> {
         let _p = profile::scope(Kind::Add, 0);
+        let rows = self.batch * channels;
         let (x, out) = pair(self.work, src, dst);
-        let x = &x[..channels * hw];
+        let x = &x[..rows * hw];
         self.pool
-            .split(&mut out[..channels * hw], channels, 1, |_, cr, piece| {
+            .split(&mut out[..rows * hw], rows, 1, |_, cr, piece| {
                 k::add_inplace(piece, &x[cr.start * hw..cr.end * hw]);
                 Ok(())
             })
@@ -945,22 +1099,18 @@ impl Runner<'_> {
         let [a, b] = others(x);
         let (ho, wo) = r.updown.resampled(h, w);
         let (hw, hwo) = (h * w, ho * wo);
+        let nb = self.batch;
         // emb_layers: Linear(SiLU(emb)) (the SiLU was applied once for all blocks).
         let emb_out = r.emb.bias.len();
-        linear(self.pool, self.emb_silu, &r.emb, &mut self.film[..emb_out])?;
+        linear_batch(
+            self.pool,
+            self.emb_silu,
+            nb,
+            &r.emb,
+            &mut self.film[..nb * emb_out],
+        )?;
         // in_layers: GroupNorm, SiLU, [resample], conv. `hb` holds h, `fb` is free.
-        {
-            let (src, dst) = pair(self.work, x, a);
-            group_norm(
-                self.pool,
-                &src[..r.c_in * hw],
-                hw,
-                &r.in_norm,
-                None,
-                true,
-                &mut dst[..r.c_in * hw],
-            )?;
-        }
+        self.norm(&r.in_norm, x, a, hw, None, true)?;
         let (hb, fb) = if r.updown == Updown::None {
             self.conv(&r.in_conv, a, b, h, w)?;
             (b, a)
@@ -970,13 +1120,15 @@ impl Runner<'_> {
             (a, b)
         };
         let n = r.c_out * hwo;
-        let film = &self.film[..emb_out];
+        let film = std::mem::take(&mut self.film);
+        let film_all = &film[..nb * emb_out];
         if !r.scale_shift {
             // h + emb_out[:, :, None, None] before the whole out_layers.
             let _p = profile::scope(Kind::Add, 0);
             let (_, hbuf) = pair(self.work, fb, hb);
             self.pool
-                .split(&mut hbuf[..n], r.c_out, 1, |_, cr, piece| {
+                .split_batch(&mut hbuf[..nb * n], nb, r.c_out, 1, |_, s, cr, piece| {
+                    let film = &film_all[s * emb_out..(s + 1) * emb_out];
                     for (row, &e) in piece.chunks_exact_mut(hwo).zip(&film[cr]) {
                         row.iter_mut().for_each(|v| *v += e);
                     }
@@ -984,17 +1136,10 @@ impl Runner<'_> {
                 })?;
         }
         // out_layers: GroupNorm (then FiLM: scale = first half, shift = second), SiLU, conv.
-        let film = r.scale_shift.then(|| film.split_at(r.c_out));
-        let (hsrc, dst) = pair(self.work, hb, fb);
-        group_norm(
-            self.pool,
-            &hsrc[..n],
-            hwo,
-            &r.out_norm,
-            film,
-            true,
-            &mut dst[..n],
-        )?;
+        let scale_shift = r.scale_shift.then_some(film_all);
+        let normed = self.norm(&r.out_norm, hb, fb, hwo, scale_shift, true);
+        self.film = film;
+        normed?;
         self.conv(&r.out_conv, fb, hb, ho, wo)?;
         // skip_connection(x_upd(x)) + h.
         let mut skip_src = x;
@@ -1019,35 +1164,26 @@ impl Runner<'_> {
         let x = self.cur;
         let [a, b] = others(x);
         let (c, t) = (at.channels, h * w);
-        {
-            let (src, dst) = pair(self.work, x, a);
-            group_norm(
-                self.pool,
-                &src[..c * t],
-                t,
-                &at.norm,
-                None,
-                false,
-                &mut dst[..c * t],
-            )?;
-        }
+        let n = self.batch;
+        self.norm(&at.norm, x, a, t, None, false)?;
         self.conv(&at.qkv, a, b, h, w)?;
         {
             let (qkv, dst) = pair(self.work, b, a);
-            let qkv = &qkv[..3 * c * t];
+            let qkv = &qkv[..n * 3 * c * t];
             let scratch = self.scratch;
             let (heads, order) = (at.heads, at.order);
-            let _p = profile::scope(Kind::Attention, (2 * c * t * t) as u64);
+            let _p = profile::scope(Kind::Attention, (n * 2 * c * t * t) as u64);
             self.pool
-                .split(&mut dst[..c * t], heads, 1, |i, hr, piece| {
-                    let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+                .split_batch(&mut dst[..n * c * t], n, heads, 1, |i, s, hr, piece| {
+                    let mut sc = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+                    let qkv = &qkv[s * 3 * c * t..(s + 1) * 3 * c * t];
                     k::QkvAttention {
                         channels: c,
                         t,
                         heads,
                         order,
                     }
-                    .forward(qkv, hr, piece, &mut s)
+                    .forward(qkv, hr, piece, &mut sc)
                 })?;
         }
         self.conv(&at.proj, a, b, h, w)?;
