@@ -228,25 +228,17 @@ impl Pool {
             });
             cells.push(Mutex::new(Some((r, piece))));
         }
-        let error = Mutex::new(None);
+        let error = FirstError::default();
         self.run(chunks, &|thread, j| {
             let taken = cells[j].lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some((r, piece)) = taken {
                 if r.is_empty() {
                     return;
                 }
-                if let Err(e) = f(thread, r, piece) {
-                    error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(e);
-                }
+                error.keep(f(thread, r, piece));
             }
         });
-        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        error.into_result()
     }
 }
 
@@ -277,7 +269,7 @@ impl Pool {
             return f(0, 0..cols, &mut pieces);
         }
         let base = SendPtr(out.as_mut_ptr());
-        let error = Mutex::new(None);
+        let error = FirstError::default();
         self.run(chunks, &|thread, j| {
             let c = part(cols, chunks, granule, j);
             if c.is_empty() {
@@ -291,17 +283,9 @@ impl Pool {
                     std::slice::from_raw_parts_mut(base.at(r * cols + c.start), c.len())
                 })
                 .collect();
-            if let Err(e) = f(thread, c, &mut pieces) {
-                error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e);
-            }
+            error.keep(f(thread, c, &mut pieces));
         });
-        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        error.into_result()
     }
 }
 
@@ -350,7 +334,7 @@ impl Pool {
             rest = tail;
             cells.push(Mutex::new(Some(piece)));
         }
-        let error = Mutex::new(None);
+        let error = FirstError::default();
         self.run(chunks, &|thread, j| {
             let taken = cells[j].lock().unwrap_or_else(|e| e.into_inner()).take();
             let Some(mut piece) = taken else {
@@ -360,19 +344,12 @@ impl Pool {
             for (sample, r) in seg.of(chunks, j) {
                 let (mine, tail) = std::mem::take(&mut piece).split_at_mut(r.len() * row);
                 piece = tail;
-                if let Err(e) = f(thread, sample, r, mine) {
-                    error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(e);
+                if !error.keep(f(thread, sample, r, mine)) {
                     return;
                 }
             }
         });
-        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        error.into_result()
     }
 
     /// [`Pool::split_columns`] over a batch: `out` holds `batch` samples of `rows` equal rows
@@ -400,31 +377,25 @@ impl Pool {
         let seg = Segments::new(batch, cols, granule);
         let chunks = self.batch_chunks(batch, seg.blocks);
         let base = SendPtr(out.as_mut_ptr());
-        let error = Mutex::new(None);
+        let error = FirstError::default();
         self.run(chunks, &|thread, j| {
+            // One list of row pieces per chunk, refilled for each sample of its run.
+            let mut pieces: Vec<&mut [f32]> = Vec::with_capacity(rows);
             for (sample, c) in seg.of(chunks, j) {
+                pieces.clear();
                 // SAFETY: the runs of a partition are disjoint, so every (sample, row, column
                 // range) slice is a disjoint piece of `out`, which stays mutably borrowed (and
                 // unused elsewhere) until `run` has returned.
-                let mut pieces: Vec<&mut [f32]> = (0..rows)
-                    .map(|r| unsafe {
-                        let at = (sample * rows + r) * cols + c.start;
-                        std::slice::from_raw_parts_mut(base.at(at), c.len())
-                    })
-                    .collect();
-                if let Err(e) = f(thread, sample, c, &mut pieces) {
-                    error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(e);
+                pieces.extend((0..rows).map(|r| unsafe {
+                    let at = (sample * rows + r) * cols + c.start;
+                    std::slice::from_raw_parts_mut(base.at(at), c.len())
+                }));
+                if !error.keep(f(thread, sample, c, &mut pieces)) {
                     return;
                 }
             }
         });
-        match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        error.into_result()
     }
 }
 
@@ -497,6 +468,32 @@ impl Drop for Pool {
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+    }
+}
+
+/// The first error the chunks of a job returned (the others are dropped: any one explains
+/// the failure, and which is first may depend on scheduling, never the successful bits).
+#[derive(Default)]
+struct FirstError(Mutex<Option<KernelError>>);
+
+impl FirstError {
+    /// Keeps `r`'s error if it is the first; true when `r` is `Ok`.
+    fn keep(&self, r: Result<(), KernelError>) -> bool {
+        let Err(e) = r else {
+            return true;
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        false
+    }
+
+    fn into_result(self) -> Result<(), KernelError> {
+        match self.0.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 }
