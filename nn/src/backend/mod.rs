@@ -10,8 +10,10 @@ pub mod ops;
 pub mod pool;
 pub mod profile;
 pub mod reference;
+pub mod scratch;
 
 pub use pool::{part, Pool};
+pub use scratch::ThreadScratch;
 
 /// Lets the kernels use AVX2+FMA when this CPU has them (idempotent; call before starting
 /// workers). The convolution's result then differs from the portable path by rounding, the

@@ -5,13 +5,13 @@
 //! Every split only decides which thread computes which outputs; the kernels compute each
 //! element in the same order whatever range they get, so no split changes a bit.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Result;
 use tweedie_kernels::{self as k, Conv2d, Isa, KernelError, WeightsRef, Winograd};
 
 use crate::backend::profile::{self, Kind};
-use crate::backend::Pool;
+use crate::backend::{Pool, ThreadScratch};
 use crate::weights::Weights;
 
 /// A convolution with its weights.
@@ -345,12 +345,10 @@ pub fn group_norm(
 /// [`group_norm`] of `batch` samples (`x` and `out` `[batch, channels, hw]`) in one job split
 /// over (sample, group); `film` holds per sample 2·channels values, the scale then the shift
 /// (the ADM `emb_layers` output).
-#[allow(clippy::too_many_arguments)]
 pub fn group_norm_batch(
     pool: &Pool,
     x: &[f32],
-    batch: usize,
-    hw: usize,
+    (batch, hw): (usize, usize),
     p: &NormP,
     film: Option<&[f32]>,
     silu: bool,
@@ -388,14 +386,12 @@ pub fn group_norm_batch(
 
 /// A convolution of an `h`×`w` input split between threads with the microkernels of `isa`:
 /// [`conv_batch`] of one sample.
-#[allow(clippy::too_many_arguments)]
 pub fn conv(
     pool: &Pool,
-    scratch: &[Mutex<Vec<f32>>],
+    scratch: &ThreadScratch,
     isa: Isa,
     x: &[f32],
-    h: usize,
-    w: usize,
+    (h, w): (usize, usize),
     p: &ConvP,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
@@ -409,10 +405,9 @@ pub fn conv(
 /// thread then packs only its own im2col columns), others by output channels in multiples of
 /// the microkernel's rows. The kernels run sample by sample on their ranges. `scratch` holds
 /// one buffer per thread.
-#[allow(clippy::too_many_arguments)]
 pub fn conv_batch(
     pool: &Pool,
-    scratch: &[Mutex<Vec<f32>>],
+    scratch: &ThreadScratch,
     isa: Isa,
     x: &[f32],
     (batch, h, w): (usize, usize, usize),
@@ -441,7 +436,7 @@ pub fn conv_batch(
     if let Some(WinoWeights { wg, u }) = &p.wino {
         let band = wg.pixels_per_tile_row(w);
         return pool.split_batch_columns(out, batch, c_out, band, |i, s, px, rows| {
-            let mut sc = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+            let mut sc = scratch.lock(i);
             let u = k::ConvParams {
                 weight: &u[..],
                 bias: p.bias,
@@ -452,13 +447,13 @@ pub fn conv_batch(
     let (oh, ow) = p.conv.out_size(h, w);
     if oh * ow >= 2 * c_out {
         return pool.split_batch_columns(out, batch, c_out, k::conv::NR, |i, s, px, rows| {
-            let mut sc = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+            let mut sc = scratch.lock(i);
             p.conv
                 .forward_pixels(isa, sample(s), params, px, rows, &mut sc)
         });
     }
     pool.split_batch(out, batch, c_out, k::conv::MR, |i, s, co, piece| {
-        let mut sc = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+        let mut sc = scratch.lock(i);
         p.conv
             .forward_with(isa, sample(s), params, co, piece, &mut sc)
     })

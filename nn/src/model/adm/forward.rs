@@ -18,8 +18,6 @@
 //! the next input, so no layer allocates or copies beyond the skip push and the
 //! concatenation.
 
-use std::sync::Mutex;
-
 use anyhow::{anyhow, bail, Result};
 use tweedie_kernels::{self as k, Conv2d, Isa, KernelError};
 
@@ -27,7 +25,7 @@ use super::arch::{
     conv3x3, AdmArch, Block, Layer, QkvOrder, Updown, GROUPNORM_EPS, GROUPNORM_GROUPS, MAX_PERIOD,
 };
 use crate::backend::profile::{self, Kind};
-use crate::backend::Pool;
+use crate::backend::{Pool, ThreadScratch};
 use crate::model::layers::{
     conv_batch, group_norm_batch, linear_batch, ConvForm, ConvPolicy, LayerForm, ParamResolver,
 };
@@ -189,7 +187,7 @@ struct Arena {
     /// The ResBlocks' `emb_layers` output.
     film: Vec<f32>,
     /// Per thread: conv packing panels or one row of attention weights.
-    scratch: Vec<Mutex<Vec<f32>>>,
+    scratch: ThreadScratch,
 }
 
 impl Arena {
@@ -214,11 +212,7 @@ impl Arena {
             + self.emb.len()
             + self.emb_silu.len()
             + self.film.len()
-            + self
-                .scratch
-                .iter()
-                .map(|s| s.lock().map_or(0, |s| s.len()))
-                .sum::<usize>();
+            + self.scratch.floats();
         4 * floats
     }
 }
@@ -623,9 +617,7 @@ impl<'w> AdmModel<'w> {
             out_norm,
             out_conv,
         } = resolved;
-        let scratch = (0..threads)
-            .map(|_| Mutex::new(vec![0.0; needs.scratch]))
-            .collect();
+        let scratch = ThreadScratch::new(threads, needs.scratch);
         let mut arena = Arena {
             samples: 0,
             per: PerSample {
@@ -864,8 +856,7 @@ impl<'w> AdmModel<'w> {
         group_norm_batch(
             pool,
             &src[..n * ch * hw],
-            n,
-            hw,
+            (n, hw),
             &self.out_norm,
             None,
             true,
@@ -910,7 +901,7 @@ struct Runner<'a> {
     pool: &'a Pool,
     isa: Isa,
     work: &'a mut [Vec<f32>; 3],
-    scratch: &'a [Mutex<Vec<f32>>],
+    scratch: &'a ThreadScratch,
     film: &'a mut [f32],
     /// SiLU(emb), `[batch, time_embed_dim]`.
     emb_silu: &'a [f32],
@@ -1032,8 +1023,7 @@ impl Runner<'_> {
         group_norm_batch(
             self.pool,
             &x[..len],
-            self.batch,
-            hw,
+            (self.batch, hw),
             p,
             film,
             silu,
@@ -1175,7 +1165,7 @@ impl Runner<'_> {
             let _p = profile::scope(Kind::Attention, (n * 2 * c * t * t) as u64);
             self.pool
                 .split_batch(&mut dst[..n * c * t], n, heads, 1, |i, s, hr, piece| {
-                    let mut sc = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+                    let mut sc = scratch.lock(i);
                     let qkv = &qkv[s * 3 * c * t..(s + 1) * 3 * c * t];
                     k::QkvAttention {
                         channels: c,

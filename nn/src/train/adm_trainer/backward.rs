@@ -3,7 +3,7 @@
 
 use tweedie_kernels::{self as k, WeightsRef};
 
-use super::layers::{lock, Ctx, KResult, NormIn};
+use super::layers::{Ctx, KResult, NormIn};
 use super::tape::{spans_mut, AttnT, ConvT, HeadT, LayerT, LinT, OpT, ResT, Span, TimeTape};
 use crate::model::adm::arch::Updown;
 
@@ -239,7 +239,7 @@ impl Bwd<'_> {
         let dqkv = &mut d1[..3 * c * t];
         dqkv.fill(0.0);
         {
-            let s = &mut lock(&cx.scratch[0]);
+            let s = &mut cx.scratch.lock(0);
             k::QkvAttention {
                 channels: c,
                 t,

@@ -3,7 +3,7 @@
 
 use tweedie_kernels as k;
 
-use super::layers::{linear_fwd, lock, Ctx, KResult, NormIn};
+use super::layers::{linear_fwd, Ctx, KResult, NormIn};
 use super::tape::{spans_mut, HeadT, LayerT, OpT, TimeTape};
 use crate::model::adm::arch::Updown;
 
@@ -87,7 +87,7 @@ pub(super) fn layer_fwd(
             cx.norm(&a.norm, NormIn::new(x, t, None, false), n)?;
             cx.conv(&a.qkv, n, h, w, qkv)?;
             {
-                let s = &mut lock(&cx.scratch[0]);
+                let s = &mut cx.scratch.lock(0);
                 k::QkvAttention {
                     channels: a.c,
                     t,

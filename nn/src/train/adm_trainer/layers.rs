@@ -7,13 +7,13 @@ use std::sync::Mutex;
 use tweedie_kernels::{self as k, Isa, KernelError, WeightsRef};
 
 use super::tape::{spans_mut, winograd_at, ConvT, LinT, NormT, Span, WinoT};
-use crate::backend::Pool;
+use crate::backend::{Pool, ThreadScratch};
 use crate::model::adm::arch::{Updown, GROUPNORM_EPS, GROUPNORM_GROUPS};
 
 /// What every layer call needs besides buffers.
 pub(super) struct Ctx<'a> {
     pub(super) pool: &'a Pool,
-    pub(super) scratch: &'a [Mutex<Vec<f32>>],
+    pub(super) scratch: &'a ThreadScratch,
     pub(super) isa: Isa,
     pub(super) params: &'a [f32],
     /// The convolution weights flipped for the input gradient (backward only; empty in the
@@ -48,13 +48,13 @@ impl Ctx<'_> {
         let (isa, wt, b) = (self.isa, self.wref(c.w), self.p(c.b));
         let scratch = self.scratch;
         if let (Some(wg), Some(WinoT { u, .. })) = (winograd_at(c, h, w), c.wino) {
-            let mut s = lock(&scratch[0]);
+            let mut s = scratch.lock(0);
             let x = k::Map::new(x, h, w);
             return wg.forward(isa, x, u.of(self.wino), Some(b), out, &mut s);
         }
         self.pool
             .split(out, c.conv.c_out, k::conv::MR, |i, co, piece| {
-                let mut s = lock(&scratch[i]);
+                let mut s = scratch.lock(i);
                 let p = k::ConvParams {
                     weight: wt,
                     bias: b,
@@ -143,7 +143,7 @@ impl Ctx<'_> {
         let [dw, db] = spans_mut(grads, [c.w, c.b]);
         let (isa, scratch) = (self.isa, self.scratch);
         if let (Some(_), Some(WinoT { dw, du: span, .. })) = (winograd_at(c, h, w), c.wino) {
-            let mut s = lock(&scratch[0]);
+            let mut s = scratch.lock(0);
             let du = &mut du[span.r()];
             let grads = k::ConvGrads {
                 dweight: du,
@@ -154,7 +154,7 @@ impl Ctx<'_> {
         }
         self.pool
             .split_n(c.conv.c_out, k::conv::MR, [dw, db], |i, co, [dw, db]| {
-                let mut s = lock(&scratch[i]);
+                let mut s = scratch.lock(i);
                 let grads = k::ConvGrads {
                     dweight: dw,
                     dbias: db,
@@ -202,7 +202,7 @@ impl Ctx<'_> {
     ) -> KResult {
         let (isa, scratch, wt) = (self.isa, self.scratch, c.w.of(self.flipped));
         if let (Some(wg), Some(WinoT { u_t, .. })) = (winograd_at(c, h, w), c.wino) {
-            let mut s = lock(&scratch[0]);
+            let mut s = scratch.lock(0);
             let u = u_t.of(self.wino_t);
             let zeros = set.then(|| &self.zeros[..c.conv.c_in]);
             return wg
@@ -214,7 +214,7 @@ impl Ctx<'_> {
         }
         self.pool
             .split(dx, c.conv.c_in, k::conv::MR, |i, ci, piece| {
-                let mut s = lock(&scratch[i]);
+                let mut s = scratch.lock(i);
                 c.conv.backward_input_flipped(
                     isa,
                     k::MapMut::new(piece, h, w),

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, bail, Result};
 use tweedie_kernels::{self as k, Isa, KernelError, WeightsRef};
 
-use crate::backend::Pool;
+use crate::backend::{Pool, ThreadScratch};
 use crate::model::adm::arch::{conv3x3, AdmArch, MAX_PERIOD};
 use crate::train::params::ParamLayout;
 use crate::weights::spec::ParamKind;
@@ -115,7 +115,7 @@ struct Lane {
     demb_silu: Vec<f32>,
     /// Time-MLP gradients: d emb, d hidden_silu, d hidden.
     dtime: [Vec<f32>; 3],
-    scratch: Vec<Mutex<Vec<f32>>>,
+    scratch: ThreadScratch,
     /// The Winograd convolutions' weight gradients in transformed form, summed over the
     /// samples of a chunk and turned into weight gradients once at its end
     /// ([`AdmTrainer::flush_du`]); `du_dirty` when it may hold a sum not yet flushed.
@@ -220,7 +220,7 @@ impl AdmTrainer {
             dfilm: vec![0.0; pl.film],
             demb_silu: vec![0.0; ted],
             dtime: [vec![0.0; ted], vec![0.0; ted], vec![0.0; ted]],
-            scratch: vec![Mutex::new(vec![0.0; pl.scratch])],
+            scratch: ThreadScratch::new(1, pl.scratch),
             du: vec![0.0; du_len],
             du_dirty: false,
             pool: Pool::new(1),
@@ -643,7 +643,7 @@ struct EpsBatch<'a> {
 
 impl Lane {
     fn bytes(&self) -> usize {
-        let scratch: usize = self.scratch.iter().map(|s| lock(s).len()).sum();
+        let scratch = self.scratch.floats();
         4 * (self.tape.len()
             + self.work.iter().map(Vec::len).sum::<usize>()
             + self.grad.iter().map(Vec::len).sum::<usize>()

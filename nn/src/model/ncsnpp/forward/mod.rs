@@ -18,13 +18,12 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
 use tweedie_kernels::{self as k, Conv2d, Isa, KernelError, WeightsRef};
 
 use super::arch::{groupnorm_groups, Module, NcsnppArch, Op, ResBlock, Updown, GROUPNORM_EPS};
-use crate::backend::{enable_simd, Pool};
+use crate::backend::{enable_simd, Pool, ThreadScratch};
 use crate::model::layers::{
     conv, group_norm, linear, ConvForm, ConvP, ConvPolicy, LayerForm, LinearP, NormP, ParamResolver,
 };
@@ -170,7 +169,7 @@ struct Arena {
     /// A ResBlock's Dense_0 output.
     dense: Vec<f32>,
     /// Per thread: conv packing panels or one row of attention weights.
-    scratch: Vec<Mutex<Vec<f32>>>,
+    scratch: ThreadScratch,
 }
 
 impl Arena {
@@ -191,11 +190,7 @@ impl Arena {
         ];
         let floats = 4 * self.work[0].len()
             + plain.iter().map(|v| v.len()).sum::<usize>()
-            + self
-                .scratch
-                .iter()
-                .map(|s| s.lock().map_or(0, |s| s.len()))
-                .sum::<usize>();
+            + self.scratch.floats();
         4 * floats
     }
 }
@@ -273,9 +268,7 @@ impl<'w> NcsnppModel<'w> {
             temb: vec![0.0; arch.temb_dim],
             temb_silu: vec![0.0; arch.temb_dim],
             dense: vec![0.0; needs.dense],
-            scratch: (0..threads)
-                .map(|_| Mutex::new(vec![0.0; needs.scratch]))
-                .collect(),
+            scratch: ThreadScratch::new(threads, needs.scratch),
         };
         Ok(NcsnppModel {
             arch: arch.clone(),

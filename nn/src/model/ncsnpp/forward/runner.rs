@@ -38,8 +38,7 @@ impl Runner<'_, '_> {
                     &self.arena.scratch,
                     self.isa,
                     &self.arena.x_scaled,
-                    res,
-                    res,
+                    (res, res),
                     cv,
                     &mut self.arena.work[o][..cv.conv.c_out * hw(res)],
                 )
@@ -109,8 +108,7 @@ impl Runner<'_, '_> {
             &self.arena.scratch,
             self.isa,
             &x[..c.conv.c_in * res * res],
-            res,
-            res,
+            (res, res),
             c,
             &mut out[..c.conv.c_out * res * res],
         )
@@ -253,7 +251,7 @@ impl Runner<'_, '_> {
             let qkv = &qkv[..3 * c * t];
             let scratch = &self.arena.scratch;
             self.pool.split(&mut out[..c * t], 1, 1, |i, hr, piece| {
-                let mut s = scratch[i].lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = scratch.lock(i);
                 k::QkvAttention {
                     channels: c,
                     t,
@@ -315,8 +313,7 @@ impl Runner<'_, '_> {
                 &a.scratch,
                 self.isa,
                 pyr,
-                self.res,
-                self.res,
+                (self.res, self.res),
                 cv,
                 &mut a.work[o][..self.c * hw],
             )?;
@@ -362,8 +359,7 @@ impl Runner<'_, '_> {
                 &a.scratch,
                 self.isa,
                 &a.work[o][..n],
-                res,
-                res,
+                (res, res),
                 cv,
                 &mut a.head[..m],
             )?;
