@@ -601,58 +601,30 @@ mod tests {
         assert_eq!(d, [0.0, 0.0, 7.0, 0.0, 0.0, 8.0]);
         // Errors.
         let q = [0f32; 24];
-        let mut dq = [0f32; 24];
+        let dq = [0f32; 24];
         let r = [0f32; 8];
         let o = QkvOrder::New;
-        let mut s = [0f32; 4];
-        assert!(QkvAttention {
-            channels: 4,
-            t: 2,
-            heads: 2,
-            order: o
-        }
-        .backward(&mut dq, &r, &q, 0..2, &mut s)
-        .is_ok());
-        assert!(QkvAttention {
-            channels: 4,
-            t: 2,
-            heads: 3,
-            order: o
-        }
-        .backward(&mut dq, &r, &q, 0..1, &mut s)
-        .is_err());
-        assert!(QkvAttention {
-            channels: 4,
-            t: 2,
-            heads: 2,
-            order: o
-        }
-        .backward(&mut dq, &r, &q, 0..3, &mut s)
-        .is_err());
-        assert!(QkvAttention {
-            channels: 4,
-            t: 2,
-            heads: 2,
-            order: o
-        }
-        .backward(&mut dq, &r[1..], &q, 0..2, &mut s)
-        .is_err());
-        assert!(QkvAttention {
-            channels: 4,
-            t: 2,
-            heads: 2,
-            order: o
-        }
-        .backward(&mut dq[1..], &r, &q, 0..2, &mut s)
-        .is_err());
-        assert!(QkvAttention {
-            channels: 4,
-            t: 2,
-            heads: 2,
-            order: o
-        }
-        .backward(&mut dq, &r, &q, 0..2, &mut s[..3])
-        .is_err());
+        let s = [0f32; 4];
+        // backward with the buffers cut at the front by [dq, r, s] and the given heads.
+        let ok = |heads: usize, cut: [usize; 3], hr: core::ops::Range<usize>| {
+            let [cd, cr, cs] = cut;
+            let (mut dq, mut s) = (dq, s);
+            let shape = QkvAttention {
+                channels: 4,
+                t: 2,
+                heads,
+                order: o,
+            };
+            shape
+                .backward(&mut dq[cd..], &r[cr..], &q, hr, &mut s[..4 - cs])
+                .is_ok()
+        };
+        assert!(ok(2, [0; 3], 0..2));
+        assert!(!ok(3, [0; 3], 0..1), "heads do not divide the channels");
+        assert!(!ok(2, [0; 3], 0..3), "heads past the last");
+        assert!(!ok(2, [0, 1, 0], 0..2), "short output gradient");
+        assert!(!ok(2, [1, 0, 0], 0..2), "short qkv gradient");
+        assert!(!ok(2, [0, 0, 1], 0..2), "short scratch");
     }
 
     /// The AVX2 twins compute the portable bodies' bits (no FMA, same order), so attention

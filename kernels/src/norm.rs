@@ -810,115 +810,32 @@ mod tests {
     fn rejects_bad_shapes() {
         let x = [0f32; 12];
         let p = [1f32; 4];
-        let mut y = [0f32; 6];
-        assert!(GroupNorm {
-            channels: 4,
-            hw: 3,
-            groups: 3,
-            eps: 1e-5,
-            silu: false
-        }
-        .forward(
-            &x,
-            &NormAffine {
-                gamma: &p,
+        // 4 channels of 3 pixels; y holds one group of 2 channels.
+        let ok = |groups: usize,
+                  gamma: &[f32],
+                  film: Option<(&[f32], &[f32])>,
+                  g: core::ops::Range<usize>| {
+            let mut y = [0f32; 6];
+            let norm = GroupNorm {
+                channels: 4,
+                hw: 3,
+                groups,
+                eps: 1e-5,
+                silu: false,
+            };
+            let affine = NormAffine {
+                gamma,
                 beta: &p,
-                film: None
-            },
-            0..1,
-            &mut y
-        )
-        .is_err());
-        assert!(GroupNorm {
-            channels: 4,
-            hw: 3,
-            groups: 2,
-            eps: 1e-5,
-            silu: false
-        }
-        .forward(
-            &x,
-            &NormAffine {
-                gamma: &p,
-                beta: &p,
-                film: None
-            },
-            0..3,
-            &mut y
-        )
-        .is_err());
-        assert!(GroupNorm {
-            channels: 4,
-            hw: 3,
-            groups: 2,
-            eps: 1e-5,
-            silu: false
-        }
-        .forward(
-            &x,
-            &NormAffine {
-                gamma: &p,
-                beta: &p,
-                film: None
-            },
-            0..2,
-            &mut y
-        )
-        .is_err());
-        assert!(GroupNorm {
-            channels: 4,
-            hw: 3,
-            groups: 2,
-            eps: 1e-5,
-            silu: false
-        }
-        .forward(
-            &x,
-            &NormAffine {
-                gamma: &p[..3],
-                beta: &p,
-                film: None
-            },
-            0..1,
-            &mut y
-        )
-        .is_err());
-        assert!(GroupNorm {
-            channels: 4,
-            hw: 3,
-            groups: 2,
-            eps: 1e-5,
-            silu: false
-        }
-        .forward(
-            &x,
-            &NormAffine {
-                gamma: &p,
-                beta: &p,
-                film: Some((&p, &p[..2]))
-            },
-            0..1,
-            &mut y
-        )
-        .is_err());
-        assert!(GroupNorm {
-            channels: 4,
-            hw: 3,
-            groups: 2,
-            eps: 1e-5,
-            silu: false
-        }
-        .forward(
-            &x,
-            &NormAffine {
-                gamma: &p,
-                beta: &p,
-                film: None
-            },
-            0..1,
-            &mut y
-        )
-        .is_ok());
+                film,
+            };
+            norm.forward(&x, &affine, g, &mut y).is_ok()
+        };
+        assert!(ok(2, &p, None, 0..1));
+        assert!(!ok(3, &p, None, 0..1), "groups do not divide the channels");
+        assert!(!ok(2, &p, None, 0..3), "groups past the last");
+        assert!(!ok(2, &p, None, 0..2), "output shorter than the groups");
+        assert!(!ok(2, &p[..3], None, 0..1), "short gamma");
+        assert!(!ok(2, &p, Some((&p, &p[..2])), 0..1), "short FiLM shift");
     }
 }
 

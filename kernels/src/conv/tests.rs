@@ -584,106 +584,28 @@ fn out_size_and_errors() {
         let _ = (bad.scratch_len(8, 32), bad.backward_scratch_len(8, 32));
     }
     let (h, w) = (4, 4);
-    let x = vec![0f32; 2 * 16];
+    let x = [0f32; 2 * 16];
     let wt = vec![0f32; 3 * 2 * 9];
     let b = [0f32; 3];
-    let mut out = vec![0f32; 3 * 4];
-    let mut s = vec![0f32; c.scratch_len(h, w)];
-    assert!(c
-        .forward(
-            Map::new(&x, h, w),
-            ConvParams {
-                weight: WeightsRef::F32(&wt),
-                bias: &b
-            },
-            0..3,
-            &mut out,
-            &mut s
-        )
-        .is_ok());
-    assert!(c
-        .forward(
-            Map::new(&x[1..], h, w),
-            ConvParams {
-                weight: WeightsRef::F32(&wt),
-                bias: &b
-            },
-            0..3,
-            &mut out,
-            &mut s
-        )
-        .is_err());
-    assert!(c
-        .forward(
-            Map::new(&x, h, w),
-            ConvParams {
-                weight: WeightsRef::F32(&wt[1..]),
-                bias: &b
-            },
-            0..3,
-            &mut out,
-            &mut s
-        )
-        .is_err());
-    assert!(c
-        .forward(
-            Map::new(&x, h, w),
-            ConvParams {
-                weight: WeightsRef::F32(&wt),
-                bias: &b[1..]
-            },
-            0..3,
-            &mut out,
-            &mut s
-        )
-        .is_err());
-    assert!(c
-        .forward(
-            Map::new(&x, h, w),
-            ConvParams {
-                weight: WeightsRef::F32(&wt),
-                bias: &b
-            },
-            0..4,
-            &mut out,
-            &mut s
-        )
-        .is_err());
-    assert!(c
-        .forward(
-            Map::new(&x, h, w),
-            ConvParams {
-                weight: WeightsRef::F32(&wt),
-                bias: &b
-            },
-            0..2,
-            &mut out,
-            &mut s
-        )
-        .is_err());
-    assert!(c
-        .forward(
-            Map::new(&x, h, w),
-            ConvParams {
-                weight: WeightsRef::F32(&wt),
-                bias: &b
-            },
-            0..3,
-            &mut out,
-            &mut s[1..]
-        )
-        .is_err());
-    let bad = Conv2d { stride: 0, ..c };
-    assert!(bad
-        .forward(
-            Map::new(&x, h, w),
-            ConvParams {
-                weight: WeightsRef::F32(&wt),
-                bias: &b
-            },
-            0..3,
-            &mut out,
-            &mut s
-        )
-        .is_err());
+    let out = vec![0f32; 3 * 4];
+    let s = vec![0f32; c.scratch_len(h, w)];
+    // forward of `conv` with the inputs cut at the front by the given counts.
+    let ok = |conv: Conv2d, cut: [usize; 4], co: core::ops::Range<usize>| {
+        let [cx, cw, cb, cs] = cut;
+        let (mut out, mut s) = (out.clone(), s.clone());
+        let p = ConvParams {
+            weight: WeightsRef::F32(&wt[cw..]),
+            bias: &b[cb..],
+        };
+        conv.forward(Map::new(&x[cx..], h, w), p, co, &mut out, &mut s[cs..])
+            .is_ok()
+    };
+    assert!(ok(c, [0; 4], 0..3));
+    assert!(!ok(c, [1, 0, 0, 0], 0..3), "short input");
+    assert!(!ok(c, [0, 1, 0, 0], 0..3), "short weights");
+    assert!(!ok(c, [0, 0, 1, 0], 0..3), "short bias");
+    assert!(!ok(c, [0; 4], 0..4), "channels past c_out");
+    assert!(!ok(c, [0; 4], 0..2), "output longer than the channels");
+    assert!(!ok(c, [0, 0, 0, 1], 0..3), "short scratch");
+    assert!(!ok(Conv2d { stride: 0, ..c }, [0; 4], 0..3), "stride 0");
 }

@@ -466,70 +466,20 @@ fn f16_weights_and_errors() {
     assert!(big_pad
         .backward_input(p, MapMut::new(&mut a, h, w), &d2, wr, 0..3, &mut s)
         .is_err());
-    let (mut dw, mut db) = (vec![0f32; w32.len()], vec![0f32; c.c_out]);
-    assert!(c
-        .backward_params(
-            p,
-            ConvGrads {
-                dweight: &mut dw,
-                dbias: &mut db
-            },
-            &dout,
-            Map::new(&x, h, w),
-            0..5,
-            &mut s
-        )
-        .is_ok());
-    assert!(c
-        .backward_params(
-            p,
-            ConvGrads {
-                dweight: &mut dw,
-                dbias: &mut db[1..]
-            },
-            &dout,
-            Map::new(&x, h, w),
-            0..5,
-            &mut s
-        )
-        .is_err());
-    assert!(c
-        .backward_params(
-            p,
-            ConvGrads {
-                dweight: &mut dw[1..],
-                dbias: &mut db
-            },
-            &dout,
-            Map::new(&x, h, w),
-            0..5,
-            &mut s
-        )
-        .is_err());
-    assert!(c
-        .backward_params(
-            p,
-            ConvGrads {
-                dweight: &mut dw,
-                dbias: &mut db
-            },
-            &dout,
-            Map::new(&x[1..], h, w),
-            0..5,
-            &mut s
-        )
-        .is_err());
-    assert!(c
-        .backward_params(
-            p,
-            ConvGrads {
-                dweight: &mut dw,
-                dbias: &mut db
-            },
-            &dout,
-            Map::new(&x, h, w),
-            0..6,
-            &mut s
-        )
-        .is_err());
+    // backward_params with [dw, db, x] cut at the front by the given counts.
+    let mut params_ok = |cut: [usize; 3], rows: core::ops::Range<usize>| {
+        let [cw, cb, cx] = cut;
+        let (mut dw, mut db) = (vec![0f32; w32.len()], vec![0f32; c.c_out]);
+        let grads = ConvGrads {
+            dweight: &mut dw[cw..],
+            dbias: &mut db[cb..],
+        };
+        c.backward_params(p, grads, &dout, Map::new(&x[cx..], h, w), rows, &mut s)
+            .is_ok()
+    };
+    assert!(params_ok([0; 3], 0..5));
+    assert!(!params_ok([0, 1, 0], 0..5), "short bias gradient");
+    assert!(!params_ok([1, 0, 0], 0..5), "short weight gradient");
+    assert!(!params_ok([0, 0, 1], 0..5), "short input");
+    assert!(!params_ok([0; 3], 0..6), "rows past the last");
 }
