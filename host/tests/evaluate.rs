@@ -309,6 +309,65 @@ fn nearest_of_training_images_is_themselves() {
     assert!(r["test_baseline_distance"]["min"].as_f64().unwrap() > 0.0);
 }
 
+/// `--weights training-set:DIR` is a perfect fit of the set: its samples land on training
+/// images (within the last step's noise), and its description names the set.
+#[test]
+fn training_set_samples_are_training_images() {
+    let dir = scratch("training_set");
+    let data = dir.join("mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    fake_mnist(&data, &random_images(30, 5), &random_images(4, 6));
+    let run = dir.join("run");
+    let _ = std::fs::remove_dir_all(&run);
+    let weights = format!("training-set:{}", s(&data));
+    let args = [
+        "sample",
+        "--weights",
+        weights.as_str(),
+        "--preset",
+        "vp-uncond-sigmoid",
+        "--steps",
+        "30",
+        "--n",
+        "5",
+        "--seed",
+        "2",
+        "--quiet",
+        "--out",
+    ];
+    let mut all: Vec<&str> = args.to_vec();
+    let run_s = s(&run);
+    all.push(&run_s);
+    ok(&all);
+    let manifest = json(&run.join("run.json"));
+    assert_eq!(manifest["model"]["images"], 30, "{manifest}");
+    let out = ok(&[
+        "evaluate",
+        "nearest",
+        "--samples",
+        &s(&run.join("samples.safetensors")),
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&dir.join("nn.json")),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("copies): 5 of 5"), "{text}");
+    // A folder without MNIST files is one clear error.
+    let bad_out = s(&dir.join("bad"));
+    let bad = host(&[
+        "sample",
+        "--weights",
+        "training-set:/nonexistent",
+        "--n",
+        "1",
+        "--out",
+        &bad_out,
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error:"));
+}
+
 #[test]
 fn real_mnist_nearest_and_restoration() {
     let Some(data) = mnist_dir() else { return };

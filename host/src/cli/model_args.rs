@@ -17,6 +17,7 @@ use tweedie_core::vp;
 
 use tweedie_nn::denoiser::gaussian::{parse_gaussian, GaussianPrior};
 use tweedie_nn::denoiser::network::NoiseInputKind;
+use tweedie_nn::denoiser::training_set::TrainingSet;
 use tweedie_nn::denoiser::{default_range, Model, Source};
 use tweedie_nn::model::adm::AdmArch;
 use tweedie_nn::model::config::ModelConfig;
@@ -40,11 +41,13 @@ pub struct ModelArgs {
     /// (default: bundled:mnist-vp), `gaussian:MEAN,STD` for the closed-form Gaussian prior
     /// (shape from --size/--channels, scale from --kind), `gaussian-fit:DIR` for the
     /// Gaussian fitted to the MNIST training split in DIR (padded to --size, default 32; scale
-    /// from --kind, default vp), or `gaussian-mixture-fit:DIR` for the mixture of one such
-    /// Gaussian per digit class (weights: the class proportions).
+    /// from --kind, default vp), `gaussian-mixture-fit:DIR` for the mixture of one such
+    /// Gaussian per digit class (weights: the class proportions), or `training-set:DIR` for
+    /// the exact denoiser of the training split's empirical law (a perfect fit of the set:
+    /// its samples are training digits).
     #[arg(
         long,
-        value_name = "W.safetensors|bundled:NAME|gaussian:MEAN,STD|gaussian-fit:DIR|gaussian-mixture-fit:DIR"
+        value_name = "W.safetensors|bundled:NAME|gaussian:MEAN,STD|gaussian-fit:DIR|gaussian-mixture-fit:DIR|training-set:DIR"
     )]
     pub weights: Option<String>,
     /// Model config: a JSON file or a built-in name (adm-ffhq256, ncsnpp-ffhq256). Overrides
@@ -209,7 +212,9 @@ impl ModelArgs {
         let spec = self.weights.as_deref()?;
         let special = spec.starts_with(bundled::PREFIX)
             || spec.starts_with("gaussian:")
-            || spec.starts_with("gaussian-fit:");
+            || spec.starts_with("gaussian-fit:")
+            || spec.starts_with("gaussian-mixture-fit:")
+            || spec.starts_with("training-set:");
         (!special).then(|| Path::new(spec))
     }
 
@@ -226,6 +231,9 @@ impl ModelArgs {
         }
         if let Some(dir) = spec.strip_prefix("gaussian-mixture-fit:") {
             return self.gaussian_mixture_fit(spec, Path::new(dir));
+        }
+        if let Some(dir) = spec.strip_prefix("training-set:") {
+            return self.training_set(spec, Path::new(dir));
         }
         let file = match spec.strip_prefix(bundled::PREFIX) {
             Some(name) => {
@@ -365,6 +373,43 @@ impl ModelArgs {
             channels: train.channels,
             size,
             source: Source::GaussianMixture(Box::new(mix)),
+            label: spec.to_string(),
+            description,
+            conv: ConvPolicy::Auto,
+        })
+    }
+
+    /// `training-set:DIR`: the empirical law of the MNIST training split (every image, padded
+    /// to --size and mapped to the kind's range).
+    fn training_set(&self, spec: &str, dir: &Path) -> Result<Model> {
+        if self.channels.is_some() {
+            bail!("--weights {spec}: the channels come from the data; drop --channels");
+        }
+        let kind = self.kind_flag()?.unwrap_or(Kind::Vp);
+        let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
+        let train = load_mnist(dir, MnistSplit::Train, &format!("--weights {spec}"))?;
+        let size = self.size.unwrap_or(32) as usize;
+        let pre = preprocess(&train, train.channels, size, data_range)?;
+        let dim = pre.example_len(&train);
+        memory::check(
+            &format!("{} training images of {dim} floats", train.len()),
+            memory::product(&[train.len() as u64, dim as u64, 4]),
+        )?;
+        let mut images = vec![0.0f32; train.len() * dim];
+        let all: Vec<usize> = (0..train.len()).collect();
+        train.fill_batch(&all, pre, &mut images)?;
+        let set = TrainingSet::new(kind, dim, images)?;
+        let description = json!({
+            "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
+            "images": train.len(), "channels": train.channels, "size": size,
+        });
+        Ok(Model {
+            kind,
+            data_range,
+            sigma_range: Some(self.prior_sigma_range(kind)),
+            channels: train.channels,
+            size,
+            source: Source::TrainingSet(Box::new(set)),
             label: spec.to_string(),
             description,
             conv: ConvPolicy::Auto,

@@ -10,6 +10,7 @@ pub mod gaussian;
 pub mod gaussian_mixture;
 pub mod ncsnpp;
 pub mod network;
+pub mod training_set;
 
 use anyhow::{Context, Result};
 use tweedie_core::tweedie::Parameterization;
@@ -25,6 +26,7 @@ use gaussian::GaussianPrior;
 use gaussian_mixture::{GaussianMixture, GaussianMixtureDenoiser};
 use ncsnpp::NcsnppDenoiser;
 use network::{AdmDenoiser, NoiseInputKind};
+use training_set::{TrainingSet, TrainingSetDenoiser};
 
 /// Where D comes from.
 pub enum Source {
@@ -34,6 +36,8 @@ pub enum Source {
     FullGaussian(Box<FullGaussian>),
     /// The closed-form denoiser of a mixture of such Gaussians (one fitted per class).
     GaussianMixture(Box<GaussianMixture>),
+    /// The exact denoiser of a training set's empirical law (uniform over its images).
+    TrainingSet(Box<TrainingSet>),
     /// guided-diffusion's ADM U-Net.
     Adm {
         /// Architecture.
@@ -95,9 +99,10 @@ impl Model {
     /// copy of the activations).
     pub fn split_threads(&self, threads: usize, batches: usize) -> (usize, usize) {
         match self.source {
-            Source::Gaussian(_) | Source::FullGaussian(_) | Source::GaussianMixture(_) => {
-                (threads.min(batches).max(1), 1)
-            }
+            Source::Gaussian(_)
+            | Source::FullGaussian(_)
+            | Source::GaussianMixture(_)
+            | Source::TrainingSet(_) => (threads.min(batches).max(1), 1),
             Source::Adm { .. } | Source::Ncsnpp { .. } => (1, threads.max(1)),
         }
     }
@@ -108,6 +113,7 @@ impl Model {
             Source::Gaussian(g) => Box::new(*g),
             Source::FullGaussian(g) => Box::new(FullGaussianDenoiser::new(g)),
             Source::GaussianMixture(g) => Box::new(GaussianMixtureDenoiser::new(g)),
+            Source::TrainingSet(s) => Box::new(TrainingSetDenoiser::new(s)),
             Source::Adm {
                 arch,
                 weights,
@@ -134,7 +140,10 @@ impl Model {
     /// [`Model::conv`] (None for the closed-form denoisers).
     pub fn conv_forms(&self) -> Result<Option<Vec<LayerForm>>> {
         Ok(match &self.source {
-            Source::Gaussian(_) | Source::FullGaussian(_) | Source::GaussianMixture(_) => None,
+            Source::Gaussian(_)
+            | Source::FullGaussian(_)
+            | Source::GaussianMixture(_)
+            | Source::TrainingSet(_) => None,
             Source::Adm { arch, weights, .. } => Some(crate::model::adm::forward::conv_forms(
                 arch, weights, self.size, self.size, self.conv,
             )?),
@@ -168,6 +177,7 @@ pub trait ModelDenoiser: Denoiser + Send {
 impl ModelDenoiser for GaussianPrior {}
 impl ModelDenoiser for FullGaussianDenoiser<'_> {}
 impl ModelDenoiser for GaussianMixtureDenoiser<'_> {}
+impl ModelDenoiser for TrainingSetDenoiser<'_> {}
 
 /// Stands in for a network that could not be built (why: its message).
 struct Unavailable(String);

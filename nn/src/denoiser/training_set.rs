@@ -1,0 +1,274 @@
+//! The exact denoiser of a training set's empirical law, X uniform over its images y₁ … y_N
+//! (`--weights training-set:DATA`). The noisy law is the mixture of N(yᵢ, σ²I), so Tweedie
+//! gives
+//!
+//! D(x, σ) = Σᵢ wᵢ(x, σ) yᵢ,  wᵢ ∝ exp(−‖x − yᵢ‖² / 2σ²).
+//!
+//! This is the denoiser a network trained on the set approaches as its loss goes to the
+//! minimum, so sampling with it shows what a sampler preset does with a perfect fit: its
+//! samples are training images (memorised by construction), and their class proportions and
+//! FID are the best any model of that set can reach under the preset.
+
+use anyhow::{bail, Result};
+use tweedie_core::plan::PlanStep;
+use tweedie_core::{Denoiser, Error, TimeMap};
+
+use crate::weights::meta::Kind;
+
+/// Weights below e^−CUT of the largest are dropped: with N ≤ 2³² images the dropped mass is
+/// below 2³² · e^−60 ≈ 4e−17 of the total, under f64's resolution of the sum.
+const CUT: f64 = 60.0;
+
+/// N images of `dim` elements, uniformly weighted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingSet {
+    /// VP (σ checked against the VP table) or VE.
+    pub kind: Kind,
+    dim: usize,
+    images: Vec<f32>,
+}
+
+impl TrainingSet {
+    /// The empirical law of `images`, `dim` elements each, back to back (at least one,
+    /// finite).
+    pub fn new(kind: Kind, dim: usize, images: Vec<f32>) -> Result<TrainingSet> {
+        if dim == 0 || images.is_empty() || !images.len().is_multiple_of(dim) {
+            bail!(
+                "training set: {} values are not whole images of {dim}",
+                images.len()
+            );
+        }
+        if images.iter().any(|v| !v.is_finite()) {
+            bail!("training set: non-finite pixel");
+        }
+        Ok(TrainingSet { kind, dim, images })
+    }
+
+    /// Elements per image.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.images.len() / self.dim
+    }
+
+    /// Always false (a set has an image).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// A worker's denoiser over a shared [`TrainingSet`] (its own scratch: the squared distances
+/// of one chain to every image and the weighted sum).
+pub struct TrainingSetDenoiser<'a> {
+    set: &'a TrainingSet,
+    d2: Vec<f64>,
+    acc: Vec<f64>,
+}
+
+impl<'a> TrainingSetDenoiser<'a> {
+    /// A denoiser for one worker thread.
+    pub fn new(set: &'a TrainingSet) -> Self {
+        TrainingSetDenoiser {
+            set,
+            d2: vec![0.0; set.len()],
+            acc: vec![0.0; set.dim],
+        }
+    }
+
+    /// D of one chain: the softmax of −‖x − yᵢ‖²/2σ² (shifted by the nearest image, so
+    /// far from every image it stays finite) averaging the images.
+    fn chain(&mut self, x: &[f32], sigma: f64, out: &mut [f32]) {
+        let dim = self.set.dim;
+        for (d, y) in self.d2.iter_mut().zip(self.set.images.chunks_exact(dim)) {
+            *d = squared_distance(x, y);
+        }
+        let nearest = self.d2.iter().copied().fold(f64::INFINITY, f64::min);
+        let scale = 0.5 / (sigma * sigma);
+        self.acc.fill(0.0);
+        let mut total = 0.0;
+        for (&d, y) in self.d2.iter().zip(self.set.images.chunks_exact(dim)) {
+            let e = (d - nearest) * scale;
+            if e > CUT {
+                continue;
+            }
+            let w = (-e).exp();
+            total += w;
+            for (a, &v) in self.acc.iter_mut().zip(y) {
+                *a += w * f64::from(v);
+            }
+        }
+        for (o, &a) in out.iter_mut().zip(&self.acc) {
+            *o = (a / total) as f32;
+        }
+    }
+}
+
+/// ‖a − b‖² with eight f32 lanes (vectorises; the differences, not the expanded form, so
+/// near an image it does not cancel), summed in f64.
+fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            let d = x[i] - y[i];
+            lanes[i] += d * d;
+        }
+    }
+    let tail: f64 = ra
+        .iter()
+        .zip(rb)
+        .map(|(&x, &y)| f64::from(x - y) * f64::from(x - y))
+        .sum();
+    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + tail
+}
+
+impl Denoiser for TrainingSetDenoiser<'_> {
+    fn denoise(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        step: &PlanStep,
+        out: &mut [f32],
+    ) -> Result<(), Error> {
+        let dim = self.set.dim;
+        if batch == 0 || x.len() != batch * dim || out.len() != x.len() {
+            return Err(Error::Shape("training set: x is not batch × dim"));
+        }
+        let sigma = step.sigma_net;
+        if !(sigma.is_finite() && sigma > 0.0) {
+            return Err(Error::Denoiser("training set: sigma must be > 0"));
+        }
+        if self.set.kind == Kind::Vp {
+            // A VP network can only be asked for σ inside its table (formats §1).
+            TimeMap::Exact.map(sigma)?;
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Denoiser("training set: non-finite x"));
+        }
+        for (xc, oc) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            self.chain(xc, sigma, oc);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(sigma: f64) -> PlanStep {
+        PlanStep {
+            k: 0,
+            sigma,
+            sigma_net: sigma,
+            t: f64::NAN,
+            gamma: 0.0,
+            temperature: 0.0,
+        }
+    }
+
+    fn denoise(set: &TrainingSet, x: &[f32], sigma: f64) -> Vec<f32> {
+        let mut out = vec![0.0f32; x.len()];
+        TrainingSetDenoiser::new(set)
+            .denoise(x, x.len() / set.dim(), &step(sigma), &mut out)
+            .unwrap();
+        out
+    }
+
+    /// One image: D is that image at every σ and x, bit for bit.
+    #[test]
+    fn one_image_is_a_point_mass() {
+        let y = vec![0.25f32, -0.5, 0.75, 1.0, -1.0, 0.0, 0.5, 0.125, 0.3];
+        let set = TrainingSet::new(Kind::Ve, 9, y.clone()).unwrap();
+        for sigma in [0.01, 1.0, 50.0] {
+            let x: Vec<f32> = (0..9).map(|i| i as f32 * 0.7 - 3.0).collect();
+            assert_eq!(denoise(&set, &x, sigma), y, "sigma {sigma}");
+        }
+    }
+
+    /// Two points in 1-D: E[X | x] = (y₁ w₁ + y₂ w₂) / (w₁ + w₂) with Gaussian weights, against
+    /// the formula in f64; large σ gives the mean, small σ the nearer point.
+    #[test]
+    fn two_points_match_the_closed_form() {
+        let (y1, y2) = (-1.0f64, 2.0f64);
+        let set = TrainingSet::new(Kind::Ve, 1, vec![y1 as f32, y2 as f32]).unwrap();
+        for sigma in [0.3, 1.0, 4.0] {
+            for x in [-3.0f64, -0.2, 0.5, 1.1, 5.0] {
+                let w = |y: f64| (-(x - y).powi(2) / (2.0 * sigma * sigma)).exp();
+                let want = (y1 * w(y1) + y2 * w(y2)) / (w(y1) + w(y2));
+                let got = f64::from(denoise(&set, &[x as f32], sigma)[0]);
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "sigma {sigma} x {x}: {got} vs {want}"
+                );
+            }
+        }
+        assert!((denoise(&set, &[0.3], 1e4)[0] - 0.5).abs() < 1e-6);
+        assert_eq!(denoise(&set, &[1e6], 0.01), [2.0]);
+        assert_eq!(denoise(&set, &[-1e6], 0.01), [-1.0]);
+    }
+
+    /// Many images, a dimension that is not a multiple of the lanes: the result is the
+    /// softmax average computed plainly in f64.
+    #[test]
+    fn matches_a_plain_f64_softmax() {
+        let (n, dim) = (37, 13);
+        let images: Vec<f32> = (0..n * dim)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        let set = TrainingSet::new(Kind::Ve, dim, images.clone()).unwrap();
+        let x: Vec<f32> = (0..2 * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        for sigma in [0.05, 0.5, 3.0] {
+            let got = denoise(&set, &x, sigma);
+            for (c, xc) in x.chunks_exact(dim).enumerate() {
+                let logw: Vec<f64> = images
+                    .chunks_exact(dim)
+                    .map(|y| {
+                        let d: f64 = xc
+                            .iter()
+                            .zip(y)
+                            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                            .sum();
+                        -d / (2.0 * sigma * sigma)
+                    })
+                    .collect();
+                let top = logw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = logw.iter().map(|l| (l - top).exp()).collect();
+                let total: f64 = w.iter().sum();
+                for e in 0..dim {
+                    let want: f64 = images
+                        .chunks_exact(dim)
+                        .zip(&w)
+                        .map(|(y, w)| w * f64::from(y[e]))
+                        .sum::<f64>()
+                        / total;
+                    let g = f64::from(got[c * dim + e]);
+                    assert!(
+                        (g - want).abs() < 1e-5,
+                        "sigma {sigma} chain {c} element {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_sets_and_calls_are_errors() {
+        assert!(TrainingSet::new(Kind::Ve, 3, vec![]).is_err());
+        assert!(TrainingSet::new(Kind::Ve, 3, vec![0.0; 4]).is_err());
+        assert!(TrainingSet::new(Kind::Ve, 0, vec![0.0; 4]).is_err());
+        assert!(TrainingSet::new(Kind::Ve, 2, vec![0.0, f32::NAN]).is_err());
+        let set = TrainingSet::new(Kind::Ve, 2, vec![0.0; 4]).unwrap();
+        let mut d = TrainingSetDenoiser::new(&set);
+        let mut out = [0.0f32; 2];
+        assert!(d.denoise(&[0.0; 3], 1, &step(1.0), &mut out).is_err());
+        assert!(d.denoise(&[0.0; 2], 1, &step(0.0), &mut out).is_err());
+        assert!(d
+            .denoise(&[f32::NAN, 0.0], 1, &step(1.0), &mut out)
+            .is_err());
+    }
+}
