@@ -237,10 +237,12 @@ pub fn denoiser_bytes(model: &Model, batch: u64, threads: u64) -> u64 {
             product(&[base, 64 + threads, 4]).saturating_add(product(&[chain, batch, 8]))
         }
         Source::Gaussian(_) | Source::FullGaussian(_) => product(&[chain, batch, 4, 4]),
-        // The distances of one chain to every image, and the weighted sum in f64.
-        Source::TrainingSet(s) => {
-            product(&[chain, batch, 4, 4]).saturating_add(product(&[s.len() as u64 + chain, 8]))
-        }
+        // The distances of each chain of the batch to every image, and the sums in f64.
+        Source::TrainingSet(s) => product(&[chain, batch, 4, 4]).saturating_add(product(&[
+            batch,
+            s.len() as u64 + chain,
+            8,
+        ])),
         // Every component's D of one chain, and the weighted sum in f64.
         Source::GaussianMixture(g) => {
             product(&[chain, batch, 4, 4]).saturating_add(product(&[chain, g.len() as u64 + 2, 4]))
