@@ -29,7 +29,7 @@ use crate::eval::posterior::{diagnose, Diagnosis, VARIANCE_FLOOR};
 use crate::eval::restoration::{Evaluated, Scores, Setup, Start, FIGURE_SAMPLES, METHODS};
 use crate::eval::stats::{chi_square, mean_se, spread};
 use crate::image_io::{grid_planes_in_columns, png_from_planes, to_planes};
-use crate::run::manifest::{InputFile, Manifest, ManifestParts, MANIFEST};
+use crate::run::manifest::{InputFile, Manifest, ManifestParts};
 use crate::run::measurement::Task;
 use crate::run::output::{build_info, json_bytes};
 use crate::run::output_policy::Outputs;
@@ -746,9 +746,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
             },
             args,
         )?;
-        manifest.hash_files(&out)?;
-        out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
-        out.commit()?;
+        manifest.seal(out)?;
         say(&format!(
             "wrote {} ({}) in {}",
             shard.label(),

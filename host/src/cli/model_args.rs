@@ -32,7 +32,7 @@ use crate::bundled;
 use crate::errln;
 use crate::eval::gaussian_fit::{fit, fit_per_class, mixture, GaussianFit};
 use crate::run::memory;
-use tweedie_nn::data::MnistSplit;
+use tweedie_nn::data::{Dataset, MnistSplit, Preprocess};
 
 /// The model flags shared by `sample`, `restore`, `denoise` (and `schedule`, without weights).
 #[derive(Debug, Clone, Args, Serialize)]
@@ -150,6 +150,15 @@ fn check_vp_range(kind: Kind, range: (f64, f64), source: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The inputs of a Gaussian fit to MNIST ([`ModelArgs::fit_data`]).
+struct FitData {
+    kind: Kind,
+    data_range: DataRange,
+    train: Dataset,
+    size: usize,
+    pre: Preprocess,
 }
 
 /// The flag if given (warning when it differs from the metadata), else the metadata value.
@@ -318,8 +327,10 @@ impl ModelArgs {
         })
     }
 
-    /// `gaussian-fit:DIR`: fits N(μ, Σ) to the MNIST training split in the model's range.
-    fn gaussian_fit(&self, spec: &str, dir: &Path) -> Result<Model> {
+    /// What a fit to the MNIST training split in `dir` starts from: the kind (VP unless
+    /// --kind), the range (the kind's unless --data-range), the split and its padding to
+    /// --size (32 unless given). The channels come from the data.
+    fn fit_data(&self, spec: &str, dir: &Path) -> Result<FitData> {
         if self.channels.is_some() {
             bail!("--weights {spec}: the channels come from the data; drop --channels");
         }
@@ -328,6 +339,24 @@ impl ModelArgs {
         let train = load_mnist(dir, MnistSplit::Train, &format!("--weights {spec}"))?;
         let size = self.size.unwrap_or(32) as usize;
         let pre = preprocess(&train, train.channels, size, data_range)?;
+        Ok(FitData {
+            kind,
+            data_range,
+            train,
+            size,
+            pre,
+        })
+    }
+
+    /// `gaussian-fit:DIR`: fits N(μ, Σ) to the MNIST training split in the model's range.
+    fn gaussian_fit(&self, spec: &str, dir: &Path) -> Result<Model> {
+        let FitData {
+            kind,
+            data_range,
+            train,
+            size,
+            pre,
+        } = self.fit_data(spec, dir)?;
         // Σ and its eigenvectors, in f64.
         let dim = (train.channels * size * size) as u64;
         memory::check(
@@ -341,14 +370,13 @@ impl ModelArgs {
     /// `gaussian-mixture-fit:DIR`: one N(μₖ, Σₖ) per class of the MNIST training split, mixed
     /// by the class proportions.
     fn gaussian_mixture_fit(&self, spec: &str, dir: &Path) -> Result<Model> {
-        if self.channels.is_some() {
-            bail!("--weights {spec}: the channels come from the data; drop --channels");
-        }
-        let kind = self.kind_flag()?.unwrap_or(Kind::Vp);
-        let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
-        let train = load_mnist(dir, MnistSplit::Train, &format!("--weights {spec}"))?;
-        let size = self.size.unwrap_or(32) as usize;
-        let pre = preprocess(&train, train.channels, size, data_range)?;
+        let FitData {
+            kind,
+            data_range,
+            train,
+            size,
+            pre,
+        } = self.fit_data(spec, dir)?;
         // One class's Σ and eigenvectors in f64 at a time; every component's kept
         // eigenvectors (at most dim × dim f32 each) for the ten classes.
         let dim = (train.channels * size * size) as u64;

@@ -23,7 +23,7 @@ use super::sample::{
 use crate::cli::model_args::ModelArgs;
 use crate::errln;
 use crate::image_io::{png_from_planes, range_width, read_image, to_planes};
-use crate::run::manifest::{InputFile, Manifest, ManifestParts, MANIFEST};
+use crate::run::manifest::{InputFile, Manifest, ManifestParts};
 use crate::run::measurement::{MeasureOptions, Measurement, Task};
 use crate::run::output::{json_bytes, safetensors_bytes};
 use crate::run::output_policy::Outputs;
@@ -409,9 +409,7 @@ fn run_shard(
         },
         args,
     )?;
-    manifest.hash_files(&out)?;
-    out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
-    out.commit()?;
+    manifest.seal(out)?;
     if !args.run.quiet {
         errln!(
             "wrote {} ({}) to {}",

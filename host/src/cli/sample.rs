@@ -16,7 +16,7 @@ use crate::cli::device::{self, Device, DeviceArgs};
 use crate::cli::model_args::{conv_json, ModelArgs};
 use crate::errln;
 use crate::image_io::{grid_planes, png_from_planes, to_planes};
-use crate::run::manifest::{Manifest, ManifestParts, MANIFEST};
+use crate::run::manifest::{Manifest, ManifestParts};
 use crate::run::memory;
 use crate::run::output::{build_info, json_bytes};
 use crate::run::output_policy::Outputs;
@@ -403,9 +403,7 @@ pub fn run(args: &SampleArgs) -> Result<ExitCode> {
             },
             args,
         )?;
-        manifest.hash_files(&out)?;
-        out.write(MANIFEST, &json_bytes(&serde_json::to_value(&manifest)?)?)?;
-        out.commit()?;
+        manifest.seal(out)?;
         if !args.run.quiet {
             errln!(
                 "wrote {} ({}) to {}",

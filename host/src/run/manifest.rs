@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tweedie_nn::sha256;
 
+use super::output::json_bytes;
 use super::output_policy::Outputs;
 use super::shard::Shard;
 use super::stream::ImageShape;
@@ -204,12 +205,20 @@ impl Manifest {
     }
 
     /// Records the sha256 of every file `out` wrote (call last, before writing the manifest).
-    pub fn hash_files(&mut self, out: &Outputs) -> Result<()> {
+    fn hash_files(&mut self, out: &Outputs) -> Result<()> {
         for rel in out.written_files() {
             let sha = sha256::of_file(&out.root().join(rel))?;
             self.files.insert(rel.to_string_lossy().into_owned(), sha);
         }
         Ok(())
+    }
+
+    /// Finishes shard folder `out`: records the sha256 of every file written to it, writes
+    /// the manifest as its last file and commits the folder.
+    pub fn seal(&mut self, mut out: Outputs) -> Result<()> {
+        self.hash_files(&out)?;
+        out.write(MANIFEST, &json_bytes(&serde_json::to_value(&*self)?)?)?;
+        out.commit()
     }
 
     /// Checks that the files of shard folder `dir` are the ones this manifest recorded.

@@ -129,6 +129,30 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + tail
 }
 
+/// The σ of a closed-form prior's `denoise` call, after checking the call: `batch` rows of
+/// `dim` in `x` and as many in `out`, σ finite and > 0, and for a VP prior inside the VP
+/// table (a VP network can only be asked for σ there; formats §1). `errors` are the shape
+/// and the σ message, naming the prior.
+pub(super) fn checked_sigma(
+    kind: Kind,
+    dim: usize,
+    (x, batch, out): (&[f32], usize, &[f32]),
+    step: &PlanStep,
+    errors: [&'static str; 2],
+) -> Result<f64, Error> {
+    if batch == 0 || x.len() != batch * dim || out.len() != x.len() {
+        return Err(Error::Shape(errors[0]));
+    }
+    let sigma = step.sigma_net;
+    if !(sigma.is_finite() && sigma > 0.0) {
+        return Err(Error::Denoiser(errors[1]));
+    }
+    if kind == Kind::Vp {
+        TimeMap::Exact.map(sigma)?;
+    }
+    Ok(sigma)
+}
+
 /// A worker's denoiser over a shared [`FullGaussian`] (its own coefficient scratch).
 pub struct FullGaussianDenoiser<'a> {
     prior: &'a FullGaussian,
@@ -154,17 +178,11 @@ impl Denoiser for FullGaussianDenoiser<'_> {
         out: &mut [f32],
     ) -> Result<(), Error> {
         let dim = self.prior.dim();
-        if batch == 0 || x.len() != batch * dim || out.len() != x.len() {
-            return Err(Error::Shape("full Gaussian: x is not batch × dim"));
-        }
-        let sigma = step.sigma_net;
-        if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(Error::Denoiser("full Gaussian: sigma must be > 0"));
-        }
-        if self.prior.kind == Kind::Vp {
-            // A VP network can only be asked for σ inside its table (formats §1).
-            TimeMap::Exact.map(sigma)?;
-        }
+        let errors = [
+            "full Gaussian: x is not batch × dim",
+            "full Gaussian: sigma must be > 0",
+        ];
+        let sigma = checked_sigma(self.prior.kind, dim, (x, batch, out), step, errors)?;
         self.prior.apply(x, sigma, &mut self.coef, out);
         Ok(())
     }
@@ -279,5 +297,27 @@ mod tests {
             .is_err());
         assert!(FullGaussian::new(Kind::Ve, &mean, &vectors, &[1.0, -1.0, 1.0]).is_err());
         assert!(FullGaussian::new(Kind::Ve, &mean, &vectors[..6], &var).is_err());
+    }
+
+    /// The call checks both closed-form priors share: the shape, σ finite and > 0, and σ in
+    /// the VP table for a VP prior only.
+    #[test]
+    fn checked_sigma_refuses_bad_calls() {
+        let x = [0.0f32; 4];
+        let check = |kind, batch, out: &[f32], sigma| {
+            checked_sigma(kind, 2, (&x, batch, out), &step(sigma), ["shape", "sigma"])
+        };
+        assert_eq!(check(Kind::Ve, 2, &x, 0.5), Ok(0.5));
+        assert_eq!(check(Kind::Ve, 0, &x, 0.5), Err(Error::Shape("shape")));
+        assert_eq!(check(Kind::Ve, 1, &x, 0.5), Err(Error::Shape("shape")));
+        assert_eq!(check(Kind::Ve, 2, &x[..2], 0.5), Err(Error::Shape("shape")));
+        for sigma in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(check(Kind::Ve, 2, &x, sigma), Err(Error::Denoiser("sigma")));
+        }
+        assert_eq!(check(Kind::Ve, 2, &x, 348.0), Ok(348.0));
+        assert!(matches!(
+            check(Kind::Vp, 2, &x, 348.0),
+            Err(Error::SigmaOutsideVpTable { .. })
+        ));
     }
 }

@@ -11,9 +11,9 @@
 
 use anyhow::{bail, Result};
 use tweedie_core::plan::PlanStep;
-use tweedie_core::{Denoiser, Error, TimeMap};
+use tweedie_core::{Denoiser, Error};
 
-use super::full_gaussian::FullGaussian;
+use super::full_gaussian::{checked_sigma, FullGaussian};
 use crate::weights::meta::Kind;
 
 /// Σₖ πₖ N(μₖ, Σₖ) over `dim` elements.
@@ -139,17 +139,11 @@ impl Denoiser for GaussianMixtureDenoiser<'_> {
         out: &mut [f32],
     ) -> Result<(), Error> {
         let dim = self.prior.dim();
-        if batch == 0 || x.len() != batch * dim || out.len() != x.len() {
-            return Err(Error::Shape("Gaussian mixture: x is not batch × dim"));
-        }
-        let sigma = step.sigma_net;
-        if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(Error::Denoiser("Gaussian mixture: sigma must be > 0"));
-        }
-        if self.prior.kind() == Kind::Vp {
-            // A VP network can only be asked for σ inside its table (formats §1).
-            TimeMap::Exact.map(sigma)?;
-        }
+        let errors = [
+            "Gaussian mixture: x is not batch × dim",
+            "Gaussian mixture: sigma must be > 0",
+        ];
+        let sigma = checked_sigma(self.prior.kind(), dim, (x, batch, out), step, errors)?;
         for (xc, oc) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
             self.chain(xc, sigma, oc);
         }

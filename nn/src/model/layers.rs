@@ -5,6 +5,7 @@
 //! Every split only decides which thread computes which outputs; the kernels compute each
 //! element in the same order whatever range they get, so no split changes a bit.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -204,6 +205,38 @@ pub struct NormP<'w> {
     pub beta: &'w [f32],
 }
 
+impl NormP<'_> {
+    /// Groups `g` of this GroupNorm (+FiLM `film` = (scale, shift), +SiLU) of one sample `x`
+    /// of `hw`-pixel maps into `out`, the kernel's share of those groups.
+    pub(crate) fn forward_groups(
+        &self,
+        x: &[f32],
+        hw: usize,
+        film: Option<(&[f32], &[f32])>,
+        silu: bool,
+        g: Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        k::GroupNorm {
+            channels: self.channels,
+            hw,
+            groups: self.groups,
+            eps: self.eps,
+            silu,
+        }
+        .forward(
+            x,
+            &k::NormAffine {
+                gamma: self.gamma,
+                beta: self.beta,
+                film,
+            },
+            g,
+            out,
+        )
+    }
+}
+
 /// A Linear layer.
 #[derive(Debug, Clone, Copy)]
 pub struct LinearP<'w> {
@@ -322,23 +355,7 @@ pub fn group_norm(
 ) -> Result<(), KernelError> {
     let _p = profile::scope(Kind::GroupNorm, 0);
     pool.split(out, p.groups, 1, |_, g, piece| {
-        k::GroupNorm {
-            channels: p.channels,
-            hw,
-            groups: p.groups,
-            eps: p.eps,
-            silu,
-        }
-        .forward(
-            x,
-            &k::NormAffine {
-                gamma: p.gamma,
-                beta: p.beta,
-                film,
-            },
-            g,
-            piece,
-        )
+        p.forward_groups(x, hw, film, silu, g, piece)
     })
 }
 
@@ -363,24 +380,7 @@ pub fn group_norm_batch(
     let _p = profile::scope(Kind::GroupNorm, 0);
     pool.split_batch(out, batch, p.groups, 1, |_, s, g, piece| {
         let film = film.map(|f| f[s * 2 * c..(s + 1) * 2 * c].split_at(c));
-        let x = &x[s * per..(s + 1) * per];
-        k::GroupNorm {
-            channels: c,
-            hw,
-            groups: p.groups,
-            eps: p.eps,
-            silu,
-        }
-        .forward(
-            x,
-            &k::NormAffine {
-                gamma: p.gamma,
-                beta: p.beta,
-                film,
-            },
-            g,
-            piece,
-        )
+        p.forward_groups(&x[s * per..(s + 1) * per], hw, film, silu, g, piece)
     })
 }
 

@@ -9,6 +9,7 @@ use tweedie_kernels::{self as k, Isa, KernelError, WeightsRef};
 use super::tape::{spans_mut, winograd_at, ConvT, LinT, NormT, Span, WinoT};
 use crate::backend::{Pool, ThreadScratch};
 use crate::model::adm::arch::{Updown, GROUPNORM_EPS, GROUPNORM_GROUPS};
+use crate::model::layers::NormP;
 
 /// What every layer call needs besides buffers.
 pub(super) struct Ctx<'a> {
@@ -67,25 +68,15 @@ impl Ctx<'_> {
     /// GroupNorm32 (+FiLM, +SiLU) split over groups.
     pub(super) fn norm(&self, n: &NormT, inp: NormIn, out: &mut [f32]) -> KResult {
         let NormIn { x, hw, film, silu } = inp;
-        let (g, b, c) = (self.p(n.g), self.p(n.b), n.c);
+        let p = NormP {
+            channels: n.c,
+            groups: GROUPNORM_GROUPS,
+            eps: GROUPNORM_EPS,
+            gamma: self.p(n.g),
+            beta: self.p(n.b),
+        };
         self.pool.split(out, GROUPNORM_GROUPS, 1, |_, gr, piece| {
-            k::GroupNorm {
-                channels: c,
-                hw,
-                groups: GROUPNORM_GROUPS,
-                eps: GROUPNORM_EPS,
-                silu,
-            }
-            .forward(
-                x,
-                &k::NormAffine {
-                    gamma: g,
-                    beta: b,
-                    film,
-                },
-                gr,
-                piece,
-            )
+            p.forward_groups(x, hw, film, silu, gr, piece)
         })
     }
 
