@@ -410,14 +410,13 @@ impl ModelArgs {
     /// `training-set:DIR`: the empirical law of the MNIST training split (every image, padded
     /// to --size and mapped to the kind's range).
     fn training_set(&self, spec: &str, dir: &Path) -> Result<Model> {
-        if self.channels.is_some() {
-            bail!("--weights {spec}: the channels come from the data; drop --channels");
-        }
-        let kind = self.kind_flag()?.unwrap_or(Kind::Vp);
-        let data_range = self.data_range_flag()?.unwrap_or(default_range(kind));
-        let train = load_mnist(dir, MnistSplit::Train, &format!("--weights {spec}"))?;
-        let size = self.size.unwrap_or(32) as usize;
-        let pre = preprocess(&train, train.channels, size, data_range)?;
+        let FitData {
+            kind,
+            data_range,
+            train,
+            size,
+            pre,
+        } = self.fit_data(spec, dir)?;
         let dim = pre.example_len(&train);
         memory::check(
             &format!("{} training images of {dim} floats", train.len()),

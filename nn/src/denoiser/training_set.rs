@@ -11,8 +11,9 @@
 
 use anyhow::{bail, Result};
 use tweedie_core::plan::PlanStep;
-use tweedie_core::{Denoiser, Error, TimeMap};
+use tweedie_core::{Denoiser, Error};
 
+use super::full_gaussian::checked_sigma;
 use crate::weights::meta::Kind;
 
 /// Weights below e^−CUT of the largest are dropped: with N ≤ 2³² images the dropped mass is
@@ -164,18 +165,16 @@ impl Denoiser for TrainingSetDenoiser<'_> {
         step: &PlanStep,
         out: &mut [f32],
     ) -> Result<(), Error> {
-        let dim = self.set.dim;
-        if batch == 0 || x.len() != batch * dim || out.len() != x.len() {
-            return Err(Error::Shape("training set: x is not batch × dim"));
-        }
-        let sigma = step.sigma_net;
-        if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(Error::Denoiser("training set: sigma must be > 0"));
-        }
-        if self.set.kind == Kind::Vp {
-            // A VP network can only be asked for σ inside its table (formats §1).
-            TimeMap::Exact.map(sigma)?;
-        }
+        let sigma = checked_sigma(
+            self.set.kind,
+            self.set.dim,
+            (x, batch, out),
+            step,
+            [
+                "training set: x is not batch × dim",
+                "training set: sigma must be > 0",
+            ],
+        )?;
         if x.iter().any(|v| !v.is_finite()) {
             return Err(Error::Denoiser("training set: non-finite x"));
         }
