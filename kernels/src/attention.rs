@@ -131,6 +131,8 @@ type AttendArgs<'a> = (
     &'a mut [f32],
 );
 
+// AVX2 twins only: AVX-512 twins of these bodies (the same bits) ran 25–40 % slower on Zen 4
+// (64 channels, 64 positions, 1 thread: forward 70 against 51 µs, backward 145 against 111).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_avx2(args: AttendArgs) {

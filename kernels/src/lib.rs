@@ -66,22 +66,28 @@
 )]
 
 /// Calls `$plain(args…)`, or its twin `$avx2` compiled with AVX2 when [`crate::Isa::detected`]
-/// reports the CPU has it (the GroupNorm and attention kernels). The bodies are plain IEEE
-/// f32/f64 arithmetic without fused multiply-adds (Rust never contracts a·b + c), so both
-/// compilations give the same bits: AVX2 only doubles the vector width (the portable build
-/// targets baseline x86-64, 4 f32 lanes). Everything the body calls must be
-/// `#[inline(always)]` to be compiled with it.
+/// reports the CPU has it, or `$avx512` compiled with AVX-512F when it reports that (the
+/// GroupNorm and attention kernels; without `$avx512`, AVX-512 CPUs run `$avx2`). The bodies
+/// are plain IEEE f32/f64 arithmetic without fused multiply-adds (Rust never contracts
+/// a·b + c), so every compilation gives the same bits: AVX2 and AVX-512 only widen the
+/// vectors (the portable build targets baseline x86-64, 4 f32 lanes). Everything the body
+/// calls must be `#[inline(always)]` to be compiled with it.
 macro_rules! dispatch {
-    ($plain:ident $(::<$g:tt>)?, $avx2:ident, $args:expr) => {{
+    ($plain:ident $(::<$g:tt>)?, $avx2:ident, $args:expr) => {
+        dispatch!($plain $(::<$g>)?, $avx2, $avx2, $args)
+    };
+    ($plain:ident $(::<$g:tt>)?, $avx2:ident, $avx512:ident, $args:expr) => {{
         let args = $args;
         #[cfg(target_arch = "x86_64")]
         {
-            if crate::Isa::detected().is_simd() {
-                // SAFETY: Isa::detected() reports a SIMD path only when the CPU has AVX2 and
-                // FMA (checked by the host before enable_avx2_fma, or compiled in).
-                unsafe { $avx2 $(::<$g>)? (args) }
-            } else {
-                $plain $(::<$g>)? (args)
+            match crate::Isa::detected().kind() {
+                // SAFETY: Isa::detected() reports AVX-512 only when the CPU and the OS
+                // support AVX-512F (and AVX2: enable_avx2_fma), ...
+                crate::isa::IsaKind::Avx512 => unsafe { $avx512 $(::<$g>)? (args) },
+                // ... and AVX2 only when the CPU has AVX2 and FMA (checked by the host before
+                // enable_avx2_fma, or compiled in).
+                crate::isa::IsaKind::Avx2Fma => unsafe { $avx2 $(::<$g>)? (args) },
+                crate::isa::IsaKind::Portable => $plain $(::<$g>)? (args),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -89,6 +95,25 @@ macro_rules! dispatch {
             $plain $(::<$g>)? (args)
         }
     }};
+}
+
+/// Defines the twins [`dispatch!`] calls: `$avx2` and `$avx512`, the body `$call` compiled
+/// with AVX2 and with AVX2 + AVX-512F (each `unsafe`: the CPU must have those features),
+/// both generic over the `<const G: T>` written after the second name, if any.
+macro_rules! simd_twins {
+    ($avx2:ident, $avx512:ident $(<const $g:ident: $gt:ty>)?, ($a:ident: $t:ty) $(-> $r:ty)?, $call:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2 $(<const $g: $gt>)? ($a: $t) $(-> $r)? {
+            $call
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,avx512f")]
+        unsafe fn $avx512 $(<const $g: $gt>)? ($a: $t) $(-> $r)? {
+            $call
+        }
+    };
 }
 
 pub mod attention;

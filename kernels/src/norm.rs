@@ -99,11 +99,9 @@ fn channel_forward((pre, ch, film, silu, xc, yc): FwdArgs) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn channel_forward_avx2(args: FwdArgs) {
+simd_twins!(channel_forward_avx2, channel_forward_avx512, (args: FwdArgs), {
     channel_forward(args)
-}
+});
 
 /// From a group's f64 mean and biased variance: μ split into two f32 parts (hi, lo) and
 /// rstd = 1/sqrt(σ² + eps) in f64 (shared with the GPU kernel).
@@ -240,7 +238,12 @@ impl GroupNorm {
                     rstd: 0.0, // unused by the forward
                 };
                 let args = (&pre, &ch, film.is_some(), silu_after, xc, yc);
-                dispatch!(channel_forward, channel_forward_avx2, args);
+                dispatch!(
+                    channel_forward,
+                    channel_forward_avx2,
+                    channel_forward_avx512,
+                    args
+                );
             }
         }
         Ok(())
@@ -332,12 +335,14 @@ impl GroupNorm {
                     dispatch!(
                         channel_sums::<true>,
                         channel_sums_avx2,
+                        channel_sums_avx512,
                         (&pre, &ch, xc, dyc, keep)
                     )
                 } else {
                     dispatch!(
                         channel_sums::<false>,
                         channel_sums_avx2,
+                        channel_sums_avx512,
                         (&pre, &ch, xc, dyc, keep)
                     )
                 };
@@ -364,11 +369,21 @@ impl GroupNorm {
                 let args = (&pre, &ch, gamma[c], m, xc, dyc, dxc);
                 if cached {
                     let gz = &gz_cache[j * hw..(j + 1) * hw];
-                    dispatch!(channel_dx_kept, channel_dx_kept_avx2, (args, gz));
+                    dispatch!(
+                        channel_dx_kept,
+                        channel_dx_kept_avx2,
+                        channel_dx_kept_avx512,
+                        (args, gz)
+                    );
                 } else if silu_after {
-                    dispatch!(channel_dx::<true>, channel_dx_avx2, args);
+                    dispatch!(channel_dx::<true>, channel_dx_avx2, channel_dx_avx512, args);
                 } else {
-                    dispatch!(channel_dx::<false>, channel_dx_avx2, args);
+                    dispatch!(
+                        channel_dx::<false>,
+                        channel_dx_avx2,
+                        channel_dx_avx512,
+                        args
+                    );
                 }
             }
         }
@@ -391,11 +406,19 @@ const GZ_CACHE: usize = 4096;
 /// and where to keep the channel's gz (empty: nowhere).
 type SumArgs<'a> = (&'a Pre, &'a Chan, &'a [f32], &'a [f32], &'a mut [f32]);
 
-/// [`channel_sums`] compiled with AVX2, its sums over gz (kept, or dy itself without SiLU)
-/// in AVX vectors: the same operations per lane as [`sums_by`], so the same bits.
+simd_twins!(channel_sums_avx2, channel_sums_avx512<const SILU: bool>, (args: SumArgs) -> [f64; 4], {
+    // SAFETY: AVX2 by the caller's contract.
+    unsafe { channel_sums_simd::<SILU>(args) }
+});
+
+/// The body of the [`channel_sums`] twins: its sums over gz (kept, or dy itself without SiLU)
+/// in AVX vectors, the same operations per lane as [`sums_by`], so the same bits.
+///
+/// # Safety
+/// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn channel_sums_avx2<const SILU: bool>((pre, ch, xc, dyc, keep): SumArgs) -> [f64; 4] {
+#[inline(always)]
+unsafe fn channel_sums_simd<const SILU: bool>((pre, ch, xc, dyc, keep): SumArgs) -> [f64; 4] {
     if keep.is_empty() {
         if SILU {
             return sums_by::<true, false>(pre, ch, xc, dyc);
@@ -529,11 +552,9 @@ type DxArgs<'a> = (
     &'a mut [f32],
 );
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn channel_dx_avx2<const SILU: bool>(args: DxArgs) {
+simd_twins!(channel_dx_avx2, channel_dx_avx512<const SILU: bool>, (args: DxArgs), {
     channel_dx::<SILU>(args)
-}
+});
 
 /// Pass 2 over one channel: dx += rstd·((dy₁·γ − m[0]) − x̂·m[1]), m = the group means of
 /// dx̂ and dx̂·x̂.
@@ -545,11 +566,9 @@ fn channel_dx<const SILU: bool>((pre, ch, gc, m, xc, dyc, dxc): DxArgs) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn channel_dx_kept_avx2(args: (DxArgs, &[f32])) {
+simd_twins!(channel_dx_kept_avx2, channel_dx_kept_avx512, (args: (DxArgs, &[f32])), {
     channel_dx_kept(args)
-}
+});
 
 /// [`channel_dx`] from the gz pass 1 kept (`dyc` unused).
 #[inline(always)]
@@ -1024,14 +1043,56 @@ mod backward_tests {
         }
     }
 
-    /// The AVX2 twins compute the same bits as the portable bodies (no FMA, same order), so
-    /// the gradients do not depend on the CPU's vector width either.
+    /// One compilation's twins of the channel kernels (AVX2 or AVX-512).
+    #[cfg(target_arch = "x86_64")]
+    struct Twins {
+        forward: unsafe fn(FwdArgs),
+        sums_silu: unsafe fn(SumArgs) -> [f64; 4],
+        sums: unsafe fn(SumArgs) -> [f64; 4],
+        dx: unsafe fn(DxArgs),
+        dx_kept: unsafe fn((DxArgs, &[f32])),
+    }
+
+    /// The AVX2 and AVX-512 twins compute the same bits as the portable bodies (no FMA, same
+    /// order), so the gradients do not depend on the CPU's vector width either.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_twins_give_the_portable_bits() {
+    fn simd_twins_give_the_portable_bits() {
         if !std::is_x86_feature_detected!("avx2") {
             return;
         }
+        let x: Vec<f32> = data(2 * BLOCK + 13, 5)
+            .iter()
+            .map(|v| 3.0 * v + 0.7)
+            .collect();
+        // SAFETY: the CPU has AVX2 (checked above).
+        assert_eq!(mean_var_body(&x), unsafe { mean_var_avx2(&x) });
+        let avx2 = Twins {
+            forward: channel_forward_avx2,
+            sums_silu: channel_sums_avx2::<true>,
+            sums: channel_sums_avx2::<false>,
+            dx: channel_dx_avx2::<true>,
+            dx_kept: channel_dx_kept_avx2,
+        };
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe { twins_give_the_portable_bits(&avx2) };
+        if std::is_x86_feature_detected!("avx512f") {
+            let avx512 = Twins {
+                forward: channel_forward_avx512,
+                sums_silu: channel_sums_avx512::<true>,
+                sums: channel_sums_avx512::<false>,
+                dx: channel_dx_avx512::<true>,
+                dx_kept: channel_dx_kept_avx512,
+            };
+            // SAFETY: the CPU has AVX-512F (checked just above) and AVX2.
+            unsafe { twins_give_the_portable_bits(&avx512) };
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have the features the twins were compiled with.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn twins_give_the_portable_bits(t: &Twins) {
         let hw = 2 * BLOCK + 13;
         let x: Vec<f32> = data(hw, 5).iter().map(|v| 3.0 * v + 0.7).collect();
         let dy = data(hw, 6);
@@ -1043,38 +1104,37 @@ mod backward_tests {
             rstd: rstd as f32,
         };
         let ch = pre.channel(0, rstd, &[1.3], &[0.2], Some((&[0.4], &[-0.3])));
-        // SAFETY (all four): the CPU has AVX2 (checked above).
+        // SAFETY (all twin calls): the caller's contract.
         for silu in [false, true] {
             let mut y = vec![0f32; hw];
             let mut y2 = vec![0f32; hw];
             channel_forward((&pre, &ch, true, silu, &x, &mut y));
-            unsafe { channel_forward_avx2((&pre, &ch, true, silu, &x, &mut y2)) };
+            unsafe { (t.forward)((&pre, &ch, true, silu, &x, &mut y2)) };
             assert_eq!(y, y2);
         }
-        assert_eq!(mean_var_body(&x), unsafe { mean_var_avx2(&x) });
-        // Recomputing gz or keeping it (portable or AVX2) gives the same sums and dx.
+        // Recomputing gz or keeping it (portable or SIMD) gives the same sums and dx.
         let sums = channel_sums::<true>((&pre, &ch, &x, &dy, &mut []));
         let (mut gz, mut gz2) = (vec![0f32; hw], vec![0f32; hw]);
         assert_eq!(sums, unsafe {
-            channel_sums_avx2::<true>((&pre, &ch, &x, &dy, &mut []))
+            (t.sums_silu)((&pre, &ch, &x, &dy, &mut []))
         });
         assert_eq!(sums, channel_sums::<true>((&pre, &ch, &x, &dy, &mut gz)));
         assert_eq!(sums, unsafe {
-            channel_sums_avx2::<true>((&pre, &ch, &x, &dy, &mut gz2))
+            (t.sums_silu)((&pre, &ch, &x, &dy, &mut gz2))
         });
         assert_eq!(gz, gz2);
-        // Without SiLU the AVX2 sums run over dy itself.
+        // Without SiLU the SIMD sums run over dy itself.
         assert_eq!(
             channel_sums::<false>((&pre, &ch, &x, &dy, &mut [])),
-            unsafe { channel_sums_avx2::<false>((&pre, &ch, &x, &dy, &mut [])) }
+            unsafe { (t.sums)((&pre, &ch, &x, &dy, &mut [])) }
         );
         let mut dx = vec![0.5f32; hw];
         let (mut dx2, mut dx3, mut dx4) = (dx.clone(), dx.clone(), dx.clone());
         let m = [0.1, -0.2];
         channel_dx::<true>((&pre, &ch, 1.3, m, &x, &dy, &mut dx));
-        unsafe { channel_dx_avx2::<true>((&pre, &ch, 1.3, m, &x, &dy, &mut dx2)) };
+        unsafe { (t.dx)((&pre, &ch, 1.3, m, &x, &dy, &mut dx2)) };
         channel_dx_kept(((&pre, &ch, 1.3, m, &x, &[], &mut dx3), &gz));
-        unsafe { channel_dx_kept_avx2(((&pre, &ch, 1.3, m, &x, &[], &mut dx4), &gz)) };
+        unsafe { (t.dx_kept)(((&pre, &ch, 1.3, m, &x, &[], &mut dx4), &gz)) };
         assert_eq!(dx, dx2);
         assert_eq!(dx, dx3);
         assert_eq!(dx, dx4);

@@ -17,8 +17,6 @@ pub(super) type Tile<'c> = [&'c mut [f32; NR]; MR];
 /// rows are dense ([`Packed`]); the direct path's are rows of a padded map at increasing
 /// offsets (`&[u32]`, see `conv/direct.rs`).
 pub(super) trait BRows: Copy {
-    /// Dense rows (the AVX-512 kernel takes only these).
-    const PACKED: bool;
     /// The offsets of rows 0 .. kc, in order.
     fn offsets(self, kc: usize) -> impl Iterator<Item = usize>;
     /// Floats from the first value read to past the last one (rows 0 .. kc, NR each).
@@ -30,8 +28,6 @@ pub(super) trait BRows: Copy {
 pub(super) struct Packed;
 
 impl BRows for Packed {
-    const PACKED: bool = true;
-
     #[inline(always)]
     fn offsets(self, kc: usize) -> impl Iterator<Item = usize> {
         (0..kc).map(|k| k * NR)
@@ -44,8 +40,6 @@ impl BRows for Packed {
 
 /// Row k at offs[k] (increasing).
 impl BRows for &[u32] {
-    const PACKED: bool = false;
-
     #[inline(always)]
     fn offsets(self, kc: usize) -> impl Iterator<Item = usize> {
         self[..kc].iter().map(|&o| o as usize)
@@ -69,9 +63,9 @@ pub(super) struct Panels<'p, R> {
 
 /// c[i][j] = s_i + Σ_kk a[kk·MR + i]·b[row(kk) + j] for an MR × NR tile, terms added in kk
 /// order onto s_i = init[i], or onto the value in c when `init` is `None`. Only the first
-/// `rows` rows and `cols` columns are needed (the others may be left anything): AVX2 then
-/// skips whole sub-tiles (a column block of 16 tiles, as 8 × 8 maps give in Winograd form,
-/// computes one half of the tile).
+/// `rows` rows and `cols` columns are needed (the others may be left anything): the SIMD
+/// kernels then skip whole sub-tiles (a column block of 16 tiles, as 8 × 8 maps give in
+/// Winograd form, computes one half of the tile).
 #[inline]
 pub(super) fn microkernel<R: BRows>(
     isa: Isa,
@@ -87,15 +81,11 @@ pub(super) fn microkernel<R: BRows>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an Avx512 Isa exists only after `enable_avx2_fma` found AVX-512F usable; the
         // slice lengths were checked above.
-        IsaKind::Avx512 if R::PACKED => unsafe { avx512::microkernel(kc, a, b, c, init) },
+        IsaKind::Avx512 => unsafe { avx512::microkernel(kc, a, b, b_rows, c, init, (rows, cols)) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an Avx2Fma Isa exists only if the build targets AVX2+FMA or the host vouched
-        // for the CPU through `enable_avx2_fma`, and an Avx512 one implies both; the slice
-        // lengths were checked above. (AVX-512 runs the direct path's rows here: one FMA per
-        // term either way, so the same bits.)
-        IsaKind::Avx2Fma | IsaKind::Avx512 => unsafe {
-            avx2::microkernel(kc, a, b, b_rows, c, init, (rows, cols))
-        },
+        // for the CPU through `enable_avx2_fma`; the slice lengths were checked above.
+        IsaKind::Avx2Fma => unsafe { avx2::microkernel(kc, a, b, b_rows, c, init, (rows, cols)) },
     }
 }
 

@@ -264,7 +264,7 @@ impl Winograd {
     /// Whether an h × w map has tiles enough for the F(2 × 2) form to beat the direct
     /// convolution, forward, input gradient and weight gradient alike: the products are as
     /// wide as the map has tiles, and below 16 tiles (8 × 8 maps: half a register tile, which
-    /// the AVX2 kernel computes alone) they waste more than the transforms save. (Measured at
+    /// the SIMD kernels compute alone) they waste more than the transforms save. (Measured at
     /// 64 channels, 8 × 8, GFLOP/s direct-equivalent: forward ~147 against ~50; weight
     /// gradient about even per call, 63–67 against 64, and cheaper in a trainer that sums the
     /// transformed gradient over samples and pays the adjoint transform once.)

@@ -320,7 +320,13 @@ fn pixel_ranges_give_the_bits_of_the_whole_map() {
 #[test]
 fn isas_give_the_same_bits() {
     let isas = isas();
-    let (ci, co, h, w) = (24, 20, 11, 14);
+    // Ragged row panels of 8 and 4 rows; products 16 or fewer and up to 32 columns wide.
+    for (ci, co, h, w) in [(24, 20, 11, 14), (16, 28, 9, 20)] {
+        isas_agree_on(&isas, (ci, co, h, w));
+    }
+}
+
+fn isas_agree_on(isas: &[Isa], (ci, co, h, w): (usize, usize, usize, usize)) {
     for (wg, _) in forms(&conv3(ci, co)) {
         let (x, wt, b) = (data(ci * h * w, 1), data(co * ci * 9, 2), data(co, 3));
         let mut u = vec![0.0; wg.weights_len()];
