@@ -394,17 +394,36 @@ impl ModelArgs {
             "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
             "classes": classes, "channels": train.channels, "size": size,
         });
-        Ok(Model {
+        Ok(self.data_model(
+            spec,
+            (kind, data_range),
+            (train.channels, size),
+            Source::GaussianMixture(Box::new(mix)),
+            description,
+        ))
+    }
+
+    /// A closed-form model of the MNIST data (a fit or the set itself): the σ range of its
+    /// kind, the automatic conv policy (it has no convolutions).
+    fn data_model(
+        &self,
+        spec: &str,
+        (kind, data_range): (Kind, DataRange),
+        (channels, size): (usize, usize),
+        source: Source,
+        description: serde_json::Value,
+    ) -> Model {
+        Model {
             kind,
             data_range,
             sigma_range: Some(self.prior_sigma_range(kind)),
-            channels: train.channels,
+            channels,
             size,
-            source: Source::GaussianMixture(Box::new(mix)),
+            source,
             label: spec.to_string(),
             description,
             conv: ConvPolicy::Auto,
-        })
+        }
     }
 
     /// `training-set:DIR`: the empirical law of the MNIST training split (every image, padded
@@ -430,17 +449,13 @@ impl ModelArgs {
             "weights": spec, "kind": kind.as_str(), "data_range": data_range.as_str(),
             "images": train.len(), "channels": train.channels, "size": size,
         });
-        Ok(Model {
-            kind,
-            data_range,
-            sigma_range: Some(self.prior_sigma_range(kind)),
-            channels: train.channels,
-            size,
-            source: Source::TrainingSet(Box::new(set)),
-            label: spec.to_string(),
+        Ok(self.data_model(
+            spec,
+            (kind, data_range),
+            (train.channels, size),
+            Source::TrainingSet(Box::new(set)),
             description,
-            conv: ConvPolicy::Auto,
-        })
+        ))
     }
 
     /// The exact denoiser of an already fitted Gaussian as a model (`host evaluate posterior`
