@@ -174,7 +174,7 @@ fn print_memory(arena: usize, wino: usize, forms: &[LayerForm]) -> anyhow::Resul
     )?;
     let count = |f: ConvForm| forms.iter().filter(|l| l.form == f).count();
     outln!(
-        "conv forms: {} F4x4, {} F2x2, {} direct; {:.1} MB of transformed weights",
+        "conv forms: {} F4x4, {} F2x2, {} direct; {:.1} MB of transformed weights kept",
         count(ConvForm::F4x4),
         count(ConvForm::F2x2),
         count(ConvForm::Direct),

@@ -6,7 +6,7 @@
 //! element in the same order whatever range they get, so no split changes a bit.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use tweedie_kernels::{self as k, Conv2d, Isa, KernelError, WeightsRef, Winograd};
@@ -28,13 +28,152 @@ pub struct ConvP<'w> {
     pub wino: Option<WinoWeights>,
 }
 
-/// A convolution's Winograd form and its weights transformed for it (once per model load).
+/// A convolution's Winograd form and its weights transformed for it.
 #[derive(Debug, Clone)]
 pub struct WinoWeights {
     /// The form.
     pub wg: Winograd,
-    /// [`Winograd::transform_forward_weights`] of the layer's weights (widened to f32).
-    pub u: Arc<[f32]>,
+    /// Where its transformed weights come from.
+    pub u: Transformed,
+}
+
+/// A Winograd layer's transformed weights: made once per model load, or at each call.
+/// Either way they are the same floats ([`Winograd::transform_weights`] of the weights
+/// widened to f32), so the choice never changes a bit.
+#[derive(Debug, Clone)]
+pub enum Transformed {
+    /// [`Winograd::transform_forward_weights`], kept with the model.
+    Cached(Arc<[f32]>),
+    /// [`Winograd::transform_weights`] into the model's shared buffer before each call.
+    PerCall(TransformBuffer),
+}
+
+/// The buffer the per-call Winograd layers of one model share: the forward runs one
+/// convolution at a time, so one buffer of the largest layer's size serves them all.
+#[derive(Debug, Clone, Default)]
+pub struct TransformBuffer(Arc<Mutex<Vec<f32>>>);
+
+impl TransformBuffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<f32>> {
+        // A poisoned lock still hands the buffer out: it holds no state between calls.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Floats it holds.
+    pub fn floats(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Floats a per-call transform of `wg` for `weight` needs: the whole transform, then
+    /// the weights widened to f32 when they are stored as f16.
+    fn floats_for(wg: &Winograd, weight: WeightsRef) -> usize {
+        wg.weights_len()
+            + match weight {
+                WeightsRef::F32(_) => 0,
+                WeightsRef::F16(w) => w.len(),
+            }
+    }
+
+    /// Transforms `weight` for `wg` into `buf` (at least [`TransformBuffer::floats_for`]
+    /// floats) and returns the transformed weights.
+    fn transform<'b>(
+        wg: &Winograd,
+        weight: WeightsRef,
+        buf: &'b mut [f32],
+    ) -> Result<&'b [f32], KernelError> {
+        let (u, wide) = buf.split_at_mut(wg.weights_len());
+        let weight = match weight {
+            WeightsRef::F32(w) => w,
+            WeightsRef::F16(w) => {
+                let wide = &mut wide[..w.len()];
+                for (d, s) in wide.iter_mut().zip(w) {
+                    *d = s.to_f32();
+                }
+                &*wide
+            }
+        };
+        wg.transform_weights(weight, u)?;
+        Ok(u)
+    }
+}
+
+/// Bytes of transformed Winograd weights a model keeps from one forward to the next; the
+/// other Winograd layers transform theirs at each call ([`cached_forms`] picks which). The
+/// FFHQ-256 NCSN++ has 635 MB of them (its 256-channel layers at 64 × 64 down to 8 × 8):
+/// all kept, its forward (batch 1, 2 threads) peaks at 1280 MiB, over the 1 GB bound; with
+/// 224 MiB kept, at 930 MiB (256 MiB: 962), about 5 % slower. The FFHQ-256 ADM keeps
+/// 234 of its 278 MB: 918 MiB (931 with all), 1–4 % slower (measured on a quiet EPYC).
+pub const WINOGRAD_CACHE_BYTES: usize = 224 << 20;
+
+/// Which of `forms` keep their transformed weights under `budget` bytes: fewest tiles
+/// first, since a transform costs the same whatever the map while the convolution's work
+/// grows with its tiles, so per call it costs the most, relative to the layer, on small
+/// maps; a layer that does not fit is passed over for the next.
+pub fn cached_forms(forms: &[LayerForm], budget: usize) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..forms.len()).collect();
+    order.sort_by_key(|&i| (forms[i].tiles(), i));
+    let mut keep = vec![false; forms.len()];
+    let mut left = budget;
+    for i in order {
+        let bytes = forms[i].transformed_bytes();
+        if bytes > 0 && bytes <= left {
+            keep[i] = true;
+            left -= bytes;
+        }
+    }
+    keep
+}
+
+/// A model's convolutions, each with its name and input map (h, w), in layer order: the
+/// callback the models' walks take.
+pub type ConvVisit<'a> = dyn FnMut(&str, &mut ConvP, usize, usize) -> Result<()> + 'a;
+
+/// Sets the form of every convolution `walk` visits by `policy` and lists the 3×3 'same'
+/// ones. With `transform`, also transforms the Winograd layers' weights: kept for those
+/// [`cached_forms`] picks under [`WINOGRAD_CACHE_BYTES`], made at each call (into one
+/// shared buffer) for the others. Without, only lists what the forms would be.
+pub fn set_forms(
+    policy: ConvPolicy,
+    transform: bool,
+    walk: &mut dyn FnMut(&mut ConvVisit) -> Result<()>,
+) -> Result<Vec<LayerForm>> {
+    set_forms_within(policy, transform.then_some(WINOGRAD_CACHE_BYTES), walk)
+}
+
+/// [`set_forms`], transforming with a cache of `budget` bytes when one is given.
+fn set_forms_within(
+    policy: ConvPolicy,
+    budget: Option<usize>,
+    walk: &mut dyn FnMut(&mut ConvVisit) -> Result<()>,
+) -> Result<Vec<LayerForm>> {
+    let mut forms = Vec::new();
+    walk(&mut |name, c, h, w| {
+        if Winograd::of(&c.conv).is_some() {
+            forms.push(LayerForm {
+                name: name.to_string(),
+                map: (h, w),
+                channels: (c.conv.c_in, c.conv.c_out),
+                form: ConvForm::chosen(policy, &c.conv, h, w),
+            });
+        }
+        Ok(())
+    })?;
+    let Some(budget) = budget else {
+        return Ok(forms);
+    };
+    let keep = cached_forms(&forms, budget);
+    let buffer = TransformBuffer::default();
+    let mut next = 0;
+    walk(&mut |_, c, h, w| {
+        let mut per_call = None;
+        if Winograd::of(&c.conv).is_some() {
+            per_call = (!keep[next]).then_some(&buffer);
+            next += 1;
+        }
+        c.set_form(policy, h, w, per_call)?;
+        Ok(())
+    })?;
+    Ok(forms)
 }
 
 /// How the CPU forward computes its 3×3 'same' convolutions (`--conv`). The device backends
@@ -133,8 +272,15 @@ impl ConvForm {
 
 impl ConvP<'_> {
     /// Sets the form the CPU forward runs this convolution in on an h × w input map (by
-    /// `policy`), transforming its weights when that is a Winograd form.
-    pub fn set_form(&mut self, policy: ConvPolicy, h: usize, w: usize) -> Result<ConvForm> {
+    /// `policy`). A Winograd form transforms its weights here, or, given `per_call`, at
+    /// each call into that buffer (grown here to fit).
+    pub fn set_form(
+        &mut self,
+        policy: ConvPolicy,
+        h: usize,
+        w: usize,
+        per_call: Option<&TransformBuffer>,
+    ) -> Result<ConvForm> {
         let form = ConvForm::chosen(policy, &self.conv, h, w);
         self.wino = match (form, Winograd::of(&self.conv)) {
             (ConvForm::Direct, _) | (_, None) => None,
@@ -144,15 +290,22 @@ impl ConvP<'_> {
                 } else {
                     wg
                 };
-                let wide: Vec<f32> = match self.weight {
-                    WeightsRef::F32(w) => w.to_vec(),
-                    WeightsRef::F16(w) => w.iter().map(|v| v.to_f32()).collect(),
+                let u = match per_call {
+                    Some(buffer) => {
+                        let mut buf = buffer.lock();
+                        let len = TransformBuffer::floats_for(&wg, self.weight).max(buf.len());
+                        buf.resize(len, 0.0);
+                        Transformed::PerCall(buffer.clone())
+                    }
+                    None => {
+                        let mut whole = vec![0.0; TransformBuffer::floats_for(&wg, self.weight)];
+                        let all = TransformBuffer::transform(&wg, self.weight, &mut whole)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        // Only what the forward reads (the packed copy where there is one).
+                        Transformed::Cached(all[all.len() - wg.forward_weights_len()..].into())
+                    }
                 };
-                let mut u = vec![0.0; wg.forward_weights_len()];
-                let mut whole = vec![0.0; wg.weights_len()];
-                wg.transform_forward_weights(&wide, &mut u, &mut whole)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                Some(WinoWeights { wg, u: u.into() })
+                Some(WinoWeights { wg, u })
             }
         };
         Ok(self.form())
@@ -171,9 +324,12 @@ impl ConvP<'_> {
         self.conv.scratch_len(h, w).max(wino)
     }
 
-    /// Bytes of its transformed weights.
+    /// Bytes of the transformed weights it keeps (none when it makes them at each call).
     pub fn wino_bytes(&self) -> usize {
-        self.wino.as_ref().map_or(0, |w| 4 * w.u.len())
+        match self.wino.as_ref().map(|w| &w.u) {
+            Some(Transformed::Cached(u)) => 4 * u.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -188,6 +344,36 @@ pub struct LayerForm {
     pub channels: (usize, usize),
     /// Its form.
     pub form: ConvForm,
+}
+
+impl LayerForm {
+    /// Its Winograd form, if any.
+    fn winograd(&self) -> Option<Winograd> {
+        let conv = Conv2d {
+            c_in: self.channels.0,
+            c_out: self.channels.1,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let wg = Winograd::of(&conv)?;
+        match self.form {
+            ConvForm::Direct => None,
+            ConvForm::F2x2 => Some(wg),
+            ConvForm::F4x4 => Some(wg.with_4x4_tiles()),
+        }
+    }
+
+    /// Bytes of the transformed weights its forward reads (0 when direct).
+    pub fn transformed_bytes(&self) -> usize {
+        self.winograd().map_or(0, |wg| 4 * wg.forward_weights_len())
+    }
+
+    /// Tiles of its map (its pixels when direct).
+    pub fn tiles(&self) -> usize {
+        let t = self.winograd().map_or(1, |wg| wg.tile());
+        self.map.0.div_ceil(t) * self.map.1.div_ceil(t)
+    }
 }
 
 /// A GroupNorm layer: its shape and affine parameters.
@@ -434,11 +620,19 @@ pub fn conv_batch(
     };
     let c_out = p.conv.c_out;
     if let Some(WinoWeights { wg, u }) = &p.wino {
+        let mut buf;
+        let u: &[f32] = match u {
+            Transformed::Cached(u) => u,
+            Transformed::PerCall(buffer) => {
+                buf = buffer.lock();
+                TransformBuffer::transform(wg, p.weight, &mut buf)?
+            }
+        };
         let band = wg.pixels_per_tile_row(w);
         return pool.split_batch_columns(out, batch, c_out, band, |i, s, px, rows| {
             let mut sc = scratch.lock(i);
             let u = k::ConvParams {
-                weight: &u[..],
+                weight: u,
                 bias: p.bias,
             };
             wg.forward_pixels(isa, sample(s), u, px, rows, &mut sc)
@@ -457,4 +651,180 @@ pub fn conv_batch(
         p.conv
             .forward_with(isa, sample(s), params, co, piece, &mut sc)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv_p<'w>(c_in: usize, c_out: usize, weight: WeightsRef<'w>, bias: &'w [f32]) -> ConvP<'w> {
+        ConvP {
+            conv: Conv2d {
+                c_in,
+                c_out,
+                kernel: 3,
+                stride: 1,
+                pad: 1,
+            },
+            weight,
+            bias,
+            wino: None,
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32)
+            .map(|v| v / (1u32 << 24) as f32 - 0.5)
+            .collect()
+    }
+
+    /// A layer that transforms its weights at each call gives the bits of one that keeps
+    /// them, in both forms, with f32 and f16 weights, and twice in a row (the buffer holds
+    /// nothing between calls); a buffer shared with a larger layer serves a smaller one.
+    #[test]
+    fn per_call_transform_gives_the_cached_bits() {
+        let (c_in, c_out, h, w, batch) = (12, 20, 16, 16, 2);
+        let wf = values(c_out * c_in * 9, 1);
+        let wh: Vec<half::f16> = wf.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let bias = values(c_out, 2);
+        let x = values(batch * c_in * h * w, 3);
+        let pool = Pool::new(2);
+        let run = |p: &ConvP| {
+            let scratch = ThreadScratch::new(2, p.scratch_len(h, w));
+            let mut out = vec![0.0; batch * c_out * h * w];
+            conv_batch(
+                &pool,
+                &scratch,
+                Isa::detected(),
+                &x,
+                (batch, h, w),
+                p,
+                &mut out,
+            )
+            .unwrap();
+            out
+        };
+        for weight in [WeightsRef::F32(&wf), WeightsRef::F16(&wh)] {
+            for (map, form) in [(16, ConvForm::F4x4), (8, ConvForm::F2x2)] {
+                let mut kept = conv_p(c_in, c_out, weight, &bias);
+                assert_eq!(
+                    kept.set_form(ConvPolicy::Auto, map, map, None).unwrap(),
+                    form
+                );
+                let buffer = TransformBuffer::default();
+                let mut made = conv_p(c_in, c_out, weight, &bias);
+                assert_eq!(
+                    made.set_form(ConvPolicy::Auto, map, map, Some(&buffer))
+                        .unwrap(),
+                    form
+                );
+                assert!(buffer.floats() > 0);
+                assert_eq!(made.wino_bytes(), 0);
+                assert!(kept.wino_bytes() > 0);
+                let want = run(&kept);
+                assert_eq!(run(&made), want, "{form:?}");
+                assert_eq!(run(&made), want, "{form:?}, second call");
+                // Grown by a larger layer (its weights never transformed here).
+                let grown = buffer.floats() + 100_000;
+                buffer.lock().resize(grown, f32::NAN);
+                assert_eq!(run(&made), want, "{form:?}, larger buffer");
+            }
+        }
+    }
+
+    /// A model's walk: the layers [`cached_forms`] picks keep their weights, the others
+    /// share one buffer, and the direct and 1×1 layers have neither.
+    #[test]
+    fn set_forms_keeps_what_the_cache_picks() {
+        let w = values(64 * 64 * 9, 4);
+        let mut convs = [
+            (
+                conv_p(16, 16, WeightsRef::F32(&w[..16 * 16 * 9]), &[0.0; 16]),
+                32,
+            ),
+            (conv_p(64, 64, WeightsRef::F32(&w), &[0.0; 64]), 8),
+            (
+                conv_p(16, 16, WeightsRef::F32(&w[..16 * 16 * 9]), &[0.0; 16]),
+                4,
+            ),
+            (
+                conv_p(16, 16, WeightsRef::F32(&w[..16 * 16 * 9]), &[0.0; 16]),
+                16,
+            ),
+        ];
+        convs[2].0.conv.kernel = 1;
+        let mut walk = |f: &mut ConvVisit| {
+            for (c, map) in convs.iter_mut() {
+                f("", c, *map, *map)?;
+            }
+            Ok(())
+        };
+        let listed = set_forms_within(ConvPolicy::Auto, None, &mut walk).unwrap();
+        let forms: Vec<ConvForm> = listed.iter().map(|l| l.form).collect();
+        assert_eq!(forms, [ConvForm::F4x4, ConvForm::F2x2, ConvForm::F4x4]);
+        // Room for the 8 × 8 layer and the 16 × 16 one; the 32 × 32 one is made per call.
+        let budget = listed[1].transformed_bytes() + listed[2].transformed_bytes();
+        let set = set_forms_within(ConvPolicy::Auto, Some(budget), &mut walk).unwrap();
+        assert_eq!(set, listed);
+        let kept: Vec<bool> = convs.iter().map(|(c, _)| c.wino_bytes() > 0).collect();
+        assert_eq!(kept, [false, true, false, true]);
+        let per_call = |c: &ConvP| {
+            matches!(
+                c.wino,
+                Some(WinoWeights {
+                    u: Transformed::PerCall(_),
+                    ..
+                })
+            )
+        };
+        let made: Vec<bool> = convs.iter().map(|(c, _)| per_call(c)).collect();
+        assert_eq!(made, [true, false, false, false]);
+        assert_eq!(convs[2].0.form(), ConvForm::Direct);
+    }
+
+    fn form(map: usize, channels: usize, form: ConvForm) -> LayerForm {
+        LayerForm {
+            name: String::new(),
+            map: (map, map),
+            channels: (channels, channels),
+            form,
+        }
+    }
+
+    /// The cache keeps the layers of fewest tiles first, skips one that does not fit for
+    /// the next that does, and never keeps a direct one.
+    #[test]
+    fn the_cache_keeps_small_maps_first_within_its_budget() {
+        let forms = [
+            form(64, 64, ConvForm::F4x4),
+            form(16, 128, ConvForm::F4x4),
+            form(8, 64, ConvForm::F2x2),
+            form(4, 64, ConvForm::Direct),
+            form(32, 64, ConvForm::F4x4),
+        ];
+        let bytes: Vec<usize> = forms.iter().map(|f| f.transformed_bytes()).collect();
+        assert_eq!(bytes[3], 0);
+        assert_eq!(forms[0].tiles(), 256);
+        assert_eq!(forms[2].tiles(), 16);
+        assert_eq!(forms[3].tiles(), 16);
+        assert_eq!(
+            cached_forms(&forms, usize::MAX),
+            [true, true, true, false, true]
+        );
+        assert_eq!(cached_forms(&forms, 0), [false; 5]);
+        // Room for the 8 × 8 layer and the 16 × 16 one, not then the 32 × 32: the 64 × 64
+        // one is as large as the 32 × 32 one, so it does not fit either.
+        let budget = bytes[2] + bytes[1] + bytes[4] - 1;
+        assert_eq!(
+            cached_forms(&forms, budget),
+            [false, true, true, false, false]
+        );
+        // Without room for the 16 × 16 layer, the 32 × 32 one (next by tiles) is kept.
+        let budget = bytes[2] + bytes[4];
+        assert_eq!(
+            cached_forms(&forms, budget),
+            [false, false, true, false, true]
+        );
+    }
 }

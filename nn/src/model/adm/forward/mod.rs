@@ -30,7 +30,8 @@ use super::arch::{
 use crate::backend::profile::{self, Kind};
 use crate::backend::{Pool, ThreadScratch};
 use crate::model::layers::{
-    conv_batch, group_norm_batch, linear_batch, ConvForm, ConvPolicy, LayerForm, ParamResolver,
+    self, conv_batch, group_norm_batch, linear_batch, ConvPolicy, ConvVisit, LayerForm,
+    ParamResolver,
 };
 pub(super) use crate::model::layers::{ConvP, LinearP, NormP};
 use crate::weights::Weights;

@@ -227,12 +227,7 @@ pub(in crate::model::adm) fn resolve<'w>(
 impl Resolved<'_> {
     /// Calls `f(name, conv, h, w)` for every convolution with the size of its input map,
     /// in layer order, for `height`×`width` inputs.
-    fn for_each_conv(
-        &mut self,
-        height: usize,
-        width: usize,
-        f: &mut dyn FnMut(&str, &mut ConvP, usize, usize) -> Result<()>,
-    ) -> Result<()> {
+    fn for_each_conv(&mut self, height: usize, width: usize, f: &mut ConvVisit) -> Result<()> {
         let blocks = self
             .input_blocks
             .iter_mut()
@@ -263,9 +258,8 @@ impl Resolved<'_> {
         f("out.2", &mut self.out_conv, height, width)
     }
 
-    /// Sets every convolution's form by `policy` (transforming the Winograd layers' weights)
-    /// and lists the 3×3 'same' ones; with `transform` false, only lists what the forms
-    /// would be.
+    /// Sets every convolution's form by `policy` ([`layers::set_forms`]: with `transform`,
+    /// their Winograd weights transformed) and lists the 3×3 'same' ones.
     pub(super) fn set_forms(
         &mut self,
         height: usize,
@@ -273,24 +267,9 @@ impl Resolved<'_> {
         policy: ConvPolicy,
         transform: bool,
     ) -> Result<Vec<LayerForm>> {
-        let mut forms = Vec::new();
-        self.for_each_conv(height, width, &mut |name, c, h, w| {
-            let form = if transform {
-                c.set_form(policy, h, w)?
-            } else {
-                ConvForm::chosen(policy, &c.conv, h, w)
-            };
-            if k::Winograd::of(&c.conv).is_some() {
-                forms.push(LayerForm {
-                    name: name.to_string(),
-                    map: (h, w),
-                    channels: (c.conv.c_in, c.conv.c_out),
-                    form,
-                });
-            }
-            Ok(())
-        })?;
-        Ok(forms)
+        layers::set_forms(policy, transform, &mut |f| {
+            self.for_each_conv(height, width, f)
+        })
     }
 }
 

@@ -25,7 +25,8 @@ use tweedie_kernels::{self as k, Conv2d, Isa, KernelError, WeightsRef};
 use super::arch::{groupnorm_groups, Module, NcsnppArch, Op, ResBlock, Updown, GROUPNORM_EPS};
 use crate::backend::{enable_simd, Pool, ThreadScratch};
 use crate::model::layers::{
-    conv, group_norm, linear, ConvForm, ConvP, ConvPolicy, LayerForm, LinearP, NormP, ParamResolver,
+    self, conv, group_norm, linear, ConvP, ConvPolicy, ConvVisit, LayerForm, LinearP, NormP,
+    ParamResolver,
 };
 use crate::weights::Weights;
 
@@ -462,32 +463,20 @@ pub fn conv_forms(
     set_forms(arch, &mut resolve(arch, weights)?, policy, false)
 }
 
-/// Sets every convolution's form by `policy` at the width of its input in the program
-/// (transforming the Winograd layers' weights) and lists the 3×3 'same' ones; with
-/// `transform` false, only lists what the forms would be.
+/// Sets every convolution's form by `policy` ([`layers::set_forms`]: with `transform`, their
+/// Winograd weights transformed) and lists the 3×3 'same' ones.
 fn set_forms(
     arch: &NcsnppArch,
     params: &mut [ModP],
     policy: ConvPolicy,
     transform: bool,
 ) -> Result<Vec<LayerForm>> {
-    let mut forms = Vec::new();
-    let mut form = |name: String, c: &mut ConvP, res: usize| -> Result<()> {
-        let f = if transform {
-            c.set_form(policy, res, res)?
-        } else {
-            ConvForm::chosen(policy, &c.conv, res, res)
-        };
-        if k::Winograd::of(&c.conv).is_some() {
-            forms.push(LayerForm {
-                name,
-                map: (res, res),
-                channels: (c.conv.c_in, c.conv.c_out),
-                form: f,
-            });
-        }
-        Ok(())
-    };
+    layers::set_forms(policy, transform, &mut |f| for_each_conv(arch, params, f))
+}
+
+/// Calls `f(name, conv, res, res)` for every convolution with the width of its input in
+/// the program, in program order.
+fn for_each_conv(arch: &NcsnppArch, params: &mut [ModP], f: &mut ConvVisit) -> Result<()> {
     let mut res = arch.config.image_size;
     for &op in &arch.program {
         let i = match op {
@@ -496,16 +485,16 @@ fn set_forms(
             _ => continue,
         };
         match &mut params[i] {
-            ModP::Conv(c) => form(format!("all_modules.{i}"), c, res)?,
+            ModP::Conv(c) => f(&format!("all_modules.{i}"), c, res, res)?,
             ModP::Res(r) => {
                 res = r.block.res_out();
-                form(format!("all_modules.{i}.Conv_0"), &mut r.conv0, res)?;
-                form(format!("all_modules.{i}.Conv_1"), &mut r.conv1, res)?;
+                f(&format!("all_modules.{i}.Conv_0"), &mut r.conv0, res, res)?;
+                f(&format!("all_modules.{i}.Conv_1"), &mut r.conv1, res, res)?;
             }
             _ => bail!("all_modules.{i}: expected a conv or a ResBlock"),
         }
     }
-    Ok(forms)
+    Ok(())
 }
 
 /// Walks the program for one sample.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::layers::ConvForm;
 use crate::model::ncsnpp::NcsnppConfig;
 use crate::parity::{compare, TOL_F16, TOL_NCSNPP};
 use crate::tensors::SafetensorsFile;
