@@ -33,9 +33,10 @@ from pathlib import Path
 # Bump when `host evaluate …` code changes what a cached job would report.
 REPORT_VERSION = 1
 
-# Network evaluations per second of the bundled 1.2 M-parameter models on 2 cores (batch 8),
-# for the time estimates only.
-EVALS_PER_SECOND = 100.0
+# Network evaluations per second of the bundled 1.2 M-parameter models on 2 cores at the
+# default batch of 32 (the README's main job: 6400 in 11.1 s on a quiet EPYC, 2026-12-07;
+# restoration rows add their likelihood steps), for the time estimates only.
+EVALS_PER_SECOND = 500.0
 
 
 class Job:

@@ -22,6 +22,7 @@ use tweedie_core::plan::StepPlan;
 
 use super::common::{load_mnist, preprocess, threads};
 use super::plan_args::PlanArgs;
+use super::sample::DEFAULT_BATCH;
 use crate::cli::model_args::ModelArgs;
 use crate::eval::gaussian_fit::fit;
 use crate::eval::nearest::{nearest, Neighbour};
@@ -149,7 +150,8 @@ pub struct RestorationArgs {
     /// Diffusion samples (chains) per digit; their mean is the MMSE estimate.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
-    /// Chains per denoiser call (default min(samples, 8)); never changes the results.
+    /// Chains per denoiser call (default min(samples, 32), as `sample`'s); never changes the
+    /// results.
     #[arg(long)]
     pub batch: Option<usize>,
     /// Seed S: digit i uses S + i for its measurement and its chains.
@@ -242,7 +244,8 @@ pub struct PosteriorArgs {
     /// Monte Carlo floor against the exact posterior mean.
     #[arg(long, value_name = "DB", allow_hyphen_values = true)]
     pub max_excess_db: Option<f64>,
-    /// Network chains per denoiser call (default min(samples, 8)); never changes the results.
+    /// Network chains per denoiser call (default min(samples, 32), as `sample`'s); never
+    /// changes the results.
     #[arg(long)]
     pub batch: Option<usize>,
     /// Seed S: digit i uses S + i for its measurement and its chains.
@@ -602,7 +605,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
         EvalTask::Inpaint => Task::Inpaint,
         EvalTask::Sr4 => Task::Sr4,
     };
-    let batch = args.batch.unwrap_or(args.samples.min(8)).max(1);
+    let batch = args.batch.unwrap_or(args.samples.min(DEFAULT_BATCH)).max(1);
     let setup = Setup {
         model: &model,
         plans: &plan_args,
@@ -971,7 +974,7 @@ fn run_posterior(args: &PosteriorArgs) -> Result<ExitCode> {
     };
     // The exact denoiser parallelises over batches: one batch per thread.
     let exact = setup(&exact_model, args.samples.div_ceil(threads).clamp(1, 8));
-    let net = setup(&network, args.batch.unwrap_or(args.samples.min(8)).max(1));
+    let net = setup(&network, args.batch.unwrap_or(args.samples.min(DEFAULT_BATCH)).max(1));
     let mut truth = vec![0.0f32; exact_model.chain_len()];
     test.fill_batch(&[args.first], pre, &mut truth)?;
     let plan = exact.plan(&exact.measure(&truth, args.seed)?)?;

@@ -149,8 +149,9 @@ fn run_on_device(
 /// 2026-12-07, `scripts/batch-sweep.sh`) ran 19.2 s at batch 1 and 12.0–12.5 s at every batch
 /// from 2 to 64, fastest at 32 and 64 (12.0 s); under load the larger batches lose less (fewer
 /// layer synchronisations per image). Peak RSS 28 MiB at 1, 50 MiB at 32. Larger networks
-/// run one sample per pass anyway, so a batch there only holds more chains' state.
-const DEFAULT_BATCH: usize = 32;
+/// run one sample per pass anyway, so a batch there only holds more chains' state. Also
+/// `evaluate restoration` and `evaluate posterior`'s.
+pub(crate) const DEFAULT_BATCH: usize = 32;
 
 impl RunArgs {
     /// The batch size.
