@@ -239,6 +239,44 @@ fn f16_weight_storage_stays_within_2e_3() {
     }
 }
 
+/// A model keeping none of its transformed Winograd weights (every Winograd layer makes
+/// them at each call into one shared buffer) gives the bits of one keeping them all, with
+/// f32 and f16 weights, in every policy.
+#[test]
+fn per_call_winograd_weights_give_the_kept_bits() {
+    let g = load("adm_variant");
+    let (h, w) = g.size();
+    for precision in [Precision::F32, Precision::F16] {
+        let weights = g.weights(precision);
+        for policy in POLICIES {
+            let run = |cache| {
+                let mut model =
+                    AdmModel::with_cache(&g.arch, &weights, h, w, 2, policy, cache).unwrap();
+                let input = Input {
+                    x: &g.x.data,
+                    t: &g.t.data,
+                    batch: g.batch(),
+                    height: h,
+                    width: w,
+                };
+                let mut out = vec![f32::NAN; g.out.data.len()];
+                model.forward(&input, &mut out).unwrap();
+                (out, model.wino_bytes())
+            };
+            let (kept, bytes) = run(usize::MAX);
+            let (made, none) = run(0);
+            assert_eq!(none, 0);
+            assert_eq!(bytes > 0, policy != ConvPolicy::Direct, "{policy:?}");
+            assert!(
+                kept.iter()
+                    .zip(&made)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{precision:?} {policy:?}: per-call weights change the output"
+            );
+        }
+    }
+}
+
 /// Same bits for any batch split and thread count, in every policy (3 threads cut the 8×8
 /// maps' four F(2×2) tile rows 1 + 1 + 2, the 16×16 maps' four F(4×4) rows likewise).
 #[test]

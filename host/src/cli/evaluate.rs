@@ -974,7 +974,10 @@ fn run_posterior(args: &PosteriorArgs) -> Result<ExitCode> {
     };
     // The exact denoiser parallelises over batches: one batch per thread.
     let exact = setup(&exact_model, args.samples.div_ceil(threads).clamp(1, 8));
-    let net = setup(&network, args.batch.unwrap_or(args.samples.min(DEFAULT_BATCH)).max(1));
+    let net = setup(
+        &network,
+        args.batch.unwrap_or(args.samples.min(DEFAULT_BATCH)).max(1),
+    );
     let mut truth = vec![0.0f32; exact_model.chain_len()];
     test.fill_batch(&[args.first], pre, &mut truth)?;
     let plan = exact.plan(&exact.measure(&truth, args.seed)?)?;

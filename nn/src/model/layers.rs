@@ -129,19 +129,11 @@ pub fn cached_forms(forms: &[LayerForm], budget: usize) -> Vec<bool> {
 pub type ConvVisit<'a> = dyn FnMut(&str, &mut ConvP, usize, usize) -> Result<()> + 'a;
 
 /// Sets the form of every convolution `walk` visits by `policy` and lists the 3×3 'same'
-/// ones. With `transform`, also transforms the Winograd layers' weights: kept for those
-/// [`cached_forms`] picks under [`WINOGRAD_CACHE_BYTES`], made at each call (into one
-/// shared buffer) for the others. Without, only lists what the forms would be.
+/// ones. Given a cache of `budget` bytes ([`WINOGRAD_CACHE_BYTES`] in the models), also
+/// transforms the Winograd layers' weights: kept for those [`cached_forms`] picks, made at
+/// each call (into one shared buffer) for the others. Without, only lists what the forms
+/// would be.
 pub fn set_forms(
-    policy: ConvPolicy,
-    transform: bool,
-    walk: &mut dyn FnMut(&mut ConvVisit) -> Result<()>,
-) -> Result<Vec<LayerForm>> {
-    set_forms_within(policy, transform.then_some(WINOGRAD_CACHE_BYTES), walk)
-}
-
-/// [`set_forms`], transforming with a cache of `budget` bytes when one is given.
-fn set_forms_within(
     policy: ConvPolicy,
     budget: Option<usize>,
     walk: &mut dyn FnMut(&mut ConvVisit) -> Result<()>,
@@ -760,12 +752,12 @@ mod tests {
             }
             Ok(())
         };
-        let listed = set_forms_within(ConvPolicy::Auto, None, &mut walk).unwrap();
+        let listed = set_forms(ConvPolicy::Auto, None, &mut walk).unwrap();
         let forms: Vec<ConvForm> = listed.iter().map(|l| l.form).collect();
         assert_eq!(forms, [ConvForm::F4x4, ConvForm::F2x2, ConvForm::F4x4]);
         // Room for the 8 × 8 layer and the 16 × 16 one; the 32 × 32 one is made per call.
         let budget = listed[1].transformed_bytes() + listed[2].transformed_bytes();
-        let set = set_forms_within(ConvPolicy::Auto, Some(budget), &mut walk).unwrap();
+        let set = set_forms(ConvPolicy::Auto, Some(budget), &mut walk).unwrap();
         assert_eq!(set, listed);
         let kept: Vec<bool> = convs.iter().map(|(c, _)| c.wino_bytes() > 0).collect();
         assert_eq!(kept, [false, true, false, true]);

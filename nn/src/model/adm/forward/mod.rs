@@ -31,7 +31,7 @@ use crate::backend::profile::{self, Kind};
 use crate::backend::{Pool, ThreadScratch};
 use crate::model::layers::{
     self, conv_batch, group_norm_batch, linear_batch, ConvPolicy, ConvVisit, LayerForm,
-    ParamResolver,
+    ParamResolver, WINOGRAD_CACHE_BYTES,
 };
 pub(super) use crate::model::layers::{ConvP, LinearP, NormP};
 use crate::weights::Weights;
@@ -121,7 +121,7 @@ impl<'w> AdmModel<'w> {
     }
 
     /// [`AdmModel::new`] with the convolutions in the forms of `policy` (their Winograd
-    /// weights transformed once, here).
+    /// weights transformed here, up to [`WINOGRAD_CACHE_BYTES`], the rest at each call).
     pub fn with_policy(
         arch: &AdmArch,
         weights: &'w Weights,
@@ -129,6 +129,21 @@ impl<'w> AdmModel<'w> {
         width: usize,
         threads: usize,
         policy: ConvPolicy,
+    ) -> Result<AdmModel<'w>> {
+        let cache = WINOGRAD_CACHE_BYTES;
+        AdmModel::with_cache(arch, weights, height, width, threads, policy, cache)
+    }
+
+    /// [`AdmModel::with_policy`] keeping `cache` bytes of transformed Winograd weights
+    /// (the same bits for any cache; for tests and tighter memory).
+    pub fn with_cache(
+        arch: &AdmArch,
+        weights: &'w Weights,
+        height: usize,
+        width: usize,
+        threads: usize,
+        policy: ConvPolicy,
+        cache: usize,
     ) -> Result<AdmModel<'w>> {
         if threads == 0 {
             bail!("forward: threads must be at least 1");
@@ -138,7 +153,7 @@ impl<'w> AdmModel<'w> {
         let c = &arch.config;
         let ted = arch.time_embed_dim;
         let mut resolved = resolve(arch, weights)?;
-        let forms = resolved.set_forms(height, width, policy, true)?;
+        let forms = resolved.set_forms(height, width, policy, Some(cache))?;
         let MemoryPlan {
             needs,
             skip_at,

@@ -258,18 +258,16 @@ impl Resolved<'_> {
         f("out.2", &mut self.out_conv, height, width)
     }
 
-    /// Sets every convolution's form by `policy` ([`layers::set_forms`]: with `transform`,
+    /// Sets every convolution's form by `policy` ([`layers::set_forms`]: given a cache,
     /// their Winograd weights transformed) and lists the 3×3 'same' ones.
     pub(super) fn set_forms(
         &mut self,
         height: usize,
         width: usize,
         policy: ConvPolicy,
-        transform: bool,
+        cache: Option<usize>,
     ) -> Result<Vec<LayerForm>> {
-        layers::set_forms(policy, transform, &mut |f| {
-            self.for_each_conv(height, width, f)
-        })
+        layers::set_forms(policy, cache, &mut |f| self.for_each_conv(height, width, f))
     }
 }
 
@@ -283,5 +281,5 @@ pub fn conv_forms(
     policy: ConvPolicy,
 ) -> Result<Vec<LayerForm>> {
     arch.check_input_size(height, width)?;
-    resolve(arch, weights)?.set_forms(height, width, policy, false)
+    resolve(arch, weights)?.set_forms(height, width, policy, None)
 }

@@ -26,7 +26,7 @@ use super::arch::{groupnorm_groups, Module, NcsnppArch, Op, ResBlock, Updown, GR
 use crate::backend::{enable_simd, Pool, ThreadScratch};
 use crate::model::layers::{
     self, conv, group_norm, linear, ConvP, ConvPolicy, ConvVisit, LayerForm, LinearP, NormP,
-    ParamResolver,
+    ParamResolver, WINOGRAD_CACHE_BYTES,
 };
 use crate::weights::Weights;
 
@@ -238,19 +238,32 @@ impl<'w> NcsnppModel<'w> {
     }
 
     /// [`NcsnppModel::new`] with the convolutions in the forms of `policy` (their Winograd
-    /// weights transformed once, here; [`NcsnppModel::new`]: [`ConvPolicy::Auto`]).
+    /// weights transformed here, up to [`WINOGRAD_CACHE_BYTES`], the rest at each call;
+    /// [`NcsnppModel::new`]: [`ConvPolicy::Auto`]).
     pub fn with_policy(
         arch: &NcsnppArch,
         weights: &'w Weights,
         threads: usize,
         policy: ConvPolicy,
     ) -> Result<Self> {
+        NcsnppModel::with_cache(arch, weights, threads, policy, WINOGRAD_CACHE_BYTES)
+    }
+
+    /// [`NcsnppModel::with_policy`] keeping `cache` bytes of transformed Winograd weights
+    /// (the same bits for any cache; for tests and tighter memory).
+    pub fn with_cache(
+        arch: &NcsnppArch,
+        weights: &'w Weights,
+        threads: usize,
+        policy: ConvPolicy,
+        cache: usize,
+    ) -> Result<Self> {
         if threads == 0 {
             bail!("forward: threads must be at least 1");
         }
         enable_simd();
         let mut params = resolve(arch, weights)?;
-        let forms = set_forms(arch, &mut params, policy, true)?;
+        let forms = set_forms(arch, &mut params, policy, Some(cache))?;
         let needs = plan(arch, &params)?;
         let (ch, s) = (arch.channels(), arch.config.image_size);
         let image = ch * s * s;
@@ -460,18 +473,18 @@ pub fn conv_forms(
     weights: &Weights,
     policy: ConvPolicy,
 ) -> Result<Vec<LayerForm>> {
-    set_forms(arch, &mut resolve(arch, weights)?, policy, false)
+    set_forms(arch, &mut resolve(arch, weights)?, policy, None)
 }
 
-/// Sets every convolution's form by `policy` ([`layers::set_forms`]: with `transform`, their
+/// Sets every convolution's form by `policy` ([`layers::set_forms`]: given a cache, their
 /// Winograd weights transformed) and lists the 3×3 'same' ones.
 fn set_forms(
     arch: &NcsnppArch,
     params: &mut [ModP],
     policy: ConvPolicy,
-    transform: bool,
+    cache: Option<usize>,
 ) -> Result<Vec<LayerForm>> {
-    layers::set_forms(policy, transform, &mut |f| for_each_conv(arch, params, f))
+    layers::set_forms(policy, cache, &mut |f| for_each_conv(arch, params, f))
 }
 
 /// Calls `f(name, conv, res, res)` for every convolution with the width of its input in
