@@ -32,6 +32,21 @@ pub struct PlanStep {
     pub temperature: f64,
 }
 
+impl PlanStep {
+    /// A lone denoiser evaluation at noise level σ, outside any walk: σ_net = σ, no VP time
+    /// (a VP network maps σ itself), γ = T = 0. For `host denoise`, training and tests.
+    pub fn at_sigma(sigma: f64) -> PlanStep {
+        PlanStep {
+            k: 0,
+            sigma,
+            sigma_net: sigma,
+            t: f64::NAN,
+            gamma: 0.0,
+            temperature: 0.0,
+        }
+    }
+}
+
 /// A source of plan steps: K and step(k) for k = 0..K−1, plus the law of x₀.
 ///
 /// Implemented by [`Plan`] and by the classic samplers; the sampler only sees this trait.

@@ -71,14 +71,7 @@ pub fn run(args: &DenoiseArgs) -> Result<ExitCode> {
             *v += s * noise::gaussian(args.seed, 0, noise::COUNTER_MEASUREMENT, e as u64);
         }
     }
-    let step = PlanStep {
-        k: 0,
-        sigma: args.sigma,
-        sigma_net: args.sigma,
-        t: f64::NAN,
-        gamma: 0.0,
-        temperature: 0.0,
-    };
+    let step = PlanStep::at_sigma(args.sigma);
     let jobs = threads(args.threads.map(|j| j as usize)) as u64;
     memory::check(
         "this denoiser call",

@@ -278,14 +278,7 @@ mod tests {
         let (a, b) = ([0u8; 6], [255u8; 6]);
         let two = Dataset::new([a, b, b].concat(), Some(vec![0, 1, 1]), c, h, w).unwrap();
         let mix = mixture(&fit_per_class(&two, pre, 1).unwrap(), Kind::Ve).unwrap();
-        let step = |sigma: f64| PlanStep {
-            k: 0,
-            sigma,
-            sigma_net: sigma,
-            t: f64::NAN,
-            gamma: 0.0,
-            temperature: 0.0,
-        };
+        let step = PlanStep::at_sigma;
         let mut out = [0.0f32; 6];
         let mut den = GaussianMixtureDenoiser::new(&mix);
         den.denoise(&[0.5; 6], 1, &step(0.3), &mut out).unwrap();
@@ -314,14 +307,7 @@ mod tests {
         assert_eq!(prior.rank(), 9);
         let x: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.37).sin()).collect();
         for sigma in [0.05, 0.6, 4.0] {
-            let step = PlanStep {
-                k: 0,
-                sigma,
-                sigma_net: sigma,
-                t: f64::NAN,
-                gamma: 0.0,
-                temperature: 0.0,
-            };
+            let step = PlanStep::at_sigma(sigma);
             let mut d = vec![0.0f32; dim];
             FullGaussianDenoiser::new(&prior)
                 .denoise(&x, 1, &step, &mut d)

@@ -192,22 +192,11 @@ impl Denoiser for FullGaussianDenoiser<'_> {
 mod tests {
     use super::*;
 
-    fn step(sigma: f64) -> PlanStep {
-        PlanStep {
-            k: 0,
-            sigma,
-            sigma_net: sigma,
-            t: f64::NAN,
-            gamma: 0.0,
-            temperature: 0.0,
-        }
-    }
-
     fn run(prior: &FullGaussian, x: &[f32], sigma: f64) -> Vec<f32> {
         let mut out = vec![0.0f32; x.len()];
         let batch = x.len() / prior.dim();
         FullGaussianDenoiser::new(prior)
-            .denoise(x, batch, &step(sigma), &mut out)
+            .denoise(x, batch, &PlanStep::at_sigma(sigma), &mut out)
             .unwrap();
         out
     }
@@ -287,13 +276,13 @@ mod tests {
             ..prior.clone()
         };
         assert!(FullGaussianDenoiser::new(&vp)
-            .denoise(&x, 1, &step(348.0), &mut out)
+            .denoise(&x, 1, &PlanStep::at_sigma(348.0), &mut out)
             .is_err());
         FullGaussianDenoiser::new(&vp)
-            .denoise(&x, 1, &step(1.0), &mut out)
+            .denoise(&x, 1, &PlanStep::at_sigma(1.0), &mut out)
             .unwrap();
         assert!(FullGaussianDenoiser::new(&prior)
-            .denoise(&x[..2], 1, &step(1.0), &mut out[..2])
+            .denoise(&x[..2], 1, &PlanStep::at_sigma(1.0), &mut out[..2])
             .is_err());
         assert!(FullGaussian::new(Kind::Ve, &mean, &vectors, &[1.0, -1.0, 1.0]).is_err());
         assert!(FullGaussian::new(Kind::Ve, &mean, &vectors[..6], &var).is_err());
@@ -305,7 +294,13 @@ mod tests {
     fn checked_sigma_refuses_bad_calls() {
         let x = [0.0f32; 4];
         let check = |kind, batch, out: &[f32], sigma| {
-            checked_sigma(kind, 2, (&x, batch, out), &step(sigma), ["shape", "sigma"])
+            checked_sigma(
+                kind,
+                2,
+                (&x, batch, out),
+                &PlanStep::at_sigma(sigma),
+                ["shape", "sigma"],
+            )
         };
         assert_eq!(check(Kind::Ve, 2, &x, 0.5), Ok(0.5));
         assert_eq!(check(Kind::Ve, 0, &x, 0.5), Err(Error::Shape("shape")));

@@ -78,14 +78,7 @@ mod tests {
         for kind in [Kind::Ve, Kind::Vp] {
             let mut g = GaussianPrior { oracle, kind };
             for sigma in [0.02, 0.5, 3.0, 100.0] {
-                let step = PlanStep {
-                    k: 0,
-                    sigma,
-                    sigma_net: sigma,
-                    t: f64::NAN,
-                    gamma: 0.0,
-                    temperature: 0.0,
-                };
+                let step = PlanStep::at_sigma(sigma);
                 let mut out = [0.0f32; 4];
                 g.denoise(&x, 1, &step, &mut out).unwrap();
                 for (o, &v) in out.iter().zip(&x) {
@@ -101,14 +94,7 @@ mod tests {
             oracle,
             kind: Kind::Vp,
         };
-        let far = PlanStep {
-            k: 0,
-            sigma: 348.0,
-            sigma_net: 348.0,
-            t: f64::NAN,
-            gamma: 0.0,
-            temperature: 0.0,
-        };
+        let far = PlanStep::at_sigma(348.0);
         let mut out = [0.0f32; 4];
         assert!(matches!(
             vp.denoise(&x, 1, &far, &mut out),

@@ -156,17 +156,6 @@ mod tests {
     use super::*;
     use crate::denoiser::full_gaussian::FullGaussianDenoiser;
 
-    fn step(sigma: f64) -> PlanStep {
-        PlanStep {
-            k: 0,
-            sigma,
-            sigma_net: sigma,
-            t: f64::NAN,
-            gamma: 0.0,
-            temperature: 0.0,
-        }
-    }
-
     fn diagonal(mean: &[f64], var: &[f64]) -> FullGaussian {
         let n = mean.len();
         let mut vectors = vec![0.0; n * n];
@@ -180,7 +169,7 @@ mod tests {
         let mut out = vec![0.0f32; x.len()];
         let batch = x.len() / prior.dim();
         GaussianMixtureDenoiser::new(prior)
-            .denoise(x, batch, &step(sigma), &mut out)
+            .denoise(x, batch, &PlanStep::at_sigma(sigma), &mut out)
             .unwrap();
         out
     }
@@ -194,7 +183,7 @@ mod tests {
         for sigma in [0.01, 0.7, 30.0] {
             let mut want = vec![0.0f32; 6];
             FullGaussianDenoiser::new(&g)
-                .denoise(&x, 2, &step(sigma), &mut want)
+                .denoise(&x, 2, &PlanStep::at_sigma(sigma), &mut want)
                 .unwrap();
             assert_eq!(denoise(&mix, &x, sigma), want, "sigma {sigma}");
         }

@@ -107,14 +107,7 @@ mod tests {
         let per = x.data.len() / 2;
         let mut d = NcsnppDenoiser::new(NcsnppModel::new(&arch, &weights, 2).unwrap());
         for i in 0..2 {
-            let step = PlanStep {
-                k: 0,
-                sigma: sigma.data[i] as f64,
-                sigma_net: sigma.data[i] as f64,
-                t: f64::NAN,
-                gamma: 0.0,
-                temperature: 0.0,
-            };
+            let step = PlanStep::at_sigma(sigma.data[i] as f64);
             let xs = &x.data[i * per..][..per];
             let mut out = vec![0f32; per];
             d.denoise(xs, 1, &step, &mut out).unwrap();
@@ -132,14 +125,7 @@ mod tests {
                 .fold(0f64, |m, (&o, w)| m.max((o as f64 - w).abs()));
             assert!(err <= 2e-4 * scale, "sample {i}: {err:e}");
         }
-        let bad = PlanStep {
-            k: 0,
-            sigma: 0.0,
-            sigma_net: 0.0,
-            t: f64::NAN,
-            gamma: 0.0,
-            temperature: 0.0,
-        };
+        let bad = PlanStep::at_sigma(0.0);
         let mut out = vec![0f32; per];
         assert_eq!(
             d.denoise(&x.data[..per], 1, &bad, &mut out),

@@ -184,14 +184,7 @@ mod log_sigma_x250_tests {
     #[test]
     fn log_sigma_x250_scales_input_and_noise() {
         let k = NoiseInputKind::parse("log_sigma_x250").unwrap();
-        let step = PlanStep {
-            k: 0,
-            sigma: 3.0,
-            sigma_net: 3.0,
-            t: f64::NAN,
-            gamma: 0.0,
-            temperature: 0.0,
-        };
+        let step = PlanStep::at_sigma(3.0);
         assert_eq!(k.value(&step).unwrap(), (250.0 * 3f64.ln()) as f32);
         let ve = Parameterization::new(NetKind::Ve, NetOutput::Eps);
         assert_eq!(k.input_scale(&ve, 3.0), 1.0 / 10f64.sqrt());

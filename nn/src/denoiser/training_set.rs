@@ -187,21 +187,10 @@ impl Denoiser for TrainingSetDenoiser<'_> {
 mod tests {
     use super::*;
 
-    fn step(sigma: f64) -> PlanStep {
-        PlanStep {
-            k: 0,
-            sigma,
-            sigma_net: sigma,
-            t: f64::NAN,
-            gamma: 0.0,
-            temperature: 0.0,
-        }
-    }
-
     fn denoise(set: &TrainingSet, x: &[f32], sigma: f64) -> Vec<f32> {
         let mut out = vec![0.0f32; x.len()];
         TrainingSetDenoiser::new(set)
-            .denoise(x, x.len() / set.dim(), &step(sigma), &mut out)
+            .denoise(x, x.len() / set.dim(), &PlanStep::at_sigma(sigma), &mut out)
             .unwrap();
         out
     }
@@ -292,10 +281,14 @@ mod tests {
         let set = TrainingSet::new(Kind::Ve, 2, vec![0.0; 4]).unwrap();
         let mut d = TrainingSetDenoiser::new(&set);
         let mut out = [0.0f32; 2];
-        assert!(d.denoise(&[0.0; 3], 1, &step(1.0), &mut out).is_err());
-        assert!(d.denoise(&[0.0; 2], 1, &step(0.0), &mut out).is_err());
         assert!(d
-            .denoise(&[f32::NAN, 0.0], 1, &step(1.0), &mut out)
+            .denoise(&[0.0; 3], 1, &PlanStep::at_sigma(1.0), &mut out)
+            .is_err());
+        assert!(d
+            .denoise(&[0.0; 2], 1, &PlanStep::at_sigma(0.0), &mut out)
+            .is_err());
+        assert!(d
+            .denoise(&[f32::NAN, 0.0], 1, &PlanStep::at_sigma(1.0), &mut out)
             .is_err());
     }
 }
