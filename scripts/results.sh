@@ -6,7 +6,9 @@
 #                                of network evaluations on 2 cores (`--plan` prints the
 #                                estimate); resumable, each finished command is cached in
 #                                target/results-cache (keyed by the command, the models and
-#                                the main-job pin), so rerun it after an interruption
+#                                the main-job pin), so rerun it after an interruption;
+#                                a job of hours runs in `--shard` pieces, each kept as
+#                                it finishes, merged bit for bit into the single run's outputs
 #   scripts/results.sh --plan    the jobs left and their estimated time, nothing run
 #   scripts/results.sh --sections 1,2   only those sections (--only TEXT: only the jobs whose
 #                                name contains TEXT, e.g. --only mixture)

@@ -16,6 +16,12 @@ host/tests/main_job_pin.rs, which changes whenever a bit of sampling does) and R
 sessions, and a job runs into a `.partial` folder renamed when it succeeds: an interrupted
 report resumes at the first unfinished job and never reads half-written outputs.
 
+Sharding: a job of more than SHARD_EVALS network evaluations runs as `--shard i/N` pieces
+(`host sample` splits its chains, `evaluate restoration` its digits) that are kept in the
+`.partial` folder as each finishes, then `host merge` joins them into exactly the single
+run's outputs (bit for bit). So a job of hours resumes within a session's budget, losing at
+most one shard when it is stopped.
+
 Only the standard library: CI machines have python3, nothing else is installed for this.
 """
 
@@ -34,19 +40,41 @@ from pathlib import Path
 REPORT_VERSION = 1
 
 # Network evaluations per second of the bundled 1.2 M-parameter models on 2 cores at the
-# default batch of 32 (the README's main job: 6400 in 11.1 s on a quiet EPYC, 2026-12-07;
-# restoration rows add their likelihood steps), for the time estimates only.
-EVALS_PER_SECOND = 500.0
+# default batch of 32 before any job has finished (`host sample`, 32 chains, K = 50: 345/s,
+# and `evaluate restoration` the same, on a quiet EPYC, 2026-12-07); once jobs finish, the
+# estimate uses their measured rate. For the time estimates only.
+EVALS_PER_SECOND = 345.0
+
+# Largest job run in one piece: about 12 minutes of evaluations at that rate.
+SHARD_EVALS = 250_000
 
 
 class Job:
     """One `host` command whose outputs land in a cached folder."""
 
-    def __init__(self, name, argv, evals, kind):
+    def __init__(self, name, argv, evals, kind, shards=None):
         self.name = name  # unique, file-name safe
         self.argv = argv  # without the binary; "{out}" stands for the job's folder
         self.evals = evals  # network evaluations (estimate)
         self.kind = kind  # "sample", "restoration", "posterior"
+        # Pieces to run it in (only `sample` and `restoration` shard); not part of the key:
+        # the merged outputs are those of the single run.
+        if shards is None:
+            shards = -(-evals // SHARD_EVALS) if kind in ("sample", "restoration") else 1
+        self.shards = max(1, shards)
+
+    def shard_argv(self, i, parts):
+        """The command of shard i: its own --out folder under `parts`."""
+        argv = list(self.argv)
+        at = argv.index("--out")
+        argv[at + 1] = f"{parts}/{i}"
+        return argv + ["--shard", f"{i}/{self.shards}"]
+
+    def merged_out(self):
+        """Where `host merge` writes: the single run's --out (sample: a folder), or for a
+        restoration table.json the folder `{out}/merged` (its table.json is read there)."""
+        out = self.argv[self.argv.index("--out") + 1]
+        return out if self.kind == "sample" else "{out}/merged"
 
     def key(self, repo):
         text = json.dumps([self.argv, identity(repo, self.argv)])
@@ -72,6 +100,42 @@ class Runner:
     def folder(self, job):
         return self.cache / f"{job.name}-{job.key(self.repo)}"
 
+    def shards_done(self, job):
+        """Finished shards of a sharded job (kept in its `.partial` folder)."""
+        if (self.folder(job) / "done").exists():
+            return job.shards
+        parts = self.partial(job) / "parts"
+        return sum((parts / f"{i}.done").exists() for i in range(job.shards))
+
+    def partial(self, job):
+        done = self.folder(job)
+        return done.with_name(done.name + ".partial")
+
+    def command(self, argv, partial, log):
+        cmd = [self.host] + [a.replace("{out}", str(partial)) for a in argv]
+        print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+        with open(log, "wb") as stdout:
+            subprocess.run(cmd, check=True, stdout=stdout)
+
+    def run_shards(self, job, partial):
+        """Runs the shards not yet finished, then merges them; returns their seconds."""
+        parts = partial / "parts"
+        parts.mkdir(exist_ok=True)
+        seconds = 0.0
+        for i in range(job.shards):
+            mark = parts / f"{i}.done"
+            if not mark.exists():
+                if (parts / str(i)).exists():
+                    shutil.rmtree(parts / str(i))
+                t = time.time()
+                self.command(job.shard_argv(i, "{out}/parts"), partial, parts / f"{i}.md")
+                mark.write_text(json.dumps({"seconds": time.time() - t}))
+            seconds += json.loads(mark.read_text())["seconds"]
+        merge = ["merge", "--quiet", "--out", job.merged_out()]
+        self.command(merge + [f"{{out}}/parts/{i}" for i in range(job.shards)], partial,
+                     partial / "stdout-0.md")
+        return seconds
+
     def run(self, job, then=()):
         """Runs `job` (and the follow-up commands `then`, same folder) unless cached."""
         done = self.folder(job)
@@ -79,18 +143,18 @@ class Runner:
             return done
         if self.dry:
             return None
-        partial = done.with_name(done.name + ".partial")
-        if partial.exists():
+        partial = self.partial(job)
+        if partial.exists() and job.shards == 1:
             shutil.rmtree(partial)
-        partial.mkdir(parents=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        seconds = self.run_shards(job, partial) if job.shards > 1 else 0.0
         t = time.time()
-        for i, argv in enumerate([job.argv, *then]):
-            cmd = [self.host] + [a.replace("{out}", str(partial)) for a in argv]
-            print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-            with open(partial / f"stdout-{i}.md", "wb") as stdout:
-                subprocess.run(cmd, check=True, stdout=stdout)
+        first = 1 if job.shards > 1 else 0
+        for i, argv in enumerate([job.argv, *then][first:], start=first):
+            self.command(argv, partial, partial / f"stdout-{i}.md")
         (partial / "command.json").write_text(json.dumps(
-            {"argv": [job.argv, *then], "seconds": time.time() - t}, indent=1))
+            {"argv": [job.argv, *then], "shards": job.shards,
+             "seconds": seconds + time.time() - t}, indent=1))
         (partial / "done").write_text("")
         if done.exists():
             shutil.rmtree(done)
@@ -98,10 +162,10 @@ class Runner:
         return done
 
 
-def sample_job(name, flags, n, evals_per_chain, data):
+def sample_job(name, flags, n, evals_per_chain, data, shards=None):
     """`host sample` into {out}/samples, then FID and the nearest-training check."""
     job = Job(name, ["sample", *flags, "--n", str(n), "--seed", "0", "--quiet",
-                     "--out", "{out}/samples"], n * evals_per_chain, "sample")
+                     "--out", "{out}/samples"], n * evals_per_chain, "sample", shards)
     then = [
         ["evaluate", "fid", "--samples", "{out}/samples", "--n", str(n), "--out",
          "{out}/fid.json"],
@@ -119,13 +183,15 @@ def sections(quick, data):
     ve = ["--weights", "bundled:mnist-ve"]
     rows = []
 
-    def add(section, label, name, flags, evals_per_chain):
-        job, then = sample_job(f"s{section}-{name}", flags, n, evals_per_chain, data)
+    def add(section, label, name, flags, evals_per_chain, shards=None):
+        job, then = sample_job(f"s{section}-{name}", flags, n, evals_per_chain, data, shards)
         rows.append((section, label, job, then, flags))
 
-    # 1. Schedules at equal and at the paper's cost.
+    # 1. Schedules at equal and at the paper's cost. (--quick shards this row as the full
+    # run does, so that CI runs the shard-and-merge path.)
     add(1, "pretrained, K = 1000 (paper's c, T0)", "pretrained-1000",
-        vp + ["--preset", "vp-uncond-pretrained", "--steps", str(k(1000))], k(1000))
+        vp + ["--preset", "vp-uncond-pretrained", "--steps", str(k(1000))], k(1000),
+        2 if quick else None)
     for steps in (100, 30):
         for schedule in ("sigmoid", "linear", "geometric", "karras"):
             add(1, f"{schedule}, K = {steps}", f"{schedule}-{steps}",
@@ -178,7 +244,7 @@ def restoration_rows(quick, data):
                  "--steps", str(k), "--count", str(count), "--samples", str(samples)]
         job = Job(f"s4-{preset}", ["evaluate", "restoration", *flags, "--data", data,
                                    "--seed", "0", "--quiet", "--out", "{out}/table.json"],
-                  count * samples * k, "restoration")
+                  count * samples * k, "restoration", 2 if quick else None)
         rows.append((4, preset, job, [], flags))
     return rows
 
@@ -213,9 +279,8 @@ def table_samples(rows, runner):
             continue
         fid = json.loads((d / "fid.json").read_text())["scores"]
         near = json.loads((d / "nearest.json").read_text())
-        run = json.loads((d / "samples" / "run.json").read_text())
+        t = sample_timings(json.loads((d / "samples" / "run.json").read_text()))
         n = fid["n"]
-        t = run["timings"]
         cb = fid.get("class_balance") or {}
         div = fid.get("diversity") or {}
         out.append(
@@ -228,6 +293,32 @@ def table_samples(rows, runner):
     return "\n".join(out)
 
 
+def sample_timings(run):
+    """A run's timings; a merged run's are the sums over its shards."""
+    if "shards" not in run:
+        return run["timings"]
+    keys = ("denoiser_evaluations", "total_s")
+    return {k: sum(s["timings"][k] for s in run["shards"]) for k in keys}
+
+
+def restoration_table(d):
+    """The table.json of a restoration job: its --out, or the merge of its shards."""
+    single = d / "table.json"
+    return single if single.exists() else d / "merged" / "table.json"
+
+
+def evals_per_second(jobs, runner):
+    """The rate measured on the finished jobs (their evaluations over their seconds, the
+    follow-up FID and nearest-neighbour checks included), else EVALS_PER_SECOND."""
+    evals = seconds = 0.0
+    for job in jobs:
+        record = runner.folder(job) / "command.json"
+        if job.evals > 0 and record.exists():
+            evals += job.evals
+            seconds += json.loads(record.read_text())["seconds"]
+    return evals / seconds if evals > 0 and seconds > 0 else EVALS_PER_SECOND
+
+
 def table_restoration(rows, runner):
     out = ["| preset | flags | back-projection | Gaussian MMSE | one sample | mean of samples "
            "| s per digit |", "|" + "---|" * 7]
@@ -236,7 +327,7 @@ def table_restoration(rows, runner):
         if not (d / "done").exists():
             out.append(f"| {label} | `{' '.join(flags)}` | not run | | | | |")
             continue
-        t = json.loads((d / "table.json").read_text())
+        t = json.loads(restoration_table(d).read_text())
         m = {x["name"]: x for x in t["methods"]}
         cell = lambda k: (f"{m[k]['mean']:.2f} ± {m[k]['se']:.2f} dB, "
                           f"SSIM {m[k]['ssim_mean']:.3f} ± {m[k]['ssim_se']:.3f}")
@@ -286,12 +377,20 @@ def main():
     rest = restoration_rows(args.quick, args.data) + posterior_rows(args.quick, args.data)
     every = [r for r in sample_rows + rest if r[0] in wanted and args.only in r[2].name]
     left = [r for r in every if not (runner.folder(r[2]) / "done").exists()]
-    hours = sum(r[2].evals for r in left) / EVALS_PER_SECOND / 3600
+    rate = evals_per_second([r[2] for r in every], runner)
+
+    def evals_left(job):
+        return job.evals * (job.shards - runner.shards_done(job)) // job.shards
+
+    hours = sum(evals_left(r[2]) for r in left) / rate / 3600
     print(f"results: {len(every)} jobs, {len(left)} to run, about {hours:.1f} h of network "
-          f"evaluations on 2 cores", file=sys.stderr)
+          f"evaluations on 2 cores at {rate:.0f} per second", file=sys.stderr)
     if args.plan:
         for r in left:
-            print(f"  {r[2].name}: {r[2].evals} evaluations", file=sys.stderr)
+            job = r[2]
+            pieces = (f", shards {runner.shards_done(job)}/{job.shards} done"
+                      if job.shards > 1 else "")
+            print(f"  {job.name}: {evals_left(job)} evaluations left{pieces}", file=sys.stderr)
         return
     for _, _, job, then, _ in every:
         runner.run(job, then)
