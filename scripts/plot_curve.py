@@ -2,12 +2,13 @@
 """A line chart as SVG from CSV files, with nothing but the standard library (the
 FID-vs-training-images curves of models/README.md).
 
-    python3 scripts/plot_curve.py --out curve.svg --x images --y fid [--err sd] \
+    python3 scripts/plot_curve.py --out curve.svg --x images --y fid [--err sd] [--logx] \
         --title T --xlabel X --ylabel Y [--hline VALUE:LABEL ...] NAME=FILE.csv ...
 
 Each CSV has a header row; x, y (and the optional error column, drawn as bars) are its
 named columns. One polyline per file, in the order given. --hline draws a dashed reference
-line (e.g. the noise floor).
+line (e.g. the noise floor). --logx puts x on a log scale (e.g. network evaluations from 30
+to 1000).
 """
 import argparse
 import csv
@@ -41,6 +42,17 @@ def nice_ticks(lo, hi, count=6):
     return ticks
 
 
+def log_ticks(lo, hi):
+    """1-2-5 ticks of each decade covering [lo, hi] (lo > 0)."""
+    ticks = []
+    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        ticks += [m * 10.0 ** e for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo <= t <= hi]
+    below = [t for t in ticks if t < lo][-1:]
+    above = [t for t in ticks if t > hi][:1]
+    return below + inside + above
+
+
 def label(v):
     if abs(v) >= 1e4:
         return f"{int(round(v)):,}"
@@ -68,6 +80,7 @@ def main():
     ap.add_argument("--xlabel", default="")
     ap.add_argument("--ylabel", default="")
     ap.add_argument("--hline", action="append", default=[])
+    ap.add_argument("--logx", action="store_true")
     ap.add_argument("series", nargs="+", help="NAME=FILE.csv")
     a = ap.parse_args()
     series = []
@@ -89,9 +102,13 @@ def main():
     xs = [p[0] for _, rows in series for p in rows]
     ys = [v for _, rows in series for p in rows for v in (p[1] - p[2], p[1] + p[2])]
     ys += [v for v, _ in hlines]
-    xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(0.0, min(ys)), max(ys))
-    x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
-    px = lambda v: LEFT + (v - x0) / ((x1 - x0) or 1) * (W - LEFT - RIGHT)
+    if a.logx and min(xs) <= 0:
+        fail("--logx needs x values above 0")
+    xt = log_ticks(min(xs), max(xs)) if a.logx else nice_ticks(min(xs), max(xs))
+    yt = nice_ticks(min(0.0, min(ys)), max(ys))
+    scale = math.log10 if a.logx else (lambda v: v)
+    x0, x1, y0, y1 = scale(xt[0]), scale(xt[-1]), yt[0], yt[-1]
+    px = lambda v: LEFT + (scale(v) - x0) / ((x1 - x0) or 1) * (W - LEFT - RIGHT)
     py = lambda v: H - BOTTOM - (v - y0) / ((y1 - y0) or 1) * (H - TOP - BOTTOM)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
            f'font-family="sans-serif" font-size="12">',

@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +45,12 @@ REPORT_VERSION = 1
 # and `evaluate restoration` the same, on a quiet EPYC, 2026-12-07); once jobs finish, the
 # estimate uses their measured rate. For the time estimates only.
 EVALS_PER_SECOND = 345.0
+
+# The closed-form denoisers of section 2 in network-equivalent evaluations (the estimates
+# and the sharding count in those): measured at n = 1000, K = 100 beside other jobs, the
+# class mixture took 1.7x and the training set 8.7x the time of as many network evaluations.
+MIXTURE_COST = 2
+TRAINING_SET_COST = 9
 
 # Largest job run in one piece: about 12 minutes of evaluations at that rate.
 SHARD_EVALS = 250_000
@@ -205,12 +212,12 @@ def sections(quick, data):
     for t0 in ("0.1", "0.5", "1"):
         add(2, f"class-Gaussian mixture (exact), T0 = {t0}", f"mixture-t0-{t0}",
             ["--weights", f"gaussian-mixture-fit:{data}", "--preset", "vp-uncond-sigmoid",
-             "--t0", t0, "--steps", str(k(100))], 0)
+             "--t0", t0, "--steps", str(k(100))], MIXTURE_COST * k(100))
     # The exact denoiser of the 60,000 training digits: the same preset with a perfect fit.
     for t0 in ("0.1", "0.5", "1"):
         add(2, f"training set (exact, perfect fit), T0 = {t0}", f"training-set-t0-{t0}",
             ["--weights", f"training-set:{data}", "--preset", "vp-uncond-sigmoid",
-             "--t0", t0, "--steps", str(k(100))], 0)
+             "--t0", t0, "--steps", str(k(100))], TRAINING_SET_COST * k(100))
     # 3. VP vs VE networks and the classic instances.
     add(3, "VP network, vp-uncond-sigmoid", "vp-sigmoid",
         vp + ["--preset", "vp-uncond-sigmoid", "--steps", str(k(100))], k(100))
@@ -350,6 +357,55 @@ def table_posterior(rows, runner):
     return "\n".join(out)
 
 
+def fid_points(rows, runner):
+    """(job name, NFE per sample, FID) of the finished sample rows."""
+    points = []
+    for _, _, job, _, _ in rows:
+        d = runner.folder(job)
+        if (d / "done").exists():
+            fid = json.loads((d / "fid.json").read_text())["scores"]
+            t = sample_timings(json.loads((d / "samples" / "run.json").read_text()))
+            points.append((job.name, t["denoiser_evaluations"] / fid["n"], fid["fid"]))
+    return points
+
+
+def plot(out, series, x, logx, title, xlabel):
+    """Draws FID against x with scripts/plot_curve.py; series: name -> [(x, FID)]."""
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        args = []
+        for i, (name, pts) in enumerate(series.items()):
+            csv = Path(tmp) / f"{i}.csv"
+            csv.write_text(f"{x},fid\n" + "".join(f"{a},{b}\n" for a, b in pts))
+            args.append(f"{name}={csv}")
+        script = Path(__file__).resolve().parents[1] / "plot_curve.py"
+        subprocess.run([sys.executable, str(script), "--out", str(out), "--x", x, "--y", "fid",
+                        "--title", title, "--xlabel", xlabel, "--ylabel", "FID (n = 1000)"]
+                       + (["--logx"] if logx else []) + args, check=True)
+    return out
+
+
+def figures(sample_rows, runner, folder):
+    """Section 1: FID against NFE per schedule; section 2: FID against T0 per denoiser."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    s1 = {}
+    for name, nfe, fid in fid_points([r for r in sample_rows if r[0] == 1], runner):
+        schedule = name[len("s1-"):].rsplit("-", 1)[0]
+        s1.setdefault(schedule, []).append((nfe, fid))
+    made.append(plot(folder / "schedules.svg", s1, "nfe", True,
+                     "Section 1: FID against network evaluations", "NFE per sample"))
+    s2 = {}
+    for name, _, fid in fid_points([r for r in sample_rows if r[0] == 2], runner):
+        denoiser, _, t0 = name[len("s2-"):].rpartition("t0-")
+        s2.setdefault(denoiser.rstrip("-") or "network", []).append((float(t0), fid))
+    made.append(plot(folder / "temperature.svg", s2, "t0", False,
+                     "Section 2: FID against the starting temperature", "T0"))
+    return [m for m in made if m]
+
+
 def render(marker, text, doc):
     begin, end = f"<!-- results:{marker}:begin -->", f"<!-- results:{marker}:end -->"
     if begin not in doc or end not in doc:
@@ -402,6 +458,8 @@ def main():
         tables["section4"] = table_restoration([r for r in rest if r[0] == 4], runner)
     if 5 in wanted:
         tables["section5"] = table_posterior([r for r in rest if r[0] == 5], runner)
+    folder = Path(args.out) / "figures" if args.quick else repo / "docs" / "figures"
+    drawn = figures(sample_rows, runner, folder) if wanted & {1, 2} else []
     if args.quick:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -409,7 +467,10 @@ def main():
             (out / f"{name}.md").write_text(text + "\n")
             if "not run" in text or text.count("\n") < 2:
                 raise SystemExit(f"error: {name} has rows that did not run")
-        print(f"results --quick: {len(tables)} section tables in {out}", file=sys.stderr)
+        if wanted >= {1, 2} and len(drawn) != 2:
+            raise SystemExit("error: the figures of sections 1 and 2 were not drawn")
+        print(f"results --quick: {len(tables)} section tables and {len(drawn)} figures in "
+              f"{out}", file=sys.stderr)
     else:
         doc = Path(args.out).read_text()
         for name, text in tables.items():
