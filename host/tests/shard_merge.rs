@@ -252,6 +252,46 @@ fn fake_mnist(dir: &Path) {
     }
 }
 
+/// The exact denoisers fitted to a folder's training split shard like a weights file (their
+/// identity in the shard manifest is the folder's files).
+#[test]
+fn sample_with_data_fit_denoisers_merges_bit_for_bit() {
+    let dir = scratch("data-fit");
+    let data = dir.join("mnist");
+    fake_mnist(&data);
+    for kind in ["gaussian-fit", "gaussian-mixture-fit", "training-set"] {
+        let weights = format!("{kind}:{}", s(&data));
+        let base = [
+            "sample",
+            "--weights",
+            &weights,
+            "--preset",
+            "vp-uncond-sigmoid",
+            "--steps",
+            "3",
+            "--n",
+            "3",
+            "--seed",
+            "2",
+        ];
+        let d = dir.join(kind);
+        std::fs::create_dir_all(&d).unwrap();
+        let single = s(&d.join("single"));
+        let mut args = base.to_vec();
+        args.extend(["--out", &single, "--quiet"]);
+        ok(&args);
+        let parts = run_shards(&base, &d, 2, "1");
+        let merged = d.join("merged");
+        let r = merge(&merged, &parts);
+        assert!(
+            r.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_same_run(&d.join("single"), &merged);
+    }
+}
+
 #[test]
 fn evaluate_restoration_merges_to_the_single_table_and_figure() {
     let dir = scratch("evaluate");

@@ -31,6 +31,7 @@ use super::common::{load_mnist, precision, preprocess, resolve_config, threads};
 use crate::bundled;
 use crate::errln;
 use crate::eval::gaussian_fit::{fit, fit_per_class, mixture, GaussianFit};
+use crate::run::manifest::DATA_FIT_PREFIXES;
 use crate::run::memory;
 use tweedie_nn::data::{Dataset, MnistSplit, Preprocess};
 
@@ -221,9 +222,7 @@ impl ModelArgs {
         let spec = self.weights.as_deref()?;
         let special = spec.starts_with(bundled::PREFIX)
             || spec.starts_with("gaussian:")
-            || spec.starts_with("gaussian-fit:")
-            || spec.starts_with("gaussian-mixture-fit:")
-            || spec.starts_with("training-set:");
+            || DATA_FIT_PREFIXES.iter().any(|p| spec.starts_with(p));
         (!special).then(|| Path::new(spec))
     }
 

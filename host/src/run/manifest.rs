@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use tweedie_nn::data::MnistSplit;
 use tweedie_nn::sha256;
 
 use super::output::json_bytes;
@@ -81,8 +82,13 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
 }
 
-/// sha256 of what `--weights` names: the file, the bundled model's bytes, or the spec text of
-/// a closed-form prior.
+/// The `--weights` specs of the exact denoisers fitted to the MNIST training split in a folder
+/// (`gaussian-fit:DIR` …): they name a folder, not a weights file.
+pub const DATA_FIT_PREFIXES: [&str; 3] =
+    ["gaussian-fit:", "gaussian-mixture-fit:", "training-set:"];
+
+/// sha256 of what `--weights` names: the file, the bundled model's bytes, the spec text of a
+/// closed-form prior, or for a data fit its kind and the training split's files.
 pub fn weights_sha256(spec: Option<&str>) -> Result<String> {
     let spec = spec.unwrap_or("");
     let bundled = if spec.is_empty() {
@@ -98,7 +104,23 @@ pub fn weights_sha256(spec: Option<&str>) -> Result<String> {
     if spec.starts_with("gaussian:") {
         return Ok(sha256::of_bytes(spec.as_bytes()));
     }
+    for prefix in DATA_FIT_PREFIXES {
+        if let Some(dir) = spec.strip_prefix(prefix) {
+            return data_fit_sha256(prefix, Path::new(dir))
+                .with_context(|| format!("--weights {spec}"));
+        }
+    }
     sha256::of_file(Path::new(spec)).with_context(|| format!("--weights {spec}"))
+}
+
+/// sha256 of a data fit: its kind and the sha256 of each training-split file it is fitted to
+/// (the folder's name does not matter, its contents do).
+fn data_fit_sha256(prefix: &str, dir: &Path) -> Result<String> {
+    let mut text = String::from(prefix);
+    for (name, _) in MnistSplit::Train.files() {
+        text += &format!("\n{name} {}", sha256::of_file(&dir.join(name))?);
+    }
+    Ok(sha256::of_bytes(text.as_bytes()))
 }
 
 /// The arguments without the [`NOT_RESULT_CHANGING`] keys, at any depth.
@@ -474,6 +496,34 @@ mod tests {
         let h = arguments_hash(&a).unwrap();
         assert_ne!(h, arguments_hash(&c).unwrap());
         assert_ne!(h, arguments_hash(&d).unwrap());
+    }
+
+    /// A data fit is identified by its kind and its files' contents, not its folder's name.
+    #[test]
+    fn data_fit_weights_hash_their_training_files() {
+        let dir = std::env::temp_dir().join(format!("tweedie-fit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = |prefix: &str| format!("{prefix}{}", dir.display());
+        let missing = format!(
+            "{:#}",
+            weights_sha256(Some(&spec("training-set:"))).unwrap_err()
+        );
+        assert!(missing.contains("--weights training-set:"), "{missing}");
+        for (name, _) in MnistSplit::Train.files() {
+            std::fs::write(dir.join(name), name).unwrap();
+        }
+        let fits: Vec<String> = DATA_FIT_PREFIXES
+            .iter()
+            .map(|p| weights_sha256(Some(&spec(p))).unwrap())
+            .collect();
+        assert!(fits[0] != fits[1] && fits[1] != fits[2] && fits[0] != fits[2]);
+        let moved = dir.with_extension("moved");
+        std::fs::rename(&dir, &moved).unwrap();
+        let again = format!("training-set:{}", moved.display());
+        assert_eq!(weights_sha256(Some(&again)).unwrap(), fits[2]);
+        std::fs::write(moved.join(MnistSplit::Train.files()[1].0), "other labels").unwrap();
+        assert_ne!(weights_sha256(Some(&again)).unwrap(), fits[2]);
+        std::fs::remove_dir_all(&moved).unwrap();
     }
 
     #[test]
