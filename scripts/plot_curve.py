@@ -2,13 +2,14 @@
 """A line chart as SVG from CSV files, with nothing but the standard library (the
 FID-vs-training-images curves of models/README.md).
 
-    python3 scripts/plot_curve.py --out curve.svg --x images --y fid [--err sd] [--logx] \
+    python3 scripts/plot_curve.py --out curve.svg --x images --y fid [--err sd] [--logx] [--mean] \
         --title T --xlabel X --ylabel Y [--hline VALUE:LABEL ...] NAME=FILE.csv ...
 
 Each CSV has a header row; x, y (and the optional error column, drawn as bars) are its
 named columns. One polyline per file, in the order given. --hline draws a dashed reference
 line (e.g. the noise floor). --logx puts x on a log scale (e.g. network evaluations from 30
-to 1000).
+to 1000). --mean averages the rows of equal x (e.g. one row per seed) and draws their
+standard deviation as the error bar.
 """
 import argparse
 import csv
@@ -70,6 +71,19 @@ def read(path, x, y, err):
     return sorted(rows)
 
 
+def mean_of_repeats(rows):
+    """One (x, mean y, sd of y) per distinct x."""
+    groups = {}
+    for x, y, _ in rows:
+        groups.setdefault(x, []).append(y)
+    out = []
+    for x, ys in sorted(groups.items()):
+        m = sum(ys) / len(ys)
+        sd = math.sqrt(sum((y - m) ** 2 for y in ys) / (len(ys) - 1)) if len(ys) > 1 else 0.0
+        out.append((x, m, sd))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -81,15 +95,19 @@ def main():
     ap.add_argument("--ylabel", default="")
     ap.add_argument("--hline", action="append", default=[])
     ap.add_argument("--logx", action="store_true")
+    ap.add_argument("--mean", action="store_true")
     ap.add_argument("series", nargs="+", help="NAME=FILE.csv")
     a = ap.parse_args()
+    if a.mean and a.err:
+        fail("--mean draws the spread of repeats as error bars: leave out --err")
     series = []
     for s in a.series:
         name, _, path = s.partition("=")
         if not path:
             fail(f"{s}: expected NAME=FILE.csv")
         try:
-            series.append((name, read(path, a.x, a.y, a.err)))
+            rows = read(path, a.x, a.y, a.err)
+            series.append((name, mean_of_repeats(rows) if a.mean else rows))
         except (OSError, KeyError, ValueError) as e:
             fail(f"{path}: {e}")
     hlines = []
