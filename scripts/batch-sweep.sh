@@ -18,13 +18,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -x "$HOST" ] || { echo "batch-sweep.sh: no host binary at $HOST" >&2; exit 2; }
-if [ -n "$PAUSE" ]; then
-    PIDS="$(pgrep "$PAUSE" || true)"
-    # shellcheck disable=SC2064  # the pids are fixed now
-    trap "for p in $PIDS; do kill -CONT \$p 2>/dev/null || true; done" EXIT
-    for p in $PIDS; do kill -STOP "$p" || true; done
-    echo "paused: ${PIDS:-nothing} (resumed on exit)"
-fi
+# shellcheck source=scripts/lib/pause.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pause.sh"
+[ -n "$PAUSE" ] && pause_matching "$PAUSE"
 LOG="$(mktemp -d /tmp/tweedie-batch-sweep.XXXXXX)"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); logs in $LOG"
 read -r -a B <<<"$BATCHES"

@@ -24,15 +24,9 @@ while [ $# -gt 0 ]; do
         *) echo "issue20.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-PIDS=""
-if [ -n "$PAUSE" ]; then
-    PIDS="$(pgrep "$PAUSE" || true)"
-    # shellcheck disable=SC2064  # the pids are fixed now
-    trap "for p in $PIDS; do kill -CONT \$p 2>/dev/null || true; done" EXIT
-    for p in $PIDS; do kill -STOP "$p" || true; done
-    echo "paused: ${PIDS:-nothing} (resumed on exit)"
-    sleep 5
-fi
+# shellcheck source=scripts/lib/pause.sh
+source "$HERE/../lib/pause.sh"
+[ -n "$PAUSE" ] && pause_matching "$PAUSE"
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) cores"
 if want 1; then

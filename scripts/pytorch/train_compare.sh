@@ -23,14 +23,9 @@ done
 [ -x "$PY" ] || { echo "train_compare.sh: no python at $PY (run scripts/pytorch/setup-venv.sh)" >&2; exit 2; }
 [ -x "$HOST" ] || { echo "train_compare.sh: no host binary at $HOST" >&2; exit 2; }
 [ -d data/mnist ] || { echo "train_compare.sh: no data/mnist (scripts/fetch-mnist.sh)" >&2; exit 2; }
-if [ -n "$PAUSE" ]; then
-    PIDS="$(pgrep "$PAUSE" || true)"
-    # shellcheck disable=SC2064  # the pids are fixed now
-    trap "for p in $PIDS; do kill -CONT \$p 2>/dev/null || true; done" EXIT
-    for p in $PIDS; do kill -STOP "$p" || true; done
-    echo "paused: ${PIDS:-nothing} (resumed on exit)"
-    sleep 5
-fi
+# shellcheck source=scripts/lib/pause.sh
+source "$HERE/../lib/pause.sh"
+[ -n "$PAUSE" ] && pause_matching "$PAUSE"
 LOG="$(mktemp -d /tmp/tweedie-train-compare.XXXXXX)"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); logs in $LOG"
 ours() {
