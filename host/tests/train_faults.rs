@@ -493,9 +493,11 @@ fn identical_runs_write_identical_bytes() {
     }
 }
 
-/// The committed VP checkpoint (format 1, at the step it records) resumes with the warning, and 2 steps
-/// from it give the same bits whether or not the run stops after the first (which writes a
-/// format-2 checkpoint in between).
+/// The committed VP checkpoint resumes with its own settings (read from it: they change as the
+/// bundled model trains on; a format-1 file with its warning), and 2 steps from it give the
+/// same bits whether or not the run stops after the first (which writes a checkpoint in
+/// between). The steps run with the learning-rate decay extended by `--change-settings`, so
+/// that the weights move even where the committed schedule has reached 0.
 #[test]
 fn committed_checkpoint_resumes_bit_exactly() {
     let Some(mnist) = common::mnist_dir() else {
@@ -507,9 +509,13 @@ fn committed_checkpoint_resumes_bit_exactly() {
     // The checkpoint moves on as the bundled model trains: read its step.
     let bytes = std::fs::read(&committed).unwrap();
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-    let step: u64 = header.metadata().as_ref().unwrap()["tweedie.step"]
-        .parse()
-        .unwrap();
+    let meta = header.metadata().as_ref().unwrap();
+    let step: u64 = meta["tweedie.step"].parse().unwrap();
+    let format_1 = meta["tweedie.checkpoint"] == "1";
+    let run_json: serde_json::Value = serde_json::from_str(&meta["tweedie.run"]).unwrap();
+    let ema = run_json["ema_decay"].as_f64().unwrap().to_string();
+    let start = run_json["lr_decay"][0].as_u64().unwrap_or(step);
+    let decay = format!("{start}:{}", step + 1000);
     let (one, two) = ((step + 1).to_string(), (step + 2).to_string());
     let args = |out: &Path, resume: &Path, steps: &str| -> Vec<String> {
         [
@@ -529,7 +535,10 @@ fn committed_checkpoint_resumes_bit_exactly() {
             "--warmup",
             "100",
             "--ema-decay",
-            "0.995",
+            &ema,
+            "--lr-decay",
+            &decay,
+            "--change-settings",
             "--grad-clip",
             "1",
             "--seed",
@@ -549,7 +558,11 @@ fn committed_checkpoint_resumes_bit_exactly() {
     let out = run(&args(&straight, &committed, &two));
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("predates checkpoint format 2"), "{err}");
+    assert_eq!(
+        err.contains("predates checkpoint format 2"),
+        format_1,
+        "{err}"
+    );
     let split = scratch("committed_split").join("m.safetensors");
     let ckpt = split.with_file_name("m.ckpt.safetensors");
     let out = run(&args(&split, &committed, &one));
@@ -557,6 +570,11 @@ fn committed_checkpoint_resumes_bit_exactly() {
     let out = run(&args(&split, &ckpt, &two));
     let err = stderr(&out);
     assert!(out.status.success() && !err.contains("warning"), "{err}");
+    // The weights moved (the extended decay's rate is above 0 at these steps).
+    assert_ne!(
+        tensors(&ckpt).get("model.out.2.weight"),
+        tensors(&committed).get("model.out.2.weight")
+    );
     assert_eq!(
         tensors(&ckpt),
         tensors(&straight.with_file_name("m.ckpt.safetensors"))
