@@ -20,6 +20,12 @@ const MAIN_JOB_SHA256: &str = "7faebfe1047945086df83fe8441ea340050f591c569cb18be
 /// `--conv direct` keeps reproducing.
 const DIRECT_SHA256: &str = "fab06155c548a3bf751da0d98961b83596f014ac56f4e1dc03e6e3222a8ca4ed";
 
+/// The same preset with the closed-form prior `gaussian:0,1` (VP scale, 4 × 3 × 8 × 8): the
+/// sampler's arithmetic without any weights. It changes only when the sampling arithmetic
+/// does, not when the bundled model is retrained, so scripts/results keys its cache of
+/// closed-form runs on it.
+const CLOSED_FORM_SHA256: &str = "fb9e1efe8a2490cf6b50a341758fb2efe915d388ef9786a05b79c598148c96da";
+
 fn sample(out: &Path, extra: &[&str]) {
     let o = s(out);
     let mut args = vec![
@@ -40,12 +46,16 @@ fn sample(out: &Path, extra: &[&str]) {
     ok(&args);
 }
 
-/// sha256 of the `samples` tensor's bytes.
+/// sha256 of the `samples` tensor's bytes (4 × 1 × 32 × 32, the bundled model's shape).
 fn samples_sha256(dir: &Path) -> String {
+    samples_sha256_of_shape(dir, &[4, 1, 32, 32])
+}
+
+fn samples_sha256_of_shape(dir: &Path, shape: &[usize]) -> String {
     let bytes = std::fs::read(dir.join("samples.safetensors")).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let view = file.tensor("samples").unwrap();
-    assert_eq!(view.shape(), &[4, 1, 32, 32]);
+    assert_eq!(view.shape(), shape);
     assert_eq!(view.dtype(), safetensors::Dtype::F32);
     tweedie_nn::sha256::of_bytes(view.data())
 }
@@ -73,6 +83,24 @@ fn conv_direct_reproduces_the_bits_from_before_winograd() {
     let dir = common::scratch_in("main_job_pin", "direct");
     sample(&dir, &["--conv", "direct"]);
     assert_eq!(samples_sha256(&dir), DIRECT_SHA256);
+}
+
+#[test]
+fn the_sampler_alone_is_pinned_with_a_closed_form_prior() {
+    for (name, extra) in [
+        ("closed", &[][..]),
+        ("closed-split", &["--threads", "1", "--batch", "1"][..]),
+    ] {
+        let dir = common::scratch_in("main_job_pin", name);
+        let mut args = vec!["--weights", "gaussian:0,1", "--kind", "vp"];
+        args.extend_from_slice(extra);
+        sample(&dir, &args);
+        assert_eq!(
+            samples_sha256_of_shape(&dir, &[4, 3, 8, 8]),
+            CLOSED_FORM_SHA256,
+            "the sampler's bits changed: if deliberate, update this pin (and MAIN_JOB_SHA256)"
+        );
+    }
 }
 
 #[test]

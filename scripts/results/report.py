@@ -10,9 +10,10 @@ every section at tiny sizes into --out and renders there, never touching docs/.
 
 Caching: each job is a `host` command; its outputs go to CACHE/<job>-<key>/ where key is the
 sha256 of the command line and of what decides its numbers: the bundled models it names and the frozen
-judge (models/*.safetensors), the inference arithmetic (the main-job pin of
-host/tests/main_job_pin.rs, which changes whenever a bit of sampling does) and REPORT_VERSION
-(bump it when an evaluation command's own code changes). So the cache survives rebuilds across
+judge (models/*.safetensors), the inference arithmetic (the pins of host/tests/main_job_pin.rs:
+the main-job pin for network runs, the closed-form pin for runs of closed-form denoisers) and
+REPORT_VERSION (bump it when an evaluation command's or a closed-form denoiser's own code
+changes). So the cache survives rebuilds across
 sessions, and a job runs into a `.partial` folder renamed when it succeeds: an interrupted
 report resumes at the first unfinished job and never reads half-written outputs.
 
@@ -90,13 +91,21 @@ class Job:
 
 def identity(repo, argv):
     """What decides a cached job's numbers besides its command (see the module doc): the
-    judge, every bundled model the command names, the main-job pin and REPORT_VERSION."""
+    judge, every bundled model the command names, REPORT_VERSION and the pins of
+    host/tests/main_job_pin.rs: a run of a bundled network keys on the main-job pins (its
+    weights and the network arithmetic), a run of a closed-form denoiser on the closed-form
+    pin only (the sampler's arithmetic), so retraining a model keeps the closed-form rows."""
     h = hashlib.sha256(f"report {REPORT_VERSION}\n".encode())
-    models = ["mnist-classifier"] + [a[len("bundled:"):] for a in argv if a.startswith("bundled:")]
-    for name in models:
+    named = [a[len("bundled:"):] for a in argv if a.startswith("bundled:")]
+    for name in ["mnist-classifier"] + named:
         h.update(name.encode() + b"\0" + (repo / "models" / f"{name}.safetensors").read_bytes())
-    pin = (repo / "host" / "tests" / "main_job_pin.rs").read_text()
-    h.update("".join(re.findall(r"[0-9a-f]{64}", pin)).encode())
+    text = (repo / "host" / "tests" / "main_job_pin.rs").read_text()
+    pins = dict(re.findall(r'const (\w+)_SHA256: &str = "([0-9a-f]{64})"', text))
+    if set(pins) != {"MAIN_JOB", "DIRECT", "CLOSED_FORM"}:
+        raise SystemExit(f"error: main_job_pin.rs pins {sorted(pins)}, expected MAIN_JOB, "
+                         "DIRECT and CLOSED_FORM")
+    keys = ["MAIN_JOB", "DIRECT"] if named else ["CLOSED_FORM"]
+    h.update("".join(pins[k] for k in keys).encode())
     return h.hexdigest()
 
 
