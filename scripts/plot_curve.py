@@ -40,6 +40,8 @@ def nice_ticks(lo, hi, count=6):
     while v <= hi + step * 1e-9:
         ticks.append(round(v, 10))
         v += step
+    if ticks[-1] < hi:  # the last tick must not cut off the largest value
+        ticks.append(round(v, 10))
     return ticks
 
 
