@@ -160,8 +160,13 @@ class Runner:
         if self.dry:
             return None
         partial = self.partial(job)
-        if partial.exists() and job.shards == 1:
-            shutil.rmtree(partial)
+        if partial.exists():
+            # Keep only the finished shards of a sharded job: a merge or a follow-up that was
+            # interrupted left outputs its rerun must not meet.
+            for child in partial.iterdir():
+                if job.shards > 1 and child.name == "parts":
+                    continue
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
         partial.mkdir(parents=True, exist_ok=True)
         seconds = self.run_shards(job, partial) if job.shards > 1 else 0.0
         t = time.time()
