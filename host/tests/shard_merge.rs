@@ -104,6 +104,16 @@ fn run_shards(base: &[&str], dir: &Path, n: usize, batch: &str) -> Vec<String> {
         .collect()
 }
 
+/// Merges `parts` into `out` and asserts that the merge succeeded (`label` names the case).
+fn merge_ok(out: &Path, parts: &[String], label: &str) {
+    let r = merge(out, parts);
+    assert!(
+        r.status.success(),
+        "{label}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
 fn merge(out: &Path, parts: &[String]) -> std::process::Output {
     let o = s(out);
     let mut args = vec!["merge", "--out", &o, "--quiet"];
@@ -206,12 +216,7 @@ fn restore_of_a_folder_and_of_one_image_merge_to_the_single_run() {
         let parts = run_shards(&base, &d, n_shards, "2");
         let before: Vec<_> = parts.iter().map(|p| files(Path::new(p))).collect();
         let merged = d.join("merged");
-        let r = merge(&merged, &parts);
-        assert!(
-            r.status.success(),
-            "{label}: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
+        merge_ok(&merged, &parts, label);
         assert_same_run(&d.join("single"), &merged);
         let after: Vec<_> = parts.iter().map(|p| files(Path::new(p))).collect();
         assert!(
@@ -282,12 +287,7 @@ fn sample_with_data_fit_denoisers_merges_bit_for_bit() {
         ok(&args);
         let parts = run_shards(&base, &d, 2, "1");
         let merged = d.join("merged");
-        let r = merge(&merged, &parts);
-        assert!(
-            r.status.success(),
-            "{kind}: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
+        merge_ok(&merged, &parts, kind);
         assert_same_run(&d.join("single"), &merged);
     }
 }
