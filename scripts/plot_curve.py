@@ -6,10 +6,10 @@ FID-vs-training-images curves of models/README.md).
         --title T --xlabel X --ylabel Y [--hline VALUE:LABEL ...] NAME=FILE.csv ...
 
 Each CSV has a header row; x, y (and the optional error column, drawn as bars) are its
-named columns. One polyline per file, in the order given. --hline draws a dashed reference
-line (e.g. the noise floor). --logx puts x on a log scale (e.g. network evaluations from 30
-to 1000). --mean averages the rows of equal x (e.g. one row per seed) and draws their
-standard deviation as the error bar.
+named columns. One polyline per file, in the order given (NAME may hold "="; the last one
+splits). --hline draws a dashed reference line (e.g. the noise floor). --logx puts x on a log
+scale (e.g. network evaluations from 30 to 1000). --mean averages the rows of equal x (e.g. one
+row per seed) and draws their standard deviation as the error bar.
 """
 import argparse
 import csv
@@ -104,8 +104,9 @@ def main():
         fail("--mean draws the spread of repeats as error bars: leave out --err")
     series = []
     for s in a.series:
-        name, _, path = s.partition("=")
-        if not path:
+        # The last "=" splits, so a name may hold one ("T0 = 0.1=t01.csv").
+        name, _, path = s.rpartition("=")
+        if not name or not path:
             fail(f"{s}: expected NAME=FILE.csv")
         try:
             rows = read(path, a.x, a.y, a.err)
