@@ -226,6 +226,81 @@ fn restore_of_a_folder_and_of_one_image_merge_to_the_single_run() {
     }
 }
 
+/// One `error:` line and exit 2 from `args`; returns the line.
+fn refused(args: &[&str]) -> String {
+    let r = host(args);
+    let e = String::from_utf8_lossy(&r.stderr).to_string();
+    assert_eq!(r.status.code(), Some(2), "{args:?}: {e}");
+    assert!(e.starts_with("error: ") && e.lines().count() == 1, "{e}");
+    e
+}
+
+/// An image's results go to the folder named by its file name without the extension: a name
+/// that would leave `--out` (`...png` → `..`) or that two images share is refused, and merge
+/// names the folders from the run's inputs, not from a shard's own (editable) list.
+#[test]
+fn image_folder_names_never_leave_out_nor_collide() {
+    let dir = scratch("names");
+    let images = input_images(&dir);
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("grid.png"), "mine").unwrap();
+    let out = s(&project.join("results"));
+    let restore = |input: &Path| {
+        let mut args = vec!["restore"];
+        args.extend(GAUSSIAN);
+        let input = s(input);
+        args.extend([
+            "--task", "inpaint", "--steps", "2", "--n", "1", "--input", &input,
+        ]);
+        args.extend(["--out", &out, "--quiet"]);
+        refused(&args)
+    };
+    for (bad, wanted) in [("...png", "\"..\""), ("..png", "\".\""), ("x.PNG", "\"x\"")] {
+        let input = dir.join(format!("in-{bad}"));
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::copy(images.join("digit0.png"), input.join(bad)).unwrap();
+        std::fs::copy(images.join("digit1.png"), input.join("x.png")).unwrap();
+        let e = restore(&input);
+        assert!(e.contains(bad) && e.contains(wanted), "{bad}: {e}");
+        assert_eq!(std::fs::read(project.join("grid.png")).unwrap(), b"mine");
+        assert!(
+            !project.join("results").exists(),
+            "{bad}: a refused run writes nothing"
+        );
+    }
+
+    // A folder run in 2 shards; shard 1's manifest then names its images "../evil".
+    let mut base = vec!["restore"];
+    base.extend(GAUSSIAN);
+    let img = s(&images);
+    base.extend([
+        "--task", "inpaint", "--input", &img, "--steps", "2", "--n", "2",
+    ]);
+    let parts = run_shards(&base, &dir.join("shards"), 2, "2");
+    let manifest = Path::new(&parts[1]).join("shard.json");
+    let original = std::fs::read(&manifest).unwrap();
+    let mut m: Value = serde_json::from_slice(&original).unwrap();
+    let names = m["names"].as_array_mut().unwrap();
+    names[0] = Value::from("../evil");
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    let merged = s(&dir.join("merged"));
+    let mut args = vec!["merge", "--out", &merged, "--quiet"];
+    args.extend(parts.iter().map(String::as_str));
+    let e = refused(&args);
+    assert!(e.contains("not those of its inputs"), "{e}");
+    assert!(!dir.join("merged").exists() && !dir.join("shards/evil").exists());
+    // A file its manifest does not list is not copied into the merged run.
+    std::fs::write(&manifest, &original).unwrap();
+    let name = m["names"][1].as_str().unwrap().to_string();
+    std::fs::write(Path::new(&parts[1]).join(&name).join("extra.txt"), "x").unwrap();
+    let e = refused(&args);
+    assert!(
+        e.contains("extra.txt") && e.contains("does not list it"),
+        "{e}"
+    );
+}
+
 fn fake_mnist(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let mut st = 7u64;

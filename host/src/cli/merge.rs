@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 use tweedie_nn::input::MAX_JSON_BYTES;
 
-use super::restore::{write_estimates, ImageFacts, SHARD_IMAGE, SHARD_TRUTH};
+use super::restore::{folder_names, write_estimates, ImageFacts, SHARD_IMAGE, SHARD_TRUTH};
 use super::sample::SHARD_CHAINS;
 use crate::errln;
 use crate::run::manifest::{check_set, Manifest};
@@ -200,14 +200,32 @@ fn merge_chains(
 
 /// `restore` of a folder: the images are split; each image's folder is copied as its shard
 /// wrote it (the single run's files), with the `shards` list added to its run.json.
+/// The image folders are named from the run's recorded inputs (as the single run names them),
+/// never from a manifest's own list, and only files its manifest hashed are copied, so an
+/// edited shard.json cannot write outside `--out` or drop an image.
 fn merge_images(out: &mut Outputs, shards: &[(PathBuf, Manifest)], start: Instant) -> Result<()> {
+    let (first_dir, first) = &shards[0];
+    let inputs: Vec<PathBuf> = first
+        .inputs
+        .iter()
+        .map(|i| PathBuf::from(&i.path))
+        .collect();
+    let names = folder_names(&inputs).with_context(|| format!("{}", first_dir.display()))?;
+    if names.len() != first.total {
+        bail!(
+            "{}: {} input images recorded for a run of {}",
+            first_dir.display(),
+            names.len(),
+            first.total
+        );
+    }
     for (dir, m) in shards {
-        if m.names.len() != m.block().len() {
+        if m.names != names[m.block()] {
             bail!(
-                "{}: {} image names for a block of {}",
+                "{}: its image names are not those of its inputs {}..{} (edited shard.json?)",
                 dir.display(),
-                m.names.len(),
-                m.block().len()
+                m.range[0],
+                m.range[1]
             );
         }
         for name in &m.names {
@@ -229,6 +247,13 @@ fn merge_images(out: &mut Outputs, shards: &[(PathBuf, Manifest)], start: Instan
                     bail!("{}: not a plain file", file.display());
                 }
                 let rel = Path::new(name).join(base);
+                if !m.files.contains_key(rel.to_string_lossy().as_ref()) {
+                    bail!(
+                        "{}: not a file {} wrote (its shard.json does not list it)",
+                        file.display(),
+                        m.shard.label()
+                    );
+                }
                 if base == "run.json" {
                     let run: serde_json::Value = serde_json::from_slice(
                         &tweedie_nn::input::read_capped(&file, "JSON file", MAX_JSON_BYTES)?,

@@ -5,6 +5,7 @@
 //! its maximum is 255) and metrics.json (PSNR in both conventions and SSIM of every sample, of
 //! the mean and of the measurement).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -103,6 +104,37 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The output folder of each image of an `--input` folder: its file name without the
+/// extension. A name that is not one plain folder name (empty, or starting with `.`: `..png`,
+/// `...png`) or that two images share (`a.png`, `a.jpeg`) is an error naming the files, so
+/// no image writes outside `--out` or over another's results. `host merge` derives the names
+/// of a sharded run's images again from its recorded inputs with this function.
+pub fn folder_names(files: &[PathBuf]) -> Result<Vec<String>> {
+    let mut taken: BTreeMap<String, &Path> = BTreeMap::new();
+    let mut names = Vec::with_capacity(files.len());
+    for f in files {
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.is_empty() || name.starts_with('.') {
+            bail!(
+                "{}: its results would go to folder {name:?}, not a plain folder name; rename it",
+                f.display()
+            );
+        }
+        if let Some(other) = taken.insert(name.clone(), f) {
+            bail!(
+                "{} and {}: both would write their results to folder {name:?}; rename one",
+                other.display(),
+                f.display()
+            );
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
 fn check_sigma_y(s: f64) -> Result<()> {
     if !(s.is_finite() && s > 0.0) {
         bail!(
@@ -164,14 +196,17 @@ fn problems(args: &RestoreArgs, model: &Model) -> Result<Vec<Problem>> {
             check_sigma_y(sigma_y)?;
             let opts =
                 MeasureOptions::new(task, sigma_y, args.run.seed, args.p, args.r#box.as_deref())?;
-            let (files, folder) = if input.is_dir() {
-                (image_files(input)?, true)
+            let (files, names) = if input.is_dir() {
+                let files = image_files(input)?;
+                let names = folder_names(&files)?.into_iter().map(Some).collect();
+                (files, names)
             } else {
-                (vec![input.clone()], false)
+                (vec![input.clone()], vec![None])
             };
             files
                 .iter()
-                .map(|f| {
+                .zip(names)
+                .map(|(f, name)| {
                     let img =
                         read_image(f, model.data_range, model.channels, model.size, args.resize)?;
                     let m = Measurement::make(
@@ -181,10 +216,6 @@ fn problems(args: &RestoreArgs, model: &Model) -> Result<Vec<Problem>> {
                         model.data_range,
                         Some(img.sha256),
                     )?;
-                    let name = folder.then(|| {
-                        f.file_stem()
-                            .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned())
-                    });
                     Ok(Problem {
                         name,
                         truth: Some(img.image.data),

@@ -335,13 +335,14 @@ impl Manifest {
 }
 
 /// Checks that `shards` are exactly the N shards of one run and returns them in index order.
-/// The errors name the folders (foreign, duplicated) or the indices (missing).
+/// The errors name the folders (foreign, duplicated) or the indices (missing, as ranges).
+/// Memory follows the folders given, not N (a manifest may claim any N).
 pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manifest)>> {
     let Some((first_dir, first)) = shards.first().cloned() else {
         bail!("no shard folders given");
     };
     let count = first.shard.count;
-    let mut slots: Vec<Option<PathBuf>> = vec![None; count];
+    let mut slots: BTreeMap<usize, &Path> = BTreeMap::new();
     for (dir, m) in &shards {
         if let Some(what) = m.differs_from(&first) {
             bail!(
@@ -363,7 +364,7 @@ pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manif
                 m.units
             );
         }
-        if let Some(other) = &slots[m.shard.index] {
+        if let Some(other) = slots.insert(m.shard.index, dir) {
             bail!(
                 "{} and {} are both {}",
                 other.display(),
@@ -371,25 +372,52 @@ pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manif
                 m.shard.label()
             );
         }
-        slots[m.shard.index] = Some(dir.clone());
     }
-    let missing: Vec<String> = slots
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.is_none())
-        .map(|(i, _)| i.to_string())
-        .collect();
-    if !missing.is_empty() {
+    if slots.len() != count {
+        let missing = missing_ranges(slots.keys().copied(), count);
         bail!(
-            "shard(s) {} of {count} missing (rerun them, e.g. sbatch --array={})",
-            missing.join(", "),
-            missing.join(",")
+            "shard(s) {missing} of {count} missing (rerun them, e.g. sbatch --array={})",
+            missing.replace(' ', "")
         );
     }
     let mut sorted = shards;
     sorted.sort_by_key(|(_, m)| m.shard.index);
     Ok(sorted)
 }
+
+/// The indices below `count` absent from `present` (ascending) as "0, 2-5, 9", at most
+/// [`MISSING_SHOWN`] ranges, then "… (K more ranges)".
+fn missing_ranges(present: impl Iterator<Item = usize>, count: usize) -> String {
+    let mut ranges = Vec::new();
+    let mut next = 0;
+    for i in present.chain(std::iter::once(count)) {
+        if i > next {
+            ranges.push((next, i - 1));
+        }
+        next = i + 1;
+    }
+    let shown: Vec<String> = ranges
+        .iter()
+        .take(MISSING_SHOWN)
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    let more = ranges.len().saturating_sub(MISSING_SHOWN);
+    let tail = if more > 0 {
+        format!(", … ({more} more ranges)")
+    } else {
+        String::new()
+    };
+    format!("{}{tail}", shown.join(", "))
+}
+
+/// How many ranges of missing shards an error lists.
+const MISSING_SHOWN: usize = 8;
 
 #[cfg(test)]
 mod tests {
@@ -439,7 +467,8 @@ mod tests {
         let e = check_set(set(vec![manifest(0, 4, 10), manifest(3, 4, 10)]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("shard(s) 1, 2 of 4 missing"), "{e}");
+        assert!(e.contains("shard(s) 1-2 of 4 missing"), "{e}");
+        assert!(e.contains("--array=1-2)"), "{e}");
         let mut dup = set(vec![manifest(0, 2, 10), manifest(1, 2, 10)]);
         dup.push((PathBuf::from("again"), manifest(1, 2, 10)));
         let e = check_set(dup).unwrap_err().to_string();
@@ -482,6 +511,23 @@ mod tests {
             .to_string();
         assert!(e.contains("not a valid block"), "{e}");
         assert!(check_set(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_huge_shard_count_is_refused_without_allocating_for_it() {
+        // One shard of 10^18 (as a hand-edited or hostile manifest may claim): the error
+        // lists the missing ones as ranges, and memory follows the folders given.
+        let e = check_set(set(vec![manifest(5, 1_000_000_000_000_000_000, 2)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("shard(s) 0-4, 6-999999999999999999 of 1000000000000000000 missing"),
+            "{e}"
+        );
+        let every_other: Vec<usize> = (0..40).step_by(2).collect();
+        let listed = missing_ranges(every_other.into_iter(), 40);
+        assert_eq!(listed, "1, 3, 5, 7, 9, 11, 13, 15, … (12 more ranges)");
+        assert_eq!(missing_ranges([0, 1].into_iter(), 2), "");
     }
 
     #[test]
