@@ -301,6 +301,38 @@ fn image_folder_names_never_leave_out_nor_collide() {
     );
 }
 
+/// A folder output lists its files (`.host-files`), so a rerun replaces exactly a host run —
+/// a restore of a folder and a merge too, which have no top-level run record — and refuses a
+/// folder holding anything else, keeping it.
+#[test]
+fn reruns_replace_host_runs_and_keep_what_the_user_added() {
+    let dir = scratch("rerun");
+    let images = input_images(&dir);
+    let mut base = vec!["restore"];
+    base.extend(GAUSSIAN);
+    let img = s(&images);
+    base.extend([
+        "--task", "inpaint", "--input", &img, "--steps", "2", "--n", "2",
+    ]);
+    let out = s(&dir.join("restored"));
+    let mut single = base.clone();
+    single.extend(["--out", &out, "--quiet"]);
+    ok(&single);
+    ok(&single);
+    let parts = run_shards(&base, &dir.join("shards"), 2, "2");
+    let merged = dir.join("merged");
+    merge_ok(&merged, &parts, "first merge");
+    merge_ok(&merged, &parts, "rerun of the merge");
+    assert_same_run(Path::new(&out), &merged);
+    std::fs::write(merged.join("notes.txt"), "mine").unwrap();
+    let o = s(&merged);
+    let mut args = vec!["merge", "--out", &o, "--quiet"];
+    args.extend(parts.iter().map(String::as_str));
+    let e = refused(&args);
+    assert!(e.contains("notes.txt is in the way"), "{e}");
+    assert_eq!(std::fs::read(merged.join("notes.txt")).unwrap(), b"mine");
+}
+
 fn fake_mnist(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let mut st = 7u64;

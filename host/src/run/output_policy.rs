@@ -3,9 +3,10 @@
 //!
 //! Rules (issue 22):
 //! - A **folder output** (`--out DIR` of sample, restore, merge, a shard) must be absent, empty,
-//!   or a folder `host` wrote earlier (it holds a `run.json`, `shard.json` or `table.json` whose
-//!   JSON has a `"command"`). Anything else in it is an error naming the first such entry. The
-//!   new run is written into the marked staging folder `.NAME.host-staging` beside it and
+//!   or a folder `host` wrote earlier holding nothing else: every committed folder carries the
+//!   list of its files (`.host-files`), and an entry the list does not name (a note the user
+//!   added, a folder of other runs) is an error naming it, as is a folder without the list.
+//!   The new run is written into the marked staging folder `.NAME.host-staging` beside it and
 //!   swapped in as a unit at [`Outputs::commit`] (an atomic exchange of the two folders; where
 //!   the file system cannot exchange, the old folder is moved aside to `.NAME.host-old` first).
 //!   The old run is then deleted: a rerun with a smaller `--n` leaves no stale files.
@@ -46,8 +47,14 @@ pub const STAGING_SUFFIX: &str = ".host-staging";
 const ASIDE_SUFFIX: &str = ".host-old";
 /// Marker file inside a staging folder while it is being written.
 const STAGING_MARK: &str = ".host-staging-mark";
-/// Files that make a folder one `host` wrote: run.json, a shard manifest, a merged table.
+/// Files that made a folder one `host` wrote before folders listed their files: run.json, a
+/// shard manifest, a merged table (such a folder is named as written by an older host).
 const RUN_RECORDS: [&str; 3] = ["run.json", "shard.json", "table.json"];
+/// The list of every file of a committed folder output (relative paths, one per line,
+/// sorted): exactly what a later run may replace.
+pub const FILE_LIST: &str = ".host-files";
+/// The largest file list read (about 10 million paths).
+const MAX_FILE_LIST_BYTES: u64 = 1 << 28;
 
 /// What is at a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +143,80 @@ fn is_host_run(dir: &Path) -> bool {
     })
 }
 
+/// Every entry under `dir` (recursively, not following symlinks) as a '/'-joined path
+/// relative to `dir` and what it is, folders before their contents.
+fn walk(dir: &Path) -> Result<Vec<(String, Found)>> {
+    fn visit(root: &Path, rel: &str, out: &mut Vec<(String, Found)>) -> Result<()> {
+        let here = root.join(rel);
+        let mut entries = fs::read_dir(&here)
+            .with_context(|| format!("cannot read folder {}", here.display()))?
+            .map(|e| e.and_then(|e| Ok((e.file_name(), e.file_type()?))))
+            .collect::<std::io::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read folder {}", here.display()))?;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, kind) in entries {
+            let name = name.to_string_lossy();
+            let path = if rel.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let found = kind_of(kind);
+            out.push((path.clone(), found));
+            if found == Found::Folder {
+                visit(root, &path, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    visit(dir, "", &mut out)?;
+    Ok(out)
+}
+
+/// The first entry of folder output `dir` that a new run may not delete: one its file list
+/// does not name (a folder counts as listed when a listed file lies in it). Without a list,
+/// the first entry.
+fn unlisted_entry(dir: &Path) -> Result<Option<PathBuf>> {
+    let list = dir.join(FILE_LIST);
+    if inspect(&list)? != Found::File {
+        return first_entry(dir);
+    }
+    let bytes = tweedie_nn::input::read_capped(&list, "file list", MAX_FILE_LIST_BYTES)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let listed: std::collections::BTreeSet<&str> = text.lines().collect();
+    for (rel, found) in walk(dir)? {
+        let ours = match found {
+            Found::File => rel == FILE_LIST || listed.contains(rel.as_str()),
+            Found::Folder => {
+                let inside = format!("{rel}/");
+                listed
+                    .range(inside.as_str()..)
+                    .next()
+                    .is_some_and(|l| l.starts_with(&inside))
+            }
+            _ => false,
+        };
+        if !ours {
+            return Ok(Some(dir.join(rel)));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes the file list of staging folder `dir` (every regular file in it but the mark).
+fn write_file_list(dir: &Path) -> Result<()> {
+    let mut text = String::new();
+    for (rel, found) in walk(dir)? {
+        if found == Found::File && rel != STAGING_MARK {
+            text.push_str(&rel);
+            text.push('\n');
+        }
+    }
+    let path = dir.join(FILE_LIST);
+    fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// The first entry of `dir` in name order, if any.
 fn first_entry(dir: &Path) -> Result<Option<PathBuf>> {
     let mut names = fs::read_dir(dir)
@@ -182,6 +263,7 @@ fn remove_stale(stale: &Path, want_folder: bool) -> Result<()> {
         Found::Folder => {
             want_folder
                 && (stale.join(STAGING_MARK).is_file()
+                    || stale.join(FILE_LIST).is_file()
                     || is_host_run(stale)
                     || first_entry(stale)?.is_none())
         }
@@ -245,15 +327,21 @@ impl OutputDir {
         match inspect(path)? {
             Found::Absent => {}
             Found::Folder => {
-                if let Some(entry) = first_entry(path)? {
-                    if !is_host_run(path) {
+                if let Some(entry) = unlisted_entry(path)? {
+                    if inspect(&path.join(FILE_LIST))? != Found::File && is_host_run(path) {
                         bail!(
-                            "{flag} {}: {} is in the way (the folder is not empty and host did \
-                             not write it); choose a new folder or empty this one",
-                            path.display(),
-                            entry.display()
+                            "{flag} {}: written by an older host (no {FILE_LIST} list of its \
+                             files), so host cannot tell its files from yours; choose a new \
+                             folder or empty this one",
+                            path.display()
                         );
                     }
+                    bail!(
+                        "{flag} {}: {} is in the way (host did not write it there); choose a \
+                         new folder or move it away",
+                        path.display(),
+                        entry.display()
+                    );
                 }
             }
             Found::File => bail!("{flag} {}: a file is in the way", path.display()),
@@ -286,13 +374,12 @@ impl OutputDir {
 
     /// Puts the staged run at the folder's path and deletes the run it replaces.
     pub fn commit(mut self) -> Result<()> {
+        write_file_list(&self.staging)?;
         let mark = self.staging.join(STAGING_MARK);
         fs::remove_file(&mark).with_context(|| format!("cannot remove {}", mark.display()))?;
         match inspect(&self.path)? {
             Found::Absent => rename(&self.staging, &self.path)?,
-            Found::Folder if first_entry(&self.path)?.is_none() || is_host_run(&self.path) => {
-                self.swap_in()?
-            }
+            Found::Folder if unlisted_entry(&self.path)?.is_none() => self.swap_in()?,
             _ => bail!(
                 "{}: changed during the run and is no longer a folder host wrote; the new run \
                  is in {}",
@@ -610,7 +697,8 @@ mod tests {
         let mut o = Outputs::in_folder(&dir, &[]).unwrap();
         o.write("a.txt", b"1").unwrap();
         o.commit().unwrap();
-        assert_eq!(names(&dir), ["a.txt"]);
+        assert_eq!(names(&dir), [FILE_LIST, "a.txt"]);
+        assert_eq!(fs::read(dir.join(FILE_LIST)).unwrap(), b"a.txt\n");
         assert_eq!(names(&base), ["run"]);
         let e = Outputs::in_folder(&base.join("missing/run"), &[]).unwrap_err();
         assert!(format!("{e:#}").contains("does not exist"));
@@ -627,9 +715,48 @@ mod tests {
         o.commit().unwrap();
         let mut o = Outputs::in_folder(&dir, &[]).unwrap();
         o.write("run.json", RUN).unwrap();
+        o.write("img/mean.png", b"new").unwrap();
         o.commit().unwrap();
-        assert_eq!(names(&dir), ["run.json"], "no stale files of the old run");
+        assert_eq!(
+            names(&dir),
+            [FILE_LIST, "img", "run.json"],
+            "no stale files"
+        );
         assert_eq!(names(&base), ["run"]);
+        // A listed run in sub-folders is replaced again (restore of a folder of images).
+        let mut o = Outputs::in_folder(&dir, &[]).unwrap();
+        o.write("run.json", RUN).unwrap();
+        o.commit().unwrap();
+        assert_eq!(names(&dir), [FILE_LIST, "run.json"]);
+
+        // What the user put in a host folder is never deleted: the rerun is refused.
+        for added in ["notes.txt", "mine/data.csv"] {
+            let path = dir.join(added);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, b"user").unwrap();
+            let e = format!("{:#}", Outputs::in_folder(&dir, &[]).unwrap_err());
+            let first = added.split('/').next().unwrap();
+            assert!(e.contains(&format!("run/{first} is in the way")), "{e}");
+            assert_eq!(fs::read(&path).unwrap(), b"user");
+            // Added while a run is writing: the commit refuses, the file stays.
+            fs::remove_dir_all(dir.join(first)).ok();
+            fs::remove_file(dir.join(first)).ok();
+            let mut o = Outputs::in_folder(&dir, &[]).unwrap();
+            o.write("run.json", RUN).unwrap();
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, b"user").unwrap();
+            assert!(o.commit().is_err());
+            assert_eq!(fs::read(&path).unwrap(), b"user");
+            fs::remove_dir_all(dir.join(first)).ok();
+            fs::remove_file(dir.join(first)).ok();
+        }
+        // A folder of an older host (a run record, no list) is refused, not deleted.
+        let old = base.join("old");
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join("run.json"), RUN).unwrap();
+        let e = format!("{:#}", Outputs::in_folder(&old, &[]).unwrap_err());
+        assert!(e.contains("written by an older host"), "{e}");
+        assert_eq!(names(&old), ["run.json"]);
 
         let foreign = base.join("mine");
         fs::create_dir(&foreign).unwrap();
