@@ -25,7 +25,18 @@ fn main() -> ExitCode {
             arg.to_string_lossy()
         ));
     }
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version (stdout, 0); no subcommand at all: the help (stderr, 2).
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => return fail(&usage_error(&e)),
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
@@ -37,8 +48,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// One `error:` line (best effort: stderr may be full or closed) and exit code 2.
+/// A command-line error as one line: clap's message up to its first blank line (the usage
+/// and tip paragraphs dropped), lines joined, and where to look.
+fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = message.join(" ");
+    format!("{} (see --help)", message.trim_start_matches("error: "))
+}
+
+/// One `error:` line (best effort: stderr may be full or closed) and exit code 2. A newline
+/// inside the message (a path may hold one) is written as `\n`, so it stays one line.
 fn fail(message: &str) -> ExitCode {
+    let message = message.replace('\n', "\\n");
     let _ = writeln!(std::io::stderr().lock(), "error: {message}");
     ExitCode::from(EXIT_ERROR)
 }

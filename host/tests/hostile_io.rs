@@ -1,6 +1,6 @@
 //! Reproductions from the hostile-input review (issue 22, item 5): printing to a closed or full
-//! stdout or stderr, non-UTF-8 arguments and an impossible U-Net config end with the documented
-//! exit code and at most one `error:` line, never a panic (exit 101).
+//! stdout or stderr, non-UTF-8 arguments, bad command lines and an impossible U-Net config end
+//! with the documented exit code and at most one `error:` line, never a panic (exit 101).
 
 mod common;
 use common::{host, s};
@@ -112,6 +112,44 @@ fn a_non_utf8_argument_is_one_clear_error() {
         std::fs::read_dir(&dir).unwrap().count(),
         0,
         "nothing written"
+    );
+}
+
+/// A bad command line is one `error:` line and 2 (clap's usage and tip lines dropped); help
+/// still prints in full; a newline inside a path stays inside the one line.
+#[test]
+fn command_line_errors_are_one_line() {
+    for args in [
+        &["sample", "--shard", "2/2", "--out", "x"][..],
+        &["sample", "--bogus"],
+        &["merge", "--out", "m"],
+        &["sample", "--max-memory", "banana", "--out", "x"],
+    ] {
+        let out = bin().args(args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("(see --help)"), "{err}");
+    }
+    let help = bin().args(["sample", "--help"]).output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage:"));
+
+    let dir = common::scratch_in("hostile_io", "newline");
+    let out_dir = dir.join("no\nsuch/out");
+    let out = bin()
+        .args(["sample", "--weights", "gaussian:0,1", "--n", "1", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.lines().count() == 1 && err.contains("no\\nsuch"),
+        "{err}"
     );
 }
 
