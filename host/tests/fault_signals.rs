@@ -1,10 +1,10 @@
-//! Fault suite, signals (issue 22 item 3): SIGINT, SIGTERM and SIGKILL at seeded points of
-//! `sample`, `restore` and `convert`. The delays are drawn from `TWEEDIE_FAULT_SEED` (printed)
-//! across the run's whole duration, so every phase is hit: startup, model loading, sampling,
-//! writing the staged files, the swap. After each attempt the output must be the old run
-//! untouched or the complete new one; SIGINT/SIGTERM must exit 130/143 (or 0 when the run
-//! finished first) and leave no staging entry; SIGKILL may leave at most one, which the next
-//! run removes.
+//! Fault suite, signals (issue 22 item 3): SIGINT, SIGTERM, SIGHUP and SIGKILL at seeded
+//! points of `sample`, `restore` and `convert`. The delays are drawn from `TWEEDIE_FAULT_SEED`
+//! (printed) across the run's whole duration, so every phase is hit: startup, model loading,
+//! sampling, writing the staged files, the swap. After each attempt the output must be the old
+//! run untouched or the complete new one; SIGINT/SIGTERM/SIGHUP must exit 130/143/129 (or 0
+//! when the run finished first) and leave no staging entry; SIGKILL may leave at most one,
+//! which the next run removes.
 
 mod common;
 mod fault;
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::{s, scratch_in};
 use fault::{results, staging_entries, Rng};
 
+const SIGHUP: i32 = 1;
 const SIGINT: i32 = 2;
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
@@ -59,7 +60,7 @@ fn attack(
     let new = state(&reference, target);
     let mut rng = Rng(fault::seed(name) ^ name.len() as u64);
     let mut outcomes = BTreeMap::new();
-    for sig in [SIGINT, SIGTERM, SIGKILL] {
+    for sig in [SIGINT, SIGTERM, SIGHUP, SIGKILL] {
         for attempt in 0..ATTEMPTS {
             // Up to twice the quiet run's time: a loaded machine runs slower, and the end
             // (writing, the swap, exit) must be hit too.
@@ -90,7 +91,9 @@ fn attack(
             let staged = staging_entries(&d);
             let outcome = match (sig, status.code()) {
                 (_, Some(0)) => "finished",
-                (SIGINT, Some(130)) | (SIGTERM, Some(143)) => "stopped, cleaned up",
+                (SIGINT, Some(130)) | (SIGTERM, Some(143)) | (SIGHUP, Some(129)) => {
+                    "stopped, cleaned up"
+                }
                 (SIGKILL, None) => "killed",
                 // Before the handlers were installed: the default action, nothing claimed yet.
                 (s, None) if fault::killed_by(status, s) => "killed before the handlers",
@@ -112,6 +115,7 @@ fn attack(
                 match sig {
                     SIGINT => "SIGINT",
                     SIGTERM => "SIGTERM",
+                    SIGHUP => "SIGHUP",
                     _ => "SIGKILL",
                 },
                 if is_new && !is_old { "new" } else { "old" }

@@ -1,8 +1,9 @@
 //! The `host` command line (clap derive): one module per subcommand.
 //!
 //! Exit codes: 0 success, 1 a check failed (parity outside tolerance), 2 an error (bad
-//! arguments, unreadable or mismatched files, unimplemented step), 130/143 stopped by
-//! SIGINT/SIGTERM (outputs left as they were; `run::interrupt`).
+//! arguments, unreadable or mismatched files, unimplemented step), 128 + the signal when
+//! stopped by SIGINT/SIGTERM or another stop signal (outputs left as they were;
+//! `run::interrupt`).
 
 pub mod bench;
 pub mod common;

@@ -1,22 +1,23 @@
-//! SIGINT and SIGTERM for the commands that write outputs (sample, restore, denoise, convert,
-//! evaluate, merge…), on the one signal mechanism of the project ([`StopFlag`]): the first
-//! signal sets the flag, long loops poll [`requested`], and [`check`] turns it into the error
-//! [`Interrupted`]. Unwinding drops the staged outputs (output_policy), so the paths keep what
-//! they held, and `main` exits 128 + the signal number (130, 143) with one line. A second
+//! SIGINT, SIGTERM and the other stop signals (`tweedie_nn::train::signal::STOP_SIGNALS`:
+//! SIGHUP, SIGUSR1/2, SIGALRM, SIGXCPU) for the commands that write outputs (sample, restore,
+//! denoise, convert, evaluate, merge…), on the one signal mechanism of the project
+//! ([`StopFlag`]): the first signal sets the flag, long loops poll [`requested`], and [`check`]
+//! turns it into the error [`Interrupted`]. Unwinding drops the staged outputs (output_policy), so the paths keep what
+//! they held, and `main` exits 128 + the signal number (130, 143, 129 …) with one line. A second
 //! signal ends the process at once; a staging entry it leaves is removed by the next run.
 
 use std::fmt;
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use tweedie_nn::train::signal::StopFlag;
+use tweedie_nn::train::signal::{signal_name, StopFlag};
 
 static STOP: OnceLock<StopFlag> = OnceLock::new();
 
 /// A run stopped by a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interrupted {
-    /// The signal number (2 SIGINT, 15 SIGTERM).
+    /// The signal number (2 SIGINT, 15 SIGTERM, 1 SIGHUP …).
     pub signal: i32,
 }
 
@@ -27,11 +28,7 @@ impl Interrupted {
     }
 
     fn name(self) -> &'static str {
-        match self.signal {
-            2 => "SIGINT",
-            15 => "SIGTERM",
-            _ => "a signal",
-        }
+        signal_name(self.signal)
     }
 }
 

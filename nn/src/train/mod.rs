@@ -9,7 +9,7 @@
 //! - [`ema`]: the exponential moving average of the weights.
 //! - [`classify_run`]: the training loop of the digit classifier behind `host evaluate fid`.
 //! - [`checkpoint`]: one atomic safetensors file with everything `--resume` needs.
-//! - [`signal`]: the SIGINT/SIGTERM flag the loop polls.
+//! - [`signal`]: the stop flag (SIGINT, SIGTERM, SIGHUP, …) the loop polls.
 //! - [`log`]: `loss.csv` and the loss-curve PNG.
 //!
 //! Everything is single-threaded per element and deterministic: the same inputs give the same

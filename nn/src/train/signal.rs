@@ -1,6 +1,8 @@
-//! The stop flag of a run: SIGINT (Ctrl-C) and SIGTERM set it and record which signal came;
-//! loops poll [`StopFlag::requested`], finish what must be finished and exit with
-//! [`StopFlag::exit_code`] (130 for SIGINT, 143 for SIGTERM, as shells report them).
+//! The stop flag of a run: the [`STOP_SIGNALS`] (SIGINT from Ctrl-C, SIGTERM, SIGHUP, and
+//! SIGUSR1/2, SIGALRM, SIGXCPU that batch systems send ahead of a limit) set it and record
+//! which signal came; loops poll [`StopFlag::requested`], finish what must be finished and exit
+//! with [`StopFlag::exit_code`] (128 + the signal: 130 for SIGINT, 143 for SIGTERM, as shells
+//! report them).
 //!
 //! [`StopFlag::install`] (training): further signals change nothing. A second SIGTERM a few
 //! milliseconds after the first (as process supervisors send) must not cost the run its
@@ -12,8 +14,27 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGALRM, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGXCPU};
 use signal_hook::flag;
+
+/// The signals that ask a run to stop instead of killing it: Ctrl-C, kill's default, a
+/// closed terminal, and those a batch system sends ahead of a time limit (Slurm's
+/// `--signal=USR1@120`, `ulimit -t`'s SIGXCPU, an alarm).
+pub const STOP_SIGNALS: [i32; 7] = [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGXCPU];
+
+/// A signal's name for messages.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        SIGUSR2 => "SIGUSR2",
+        SIGALRM => "SIGALRM",
+        SIGXCPU => "SIGXCPU",
+        _ => "a signal",
+    }
+}
 
 /// A shared "please stop" flag and the number of the last signal that set it (0: none).
 #[derive(Debug, Clone, Default)]
@@ -28,13 +49,13 @@ impl StopFlag {
         StopFlag::default()
     }
 
-    /// A flag set by SIGINT and SIGTERM; every further signal only records itself
+    /// A flag set by the [`STOP_SIGNALS`]; every further signal only records itself
     /// (registering again adds handlers; call once).
     pub fn install() -> Result<StopFlag> {
         Self::register(false)
     }
 
-    /// A flag set by SIGINT and SIGTERM; a signal arriving while the flag is already set
+    /// A flag set by the [`STOP_SIGNALS`]; a signal arriving while the flag is already set
     /// ends the process at once with 128 + its number.
     pub fn install_escalating() -> Result<StopFlag> {
         Self::register(true)
@@ -42,7 +63,7 @@ impl StopFlag {
 
     fn register(escalate: bool) -> Result<StopFlag> {
         let stop = StopFlag::new();
-        for sig in [SIGINT, SIGTERM] {
+        for sig in STOP_SIGNALS {
             let context = "cannot install the signal handlers";
             if escalate {
                 // Before the flag is set by this signal: only a later one exits.
@@ -76,11 +97,7 @@ impl StopFlag {
 
     /// The signal's name for messages.
     pub fn signal_name(&self) -> Option<&'static str> {
-        self.signal().map(|s| match s {
-            SIGINT => "SIGINT",
-            SIGTERM => "SIGTERM",
-            _ => "a signal",
-        })
+        self.signal().map(signal_name)
     }
 
     /// Requests a stop as `signal` would.
