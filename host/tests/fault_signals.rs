@@ -139,6 +139,35 @@ fn old_sample(out: &Path) {
     assert!(r.status.success(), "{}", fault::stderr(&r));
 }
 
+/// `nohup host …` ignores SIGHUP, and so does the run: it finishes when the terminal closes.
+#[test]
+fn a_run_started_under_nohup_ignores_sighup() {
+    let d = scratch_in("fault_signals", "nohup");
+    let out = d.join("out");
+    // 128 chains × 1000 steps: about a second optimised, several unoptimised.
+    let mut args = fault::sample_args(&out, 128, 2, 1000);
+    args.splice(3..5, ["--size".into(), "16".into()]);
+    let mut child = std::process::Command::new("nohup")
+        .arg(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // nohup execs host in place (same pid); by then host's handlers would be installed.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before SIGHUP: make it longer"
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, SIGHUP) };
+    let r = fault::wait(child, "nohup sample");
+    assert!(r.status.success(), "{:?}: {}", r.status, fault::stderr(&r));
+    assert!(out.join("samples.safetensors").is_file());
+}
+
 #[test]
 fn signals_during_sample_leave_the_old_or_the_new_run() {
     attack(

@@ -2,7 +2,7 @@
 //! SIGUSR1/2, SIGALRM, SIGXCPU that batch systems send ahead of a limit) set it and record
 //! which signal came; loops poll [`StopFlag::requested`], finish what must be finished and exit
 //! with [`StopFlag::exit_code`] (128 + the signal: 130 for SIGINT, 143 for SIGTERM, as shells
-//! report them).
+//! report them). A signal the process inherited as ignored (`nohup`) stays ignored.
 //!
 //! [`StopFlag::install`] (training): further signals change nothing. A second SIGTERM a few
 //! milliseconds after the first (as process supervisors send) must not cost the run its
@@ -36,6 +36,18 @@ pub fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// Whether `signal` was ignored when the process started (`nohup` ignores SIGHUP; a shell
+/// without job control ignores SIGINT for `cmd &`): such a signal keeps being ignored, so a
+/// run started that way goes on when its terminal closes.
+fn ignored(signal: i32) -> bool {
+    // SAFETY: sigaction with no new action only reads the current disposition into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 /// A shared "please stop" flag and the number of the last signal that set it (0: none).
 #[derive(Debug, Clone, Default)]
 pub struct StopFlag {
@@ -63,7 +75,7 @@ impl StopFlag {
 
     fn register(escalate: bool) -> Result<StopFlag> {
         let stop = StopFlag::new();
-        for sig in STOP_SIGNALS {
+        for sig in STOP_SIGNALS.into_iter().filter(|&s| !ignored(s)) {
             let context = "cannot install the signal handlers";
             if escalate {
                 // Before the flag is set by this signal: only a later one exits.
