@@ -9,7 +9,9 @@
 //!   The new run is written into the marked staging folder `.NAME.host-staging` beside it and
 //!   swapped in as a unit at [`Outputs::commit`] (an atomic exchange of the two folders; where
 //!   the file system cannot exchange, the old folder is moved aside to `.NAME.host-old` first).
-//!   The old run is then deleted: a rerun with a smaller `--n` leaves no stale files.
+//!   The old run is then deleted: a rerun with a smaller `--n` leaves no stale files. The
+//!   run holds an flock on the old folder and on its staging folder until it ends, so a
+//!   second run on the same output stops instead of deleting the first one's files.
 //! - A **file output** (`denoise OUT`, `measure --out`, `schedule --out/--plot`, `evaluate
 //!   --out`…) replaces only a regular file: a folder, symlink, FIFO, device node or socket at
 //!   that path is an error naming it. It is written to `.NAME.host-staging` beside it and
@@ -36,6 +38,7 @@
 use std::ffi::OsString;
 use std::fs::{self, FileType};
 use std::io::{BufWriter, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -253,10 +256,39 @@ fn check_inputs(path: &Path, flag: &str, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
+/// An exclusive advisory lock (flock) on a folder, held while the value lives: a second
+/// `host` run on the same output finds the first's folders locked and stops instead of
+/// deleting them. Released by the kernel when the process dies, so a killed run's folders
+/// become removable.
+#[derive(Debug)]
+struct FolderLock {
+    _file: fs::File,
+}
+
+/// Locks folder `dir`; an error when another process holds it. Where the file system has no
+/// locks (some network file systems), the run goes on unlocked.
+fn lock_folder(dir: &Path, output: &Path) -> Result<Option<FolderLock>> {
+    let file = fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(FolderLock { _file: file }));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        bail!(
+            "{}: another host run is writing this output ({} is in use); wait for it or \
+             choose another folder",
+            output.display(),
+            dir.display()
+        );
+    }
+    Ok(None)
+}
+
 /// Removes a staging (or moved-aside) entry a killed run left at `stale`, when it is ours:
 /// a regular file, or a folder that is empty, marked, or a `host` run. Anything else is an
 /// error naming it.
-fn remove_stale(stale: &Path, want_folder: bool) -> Result<()> {
+fn remove_stale(stale: &Path, want_folder: bool, output: &Path) -> Result<()> {
     let ours = match inspect(stale)? {
         Found::Absent => return Ok(()),
         Found::File => !want_folder,
@@ -275,6 +307,12 @@ fn remove_stale(stale: &Path, want_folder: bool) -> Result<()> {
             stale.display()
         );
     }
+    // A live run's staging folder is locked: never removed under it.
+    let _lock = if want_folder {
+        lock_folder(stale, output)?
+    } else {
+        None
+    };
     let removed = if want_folder {
         remove_marked(stale)
     } else {
@@ -310,6 +348,8 @@ pub struct OutputDir {
     path: PathBuf,
     staging: PathBuf,
     committed: bool,
+    /// The old run's folder (if any) and the staging folder, locked until the run ends.
+    _locks: Vec<FolderLock>,
 }
 
 impl OutputDir {
@@ -324,9 +364,11 @@ impl OutputDir {
             fs::rename(&aside, path)
                 .with_context(|| format!("cannot restore {}", path.display()))?;
         }
+        let mut locks = Vec::new();
         match inspect(path)? {
             Found::Absent => {}
             Found::Folder => {
+                locks.extend(lock_folder(path, path)?);
                 if let Some(entry) = unlisted_entry(path)? {
                     if inspect(&path.join(FILE_LIST))? != Found::File && is_host_run(path) {
                         bail!(
@@ -348,14 +390,16 @@ impl OutputDir {
             Found::Special(what) => bail!("{flag} {}: a {what} is in the way", path.display()),
         }
         check_inputs(path, flag, inputs)?;
-        remove_stale(&staging, true)?;
-        remove_stale(&aside, true)?;
+        remove_stale(&staging, true, path)?;
+        remove_stale(&aside, true, path)?;
         fs::create_dir(&staging)
             .with_context(|| format!("cannot create folder {}", staging.display()))?;
+        locks.extend(lock_folder(&staging, path)?);
         let dir = OutputDir {
             path: path.to_path_buf(),
             staging,
             committed: false,
+            _locks: locks,
         };
         fs::write(dir.staging.join(STAGING_MARK), b"")
             .with_context(|| format!("cannot write in {}", dir.staging.display()))?;
@@ -483,7 +527,7 @@ impl OutputFile {
         }
         check_inputs(path, flag, inputs)?;
         let staging = staging_path(path)?;
-        remove_stale(&staging, false)?;
+        remove_stale(&staging, false, path)?;
         Ok(OutputFile {
             path: path.to_path_buf(),
             staging,
@@ -650,6 +694,17 @@ impl Outputs {
     }
 }
 
+#[cfg(test)]
+impl Outputs {
+    /// What SIGKILL leaves: the staged files stay, the locks go with the process.
+    fn killed(mut self) {
+        if let Some(dir) = self.dir.as_mut() {
+            dir._locks.clear();
+        }
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Outputs {
     fn drop(&mut self) {
         if !self.committed {
@@ -771,8 +826,7 @@ mod tests {
     fn a_killed_runs_staging_is_removed_by_the_next_claim() {
         let base = scratch("stale");
         let dir = base.join("run");
-        let o = Outputs::in_folder(&dir, &[]).unwrap();
-        std::mem::forget(o); // as SIGKILL would
+        Outputs::in_folder(&dir, &[]).unwrap().killed();
         assert_eq!(names(&base), [".run.host-staging"]);
         let mut o = Outputs::in_folder(&dir, &[]).unwrap();
         o.write("run.json", RUN).unwrap();
@@ -783,6 +837,27 @@ mod tests {
         fs::write(base.join(".run.host-staging/x"), b"").unwrap();
         let e = format!("{:#}", Outputs::in_folder(&dir, &[]).unwrap_err());
         assert!(e.contains(".run.host-staging is in the way"), "{e}");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_second_run_on_a_live_output_stops_without_touching_it() {
+        let base = scratch("lock");
+        let dir = base.join("run");
+        let mut first = Outputs::in_folder(&dir, &[]).unwrap();
+        first.write("run.json", RUN).unwrap();
+        let e = format!("{:#}", Outputs::in_folder(&dir, &[]).unwrap_err());
+        assert!(e.contains("another host run is writing"), "{e}");
+        first.commit().unwrap();
+        assert_eq!(names(&dir), [FILE_LIST, "run.json"]);
+        // A live run over an existing output also holds the old one.
+        let mut second = Outputs::in_folder(&dir, &[]).unwrap();
+        let e = format!("{:#}", Outputs::in_folder(&dir, &[]).unwrap_err());
+        assert!(e.contains("another host run is writing"), "{e}");
+        second.write("b.txt", b"2").unwrap();
+        second.commit().unwrap();
+        assert_eq!(names(&dir), [FILE_LIST, "b.txt"]);
+        drop(Outputs::in_folder(&dir, &[]).unwrap()); // released at the end of a run
         fs::remove_dir_all(&base).unwrap();
     }
 
