@@ -353,6 +353,13 @@ pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manif
                 first.shard.label()
             );
         }
+        if arguments_hash(&m.run["arguments"])? != m.arguments_hash {
+            bail!(
+                "{}: its run record's arguments do not give its arguments hash (edited \
+                 shard.json?); rerun that shard",
+                dir.display()
+            );
+        }
         if m.shard.index >= count || m.block() != m.shard.block(m.total) {
             bail!(
                 "{}: {} with block {}..{} is not a valid block of {} {}",
@@ -433,13 +440,13 @@ mod tests {
             units: "chains".into(),
             total,
             range: [b.start, b.end],
-            arguments_hash: "a".into(),
+            arguments_hash: arguments_hash(&serde_json::json!({"seed": 1})).unwrap(),
             weights_sha256: "w".into(),
             inputs: vec![],
             bits: cpu_bit_class(),
             image: serde_json::json!({"channels": 1, "size": 4, "data_range": "-1,1"}),
             names: vec![],
-            run: serde_json::json!({}),
+            run: serde_json::json!({"arguments": {"seed": 1}}),
             files: BTreeMap::new(),
         }
     }
@@ -504,6 +511,13 @@ mod tests {
                 .to_string();
             assert!(e.contains("s1 (shard 1/2) is foreign"), "{field}: {e}");
         }
+        // The run record (copied into the merged run.json) must be the hashed arguments.
+        let mut edited = manifest(1, 2, 10);
+        edited.run["arguments"]["seed"] = serde_json::json!(7);
+        let e = check_set(set(vec![manifest(0, 2, 10), edited]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s1: its run record's arguments"), "{e}");
         let mut bad_block = manifest(1, 2, 10);
         bad_block.range = [4, 10];
         let e = check_set(set(vec![manifest(0, 2, 10), bad_block]))
