@@ -506,6 +506,12 @@ fn merge_refuses_missing_duplicated_and_foreign_shards_by_name() {
     assert!(e.contains(&foreign[1]) && e.contains("foreign"), "{e}");
     let e = err(&[parts[0].clone(), s(&dir), parts[2].clone()]);
     assert!(e.contains("not a shard folder"), "{e}");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let e = err(&[parts[0].clone(), s(&file), parts[2].clone()]);
+    assert!(e.contains("a-file: not a folder"), "{e}");
+    let e = err(&[parts[0].clone(), s(&dir.join("gone")), parts[2].clone()]);
+    assert!(e.contains("gone: no such shard folder"), "{e}");
     // A file changed after its shard wrote it (say, a rerun with other flags was killed
     // half-way): named, so that shard is rerun.
     let png = Path::new(&parts[2]).join("sample_0004.png");

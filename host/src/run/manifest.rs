@@ -281,11 +281,14 @@ impl Manifest {
     /// Reads `DIR/shard.json`.
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST);
-        if !dir.is_dir() {
+        if !dir.exists() {
             bail!(
                 "{}: no such shard folder (did its job fail or not finish?)",
                 dir.display()
             );
+        }
+        if !dir.is_dir() {
+            bail!("{}: not a folder, so not a shard folder", dir.display());
         }
         let text = tweedie_nn::input::read_text(&path, "shard manifest").with_context(|| {
             format!(
