@@ -348,8 +348,14 @@ pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manif
     let mut slots: BTreeMap<usize, &Path> = BTreeMap::new();
     for (dir, m) in &shards {
         if let Some(what) = m.differs_from(&first) {
+            let detail = first_difference(
+                &result_arguments(&m.run["arguments"]),
+                &result_arguments(&first.run["arguments"]),
+            )
+            .filter(|_| what == "result-changing arguments")
+            .map_or(String::new(), |d| format!(" ({d})"));
             bail!(
-                "{} ({}) is foreign: its {what} differ(s) from {} ({})",
+                "{} ({}) is foreign: its {what} differ(s){detail} from {} ({})",
                 dir.display(),
                 m.shard.label(),
                 first_dir.display(),
@@ -393,6 +399,34 @@ pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manif
     let mut sorted = shards;
     sorted.sort_by_key(|(_, m)| m.shard.index);
     Ok(sorted)
+}
+
+/// The first argument whose value differs between two argument records, as "--seed: 3 vs 4"
+/// (the records nest flattened flag groups; the flag is the leaf's name).
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+    fn leaves(v: &serde_json::Value, at: &str, out: &mut BTreeMap<String, serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    leaves(v, &format!("{at}/{k}"), out);
+                }
+            }
+            leaf => {
+                out.insert(at.to_string(), leaf.clone());
+            }
+        }
+    }
+    let (mut x, mut y) = (BTreeMap::new(), BTreeMap::new());
+    leaves(a, "", &mut x);
+    leaves(b, "", &mut y);
+    let none = serde_json::Value::Null;
+    let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+    let first = keys.into_iter().find_map(|k| {
+        let (u, v) = (x.get(k).unwrap_or(&none), y.get(k).unwrap_or(&none));
+        let flag = k.rsplit('/').next().unwrap_or(k).replace('_', "-");
+        (u != v).then(|| format!("--{flag}: {u} vs {v}"))
+    });
+    first
 }
 
 /// The indices below `count` absent from `present` (ascending) as "0, 2-5, 9", at most
@@ -485,11 +519,14 @@ mod tests {
         assert!(e.contains("s1 and again are both shard 1/2"), "{e}");
         let mut foreign = manifest(1, 2, 10);
         foreign.arguments_hash = "b".into();
+        foreign.run["arguments"]["run"] = serde_json::json!({"seed": 4});
+        foreign.arguments_hash = arguments_hash(&foreign.run["arguments"]).unwrap();
         let e = check_set(set(vec![manifest(0, 2, 10), foreign]))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("s1 (shard 1/2) is foreign") && e.contains("arguments"),
+            e.contains("s1 (shard 1/2) is foreign")
+                && e.contains("arguments differ(s) (--seed: 4 vs null)"),
             "{e}"
         );
         let mut other_n = manifest(1, 3, 10);
