@@ -504,7 +504,10 @@ fn merge_refuses_missing_duplicated_and_foreign_shards_by_name() {
     assert!(e.contains("are both shard 1/3"), "{e}");
     let e = err(&[parts[0].clone(), foreign[1].clone(), parts[2].clone()]);
     assert!(e.contains(&foreign[1]) && e.contains("foreign"), "{e}");
-    assert!(e.contains("(--seed: 4 vs 3)"), "the differing flag is named: {e}");
+    assert!(
+        e.contains("(--seed: 4 vs 3)"),
+        "the differing flag is named: {e}"
+    );
     let e = err(&[parts[0].clone(), s(&dir), parts[2].clone()]);
     assert!(e.contains("not a shard folder"), "{e}");
     let file = dir.join("a-file");

@@ -2,9 +2,10 @@
 //! SIGHUP, SIGUSR1/2, SIGALRM, SIGXCPU) for the commands that write outputs (sample, restore,
 //! denoise, convert, evaluate, merge…), on the one signal mechanism of the project
 //! ([`StopFlag`]): the first signal sets the flag, long loops poll [`requested`], and [`check`]
-//! turns it into the error [`Interrupted`]. Unwinding drops the staged outputs (output_policy), so the paths keep what
-//! they held, and `main` exits 128 + the signal number (130, 143, 129 …) with one line. A second
-//! signal ends the process at once; a staging entry it leaves is removed by the next run.
+//! turns it into the error [`Interrupted`]. Unwinding drops the staged outputs
+//! (output_policy), so the paths keep what they held, and `main` exits 128 + the signal number
+//! (130, 143, 129 …) with one line. A second signal ends the process at once; a staging entry
+//! it leaves is removed by the next run.
 
 use std::fmt;
 use std::sync::OnceLock;

@@ -390,11 +390,8 @@ pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manif
         }
     }
     if slots.len() != count {
-        let missing = missing_ranges(slots.keys().copied(), count);
-        bail!(
-            "shard(s) {missing} of {count} missing (rerun them, e.g. sbatch --array={})",
-            missing.replace(' ', "")
-        );
+        let (missing, array) = missing_ranges(slots.keys().copied(), count);
+        bail!("shard(s) {missing} of {count} missing (rerun them, e.g. sbatch --array={array})");
     }
     let mut sorted = shards;
     sorted.sort_by_key(|(_, m)| m.shard.index);
@@ -429,9 +426,10 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<Stri
     first
 }
 
-/// The indices below `count` absent from `present` (ascending) as "0, 2-5, 9", at most
-/// [`MISSING_SHOWN`] ranges, then "… (K more ranges)".
-fn missing_ranges(present: impl Iterator<Item = usize>, count: usize) -> String {
+/// The indices below `count` absent from `present` (ascending) as "0, 2-5, 9" (at most
+/// [`MISSING_SHOWN`] ranges, then "… (K more ranges)"), and the ranges shown as an sbatch
+/// `--array` list ("0,2-5,9").
+fn missing_ranges(present: impl Iterator<Item = usize>, count: usize) -> (String, String) {
     let mut ranges = Vec::new();
     let mut next = 0;
     for i in present.chain(std::iter::once(count)) {
@@ -457,7 +455,7 @@ fn missing_ranges(present: impl Iterator<Item = usize>, count: usize) -> String 
     } else {
         String::new()
     };
-    format!("{}{tail}", shown.join(", "))
+    (format!("{}{tail}", shown.join(", ")), shown.join(","))
 }
 
 /// How many ranges of missing shards an error lists.
@@ -579,9 +577,10 @@ mod tests {
             "{e}"
         );
         let every_other: Vec<usize> = (0..40).step_by(2).collect();
-        let listed = missing_ranges(every_other.into_iter(), 40);
+        let (listed, array) = missing_ranges(every_other.into_iter(), 40);
         assert_eq!(listed, "1, 3, 5, 7, 9, 11, 13, 15, … (12 more ranges)");
-        assert_eq!(missing_ranges([0, 1].into_iter(), 2), "");
+        assert_eq!(array, "1,3,5,7,9,11,13,15");
+        assert_eq!(missing_ranges([0, 1].into_iter(), 2).0, "");
     }
 
     #[test]
