@@ -53,8 +53,8 @@ const STAGING_MARK: &str = ".host-staging-mark";
 /// Files that made a folder one `host` wrote before folders listed their files: run.json, a
 /// shard manifest, a merged table (such a folder is named as written by an older host).
 const RUN_RECORDS: [&str; 3] = ["run.json", "shard.json", "table.json"];
-/// The list of every file of a committed folder output (relative paths, one per line,
-/// sorted): exactly what a later run may replace.
+/// The list of every file of a committed folder output (relative paths, one per line, sorted
+/// by name at each level): exactly what a later run may replace.
 pub const FILE_LIST: &str = ".host-files";
 /// The largest file list read (about 10 million paths).
 const MAX_FILE_LIST_BYTES: u64 = 1 << 28;
