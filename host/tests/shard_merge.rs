@@ -256,13 +256,21 @@ fn image_folder_names_never_leave_out_nor_collide() {
         args.extend(["--out", &out, "--quiet"]);
         refused(&args)
     };
-    for (bad, wanted) in [("...png", "\"..\""), ("..png", "\".\""), ("x.PNG", "\"x\"")] {
+    let cases = [
+        ("...png", "\"..\""),
+        ("..png", "\".\""),
+        ("x.PNG", "\"x\""),
+        ("a\nb.png", "\"a\\nb\""),
+        ("shard.json.png", "\"shard.json\""),
+    ];
+    for (bad, wanted) in cases {
         let input = dir.join(format!("in-{bad}"));
         std::fs::create_dir_all(&input).unwrap();
         std::fs::copy(images.join("digit0.png"), input.join(bad)).unwrap();
         std::fs::copy(images.join("digit1.png"), input.join("x.png")).unwrap();
         let e = restore(&input);
-        assert!(e.contains(bad) && e.contains(wanted), "{bad}: {e}");
+        let shown = bad.replace('\n', "\\n"); // one error line: a newline is written \n
+        assert!(e.contains(&shown) && e.contains(wanted), "{bad}: {e}");
         assert_eq!(std::fs::read(project.join("grid.png")).unwrap(), b"mine");
         assert!(
             !project.join("results").exists(),

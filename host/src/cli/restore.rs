@@ -105,8 +105,9 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The output folder of each image of an `--input` folder: its file name without the
-/// extension. A name that is not one plain folder name (empty, or starting with `.`: `..png`,
-/// `...png`) or that two images share (`a.png`, `a.jpeg`) is an error naming the files, so
+/// extension. A name that is not one plain folder name (empty, starting with `.`: `..png`,
+/// `...png`, holding a control character such as a line break, or a shard folder's
+/// `shard.json`) or that two images share (`a.png`, `a.jpeg`) is an error naming the files, so
 /// no image writes outside `--out` or over another's results. `host merge` derives the names
 /// of a sharded run's images again from its recorded inputs with this function.
 pub fn folder_names(files: &[PathBuf]) -> Result<Vec<String>> {
@@ -117,7 +118,11 @@ pub fn folder_names(files: &[PathBuf]) -> Result<Vec<String>> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if name.is_empty() || name.starts_with('.') {
+        if name.is_empty()
+            || name.starts_with('.')
+            || name.contains(char::is_control)
+            || name == crate::run::manifest::MANIFEST
+        {
             bail!(
                 "{}: its results would go to folder {name:?}, not a plain folder name; rename it",
                 f.display()

@@ -347,6 +347,13 @@ pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manif
     let count = first.shard.count;
     let mut slots: BTreeMap<usize, &Path> = BTreeMap::new();
     for (dir, m) in &shards {
+        if arguments_hash(&m.run["arguments"])? != m.arguments_hash {
+            bail!(
+                "{}: its run record's arguments do not give its arguments hash (edited \
+                 shard.json?); rerun that shard",
+                dir.display()
+            );
+        }
         if let Some(what) = m.differs_from(&first) {
             let detail = first_difference(
                 &result_arguments(&m.run["arguments"]),
@@ -360,13 +367,6 @@ pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manif
                 m.shard.label(),
                 first_dir.display(),
                 first.shard.label()
-            );
-        }
-        if arguments_hash(&m.run["arguments"])? != m.arguments_hash {
-            bail!(
-                "{}: its run record's arguments do not give its arguments hash (edited \
-                 shard.json?); rerun that shard",
-                dir.display()
             );
         }
         if m.shard.index >= count || m.block() != m.shard.block(m.total) {
@@ -436,7 +436,7 @@ fn missing_ranges(present: impl Iterator<Item = usize>, count: usize) -> (String
         if i > next {
             ranges.push((next, i - 1));
         }
-        next = i + 1;
+        next = i.saturating_add(1);
     }
     let shown: Vec<String> = ranges
         .iter()
@@ -581,6 +581,11 @@ mod tests {
         assert_eq!(listed, "1, 3, 5, 7, 9, 11, 13, 15, … (12 more ranges)");
         assert_eq!(array, "1,3,5,7,9,11,13,15");
         assert_eq!(missing_ranges([0, 1].into_iter(), 2).0, "");
+        let last = [usize::MAX - 1].into_iter();
+        assert_eq!(
+            missing_ranges(last, usize::MAX).0,
+            format!("0-{}", usize::MAX - 2)
+        );
     }
 
     #[test]

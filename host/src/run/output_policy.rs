@@ -158,13 +158,17 @@ fn walk(dir: &Path) -> Result<Vec<(String, Found)>> {
             .with_context(|| format!("cannot read folder {}", here.display()))?;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, kind) in entries {
+            // host writes UTF-8 names only: another one is never in a list.
+            let found = match name.to_str() {
+                Some(_) => kind_of(kind),
+                None => Found::Special("non-UTF-8 name"),
+            };
             let name = name.to_string_lossy();
             let path = if rel.is_empty() {
                 name.into_owned()
             } else {
                 format!("{rel}/{name}")
             };
-            let found = kind_of(kind);
             out.push((path.clone(), found));
             if found == Found::Folder {
                 visit(root, &path, out)?;
@@ -212,6 +216,12 @@ fn write_file_list(dir: &Path) -> Result<()> {
     let mut text = String::new();
     for (rel, found) in walk(dir)? {
         if found == Found::File && rel != STAGING_MARK {
+            if rel.contains('\n') {
+                bail!(
+                    "{}: a file name with a line break",
+                    dir.join(&rel).display()
+                );
+            }
             text.push_str(&rel);
             text.push('\n');
         }
@@ -359,12 +369,14 @@ impl OutputDir {
         check_parent(path, flag)?;
         let staging = staging_path(path)?;
         let aside = beside(path, ASIDE_SUFFIX)?;
-        // A run killed between moving the old folder aside and renaming the new one in.
+        let mut locks = Vec::new();
+        // A run killed between moving the old folder aside and renaming the new one in (a
+        // live run there holds the aside folder locked: an error, nothing moved).
         if inspect(path)? == Found::Absent && inspect(&aside)? == Found::Folder {
+            locks.extend(lock_folder(&aside, path)?);
             fs::rename(&aside, path)
                 .with_context(|| format!("cannot restore {}", path.display()))?;
         }
-        let mut locks = Vec::new();
         match inspect(path)? {
             Found::Absent => {}
             Found::Folder => {
@@ -421,15 +433,27 @@ impl OutputDir {
         write_file_list(&self.staging)?;
         let mark = self.staging.join(STAGING_MARK);
         fs::remove_file(&mark).with_context(|| format!("cannot remove {}", mark.display()))?;
-        match inspect(&self.path)? {
-            Found::Absent => rename(&self.staging, &self.path)?,
-            Found::Folder if unlisted_entry(&self.path)?.is_none() => self.swap_in()?,
-            _ => bail!(
-                "{}: changed during the run and is no longer a folder host wrote; the new run \
-                 is in {}",
+        let unlisted = match inspect(&self.path)? {
+            Found::Absent => None,
+            Found::Folder => unlisted_entry(&self.path)?,
+            _ => Some(self.path.clone()),
+        };
+        if let Some(entry) = unlisted {
+            // The finished run is kept (a staging folder with its list: the next run on this
+            // output clears it), not dropped with the error.
+            self.committed = true;
+            bail!(
+                "{}: {} appeared during the run (host did not write it); the new run is in {} \
+                 until the next run on this output: move it away and rerun",
                 self.path.display(),
+                entry.display(),
                 self.staging.display()
-            ),
+            );
+        }
+        if inspect(&self.path)? == Found::Absent {
+            rename(&self.staging, &self.path)?;
+        } else {
+            self.swap_in()?;
         }
         self.committed = true;
         Ok(())
@@ -718,6 +742,7 @@ impl Drop for Outputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     fn scratch(name: &str) -> PathBuf {
         let base =
@@ -800,11 +825,25 @@ mod tests {
             o.write("run.json", RUN).unwrap();
             fs::create_dir_all(path.parent().unwrap()).unwrap();
             fs::write(&path, b"user").unwrap();
-            assert!(o.commit().is_err());
+            let e = format!("{:#}", o.commit().unwrap_err());
+            assert!(
+                e.contains(&format!("{first} appeared during the run")),
+                "{e}"
+            );
             assert_eq!(fs::read(&path).unwrap(), b"user");
+            assert!(
+                base.join(".run.host-staging/run.json").is_file(),
+                "the finished run is kept until the next run on this output"
+            );
             fs::remove_dir_all(dir.join(first)).ok();
             fs::remove_file(dir.join(first)).ok();
         }
+        // A name host never writes (not UTF-8) is never taken for a listed one.
+        let odd = dir.join(std::ffi::OsStr::from_bytes(b"a\xff"));
+        fs::write(&odd, b"user").unwrap();
+        let e = format!("{:#}", Outputs::in_folder(&dir, &[]).unwrap_err());
+        assert!(e.contains("is in the way"), "{e}");
+        fs::remove_file(&odd).unwrap();
         // A folder of an older host (a run record, no list) is refused, not deleted.
         let old = base.join("old");
         fs::create_dir(&old).unwrap();
