@@ -69,7 +69,7 @@ fn attack(
             make_old(&out);
             let old = state(&out, target);
             let what = format!("{name}: signal {sig} after {delay} us (attempt {attempt})");
-            let mut child = fault::bin()
+            let mut child = common::default_signals(&mut fault::bin())
                 .args(args(&out))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -147,7 +147,7 @@ fn a_run_started_under_nohup_ignores_sighup() {
     // 128 chains × 1000 steps: about a second optimised, several unoptimised.
     let mut args = fault::sample_args(&out, 128, 2, 1000);
     args.splice(3..5, ["--size".into(), "16".into()]);
-    let mut child = std::process::Command::new("nohup")
+    let mut child = common::default_signals(&mut std::process::Command::new("nohup"))
         .arg(env!("CARGO_BIN_EXE_host"))
         .args(args)
         .stdin(Stdio::null())

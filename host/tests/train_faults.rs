@@ -82,7 +82,7 @@ fn run(args: &[String]) -> std::process::Output {
 }
 
 fn spawn(args: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_host"))
+    common::default_signals(&mut Command::new(env!("CARGO_BIN_EXE_host")))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

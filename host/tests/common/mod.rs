@@ -5,6 +5,23 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Gives the child the default action for the stop signals the tests send, whatever this
+/// process inherited: host keeps a signal ignored at start (as under `nohup`, or for `cmd &`
+/// in a shell without job control, which ignores SIGINT), and a test run from such a shell
+/// must still see its SIGINT/SIGTERM handled.
+pub fn default_signals(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Runs the `host` binary with `args`.
 pub fn host(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_host"))
