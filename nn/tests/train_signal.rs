@@ -8,6 +8,12 @@ use tweedie_nn::train::signal::StopFlag;
 
 #[test]
 fn signals_set_the_stop_flag_and_never_end_the_process() {
+    // A signal ignored at start stays ignored (nohup; SIGINT under `cmd &` without job
+    // control): give this process the defaults whatever shell started the tests.
+    for sig in [SIGINT, SIGTERM] {
+        // SAFETY: setting a disposition before any handler of this test binary exists.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
     let stop = StopFlag::install().unwrap();
     let seen_by_loop = stop.clone();
     assert!(!seen_by_loop.requested());
