@@ -168,8 +168,29 @@ fn sample_with_the_bundled_network_merges_bit_for_bit() {
     ok(&args);
     let parts = run_shards(&base, &dir, 2, "1");
     let merged = dir.join("merged");
-    assert!(merge(&merged, &parts).status.success());
+    merge_ok(&merged, &parts, "default weights");
     assert_same_run(&dir.join("single"), &merged);
+    // The same model named another way, on the backend `auto` resolves to, is the same run
+    // where that backend is the CPU: its shard merges with the default's.
+    let spelled = s(&dir.join("part1-spelled"));
+    let mut args = base.to_vec();
+    args.extend(["--weights", "bundled:mnist-vp", "--device", "auto"]);
+    args.extend([
+        "--shard", "1/2", "--out", &spelled, "--batch", "1", "--quiet",
+    ]);
+    ok(&args);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("part1-spelled/shard.json")).unwrap())
+            .unwrap();
+    let both = [parts[0].clone(), spelled];
+    let merged = dir.join("merged-spelled");
+    if manifest["bits"]["backend"] == "cpu" {
+        merge_ok(&merged, &both, "bundled:mnist-vp, --device auto");
+        assert_same_run(&dir.join("single"), &merged);
+    } else {
+        let r = merge(&merged, &both);
+        assert_eq!(r.status.code(), Some(2), "a GPU shard is another bit class");
+    }
 }
 
 /// Five 8×8 gray PNGs from a Gaussian sample run, as restore inputs.

@@ -21,11 +21,18 @@ use super::stream::ImageShape;
 pub const MANIFEST: &str = "shard.json";
 
 /// The manifest format this build writes and reads.
-pub const FORMAT: &str = "tweedie-shard/1";
+/// (2: `--weights` and `--device` left the arguments hash for what they resolve to.)
+pub const FORMAT: &str = "tweedie-shard/2";
 
 /// Argument names that never change results (paths of outputs, the split, the speed knobs):
 /// left out of [`arguments_hash`] wherever they occur in the arguments.
 pub const NOT_RESULT_CHANGING: [&str; 6] = ["out", "shard", "threads", "batch", "quiet", "ptx"];
+
+/// Argument names recorded by what they resolve to, not by their text: `--weights` by the
+/// weights' sha256 (the default and `bundled:mnist-vp` are one model), `--device` by the backend
+/// that ran (`auto` on a machine without a GPU is `cpu`). Left out of [`arguments_hash`] too,
+/// as leaves (not a flag group of the same name).
+pub const RECORDED_RESOLVED: [&str; 2] = ["weights", "device"];
 
 /// One input file and its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,12 +130,17 @@ fn data_fit_sha256(prefix: &str, dir: &Path) -> Result<String> {
     Ok(sha256::of_bytes(text.as_bytes()))
 }
 
-/// The arguments without the [`NOT_RESULT_CHANGING`] keys, at any depth.
+/// The arguments without the [`NOT_RESULT_CHANGING`] and [`RECORDED_RESOLVED`] keys, at any
+/// depth.
 pub fn result_arguments(args: &serde_json::Value) -> serde_json::Value {
     match args {
         serde_json::Value::Object(map) => serde_json::Value::Object(
             map.iter()
-                .filter(|(k, _)| !NOT_RESULT_CHANGING.contains(&k.as_str()))
+                .filter(|(k, v)| {
+                    // A flag group may share a leaf's name (`device: {device, tensor_cores}`).
+                    let resolved = RECORDED_RESOLVED.contains(&k.as_str()) && !v.is_object();
+                    !NOT_RESULT_CHANGING.contains(&k.as_str()) && !resolved
+                })
                 .map(|(k, v)| (k.clone(), result_arguments(v)))
                 .collect(),
         ),
@@ -484,6 +496,28 @@ mod tests {
             run: serde_json::json!({"arguments": {"seed": 1}}),
             files: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn weights_and_device_are_hashed_by_what_they_resolve_to() {
+        let h = |v: serde_json::Value| arguments_hash(&v).unwrap();
+        let plain = h(serde_json::json!({"seed": 1, "model": {"weights": null},
+            "device": {"device": "cpu", "ptx": null}}));
+        let spelled = h(
+            serde_json::json!({"seed": 1, "model": {"weights": "bundled:mnist-vp"},
+            "device": {"device": "auto", "ptx": "x.ptx"}}),
+        );
+        assert_eq!(plain, spelled);
+        assert_ne!(
+            plain,
+            h(serde_json::json!({"seed": 2, "model": {"weights": null},
+            "device": {"device": "cpu", "ptx": null}}))
+        );
+        assert_ne!(
+            plain,
+            h(serde_json::json!({"seed": 1, "model": {"weights": null},
+            "device": {"device": "cpu", "ptx": null, "tensor_cores": true}}))
+        );
     }
 
     fn set(ms: Vec<Manifest>) -> Vec<(PathBuf, Manifest)> {
