@@ -318,11 +318,9 @@ impl TrainFiles {
 /// Writes `bytes` to the output's staging file, syncs it and renames it over the output (a
 /// crash leaves the old file or the new one); a failed write removes the staging file.
 fn write_whole(file: &OutputFile, bytes: &[u8]) -> Result<()> {
-    let staged = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(file.staging())?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
+    // The open staging file holds the output's lock until the rename is done.
+    let mut f = file.open_staging()?;
+    let staged = f.write_all(bytes).and_then(|()| f.sync_all());
     if let Err(e) = staged {
         let _ = std::fs::remove_file(file.staging());
         return Err(e).with_context(|| format!("cannot write {}", file.path().display()));

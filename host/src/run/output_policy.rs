@@ -15,7 +15,9 @@
 //! - A **file output** (`denoise OUT`, `measure --out`, `schedule --out/--plot`, `evaluate
 //!   --out`…) replaces only a regular file: a folder, symlink, FIFO, device node or socket at
 //!   that path is an error naming it. It is written to `.NAME.host-staging` beside it and
-//!   renamed over the path at commit. `-` is stdout, for text outputs only
+//!   renamed over the path at commit; the run holds an flock on that staging file from its
+//!   first write until it ends, so a second run on the same file stops. `-` is stdout, for
+//!   text outputs only
 //!   ([`OutputFile::is_stdout`]; the command prints the text itself).
 //! - An output that **is an input** (the same file, or a folder holding an input) is an error.
 //! - A set of outputs dropped without [`Outputs::commit`] (an error, a signal turned into an
@@ -279,6 +281,33 @@ struct FolderLock {
 /// locks (some network file systems), the run goes on unlocked.
 fn lock_folder(dir: &Path, output: &Path) -> Result<Option<FolderLock>> {
     let file = fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    try_lock(file, dir, output)
+}
+
+/// Locks the regular file at `path` as [`lock_folder`] locks a folder (`None`: it is gone,
+/// or the file system has no locks).
+fn lock_file(path: &Path, output: &Path) -> Result<Option<FolderLock>> {
+    match open_no_follow(path, false) {
+        Ok(file) => try_lock(file, path, output),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open {}", path.display())),
+    }
+}
+
+/// Opens `path` for writing (created if absent, never through a symlink, not truncated).
+fn open_no_follow(path: &Path, create: bool) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// flock(LOCK_EX | LOCK_NB) on `file`, which is `path`: an error naming `output` when another
+/// process holds it.
+fn try_lock(file: fs::File, path: &Path, output: &Path) -> Result<Option<FolderLock>> {
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(Some(FolderLock { _file: file }));
@@ -287,9 +316,9 @@ fn lock_folder(dir: &Path, output: &Path) -> Result<Option<FolderLock>> {
     if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
         bail!(
             "{}: another host run is writing this output ({} is in use); wait for it or \
-             choose another folder",
+             choose another name",
             output.display(),
-            dir.display()
+            path.display()
         );
     }
     Ok(None)
@@ -317,11 +346,11 @@ fn remove_stale(stale: &Path, want_folder: bool, output: &Path) -> Result<()> {
             stale.display()
         );
     }
-    // A live run's staging folder is locked: never removed under it.
+    // A live run's staging entry is locked: never removed under it.
     let _lock = if want_folder {
         lock_folder(stale, output)?
     } else {
-        None
+        lock_file(stale, output)?
     };
     let removed = if want_folder {
         remove_marked(stale)
@@ -568,6 +597,41 @@ impl OutputFile {
         &self.staging
     }
 
+    /// Opens the staging file for writing, empty and locked until the returned file (and
+    /// every clone of it) is closed: keep it open until after [`OutputFile::commit`], so a
+    /// second run on this output stops instead of writing into the same staging file (and
+    /// the first renaming half of the second's bytes into place). Never follows a symlink.
+    pub fn open_staging(&self) -> Result<fs::File> {
+        let shown = || format!("cannot write {}", self.path.display());
+        // A run that renamed its staging file into place between our open and our lock leaves
+        // us holding the output itself: lock the file the name holds now, or retry.
+        for _ in 0..4 {
+            let file = open_no_follow(&self.staging, true).with_context(shown)?;
+            let held = file.metadata().with_context(shown)?;
+            let lock = try_lock(
+                file.try_clone().with_context(shown)?,
+                &self.staging,
+                &self.path,
+            )?;
+            let named = match fs::symlink_metadata(&self.staging) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(shown),
+            };
+            if !held.is_file() || named.ino() != held.ino() || named.dev() != held.dev() {
+                continue;
+            }
+            file.set_len(0).with_context(shown)?;
+            drop(lock); // the clone `file` keeps the lock: one open file description
+            return Ok(file);
+        }
+        bail!(
+            "{}: its staging file {} kept changing (another host run on this output?)",
+            self.path.display(),
+            self.staging.display()
+        )
+    }
+
     /// Renames the staged bytes over the path, after checking again that only a regular file
     /// is replaced.
     pub fn commit(&self) -> Result<()> {
@@ -588,6 +652,8 @@ impl OutputFile {
 pub struct Outputs {
     dir: Option<OutputDir>,
     files: Vec<OutputFile>,
+    /// The file outputs' staging files, open (so locked) until the outputs are dropped.
+    held: Vec<fs::File>,
     /// The files written, as given to `write` (relative to the folder).
     written: Vec<PathBuf>,
     committed: bool,
@@ -600,6 +666,7 @@ impl Outputs {
         Ok(Outputs {
             dir: Some(OutputDir::claim(dir, "--out", inputs)?),
             files: Vec::new(),
+            held: Vec::new(),
             written: Vec::new(),
             committed: false,
         })
@@ -610,6 +677,7 @@ impl Outputs {
         Outputs {
             dir: None,
             files: Vec::new(),
+            held: Vec::new(),
             written: Vec::new(),
             committed: false,
         }
@@ -644,23 +712,29 @@ impl Outputs {
             .with_context(|| format!("{} was not written", rel.display()))
     }
 
-    /// Where `rel` is staged; creates its sub-folders in the staging folder.
-    fn stage(&mut self, rel: &Path) -> Result<PathBuf> {
+    /// Opens the file `rel` is staged in, empty; creates its sub-folders in the staging folder.
+    fn stage(&mut self, rel: &Path, shown: &Path) -> Result<fs::File> {
         if let Some(dir) = &self.dir {
             let path = dir.staging.join(rel);
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent)
                     .with_context(|| format!("cannot create folder {}", parent.display()))?;
             }
-            return Ok(path);
+            return fs::File::create(&path)
+                .with_context(|| format!("cannot write {}", shown.display()));
         }
         if self.files.iter().any(|f| f.path == rel) {
             bail!("{} is named twice as an output", rel.display());
         }
         let file = OutputFile::claim(rel, "output", &[])?;
-        let staging = file.staging.clone();
+        let staged = file.open_staging()?;
+        self.held.push(
+            staged
+                .try_clone()
+                .with_context(|| format!("cannot write {}", shown.display()))?,
+        );
         self.files.push(file);
-        Ok(staging)
+        Ok(staged)
     }
 
     /// Writes `bytes` to `rel` (relative to the folder; in file mode, the file's path).
@@ -677,13 +751,11 @@ impl Outputs {
     ) -> Result<()> {
         let rel = rel.as_ref();
         super::interrupt::check()?;
-        let staged = self.stage(rel)?;
         let shown = self
             .dir
             .as_ref()
             .map_or(rel.to_path_buf(), |d| d.path.join(rel));
-        let file = fs::File::create(&staged)
-            .with_context(|| format!("cannot write {}", shown.display()))?;
+        let file = self.stage(rel, &shown)?;
         let mut w = BufWriter::new(file);
         fill(&mut w).with_context(|| format!("cannot write {}", shown.display()))?;
         w.into_inner()
@@ -725,6 +797,7 @@ impl Outputs {
         if let Some(dir) = self.dir.as_mut() {
             dir._locks.clear();
         }
+        self.held.clear();
         std::mem::forget(self);
     }
 }
@@ -942,6 +1015,43 @@ mod tests {
         o.commit().unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert_eq!(names(&base), ["in.png", "link", "y.csv"]);
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_second_run_on_a_live_file_output_stops_without_touching_it() {
+        let base = scratch("file-lock");
+        let path = base.join("table.json");
+        let mut first = Outputs::files();
+        first.write(&path, b"first").unwrap();
+        // Neither the early check nor a write of a second run touches the first's staging.
+        let e = format!(
+            "{:#}",
+            Outputs::check_file(&path, "--out", &[]).unwrap_err()
+        );
+        assert!(e.contains("another host run is writing"), "{e}");
+        let mut second = Outputs::files();
+        let e = format!("{:#}", second.write(&path, b"second").unwrap_err());
+        assert!(e.contains("another host run is writing"), "{e}");
+        drop(second);
+        first.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(names(&base), ["table.json"]);
+        // A killed run's staging file is cleared by the next run.
+        let mut killed = Outputs::files();
+        killed.write(&path, b"half").unwrap();
+        killed.killed();
+        let mut third = Outputs::files();
+        third.write(&path, b"third").unwrap();
+        third.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"third");
+        assert_eq!(names(&base), ["table.json"]);
+        // A symlink at the staging name is never written through.
+        let target = base.join("target");
+        fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, staging_path(&path).unwrap()).unwrap();
+        assert!(Outputs::files().write(&path, b"x").is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
         fs::remove_dir_all(&base).unwrap();
     }
 }
