@@ -584,3 +584,25 @@ fn committed_checkpoint_resumes_bit_exactly() {
         [step + 1, step + 2]
     );
 }
+
+/// A second `host train` on the `--out` of a live one (a resubmitted job, say) stops at its
+/// start with one line and leaves the first run's files to it; the first finishes as if alone.
+#[test]
+fn a_second_train_on_a_live_out_stops_at_its_start() {
+    let reference = straight("lock-straight", 150);
+    let dir = scratch("lock");
+    let args = train_args(&dir, 150, &[]);
+    let mut first = spawn(&args);
+    wait_for_rows(&mut first, &dir.join("m.loss.csv"), 1);
+    let second = run(&args);
+    fails_with(&second, "another host run is writing");
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tensors(&dir.join("m.ckpt.safetensors")), reference);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "no lock or staging file left: {left:?}");
+}

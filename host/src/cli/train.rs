@@ -22,7 +22,7 @@ use safetensors::Dtype;
 
 use super::common::threads;
 use crate::errln;
-use crate::run::output_policy::OutputFile;
+use crate::run::output_policy::{OutputFile, RunLock};
 use crate::run::progress::human_seconds;
 use tweedie_nn::data::{Dataset, MnistSplit};
 use tweedie_nn::model::adm::AdmArch;
@@ -284,6 +284,8 @@ impl Drop for StartedLog {
 /// files only, none of them an input) and each replaced whole when written; the loss log is
 /// appended in place (LossCsv).
 struct TrainFiles {
+    /// Held for the whole run: a second train on this --out stops at its start.
+    _lock: RunLock,
     weights: OutputFile,
     ckpt: OutputFile,
     curve: OutputFile,
@@ -298,7 +300,9 @@ impl TrainFiles {
         let with_resume: Vec<&Path> = inputs.into_iter().chain(args.resume.as_deref()).collect();
         let csv = sibling(&args.out, "loss.csv");
         OutputFile::claim(&csv, "the loss log", &with_resume)?;
+        let lock = RunLock::acquire(&args.out)?;
         Ok(TrainFiles {
+            _lock: lock,
             weights: OutputFile::claim(&args.out, "--out", &with_resume)?,
             ckpt: OutputFile::claim(
                 &sibling(&args.out, "ckpt.safetensors"),

@@ -16,9 +16,10 @@
 //!   --out`…) replaces only a regular file: a folder, symlink, FIFO, device node or socket at
 //!   that path is an error naming it. It is written to `.NAME.host-staging` beside it and
 //!   renamed over the path at commit; the run holds an flock on that staging file from its
-//!   first write until it ends, so a second run on the same file stops. `-` is stdout, for
-//!   text outputs only
-//!   ([`OutputFile::is_stdout`]; the command prints the text itself).
+//!   first write until it ends, so a second run on the same file stops; a command that
+//!   replaces its files several times (train) holds a [`RunLock`] for the whole run. `-` is
+//!   stdout, for text outputs only ([`OutputFile::is_stdout`]; the command prints the text
+//!   itself).
 //! - An output that **is an input** (the same file, or a folder holding an input) is an error.
 //! - A set of outputs dropped without [`Outputs::commit`] (an error, a signal turned into an
 //!   error) removes its staging entries; the paths keep what they held before.
@@ -284,25 +285,102 @@ fn lock_folder(dir: &Path, output: &Path) -> Result<Option<FolderLock>> {
     try_lock(file, dir, output)
 }
 
-/// Locks the regular file at `path` as [`lock_folder`] locks a folder (`None`: it is gone,
-/// or the file system has no locks).
-fn lock_file(path: &Path, output: &Path) -> Result<Option<FolderLock>> {
-    match open_no_follow(path, false) {
-        Ok(file) => try_lock(file, path, output),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot open {}", path.display())),
+/// What [`lock_named`] found at a name.
+enum Named {
+    /// The entry the name holds, locked (`None`: the file system has no locks).
+    Locked(Option<FolderLock>),
+    /// Nothing is there any more.
+    Gone,
+}
+
+/// Opens and locks the entry at `path` (a folder, or a regular file opened without following a
+/// symlink), then checks that the name still holds what was locked: a run that removed it and
+/// put its own live entry there meanwhile makes this an error, not a lock on a deleted inode.
+fn lock_named(path: &Path, want_folder: bool, output: &Path) -> Result<Named> {
+    let opened = if want_folder {
+        fs::File::open(path)
+    } else {
+        open_no_follow(path, false, false)
+    };
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Named::Gone),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let held = file
+        .metadata()
+        .with_context(|| format!("cannot inspect {}", path.display()))?;
+    let lock = try_lock(file, path, output)?;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => Ok(Named::Locked(lock)),
+        Ok(_) => bail!(
+            "{}: another host run is writing this output ({} was just replaced); wait for it \
+             or choose another name",
+            output.display(),
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Named::Gone),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
 }
 
-/// Opens `path` for writing (created if absent, never through a symlink, not truncated).
-fn open_no_follow(path: &Path, create: bool) -> std::io::Result<fs::File> {
+/// Opens `path` (created if absent when `write`), never through a symlink, never blocking on a
+/// FIFO, never truncated.
+fn open_no_follow(path: &Path, write: bool, create: bool) -> std::io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
-        .write(true)
+        .read(!write)
+        .write(write)
         .create(create)
         .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
+}
+
+/// Whether the name `path` holds the file `file` is open on.
+fn names_file(path: &Path, file: &fs::File) -> bool {
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+/// Opens the regular file `path` for writing (created if absent) and locks it for as long as
+/// the returned file (or a clone of it) is open; an error naming `output` when another run
+/// holds it. A name whose file a run renamed away or deleted between our open and our lock is
+/// opened again.
+fn open_locked(path: &Path, output: &Path) -> Result<fs::File> {
+    let shown = || format!("cannot write {}", output.display());
+    for _ in 0..4 {
+        if let Found::Special(what) = inspect(path)? {
+            bail!(
+                "{}: a {what} is in the way; host writes only regular files",
+                path.display()
+            );
+        }
+        let file = open_no_follow(path, true, true).with_context(shown)?;
+        let meta = file.metadata().with_context(shown)?;
+        if !meta.is_file() {
+            let what = match kind_of(meta.file_type()) {
+                Found::Special(what) => what,
+                _ => "folder",
+            };
+            bail!(
+                "{}: a {what} is in the way; host writes only regular files",
+                path.display()
+            );
+        }
+        let lock = try_lock(file.try_clone().with_context(shown)?, path, output)?;
+        if names_file(path, &file) {
+            drop(lock); // `file` keeps the lock: one open file description
+            return Ok(file);
+        }
+    }
+    bail!(
+        "{}: {} kept changing (another host run on this output?)",
+        output.display(),
+        path.display()
+    )
 }
 
 /// flock(LOCK_EX | LOCK_NB) on `file`, which is `path`: an error naming `output` when another
@@ -347,10 +425,8 @@ fn remove_stale(stale: &Path, want_folder: bool, output: &Path) -> Result<()> {
         );
     }
     // A live run's staging entry is locked: never removed under it.
-    let _lock = if want_folder {
-        lock_folder(stale, output)?
-    } else {
-        lock_file(stale, output)?
+    let Named::Locked(_lock) = lock_named(stale, want_folder, output)? else {
+        return Ok(());
     };
     let removed = if want_folder {
         remove_marked(stale)
@@ -602,34 +678,10 @@ impl OutputFile {
     /// second run on this output stops instead of writing into the same staging file (and
     /// the first renaming half of the second's bytes into place). Never follows a symlink.
     pub fn open_staging(&self) -> Result<fs::File> {
-        let shown = || format!("cannot write {}", self.path.display());
-        // A run that renamed its staging file into place between our open and our lock leaves
-        // us holding the output itself: lock the file the name holds now, or retry.
-        for _ in 0..4 {
-            let file = open_no_follow(&self.staging, true).with_context(shown)?;
-            let held = file.metadata().with_context(shown)?;
-            let lock = try_lock(
-                file.try_clone().with_context(shown)?,
-                &self.staging,
-                &self.path,
-            )?;
-            let named = match fs::symlink_metadata(&self.staging) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(shown),
-            };
-            if !held.is_file() || named.ino() != held.ino() || named.dev() != held.dev() {
-                continue;
-            }
-            file.set_len(0).with_context(shown)?;
-            drop(lock); // the clone `file` keeps the lock: one open file description
-            return Ok(file);
-        }
-        bail!(
-            "{}: its staging file {} kept changing (another host run on this output?)",
-            self.path.display(),
-            self.staging.display()
-        )
+        let file = open_locked(&self.staging, &self.path)?;
+        file.set_len(0)
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(file)
     }
 
     /// Renames the staged bytes over the path, after checking again that only a regular file
@@ -644,6 +696,36 @@ impl OutputFile {
             ),
         }
         rename(&self.staging, &self.path)
+    }
+}
+
+/// Suffix of the lock file a long run holds beside its main output ([`RunLock`]).
+const LOCK_SUFFIX: &str = ".host-lock";
+
+/// An flock on `.NAME.host-lock` beside an output, held for a whole run by commands that
+/// replace their outputs several times (train's snapshots): a second run on the same output
+/// stops at its start instead of interleaving its snapshots with the first's. Removed when
+/// the run ends; after SIGKILL the next run takes it over.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+    file: fs::File,
+}
+
+impl RunLock {
+    /// Locks output `output` for this run.
+    pub fn acquire(output: &Path) -> Result<RunLock> {
+        let path = beside(output, LOCK_SUFFIX)?;
+        let file = open_locked(&path, output)?;
+        Ok(RunLock { path, file })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if names_file(&self.path, &self.file) {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -805,8 +887,12 @@ impl Outputs {
 impl Drop for Outputs {
     fn drop(&mut self) {
         if !self.committed {
-            for file in &self.files {
-                let _ = fs::remove_file(&file.staging);
+            // Only the staging files still ours: a file already renamed into place leaves
+            // its staging name free for another run.
+            for (file, held) in self.files.iter().zip(&self.held) {
+                if names_file(&file.staging, held) {
+                    let _ = fs::remove_file(&file.staging);
+                }
             }
         }
     }
@@ -1046,12 +1132,54 @@ mod tests {
         third.commit().unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"third");
         assert_eq!(names(&base), ["table.json"]);
-        // A symlink at the staging name is never written through.
+        // A symlink or FIFO put at the staging name after the claim is never written
+        // through, nor waited on.
         let target = base.join("target");
         fs::write(&target, b"keep").unwrap();
+        let claimed = OutputFile::claim(&path, "--out", &[]).unwrap();
         std::os::unix::fs::symlink(&target, staging_path(&path).unwrap()).unwrap();
-        assert!(Outputs::files().write(&path, b"x").is_err());
+        assert!(claimed.open_staging().is_err());
         assert_eq!(fs::read(&target).unwrap(), b"keep");
+        fs::remove_file(staging_path(&path).unwrap()).unwrap();
+        let fifo = std::ffi::CString::new(staging_path(&path).unwrap().as_os_str().as_bytes());
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.unwrap().as_ptr(), 0o600) }, 0);
+        let e = format!("{:#}", claimed.open_staging().unwrap_err());
+        assert!(e.contains("FIFO is in the way"), "{e}");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_run_lock_stops_a_second_run_and_is_removed_at_the_end() {
+        let base = scratch("run-lock");
+        let out = base.join("w.safetensors");
+        let first = RunLock::acquire(&out).unwrap();
+        let e = format!("{:#}", RunLock::acquire(&out).unwrap_err());
+        assert!(e.contains("another host run is writing"), "{e}");
+        drop(first);
+        assert!(names(&base).is_empty(), "removed at the end");
+        // After SIGKILL (the file stays, the lock goes) the next run takes it over.
+        fs::write(base.join(".w.safetensors.host-lock"), b"").unwrap();
+        drop(RunLock::acquire(&out).unwrap());
+        assert!(names(&base).is_empty());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_live_staging_file_is_never_removed_as_stale() {
+        let base = scratch("stale-race");
+        let output = base.join("t.json");
+        let staging = staging_path(&output).unwrap();
+        // A live run's staging file at the name: a claim stops, nothing removed.
+        let live = OutputFile::claim(&output, "--out", &[]).unwrap();
+        let held = live.open_staging().unwrap();
+        let e = format!("{:#}", remove_stale(&staging, false, &output).unwrap_err());
+        assert!(e.contains("another host run is writing"), "{e}");
+        assert!(names_file(&staging, &held));
+        drop(held);
+        // Unlocked (a killed run's): removed.
+        remove_stale(&staging, false, &output).unwrap();
+        assert!(names(&base).is_empty());
         fs::remove_dir_all(&base).unwrap();
     }
 }
