@@ -367,11 +367,17 @@ pub fn check_set(shards: Vec<(PathBuf, Manifest)>) -> Result<Vec<(PathBuf, Manif
             );
         }
         if let Some(what) = m.differs_from(&first) {
-            let detail = first_difference(
-                &result_arguments(&m.run["arguments"]),
-                &result_arguments(&first.run["arguments"]),
-            )
-            .filter(|_| what == "result-changing arguments")
+            let (a, b) = (&m.run["arguments"], &first.run["arguments"]);
+            // `--weights` is hashed by content: its text is named when that differs too.
+            let weights =
+                |v: &serde_json::Value| serde_json::json!({"weights": v["model"]["weights"]});
+            let detail = match what {
+                "result-changing arguments" => {
+                    first_difference(&result_arguments(a), &result_arguments(b))
+                }
+                "weights (sha256)" => first_difference(&weights(a), &weights(b)),
+                _ => None,
+            }
             .map_or(String::new(), |d| format!(" ({d})"));
             bail!(
                 "{} ({}) is foreign: its {what} differ(s){detail} from {} ({})",
@@ -583,6 +589,22 @@ mod tests {
                 .to_string();
             assert!(e.contains("s1 (shard 1/2) is foreign"), "{field}: {e}");
         }
+        // Other weights: hashed by content, their text named where it differs.
+        let with_weights = |index: usize, weights: serde_json::Value| {
+            let mut m = manifest(index, 2, 10);
+            m.run["arguments"]["model"] = serde_json::json!({ "weights": weights });
+            m.arguments_hash = arguments_hash(&m.run["arguments"]).unwrap();
+            m
+        };
+        let mut other = with_weights(1, "b.safetensors".into());
+        other.weights_sha256 = "x".into();
+        let e = check_set(set(vec![with_weights(0, serde_json::Value::Null), other]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("weights (sha256) differ(s) (--weights: \"b.safetensors\" vs null)"),
+            "{e}"
+        );
         // The run record (copied into the merged run.json) must be the hashed arguments.
         let mut edited = manifest(1, 2, 10);
         edited.run["arguments"]["seed"] = serde_json::json!(7);
