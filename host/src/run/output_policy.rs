@@ -511,7 +511,17 @@ impl OutputDir {
         remove_stale(&aside, true, path)?;
         fs::create_dir(&staging)
             .with_context(|| format!("cannot create folder {}", staging.display()))?;
-        locks.extend(lock_folder(&staging, path)?);
+        // Locked by name, checked against the inode: a concurrent claim may have removed our
+        // new, still empty folder as stale and made its own in between.
+        match lock_named(&staging, true, path)? {
+            Named::Locked(lock) => locks.extend(lock),
+            Named::Gone => bail!(
+                "{}: another host run is writing this output ({} vanished); wait for it or \
+                 choose another folder",
+                path.display(),
+                staging.display()
+            ),
+        }
         let dir = OutputDir {
             path: path.to_path_buf(),
             staging,
