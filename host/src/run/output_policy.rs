@@ -359,14 +359,10 @@ fn open_locked(path: &Path, output: &Path) -> Result<fs::File> {
             );
         }
         let file = open_no_follow(path, true, true).with_context(shown)?;
-        let meta = file.metadata().with_context(shown)?;
-        if !meta.is_file() {
-            let what = match kind_of(meta.file_type()) {
-                Found::Special(what) => what,
-                _ => "folder",
-            };
+        // Swapped in after the check above.
+        if !file.metadata().with_context(shown)?.is_file() {
             bail!(
-                "{}: a {what} is in the way; host writes only regular files",
+                "{}: not a regular file; host writes only regular files",
                 path.display()
             );
         }
