@@ -447,6 +447,24 @@ fn bad_settings_and_outputs_leave_no_files() {
         b"earlier"
     );
     std::fs::remove_file(dir.join("m.ckpt.safetensors")).unwrap();
+    // A loss log alone (a run killed before its first checkpoint): a fresh start rewrites it.
+    let csv = dir.join("m.loss.csv");
+    std::fs::write(
+        &csv,
+        "step,loss,grad_norm,lr\n1,0.5,1,0.001\n7,0.5,1,0.001\n",
+    )
+    .unwrap();
+    let out = run(&train_args(&dir, 3, &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(logged_steps(&csv), [1, 2, 3]);
+    for name in [
+        "m.safetensors",
+        "m.ckpt.safetensors",
+        "m.loss.csv",
+        "m.loss.png",
+    ] {
+        std::fs::remove_file(dir.join(name)).unwrap();
+    }
     // The first checkpoint cannot be written (ulimit -f: the file size limit stops it, as a
     // full disk would): the run fails and removes the loss log it started.
     let args = train_args(&dir, 3, &[]);

@@ -215,22 +215,22 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     Ok(config)
 }
 
-/// A fresh run refuses to start over a checkpoint or loss log of an earlier run (it would
-/// replace them); resuming is what those files are for.
+/// A fresh run refuses to start over an earlier run's checkpoint (it would replace it);
+/// resuming is what it is for.
 fn check_fresh_start(args: &TrainArgs, ckpt: &Path, csv: &Path) -> Result<()> {
     if args.resume.is_some() {
         return Ok(());
     }
-    for path in [ckpt, csv] {
-        if std::fs::symlink_metadata(path).is_ok() {
-            bail!(
-                "{} exists (an earlier run's): pass --resume {} to continue that run, or \
-                 remove it (and {}) to start over",
-                path.display(),
-                ckpt.display(),
-                csv.display()
-            );
-        }
+    // A loss log without a checkpoint is a run stopped before its first checkpoint (SIGKILL):
+    // nothing to resume, and the new run rewrites the log from step 0.
+    if std::fs::symlink_metadata(ckpt).is_ok() {
+        bail!(
+            "{} exists (an earlier run's): pass --resume {} to continue that run, or remove \
+             it and {} to start over",
+            ckpt.display(),
+            ckpt.display(),
+            csv.display()
+        );
     }
     Ok(())
 }

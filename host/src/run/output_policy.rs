@@ -214,8 +214,66 @@ fn unlisted_entry(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// Creates file `rel` (its sub-folders too) anew under the folder open as `dir`, through
+/// that descriptor: no component is followed through a symlink, and a name already there is
+/// unlinked first (a file rewritten in one run, or a link someone put there: its target
+/// keeps its bytes).
+fn create_in(dir: &fs::File, rel: &Path) -> std::io::Result<fs::File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let names: Vec<std::ffi::CString> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => std::ffi::CString::new(n.as_bytes()).map_err(|_| invalid()),
+            _ => Err(invalid()),
+        })
+        .collect::<std::io::Result<_>>()?;
+    let (last, folders) = names.split_last().ok_or_else(invalid)?;
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    let mut held: Option<fs::File> = None;
+    for name in folders {
+        let at = held.as_ref().unwrap_or(dir).as_raw_fd();
+        // SAFETY: `at` is an open folder descriptor, `name` a NUL-terminated component.
+        if unsafe { libc::mkdirat(at, name.as_ptr(), 0o777) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+        }
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: as above; the descriptor returned is owned by the File made from it.
+        let fd = check(unsafe { libc::openat(at, name.as_ptr(), flags) })?;
+        held = Some(unsafe { fs::File::from_raw_fd(fd) });
+    }
+    let at = held.as_ref().unwrap_or(dir).as_raw_fd();
+    // SAFETY: as above.
+    if unsafe { libc::unlinkat(at, last.as_ptr(), 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e);
+        }
+    }
+    let flags = libc::O_WRONLY
+        | libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_NOFOLLOW
+        | libc::O_NONBLOCK
+        | libc::O_CLOEXEC;
+    // SAFETY: as above; the descriptor returned is owned by the File made from it.
+    let fd = check(unsafe { libc::openat(at, last.as_ptr(), flags, 0o666 as libc::c_uint) })?;
+    Ok(unsafe { fs::File::from_raw_fd(fd) })
+}
+
 /// Writes the file list of staging folder `dir` (every regular file in it but the mark).
-fn write_file_list(dir: &Path) -> Result<()> {
+fn write_file_list(dir: &Path, open_dir: &fs::File) -> Result<()> {
     let mut text = String::new();
     for (rel, found) in walk(dir)? {
         if found == Found::File && rel != STAGING_MARK {
@@ -230,7 +288,9 @@ fn write_file_list(dir: &Path) -> Result<()> {
         }
     }
     let path = dir.join(FILE_LIST);
-    fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    create_in(open_dir, Path::new(FILE_LIST))
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The first entry of `dir` in name order, if any.
@@ -275,20 +335,21 @@ fn check_inputs(path: &Path, flag: &str, inputs: &[&Path]) -> Result<()> {
 /// become removable.
 #[derive(Debug)]
 struct FolderLock {
-    _file: fs::File,
+    /// The open entry (locked where the file system has locks).
+    file: fs::File,
 }
 
 /// Locks folder `dir`; an error when another process holds it. Where the file system has no
 /// locks (some network file systems), the run goes on unlocked.
-fn lock_folder(dir: &Path, output: &Path) -> Result<Option<FolderLock>> {
+fn lock_folder(dir: &Path, output: &Path) -> Result<FolderLock> {
     let file = fs::File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
     try_lock(file, dir, output)
 }
 
 /// What [`lock_named`] found at a name.
 enum Named {
-    /// The entry the name holds, locked (`None`: the file system has no locks).
-    Locked(Option<FolderLock>),
+    /// The entry the name holds, locked (where the file system has locks).
+    Locked(FolderLock),
     /// Nothing is there any more.
     Gone,
 }
@@ -300,7 +361,7 @@ fn lock_named(path: &Path, want_folder: bool, output: &Path) -> Result<Named> {
     let opened = if want_folder {
         fs::File::open(path)
     } else {
-        open_no_follow(path, false, false)
+        open_no_follow(path)
     };
     let file = match opened {
         Ok(f) => f,
@@ -324,15 +385,11 @@ fn lock_named(path: &Path, want_folder: bool, output: &Path) -> Result<Named> {
     }
 }
 
-/// Opens `path` (created if absent when `write`), never through a symlink, never blocking on a
-/// FIFO, never truncated.
-fn open_no_follow(path: &Path, write: bool, create: bool) -> std::io::Result<fs::File> {
+/// Opens `path` to read, never through a symlink, never blocking on a FIFO.
+fn open_no_follow(path: &Path) -> std::io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .create(create)
-        .truncate(false)
+        .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
 }
@@ -345,27 +402,28 @@ fn names_file(path: &Path, file: &fs::File) -> bool {
     }
 }
 
-/// Opens the regular file `path` for writing (created if absent) and locks it for as long as
-/// the returned file (or a clone of it) is open; an error naming `output` when another run
-/// holds it. A name whose file a run renamed away or deleted between our open and our lock is
-/// opened again.
+/// Creates the regular file `path` anew (never opening what is there: a stale entry host
+/// left is removed first, anything else is an error naming it) and locks it for as long as the
+/// returned file (or a clone of it) is open; an error naming `output` when another run holds
+/// the entry there.
 fn open_locked(path: &Path, output: &Path) -> Result<fs::File> {
-    let shown = || format!("cannot write {}", output.display());
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = || format!("cannot write {}", path.display());
     for _ in 0..4 {
-        if let Found::Special(what) = inspect(path)? {
-            bail!(
-                "{}: a {what} is in the way; host writes only regular files",
-                path.display()
-            );
-        }
-        let file = open_no_follow(path, true, true).with_context(shown)?;
-        // Swapped in after the check above.
-        if !file.metadata().with_context(shown)?.is_file() {
-            bail!(
-                "{}: not a regular file; host writes only regular files",
-                path.display()
-            );
-        }
+        let created = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path);
+        let file = match created {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                remove_stale(path, false, output)?;
+                continue;
+            }
+            Err(e) => return Err(e).with_context(shown),
+        };
+        // A stale-entry removal by another run may take the new name before we lock it.
         let lock = try_lock(file.try_clone().with_context(shown)?, path, output)?;
         if names_file(path, &file) {
             drop(lock); // `file` keeps the lock: one open file description
@@ -381,10 +439,10 @@ fn open_locked(path: &Path, output: &Path) -> Result<fs::File> {
 
 /// flock(LOCK_EX | LOCK_NB) on `file`, which is `path`: an error naming `output` when another
 /// process holds it.
-fn try_lock(file: fs::File, path: &Path, output: &Path) -> Result<Option<FolderLock>> {
+fn try_lock(file: fs::File, path: &Path, output: &Path) -> Result<FolderLock> {
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(Some(FolderLock { _file: file }));
+        return Ok(FolderLock { file });
     }
     let e = std::io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -395,7 +453,7 @@ fn try_lock(file: fs::File, path: &Path, output: &Path) -> Result<Option<FolderL
             path.display()
         );
     }
-    Ok(None)
+    Ok(FolderLock { file })
 }
 
 /// Removes a staging (or moved-aside) entry a killed run left at `stale`, when it is ours:
@@ -415,6 +473,12 @@ fn remove_stale(stale: &Path, want_folder: bool, output: &Path) -> Result<()> {
         Found::Special(_) => false,
     };
     if !ours {
+        // A live run's entry may look foreign for an instant (being created or removed):
+        // its lock says so.
+        let found = inspect(stale)?;
+        if matches!(found, Found::File | Found::Folder) {
+            lock_named(stale, found == Found::Folder, output)?;
+        }
         bail!(
             "{} is in the way: not a staging entry host left; move it away",
             stale.display()
@@ -459,7 +523,11 @@ pub struct OutputDir {
     path: PathBuf,
     staging: PathBuf,
     committed: bool,
-    /// The old run's folder (if any) and the staging folder, locked until the run ends.
+    /// The staging folder, open and locked until the run ends: every file is created through
+    /// it, and its name is checked against it before the folder is swapped in or deleted (so
+    /// a folder or symlink put at that name during the run is never written into or emptied).
+    staging_dir: FolderLock,
+    /// The old run's folder (if any), locked until the run ends.
     _locks: Vec<FolderLock>,
 }
 
@@ -471,17 +539,27 @@ impl OutputDir {
         let staging = staging_path(path)?;
         let aside = beside(path, ASIDE_SUFFIX)?;
         let mut locks = Vec::new();
-        // A run killed between moving the old folder aside and renaming the new one in (a
-        // live run there holds the aside folder locked: an error, nothing moved).
-        if inspect(path)? == Found::Absent && inspect(&aside)? == Found::Folder {
-            locks.extend(lock_folder(&aside, path)?);
-            fs::rename(&aside, path)
-                .with_context(|| format!("cannot restore {}", path.display()))?;
+        // A run killed between moving the old folder aside and renaming the new one in: the
+        // old run (host's: it has its file list) goes back; a live run there holds it locked
+        // (an error, nothing moved). Its lock is then the output's.
+        let mut restored = None;
+        if inspect(path)? == Found::Absent
+            && inspect(&aside)? == Found::Folder
+            && inspect(&aside.join(FILE_LIST))? == Found::File
+        {
+            if let Named::Locked(lock) = lock_named(&aside, true, path)? {
+                fs::rename(&aside, path)
+                    .with_context(|| format!("cannot restore {}", path.display()))?;
+                restored = Some(lock);
+            }
         }
         match inspect(path)? {
             Found::Absent => {}
             Found::Folder => {
-                locks.extend(lock_folder(path, path)?);
+                locks.push(match restored {
+                    Some(lock) => lock,
+                    None => lock_folder(path, path)?,
+                });
                 if let Some(entry) = unlisted_entry(path)? {
                     if inspect(&path.join(FILE_LIST))? != Found::File && is_host_run(path) {
                         bail!(
@@ -505,26 +583,35 @@ impl OutputDir {
         check_inputs(path, flag, inputs)?;
         remove_stale(&staging, true, path)?;
         remove_stale(&aside, true, path)?;
-        fs::create_dir(&staging)
-            .with_context(|| format!("cannot create folder {}", staging.display()))?;
-        // Locked by name, checked against the inode: a concurrent claim may have removed our
-        // new, still empty folder as stale and made its own in between.
-        match lock_named(&staging, true, path)? {
-            Named::Locked(lock) => locks.extend(lock),
-            Named::Gone => bail!(
-                "{}: another host run is writing this output ({} vanished); wait for it or \
-                 choose another folder",
+        let another_run = || {
+            format!(
+                "{}: another host run is writing this output ({} is in use); wait for it or \
+                 choose another name",
                 path.display(),
                 staging.display()
-            ),
+            )
+        };
+        match fs::create_dir(&staging) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(another_run()),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create folder {}", staging.display()))
+            }
         }
+        // Locked by name, checked against the inode: a concurrent claim may have removed our
+        // new, still empty folder as stale and made its own in between.
+        let Named::Locked(staging_dir) = lock_named(&staging, true, path)? else {
+            bail!(another_run());
+        };
         let dir = OutputDir {
             path: path.to_path_buf(),
             staging,
             committed: false,
+            staging_dir,
             _locks: locks,
         };
-        fs::write(dir.staging.join(STAGING_MARK), b"")
+        create_in(&dir.staging_dir.file, Path::new(STAGING_MARK))
             .with_context(|| format!("cannot write in {}", dir.staging.display()))?;
         Ok(dir)
     }
@@ -539,9 +626,23 @@ impl OutputDir {
         &self.staging
     }
 
+    /// Whether the staging name still holds the folder this run created.
+    fn staging_is_ours(&self) -> bool {
+        names_file(&self.staging, &self.staging_dir.file)
+    }
+
     /// Puts the staged run at the folder's path and deletes the run it replaces.
     pub fn commit(mut self) -> Result<()> {
-        write_file_list(&self.staging)?;
+        if !self.staging_is_ours() {
+            self.committed = true; // not ours to delete either
+            bail!(
+                "{}: its staging folder {} was replaced during the run (not by this run); \
+                 nothing was moved or deleted",
+                self.path.display(),
+                self.staging.display()
+            );
+        }
+        write_file_list(&self.staging, &self.staging_dir.file)?;
         let mark = self.staging.join(STAGING_MARK);
         fs::remove_file(&mark).with_context(|| format!("cannot remove {}", mark.display()))?;
         let unlisted = match inspect(&self.path)? {
@@ -593,7 +694,7 @@ impl OutputDir {
 
 impl Drop for OutputDir {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && self.staging_is_ours() {
             let _ = remove_marked(&self.staging);
         }
     }
@@ -684,10 +785,7 @@ impl OutputFile {
     /// second run on this output stops instead of writing into the same staging file (and
     /// the first renaming half of the second's bytes into place). Never follows a symlink.
     pub fn open_staging(&self) -> Result<fs::File> {
-        let file = open_locked(&self.staging, &self.path)?;
-        file.set_len(0)
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
-        Ok(file)
+        open_locked(&self.staging, &self.path)
     }
 
     /// Renames the staged bytes over the path, after checking again that only a regular file
@@ -803,12 +901,7 @@ impl Outputs {
     /// Opens the file `rel` is staged in, empty; creates its sub-folders in the staging folder.
     fn stage(&mut self, rel: &Path, shown: &Path) -> Result<fs::File> {
         if let Some(dir) = &self.dir {
-            let path = dir.staging.join(rel);
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create folder {}", parent.display()))?;
-            }
-            return fs::File::create(&path)
+            return create_in(&dir.staging_dir.file, rel)
                 .with_context(|| format!("cannot write {}", shown.display()));
         }
         if self.files.iter().any(|f| f.path == rel) {
@@ -882,11 +975,11 @@ impl Outputs {
 impl Outputs {
     /// What SIGKILL leaves: the staged files stay, the locks go with the process.
     fn killed(mut self) {
+        // Nothing is removed (as if no Drop ran); the descriptors close, releasing the locks.
         if let Some(dir) = self.dir.as_mut() {
-            dir._locks.clear();
+            dir.committed = true;
         }
-        self.held.clear();
-        std::mem::forget(self);
+        self.committed = true;
     }
 }
 
@@ -1151,7 +1244,74 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.unwrap().as_ptr(), 0o600) }, 0);
         let e = format!("{:#}", claimed.open_staging().unwrap_err());
-        assert!(e.contains("FIFO is in the way"), "{e}");
+        assert!(e.contains(".table.json.host-staging is in the way"), "{e}");
+        fs::remove_file(staging_path(&path).unwrap()).unwrap();
+        // A hard link to a file put there: the name is replaced, the file keeps its bytes.
+        fs::hard_link(&target, staging_path(&path).unwrap()).unwrap();
+        let mut staged = claimed.open_staging().unwrap();
+        staged.write_all(b"new").unwrap();
+        claimed.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_staging_folder_replaced_during_the_run_is_never_written_into_nor_emptied() {
+        let base = scratch("swapped");
+        let dir = base.join("run");
+        let staging = staging_path(&dir).unwrap();
+        let user = base.join("user");
+        fs::create_dir(&user).unwrap();
+        fs::write(user.join("a.txt"), b"mine").unwrap();
+        let swap = |moved: &str| {
+            fs::rename(&staging, base.join(moved)).unwrap();
+            std::os::unix::fs::symlink(&user, &staging).unwrap();
+        };
+        // Committed: refused, nothing moved.
+        let mut out = Outputs::in_folder(&dir, &[]).unwrap();
+        out.write("run.json", RUN).unwrap();
+        swap("moved1");
+        out.write("b.txt", b"2").unwrap(); // through the open folder, not the link
+        let e = format!("{:#}", out.commit().unwrap_err());
+        assert!(e.contains("was replaced during the run"), "{e}");
+        assert_eq!(names(&user), ["a.txt"]);
+        assert!(!dir.exists());
+        assert!(base.join("moved1/b.txt").is_file());
+        // Dropped (an error, a signal): nothing deleted through the link.
+        fs::remove_file(&staging).unwrap();
+        let mut out = Outputs::in_folder(&dir, &[]).unwrap();
+        out.write("run.json", RUN).unwrap();
+        swap("moved2");
+        drop(out);
+        assert_eq!(names(&user), ["a.txt"]);
+        assert_eq!(fs::read(user.join("a.txt")).unwrap(), b"mine");
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_killed_swap_is_restored_on_the_first_try_and_only_if_it_is_hosts() {
+        let base = scratch("aside");
+        let dir = base.join("run");
+        let mut first = Outputs::in_folder(&dir, &[]).unwrap();
+        first.write("run.json", RUN).unwrap();
+        first.commit().unwrap();
+        // Killed between moving the old run aside and renaming the new one in.
+        let aside = beside(&dir, ASIDE_SUFFIX).unwrap();
+        fs::rename(&dir, &aside).unwrap();
+        let mut again = Outputs::in_folder(&dir, &[]).unwrap();
+        again.write("b.txt", b"2").unwrap();
+        again.commit().unwrap();
+        assert_eq!(names(&dir), [FILE_LIST, "b.txt"]);
+        assert_eq!(names(&base), ["run"]);
+        // A folder of the user's at that name is not host's old run: not moved.
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir(&aside).unwrap();
+        fs::write(aside.join("note"), b"mine").unwrap();
+        let e = format!("{:#}", Outputs::in_folder(&dir, &[]).unwrap_err());
+        assert!(e.contains("is in the way"), "{e}");
+        assert_eq!(names(&aside), ["note"]);
+        assert!(!dir.exists());
         fs::remove_dir_all(&base).unwrap();
     }
 
