@@ -9,6 +9,10 @@
 #                                the main-job pin), so rerun it after an interruption;
 #                                a job of hours runs in `--shard` pieces, each kept as
 #                                it finishes, merged bit for bit into the single run's outputs
+#                                Each finished job's small outputs (what the tables read) are
+#                                kept in docs/results-data, keyed the same way, so the report
+#                                also resumes on a machine that starts empty: commit them
+#   scripts/results.sh --fresh   the same, ignoring docs/results-data: every job reruns
 #   scripts/results.sh --plan    the jobs left and their estimated time, nothing run
 #   scripts/results.sh --sections 1,2   only those sections (--only TEXT: only the jobs whose
 #                                name contains TEXT, e.g. --only mixture)
@@ -31,14 +35,16 @@ QUICK_CHAINS=16
 MAX_EXCESS_DB=3
 
 mode=full
+records=(--records docs/results-data)
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) mode=quick ;;
         --plan) extra+=(--plan) ;;
+        --fresh) records=() ;;
         --sections) extra+=(--sections "$2"); shift ;;
         --only) extra+=(--only "$2"); shift ;;
-        *) echo "usage: scripts/results.sh [--quick | --plan] [--sections 1,2,...] [--only TEXT]" >&2; exit 2 ;;
+        *) echo "usage: scripts/results.sh [--quick | --plan | --fresh] [--sections 1,2,...] [--only TEXT]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -47,12 +53,19 @@ host=target/release/host
 bash scripts/fetch-mnist.sh data/mnist
 if [ "$mode" = full ]; then
     exec nice -n 19 python3 scripts/results/report.py --host "$host" --data data/mnist \
-        --cache target/results-cache --out docs/results.md "${extra[@]}"
+        --cache target/results-cache --out docs/results.md "${records[@]}" "${extra[@]}"
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 python3 scripts/results/report.py --quick --host "$host" --data data/mnist \
-    --cache "$out/cache" --out "$out/tables"
+    --cache "$out/cache" --out "$out/tables" --records "$out/records"
+# The records alone rebuild the same tables on a machine with an empty cache: a host that
+# fails on any command proves that nothing reran.
+python3 scripts/results/report.py --quick --host false --data data/mnist \
+    --cache "$out/empty-cache" --out "$out/tables-again" --records "$out/records"
+for t in "$out"/tables/section*.md; do
+    cmp "$t" "$out/tables-again/$(basename "$t")"
+done
 "$host" evaluate posterior --data data/mnist --task inpaint --preset vp-inpaint \
     --steps "$QUICK_STEPS" --count 1 --samples "$QUICK_CHAINS" --skip-network --quiet \
     --max-excess-db "$MAX_EXCESS_DB" --out "$out/section5.json" | tee "$out/section5.md"

@@ -23,6 +23,14 @@ Sharding: a job of more than SHARD_EVALS network evaluations runs as `--shard i/
 run's outputs (bit for bit). So a job of hours resumes within a session's budget, losing at
 most one shard when it is stopped.
 
+Records: a cache lives on one machine, but the report takes more hours than a session has, on
+machines that start empty. So with --records DIR (full mode: docs/results-data) each finished
+job's small outputs — what the tables and figures read, never the samples themselves — are
+kept in DIR/<job>-<key>/, and a restoration job's finished shards (a few kB each) in
+DIR/<job>-<key>.partial/ until it completes. A job whose record has the current key counts as
+done; a record with another key is stale and removed when its job finishes again. `--fresh`
+(results.sh --fresh) ignores the records and reruns everything from the command alone.
+
 Only the standard library: CI machines have python3, nothing else is installed for this.
 """
 
@@ -110,22 +118,85 @@ def identity(repo, argv):
 
 
 class Runner:
-    def __init__(self, host, cache, repo, dry):
+    def __init__(self, host, cache, repo, dry, records=None):
         self.host, self.cache, self.repo, self.dry = host, Path(cache), repo, dry
+        self.records = Path(records) if records else None
 
-    def folder(self, job):
+    def cached(self, job):
         return self.cache / f"{job.name}-{job.key(self.repo)}"
 
+    def record(self, job):
+        """The job's record folder, or None without --records."""
+        return self.records / self.cached(job).name if self.records else None
+
+    def folder(self, job):
+        """Where a finished job's outputs are read: the cache, else its record."""
+        done = self.cached(job)
+        record = self.record(job)
+        if not (done / "done").exists() and record and (record / "done").exists():
+            return record
+        return done
+
     def shards_done(self, job):
-        """Finished shards of a sharded job (kept in its `.partial` folder)."""
+        """Finished shards of a sharded job (in its `.partial` folder or its record's)."""
         if (self.folder(job) / "done").exists():
             return job.shards
-        parts = self.partial(job) / "parts"
-        return sum((parts / f"{i}.done").exists() for i in range(job.shards))
+        parts = [self.partial(job) / "parts"]
+        if self.record(job):
+            parts.append(partial_of(self.record(job)) / "parts")
+        return sum(any((p / f"{i}.done").exists() for p in parts) for i in range(job.shards))
 
     def partial(self, job):
-        done = self.folder(job)
-        return done.with_name(done.name + ".partial")
+        return partial_of(self.cached(job))
+
+    def restore_shards(self, job, parts):
+        """Copies the record's finished shards of `job` into the cache's `parts`."""
+        if not self.record(job) or job.kind != "restoration":
+            return
+        kept = partial_of(self.record(job)) / "parts"
+        for i in range(job.shards):
+            if (kept / f"{i}.done").exists() and not (parts / f"{i}.done").exists():
+                if (parts / str(i)).exists():
+                    shutil.rmtree(parts / str(i))
+                shutil.copytree(kept / str(i), parts / str(i))
+                shutil.copy2(kept / f"{i}.done", parts / f"{i}.done")
+
+    def keep_shard(self, job, parts, i):
+        """Records a restoration job's finished shard i (small: per-digit JSON)."""
+        if not self.record(job) or job.kind != "restoration":
+            return
+        kept = partial_of(self.record(job)) / "parts"
+        kept.mkdir(parents=True, exist_ok=True)
+        if (kept / str(i)).exists():
+            shutil.rmtree(kept / str(i))
+        shutil.copytree(parts / str(i), kept / str(i))
+        shutil.copy2(parts / f"{i}.done", kept / f"{i}.done")
+
+    def keep(self, job, done):
+        """Records what the tables read of a finished job; removes its stale records."""
+        record = self.record(job)
+        if not record:
+            return
+        for old in self.records.glob(f"{job.name}-*"):
+            if old.name in (record.name, partial_of(record).name) or \
+                    not re.fullmatch(re.escape(job.name) + r"-[0-9a-f]{16}(\.partial)?", old.name):
+                continue
+            shutil.rmtree(old)
+        tmp = record.with_name(record.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        for f in sorted(done.rglob("*")):
+            rel = f.relative_to(done)
+            if f.is_dir() or rel.parts[0] == "parts" or (
+                    rel.parts[0] == "samples" and rel.name != "run.json"):
+                continue
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, tmp / rel)
+        if record.exists():
+            shutil.rmtree(record)
+        tmp.rename(record)
+        if partial_of(record).exists():
+            shutil.rmtree(partial_of(record))
 
     def command(self, argv, partial, log):
         cmd = [self.host] + [a.replace("{out}", str(partial)) for a in argv]
@@ -137,6 +208,7 @@ class Runner:
         """Runs the shards not yet finished, then merges them; returns their seconds."""
         parts = partial / "parts"
         parts.mkdir(exist_ok=True)
+        self.restore_shards(job, parts)
         seconds = 0.0
         for i in range(job.shards):
             mark = parts / f"{i}.done"
@@ -146,6 +218,7 @@ class Runner:
                 t = time.time()
                 self.command(job.shard_argv(i, "{out}/parts"), partial, parts / f"{i}.md")
                 mark.write_text(json.dumps({"seconds": time.time() - t}))
+                self.keep_shard(job, parts, i)
             seconds += json.loads(mark.read_text())["seconds"]
         merge = ["merge", "--quiet", "--out", job.merged_out()]
         self.command(merge + [f"{{out}}/parts/{i}" for i in range(job.shards)], partial,
@@ -154,9 +227,14 @@ class Runner:
 
     def run(self, job, then=()):
         """Runs `job` (and the follow-up commands `then`, same folder) unless cached."""
-        done = self.folder(job)
+        done = self.cached(job)
+        record = self.record(job)
         if (done / "done").exists():
+            if record and not (record / "done").exists() and not self.dry:
+                self.keep(job, done)  # finished by a run without --records
             return done
+        if (self.folder(job) / "done").exists():
+            return self.folder(job)
         if self.dry:
             return None
         partial = self.partial(job)
@@ -180,7 +258,12 @@ class Runner:
         if done.exists():
             shutil.rmtree(done)
         partial.rename(done)
+        self.keep(job, done)
         return done
+
+
+def partial_of(folder):
+    return folder.with_name(folder.name + ".partial")
 
 
 def sample_job(name, flags, n, evals_per_chain, data, shards=None):
@@ -439,10 +522,12 @@ def main():
     ap.add_argument("--sections", default="1,2,3,4,5")
     ap.add_argument("--plan", action="store_true", help="list the jobs and the time left")
     ap.add_argument("--only", default="", help="run only the jobs whose name contains this")
+    ap.add_argument("--records", default="",
+                    help="keep and reuse finished jobs' small outputs here (see the doc)")
     args = ap.parse_args()
     wanted = {int(s) for s in args.sections.split(",")}
     repo = Path(__file__).resolve().parents[2]
-    runner = Runner(args.host, args.cache, repo, args.plan)
+    runner = Runner(args.host, args.cache, repo, args.plan, args.records)
     sample_rows = sections(args.quick, args.data)
     rest = restoration_rows(args.quick, args.data) + posterior_rows(args.quick, args.data)
     every = [r for r in sample_rows + rest if r[0] in wanted and args.only in r[2].name]
@@ -463,7 +548,11 @@ def main():
             print(f"  {job.name}: {evals_left(job)} evaluations left{pieces}", file=sys.stderr)
         return
     for _, _, job, then, _ in every:
-        runner.run(job, then)
+        try:
+            runner.run(job, then)
+        except subprocess.CalledProcessError as e:
+            raise SystemExit(f"error: job {job.name}: `{' '.join(e.cmd)}` exited with "
+                             f"{e.returncode}; rerun to resume")
     tables = {}
     for s in (1, 2, 3):
         if s in wanted:
