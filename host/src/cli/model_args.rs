@@ -69,10 +69,11 @@ pub struct ModelArgs {
     /// VE 0,1). Write `--data-range=-1,1`.
     #[arg(long, value_name = "-1,1|0,1", allow_hyphen_values = true)]
     pub data_range: Option<String>,
-    /// Smallest trained noise level (overrides `tweedie.sigma_min`; VE schedules use it).
+    /// Smallest trained noise level (overrides `tweedie.sigma_min`). Schedules run over the
+    /// trained range; for VP, a range inside the table also narrows the presets' sigmoid.
     #[arg(allow_hyphen_values = true, long, value_name = "S")]
     pub sigma_min: Option<f64>,
-    /// Largest trained noise level (overrides `tweedie.sigma_max`).
+    /// Largest trained noise level (overrides `tweedie.sigma_max`); see --sigma-min.
     #[arg(allow_hyphen_values = true, long, value_name = "S")]
     pub sigma_max: Option<f64>,
     /// Weights set recorded in the metadata: ema, model or raw (informational).
@@ -137,9 +138,21 @@ fn parse_flag<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> 
 
 /// Errors unless a VP model's σ range lies on the DDPM table (formats §3: a VP network is
 /// defined only there); `source` names where the range came from.
+/// Room for a decimal rounding of the VP table's ends in metadata (relative).
+const VP_END_ROUNDING: f64 = 1e-6;
+
+/// Whether a VP σ range lies strictly inside the table (beyond the rounding of its ends):
+/// then the presets' schedules run over it instead of the whole table.
+pub fn narrows_vp_table(range: (f64, f64)) -> bool {
+    range.0 > vp::SIGMA_MIN * (1.0 + VP_END_ROUNDING)
+        || range.1 < vp::SIGMA_MAX * (1.0 - VP_END_ROUNDING)
+}
+
 fn check_vp_range(kind: Kind, range: (f64, f64), source: &str) -> Result<()> {
-    // The table's ends, with room for a decimal rounding of them in metadata.
-    let (lo, hi) = (vp::SIGMA_MIN * (1.0 - 1e-6), vp::SIGMA_MAX * (1.0 + 1e-6));
+    let (lo, hi) = (
+        vp::SIGMA_MIN * (1.0 - VP_END_ROUNDING),
+        vp::SIGMA_MAX * (1.0 + VP_END_ROUNDING),
+    );
     if kind == Kind::Vp && (range.0 < lo || range.1 > hi) {
         bail!(
             "{source}: σ range [{}, {}] leaves the VP table [{}, {}]; a VP network is only \

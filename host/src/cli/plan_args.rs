@@ -10,6 +10,7 @@ use tweedie_core::classic::{Ddpm, DdpmVariance, Levels, Ncsn, VeReverseDiffusion
 use tweedie_core::plan::{Init, NoiseInput, Plan, Preset, StepPlan, StepRule, Temperature};
 use tweedie_core::{vp, Error, Schedule, TimeMap};
 
+use crate::cli::model_args::narrows_vp_table;
 use crate::run::memory;
 use crate::run::plan::{AnyPlan, PlanSource, Purpose, PRESETS};
 use tweedie_nn::denoiser::Model;
@@ -153,6 +154,16 @@ fn preset_kind(p: Preset) -> Kind {
         | Preset::VpSuperResolution => Kind::Vp,
         _ => Kind::Ve,
     }
+}
+
+/// The error for the pretrained VP schedule (the DDPM table itself, from σ_max of the table)
+/// with a σ range narrower than the table: it cannot honour the range.
+fn pretrained_narrowed(lo: f64, hi: f64) -> String {
+    format!(
+        "the σ range [{lo}, {hi}] is narrower than the VP table, but the pretrained VP \
+         schedule is the DDPM table itself; add --schedule sigmoid|geometric|linear|karras to \
+         run over that range"
+    )
 }
 
 fn core(e: Error, what: &str) -> anyhow::Error {
@@ -329,11 +340,35 @@ impl PlanArgs {
                 };
             }
         }
+        if model.kind == Kind::Vp && self.schedule.is_none() && narrows_vp_table((lo, hi)) {
+            // A VP network trained on part of the table (or flags that say so): the preset's
+            // schedule shape runs over that part, as an explicit --schedule does.
+            plan.schedule = match plan.schedule {
+                Schedule::Sigmoid {
+                    start,
+                    end,
+                    tau,
+                    clip_min,
+                    ..
+                } => Schedule::Sigmoid {
+                    start,
+                    end,
+                    tau,
+                    clip_min,
+                    sigma_min: lo,
+                    sigma_max: hi,
+                },
+                _ => bail!(pretrained_narrowed(lo, hi)),
+            };
+        }
         if let Some(k) = self.steps {
             plan.steps = k;
         }
         if let Some(name) = self.schedule {
             plan.schedule = match (name, model.kind) {
+                (ScheduleName::Pretrained, Kind::Vp) if narrows_vp_table((lo, hi)) => {
+                    bail!(pretrained_narrowed(lo, hi))
+                }
                 (ScheduleName::Pretrained, Kind::Vp) => Schedule::VpPretrained,
                 (ScheduleName::Pretrained | ScheduleName::Geometric, _) => Schedule::Geometric {
                     sigma_max: hi,
@@ -528,6 +563,26 @@ mod tests {
             (hi - 1.0).abs() < 1e-6 && (lo - 0.05).abs() < 1e-6,
             "{hi} {lo}"
         );
+        // A preset's sigmoid runs over the narrowed range too (it ignored it before); the
+        // pretrained table cannot, and says so.
+        let words = |text: &str| text.split(' ').map(String::from).collect::<Vec<_>>();
+        let ends = |text: &str| {
+            let args = words(text);
+            first(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let (hi, lo) = ends("--kind vp --preset vp-uncond-sigmoid --steps 20");
+        assert!((hi - vp::SIGMA_MAX).abs() < 1e-9 * hi && (lo - vp::SIGMA_MIN).abs() < 1e-9);
+        let (hi, lo) = ends("--kind vp --preset vp-uncond-sigmoid --steps 20 --sigma-max 1");
+        assert!((hi - 1.0).abs() < 1e-6 && (lo - vp::SIGMA_MIN).abs() < 1e-9);
+        for text in [
+            "--kind vp --preset vp-uncond-pretrained --sigma-max 1",
+            "--kind vp --schedule pretrained --sigma-min 0.1",
+        ] {
+            let args = words(text);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let e = format!("{:#}", build(&args, Purpose::Unconditional).unwrap_err());
+            assert!(e.contains("narrower than the VP table"), "{e}");
+        }
         for flag in [["--sigma-max", "1000"], ["--sigma-min", "0.001"]] {
             let wide = [&base[..], &flag[..]].concat();
             let e = format!("{:#}", build(&wide, Purpose::Unconditional).unwrap_err());
