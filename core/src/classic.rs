@@ -121,6 +121,11 @@ impl Ddpm {
 }
 
 impl StepPlan for Ddpm {
+    /// Unconditional only (its γ_k are fixed by the algorithm): σ_y as it is.
+    fn likelihood_sigma_y(&self, _step: &PlanStep, sigma_y: f64) -> f64 {
+        sigma_y
+    }
+
     fn len(&self) -> usize {
         vp::STEPS
     }
@@ -163,6 +168,11 @@ pub struct Ncsn<'a> {
 }
 
 impl StepPlan for Ncsn<'_> {
+    /// Unconditional only (its γ_k are fixed by the algorithm): σ_y as it is.
+    fn likelihood_sigma_y(&self, _step: &PlanStep, sigma_y: f64) -> f64 {
+        sigma_y
+    }
+
     fn len(&self) -> usize {
         self.levels.len() * self.steps_per_level
     }
@@ -203,6 +213,11 @@ pub struct VeReverseDiffusion<'a> {
 }
 
 impl StepPlan for VeReverseDiffusion<'_> {
+    /// Unconditional only (its γ_k are fixed by the algorithm): σ_y as it is.
+    fn likelihood_sigma_y(&self, _step: &PlanStep, sigma_y: f64) -> f64 {
+        sigma_y
+    }
+
     fn len(&self) -> usize {
         self.levels.len()
     }

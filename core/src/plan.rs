@@ -61,6 +61,10 @@ pub trait StepPlan {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The std in the likelihood weight γ_k/σ_y² at `step` for a measurement of noise std
+    /// `sigma_y`: σ_y, except under an annealed step rule. (No default: a wrapper that did
+    /// not forward it would silently drop the annealing.)
+    fn likelihood_sigma_y(&self, step: &PlanStep, sigma_y: f64) -> f64;
 }
 
 /// How γ_k follows from σ_k (formats §8, `--step-rule`).
@@ -87,6 +91,24 @@ pub enum StepRule {
         /// ‖A‖₂² of the forward operator.
         norm_sq: f64,
     },
+    /// Annealed σ_y (not in the paper): the likelihood of the *noisy* state, y = A x_k + e
+    /// with e of variance σ_y,k² = σ_y² + ‖A‖² σ_k² (x_k carries noise σ_k), so the
+    /// likelihood weight is γ/σ_y,k² and γ = min(c σ², σ_y,k²/‖A‖²), the Lipschitz bound
+    /// at σ_y,k. At large σ the likelihood no longer caps γ (the code rule's γ ≤ σ_y² leaves
+    /// the prior drift γ/σ² near 0 there); as σ_k → 0 it is the Lipschitz rule.
+    Annealed {
+        /// The step constant c.
+        c: f64,
+        /// Measurement noise std σ_y.
+        sigma_y: f64,
+        /// ‖A‖₂² of the forward operator.
+        norm_sq: f64,
+    },
+}
+
+/// σ_y,k of [`StepRule::Annealed`]: sqrt(σ_y² + ‖A‖² σ²), the std of y − A x_σ.
+pub fn annealed_sigma_y(sigma_y: f64, norm_sq: f64, sigma: f64) -> f64 {
+    libm::sqrt(sigma_y * sigma_y + norm_sq * sigma * sigma)
 }
 
 impl StepRule {
@@ -99,6 +121,11 @@ impl StepRule {
                 check_positive(sigma_y, "sigma_y").map(|_| ())
             }
             StepRule::Lipschitz {
+                c,
+                sigma_y,
+                norm_sq,
+            }
+            | StepRule::Annealed {
                 c,
                 sigma_y,
                 norm_sq,
@@ -120,6 +147,23 @@ impl StepRule {
                 sigma_y,
                 norm_sq,
             } => libm::fmin(c * sigma * sigma, sigma_y * sigma_y / norm_sq),
+            StepRule::Annealed {
+                c,
+                sigma_y,
+                norm_sq,
+            } => {
+                let s_y = annealed_sigma_y(sigma_y, norm_sq, sigma);
+                libm::fmin(c * sigma * sigma, s_y * s_y / norm_sq)
+            }
+        }
+    }
+
+    /// The measurement noise std the likelihood weight γ/σ_y² uses at noise level σ, for a
+    /// measurement of noise std `sigma_y`: σ_y itself, or σ_y,k under the annealed rule.
+    pub fn likelihood_sigma_y(&self, sigma_y: f64, sigma: f64) -> f64 {
+        match *self {
+            StepRule::Annealed { norm_sq, .. } => annealed_sigma_y(sigma_y, norm_sq, sigma),
+            _ => sigma_y,
         }
     }
 }
@@ -277,7 +321,9 @@ impl Plan {
     pub fn sigma_y(&self) -> Option<f64> {
         match self.step_rule {
             StepRule::Paper { .. } => None,
-            StepRule::Code { sigma_y, .. } | StepRule::Lipschitz { sigma_y, .. } => Some(sigma_y),
+            StepRule::Code { sigma_y, .. }
+            | StepRule::Lipschitz { sigma_y, .. }
+            | StepRule::Annealed { sigma_y, .. } => Some(sigma_y),
         }
     }
 }
@@ -285,6 +331,10 @@ impl Plan {
 impl StepPlan for Plan {
     fn len(&self) -> usize {
         self.steps
+    }
+
+    fn likelihood_sigma_y(&self, step: &PlanStep, sigma_y: f64) -> f64 {
+        self.step_rule.likelihood_sigma_y(sigma_y, step.sigma)
     }
 
     fn step(&self, k: usize) -> Result<PlanStep, Error> {
@@ -467,6 +517,40 @@ mod tests {
             }
             .validate(),
             Err(Error::NotPositive("sigma_y"))
+        );
+    }
+
+    #[test]
+    fn annealed_rule_weighs_the_noisy_state_likelihood() {
+        // σ_y,k² = σ_y² + ‖A‖² σ²: with σ_y 0.2, ‖A‖² 1/16 and σ 4, σ_y,k² = 0.04 + 1.
+        let rule = StepRule::Annealed {
+            c: 2.0,
+            sigma_y: 0.2,
+            norm_sq: 1.0 / 16.0,
+        };
+        let s_y = rule.likelihood_sigma_y(0.2, 4.0);
+        assert!((s_y * s_y - 1.04).abs() < 1e-12);
+        // γ = min(c σ², σ_y,k²/‖A‖²) = min(32, 16.64).
+        assert!((rule.gamma(4.0) - 16.64).abs() < 1e-12);
+        // Small σ: the Lipschitz rule's values (the annealing has faded).
+        let lip = StepRule::Lipschitz {
+            c: 2.0,
+            sigma_y: 0.2,
+            norm_sq: 1.0 / 16.0,
+        };
+        let (a, b) = (rule.gamma(1e-4), lip.gamma(1e-4));
+        assert!((a - b).abs() < 1e-9 * b, "{a} {b}");
+        assert!((rule.likelihood_sigma_y(0.2, 1e-4) - 0.2).abs() < 1e-8);
+        // The other rules keep σ_y as it is.
+        assert_eq!(lip.likelihood_sigma_y(0.2, 4.0), 0.2);
+        let bad = StepRule::Annealed {
+            c: 1.0,
+            sigma_y: 0.2,
+            norm_sq: f64::NAN,
+        };
+        assert_eq!(
+            bad.validate(),
+            Err(Error::NotPositive("operator norm squared"))
         );
     }
 

@@ -414,7 +414,8 @@ fn run_loop<O: ForwardOperator>(
                 update_chains(x, denoised, &coef, chains, k as u64)?
             }
             Some(l) => {
-                let coef = UpdateCoefficients::conditional(&step, l.sigma_y)?;
+                let sigma_y = plan.likelihood_sigma_y(&step, l.sigma_y);
+                let coef = UpdateCoefficients::conditional(&step, sigma_y)?;
                 update_chains_conditional(x, denoised, l, &coef, chains, k as u64, rest)?
             }
         };

@@ -136,7 +136,12 @@ pub fn chain_law(
         var: s0 * s0,
     };
     for k in 0..plan.len() {
-        law = chain_step(&plan.step(k)?, prior, observation, law);
+        let step = plan.step(k)?;
+        let observation = observation.map(|o| Observation {
+            sigma_y: plan.likelihood_sigma_y(&step, o.sigma_y),
+            ..o
+        });
+        law = chain_step(&step, prior, observation, law);
     }
     Ok(law)
 }

@@ -250,6 +250,36 @@ fn vp_inpainting_preset_with_the_code_clip_matches_its_exact_law() {
 }
 
 #[test]
+fn annealed_sigma_y_matches_its_exact_law() {
+    // vp-inpaint at K = 100 with σ_y annealed (σ_y,k² = σ_y² + σ_k² for the mask): the chain
+    // law, weight γ/σ_y,k² included, is still exact in closed form. Its law differs from the
+    // code rule's, so a sampler that ignored the annealing would fail here.
+    let code = Plan {
+        steps: 100,
+        ..Preset::VpInpainting.plan()
+    };
+    let plan = Plan {
+        step_rule: StepRule::Annealed {
+            c: 0.77683,
+            sigma_y: 0.2,
+            norm_sq: 1.0,
+        },
+        ..code
+    };
+    let prior = DiagonalGaussian::spread(H * W);
+    let x = check_conditional("VP inpainting annealed K=100", &plan, &prior);
+    let wrong = compare_with_laws(
+        &x,
+        &exact_conditional(&code, &prior, &problem(&prior, 0.2), 0.2),
+    );
+    eprintln!("annealed chains against the code rule's law: {wrong:?}");
+    assert!(
+        wrong.max_abs > 10.0,
+        "the code rule's law fits too: {wrong:?}"
+    );
+}
+
+#[test]
 fn ve_inpainting_preset_matches_its_exact_law() {
     let plan = Plan {
         steps: 100,

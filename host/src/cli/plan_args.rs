@@ -58,6 +58,9 @@ pub enum StepRuleName {
     Code,
     /// γ = min(c σ², σ_y²/‖A‖²).
     Lipschitz,
+    /// Annealed σ_y: σ_y,k² = σ_y² + ‖A‖² σ_k² in the likelihood weight and in the
+    /// Lipschitz bound (conditional only).
+    Annealed,
 }
 
 /// Law of x₀ (formats §8).
@@ -415,13 +418,16 @@ impl PlanArgs {
             });
         }
         let c = match plan.step_rule {
-            StepRule::Paper { c } | StepRule::Code { c, .. } | StepRule::Lipschitz { c, .. } => c,
+            StepRule::Paper { c }
+            | StepRule::Code { c, .. }
+            | StepRule::Lipschitz { c, .. }
+            | StepRule::Annealed { c, .. } => c,
         };
         let c = self.c.unwrap_or(c);
         plan.step_rule = match (self.step_rule, purpose) {
             (None | Some(StepRuleName::Paper), Purpose::Unconditional) => StepRule::Paper { c },
             (Some(_), Purpose::Unconditional) => {
-                bail!("--step-rule code|lipschitz needs a measurement (use host restore)")
+                bail!("--step-rule code|lipschitz|annealed needs a measurement (use host restore)")
             }
             (Some(StepRuleName::Paper), Purpose::Conditional { .. }) => StepRule::Paper { c },
             (None | Some(StepRuleName::Code), Purpose::Conditional { sigma_y, .. }) => {
@@ -433,6 +439,16 @@ impl PlanArgs {
                     sigma_y, norm_sq, ..
                 },
             ) => StepRule::Lipschitz {
+                c,
+                sigma_y,
+                norm_sq,
+            },
+            (
+                Some(StepRuleName::Annealed),
+                Purpose::Conditional {
+                    sigma_y, norm_sq, ..
+                },
+            ) => StepRule::Annealed {
                 c,
                 sigma_y,
                 norm_sq,
@@ -527,6 +543,26 @@ mod tests {
     }
 
     /// DDPM and NCSN fix γ_k themselves; under eq. 24 they diverge, so restore refuses them.
+    #[test]
+    fn annealed_sigma_y_reaches_the_sampler_through_the_host_plan() {
+        let cond = Purpose::Conditional {
+            sigma_y: 0.2,
+            norm_sq: 1.0 / 16.0,
+            sr: true,
+        };
+        let plan = build(&["--kind", "vp", "--step-rule", "annealed"], cond).unwrap();
+        let first = plan.step(0).unwrap();
+        // σ_y,0² = 0.04 + σ_max²/16 through AnyPlan, the plan the runner hands to core.
+        let s_y = plan.likelihood_sigma_y(&first, 0.2);
+        let want = (0.04 + first.sigma * first.sigma / 16.0).sqrt();
+        assert!((s_y - want).abs() < 1e-12 * want, "{s_y} {want}");
+        let e = build(
+            &["--kind", "vp", "--step-rule", "annealed"],
+            Purpose::Unconditional,
+        );
+        assert!(format!("{:#}", e.unwrap_err()).contains("needs a measurement"));
+    }
+
     #[test]
     fn fixed_step_samplers_are_refused_for_restoration() {
         let cond = Purpose::Conditional {

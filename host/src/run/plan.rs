@@ -29,6 +29,14 @@ pub enum AnyPlan {
 }
 
 impl StepPlan for AnyPlan {
+    fn likelihood_sigma_y(&self, step: &PlanStep, sigma_y: f64) -> f64 {
+        match self {
+            AnyPlan::Template(p) => p.likelihood_sigma_y(step, sigma_y),
+            AnyPlan::Ddpm(p) => p.likelihood_sigma_y(step, sigma_y),
+            AnyPlan::Ncsn(p) => p.likelihood_sigma_y(step, sigma_y),
+            AnyPlan::VePc { predictor, .. } => predictor.likelihood_sigma_y(step, sigma_y),
+        }
+    }
     fn len(&self) -> usize {
         match self {
             AnyPlan::Template(p) => p.len(),
@@ -110,5 +118,9 @@ impl<P: StepPlan> StepPlan for FirstSteps<P> {
 
     fn init_std(&self) -> Result<f64, Error> {
         self.0.init_std()
+    }
+
+    fn likelihood_sigma_y(&self, step: &PlanStep, sigma_y: f64) -> f64 {
+        self.0.likelihood_sigma_y(step, sigma_y)
     }
 }
