@@ -14,6 +14,7 @@
 #                                also resumes on a machine that starts empty: commit them
 #   scripts/results.sh --fresh   the same, ignoring docs/results-data: every job reruns
 #   scripts/results.sh --plan    the jobs left and their estimated time, nothing run
+#   scripts/results.sh --no-run  render the tables from what is finished, run nothing
 #   scripts/results.sh --sections 1,2   only those sections (--only TEXT: only the jobs whose
 #                                name contains TEXT, e.g. --only mixture)
 #   scripts/results.sh --quick   the smoke check CI runs (about 2 minutes on 2 cores): every
@@ -42,9 +43,10 @@ while [ $# -gt 0 ]; do
         --quick) mode=quick ;;
         --plan) extra+=(--plan) ;;
         --fresh) records=() ;;
+        --no-run) extra+=(--no-run) ;;
         --sections) extra+=(--sections "$2"); shift ;;
         --only) extra+=(--only "$2"); shift ;;
-        *) echo "usage: scripts/results.sh [--quick | --plan | --fresh] [--sections 1,2,...] [--only TEXT]" >&2; exit 2 ;;
+        *) echo "usage: scripts/results.sh [--quick | --plan | --no-run | --fresh] [--sections 1,2,...] [--only TEXT]" >&2; exit 2 ;;
     esac
     shift
 done
