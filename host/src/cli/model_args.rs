@@ -136,8 +136,6 @@ fn parse_flag<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> 
     parse(value).with_context(|| format!("--{flag} {value}: not an accepted value"))
 }
 
-/// Errors unless a VP model's σ range lies on the DDPM table (formats §3: a VP network is
-/// defined only there); `source` names where the range came from.
 /// Room for a decimal rounding of the VP table's ends in metadata (relative).
 const VP_END_ROUNDING: f64 = 1e-6;
 
@@ -148,6 +146,8 @@ pub fn narrows_vp_table(range: (f64, f64)) -> bool {
         || range.1 < vp::SIGMA_MAX * (1.0 - VP_END_ROUNDING)
 }
 
+/// Errors unless a VP model's σ range lies on the DDPM table (formats §3: a VP network is
+/// defined only there); `source` names where the range came from.
 fn check_vp_range(kind: Kind, range: (f64, f64), source: &str) -> Result<()> {
     let (lo, hi) = (
         vp::SIGMA_MIN * (1.0 - VP_END_ROUNDING),

@@ -542,7 +542,6 @@ mod tests {
         assert!(e(&["--kind", "vp", "--step-rule", "code"]).contains("needs a measurement"));
     }
 
-    /// DDPM and NCSN fix γ_k themselves; under eq. 24 they diverge, so restore refuses them.
     #[test]
     fn annealed_sigma_y_reaches_the_sampler_through_the_host_plan() {
         let cond = Purpose::Conditional {
@@ -563,6 +562,7 @@ mod tests {
         assert!(format!("{:#}", e.unwrap_err()).contains("needs a measurement"));
     }
 
+    /// DDPM and NCSN fix γ_k themselves; under eq. 24 they diverge, so restore refuses them.
     #[test]
     fn fixed_step_samplers_are_refused_for_restoration() {
         let cond = Purpose::Conditional {
