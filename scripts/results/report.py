@@ -576,7 +576,8 @@ def main():
         tables["section4"] = table_restoration([r for r in rest if r[0] == 4], runner)
     if 5 in wanted:
         tables["section5"] = table_posterior([r for r in rest if r[0] == 5], runner)
-    folder = Path(args.out) / "figures" if args.quick else repo / "docs" / "figures"
+    # Beside the report: docs/figures for docs/results.md (a copy elsewhere keeps its own).
+    folder = Path(args.out) / "figures" if args.quick else Path(args.out).parent / "figures"
     drawn = figures(sample_rows, runner, folder) if wanted & {1, 2} else []
     if args.quick:
         out = Path(args.out)
