@@ -159,6 +159,27 @@ fn preset_kind(p: Preset) -> Kind {
     }
 }
 
+/// A sigmoid schedule's shape over [lo, hi] (other schedules are returned as they are).
+fn over_range(schedule: Schedule, lo: f64, hi: f64) -> Schedule {
+    match schedule {
+        Schedule::Sigmoid {
+            start,
+            end,
+            tau,
+            clip_min,
+            ..
+        } => Schedule::Sigmoid {
+            start,
+            end,
+            tau,
+            clip_min,
+            sigma_min: lo,
+            sigma_max: hi,
+        },
+        other => other,
+    }
+}
+
 /// The error for the pretrained VP schedule (the DDPM table itself, from σ_max of the table)
 /// with a σ range narrower than the table: it cannot honour the range.
 fn pretrained_narrowed(lo: f64, hi: f64) -> String {
@@ -347,20 +368,7 @@ impl PlanArgs {
             // A VP network trained on part of the table (or flags that say so): the preset's
             // schedule shape runs over that part, as an explicit --schedule does.
             plan.schedule = match plan.schedule {
-                Schedule::Sigmoid {
-                    start,
-                    end,
-                    tau,
-                    clip_min,
-                    ..
-                } => Schedule::Sigmoid {
-                    start,
-                    end,
-                    tau,
-                    clip_min,
-                    sigma_min: lo,
-                    sigma_max: hi,
-                },
+                sigmoid @ Schedule::Sigmoid { .. } => over_range(sigmoid, lo, hi),
                 _ => bail!(pretrained_narrowed(lo, hi)),
             };
         }
@@ -377,23 +385,7 @@ impl PlanArgs {
                     sigma_max: hi,
                     sigma_min: lo,
                 },
-                (ScheduleName::Sigmoid, _) => match Schedule::sigmoid_paper() {
-                    Schedule::Sigmoid {
-                        start,
-                        end,
-                        tau,
-                        clip_min,
-                        ..
-                    } => Schedule::Sigmoid {
-                        start,
-                        end,
-                        tau,
-                        clip_min,
-                        sigma_min: lo,
-                        sigma_max: hi,
-                    },
-                    other => other,
-                },
+                (ScheduleName::Sigmoid, _) => over_range(Schedule::sigmoid_paper(), lo, hi),
                 (ScheduleName::Linear, _) => Schedule::Linear {
                     sigma_max: hi,
                     sigma_min: lo,
