@@ -1,5 +1,5 @@
 //! `--shard I/N` and `host merge` end to end: for sample, restore (a folder of images, and one
-//! image split by chains) and evaluate restoration, the merged folder holds exactly the files
+//! image split by chains), evaluate restoration and evaluate posterior, the merged folder holds exactly the files
 //! of the single run, byte for byte, except run.json (evaluate: the table's run fields), which
 //! is equal after removing `timings`, `arguments.{out, shard, threads, batch, quiet}` and the
 //! added `shards` list. Merge refuses missing, duplicated and foreign shards by name and never
@@ -497,6 +497,82 @@ fn evaluate_restoration_merges_to_the_single_table_and_figure() {
         v
     };
     assert_eq!(strip(Path::new(&table)), strip(&merged.join("table.json")));
+}
+
+/// `evaluate posterior` split by digits: the merge prints the single run's table and writes
+/// its posterior.json (equal but for the run-only fields), with every digit's diagnosis.
+#[test]
+fn evaluate_posterior_merges_to_the_single_table() {
+    let dir = scratch("posterior");
+    let data = dir.join("mnist");
+    fake_mnist(&data);
+    let d = s(&data);
+    let base: Vec<&str> = [
+        "evaluate",
+        "posterior",
+        "--weights",
+        "gaussian:0,0.5",
+        "--kind",
+    ]
+    .into_iter()
+    .chain(["vp", "--size", "32", "--channels", "1"])
+    .chain([
+        "--data",
+        &d,
+        "--task",
+        "inpaint",
+        "--first",
+        "2",
+        "--count",
+        "5",
+        "--samples",
+        "2",
+        "--steps",
+        "3",
+        "--seed",
+        "9",
+    ])
+    .collect();
+    let table = s(&dir.join("single.json"));
+    let mut args = base.clone();
+    args.extend(["--out", &table, "--quiet"]);
+    let single = ok(&args);
+    let mut parts = Vec::new();
+    for i in 0..3 {
+        let part = s(&dir.join(format!("part{i}")));
+        let shard = format!("{i}/3");
+        let mut args = base.clone();
+        args.extend(["--shard", &shard, "--out", &part, "--quiet"]);
+        ok(&args);
+        parts.push(part);
+    }
+    let merged = dir.join("merged");
+    let r = merge(&merged, &parts);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(!single.stdout.is_empty());
+    assert_eq!(r.stdout, single.stdout, "the printed table");
+    let strip = |p: &Path| {
+        let mut v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        for k in ["arguments", "timings", "shards"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v
+    };
+    let merged_table = strip(&merged.join("posterior.json"));
+    assert_eq!(strip(Path::new(&table)), merged_table);
+    let indices: Vec<u64> = merged_table["digits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["test_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [2, 3, 4, 5, 6]);
+    // A shard needs a folder to write into.
+    let mut no_out = base.clone();
+    no_out.extend(["--shard", "0/3"]);
+    let e = host(&no_out);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--shard needs --out DIR"));
 }
 
 #[test]

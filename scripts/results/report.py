@@ -18,7 +18,8 @@ sessions, and a job runs into a `.partial` folder renamed when it succeeds: an i
 report resumes at the first unfinished job and never reads half-written outputs.
 
 Sharding: a job of more than SHARD_EVALS network evaluations runs as `--shard i/N` pieces
-(`host sample` splits its chains, `evaluate restoration` its digits) that are kept in the
+(`host sample` splits its chains, `evaluate restoration` and `evaluate posterior` their
+digits) that are kept in the
 `.partial` folder as each finishes, then `host merge` joins them into exactly the single
 run's outputs (bit for bit). So a job of hours resumes within a session's budget, losing at
 most one shard when it is stopped.
@@ -26,7 +27,7 @@ most one shard when it is stopped.
 Records: a cache lives on one machine, but the report takes more hours than a session has, on
 machines that start empty. So with --records DIR (full mode: docs/results-data) each finished
 job's small outputs — what the tables and figures read, never the samples themselves — are
-kept in DIR/<job>-<key>/, and a restoration job's finished shards (a few kB each) in
+kept in DIR/<job>-<key>/, and a digits job's finished shards (a few kB each) in
 DIR/<job>-<key>.partial/ until it completes. A job whose record has the current key counts as
 done; a record with another key is stale and removed when its job finishes again. `--fresh`
 (results.sh --fresh) ignores the records and reruns everything from the command alone.
@@ -64,6 +65,9 @@ TRAINING_SET_COST = 9
 # vp-inpaint job took 66 min for 600k network evaluations (2.3x, beside other work).
 POSTERIOR_COST = 2
 
+# Jobs over test digits, whose shards are small (per-digit JSON) and recorded as they finish.
+DIGITS_JOBS = ("restoration", "posterior")
+
 # Largest job run in one piece: about 12 minutes of evaluations at that rate.
 SHARD_EVALS = 250_000
 
@@ -76,10 +80,10 @@ class Job:
         self.argv = argv  # without the binary; "{out}" stands for the job's folder
         self.evals = evals  # network evaluations (estimate)
         self.kind = kind  # "sample", "restoration", "posterior"
-        # Pieces to run it in (only `sample` and `restoration` shard); not part of the key:
-        # the merged outputs are those of the single run.
+        # Pieces to run it in; not part of the key: the merged outputs are those of the
+        # single run.
         if shards is None:
-            shards = -(-evals // SHARD_EVALS) if kind in ("sample", "restoration") else 1
+            shards = -(-evals // SHARD_EVALS)
         self.shards = max(1, shards)
 
     def shard_argv(self, i, parts):
@@ -90,8 +94,8 @@ class Job:
         return argv + ["--shard", f"{i}/{self.shards}"]
 
     def merged_out(self):
-        """Where `host merge` writes: the single run's --out (sample: a folder), or for a
-        restoration table.json the folder `{out}/merged` (its table.json is read there)."""
+        """Where `host merge` writes: the single run's --out (sample: a folder), or for the
+        JSON table of a digits job the folder `{out}/merged` (merge prints the table)."""
         out = self.argv[self.argv.index("--out") + 1]
         return out if self.kind == "sample" else "{out}/merged"
 
@@ -155,7 +159,7 @@ class Runner:
 
     def restore_shards(self, job, parts):
         """Copies the record's finished shards of `job` into the cache's `parts`."""
-        if not self.record(job) or job.kind != "restoration":
+        if not self.record(job) or job.kind not in DIGITS_JOBS:
             return
         kept = partial_of(self.record(job)) / "parts"
         for i in range(job.shards):
@@ -166,8 +170,8 @@ class Runner:
                 shutil.copy2(kept / f"{i}.done", parts / f"{i}.done")
 
     def keep_shard(self, job, parts, i):
-        """Records a restoration job's finished shard i (small: per-digit JSON)."""
-        if not self.record(job) or job.kind != "restoration":
+        """Records a digits job's finished shard i (small: per-digit JSON)."""
+        if not self.record(job) or job.kind not in DIGITS_JOBS:
             return
         kept = partial_of(self.record(job)) / "parts"
         kept.mkdir(parents=True, exist_ok=True)
@@ -359,7 +363,7 @@ def restoration_rows(quick, data):
 
 def posterior_rows(quick, data):
     """Section 5: gaussian-fit against the closed-form posterior, then the network."""
-    count, samples = (1, 4) if quick else (100, 8)
+    count, samples = (2, 4) if quick else (100, 8)
     rows = []
     # The presets, then the two fixes of inpainting's cold start that section 5 measures.
     for preset, task, label, name, extra in (
@@ -375,7 +379,7 @@ def posterior_rows(quick, data):
                  "--samples", str(samples), *extra]
         job = Job(f"s5-{preset}{name}", ["evaluate", "posterior", *flags, "--data", data,
                                          "--quiet", "--out", "{out}/posterior.json"],
-                  POSTERIOR_COST * count * samples * k, "posterior")
+                  POSTERIOR_COST * count * samples * k, "posterior", 2 if quick else None)
         rows.append((5, label, job, [], flags))
     return rows
 

@@ -9,6 +9,8 @@
 //!   and sampled with seed S + i, exactly as `host restore --seed S+i` would do on it.
 //! - `fid`, `fid-calibrate`: sample quality in the bundled digit classifier's feature space
 //!   (in [`super::fid`]).
+//! - `posterior`: sampler or model? the conditional presets against the closed-form posterior
+//!   of the Gaussian fitted to MNIST (in [`super::posterior`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,7 +28,6 @@ use super::sample::DEFAULT_BATCH;
 use crate::cli::model_args::ModelArgs;
 use crate::eval::gaussian_fit::fit;
 use crate::eval::nearest::{nearest, Neighbour};
-use crate::eval::posterior::{diagnose, Diagnosis, VARIANCE_FLOOR};
 use crate::eval::restoration::{Evaluated, Scores, Setup, Start, FIGURE_SAMPLES, METHODS};
 use crate::eval::stats::{chi_square, mean_se, spread};
 use crate::image_io::{grid_planes_in_columns, png_from_planes, to_planes};
@@ -71,7 +72,7 @@ pub enum Mode {
     FidCalibrate(super::fid::CalibrateArgs),
     /// Sampler or model? A conditional preset run with the fitted Gaussian's exact denoiser
     /// against the closed-form posterior, and with the network.
-    Posterior(Box<PosteriorArgs>),
+    Posterior(Box<super::posterior::PosteriorArgs>),
 }
 
 /// Arguments of `host evaluate nearest`.
@@ -179,89 +180,6 @@ pub struct RestorationArgs {
     pub shard: Option<ShardArg>,
 }
 
-/// Where the chains start (`host evaluate posterior --start`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StartName {
-    /// x₀ from the plan's law alone.
-    Noise,
-    /// The back-projection of y plus x₀'s noise.
-    BackProjection,
-    /// The Gaussian-prior MMSE estimate plus x₀'s noise.
-    GaussianMmse,
-}
-
-const POSTERIOR_NOTE: &str = "\
-The chains run the conditional preset (default {kind}-inpaint or {kind}-sr4 at its own K) twice
-per digit on the same measurement: with gaussian-fit (the Gaussian fitted to the training split,
-whose posterior is known in closed form) and with the network of --weights (skip with
---skip-network). The Monte Carlo floor is the PSNR against the exact posterior mean that the
-mean of N exact posterior samples would reach on average. Exit 1 when --max-excess-db is given
-and some digit's chain mean is further than that below the floor.
-Example:
-  host evaluate posterior --data data/mnist --task inpaint --preset vp-inpaint --count 8 --samples 8";
-
-/// Arguments of `host evaluate posterior`.
-#[derive(Debug, Args, Serialize)]
-#[command(after_help = POSTERIOR_NOTE)]
-pub struct PosteriorArgs {
-    /// The network compared with the exact Gaussian (its kind, range and size are used).
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub model: ModelArgs,
-    /// Schedule and sampler flags as for host restore (the preset's own K by default).
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub plan: PlanArgs,
-    /// MNIST folder (IDX files): the training split fits the Gaussian, test digits are measured.
-    #[arg(long, value_name = "DIR", default_value = "data/mnist")]
-    pub data: PathBuf,
-    /// Number of test digits.
-    #[arg(long, default_value_t = 8)]
-    pub count: usize,
-    /// Index of the first test digit.
-    #[arg(long, default_value_t = 0)]
-    pub first: usize,
-    /// The inverse problem.
-    #[arg(long, value_enum)]
-    pub task: EvalTask,
-    /// Measurement noise σ_y in data-range units (the presets' 0.2).
-    #[arg(long, default_value_t = 0.2, allow_hyphen_values = true)]
-    pub sigma_y: f64,
-    /// Missing fraction for --task inpaint.
-    #[arg(long, default_value_t = 0.92)]
-    pub p: f64,
-    /// Chains per digit (at least 2).
-    #[arg(long, default_value_t = 8)]
-    pub samples: usize,
-    /// Where the chains start.
-    #[arg(long, value_enum, default_value_t = StartName::Noise)]
-    pub start: StartName,
-    /// Skip the network's chains (the exact-Gaussian half only).
-    #[arg(long)]
-    pub skip_network: bool,
-    /// Fail (exit 1) if a digit's gaussian-fit chain mean is more than this many dB below the
-    /// Monte Carlo floor against the exact posterior mean.
-    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
-    pub max_excess_db: Option<f64>,
-    /// Network chains per denoiser call (default min(samples, 32), as `sample`'s); never
-    /// changes the results.
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Seed S: digit i uses S + i for its measurement and its chains.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Threads (default: all cores); never changes the results.
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Write the table (and every digit's figures) as JSON.
-    #[arg(long, value_name = "table.json")]
-    pub out: Option<PathBuf>,
-    /// No progress lines.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
 /// Digits shown by `host evaluate restoration --figure`.
 const FIGURE_DIGITS: usize = 10;
 
@@ -272,12 +190,12 @@ pub fn run(args: &EvaluateArgs) -> Result<ExitCode> {
         Mode::Restoration(a) => run_restoration(a),
         Mode::Fid(a) => super::fid::run_fid(a),
         Mode::FidCalibrate(a) => super::fid::run_calibrate(a),
-        Mode::Posterior(a) => run_posterior(a),
+        Mode::Posterior(a) => super::posterior::run(a),
     }
 }
 
 /// `--data DIR`, for messages.
-fn data_flag(dir: &std::path::Path) -> String {
+pub(super) fn data_flag(dir: &std::path::Path) -> String {
     format!("--data {}", dir.display())
 }
 
@@ -455,7 +373,7 @@ fn time_call(
 type Digit = (usize, Option<u8>, u64, Scores, Scores);
 
 /// A shard's digits and the title line of the table.
-const SHARD_DIGITS: &str = "digits.json";
+pub(super) const SHARD_DIGITS: &str = "digits.json";
 /// A shard's figure rows (tensor `rows`, one C×H×W image after another).
 const SHARD_FIGURE: &str = "figure.safetensors";
 
@@ -778,7 +696,7 @@ fn run_restoration(args: &RestorationArgs) -> Result<ExitCode> {
 }
 
 /// The MNIST files `evaluate restoration` reads, with their sha256.
-fn mnist_inputs(dir: &Path) -> Result<Vec<InputFile>> {
+pub(super) fn mnist_inputs(dir: &Path) -> Result<Vec<InputFile>> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -857,219 +775,4 @@ pub fn merge_restoration(
     };
     let figure_path = with_figure.then_some(Path::new("figure.png"));
     table.write(out, Some(Path::new("table.json")), figure_path)
-}
-
-/// The rows of the posterior table: (JSON name, label, value of one digit).
-type Row = (&'static str, &'static str, fn(&Diagnosis) -> Option<f64>);
-
-const POSTERIOR_ROWS: [Row; 9] = [
-    ("back_projection", "back-projection vs truth (dB)", |d| {
-        Some(d.back_projection)
-    }),
-    (
-        "exact_mean",
-        "exact posterior mean (Gaussian MMSE) vs truth (dB)",
-        |d| Some(d.exact_mean),
-    ),
-    ("chain_mean", "gaussian-fit chain mean vs truth (dB)", |d| {
-        Some(d.chain_mean)
-    }),
-    (
-        "chain_mean_vs_exact",
-        "gaussian-fit chain mean vs exact posterior mean (dB)",
-        |d| Some(d.chain_mean_vs_exact),
-    ),
-    (
-        "monte_carlo_floor",
-        "the same for exact posterior samples (Monte Carlo floor, dB)",
-        |d| Some(d.monte_carlo_floor),
-    ),
-    (
-        "variance_ratio_mean",
-        "chain / exact posterior variance, pixel mean",
-        |d| Some(d.variance_ratio_mean),
-    ),
-    (
-        "variance_ratio_median",
-        "chain / exact posterior variance, pixel median",
-        |d| Some(d.variance_ratio_median),
-    ),
-    ("network_mean", "network chain mean vs truth (dB)", |d| {
-        d.network_mean
-    }),
-    (
-        "network_sample",
-        "network one sample vs truth, average over chains (dB)",
-        |d| d.network_sample,
-    ),
-];
-
-fn run_posterior(args: &PosteriorArgs) -> Result<ExitCode> {
-    let start = Instant::now();
-    if let Some(out) = &args.out {
-        Outputs::check_file(out, "--out", &[&args.data])?;
-    }
-    if args.count == 0 || args.samples < 2 {
-        bail!("--count must be at least 1 and --samples at least 2");
-    }
-    if !(args.sigma_y.is_finite() && args.sigma_y > 0.0) {
-        bail!("--sigma-y {}: must be a finite number > 0", args.sigma_y);
-    }
-    let say = |line: &str| {
-        if !args.quiet {
-            errln!("{line}");
-        }
-    };
-    let network = args.model.load()?;
-    let train = load_mnist(&args.data, MnistSplit::Train, &data_flag(&args.data))?;
-    let test = load_mnist(&args.data, MnistSplit::Test, &data_flag(&args.data))?;
-    let (channels, size) = (network.channels, network.size);
-    let pre = preprocess(&train, channels, size, network.data_range)?;
-    if args.first + args.count > test.len() {
-        bail!(
-            "--first {} --count {}: the test split has {} images",
-            args.first,
-            args.count,
-            test.len()
-        );
-    }
-    let threads = threads(args.threads);
-    let t = Instant::now();
-    let prior = fit(&train, pre, threads)?;
-    let label = format!("gaussian-fit:{}", args.data.display());
-    let exact_model = args.model.fitted_model(
-        &label,
-        &prior,
-        network.kind,
-        network.data_range,
-        channels,
-        size,
-    )?;
-    say(&format!(
-        "fitted and decomposed the Gaussian of {} training images ({} dims) in {}",
-        prior.count,
-        prior.dim,
-        human_seconds(t.elapsed().as_secs_f64())
-    ));
-    let task = match args.task {
-        EvalTask::Inpaint => Task::Inpaint,
-        EvalTask::Sr4 => Task::Sr4,
-    };
-    let chains_start = match args.start {
-        StartName::Noise => Start::Noise,
-        StartName::BackProjection => Start::BackProjection,
-        StartName::GaussianMmse => Start::GaussianMmse,
-    };
-    let setup = |model, batch| Setup {
-        model,
-        plans: &args.plan,
-        final_denoise: args.plan.final_denoise,
-        task,
-        sigma_y: args.sigma_y,
-        p: args.p,
-        samples: args.samples,
-        batch,
-        threads,
-        start: chains_start,
-    };
-    // The exact denoiser parallelises over batches: one batch per thread.
-    let exact = setup(&exact_model, args.samples.div_ceil(threads).clamp(1, 8));
-    let net = setup(
-        &network,
-        args.batch.unwrap_or(args.samples.min(DEFAULT_BATCH)).max(1),
-    );
-    let mut truth = vec![0.0f32; exact_model.chain_len()];
-    test.fill_batch(&[args.first], pre, &mut truth)?;
-    let plan = exact.plan(&exact.measure(&truth, args.seed)?)?;
-    let steps = plan.len();
-    let mut digits = Vec::with_capacity(args.count);
-    let loop_start = Instant::now();
-    for i in 0..args.count {
-        let index = args.first + i;
-        let seed = args.seed.wrapping_add(i as u64);
-        test.fill_batch(&[index], pre, &mut truth)?;
-        let d = diagnose(
-            &exact,
-            &prior,
-            (!args.skip_network).then_some(&net),
-            &truth,
-            seed,
-        )?;
-        let elapsed = loop_start.elapsed().as_secs_f64();
-        say(&format!(
-            "digit {}/{} (test #{index}): exact {:.2}, chain mean {:.2} dB; chain vs exact {:.2} (floor {:.2}) dB; variance ratio {:.2}; network mean {} dB; {} elapsed",
-            i + 1,
-            args.count,
-            d.exact_mean,
-            d.chain_mean,
-            d.chain_mean_vs_exact,
-            d.monte_carlo_floor,
-            d.variance_ratio_median,
-            d.network_mean.map_or("-".into(), |v| format!("{v:.2}")),
-            human_seconds(elapsed),
-        ));
-        digits.push((index, seed, d));
-    }
-    let table: Vec<_> = POSTERIOR_ROWS
-        .iter()
-        .filter_map(|&(name, label, get)| {
-            let v: Vec<f64> = digits.iter().filter_map(|d| get(&d.2)).collect();
-            (!v.is_empty()).then(|| (name, label, mean_se(&v)))
-        })
-        .collect();
-    outln!(
-        "{} on {} MNIST test digits (#{}..#{}), sigma_y {} in {}, {} chains, K = {steps}, start {:?}, network {}:\n",
-        task.name(),
-        args.count,
-        args.first,
-        args.first + args.count - 1,
-        args.sigma_y,
-        network.data_range.as_str(),
-        args.samples,
-        args.start,
-        if args.skip_network { "skipped" } else { network.label.as_str() },
-    )?;
-    outln!("| quantity | mean ± s.e. |\n|---|---|")?;
-    for (_, label, m) in &table {
-        outln!("| {label} | {:.2} ± {:.2} |", m.mean, m.se)?;
-    }
-    let worst = digits
-        .iter()
-        .map(|d| d.2.excess_db())
-        .fold(f64::NEG_INFINITY, f64::max);
-    outln!("\nlargest excess over the Monte Carlo floor: {worst:.2} dB")?;
-    let report = json!({
-        "command": "evaluate posterior",
-        "arguments": args,
-        "task": task.name(),
-        "sigma_y": args.sigma_y,
-        "p": (task == Task::Inpaint).then_some(args.p),
-        "data_range": network.data_range.as_str(),
-        "psnr": "10 log10(MAX^2/MSE), MAX = data-range width",
-        "variance_floor": VARIANCE_FLOOR,
-        "seeds": "digit i (test index first + i) uses seed + i for its measurement, mask and chains",
-        "steps": steps,
-        "samples": args.samples,
-        "exact_model": exact_model.description,
-        "network": (!args.skip_network).then_some(&network.description),
-        "plan": args.plan.describe(&plan),
-        "rows": table.iter().map(|(name, label, m)| json!({"name": name, "label": label, "mean": m.mean, "se": m.se, "n": m.n})).collect::<Vec<_>>(),
-        "largest_excess_db": worst,
-        "digits": digits.iter().map(|(index, seed, d)| json!({"test_index": index, "seed": seed, "diagnosis": d})).collect::<Vec<_>>(),
-        "timings": {
-            "total_s": start.elapsed().as_secs_f64(),
-            "per_digit_s": loop_start.elapsed().as_secs_f64() / args.count as f64,
-        },
-        "build": build_info(),
-    });
-    write_json(&args.out, &report)?;
-    if let Some(max) = args.max_excess_db {
-        if worst > max {
-            errln!(
-                "error: the gaussian-fit chain mean is {worst:.2} dB below the Monte Carlo floor (allowed {max} dB)"
-            );
-            return Ok(ExitCode::from(1));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

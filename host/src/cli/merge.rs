@@ -75,6 +75,7 @@ pub fn run(args: &MergeArgs) -> Result<ExitCode> {
         ("evaluate restoration", "digits") => {
             super::evaluate::merge_restoration(&mut out, &shards, start)?
         }
+        ("evaluate posterior", "digits") => super::posterior::merge(&mut out, &shards, start)?,
         (command, units) => bail!(
             "{}: cannot merge `{command}` split by {units}",
             shards[0].0.display()

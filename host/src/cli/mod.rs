@@ -18,6 +18,7 @@ pub mod merge;
 pub mod model_args;
 pub mod parity;
 pub mod plan_args;
+pub mod posterior;
 pub mod restore;
 pub mod sample;
 pub mod schedule;

@@ -7,7 +7,7 @@
 //! per-pixel variance. The network's chains on the same measurement show what the model adds.
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tweedie_core::metrics::{psnr, psnr_of_mse};
 
 use super::gaussian_fit::GaussianFit;
@@ -21,7 +21,7 @@ use crate::image_io::range_width;
 pub const VARIANCE_FLOOR: f64 = 1e-4;
 
 /// The diagnosis of one digit (PSNR in dB, MAX = the data-range width).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Diagnosis {
     /// Back-projection of y vs truth.
     pub back_projection: f64,
