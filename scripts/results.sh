@@ -15,6 +15,8 @@
 #   scripts/results.sh --fresh   the same, ignoring docs/results-data: every job reruns
 #   scripts/results.sh --plan    the jobs left and their estimated time, nothing run
 #   scripts/results.sh --no-run  render the tables from what is finished, run nothing
+#   scripts/results.sh --sections 6     section 6 alone: each denoiser timed by itself (a
+#                                minute; its numbers mean something on an idle machine only)
 #   scripts/results.sh --sections 1,2   only those sections (--only TEXT: only the jobs whose
 #                                name contains TEXT, e.g. --only mixture)
 #   scripts/results.sh --quick   the smoke check CI runs (about 2 minutes on 2 cores): every

@@ -384,6 +384,47 @@ def posterior_rows(quick, data):
     return rows
 
 
+def cost_rows(quick, data):
+    """Section 6: each denoiser's time per evaluation, from a short `host sample` alone on the
+    machine (the rows of sections 1-3 time themselves too, beside whatever else ran)."""
+    n, k = (4, 2) if quick else (64, 20)
+    rows = []
+    for label, name, weights, preset, cost in (
+        ("VP network", "vp-network", "bundled:mnist-vp", "vp-uncond-sigmoid", 1),
+        ("VE network", "ve-network", "bundled:mnist-ve", "ve-uncond", 1),
+        ("class-Gaussian mixture (exact)", "mixture", f"gaussian-mixture-fit:{data}",
+         "vp-uncond-sigmoid", MIXTURE_COST),
+        ("training set (exact)", "training-set", f"training-set:{data}", "vp-uncond-sigmoid",
+         TRAINING_SET_COST),
+    ):
+        flags = ["--weights", weights, "--preset", preset, "--steps", str(k)]
+        job = Job(f"s6-{name}", ["sample", *flags, "--n", str(n), "--seed", "0", "--quiet",
+                                 "--out", "{out}/samples"], cost * n * k, "sample", 1)
+        rows.append((6, label, job, [], flags))
+    return rows
+
+
+def table_cost(rows, runner):
+    out = ["| denoiser | flags | chains × steps | sampling s | ms per evaluation "
+           "| × VP network |", "|" + "---|" * 6]
+    per_eval = {}
+    for _, label, job, _, flags in rows:
+        d = runner.folder(job)
+        if (d / "done").exists():
+            t = json.loads((d / "samples" / "run.json").read_text())["timings"]
+            per_eval[job.name] = (t["sampling_s"], t["denoiser_evaluations"])
+    base = per_eval.get("s6-vp-network")
+    for _, label, job, _, flags in rows:
+        if job.name not in per_eval:
+            out.append(f"| {label} | `{' '.join(flags)}` | not run | | | |")
+            continue
+        secs, evals = per_eval[job.name]
+        ratio = fmt(secs / evals / (base[0] / base[1])) if base else "–"
+        out.append(f"| {label} | `{' '.join(flags)}` | {evals:.0f} | {secs:.2f} "
+                   f"| {1000 * secs / evals:.2f} | {ratio} |")
+    return "\n".join(out)
+
+
 def fmt(v, digits=2):
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -535,7 +576,7 @@ def main():
     ap.add_argument("--cache", required=True)
     ap.add_argument("--out", required=True, help="docs/results.md (full) or a folder (quick)")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sections", default="1,2,3,4,5")
+    ap.add_argument("--sections", default="1,2,3,4,5,6")
     ap.add_argument("--plan", action="store_true", help="list the jobs and the time left")
     ap.add_argument("--only", default="", help="run only the jobs whose name contains this")
     ap.add_argument("--no-run", action="store_true",
@@ -549,7 +590,9 @@ def main():
                     args.plan)
     sample_rows = sections(args.quick, args.data)
     rest = restoration_rows(args.quick, args.data) + posterior_rows(args.quick, args.data)
-    every = [r for r in sample_rows + rest if r[0] in wanted and args.only in r[2].name]
+    cost = cost_rows(args.quick, args.data)
+    every = [r for r in sample_rows + rest + cost
+             if r[0] in wanted and args.only in r[2].name]
     left = [r for r in every if not (runner.folder(r[2]) / "done").exists()]
     rate = evals_per_second([r[2] for r in every], runner)
 
@@ -580,6 +623,8 @@ def main():
         tables["section4"] = table_restoration([r for r in rest if r[0] == 4], runner)
     if 5 in wanted:
         tables["section5"] = table_posterior([r for r in rest if r[0] == 5], runner)
+    if 6 in wanted:
+        tables["section6"] = table_cost(cost, runner)
     # Beside the report: docs/figures for docs/results.md (a copy elsewhere keeps its own).
     folder = Path(args.out) / "figures" if args.quick else Path(args.out).parent / "figures"
     drawn = figures(sample_rows, runner, folder) if wanted & {1, 2} else []
