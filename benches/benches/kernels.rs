@@ -5,12 +5,15 @@
 //! - `conv_backward`: [`Conv2d::backward_input`] and [`Conv2d::backward_params`] of the
 //!   32×32 layer, and the Winograd weight gradient;
 //! - `group_norm`: [`GroupNorm::forward`] and [`GroupNorm::backward`] with FiLM and SiLU,
-//!   128 channels in 32 groups on 32×32.
+//!   128 channels in 32 groups on 32×32;
+//! - `distance`: the training-set denoiser's two passes over a block of 64 MNIST-sized images
+//!   (784 elements): [`squared_distances`] and [`add_weighted_rows`] (all weights nonzero).
 //!
 //! Throughput is in FLOP (2 × MACs of the direct convolution) or elements per second:
 //! `cargo bench -p tweedie-benches --bench kernels` (filter with e.g. `-- conv_forward`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tweedie_kernels::distance::{add_weighted_rows, squared_distances};
 use tweedie_kernels::{
     Conv2d, ConvGrads, ConvParams, GroupNorm, Isa, Map, MapMut, NormAffine, NormGrads, WeightsRef,
     Winograd,
@@ -171,5 +174,23 @@ fn group_norm(cr: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv_forward, conv_backward, group_norm);
+fn distance(cr: &mut Criterion) {
+    isa();
+    let mut g = cr.benchmark_group("distance");
+    let (dim, n) = (784, 64);
+    let (x, images) = (data(dim, 1), data(n * dim, 2));
+    let mut d = vec![0.0f64; n];
+    g.throughput(Throughput::Elements((n * dim) as u64));
+    g.bench_function("squared_distances", |b| {
+        b.iter(|| squared_distances(&x, &images, &mut d).unwrap())
+    });
+    let weights: Vec<f64> = (0..n).map(|i| 1.0 + i as f64 * 1e-3).collect();
+    let mut acc = vec![0.0f64; dim];
+    g.bench_function("add_weighted_rows", |b| {
+        b.iter(|| add_weighted_rows(&mut acc, &weights, &images).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, conv_forward, conv_backward, group_norm, distance);
 criterion_main!(benches);

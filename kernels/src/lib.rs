@@ -118,6 +118,7 @@ macro_rules! simd_twins {
 
 pub mod attention;
 pub mod conv;
+pub mod distance;
 pub mod elementwise;
 pub mod embedding;
 pub mod fir;

@@ -12,6 +12,7 @@
 use anyhow::{bail, Result};
 use tweedie_core::plan::PlanStep;
 use tweedie_core::{Denoiser, Error};
+use tweedie_kernels::distance::{add_weighted_rows, squared_distances};
 
 use super::full_gaussian::checked_sigma;
 use crate::weights::meta::Kind;
@@ -78,6 +79,7 @@ const BLOCK: usize = 64;
 impl<'a> TrainingSetDenoiser<'a> {
     /// A denoiser for one worker thread.
     pub fn new(set: &'a TrainingSet) -> Self {
+        crate::backend::enable_simd(); // the distance kernels' AVX2/AVX-512 twins
         TrainingSetDenoiser {
             set,
             d2: Vec::new(),
@@ -87,17 +89,17 @@ impl<'a> TrainingSetDenoiser<'a> {
 
     /// D of a batch: per chain the softmax of −‖x − yᵢ‖²/2σ² (shifted by the chain's nearest
     /// image, so far from every image it stays finite) averaging the images.
-    fn batch(&mut self, x: &[f32], batch: usize, sigma: f64, out: &mut [f32]) {
+    fn batch(&mut self, x: &[f32], batch: usize, sigma: f64, out: &mut [f32]) -> Result<(), Error> {
+        let kernel = |_| Error::Denoiser("training set: image length mismatch");
         let (dim, n) = (self.set.dim, self.set.len());
         self.d2.resize(batch * n, 0.0);
         self.acc.resize(batch * dim, 0.0);
         let blocks = self.set.images.chunks(BLOCK * dim).enumerate();
         for (b, ys) in blocks.clone() {
+            let start = b * BLOCK;
             for (c, xc) in x.chunks_exact(dim).enumerate() {
-                let d = &mut self.d2[c * n + b * BLOCK..];
-                for (d, y) in d.iter_mut().zip(ys.chunks_exact(dim)) {
-                    *d = squared_distance(xc, y);
-                }
+                let d = &mut self.d2[c * n + start..c * n + start + ys.len() / dim];
+                squared_distances(xc, ys, d).map_err(kernel)?;
             }
         }
         // Per chain: the nearest distance, then the weights in place of the distances.
@@ -113,16 +115,10 @@ impl<'a> TrainingSetDenoiser<'a> {
         }
         self.acc.fill(0.0);
         for (b, ys) in blocks {
+            let start = b * BLOCK;
             for (c, acc) in self.acc.chunks_exact_mut(dim).enumerate() {
-                let w = &self.d2[c * n + b * BLOCK..];
-                for (&w, y) in w.iter().zip(ys.chunks_exact(dim)) {
-                    if w == 0.0 {
-                        continue;
-                    }
-                    for (a, &v) in acc.iter_mut().zip(y) {
-                        *a += w * f64::from(v);
-                    }
-                }
+                let w = &self.d2[c * n + start..c * n + start + ys.len() / dim];
+                add_weighted_rows(acc, w, ys).map_err(kernel)?;
             }
         }
         for ((oc, acc), total) in out
@@ -134,27 +130,8 @@ impl<'a> TrainingSetDenoiser<'a> {
                 *o = (a / total) as f32;
             }
         }
+        Ok(())
     }
-}
-
-/// ‖a − b‖² with eight f32 lanes (vectorises; the differences, not the expanded form, so
-/// near an image it does not cancel), summed in f64.
-fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            let d = x[i] - y[i];
-            lanes[i] += d * d;
-        }
-    }
-    let tail: f64 = ra
-        .iter()
-        .zip(rb)
-        .map(|(&x, &y)| f64::from(x - y) * f64::from(x - y))
-        .sum();
-    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + tail
 }
 
 impl Denoiser for TrainingSetDenoiser<'_> {
@@ -178,8 +155,7 @@ impl Denoiser for TrainingSetDenoiser<'_> {
         if x.iter().any(|v| !v.is_finite()) {
             return Err(Error::Denoiser("training set: non-finite x"));
         }
-        self.batch(x, batch, sigma, out);
-        Ok(())
+        self.batch(x, batch, sigma, out)
     }
 }
 
