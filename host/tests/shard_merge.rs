@@ -567,12 +567,36 @@ fn evaluate_posterior_merges_to_the_single_table() {
         .map(|d| d["test_index"].as_u64().unwrap())
         .collect();
     assert_eq!(indices, [2, 3, 4, 5, 6]);
-    // A shard needs a folder to write into.
+    // A shard needs a folder to write into, and the whole-table check belongs to one run.
     let mut no_out = base.clone();
     no_out.extend(["--shard", "0/3"]);
     let e = host(&no_out);
     assert_eq!(e.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&e.stderr).contains("--shard needs --out DIR"));
+    let mut judged = base.clone();
+    let other = s(&dir.join("judged"));
+    judged.extend(["--shard", "0/3", "--out", &other, "--max-excess-db", "3"]);
+    let e = host(&judged);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("judges the whole table"));
+    assert!(!Path::new(&other).exists());
+    // A digit record that names another digit is refused, even with its hash updated.
+    let shard = Path::new(&parts[1]);
+    let text = std::fs::read_to_string(shard.join("digits.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    v["digits"][0]["test_index"] = 12.into();
+    let edited = serde_json::to_vec(&v).unwrap();
+    std::fs::write(shard.join("digits.json"), &edited).unwrap();
+    let manifest = shard.join("shard.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["files"]["digits.json"] = tweedie_nn::sha256::of_bytes(&edited).into();
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    let again = dir.join("merged-again");
+    let r = merge(&again, &parts);
+    assert_eq!(r.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(e.contains("is not test #3 with seed 10"), "{e}");
+    assert!(!again.exists());
 }
 
 #[test]

@@ -159,16 +159,29 @@ class Runner:
         return partial_of(self.cached(job))
 
     def restore_shards(self, job, parts):
-        """Copies the record's finished shards of `job` into the cache's `parts`."""
+        """Copies the record's finished shards of `job` into the cache's `parts`; returns
+        their indices."""
         if not self.record(job) or job.kind not in DIGITS_JOBS:
-            return
+            return []
         kept = partial_of(self.record(job)) / "parts"
+        restored = []
         for i in range(job.shards):
             if (kept / f"{i}.done").exists() and not (parts / f"{i}.done").exists():
                 if (parts / str(i)).exists():
                     shutil.rmtree(parts / str(i))
                 shutil.copytree(kept / str(i), parts / str(i))
                 shutil.copy2(kept / f"{i}.done", parts / f"{i}.done")
+                restored.append(i)
+        return restored
+
+    def forget_shards(self, job, parts, indices):
+        """Removes shards `indices` of `job` from the cache's `parts` and from its record."""
+        kept = partial_of(self.record(job)) / "parts" if self.record(job) else None
+        for folder in [parts] + ([kept] if kept else []):
+            for i in indices:
+                if (folder / str(i)).exists():
+                    shutil.rmtree(folder / str(i))
+                (folder / f"{i}.done").unlink(missing_ok=True)
 
     def keep_shard(self, job, parts, i):
         """Records a digits job's finished shard i (small: per-digit JSON)."""
@@ -217,7 +230,7 @@ class Runner:
         """Runs the shards not yet finished, then merges them; returns their seconds."""
         parts = partial / "parts"
         parts.mkdir(exist_ok=True)
-        self.restore_shards(job, parts)
+        restored = self.restore_shards(job, parts)
         seconds = 0.0
         for i in range(job.shards):
             mark = parts / f"{i}.done"
@@ -230,8 +243,18 @@ class Runner:
                 self.keep_shard(job, parts, i)
             seconds += json.loads(mark.read_text())["seconds"]
         merge = ["merge", "--quiet", "--out", job.merged_out()]
-        self.command(merge + [f"{{out}}/parts/{i}" for i in range(job.shards)], partial,
-                     partial / "stdout-0.md")
+        try:
+            self.command(merge + [f"{{out}}/parts/{i}" for i in range(job.shards)], partial,
+                         partial / "stdout-0.md")
+        except subprocess.CalledProcessError:
+            if not restored:
+                raise
+            # Shards recorded on another machine may be foreign here (another bit class: the
+            # network's arithmetic differs by ISA): rerun them on this one.
+            print(f"results: {job.name}: the recorded shards {restored} do not merge with "
+                  "this machine's; rerunning them", file=sys.stderr, flush=True)
+            self.forget_shards(job, parts, restored)
+            return self.run_shards(job, partial)
         return seconds
 
     def run(self, job, then=()):
@@ -406,14 +429,16 @@ def cost_rows(quick, data):
 
 
 def table_cost(rows, runner):
-    out = ["| denoiser | flags | chains × steps | sampling s | ms per evaluation "
+    out = ["| denoiser | flags | evaluations (chains × steps) | sampling s | ms per evaluation "
            "| × VP network |", "|" + "---|" * 6]
     per_eval = {}
     for _, label, job, _, flags in rows:
         d = runner.folder(job)
         if (d / "done").exists():
-            t = json.loads((d / "samples" / "run.json").read_text())["timings"]
-            per_eval[job.name] = (t["sampling_s"], t["denoiser_evaluations"])
+            t = json.loads((d / "samples" / "run.json").read_text()).get("timings", {})
+            secs, evals = t.get("sampling_s"), t.get("denoiser_evaluations")
+            if secs and evals:  # a single piece (one shard) that ran something
+                per_eval[job.name] = (secs, evals)
     base = per_eval.get("s6-vp-network")
     for _, label, job, _, flags in rows:
         if job.name not in per_eval:

@@ -716,19 +716,15 @@ pub(super) fn mnist_inputs(dir: &Path) -> Result<Vec<InputFile>> {
         .collect()
 }
 
-/// `host merge` of `evaluate restoration` shards: the digits in order, the same table code;
-/// writes DIR/table.json and, when the shards kept figure rows, DIR/figure.png.
-pub fn merge_restoration(
-    out: &mut Outputs,
+/// The digit records of the shards of an `evaluate` run split by digits, in order, each with
+/// the digits.json it came from, and the run's title. Checked against each manifest (the
+/// hashes already caught edits after the shard wrote): one record per digit of its block,
+/// digit i of the run at test index first + i with seed + i, and one title for all.
+pub(super) fn read_shard_digits(
     shards: &[(PathBuf, Manifest)],
-    start: Instant,
-) -> Result<()> {
-    let first = &shards[0].1;
-    let shape = first.image_shape()?;
-    let mut digits = Vec::new();
-    let mut figure = Vec::new();
-    let mut title = String::new();
-    let mut with_figure = false;
+) -> Result<(String, Vec<(PathBuf, serde_json::Value)>)> {
+    let mut title: Option<String> = None;
+    let mut all = Vec::new();
     for (dir, m) in shards {
         let path = dir.join(SHARD_DIGITS);
         let v: serde_json::Value = serde_json::from_slice(&tweedie_nn::input::read_capped(
@@ -746,13 +742,55 @@ pub fn merge_restoration(
                 m.block().len()
             );
         }
-        for r in records {
-            digits
-                .push(digit_from_json(r).with_context(|| {
-                    format!("{}: a digit record is incomplete", path.display())
-                })?);
+        let args = &m.run["arguments"];
+        let (Some(first), Some(seed)) = (args["first"].as_u64(), args["seed"].as_u64()) else {
+            bail!("{}: its run record has no --first or --seed", dir.display());
+        };
+        for (i, r) in m.block().zip(records) {
+            let want = (first + i as u64, seed.wrapping_add(i as u64));
+            if (r["test_index"].as_u64(), r["seed"].as_u64()) != (Some(want.0), Some(want.1)) {
+                bail!(
+                    "{}: digit {i} of the run is not test #{} with seed {}",
+                    path.display(),
+                    want.0,
+                    want.1
+                );
+            }
+            all.push((path.clone(), r.clone()));
         }
-        title = v["title"].as_str().unwrap_or_default().to_string();
+        let this = v["title"].as_str().unwrap_or_default();
+        match &title {
+            Some(t) if t != this => bail!(
+                "{}: its title differs from {}'s",
+                path.display(),
+                shards[0].0.display()
+            ),
+            _ => title = Some(this.to_string()),
+        }
+    }
+    Ok((title.unwrap_or_default(), all))
+}
+
+/// `host merge` of `evaluate restoration` shards: the digits in order, the same table code;
+/// writes DIR/table.json and, when the shards kept figure rows, DIR/figure.png.
+pub fn merge_restoration(
+    out: &mut Outputs,
+    shards: &[(PathBuf, Manifest)],
+    start: Instant,
+) -> Result<()> {
+    let first = &shards[0].1;
+    let shape = first.image_shape()?;
+    let mut digits = Vec::new();
+    let mut figure = Vec::new();
+    let mut with_figure = false;
+    let (title, records) = read_shard_digits(shards)?;
+    for (path, r) in &records {
+        digits.push(
+            digit_from_json(r)
+                .with_context(|| format!("{}: a digit record is incomplete", path.display()))?,
+        );
+    }
+    for (dir, _) in shards {
         let fig = dir.join(SHARD_FIGURE);
         if fig.exists() {
             with_figure = true;

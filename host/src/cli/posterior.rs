@@ -16,7 +16,7 @@ use serde_json::json;
 use tweedie_core::plan::StepPlan;
 
 use super::common::{load_mnist, preprocess, threads};
-use super::evaluate::{data_flag, mnist_inputs, EvalTask, SHARD_DIGITS};
+use super::evaluate::{data_flag, mnist_inputs, read_shard_digits, EvalTask, SHARD_DIGITS};
 use super::model_args::ModelArgs;
 use super::plan_args::PlanArgs;
 use super::sample::DEFAULT_BATCH;
@@ -251,6 +251,17 @@ pub fn run(args: &PosteriorArgs) -> Result<ExitCode> {
     if !(args.sigma_y.is_finite() && args.sigma_y > 0.0) {
         bail!("--sigma-y {}: must be a finite number > 0", args.sigma_y);
     }
+    if let Some(max) = args.max_excess_db {
+        if !max.is_finite() {
+            bail!("--max-excess-db {max}: must be a finite number");
+        }
+        if args.shard.is_some() {
+            bail!(
+                "--max-excess-db judges the whole table: give it to the single run, not to a \
+                 --shard (its merged posterior.json has largest_excess_db)"
+            );
+        }
+    }
     let say = |line: &str| {
         if !args.quiet {
             errln!("{line}");
@@ -379,7 +390,7 @@ pub fn run(args: &PosteriorArgs) -> Result<ExitCode> {
     });
     let timings = json!({
         "total_s": start.elapsed().as_secs_f64(),
-        "per_digit_s": loop_start.elapsed().as_secs_f64() / block.len() as f64,
+        "per_digit_s": loop_start.elapsed().as_secs_f64() / block.len().max(1) as f64,
     });
     if let Some((shard, mut out)) = shard_out {
         run["timings"] = timings;
@@ -425,7 +436,6 @@ pub fn run(args: &PosteriorArgs) -> Result<ExitCode> {
         )?;
         out.commit()?;
     }
-    // A shard checks its own digits: the merged table then holds only digits that passed.
     if let Some(max) = args.max_excess_db {
         let worst = largest_excess(&digits);
         if worst > max {
@@ -441,32 +451,18 @@ pub fn run(args: &PosteriorArgs) -> Result<ExitCode> {
 /// `host merge` of `evaluate posterior` shards: the digits in order, the single run's table
 /// (printed, and written to DIR/posterior.json).
 pub fn merge(out: &mut Outputs, shards: &[(PathBuf, Manifest)], start: Instant) -> Result<()> {
-    let mut digits = Vec::new();
-    let mut title = String::new();
-    for (dir, m) in shards {
-        let path = dir.join(SHARD_DIGITS);
-        let v: serde_json::Value = serde_json::from_slice(&tweedie_nn::input::read_capped(
-            &path,
-            "JSON file",
-            tweedie_nn::input::MAX_JSON_BYTES,
-        )?)
-        .with_context(|| format!("{}: not JSON", path.display()))?;
-        let records = v["digits"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        if records.len() != m.block().len() {
-            bail!(
-                "{}: {} digits for a block of {}",
-                path.display(),
-                records.len(),
-                m.block().len()
-            );
-        }
-        for r in records {
-            digits
-                .push(digit_from_json(r).with_context(|| {
-                    format!("{}: a digit record is incomplete", path.display())
-                })?);
-        }
-        title = v["title"].as_str().unwrap_or_default().to_string();
+    let (title, records) = read_shard_digits(shards)?;
+    let network = !shards[0].1.run["arguments"]["skip_network"]
+        .as_bool()
+        .unwrap_or(false);
+    let mut digits = Vec::with_capacity(records.len());
+    for (path, r) in &records {
+        let digit = digit_from_json(r)
+            .filter(|d| {
+                d.2.network_mean.is_some() == network && d.2.network_sample.is_some() == network
+            })
+            .with_context(|| format!("{}: a digit record is incomplete", path.display()))?;
+        digits.push(digit);
     }
     let run = super::merge::merged_run_json(&shards[0].1.run, shards, start);
     let timings = json!({"merge_s": start.elapsed().as_secs_f64()});
