@@ -338,12 +338,12 @@ def sections(quick, data):
         add(2, f"network, T0 = {t0}", f"t0-{t0}",
             vp + ["--preset", "vp-uncond-sigmoid", "--t0", t0, "--steps", str(k(100))],
             k(100))
-    for t0 in ("0.1", "0.5", "1"):
+    for t0 in ("0.1", "0.3", "0.5", "1"):
         add(2, f"class-Gaussian mixture (exact), T0 = {t0}", f"mixture-t0-{t0}",
             ["--weights", f"gaussian-mixture-fit:{data}", "--preset", "vp-uncond-sigmoid",
              "--t0", t0, "--steps", str(k(100))], MIXTURE_COST * k(100))
     # The exact denoiser of the 60,000 training digits: the same preset with a perfect fit.
-    for t0 in ("0.1", "0.5", "1"):
+    for t0 in ("0.1", "0.3", "0.5", "1"):
         add(2, f"training set (exact, perfect fit), T0 = {t0}", f"training-set-t0-{t0}",
             ["--weights", f"training-set:{data}", "--preset", "vp-uncond-sigmoid",
              "--t0", t0, "--steps", str(k(100))], TRAINING_SET_COST * k(100))
